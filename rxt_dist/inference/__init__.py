@@ -1,0 +1,19 @@
+"""Ray-free inference: batched ``respond``/``consolidate`` with KV cache and STM pre-cache."""
+
+from rxt_dist.inference.engine import (
+    DecodeBatch,
+    TokenEvent,
+    collect,
+    consolidate,
+    generate,
+    pad_batch,
+    respond,
+    respond_stateless,
+    system_prompt_stm,
+)
+from rxt_dist.inference.sampling import SamplingParams, filter_logits, sample_next
+
+__all__ = [
+    "DecodeBatch", "TokenEvent", "collect", "consolidate", "generate", "pad_batch", "respond",
+    "respond_stateless", "system_prompt_stm", "SamplingParams", "filter_logits", "sample_next",
+]

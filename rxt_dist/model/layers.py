@@ -1,0 +1,263 @@
+"""Building blocks shared by the decoder, the encoder and the stateless baseline.
+
+Shape legend: B batch, T tokens (queries), K keys, D model dim, N query heads,
+Nkv key/value heads, H head dim, S memory slots, E experts, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from rxt_dist.model.config import AttentionConfig, FFNConfig
+from rxt_dist.model.kv_cache import KVCache
+
+
+class RotaryEmbedding(nn.Module):
+    """Rotary position embedding computed for arbitrary per-row positions (no length limit)."""
+
+    def __init__(self, head_dim: int, theta: float) -> None:
+        super().__init__()
+        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)  # (H/2,)
+
+    def forward(self, x: Tensor, positions: Tensor) -> Tensor:
+        """Rotate ``x`` (B, N, T, H) by ``positions`` (B, T)."""
+        angles = positions[:, None, :, None].float() * self.inv_freq  # (B, 1, T, H/2)
+        cos, sin = angles.cos(), angles.sin()
+        x1, x2 = x.float().chunk(2, dim=-1)  # (B, N, T, H/2) each
+        rotated = torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)  # (B, N, T, H)
+        return rotated.to(x.dtype)
+
+
+class Attention(nn.Module):
+    """Scaled dot-product attention with MHA/GQA/SQA head layouts and optional RoPE.
+
+    ``rope_q``/``rope_k`` choose where rotary positions apply: both for self-attention, the
+    queries only for memory cross-attention (STM slots have no order), the keys only for
+    memory attention (the STM queries the encoded interaction).
+    """
+
+    def __init__(self, dim: int, cfg: AttentionConfig, rope_q: bool, rope_k: bool) -> None:
+        super().__init__()
+        self.head_dim = cfg.head_dim(dim)
+        self.n_q = cfg.query_heads
+        self.n_kv = cfg.kv_heads
+        self.q_proj = nn.Linear(dim, self.n_q * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(dim, self.n_kv * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(dim, self.n_kv * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(self.n_q * self.head_dim, dim, bias=False)
+        self.rope_q, self.rope_k = rope_q, rope_k
+        self.rope = RotaryEmbedding(self.head_dim, cfg.rope_theta) if (rope_q or rope_k) else None
+
+    def _heads(self, x: Tensor, n: int) -> Tensor:
+        B, T, _ = x.shape
+        return x.view(B, T, n, self.head_dim).transpose(1, 2)  # (B, n, T, H)
+
+    def project_q(self, x: Tensor, positions: Tensor | None) -> Tensor:
+        """Queries of ``x`` (B, T, D) → (B, N, T, H)."""
+        q = self._heads(self.q_proj(x), self.n_q)  # (B, N, T, H)
+        return self.rope(q, positions) if self.rope_q else q
+
+    def project_kv(self, x: Tensor, positions: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Keys and values of ``x`` (B, K, D) → two (B, Nkv, K, H)."""
+        k = self._heads(self.k_proj(x), self.n_kv)  # (B, Nkv, K, H)
+        v = self._heads(self.v_proj(x), self.n_kv)  # (B, Nkv, K, H)
+        return (self.rope(k, positions) if self.rope_k else k), v
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+        """Attention of q (B, N, T, H) over k/v (B, Nkv, K, H); ``mask`` (B, 1, T|1, K) is True
+        where a query may attend. Returns (B, T, D)."""
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, enable_gqa=self.n_q != self.n_kv
+        )  # (B, N, T, H)
+        B, _, T, _ = out.shape
+        return self.o_proj(out.transpose(1, 2).reshape(B, T, self.n_q * self.head_dim))  # (B, T, D)
+
+    def forward(
+        self,
+        x: Tensor,
+        positions: Tensor,
+        mask: Tensor | None,
+        cache: KVCache | None = None,
+        layer: int = 0,
+    ) -> Tensor:
+        """Self-attention of ``x`` (B, T, D) at ``positions`` (B, T); with a ``cache`` the new
+        keys/values are appended to it and the queries attend to everything cached."""
+        q = self.project_q(x, positions)  # (B, N, T, H)
+        k, v = self.project_kv(x, positions)  # (B, Nkv, T, H)
+        if cache is not None:
+            k, v = cache.update(layer, k, v)  # (B, Nkv, K, H)
+        return self.attend(q, k, v, mask)
+
+
+class SwiGLU(nn.Module):
+    """Dense gated feed-forward: ``down(silu(gate(x)) * up(x))``."""
+
+    def __init__(self, dim: int, hidden_dim: int) -> None:
+        super().__init__()
+        self.gate = nn.Linear(dim, hidden_dim, bias=False)
+        self.up = nn.Linear(dim, hidden_dim, bias=False)
+        self.down = nn.Linear(hidden_dim, dim, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down(F.silu(self.gate(x)) * self.up(x))
+
+
+class MoE(nn.Module):
+    """Top-k routed Mixture of SwiGLU experts with a Switch-style load-balancing loss.
+
+    Every expert runs on every call (on zero rows when no token picks it) so all parameters
+    are in the graph each step, which ZeRO's gradient hooks expect.
+    """
+
+    def __init__(self, dim: int, cfg: FFNConfig) -> None:
+        super().__init__()
+        self.top_k = cfg.top_k
+        self.router = nn.Linear(dim, cfg.num_experts, bias=False)
+        self.experts = nn.ModuleList(SwiGLU(dim, cfg.hidden_dim) for _ in range(cfg.num_experts))
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """x (B, T, D) → (output (B, T, D), auxiliary load-balancing loss (scalar))."""
+        B, T, D = x.shape
+        flat = x.reshape(B * T, D)  # (BT, D)
+        probs = self.router(flat).float().softmax(dim=-1)  # (BT, E)
+        weights, chosen = probs.topk(self.top_k, dim=-1)  # (BT, k)
+        weights = (weights / weights.sum(dim=-1, keepdim=True)).to(x.dtype)
+        out = torch.zeros_like(flat)
+        for e, expert in enumerate(self.experts):
+            rows, slot = (chosen == e).nonzero(as_tuple=True)
+            contribution = expert(flat[rows]) * weights[rows, slot, None]  # (rows, D)
+            out = out.index_add(0, rows, contribution)
+        num_experts = len(self.experts)
+        routed = F.one_hot(chosen, num_experts).float().sum(dim=1).mean(dim=0) / self.top_k  # (E,)
+        aux = num_experts * (routed * probs.mean(dim=0)).sum()
+        return out.view(B, T, D), aux
+
+
+def build_ffn(dim: int, cfg: FFNConfig) -> nn.Module:
+    return SwiGLU(dim, cfg.hidden_dim) if cfg.kind == "dense" else MoE(dim, cfg)
+
+
+def run_ffn(ffn: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
+    """Apply a dense or MoE FFN; the auxiliary loss is 0 for a dense one."""
+    if isinstance(ffn, MoE):
+        return ffn(x)
+    return ffn(x), x.new_zeros(())
+
+
+class Block(nn.Module):
+    """Pre-norm transformer layer: self-attention → (memory cross-attention) → FFN.
+
+    With ``memory_cfg`` set this is a Generator-Decoder layer: the token stream attends to
+    one STM layer (keys/values from the normalised slots, RoPE on the queries only).
+    Without it, it is a Memory Encoder layer or a stateless-baseline layer; causality is
+    decided by the mask the caller passes.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        attention: AttentionConfig,
+        ffn: FFNConfig,
+        norm_eps: float,
+        memory_cfg: AttentionConfig | None = None,
+    ) -> None:
+        super().__init__()
+        self.attn_norm = nn.RMSNorm(dim, eps=norm_eps)
+        self.attn = Attention(dim, attention, rope_q=True, rope_k=True)
+        self.has_memory = memory_cfg is not None
+        if memory_cfg is not None:
+            self.mem_norm = nn.RMSNorm(dim, eps=norm_eps)
+            self.stm_norm = nn.RMSNorm(dim, eps=norm_eps)
+            self.mem_attn = Attention(dim, memory_cfg, rope_q=True, rope_k=False)
+        self.ffn_norm = nn.RMSNorm(dim, eps=norm_eps)
+        self.ffn = build_ffn(dim, ffn)
+
+    def project_memory(self, stm_layer: Tensor) -> tuple[Tensor, Tensor]:
+        """Memory keys/values of one STM layer (B, S, D) → two (B, Nkv, S, H). Done once per
+        turn and reused for every generated token."""
+        return self.mem_attn.project_kv(self.stm_norm(stm_layer), positions=None)
+
+    def forward(
+        self,
+        x: Tensor,
+        positions: Tensor,
+        mask: Tensor | None,
+        memory: tuple[Tensor, Tensor] | None = None,
+        memory_mask: Tensor | None = None,
+        cache: KVCache | None = None,
+        layer: int = 0,
+    ) -> tuple[Tensor, Tensor]:
+        """x (B, T, D) → (x (B, T, D), aux loss). ``memory`` are this layer's projected STM
+        keys/values, ``memory_mask`` (B, 1, 1, S) marks readable slots (None: all)."""
+        x = x + self.attn(self.attn_norm(x), positions, mask, cache, layer)
+        if self.has_memory:
+            if memory is None:
+                raise ValueError("a decoder layer needs its STM keys/values (memory=None)")
+            q = self.mem_attn.project_q(self.mem_norm(x), positions)  # (B, N, T, H)
+            x = x + self.mem_attn.attend(q, memory[0], memory[1], memory_mask)
+        out, aux = run_ffn(self.ffn, self.ffn_norm(x))
+        return x + out, aux
+
+
+def token_mask(
+    starts: Tensor, new_lens: Tensor, num_new: int, num_keys: int, causal: bool
+) -> Tensor:
+    """Attention mask (B, 1, T, K) for ``num_new`` tokens per row written after ``starts``
+    (B,) cached ones, of which ``new_lens`` (B,) are real and the rest right padding.
+
+    A key is visible if it is real (``< starts + new_lens``) and, when causal, not after the
+    query. Every query also sees itself, so padding rows stay finite instead of NaN.
+    """
+    device = starts.device
+    q_pos = starts[:, None] + torch.arange(num_new, device=device)[None]  # (B, T)
+    k_pos = torch.arange(num_keys, device=device)[None, None]  # (1, 1, K)
+    visible = k_pos < (starts + new_lens)[:, None, None]  # (B, 1, K)
+    if causal:
+        visible = visible & (k_pos <= q_pos[:, :, None])  # (B, T, K)
+    visible = visible | (k_pos == q_pos[:, :, None])  # (B, T, K)
+    return visible[:, None]  # (B, 1, T, K)
+
+
+def key_mask(lengths: Tensor, num_keys: int) -> Tensor:
+    """Mask (B, 1, 1, K) that is True on the first ``lengths`` (B,) keys of each row."""
+    return (torch.arange(num_keys, device=lengths.device)[None] < lengths[:, None])[:, None, None]
+
+
+def prepare_tokens(
+    lengths: Tensor, num_new: int, cache: KVCache | None, causal: bool
+) -> tuple[Tensor, Tensor]:
+    """Positions (B, T) and attention mask (B, 1, T, K) for ``num_new`` right-padded tokens
+    per row with ``lengths`` (B,) real ones, placed after whatever ``cache`` holds."""
+    starts = cache.lengths if cache is not None else torch.zeros_like(lengths)
+    num_keys = (int(starts.max()) if cache is not None else 0) + num_new
+    positions = starts[:, None] + torch.arange(num_new, device=lengths.device)[None]  # (B, T)
+    return positions, token_mask(starts, lengths, num_new, num_keys, causal)
+
+
+def run_stack(
+    blocks: nn.ModuleList,
+    x: Tensor,
+    positions: Tensor,
+    mask: Tensor,
+    memory: list[tuple[Tensor, Tensor]] | None = None,
+    memory_mask: Tensor | None = None,
+    cache: KVCache | None = None,
+    collect: bool = False,
+) -> tuple[Tensor, Tensor, list[Tensor]]:
+    """Run ``blocks`` over x (B, T, D). Returns the output, the summed auxiliary loss and,
+    with ``collect``, every layer's output (the encoder's ED)."""
+    aux = x.new_zeros(())
+    hidden: list[Tensor] = []
+    for i, block in enumerate(blocks):
+        x, layer_aux = block(
+            x, positions, mask,
+            memory=memory[i] if memory is not None else None,
+            memory_mask=memory_mask, cache=cache, layer=i,
+        )
+        aux = aux + layer_aux
+        if collect:
+            hidden.append(x)
+    return x, aux, hidden

@@ -1,0 +1,55 @@
+"""The stateless baseline: a decoder-only LM built from the same blocks as RxT, without
+memory cross-attention. It reads the whole conversation history every turn (or keeps its
+KV cache across turns), which is what RxT is compared against.
+
+Shape legend: B batch, T tokens, D model dim, V vocabulary.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from rxt_dist.model.config import StatelessConfig
+from rxt_dist.model.init import init_weights
+from rxt_dist.model.kv_cache import KVCache
+from rxt_dist.model.layers import Block, prepare_tokens, run_stack
+
+
+class StatelessLM(nn.Module):
+    """Decoder-only causal LM (see the module docstring)."""
+
+    def __init__(self, cfg: StatelessConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.decoder = nn.ModuleList(
+            Block(cfg.dim, cfg.attention, cfg.ffn, cfg.norm_eps) for _ in range(cfg.num_layers)
+        )
+        self.decoder_norm = nn.RMSNorm(cfg.dim, eps=cfg.norm_eps)
+        if not cfg.tie_embeddings:
+            self.lm_head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        init_weights(self, cfg)
+
+    def lm_logits(self, h: Tensor) -> Tensor:
+        """Hidden states (B, T, D) → next-token logits (B, T, V)."""
+        h = self.decoder_norm(h)
+        return h @ self.embed.weight.T if self.cfg.tie_embeddings else self.lm_head(h)
+
+    def decode(self, ids: Tensor, lengths: Tensor, cache: KVCache | None = None) -> tuple[Tensor, Tensor]:
+        """Causal pass over right-padded tokens (B, T) with ``lengths`` (B,) real ones,
+        continuing ``cache`` when given. Returns logits (B, T, V) and the MoE auxiliary loss."""
+        positions, mask = prepare_tokens(lengths, ids.shape[1], cache, causal=True)
+        x = self.embed(ids)  # (B, T, D)
+        x, aux, _ = run_stack(self.decoder, x, positions, mask, cache=cache)
+        if cache is not None:
+            cache.advance(lengths)
+        return self.lm_logits(x), aux
+
+    def forward(self, ids: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        return self.decode(ids, lengths)
+
+    def new_cache(self, batch: int, capacity: int = 64) -> KVCache:
+        """An empty self-attention cache for ``batch`` sequences."""
+        att, ref = self.cfg.attention, self.embed.weight
+        return KVCache.empty(self.cfg.num_layers, batch, att.kv_heads, att.head_dim(self.cfg.dim),
+                             capacity, ref.dtype, ref.device)

@@ -1,0 +1,20 @@
+import subprocess
+import sys
+
+
+def test_summary_prints_parameter_counts_and_stm_shape():
+    out = subprocess.run(
+        [sys.executable, "-m", "rxt_dist.model", "--summary", "nano"],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    assert "11,876,864 total" in out
+    assert "active per token" in out
+    assert "6 × 256 × 128" in out
+
+
+def test_summary_of_unknown_preset_fails_clearly():
+    proc = subprocess.run(
+        [sys.executable, "-m", "rxt_dist.model", "--summary", "huge"], capture_output=True, text=True
+    )
+    assert proc.returncode == 2
+    assert "preset='huge'" in proc.stderr
