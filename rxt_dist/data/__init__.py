@@ -1,0 +1,98 @@
+"""Dialogue data: synthetic conversations that need memory, imports, tokenizer, Arrow shards.
+
+Typical use::
+
+    from rxt_dist.data import iter_conversations, ray_dataset, read_manifest, load_tokenizer
+
+    manifest = read_manifest("data/dialogue")          # vocab size, counts, settings
+    ds = ray_dataset("data/dialogue", "train")          # Ray Dataset, one conversation per row
+    for conv in iter_conversations("data/dialogue", "valid"):  # single process, for evaluation
+        ...
+
+Shard schema and manifest: docs/data.md.
+"""
+
+from rxt_dist.data.conversation import (
+    FACT,
+    FILLER,
+    RECALL,
+    TURN_KINDS,
+    UNKNOWN,
+    UPDATE,
+    Conversation,
+    RecallInfo,
+    Turn,
+)
+from rxt_dist.data.importers import DialogueImportError, import_jsonl, import_yaml, read_text_documents
+from rxt_dist.data.prepare import PrepareConfig, prepare_dataset
+from rxt_dist.data.reader import (
+    ShardError,
+    iter_conversations,
+    iter_text,
+    ray_dataset,
+    ray_text_dataset,
+)
+from rxt_dist.data.schema import (
+    CONVERSATION_SCHEMA,
+    SCHEMA_VERSION,
+    TEXT_SCHEMA,
+    Manifest,
+    ShardFile,
+    SplitInfo,
+    read_manifest,
+)
+from rxt_dist.data.synthetic import (
+    SyntheticConfig,
+    generate_capacity_conversations,
+    generate_conversations,
+    generate_splits,
+)
+from rxt_dist.data.tokenizer import (
+    TextCodec,
+    load_tokenizer,
+    save_tokenizer,
+    tokenize_conversations,
+    train_tokenizer,
+)
+from rxt_dist.data.writer import index_shards, write_shards
+
+__all__ = [
+    "CONVERSATION_SCHEMA",
+    "FACT",
+    "FILLER",
+    "RECALL",
+    "SCHEMA_VERSION",
+    "TEXT_SCHEMA",
+    "TURN_KINDS",
+    "UNKNOWN",
+    "UPDATE",
+    "Conversation",
+    "DialogueImportError",
+    "Manifest",
+    "PrepareConfig",
+    "RecallInfo",
+    "ShardError",
+    "ShardFile",
+    "SplitInfo",
+    "SyntheticConfig",
+    "TextCodec",
+    "Turn",
+    "generate_capacity_conversations",
+    "generate_conversations",
+    "generate_splits",
+    "import_jsonl",
+    "import_yaml",
+    "index_shards",
+    "iter_conversations",
+    "iter_text",
+    "load_tokenizer",
+    "prepare_dataset",
+    "ray_dataset",
+    "ray_text_dataset",
+    "read_manifest",
+    "read_text_documents",
+    "save_tokenizer",
+    "tokenize_conversations",
+    "train_tokenizer",
+    "write_shards",
+]

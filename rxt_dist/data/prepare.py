@@ -1,0 +1,146 @@
+"""The whole data preparation, as one call: generate, import, train the tokenizer, write shards.
+
+``jobs/prepare_data.py`` parses its flags into a :class:`PrepareConfig` and calls
+:func:`prepare_dataset`.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from rxt_dist.data.conversation import Conversation
+from rxt_dist.data.importers import import_jsonl, import_yaml, read_text_documents
+from rxt_dist.data.schema import Manifest
+from rxt_dist.data.synthetic import SyntheticConfig, generate_splits, stream_seed
+from rxt_dist.data.tokenizer import load_tokenizer, train_tokenizer
+from rxt_dist.data.writer import write_shards
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "valid", "test")
+
+StageProgress = Callable[[str, int], None]
+"""``progress(stage, n)``: ``n`` more conversations finished in ``stage`` (generate | tokenizer | write)."""
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    """Everything ``jobs/prepare_data.py`` does (see docs/data.md)."""
+
+    out: str
+    """Dataset folder: any fsspec URL (local path, ``s3://…``, ``memory://…``)."""
+    conversations: int = 20_000
+    """Synthetic conversations in all splits together (0 with imports = imported data only)."""
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    """Generator settings (its ``seed`` is the corpus seed)."""
+    vocab_size: int = 4096
+    """BPE vocabulary size to train (the manifest records the size actually reached)."""
+    valid_fraction: float = 0.05
+    """Share of conversations in the ``valid`` split."""
+    test_fraction: float = 0.05
+    """Share of conversations in the ``test`` split."""
+    shard_rows: int = 2048
+    """Conversations per Parquet shard."""
+    extra_text: tuple[str, ...] = ()
+    """Plain-text files added to the ``text`` split and to tokenizer training."""
+    import_jsonl: tuple[str, ...] = ()
+    """JSONL dialogue files to import (split by the same fractions)."""
+    import_yaml: tuple[str, ...] = ()
+    """Chatbot-corpus YAML files to import (split by the same fractions)."""
+    tokenizer: str | None = None
+    """Use this tokenizer (a dataset/model folder or a tokenizer.json) instead of training one:
+    for evaluation sets that must share ids with an already trained model."""
+    overwrite: bool = False
+    """Replace a dataset already at ``out``."""
+
+    def __post_init__(self) -> None:
+        if not self.out:
+            raise ValueError("out='': give the dataset folder URL")
+        if self.conversations < 0:
+            raise ValueError(f"conversations={self.conversations}: must be ≥ 0")
+        for name in ("valid_fraction", "test_fraction"):
+            v = getattr(self, name)
+            if not 0 <= v < 1:
+                raise ValueError(f"{name}={v}: must be in [0, 1)")
+        if self.valid_fraction + self.test_fraction >= 1:
+            raise ValueError(
+                f"valid_fraction + test_fraction = {self.valid_fraction + self.test_fraction}: must be < 1 "
+                "to leave a training split"
+            )
+        if self.shard_rows < 1:
+            raise ValueError(f"shard_rows={self.shard_rows}: must be ≥ 1")
+        if self.conversations == 0 and not (self.import_jsonl or self.import_yaml):
+            raise ValueError("conversations=0 and nothing to import: the dataset would be empty")
+
+    def split_counts(self, n: int) -> dict[str, int]:
+        """How ``n`` items divide into train/valid/test."""
+        valid = round(n * self.valid_fraction)
+        test = round(n * self.test_fraction)
+        return {"train": n - valid - test, "valid": valid, "test": test}
+
+
+def _imported(cfg: PrepareConfig) -> list[Conversation]:
+    convs = [c for p in cfg.import_jsonl for c in import_jsonl(p)]
+    convs += [c for p in cfg.import_yaml for c in import_yaml(p)]
+    ids: dict[str, int] = {}
+    for c in convs:
+        ids[c.conversation_id] = ids.get(c.conversation_id, 0) + 1
+    repeated = [cid for cid, k in ids.items() if k > 1]
+    if repeated:
+        raise ValueError(f"imported conversation ids repeat across files: {repeated[:5]}; rename the files")
+    random.Random(stream_seed(cfg.synthetic.seed, "imports")).shuffle(convs)
+    return convs
+
+
+def _split_imports(cfg: PrepareConfig, convs: Sequence[Conversation]) -> dict[str, list[Conversation]]:
+    counts = cfg.split_counts(len(convs))
+    out, start = {}, 0
+    for split in SPLITS:
+        out[split] = list(convs[start : start + counts[split]])
+        start += counts[split]
+    return out
+
+
+def prepare_dataset(cfg: PrepareConfig, progress: StageProgress | None = None) -> Manifest:
+    """Generate and import conversations, train (or load) the tokenizer, write the dataset
+    folder at ``cfg.out``; return its manifest."""
+    tick = (lambda stage: (lambda n: progress(stage, n))) if progress else (lambda stage: None)
+    splits = generate_splits(cfg.synthetic, cfg.split_counts(cfg.conversations), progress=tick("generate"))
+    imported = _imported(cfg)
+    for split, convs in _split_imports(cfg, imported).items():
+        splits[split] = splits[split] + convs
+    docs = read_text_documents(cfg.extra_text)
+
+    if cfg.tokenizer is not None:
+        tokenizer = load_tokenizer(cfg.tokenizer)
+    else:
+        texts = [s for c in splits["train"] for t in c.turns for s in (t.query, t.answer)]
+        texts += [d for _, d in docs]
+        lexicon = [v for vs in cfg.synthetic.values().values() for v in vs] if cfg.conversations else []
+        tokenizer = train_tokenizer(texts, cfg.vocab_size, lexicon=lexicon, length=len(texts))
+    if progress:
+        progress("tokenizer", 0)
+
+    generator = dict(cfg.synthetic.to_dict(), conversations=cfg.conversations) if cfg.conversations else None
+    sources = {
+        "synthetic": cfg.conversations,
+        "imported": len(imported),
+        "jsonl": list(cfg.import_jsonl),
+        "yaml": list(cfg.import_yaml),
+        "extra_text": list(cfg.extra_text),
+    }
+    return write_shards(
+        cfg.out,
+        splits,
+        tokenizer,
+        extra_text=docs,
+        shard_rows=cfg.shard_rows,
+        generator=generator,
+        sources=sources,
+        overwrite=cfg.overwrite,
+        progress=tick("write"),
+    )
+
