@@ -23,7 +23,12 @@ def join(path: str, *parts: str) -> str:
 
 def display(fs: AbstractFileSystem, path: str) -> str:
     """The path as a user would type it (``memory://x``, ``s3://b/k``, ``/tmp/x``): used in errors."""
-    return fs.unstrip_protocol(path) if _protocol(fs) not in ("file", "local") else path
+    proto = _protocol(fs)
+    if proto in ("file", "local"):
+        return path
+    if proto == "memory":  # fsspec roots memory paths at "/"; show what the user typed
+        return "memory://" + path.lstrip("/")
+    return fs.unstrip_protocol(path)
 
 
 def _protocol(fs: AbstractFileSystem) -> str:

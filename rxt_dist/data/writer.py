@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 Progress = Callable[[int], None]
 _SPLIT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 _PART = re.compile(r"^part-\d{5}\.parquet$")
+_ROW_GROUP_ROWS = 512  # finer statistics and reads than one group per shard
 
 
 def write_shards(
@@ -54,6 +55,7 @@ def write_shards(
     *,
     extra_text: Sequence[tuple[str, str]] = (),
     shard_rows: int = 2048,
+    min_shards: int = 4,
     generator: dict | None = None,
     sources: dict | None = None,
     overwrite: bool = False,
@@ -62,7 +64,8 @@ def write_shards(
     """Write a dataset folder at ``url`` (any fsspec URL) and return its manifest.
 
     Writes ``tokenizer.json``, ``<split>/part-NNNNN.parquet`` (one conversation per row, at most
-    ``shard_rows`` rows per shard), the ``text`` split when ``extra_text`` (pairs of source name
+    ``shard_rows`` rows per shard, and at least ``min_shards`` shards per split when it has that
+    many rows, so Ray can hand each training worker its own shards), the ``text`` split when ``extra_text`` (pairs of source name
     and document) is given, and ``manifest.json`` last. Every file goes to a temporary name first
     and is renamed when complete, so an interrupted write leaves no manifest, and a manifest never
     lists a partial shard. Token ids are computed here from the text with ``tokenizer``; ids
@@ -70,6 +73,8 @@ def write_shards(
     """
     if shard_rows < 1:
         raise ValueError(f"shard_rows={shard_rows}: must be ≥ 1")
+    if min_shards < 1:
+        raise ValueError(f"min_shards={min_shards}: must be ≥ 1")
     codec = tokenizer if isinstance(tokenizer, TextCodec) else TextCodec(tokenizer)
     _check_inputs(conversations_by_split, extra_text)
     fs, root = resolve(url)
@@ -79,11 +84,13 @@ def write_shards(
     ids = encode_texts(codec, _all_texts(conversations_by_split, extra_text))
     splits: dict[str, SplitInfo] = {}
     for split, convs in conversations_by_split.items():
-        tables = (_conversation_table(convs[i : i + shard_rows], ids) for i in range(0, len(convs), shard_rows))
+        step = _rows_per_shard(len(convs), shard_rows, min_shards)
+        tables = (_conversation_table(convs[i : i + step], ids) for i in range(0, len(convs), step))
         turns = sum(len(c.turns) for c in convs)
         splits[split] = _write_split(fs, root, split, CONVERSATIONS, tables, turns, progress)
     if extra_text:
-        tables = (_text_table(extra_text[i : i + shard_rows], ids) for i in range(0, len(extra_text), shard_rows))
+        step = _rows_per_shard(len(extra_text), shard_rows, min_shards)
+        tables = (_text_table(extra_text[i : i + step], ids) for i in range(0, len(extra_text), step))
         splits[TEXT_SPLIT] = _write_split(fs, root, TEXT_SPLIT, TEXT, tables, 0, progress)
 
     _remove_stale(fs, root, splits, old_splits)
@@ -98,6 +105,10 @@ def write_shards(
     write_manifest(url, manifest)
     log.info("wrote %s: %s", display(fs, root), manifest.counts)
     return read_manifest(url)
+
+
+def _rows_per_shard(rows: int, shard_rows: int, min_shards: int) -> int:
+    return max(1, min(shard_rows, -(-rows // min_shards)))
 
 
 def _check_inputs(conversations_by_split: Mapping[str, Sequence[Conversation]], extra_text) -> None:
@@ -167,7 +178,7 @@ def _write_split(fs, root, split, kind, tables, turns, progress) -> SplitInfo:
 
 
 def _write_table(fs: AbstractFileSystem, path: str, table: pa.Table) -> None:
-    write_atomic(fs, path, lambda f: pq.write_table(table, f, compression="zstd"))
+    write_atomic(fs, path, lambda f: pq.write_table(table, f, compression="zstd", row_group_size=_ROW_GROUP_ROWS))
 
 
 def _remove_stale(fs, root, splits: Mapping[str, SplitInfo], old_splits: Mapping[str, SplitInfo]) -> None:
