@@ -49,4 +49,4 @@ def _init_memory(model: nn.Module, cfg: RxTConfig) -> None:
         elif gate_cfg.kind == "linear":
             gate.proj.bias.fill_(gate_cfg.init_bias)
     if cfg.stm.init == "learned":
-        nn.init.normal_(model.stm_init, 0.0, cfg.stm.init_std)
+        nn.init.normal_(model.stm_init.weight, 0.0, cfg.stm.init_std)

@@ -23,6 +23,19 @@ MemoryKV = list[tuple[Tensor, Tensor]]
 """Per decoder layer, the STM keys and values (B, Nkv, S, H) projected once per turn."""
 
 
+class LearnedSTM(nn.Module):
+    """A learned initial STM shared by every new conversation (a module so that ZeRO-3
+    gathers it on call)."""
+
+    def __init__(self, shape: tuple[int, int, int]) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(shape))  # (L, S, D)
+
+    def forward(self, batch: int) -> Tensor:
+        L, S, D = self.weight.shape
+        return self.weight[:, None].expand(L, batch, S, D).clone()  # (L, B, S, D)
+
+
 class RxTModel(nn.Module):
     """A Reactive Transformer (see the module docstring)."""
 
@@ -41,23 +54,24 @@ class RxTModel(nn.Module):
         )
         self.encoder_norm = nn.RMSNorm(D, eps=eps)
         self.memory_attention = MemoryAttention(cfg)
-        if not cfg.tie_embeddings:
-            self.lm_head = nn.Linear(D, cfg.vocab_size, bias=False)
-            self.mlm_head = nn.Linear(D, cfg.vocab_size, bias=False)
+        # Heads are modules even when tied, so ZeRO-3 gathers their weight on call.
+        self.lm_head = nn.Linear(D, cfg.vocab_size, bias=False)
+        self.mlm_head = nn.Linear(D, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.embed.weight
+            self.mlm_head.weight = self.embed.weight
         if cfg.stm.init == "learned":
-            self.stm_init = nn.Parameter(torch.zeros(cfg.stm_shape))  # (L, S, D)
+            self.stm_init = LearnedSTM(cfg.stm_shape)
         init_weights(self, cfg)
 
     # -- heads ---------------------------------------------------------------------------
     def lm_logits(self, h: Tensor) -> Tensor:
         """Decoder hidden states (B, T, D) → next-token logits (B, T, V)."""
-        h = self.decoder_norm(h)
-        return h @ self.embed.weight.T if self.cfg.tie_embeddings else self.lm_head(h)
+        return self.lm_head(self.decoder_norm(h))
 
     def mlm_logits(self, h: Tensor) -> Tensor:
         """Encoder final hidden states (B, T, D) → masked-token logits (B, T, V)."""
-        h = self.encoder_norm(h)
-        return h @ self.embed.weight.T if self.cfg.tie_embeddings else self.mlm_head(h)
+        return self.mlm_head(self.encoder_norm(h))
 
     # -- memory --------------------------------------------------------------------------
     def initial_stm(self, batch: int, generator: torch.Generator | None = None) -> Tensor:
@@ -65,7 +79,7 @@ class RxTModel(nn.Module):
         L, S, D = self.cfg.stm_shape
         ref = self.embed.weight
         if self.cfg.stm.init == "learned":
-            return self.stm_init[:, None].expand(L, batch, S, D).clone()
+            return self.stm_init(batch)
         if self.cfg.stm.init == "zeros":
             return ref.new_zeros(L, batch, S, D)
         noise = torch.randn(L, batch, S, D, generator=generator, dtype=torch.float32)

@@ -26,14 +26,14 @@ class StatelessLM(nn.Module):
             Block(cfg.dim, cfg.attention, cfg.ffn, cfg.norm_eps) for _ in range(cfg.num_layers)
         )
         self.decoder_norm = nn.RMSNorm(cfg.dim, eps=cfg.norm_eps)
-        if not cfg.tie_embeddings:
-            self.lm_head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        self.lm_head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.embed.weight
         init_weights(self, cfg)
 
     def lm_logits(self, h: Tensor) -> Tensor:
         """Hidden states (B, T, D) → next-token logits (B, T, V)."""
-        h = self.decoder_norm(h)
-        return h @ self.embed.weight.T if self.cfg.tie_embeddings else self.lm_head(h)
+        return self.lm_head(self.decoder_norm(h))
 
     def decode(self, ids: Tensor, lengths: Tensor, cache: KVCache | None = None) -> tuple[Tensor, Tensor]:
         """Causal pass over right-padded tokens (B, T) with ``lengths`` (B,) real ones,

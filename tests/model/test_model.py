@@ -161,8 +161,8 @@ def test_learned_and_zero_stm_init():
 
     learned = debug_rxt(stm=STMConfig(num_slots=8, init="learned"))
     a = learned.initial_stm(3)
-    torch.testing.assert_close(a[:, 0], learned.stm_init)
-    torch.testing.assert_close(a[:, 2], learned.stm_init)
+    torch.testing.assert_close(a[:, 0], learned.stm_init.weight)
+    torch.testing.assert_close(a[:, 2], learned.stm_init.weight)
     zeros = debug_rxt(stm=STMConfig(num_slots=8, init="zeros"))
     assert zeros.initial_stm(2).abs().sum() == 0
     normal = debug_rxt()
