@@ -1,0 +1,94 @@
+"""Latency benchmark: per-turn time of RxT vs stateless models over a growing conversation.
+
+    python jobs/bench_latency.py --preset tiny --preset nano          # N=64, 32/32 tokens
+    python jobs/bench_latency.py --preset debug --turns 3 --out /tmp/lat.json --plot /tmp/lat.png
+    python jobs/bench_latency.py --rxt-model-dir runs/expanded --systems rxt   # a larger STM
+
+Writes docs/bench/latency.json and docs/bench/latency.png by default (see docs/evaluation.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import sys
+
+from rxt_dist.eval.latency import SYSTEMS, LatencyConfig, latency_document, run_latency
+from rxt_dist.eval.plots import plot_latency
+from rxt_dist.eval.report import write_json_atomic
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", action="append", dest="presets",
+                   help="RxT preset (repeat for several runs; default nano). Each runs against "
+                        "baseline-<preset> unless --baseline-preset is given")
+    p.add_argument("--baseline-preset", default=None)
+    p.add_argument("--rxt-model-dir", default=None, help="time this RxT model directory instead of a preset")
+    p.add_argument("--stm-slots", type=int, default=None, help="override the preset's STM slot count")
+    p.add_argument("--turns", type=int, default=64)
+    p.add_argument("--query-tokens", type=int, default=32)
+    p.add_argument("--answer-tokens", type=int, default=32)
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per turn (median reported)")
+    p.add_argument("--warmup-turns", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1, help="torch threads for every system")
+    p.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=SYSTEMS)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="docs/bench/latency.json")
+    p.add_argument("--plot", default="docs/bench/latency.png", help="PNG path ('' for none)")
+    return p.parse_args(argv)
+
+
+def configs(args: argparse.Namespace) -> list[LatencyConfig]:
+    presets = args.presets or ["nano"]
+    return [
+        LatencyConfig(
+            rxt_preset=preset, baseline_preset=args.baseline_preset, rxt_model_dir=args.rxt_model_dir,
+            stm_slots=args.stm_slots, turns=args.turns, query_tokens=args.query_tokens,
+            answer_tokens=args.answer_tokens, repeats=args.repeats, warmup_turns=args.warmup_turns,
+            threads=args.threads, systems=tuple(args.systems), seed=args.seed,
+        )
+        for preset in presets
+    ]
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    command = shlex.join(["python", "jobs/bench_latency.py", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        cfgs = configs(args)
+    except ValueError as exc:
+        sys.exit(f"bench_latency: {exc}")
+    reports = [run_latency(cfg, progress=True, command=command) for cfg in cfgs]
+    document = latency_document(reports, command)
+    write_json_atomic(args.out, document)
+    if args.plot:
+        plot_latency(document, args.plot)
+    for run in document["runs"]:
+        print(summary_lines(run))
+    print(f"wrote {args.out}" + (f" and {args.plot}" if args.plot else ""))
+
+
+def summary_lines(run: dict) -> str:
+    n = run["config"]["turns"]
+    lines = [f"== {run['models'].get('rxt', {}).get('source', run['config']['rxt_preset'])} "
+             f"vs {run['config']['baseline_preset']} ({n} turns, {run['threads']} thread(s))",
+             f"{'system':18} {'TTFT t1 ms':>10} {'TTFT tN ms':>10} {'tN/t1':>6} {'turn tN ms':>10} "
+             f"{'tN/t1':>6} {'vs RxT':>7} {'tokens':>8} {'peak state MB':>13}"]
+    for name, r in run["systems"].items():
+        vs = run["vs_rxt_last_turn"].get(name, {}).get("prompt")
+        lines.append(
+            f"{name:18} {r['prompt_s'][0] * 1e3:10.2f} {r['prompt_s'][-1] * 1e3:10.2f} "
+            f"{r['prompt_ratio_last_first']:6.2f} {r['turn_s'][-1] * 1e3:10.1f} "
+            f"{r['turn_ratio_last_first']:6.2f} {(f'{vs:.2f}×' if vs else '—'):>7} "
+            f"{r['tokens_total']:8d} {r['peak_state_bytes'] / 2**20:13.2f}")
+        if "consolidate_s" in r:
+            lines.append(f"{'  consolidate':18} {'':10} {r['consolidate_s'][-1] * 1e3:10.2f} "
+                         f"{r['consolidate_ratio_last_first']:6.2f}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

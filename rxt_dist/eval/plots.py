@@ -1,0 +1,68 @@
+"""Plots of evaluation reports (matplotlib, from the ``bench`` extra, imported when used)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+from rxt_dist.eval.report import write_bytes_atomic
+
+_STYLE = {
+    "rxt": ("RxT respond", "tab:blue"),
+    "stateless_full": ("stateless, full re-read", "tab:red"),
+    "stateless_prefix": ("stateless, prefix cache", "tab:orange"),
+    "hf_llama": ("HF Llama generate", "tab:purple"),
+}
+_CONSOLIDATE = ("RxT consolidate (off the response path)", "tab:cyan")
+
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError as exc:
+        raise ImportError("plots need matplotlib: pip install -e '.[bench]'") from exc
+    matplotlib.use("Agg")  # files only; never a window
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _run_title(run: dict[str, Any]) -> str:
+    cfg = run["config"]
+    rxt = run["models"].get("rxt", {})
+    return (f"{rxt.get('source', cfg['rxt_preset'])} vs {cfg['baseline_preset']}; "
+            f"{cfg['query_tokens']}+{cfg['answer_tokens']} tokens/turn, {run['threads']} thread(s)")
+
+
+def plot_latency(document: dict[str, Any], path: str | Path) -> Path:
+    """Per-turn time to first token, full-turn time and cumulative tokens processed, one row
+    per run of a ``latency.json`` document; written as PNG to ``path`` (atomically)."""
+    plt = _pyplot()
+    runs = document["runs"]
+    fig, axes = plt.subplots(len(runs), 3, figsize=(16, 4.2 * len(runs)), squeeze=False)
+    for row, run in zip(axes, runs):
+        for name, result in run["systems"].items():
+            turns = range(1, len(result["prompt_s"]) + 1)
+            label, color = _STYLE.get(name, (name, None))
+            row[0].plot(turns, [t * 1e3 for t in result["prompt_s"]], label=label, color=color)
+            row[1].plot(turns, [t * 1e3 for t in result["turn_s"]], label=label, color=color)
+            cumulative = [sum(result["tokens_per_turn"][: i + 1]) for i in range(len(turns))]
+            row[2].plot(turns, cumulative, label=label, color=color)
+            if "consolidate_s" in result:
+                label, color = _CONSOLIDATE
+                row[1].plot(turns, [t * 1e3 for t in result["consolidate_s"]], linestyle="--",
+                            label=label, color=color)
+        row[0].set(title="time to first token", xlabel="turn", ylabel="ms (median)", yscale="log")
+        row[1].set(title="full turn", xlabel="turn", ylabel="ms (median)", yscale="log")
+        row[2].set(title="tokens processed (cumulative)", xlabel="turn", ylabel="tokens")
+        row[0].text(0.01, 1.09, _run_title(run), transform=row[0].transAxes, fontsize=9)
+        for ax in row:
+            ax.grid(True, alpha=0.3)
+        row[1].legend(fontsize=8)
+        row[2].legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return write_bytes_atomic(path, buf.getvalue())
