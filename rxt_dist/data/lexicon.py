@@ -113,8 +113,8 @@ FILLERS: tuple[tuple[str, str], ...] = (
 )
 """Small talk whose answer follows from the query alone."""
 
-LIKE_QUERIES = ("do you like {thing} ?", "i really like {thing} .", "what do you think about {thing} ?")
-LIKE_ANSWER = "{thing} is nice , i like {thing} too ."
+LIKE_QUERIES = ("do you like {thing} ?", "i really like {thing} .", "i am a big fan of {thing} .")
+LIKE_ANSWER = "i like {thing} too ."
 THINGS = (
     "music", "tea", "coffee", "rain", "books", "movies", "football", "chess", "summer",
     "winter", "dogs", "cats", "pizza", "the sea", "mountains", "painting", "cooking",

@@ -120,7 +120,7 @@ def prepare_dataset(cfg: PrepareConfig, progress: StageProgress | None = None) -
         texts = [s for c in splits["train"] for t in c.turns for s in (t.query, t.answer)]
         texts += [d for _, d in docs]
         lexicon = [v for vs in cfg.synthetic.values().values() for v in vs] if cfg.conversations else []
-        tokenizer = train_tokenizer(texts, cfg.vocab_size, lexicon=lexicon, length=len(texts))
+        tokenizer = train_tokenizer(texts, cfg.vocab_size, lexicon=lexicon)
     if progress:
         progress("tokenizer", 0)
 

@@ -357,7 +357,6 @@ def ray_dataset(
     columns: Sequence[str] | None = None,
     validate: Validate = "metadata",
     shuffle_files: bool = False,
-    override_num_blocks: int | None = None,
 ) -> ray.data.Dataset:
     """A Ray Dataset of ``split``: one conversation per row, read with ``read_parquet`` through
     the URL's fsspec filesystem (so not ``memory://``: Ray's read tasks run in other processes).
@@ -369,30 +368,26 @@ def ray_dataset(
     "answer_ids"]``). Give each training worker its part with ``streaming_split`` or
     ``ray.train.get_dataset_shard``.
     """
-    import ray.data
-
     manifest = read_manifest(url)
     fs, paths, expected = _split_paths(manifest, split, CONVERSATIONS)
-    return _read_parquet(fs, paths, expected, CONVERSATIONS, manifest, columns, validate, shuffle_files, override_num_blocks, ray.data)
+    return _read_parquet(fs, paths, expected, CONVERSATIONS, manifest, columns, validate, shuffle_files)
 
 
-def _read_parquet(fs, paths, expected, kind, manifest, columns, validate, shuffle_files, override_num_blocks, rd):
+def _read_parquet(fs, paths, expected, kind, manifest, columns, validate, shuffle_files) -> ray.data.Dataset:
+    import ray.data
+
     if not paths:
         raise ValueError(f"{manifest.url}: the split has no shards (0 rows)")
     if validate != "none":
         validate_split_files(fs, paths, kind, manifest.vocab_size, expected, validate)
     if columns is not None:
-        known = columns_for(kind)
-        unknown = [c for c in columns if c not in known]
-        if unknown:
-            raise ValueError(f"columns={list(columns)}: unknown {unknown}; shards have {list(known)}")
-    return rd.read_parquet(
-        paths,
-        filesystem=fs,
-        columns=None if columns is None else list(columns),
-        shuffle="files" if shuffle_files else None,
-        override_num_blocks=override_num_blocks,
-    )
+        with _open(fs, paths[0]) as pf:
+            names = pf.schema_arrow.names
+        missing = [c for c in columns if c not in names]
+        if missing:
+            raise ShardError(f"{display(fs, paths[0])}: no column {missing} (it has {names})")
+    ds = ray.data.read_parquet(paths, filesystem=fs, shuffle="files" if shuffle_files else None)
+    return ds if columns is None else ds.select_columns(list(columns))
 
 
 def ray_text_dataset(
@@ -400,17 +395,16 @@ def ray_text_dataset(
 ) -> ray.data.Dataset:
     """The plain-text view for stage-1 pre-training: rows ``{text, ids, source}``, one per
     conversation of ``split`` (its queries and answers in order, no special tokens), plus, for
-    ``train`` with ``include_extra``, the documents of the ``text`` split (``--extra-text``)."""
-    import ray.data
-
+    ``train`` with ``include_extra``, the documents of the ``text`` split (``--extra-text``).
+    Needs the ``query``/``answer`` text columns."""
     manifest = read_manifest(url)
     fs, paths, expected = _split_paths(manifest, split, CONVERSATIONS)
     cols = ["query", "answer", "query_ids", "answer_ids"]
-    ds = _read_parquet(fs, paths, expected, CONVERSATIONS, manifest, cols, validate, False, None, ray.data)
+    ds = _read_parquet(fs, paths, expected, CONVERSATIONS, manifest, cols, validate, False)
     ds = ds.map_batches(_conversation_text_batch, batch_format="pyarrow")
     if include_extra and split == "train" and TEXT_SPLIT in manifest.splits:
         fs, paths, expected = _split_paths(manifest, TEXT_SPLIT, TEXT)
-        extra = _read_parquet(fs, paths, expected, TEXT, manifest, ["text", "ids", "source"], validate, False, None, ray.data)
+        extra = _read_parquet(fs, paths, expected, TEXT, manifest, ["text", "ids", "source"], validate, False)
         ds = ds.union(extra)
     return ds
 

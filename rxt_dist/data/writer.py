@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -13,7 +14,7 @@ import pyarrow.parquet as pq
 from fsspec import AbstractFileSystem
 from tokenizers import Tokenizer
 
-from rxt_dist.data.conversation import RECALL, TURN_KINDS, Conversation
+from rxt_dist.data.conversation import RECALL, TURN_KINDS, Conversation, Turn
 from rxt_dist.data.schema import (
     CONVERSATION_SCHEMA,
     CONVERSATIONS,
@@ -22,7 +23,6 @@ from rxt_dist.data.schema import (
     TEXT,
     TEXT_SCHEMA,
     TEXT_SPLIT,
-    TURN_ID_COLUMNS,
     Manifest,
     ShardFile,
     SplitInfo,
@@ -55,7 +55,6 @@ def write_shards(
     *,
     extra_text: Sequence[tuple[str, str]] = (),
     shard_rows: int = 2048,
-    min_shards: int = 4,
     generator: dict | None = None,
     sources: dict | None = None,
     overwrite: bool = False,
@@ -64,8 +63,7 @@ def write_shards(
     """Write a dataset folder at ``url`` (any fsspec URL) and return its manifest.
 
     Writes ``tokenizer.json``, ``<split>/part-NNNNN.parquet`` (one conversation per row, at most
-    ``shard_rows`` rows per shard, and at least ``min_shards`` shards per split when it has that
-    many rows, so Ray can hand each training worker its own shards), the ``text`` split when ``extra_text`` (pairs of source name
+    ``shard_rows`` rows per shard), the ``text`` split when ``extra_text`` (pairs of source name
     and document) is given, and ``manifest.json`` last. Every file goes to a temporary name first
     and is renamed when complete, so an interrupted write leaves no manifest, and a manifest never
     lists a partial shard. Token ids are computed here from the text with ``tokenizer``; ids
@@ -73,8 +71,6 @@ def write_shards(
     """
     if shard_rows < 1:
         raise ValueError(f"shard_rows={shard_rows}: must be ≥ 1")
-    if min_shards < 1:
-        raise ValueError(f"min_shards={min_shards}: must be ≥ 1")
     codec = tokenizer if isinstance(tokenizer, TextCodec) else TextCodec(tokenizer)
     _check_inputs(conversations_by_split, extra_text)
     fs, root = resolve(url)
@@ -84,13 +80,11 @@ def write_shards(
     ids = encode_texts(codec, _all_texts(conversations_by_split, extra_text))
     splits: dict[str, SplitInfo] = {}
     for split, convs in conversations_by_split.items():
-        step = _rows_per_shard(len(convs), shard_rows, min_shards)
-        tables = (_conversation_table(convs[i : i + step], ids) for i in range(0, len(convs), step))
+        tables = (_conversation_table(convs[i : i + shard_rows], ids) for i in range(0, len(convs), shard_rows))
         turns = sum(len(c.turns) for c in convs)
         splits[split] = _write_split(fs, root, split, CONVERSATIONS, tables, turns, progress)
     if extra_text:
-        step = _rows_per_shard(len(extra_text), shard_rows, min_shards)
-        tables = (_text_table(extra_text[i : i + step], ids) for i in range(0, len(extra_text), step))
+        tables = (_text_table(extra_text[i : i + shard_rows], ids) for i in range(0, len(extra_text), shard_rows))
         splits[TEXT_SPLIT] = _write_split(fs, root, TEXT_SPLIT, TEXT, tables, 0, progress)
 
     _remove_stale(fs, root, splits, old_splits)
@@ -105,10 +99,6 @@ def write_shards(
     write_manifest(url, manifest)
     log.info("wrote %s: %s", display(fs, root), manifest.counts)
     return read_manifest(url)
-
-
-def _rows_per_shard(rows: int, shard_rows: int, min_shards: int) -> int:
-    return max(1, min(shard_rows, -(-rows // min_shards)))
 
 
 def _check_inputs(conversations_by_split: Mapping[str, Sequence[Conversation]], extra_text) -> None:
@@ -194,82 +184,70 @@ def _remove_stale(fs, root, splits: Mapping[str, SplitInfo], old_splits: Mapping
                 fs.rm(path)
 
 
-def _ids_array(flat: list[int], offsets: list[int]) -> pa.ListArray:
-    values = pa.array(np.asarray(flat, dtype=np.int32), type=pa.int32())
-    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), values, type=pa.list_(pa.int32()))
+def _ids_array(lists: Sequence[list[int]]) -> pa.ListArray:
+    """list<int32> from Python lists, built from one flat buffer and offsets."""
+    lengths = np.fromiter(map(len, lists), dtype=np.int32, count=len(lists))
+    offsets = np.zeros(len(lists) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    values = np.fromiter(itertools.chain.from_iterable(lists), dtype=np.int32, count=int(offsets[-1]))
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values), type=pa.list_(pa.int32()))
 
 
-class _Columns:
-    """Accumulates one shard's per-turn values in flat lists (fast to turn into Arrow arrays)."""
+_NO_RECALL = (-1, -1, -1, False, -1, 0)
+_RECALL_FIELDS = ("recall_stated_turn", "recall_distance", "recall_facts_held", "recall_updated",
+                  "recall_gold_start", "recall_gold_len")  # fmt: skip
 
-    def __init__(self) -> None:
-        self.turn_offsets = [0]
-        self.ids: dict[str, tuple[list[int], list[int]]] = {c: ([], [0]) for c in TURN_ID_COLUMNS}
-        self.lists: dict[str, list] = {
-            name: [] for name in CONVERSATION_SCHEMA.names if name not in ("conversation_id", "num_turns", *TURN_ID_COLUMNS)
-        }
 
-    def add_ids(self, column: str, ids: list[int]) -> None:
-        flat, offsets = self.ids[column]
-        flat.extend(ids)
-        offsets.append(len(flat))
+def _recall_row(conv: Conversation, t: Turn, ids: Mapping[str, list[int]]) -> tuple:
+    r = t.recall
+    if r is None:
+        return _NO_RECALL
+    gold = ids[r.gold]
+    start = find_last(ids[t.answer], gold)
+    if start < 0:
+        raise ValueError(
+            f"conversation {conv.conversation_id!r}: recall gold {r.gold!r} does not occur in its answer "
+            f"{t.answer!r} as whole tokens"
+        )
+    return (r.stated_turn, r.distance, r.facts_held, r.updated, start, len(gold))
 
 
 def _conversation_table(convs: Sequence[Conversation], ids: Mapping[str, list[int]]) -> pa.Table:
-    cols = _Columns()
-    lists = cols.lists
-    for c in convs:
-        for t in c.turns:
-            answer_ids = ids[t.answer]
-            cols.add_ids("query_ids", ids[t.query])
-            cols.add_ids("answer_ids", answer_ids)
-            lists["query"].append(t.query)
-            lists["answer"].append(t.answer)
-            lists["kind"].append(t.kind)
-            lists["fact"].append(t.fact)
-            lists["value"].append(t.value)
-            r = t.recall
-            if r is None:
-                stated, distance, held, updated, start, length = -1, -1, -1, False, -1, 0
-            else:
-                gold = ids[r.gold]
-                start = find_last(answer_ids, gold)
-                if start < 0:
-                    raise ValueError(
-                        f"conversation {c.conversation_id!r}: recall gold {r.gold!r} does not occur in its answer "
-                        f"{t.answer!r} as whole tokens"
-                    )
-                stated, distance, held, updated, length = r.stated_turn, r.distance, r.facts_held, r.updated, len(gold)
-            for name, v in zip(
-                ("recall_stated_turn", "recall_distance", "recall_facts_held", "recall_updated"),
-                (stated, distance, held, updated),
-            ):
-                lists[name].append(v)
-            lists["recall_gold_start"].append(start)
-            lists["recall_gold_len"].append(length)
-        cols.turn_offsets.append(len(lists["query"]))
-    offsets = pa.array(cols.turn_offsets, pa.int32())
+    """One shard: per-turn values gathered in flat lists, then cut into rows by turn offsets."""
+    turns = [t for c in convs for t in c.turns]
+    offsets = np.zeros(len(convs) + 1, dtype=np.int32)
+    np.cumsum([len(c.turns) for c in convs], out=offsets[1:])
+    query_ids = [ids[t.query] for t in turns]
+    answer_ids = [ids[t.answer] for t in turns]
+    recall = [_recall_row(c, t, ids) for c in convs for t in c.turns]
+    per_turn: dict[str, pa.Array] = {
+        "query": pa.array([t.query for t in turns], pa.string()),
+        "answer": pa.array([t.answer for t in turns], pa.string()),
+        "query_ids": _ids_array(query_ids),
+        "answer_ids": _ids_array(answer_ids),
+        "kind": pa.array([t.kind for t in turns], pa.string()),
+        "fact": pa.array([t.fact for t in turns], pa.string()),
+        "value": pa.array([t.value for t in turns], pa.string()),
+    }
+    for name, column in zip(_RECALL_FIELDS, zip(*recall)):
+        per_turn[name] = pa.array(column, CONVERSATION_SCHEMA.field(name).type.value_type)
+    turn_offsets = pa.array(offsets)
     arrays = {
         "conversation_id": pa.array([c.conversation_id for c in convs], pa.string()),
-        "num_turns": pa.array([len(c.turns) for c in convs], pa.int32()),
+        "num_turns": pa.array(np.diff(offsets)),
     }
-    for name in TURN_ID_COLUMNS:
-        inner = _ids_array(*cols.ids[name])
-        arrays[name] = pa.ListArray.from_arrays(offsets, inner, type=CONVERSATION_SCHEMA.field(name).type)
-    for name, values in lists.items():
-        field_type = CONVERSATION_SCHEMA.field(name).type
-        arrays[name] = pa.ListArray.from_arrays(offsets, pa.array(values, field_type.value_type), type=field_type)
+    for name, values in per_turn.items():
+        arrays[name] = pa.ListArray.from_arrays(turn_offsets, values, type=CONVERSATION_SCHEMA.field(name).type)
     return pa.Table.from_arrays([arrays[n] for n in CONVERSATION_SCHEMA.names], schema=CONVERSATION_SCHEMA)
 
 
 def _text_table(docs: Sequence[tuple[str, str]], ids: Mapping[str, list[int]]) -> pa.Table:
-    flat: list[int] = []
-    offsets = [0]
-    for _, text in docs:
-        flat.extend(ids[text])
-        offsets.append(len(flat))
     return pa.Table.from_arrays(
-        [pa.array([t for _, t in docs], pa.string()), _ids_array(flat, offsets), pa.array([s for s, _ in docs], pa.string())],
+        [
+            pa.array([t for _, t in docs], pa.string()),
+            _ids_array([ids[t] for _, t in docs]),
+            pa.array([s for s, _ in docs], pa.string()),
+        ],
         schema=TEXT_SCHEMA,
     )
 

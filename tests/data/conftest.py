@@ -16,9 +16,9 @@ _memory_ids = itertools.count()
 
 
 def small_config(out: str, **changes) -> PrepareConfig:
-    """120 short conversations (train 96 / valid 12 / test 12), 24 rows per shard."""
+    """120 short conversations (train 96 / valid 12 / test 12), 8 rows per shard."""
     synthetic = SyntheticConfig.from_name("debug", seed=7)
-    kw = dict(out=out, conversations=120, synthetic=synthetic, vocab_size=1024, shard_rows=24,
+    kw = dict(out=out, conversations=120, synthetic=synthetic, vocab_size=1024, shard_rows=8,
               valid_fraction=0.1, test_fraction=0.1)  # fmt: skip
     kw.update(changes)
     return PrepareConfig(**kw)
