@@ -14,6 +14,7 @@ import sys
 import time
 
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from rxt_dist.data import PrepareConfig, SyntheticConfig, prepare_dataset
 
@@ -69,11 +70,14 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as e:
         raise SystemExit(f"prepare_data: {e}") from None
     start = time.perf_counter()
-    # generate + write: two passes over the synthetic conversations (imports are written only)
-    with tqdm(total=2 * cfg.conversations, unit="conv", desc="generate") as bar:
+    current = [""]
+    with logging_redirect_tqdm(), tqdm(unit="row") as bar:
 
-        def progress(stage: str, n: int) -> None:
-            bar.set_description(stage)
+        def progress(stage: str, n: int, total: int) -> None:
+            if stage != current[0]:  # a new stage: restart the bar at its own total
+                current[0] = stage
+                bar.reset(total=total)
+                bar.set_description(stage)
             bar.update(n)
 
         manifest = prepare_dataset(cfg, progress)

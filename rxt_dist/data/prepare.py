@@ -11,6 +11,8 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from tokenizers import Tokenizer
+
 from rxt_dist.data.conversation import Conversation
 from rxt_dist.data.importers import import_jsonl, import_yaml, read_text_documents
 from rxt_dist.data.schema import Manifest
@@ -22,8 +24,9 @@ log = logging.getLogger(__name__)
 
 SPLITS = ("train", "valid", "test")
 
-StageProgress = Callable[[str, int], None]
-"""``progress(stage, n)``: ``n`` more conversations finished in ``stage`` (generate | tokenizer | write)."""
+StageProgress = Callable[[str, int, int], None]
+"""``progress(stage, n, total)``: ``n`` more items of ``stage``'s ``total`` are done. Stages come in
+order: ``generate`` (conversations), ``tokenizer`` (1 step), ``write`` (rows of every split)."""
 
 
 @dataclass(frozen=True)
@@ -104,25 +107,34 @@ def _split_imports(cfg: PrepareConfig, convs: Sequence[Conversation]) -> dict[st
     return out
 
 
+def _tokenizer(cfg: PrepareConfig, train: Sequence[Conversation], docs: Sequence[tuple[str, str]]) -> Tokenizer:
+    """The tokenizer named by ``cfg.tokenizer``, or one trained on the training split, the extra
+    text and the value vocabulary."""
+    if cfg.tokenizer is not None:
+        return load_tokenizer(cfg.tokenizer)
+    texts = [s for c in train for t in c.turns for s in (t.query, t.answer)]
+    texts += [d for _, d in docs]
+    lexicon = [v for vs in cfg.synthetic.values().values() for v in vs] if cfg.conversations else []
+    return train_tokenizer(texts, cfg.vocab_size, lexicon=lexicon)
+
+
 def prepare_dataset(cfg: PrepareConfig, progress: StageProgress | None = None) -> Manifest:
     """Generate and import conversations, train (or load) the tokenizer, write the dataset
     folder at ``cfg.out``; return its manifest."""
-    tick = (lambda stage: (lambda n: progress(stage, n))) if progress else (lambda stage: None)
-    splits = generate_splits(cfg.synthetic, cfg.split_counts(cfg.conversations), progress=tick("generate"))
+
+    def tick(stage: str, total: int):
+        return None if progress is None else (lambda n: progress(stage, n, total))
+
+    splits = generate_splits(
+        cfg.synthetic, cfg.split_counts(cfg.conversations), progress=tick("generate", cfg.conversations)
+    )
     imported = _imported(cfg)
     for split, convs in _split_imports(cfg, imported).items():
         splits[split] = splits[split] + convs
     docs = read_text_documents(cfg.extra_text)
-
-    if cfg.tokenizer is not None:
-        tokenizer = load_tokenizer(cfg.tokenizer)
-    else:
-        texts = [s for c in splits["train"] for t in c.turns for s in (t.query, t.answer)]
-        texts += [d for _, d in docs]
-        lexicon = [v for vs in cfg.synthetic.values().values() for v in vs] if cfg.conversations else []
-        tokenizer = train_tokenizer(texts, cfg.vocab_size, lexicon=lexicon)
-    if progress:
-        progress("tokenizer", 0)
+    tokenizer = _tokenizer(cfg, splits["train"], docs)
+    if progress is not None:
+        progress("tokenizer", 1, 1)
 
     generator = dict(cfg.synthetic.to_dict(), conversations=cfg.conversations) if cfg.conversations else None
     sources = {
@@ -141,6 +153,6 @@ def prepare_dataset(cfg: PrepareConfig, progress: StageProgress | None = None) -
         generator=generator,
         sources=sources,
         overwrite=cfg.overwrite,
-        progress=tick("write"),
+        progress=tick("write", sum(map(len, splits.values())) + len(docs)),
     )
 
