@@ -170,6 +170,13 @@ class DecodeBatch:
             self._retain(keep)
         return events
 
+    def remove(self, keys: Sequence[Hashable]) -> None:
+        """Drop unfinished sequences (a client went away); the others decode on unchanged."""
+        gone = set(keys)
+        keep = [i for i, row in enumerate(self.rows) if row.key not in gone]
+        if len(keep) != len(self.rows):
+            self._retain(keep)
+
     def _retain(self, keep: list[int]) -> None:
         self.rows = [self.rows[i] for i in keep]
         if not keep:

@@ -1,0 +1,130 @@
+"""The application's arguments (``args:`` in ``serve/config.yaml``), validated by pydantic."""
+
+import os
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+
+from rxt_dist.serving.api import RequestLimits
+from rxt_dist.serving.sessions import StoreConfig
+
+DEPLOYMENT_NAMES = ("Ingress", "Generator", "MemoryUpdater")
+
+
+def absolute_url(url: str) -> str:
+    """A local path made absolute (replicas do not share the caller's working directory);
+    URLs with a protocol (``s3://…``, ``file://…``) are left alone."""
+    return url if "://" in url else os.path.abspath(os.path.expanduser(url))
+
+
+class AppArgs(BaseModel):
+    """Everything the serving application is built from."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model_dir: str | None = None
+    """Model directory exported by training (config.json, model.safetensors, tokenizer.json);
+    any fsspec URL. None: a RANDOM ``debug`` model is written to ``demo_dir`` and served."""
+    model_name: str | None = None
+    """The model id of ``/v1/models`` (default: the model directory's name)."""
+    demo_dir: str = "runs/serve/demo-model"
+    """Where the random demo model is written when no ``model_dir`` is given."""
+    device: str = "cpu"
+    """torch device of the Generator and MemoryUpdater replicas (``cpu``, ``cuda``)."""
+
+    store_url: str = "runs/serve/sessions"
+    """Where sessions persist: a directory or any fsspec URL."""
+    store_shards: int = 1
+    """Session-store actors; sessions are spread over them by id."""
+    store_cache_sessions: int = 4096
+    """Settled sessions each store shard keeps in memory."""
+    turn_lease_s: float = 120.0
+    """A session claimed by a request whose server died is freed after this long."""
+
+    max_batch_size: int = 32
+    """Sequences one Generator replica decodes together."""
+    update_batch_size: int = 16
+    """Memory updates one MemoryUpdater replica applies in one batch."""
+    update_batch_wait_s: float = 0.005
+    """How long the updater waits to fill a batch."""
+
+    max_message_tokens: int = 512
+    """Longest accepted message, in tokens."""
+    max_tokens_limit: int = 512
+    """Largest ``max_tokens`` a request may ask for."""
+    default_max_tokens: int = 128
+    """Answer length when a request gives no ``max_tokens``."""
+
+    update_wait_timeout_s: float = 30.0
+    """How long a request waits for its session's previous memory update before a 503."""
+    update_stale_s: float = 10.0
+    """A pending update older than this is dispatched again by the next request (its first
+    dispatcher may have died); duplicates are harmless (compare-and-set)."""
+    update_retry_s: float = 120.0
+    """How long a dispatcher keeps retrying a failing update call."""
+    initial_stm_seed: int = 0
+    """Seed of a new session's initial STM (the same for every session, so a conversation's
+    answers are reproducible)."""
+
+    api_key: str | None = None
+    """Bearer key required on every route but /healthz (None: no key)."""
+    api_key_env: str | None = None
+    """Name of an environment variable holding the key (keeps it out of config files)."""
+
+    update_delay_s: float = 0.0
+    """TEST KNOB: the updater sleeps this long before committing each batch."""
+    deployment_options: dict[str, dict[str, Any]] = {}
+    """Per-deployment ``.options(...)`` overrides, keyed by deployment name (for code that
+    calls ``build_app`` directly; ``serve/config.yaml`` uses its ``deployments:`` section)."""
+
+    @field_validator("store_shards", "store_cache_sessions", "max_batch_size", "update_batch_size",
+                     "max_message_tokens", "max_tokens_limit", "default_max_tokens")
+    @classmethod
+    def _at_least_one(cls, value: int, info) -> int:
+        if value < 1:
+            raise ValueError(f"{info.field_name}={value}: must be ≥ 1")
+        return value
+
+    @field_validator("update_wait_timeout_s", "update_stale_s", "update_retry_s", "turn_lease_s")
+    @classmethod
+    def _positive(cls, value: float, info) -> float:
+        if value <= 0:
+            raise ValueError(f"{info.field_name}={value}: must be > 0 seconds")
+        return value
+
+    @field_validator("update_delay_s", "update_batch_wait_s")
+    @classmethod
+    def _non_negative(cls, value: float, info) -> float:
+        if value < 0:
+            raise ValueError(f"{info.field_name}={value}: must be ≥ 0 seconds")
+        return value
+
+    @field_validator("deployment_options")
+    @classmethod
+    def _known_deployments(cls, value: dict) -> dict:
+        unknown = sorted(set(value) - set(DEPLOYMENT_NAMES))
+        if unknown:
+            raise ValueError(f"deployment_options names {unknown}: the deployments are {list(DEPLOYMENT_NAMES)}")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "AppArgs":
+        self.limits()  # RequestLimits checks default_max_tokens ≤ max_tokens_limit
+        if self.api_key is not None and self.api_key_env is not None:
+            raise ValueError("api_key and api_key_env are both set: give the key one way")
+        return self
+
+    def limits(self) -> RequestLimits:
+        return RequestLimits(self.max_message_tokens, self.max_tokens_limit, self.default_max_tokens)
+
+    def store_config(self) -> StoreConfig:
+        return StoreConfig(url=self.store_url, cache_sessions=self.store_cache_sessions,
+                           turn_lease_s=self.turn_lease_s)
+
+    def resolved_api_key(self) -> str | None:
+        if self.api_key_env is None:
+            return self.api_key
+        key = os.environ.get(self.api_key_env)
+        if not key:
+            raise ValueError(f"api_key_env={self.api_key_env!r}: that environment variable is not set")
+        return key

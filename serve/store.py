@@ -1,0 +1,65 @@
+"""The session store as Ray actors: one detached, named actor per shard.
+
+Each shard is a :class:`rxt_dist.serving.SessionStore` running as an async Ray actor. The
+actors are *named* (the name is derived from the store URL and the shard layout) so that
+exactly one writer exists per shard in the whole cluster, whichever deployment replica
+reaches it first; *detached*, so a redeploy of the application keeps their in-memory state;
+and restarted by Ray when they die (``max_restarts=-1``) — a restarted shard reloads
+sessions from storage on first use. :func:`stop_session_stores` ends them.
+"""
+
+import hashlib
+import logging
+
+import ray
+
+from rxt_dist.serving.sessions import SessionStore, StoreConfig, shard_of
+
+logger = logging.getLogger("ray.serve")
+
+STORE_NAMESPACE = "rxt_dist"
+
+
+def store_actor_name(url: str, shard: int, num_shards: int) -> str:
+    """The cluster-wide name of one shard actor (same URL and layout → same actor)."""
+    digest = hashlib.sha256(url.encode()).hexdigest()[:16]
+    return f"rxt-session-store-{digest}-{shard}-of-{num_shards}"
+
+
+class StoreShards:
+    """Handles to every shard of one session store, creating the actors on first use."""
+
+    def __init__(self, config: StoreConfig, num_shards: int) -> None:
+        if num_shards < 1:
+            raise ValueError(f"store_shards={num_shards}: must be ≥ 1")
+        self.config = config
+        self.handles = [self._get_or_create(i, num_shards) for i in range(num_shards)]
+
+    def _get_or_create(self, shard: int, num_shards: int):
+        actor = ray.remote(SessionStore).options(
+            name=store_actor_name(self.config.url, shard, num_shards),
+            namespace=STORE_NAMESPACE,
+            lifetime="detached",
+            get_if_exists=True,
+            max_restarts=-1,
+            num_cpus=0,
+        )
+        return actor.remote(self.config)
+
+    def for_session(self, session_id: str):
+        """The actor owning ``session_id``."""
+        return self.handles[shard_of(session_id, len(self.handles))]
+
+
+def stop_session_stores(url: str, num_shards: int) -> int:
+    """Kill the shard actors of the store at ``url`` (their sessions stay in storage and are
+    reloaded by the next actors). Returns how many were running."""
+    stopped = 0
+    for shard in range(num_shards):
+        try:
+            actor = ray.get_actor(store_actor_name(url, shard, num_shards), namespace=STORE_NAMESPACE)
+        except ValueError:
+            continue
+        ray.kill(actor, no_restart=True)
+        stopped += 1
+    return stopped

@@ -1,0 +1,95 @@
+import asyncio
+
+import torch
+
+from rxt_dist.inference import SamplingParams, generate
+from rxt_dist.serving.decode_loop import DecodeLoop
+
+QUERIES = [[30, 31, 32], [40, 41, 42, 43, 44], [50], [60, 61]]
+GREEDY = SamplingParams(max_new_tokens=12)
+
+
+def memories(model, n):
+    return model.initial_stm(n, torch.Generator().manual_seed(3)) * 25  # (L, n, S, D), well apart
+
+
+async def collect(loop, query, stm, params=GREEDY, stop_after=None):
+    tokens, reason = [], None
+    stream = loop.stream(query, stm, params)
+    async for new, finish in stream:
+        tokens.extend(new)
+        reason = finish
+        if stop_after is not None and len(tokens) >= stop_after:
+            await stream.aclose()
+            break
+    return tokens, reason
+
+
+def alone(model, query, stm, params=GREEDY):
+    return generate(model, [query], stm[:, None], params)[0]
+
+
+def test_concurrent_requests_decode_together_and_match_each_alone(reference):
+    model = reference.model
+    stm = memories(model, len(QUERIES))
+
+    async def scenario():
+        loop = DecodeLoop(model, max_batch_size=8)
+        results = await asyncio.gather(*(collect(loop, q, stm[:, i]) for i, q in enumerate(QUERIES)))
+        return loop, results
+
+    loop, results = asyncio.run(scenario())
+    for i, (tokens, reason) in enumerate(results):
+        assert tokens == alone(model, QUERIES[i], stm[:, i])
+        assert reason in ("stop", "length")
+    assert loop.stats.max_rows == len(QUERIES)  # all four were in one batch
+    assert len({tuple(t) for t, _ in results}) == len(QUERIES)
+
+
+def test_a_request_joining_a_running_batch_is_unaffected(reference):
+    model = reference.model
+    stm = memories(model, 2)
+    long = SamplingParams(max_new_tokens=40)
+
+    async def scenario():
+        loop = DecodeLoop(model, max_batch_size=8)
+        first = asyncio.create_task(collect(loop, QUERIES[0], stm[:, 0], long))
+        await asyncio.sleep(0.05)  # the first is mid-answer when the second arrives
+        second = await collect(loop, QUERIES[1], stm[:, 1], long)
+        return await first, second
+
+    (first, _), (second, _) = asyncio.run(scenario())
+    assert first == alone(model, QUERIES[0], stm[:, 0], long)
+    assert second == alone(model, QUERIES[1], stm[:, 1], long)
+
+
+def test_a_closed_stream_leaves_the_batch_and_the_others_go_on(reference):
+    model = reference.model
+    stm = memories(model, 2)
+    long = SamplingParams(max_new_tokens=60)
+
+    async def scenario():
+        loop = DecodeLoop(model, max_batch_size=2)
+        stays = asyncio.create_task(collect(loop, QUERIES[1], stm[:, 1], long))
+        leaves = await collect(loop, QUERIES[0], stm[:, 0], long, stop_after=2)
+        kept = await stays
+        await asyncio.sleep(0.05)  # let the loop go idle
+        return loop, leaves, kept
+
+    loop, (left, _), (kept, _) = asyncio.run(scenario())
+    assert len(left) >= 2 and left == alone(model, QUERIES[0], stm[:, 0], long)[:len(left)]
+    assert kept == alone(model, QUERIES[1], stm[:, 1], long)
+    assert loop.stats.cancelled == 1 and len(loop.batch) == 0
+
+
+def test_requests_beyond_the_batch_size_wait_their_turn(reference):
+    model = reference.model
+    stm = memories(model, len(QUERIES))
+
+    async def scenario():
+        loop = DecodeLoop(model, max_batch_size=2)
+        return loop, await asyncio.gather(*(collect(loop, q, stm[:, i]) for i, q in enumerate(QUERIES)))
+
+    loop, results = asyncio.run(scenario())
+    assert loop.stats.max_rows == 2
+    assert [t for t, _ in results] == [alone(model, q, stm[:, i]) for i, q in enumerate(QUERIES)]
