@@ -44,6 +44,9 @@ class RecallInfo:
     """How many distinct facts the conversation had stated before this turn."""
     updated: bool = False
     """True when the fact was changed at least once, so an older value is a wrong answer."""
+    mentioned_turn: int = -1
+    """The last turn before this one whose text held the gold value: ``stated_turn``, or a later
+    recall turn that asked for the same value (its answer repeats it). -1 when unknown."""
     gold_ids: list[int] = field(default_factory=list)
     """Token ids of ``gold`` as it appears in the answer (empty until tokenized)."""
     gold_start: int = -1

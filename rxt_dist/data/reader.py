@@ -315,8 +315,12 @@ def _recall_info(cols: dict, row: int, i: int, fact, value, answer_ids: list[int
     stated = cols["recall_stated_turn"][row][i]
     distance = cols["recall_distance"][row][i]
     start, length = cols["recall_gold_start"][row][i], cols["recall_gold_len"][row][i]
-    if not (stated < i and distance == i - stated):
-        raise ShardError(f"{where}: recall_stated_turn={stated}, recall_distance={distance} do not fit turn {i}")
+    mentioned = cols["recall_mentioned_turn"][row][i]
+    if not (stated < i and distance == i - stated and mentioned < i):
+        raise ShardError(
+            f"{where}: recall_stated_turn={stated}, recall_distance={distance}, recall_mentioned_turn="
+            f"{mentioned} do not fit turn {i} (need stated < turn, distance = turn - stated, mentioned < turn)"
+        )
     if not (0 <= start and start + length <= len(answer_ids)):
         raise ShardError(f"{where}: recall gold span [{start}, {start + length}) outside the answer")
     return RecallInfo(
@@ -326,6 +330,7 @@ def _recall_info(cols: dict, row: int, i: int, fact, value, answer_ids: list[int
         gold=value or "",
         facts_held=cols["recall_facts_held"][row][i],
         updated=bool(cols["recall_updated"][row][i]),
+        mentioned_turn=mentioned,
         gold_ids=answer_ids[start : start + length],
         gold_start=start,
     )

@@ -45,6 +45,7 @@ CONVERSATION_SCHEMA = pa.schema(
         ("recall_distance", pa.list_(pa.int32())),
         ("recall_facts_held", pa.list_(pa.int32())),
         ("recall_updated", pa.list_(pa.bool_())),
+        ("recall_mentioned_turn", pa.list_(pa.int32())),
         ("recall_gold_start", pa.list_(pa.int32())),
         ("recall_gold_len", pa.list_(pa.int32())),
     ]
@@ -94,6 +95,7 @@ CONVERSATION_COLUMNS: dict[str, Column] = {
     "recall_distance": _INT_LIST,
     "recall_facts_held": _INT_LIST,
     "recall_updated": Column(_list_of(pa.types.is_boolean), "list<bool>"),
+    "recall_mentioned_turn": _INT_LIST,
     "recall_gold_start": _INT_LIST,
     "recall_gold_len": _INT_LIST,
 }

@@ -40,6 +40,7 @@ Progress = Callable[[int], None]
 """Called with the number of items just finished (drives a progress bar in the entry point)."""
 
 _KINDS = (FACT, UPDATE, FILLER, RECALL)
+_REASK = 0.25  # weight of a recall turn, relative to p_recall, when every stated fact was asked
 _MAX_WORD_VALUES = 2500  # per attribute; the pseudo-word pool holds about 29,000 words in all
 
 
@@ -205,6 +206,8 @@ class _State:
         self.current: dict[str, tuple[str, int, bool]] = {}
         self.stated: list[str] = []  # keys in order of first statement
         self.taken: set[str] = set()  # values used in this conversation (all distinct)
+        self.unasked: list[str] = []  # stated keys not recalled since their last statement
+        self.mentioned: dict[str, int] = {}  # key → last turn whose text held its current value
 
     def state(self, key: str, value: str, turn: int) -> None:
         updated = key in self.current
@@ -212,10 +215,23 @@ class _State:
             self.stated.append(key)
         self.current[key] = (value, turn, updated)
         self.taken.add(value)
+        self.mentioned[key] = turn
+        if key not in self.unasked:
+            self.unasked.append(key)
+
+    def recall_target(self, rng: random.Random) -> str:
+        """A fact not asked since it was stated, if any; else any stated fact."""
+        key = rng.choice(self.unasked or self.stated)
+        if key in self.unasked:
+            self.unasked.remove(key)
+        return key
 
     def recall_info(self, key: str, turn: int) -> RecallInfo:
+        """The recall metadata of asking for ``key`` at ``turn`` (whose answer mentions it again)."""
         value, stated_turn, updated = self.current[key]
-        return RecallInfo(key, stated_turn, turn - stated_turn, value, len(self.stated), updated)
+        info = RecallInfo(key, stated_turn, turn - stated_turn, value, len(self.stated), updated, self.mentioned[key])
+        self.mentioned[key] = turn
+        return info
 
 
 def _choose_kind(rng: random.Random, cfg: SyntheticConfig, state: _State, n_keys: int, need: int, left: int) -> str:
@@ -228,7 +244,9 @@ def _choose_kind(rng: random.Random, cfg: SyntheticConfig, state: _State, n_keys
     if len(state.current) < n_keys:
         options.append((FACT, cfg.p_fact))
     if state.current:
-        options += [(UPDATE, cfg.p_update), (RECALL, cfg.p_recall)]
+        # asking again for a fact already asked is allowed, but less likely than a fresh one
+        p_recall = cfg.p_recall if state.unasked else cfg.p_recall * _REASK
+        options += [(UPDATE, cfg.p_update), (RECALL, p_recall)]
     total = sum(w for _, w in options)
     if total == 0:
         return FACT if len(state.current) < n_keys else RECALL
@@ -259,7 +277,7 @@ def _one_conversation(rng: random.Random, cfg: SyntheticConfig, writer: _Writer,
             state.state(key, v, t)
             turns.append(writer.fact(rng, key, v, update=True))
         elif kind == RECALL:
-            key = rng.choice(state.stated)
+            key = state.recall_target(rng)
             turns.append(writer.recall(rng, key, state.recall_info(key, t)))
             recalls += 1
         else:

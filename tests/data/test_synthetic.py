@@ -56,6 +56,8 @@ def test_every_recall_gold_is_the_latest_earlier_statement():
             assert r.facts_held == len(held)
             assert r.gold not in t.query.split(), "the question must not contain the answer"
             assert t.answer.split()[-2] == r.gold  # "... is <gold> ."
+            mentions = [j for j in range(i) if r.gold in conv.turns[j].answer.split()]
+            assert r.mentioned_turn == mentions[-1] >= r.stated_turn
             n_recalls += 1
             n_updated += r.updated
     assert n_recalls > 2000 and n_updated > 100  # most conversations recall; some after an update
