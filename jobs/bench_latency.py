@@ -61,13 +61,15 @@ def main(argv: list[str] | None = None) -> None:
         cfgs = configs(args)
     except ValueError as exc:
         sys.exit(f"bench_latency: {exc}")
-    reports = [run_latency(cfg, progress=True, command=command) for cfg in cfgs]
-    document = latency_document(reports, command)
-    write_json_atomic(args.out, document)
-    if args.plot:
-        plot_latency(document, args.plot)
-    for run in document["runs"]:
-        print(summary_lines(run))
+    reports = []
+    for cfg in cfgs:
+        reports.append(run_latency(cfg, progress=True, command=command))
+        # Written after every run, so a long second preset never costs the first one's figures.
+        document = latency_document(reports, command)
+        write_json_atomic(args.out, document)
+        if args.plot:
+            plot_latency(document, args.plot)
+        print(summary_lines(reports[-1]), flush=True)
     print(f"wrote {args.out}" + (f" and {args.plot}" if args.plot else ""))
 
 

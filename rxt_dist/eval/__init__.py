@@ -1,5 +1,18 @@
 """Evaluation: the latency benchmark and the quality evaluation (see docs/evaluation.md)."""
 
-from rxt_dist.eval.latency import SYSTEMS, LatencyConfig, run_latency
+from rxt_dist.eval.latency import SYSTEMS, LatencyConfig, latency_document, run_latency
+from rxt_dist.eval.quality import (
+    QUALITY_SYSTEMS,
+    QualityConfig,
+    QualityReport,
+    SystemQuality,
+    evaluate_conversations,
+    evaluate_models,
+    recall_exact_match,
+)
 
-__all__ = ["SYSTEMS", "LatencyConfig", "run_latency"]
+__all__ = [
+    "SYSTEMS", "LatencyConfig", "latency_document", "run_latency",
+    "QUALITY_SYSTEMS", "QualityConfig", "QualityReport", "SystemQuality", "evaluate_conversations",
+    "evaluate_models", "recall_exact_match",
+]

@@ -8,6 +8,7 @@ last, so an interrupted run never leaves a half-written file behind.
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import platform
@@ -57,11 +58,9 @@ def machine_info() -> dict[str, Any]:
         "torch": torch.__version__,
         "load_average": load_average(),
     }
-    try:
-        import transformers
-
-        info["transformers"] = transformers.__version__
-    except ImportError:
+    try:  # the installed version, without paying the import of the package
+        info["transformers"] = importlib.metadata.version("transformers")
+    except importlib.metadata.PackageNotFoundError:
         info["transformers"] = None
     return info
 

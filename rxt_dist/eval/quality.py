@@ -1,0 +1,616 @@
+"""Quality evaluation on held-out conversations: what the memory adds, turn by turn.
+
+Three systems answer the same conversations (the ``test`` split of a dataset by default):
+
+``rxt``
+    The RxT model with its STM carried through the conversation: each turn is scored and
+    answered from the STM, then the interaction **with the gold answer** is consolidated
+    into it (as in training: the evaluation measures memory, not the compounding of the
+    model's own earlier mistakes).
+``stateless_full``
+    The stateless baseline reading the whole history (every earlier interaction, gold
+    answers) before each turn.
+``stateless_none``
+    The same baseline reading only the current query: the floor, what a model without any
+    memory gets right.
+
+Metrics (definitions in docs/evaluation.md):
+
+* per turn index: answer perplexity and token accuracy, teacher-forced, over the answer
+  tokens and the closing ``[EOS]`` (the training targets);
+* on recall turns: **exact match** of the greedy answer (:func:`recall_exact_match`), and the
+  teacher-forced value accuracy (every gold value token is the argmax at its position),
+  each broken down by distance (turns since the fact was stated) and facts held.
+
+Everything is batched over conversations: the turns of a batch advance together, RxT's STM
+rows and the baseline's histories side by side.
+
+Shape legend: L layers, B conversations, S memory slots, D model dim, T tokens, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from rxt_dist.eval.report import machine_info, write_json_atomic
+from rxt_dist.inference import SamplingParams, collect, consolidate, generate, pad_batch, respond_stateless
+from rxt_dist.model import RxTModel, StatelessLM, load_model_dir
+from rxt_dist.model.io import load_tokenizer_json
+from rxt_dist.tokens import history_ids, interaction_ids, prompt_ids
+
+log = logging.getLogger(__name__)
+
+QUALITY_SYSTEMS: tuple[str, ...] = ("rxt", "stateless_full", "stateless_none")
+DESCRIPTIONS = {
+    "rxt": "RxT, STM carried through the conversation (consolidated with gold answers)",
+    "stateless_full": "stateless baseline, full history (gold answers)",
+    "stateless_none": "stateless baseline, current query only (the floor)",
+}
+
+
+@dataclass
+class QualityConfig:
+    """What the quality evaluation reads and how it generates."""
+
+    split: str = "test"
+    """Dataset split of held-out conversations."""
+    max_conversations: int | None = None
+    """Evaluate only the first N conversations of the split (``None``: all)."""
+    batch_size: int = 16
+    """Conversations advanced together."""
+    max_new_tokens: int = 32
+    """Greedy answer limit on recall turns (answers stop at ``[EOS]`` before that)."""
+    systems: tuple[str, ...] = QUALITY_SYSTEMS
+    """Which of :data:`QUALITY_SYSTEMS` to evaluate."""
+    seed: int = 0
+    """Seed of each conversation's initial STM (conversation i uses ``seed + i``)."""
+    threads: int | None = None
+    """``torch.set_num_threads`` during the run (``None``: leave it)."""
+    examples: int = 5
+    """Recall answers kept verbatim per system in the report (failures first)."""
+
+    def __post_init__(self) -> None:
+        self.systems = tuple(self.systems)
+        if self.max_conversations is not None and self.max_conversations < 1:
+            raise ValueError(f"max_conversations={self.max_conversations}: must be ≥ 1 (or None for all)")
+        for name in ("batch_size", "max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)}: must be ≥ 1")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads={self.threads}: must be ≥ 1 (or None to leave torch's setting)")
+        if self.examples < 0:
+            raise ValueError(f"examples={self.examples}: must be ≥ 0")
+        unknown = [s for s in self.systems if s not in QUALITY_SYSTEMS]
+        if unknown or not self.systems:
+            raise ValueError(f"systems={list(self.systems)}: choose one or more of {list(QUALITY_SYSTEMS)}")
+
+
+# -- exact match ----------------------------------------------------------------------------
+
+_WORD = re.compile(r"\w+|[^\w\s]")
+
+
+def words(text: str) -> list[str]:
+    """Lower-cased words and punctuation marks of ``text`` (``"Rex."`` → ``["rex", "."]``)."""
+    return _WORD.findall(text.lower())
+
+
+def _contains(haystack: Sequence[str], needle: Sequence[str]) -> bool:
+    n = len(needle)
+    return n > 0 and any(list(haystack[i:i + n]) == list(needle) for i in range(len(haystack) - n + 1))
+
+
+def recall_exact_match(answer: str, gold: str, stale: Iterable[str] = ()) -> bool:
+    """Exact-match recall: the gold value's words appear as a contiguous run of whole words
+    in ``answer`` and no ``stale`` value (an older value of the same fact) appears.
+
+    Words are compared lower-cased, with punctuation split off (:func:`words`), so
+    ``"your pet is called rex ."`` matches gold ``rex`` but not ``rexa``; a multi-word value
+    (``"apples , milk and soap"``) must appear whole and in order.
+    """
+    got = words(answer)
+    if not _contains(got, words(gold)):
+        return False
+    return not any(_contains(got, words(s)) for s in stale if words(s) != words(gold))
+
+
+# -- tallies --------------------------------------------------------------------------------
+
+@dataclass
+class TokenTally:
+    """Teacher-forced answer tokens of one turn index."""
+
+    tokens: int = 0
+    nll: float = 0.0
+    correct: int = 0
+
+    def add(self, nll: float, tokens: int, correct: int) -> None:
+        self.tokens += tokens
+        self.nll += nll
+        self.correct += correct
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "tokens": self.tokens,
+            "perplexity": math.exp(self.nll / self.tokens) if self.tokens else None,
+            "accuracy": self.correct / self.tokens if self.tokens else None,
+        }
+
+
+@dataclass
+class RecallRecord:
+    """The outcome of one recall turn."""
+
+    conversation_id: str
+    turn: int
+    """0-based turn index."""
+    distance: int
+    facts_held: int
+    updated: bool
+    gold: str
+    answer: str
+    """The greedy answer, decoded."""
+    exact_match: bool
+    value_accuracy: bool
+    """Teacher-forced: every gold value token was the argmax at its position."""
+
+
+@dataclass
+class SystemQuality:
+    """Everything measured for one system."""
+
+    name: str
+    description: str
+    per_turn: list[TokenTally] = field(default_factory=list)
+    recalls: list[RecallRecord] = field(default_factory=list)
+
+    def tally(self, turn: int) -> TokenTally:
+        while len(self.per_turn) <= turn:
+            self.per_turn.append(TokenTally())
+        return self.per_turn[turn]
+
+    @property
+    def overall(self) -> TokenTally:
+        total = TokenTally()
+        for t in self.per_turn:
+            total.add(t.nll, t.tokens, t.correct)
+        return total
+
+    @property
+    def recall_exact_match(self) -> float | None:
+        return _rate(self.recalls, "exact_match")
+
+    def recall_summary(self, examples: int = 5) -> dict[str, Any]:
+        failures = [r for r in self.recalls if not r.exact_match]
+        shown = (failures + [r for r in self.recalls if r.exact_match])[:examples]
+        return {
+            "count": len(self.recalls),
+            "exact_match": self.recall_exact_match,
+            "value_accuracy": _rate(self.recalls, "value_accuracy"),
+            "by_distance": _breakdown(self.recalls, "distance"),
+            "by_facts_held": _breakdown(self.recalls, "facts_held"),
+            "by_updated": _breakdown(self.recalls, "updated"),
+            "examples": [asdict(r) for r in shown],
+        }
+
+    def to_dict(self, examples: int = 5) -> dict[str, Any]:
+        return {
+            "description": self.description,
+            "overall": self.overall.to_dict(),
+            "per_turn": [{"turn": i + 1, **t.to_dict()} for i, t in enumerate(self.per_turn)],
+            "recall": self.recall_summary(examples),
+        }
+
+
+def _rate(records: Sequence[RecallRecord], attr: str) -> float | None:
+    return sum(getattr(r, attr) for r in records) / len(records) if records else None
+
+
+def _breakdown(records: Sequence[RecallRecord], key: str) -> dict[str, dict[str, Any]]:
+    groups: dict[Any, list[RecallRecord]] = defaultdict(list)
+    for r in records:
+        groups[getattr(r, key)].append(r)
+    return {
+        str(k).lower(): {"count": len(v), "exact_match": _rate(v, "exact_match"),
+                         "value_accuracy": _rate(v, "value_accuracy")}
+        for k, v in sorted(groups.items())
+    }
+
+
+# -- teacher-forced scoring -----------------------------------------------------------------
+
+def answer_positions(query_len: int, answer_len: int, offset: int = 0) -> range:
+    """Logit positions that predict the answer tokens and the closing ``[EOS]`` of the
+    interaction ``[BOS][Q] q [A] a [EOS]`` starting at ``offset`` (position p predicts p+1)."""
+    first = offset + query_len + 2  # the [A] token
+    return range(first, first + answer_len + 1)
+
+
+def token_scores(logits: Tensor, ids: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Negative log-likelihood and correctness (B, T) of the next token at the ``mask`` (B, T)
+    logit positions of ``logits`` (B, T, V) against ``ids`` (B, T); 0 elsewhere."""
+    mask = mask.to(logits.device).clone()
+    mask[:, -1] = False  # the last position has no next token
+    targets = torch.roll(ids, shifts=-1, dims=1)[mask]  # (K,): position p predicts token p+1
+    picked = logits[mask].float()  # (K, V)
+    nll = torch.zeros(ids.shape, dtype=torch.float32, device=logits.device)
+    correct = torch.zeros(ids.shape, dtype=torch.bool, device=logits.device)
+    nll[mask] = F.cross_entropy(picked, targets, reduction="none")
+    correct[mask] = picked.argmax(dim=-1) == targets
+    return nll.cpu(), correct.cpu()
+
+
+@dataclass
+class _Scored:
+    """One turn's teacher-forced result in a batch row."""
+
+    nll: float
+    tokens: int
+    correct: int
+    value_ok: bool
+
+
+def _score_rows(
+    logits: Tensor, ids: Tensor, spans: Sequence[Sequence[tuple[range, range | None]]]
+) -> list[list[_Scored]]:
+    """Score the answer spans of each row: ``spans[b]`` lists, per turn in row b, the answer
+    positions and (on recall turns) the positions predicting the gold value tokens."""
+    mask = torch.zeros(ids.shape, dtype=torch.bool)
+    for b, row in enumerate(spans):
+        for answer, _ in row:
+            mask[b, answer.start:answer.stop] = True
+    nll, correct = token_scores(logits, ids, mask)
+    out = []
+    for b, row in enumerate(spans):
+        scored = []
+        for answer, value in row:
+            sl = slice(answer.start, answer.stop)
+            value_ok = bool(correct[b, value.start:value.stop].all()) if value is not None else False
+            scored.append(_Scored(float(nll[b, sl].sum()), len(answer), int(correct[b, sl].sum()), value_ok))
+        out.append(scored)
+    return out
+
+
+def _value_positions(turn, answer: range) -> range | None:
+    """Logit positions predicting the gold value tokens of a recall turn (None otherwise)."""
+    rec = turn.recall
+    if rec is None or rec.gold_start < 0 or not rec.gold_ids:
+        return None
+    first = answer.start + rec.gold_start
+    return range(first, first + len(rec.gold_ids))
+
+
+# -- the three systems ----------------------------------------------------------------------
+
+@dataclass
+class _Pending:
+    """A recall turn waiting for its greedy answer."""
+
+    conv: Any
+    turn: int
+    value_ok: bool
+
+
+def _stale_values(conv, turn: int) -> list[str]:
+    """Values stated for the recalled fact before ``turn`` that are not the gold value."""
+    rec = conv.turns[turn].recall
+    return [t.value for t in conv.turns[:turn]
+            if t.fact == rec.fact and t.value is not None and t.value != rec.gold]
+
+
+def _record(p: _Pending, answer_ids: list[int], codec) -> RecallRecord:
+    rec = p.conv.turns[p.turn].recall
+    text = codec.decode(answer_ids)
+    return RecallRecord(
+        conversation_id=p.conv.conversation_id, turn=p.turn, distance=rec.distance,
+        facts_held=rec.facts_held, updated=rec.updated, gold=rec.gold, answer=text,
+        exact_match=recall_exact_match(text, rec.gold, _stale_values(p.conv, p.turn)),
+        value_accuracy=p.value_ok,
+    )
+
+
+@torch.no_grad()
+def evaluate_rxt_batch(model: RxTModel, convs: Sequence, codec, result: SystemQuality,
+                       cfg: QualityConfig, first_index: int) -> None:
+    """Play a batch of conversations through RxT turn by turn, one STM row each."""
+    device = model.embed.weight.device
+    stm = torch.cat([model.initial_stm(1, torch.Generator().manual_seed(cfg.seed + first_index + i))
+                     for i in range(len(convs))], dim=1).to(device)  # (L, B, S, D)
+    sampling = SamplingParams(max_new_tokens=cfg.max_new_tokens)
+    for t in range(max(len(c.turns) for c in convs)):
+        rows = [i for i, c in enumerate(convs) if t < len(c.turns)]
+        turns = [convs[i].turns[t] for i in rows]
+        sub = stm[:, rows]  # (L, B', S, D)
+        ids, lengths = pad_batch([interaction_ids(x.query_ids, x.answer_ids) for x in turns], device)
+        logits, _ = model(ids, lengths, sub)  # (B', T, V)
+        spans = []
+        for x in turns:
+            answer = answer_positions(len(x.query_ids), len(x.answer_ids))
+            spans.append([(answer, _value_positions(x, answer))])
+        pending: list[tuple[int, _Pending]] = []  # (row in this turn's batch, recall turn)
+        for r, (i, x, (scored,)) in enumerate(zip(rows, turns, _score_rows(logits, ids, spans))):
+            result.tally(t).add(scored.nll, scored.tokens, scored.correct)
+            if x.recall is not None:
+                pending.append((r, _Pending(convs[i], t, scored.value_ok)))
+        if pending:
+            recall_rows = [r for r, _ in pending]
+            answers = generate(model, [turns[r].query_ids for r in recall_rows], sub[:, recall_rows], sampling)
+            result.recalls.extend(_record(p, a, codec) for (_, p), a in zip(pending, answers))
+        stm[:, rows] = consolidate(model, sub, [x.query_ids for x in turns], [x.answer_ids for x in turns])
+
+
+def _conversation_ids(conv) -> tuple[list[int], list[tuple[range, range | None]]]:
+    """The whole conversation as one token sequence (gold answers) and, per turn, its answer
+    positions and gold-value positions."""
+    seq: list[int] = []
+    spans = []
+    for x in conv.turns:
+        answer = answer_positions(len(x.query_ids), len(x.answer_ids), offset=len(seq))
+        spans.append((answer, _value_positions(x, answer)))
+        seq.extend(interaction_ids(x.query_ids, x.answer_ids))
+    return seq, spans
+
+
+@torch.no_grad()
+def evaluate_full_history_batch(model: StatelessLM, convs: Sequence, codec, result: SystemQuality,
+                                cfg: QualityConfig) -> None:
+    """The baseline with the whole history. One causal pass over a conversation scores every
+    turn given all earlier ones; recall turns are then answered from their history."""
+    device = model.embed.weight.device
+    seqs, spans = zip(*(_conversation_ids(c) for c in convs))
+    ids, lengths = pad_batch(seqs, device)
+    logits, _ = model(ids, lengths)  # (B, T, V)
+    pending, histories = [], []
+    for conv, scored_turns in zip(convs, _score_rows(logits, ids, spans)):
+        for t, scored in enumerate(scored_turns):
+            result.tally(t).add(scored.nll, scored.tokens, scored.correct)
+            if conv.turns[t].recall is not None:
+                pending.append(_Pending(conv, t, scored.value_ok))
+                earlier = [(x.query_ids, x.answer_ids) for x in conv.turns[:t]]
+                histories.append(history_ids(earlier, conv.turns[t].query_ids))
+    _answer_stateless(model, pending, histories, codec, result, cfg)
+
+
+@torch.no_grad()
+def evaluate_no_history_batch(model: StatelessLM, convs: Sequence, codec, result: SystemQuality,
+                              cfg: QualityConfig) -> None:
+    """The baseline given each turn alone: the floor."""
+    device = model.embed.weight.device
+    turns = [(c, t, x) for c in convs for t, x in enumerate(c.turns)]
+    ids, lengths = pad_batch([interaction_ids(x.query_ids, x.answer_ids) for _, _, x in turns], device)
+    logits, _ = model(ids, lengths)  # (B·turns, T, V)
+    spans = []
+    for _, _, x in turns:
+        answer = answer_positions(len(x.query_ids), len(x.answer_ids))
+        spans.append([(answer, _value_positions(x, answer))])
+    pending, prompts = [], []
+    for (conv, t, x), (scored,) in zip(turns, _score_rows(logits, ids, spans)):
+        result.tally(t).add(scored.nll, scored.tokens, scored.correct)
+        if x.recall is not None:
+            pending.append(_Pending(conv, t, scored.value_ok))
+            prompts.append(prompt_ids(x.query_ids))
+    _answer_stateless(model, pending, prompts, codec, result, cfg)
+
+
+def _answer_stateless(model: StatelessLM, pending: list[_Pending], prompts: list[list[int]], codec,
+                      result: SystemQuality, cfg: QualityConfig) -> None:
+    sampling = SamplingParams(max_new_tokens=cfg.max_new_tokens)
+    for start in range(0, len(pending), cfg.batch_size):
+        chunk = prompts[start:start + cfg.batch_size]
+        answers = collect(respond_stateless(model, chunk, sampling), len(chunk))
+        result.recalls.extend(_record(p, a, codec) for p, a in zip(pending[start:], answers))
+
+
+# -- the report -----------------------------------------------------------------------------
+
+@dataclass
+class QualityReport:
+    """The quality evaluation of one or more systems on one split."""
+
+    data_url: str
+    split: str
+    conversations: int
+    turns: int
+    recall_turns: int
+    models: dict[str, str | None]
+    config: QualityConfig
+    systems: dict[str, SystemQuality]
+    elapsed_s: float = 0.0
+    machine: dict[str, Any] = field(default_factory=dict)
+    command: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "evaluation": "quality",
+            "command": self.command,
+            "data_url": self.data_url,
+            "split": self.split,
+            "conversations": self.conversations,
+            "turns": self.turns,
+            "recall_turns": self.recall_turns,
+            "models": self.models,
+            "config": asdict(self.config),
+            "exact_match_definition": EXACT_MATCH_DEFINITION,
+            "elapsed_s": self.elapsed_s,
+            "machine": self.machine,
+            "systems": {k: v.to_dict(self.config.examples) for k, v in self.systems.items()},
+        }
+
+    def write_json(self, path: str) -> None:
+        """Write :meth:`to_dict` as JSON (temporary name, renamed last)."""
+        write_json_atomic(path, self.to_dict())
+
+    def summary_table(self) -> str:
+        """A readable table: overall PPL/accuracy/recall, recall by distance and by facts held,
+        PPL per turn index."""
+        head = (f"Quality on {self.data_url} [{self.split}]: {self.conversations} conversations, "
+                f"{self.turns} turns, {self.recall_turns} recall turns")
+        lines = [head, "",
+                 f"{'system':16} {'PPL':>8} {'tok acc':>8} {'recall EM':>10} {'value acc':>10}  description"]
+        for name, s in self.systems.items():
+            o, r = s.overall.to_dict(), s.recall_summary(0)
+            lines.append(f"{name:16} {_f(o['perplexity'], 8, 3)} {_pct(o['accuracy'], 8)} "
+                         f"{_pct(r['exact_match'], 10)} {_pct(r['value_accuracy'], 10)}  {s.description}")
+        lines += self._breakdown_table("recall EM by distance (turns since stated)", "by_distance")
+        lines += self._breakdown_table("recall EM by facts held", "by_facts_held")
+        lines += self._per_turn_table()
+        return "\n".join(lines)
+
+    def _breakdown_table(self, title: str, key: str) -> list[str]:
+        keys = sorted({k for s in self.systems.values() for k in s.recall_summary(0)[key]}, key=_num)
+        if not keys:
+            return []
+        counts = {k: max(s.recall_summary(0)[key].get(k, {}).get("count", 0) for s in self.systems.values())
+                  for k in keys}
+        lines = ["", title, f"{'':16} " + " ".join(f"{k:>6}" for k in keys),
+                 f"{'(count)':16} " + " ".join(f"{counts[k]:>6}" for k in keys)]
+        for name, s in self.systems.items():
+            b = s.recall_summary(0)[key]
+            lines.append(f"{name:16} " + " ".join(_pct(b.get(k, {}).get("exact_match"), 6) for k in keys))
+        return lines
+
+    def _per_turn_table(self) -> list[str]:
+        width = max((len(s.per_turn) for s in self.systems.values()), default=0)
+        if not width:
+            return []
+        lines = ["", "answer PPL by turn", f"{'':16} " + " ".join(f"{t + 1:>6}" for t in range(width))]
+        for name, s in self.systems.items():
+            cells = [s.per_turn[t].to_dict()["perplexity"] if t < len(s.per_turn) else None for t in range(width)]
+            lines.append(f"{name:16} " + " ".join(_f(c, 6, 2) for c in cells))
+        return lines
+
+
+EXACT_MATCH_DEFINITION = (
+    "greedy answer (stopped at [EOS] or max_new_tokens), decoded with the dataset tokenizer, "
+    "split into lower-cased words and punctuation marks; exact match = the gold value's words "
+    "appear as a contiguous run and no older value of the same fact (stated earlier in the "
+    "conversation, then updated) appears"
+)
+
+
+def _num(key: str):
+    return (0, int(key)) if key.lstrip("-").isdigit() else (1, key)
+
+
+def _f(x: float | None, width: int, digits: int) -> str:
+    return f"{'—':>{width}}" if x is None else f"{x:{width}.{digits}f}"
+
+
+def _pct(x: float | None, width: int) -> str:
+    return f"{'—':>{width}}" if x is None else f"{100 * x:{width - 1}.1f}%"
+
+
+# -- entry points ---------------------------------------------------------------------------
+
+def load_conversations(data_url: str, split: str, max_conversations: int | None) -> list:
+    """The first ``max_conversations`` conversations of ``split`` (all when None)."""
+    from rxt_dist.data import iter_conversations
+
+    convs = []
+    for conv in iter_conversations(data_url, split):
+        if max_conversations is not None and len(convs) >= max_conversations:
+            break
+        convs.append(conv)
+    if not convs:
+        raise ValueError(f"{data_url}: split {split!r} holds no conversations")
+    return convs
+
+
+def _load_model(url: str, kind: type, role: str, data_vocab: int, data_tokenizer) -> RxTModel | StatelessLM:
+    model = load_model_dir(url).eval()
+    if not isinstance(model, kind):
+        raise ValueError(f"{role}={url!r}: holds a {model.cfg.model_type} model; expected "
+                         f"{'an rxt' if kind is RxTModel else 'a stateless'} model")
+    if model.cfg.vocab_size < data_vocab:
+        raise ValueError(f"{role}={url!r}: vocab_size={model.cfg.vocab_size} in config.json is smaller "
+                         f"than the dataset's vocabulary of {data_vocab} tokens")
+    text = load_tokenizer_json(url)
+    if text is not None:
+        from tokenizers import Tokenizer
+
+        if Tokenizer.from_str(text).get_vocab() != data_tokenizer.get_vocab():
+            raise ValueError(f"{url.rstrip('/')}/tokenizer.json differs from the dataset's tokenizer: "
+                             "the model was trained on other token ids")
+    return model
+
+
+def evaluate_conversations(
+    conversations: Sequence,
+    codec,
+    rxt: RxTModel | None = None,
+    baseline: StatelessLM | None = None,
+    cfg: QualityConfig | None = None,
+    progress: bool = False,
+) -> dict[str, SystemQuality]:
+    """Evaluate in-memory models on ``conversations`` (``codec`` decodes answers to text:
+    :class:`rxt_dist.data.TextCodec`). Systems whose model is None are skipped."""
+    from tqdm.auto import tqdm
+
+    cfg = cfg or QualityConfig()
+    runners = {
+        "rxt": (rxt, lambda b, s, i: evaluate_rxt_batch(rxt, b, codec, s, cfg, i)),
+        "stateless_full": (baseline, lambda b, s, i: evaluate_full_history_batch(baseline, b, codec, s, cfg)),
+        "stateless_none": (baseline, lambda b, s, i: evaluate_no_history_batch(baseline, b, codec, s, cfg)),
+    }
+    chosen = [n for n in cfg.systems if runners[n][0] is not None]
+    results = {n: SystemQuality(n, DESCRIPTIONS[n]) for n in chosen}
+    with tqdm(total=len(chosen) * len(conversations), desc="quality", unit="conv", disable=not progress) as bar:
+        for name in chosen:
+            bar.set_postfix_str(name)
+            for start in range(0, len(conversations), cfg.batch_size):
+                batch = conversations[start:start + cfg.batch_size]
+                runners[name][1](batch, results[name], start)
+                bar.update(len(batch))
+    return results
+
+
+def evaluate_models(
+    data_url: str,
+    rxt_dir: str | None,
+    baseline_dir: str | None,
+    cfg: QualityConfig | None = None,
+    progress: bool = False,
+    command: str | None = None,
+) -> QualityReport:
+    """Evaluate the RxT model directory and/or the stateless baseline directory on the
+    held-out split of the dataset at ``data_url``; see the module docstring."""
+    from rxt_dist.data import TextCodec, load_tokenizer, read_manifest
+
+    cfg = cfg or QualityConfig()
+    if rxt_dir is None and baseline_dir is None:
+        raise ValueError("rxt_dir=None and baseline_dir=None: give at least one model directory")
+    manifest = read_manifest(data_url)
+    tokenizer = load_tokenizer(data_url)
+    rxt = _load_model(rxt_dir, RxTModel, "rxt_dir", manifest.vocab_size, tokenizer) if rxt_dir else None
+    baseline = (_load_model(baseline_dir, StatelessLM, "baseline_dir", manifest.vocab_size, tokenizer)
+                if baseline_dir else None)
+    convs = load_conversations(data_url, cfg.split, cfg.max_conversations)
+    previous_threads = torch.get_num_threads()
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    start = time.perf_counter()
+    try:
+        systems = evaluate_conversations(convs, TextCodec(tokenizer), rxt, baseline, cfg, progress)
+    finally:
+        torch.set_num_threads(previous_threads)
+    report = QualityReport(
+        data_url=data_url, split=cfg.split, conversations=len(convs),
+        turns=sum(len(c.turns) for c in convs),
+        recall_turns=sum(len(c.recall_turns) for c in convs),
+        models={"rxt": rxt_dir, "baseline": baseline_dir}, config=cfg, systems=systems,
+        elapsed_s=time.perf_counter() - start, machine=machine_info(), command=command,
+    )
+    for name, s in systems.items():
+        log.info("%s: recall exact match %s over %d recall turns", name, s.recall_exact_match, len(s.recalls))
+    return report
