@@ -1,0 +1,172 @@
+"""Turn rows read from the shards into padded tensors for each stage's objective.
+
+Shape legend: N sequences, B conversations, T tokens.
+
+A *loss mask* (N, T) marks the positions whose next token is a training target:
+``loss_mask[n, j]`` means the logit at position j is scored against ``ids[n, j + 1]``.
+Rows arrive as Ray Data numpy batches (object arrays of per-turn id arrays) or as plain
+Python lists; both work.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from rxt_dist.inference.engine import pad_batch
+from rxt_dist.tokens import BOS_ID, EOS_ID, interaction_ids
+
+
+@dataclass
+class TokenBatch:
+    """Independent sequences: text (stage 1), interactions (stage 2), histories (baseline)."""
+
+    ids: Tensor
+    """(N, T) right-padded token ids."""
+    lengths: Tensor
+    """(N,) real tokens per row."""
+    loss_mask: Tensor
+    """(N, T) bool: the next token after this position is a target."""
+
+    def to(self, device: torch.device) -> "TokenBatch":
+        return TokenBatch(self.ids.to(device), self.lengths.to(device), self.loss_mask.to(device))
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.lengths.sum())
+
+
+@dataclass
+class TurnBatch:
+    """Turn t of B conversations, as full interactions ``[BOS][Q] q [A] a [EOS]``."""
+
+    ids: Tensor
+    """(B, T) right-padded interaction ids (a conversation without turn t gets a short
+    placeholder interaction, inactive)."""
+    lengths: Tensor
+    """(B,) real tokens per row."""
+    loss_mask: Tensor
+    """(B, T) bool: answer targets (zero on inactive rows)."""
+    active: Tensor
+    """(B,) bool: the conversation has this turn."""
+
+    def to(self, device: torch.device) -> "TurnBatch":
+        return TurnBatch(self.ids.to(device), self.lengths.to(device), self.loss_mask.to(device),
+                         self.active.to(device))
+
+
+@dataclass
+class ConversationBatch:
+    """B conversations turn by turn (stages 3 and 4)."""
+
+    keys: list[str]
+    """Conversation ids; they seed each conversation's initial STM."""
+    turns: list[TurnBatch]
+
+    def to(self, device: torch.device) -> "ConversationBatch":
+        return ConversationBatch(self.keys, [t.to(device) for t in self.turns])
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(int(t.lengths[t.active].sum()) for t in self.turns)
+
+
+def _turns(row_queries, row_answers, max_turns: int) -> list[tuple[list[int], list[int]]]:
+    return [(list(map(int, q)), list(map(int, a))) for q, a in zip(row_queries, row_answers)][:max_turns]
+
+
+def _conversations(rows: Mapping[str, Sequence], max_turns: int) -> list[list[tuple[list[int], list[int]]]]:
+    return [_turns(q, a, max_turns) for q, a in zip(rows["query_ids"], rows["answer_ids"])]
+
+
+def _interaction(q: list[int], a: list[int], max_tokens: int) -> tuple[list[int], int]:
+    """Interaction ids cut to ``max_tokens`` and the index of its first answer token."""
+    ids = interaction_ids(q, a)[:max_tokens]
+    return ids, min(len(q) + 3, len(ids))
+
+
+def _answer_mask(length: int, answer_start: int, width: int, include_query: bool = False) -> Tensor:
+    """Targets are the answer tokens and the end token: positions answer_start-1 … length-2
+    (from the ``[Q]`` token on when the query counts too)."""
+    mask = torch.zeros(width, dtype=torch.bool)
+    first = 1 if include_query else answer_start - 1
+    mask[first: length - 1] = True
+    return mask
+
+
+def text_batch(rows: Mapping[str, Sequence], max_tokens: int) -> TokenBatch:
+    """Stage 1: ``[BOS] text [EOS]`` per row, every next token a target."""
+    seqs = [[BOS_ID, *map(int, ids[: max_tokens - 2]), EOS_ID] for ids in rows["ids"]]
+    ids, lengths = pad_batch(seqs)
+    mask = torch.arange(ids.shape[1])[None] < (lengths - 1)[:, None]  # (N, T)
+    return TokenBatch(ids, lengths, mask)
+
+
+def interaction_batch(
+    rows: Mapping[str, Sequence], max_turns: int, max_tokens: int, loss_on_query: bool = False
+) -> TokenBatch:
+    """Stage 2: every turn of every conversation as its own interaction."""
+    seqs, starts = [], []
+    for conv in _conversations(rows, max_turns):
+        for q, a in conv:
+            ids, start = _interaction(q, a, max_tokens)
+            seqs.append(ids)
+            starts.append(start)
+    ids, lengths = pad_batch(seqs)
+    mask = torch.stack([_answer_mask(int(n), s, ids.shape[1], loss_on_query) for n, s in zip(lengths, starts)])
+    return TokenBatch(ids, lengths, mask)
+
+
+_PLACEHOLDER = interaction_ids([], [])
+
+
+def conversation_batch(rows: Mapping[str, Sequence], max_turns: int, max_tokens: int) -> ConversationBatch:
+    """Stages 3 and 4: conversations aligned turn by turn."""
+    convs = _conversations(rows, max_turns)
+    turns = []
+    for t in range(max(len(c) for c in convs)):
+        seqs, starts, active = [], [], []
+        for conv in convs:
+            if t < len(conv):
+                ids, start = _interaction(*conv[t], max_tokens)
+                seqs.append(ids)
+                starts.append(start)
+                active.append(True)
+            else:
+                seqs.append(list(_PLACEHOLDER))
+                starts.append(len(_PLACEHOLDER))
+                active.append(False)
+        ids, lengths = pad_batch(seqs)
+        mask = torch.stack([
+            _answer_mask(int(n), s, ids.shape[1]) if on else torch.zeros(ids.shape[1], dtype=torch.bool)
+            for n, s, on in zip(lengths, starts, active)
+        ])
+        turns.append(TurnBatch(ids, lengths, mask, torch.tensor(active)))
+    return ConversationBatch([str(k) for k in rows["conversation_id"]], turns)
+
+
+def history_batch(rows: Mapping[str, Sequence], max_turns: int, max_tokens: int,
+                  max_interaction_tokens: int) -> TokenBatch:
+    """Baseline: each conversation as one sequence of interactions, answers as targets.
+    Turns that do not fit in ``max_tokens`` are dropped from the end."""
+    seqs, masks = [], []
+    for conv in _conversations(rows, max_turns):
+        seq: list[int] = []
+        targets: list[tuple[int, int]] = []
+        for q, a in conv:
+            ids, start = _interaction(q, a, max_interaction_tokens)
+            if seq and len(seq) + len(ids) > max_tokens:
+                break
+            targets.append((len(seq) + start - 1, len(seq) + len(ids) - 1))
+            seq.extend(ids)
+        seqs.append(seq[:max_tokens])
+        masks.append(targets)
+    ids, lengths = pad_batch(seqs)
+    mask = torch.zeros(ids.shape, dtype=torch.bool)
+    for row, targets in enumerate(masks):
+        for first, end in targets:
+            mask[row, first: min(end, int(lengths[row]) - 1)] = True
+    return TokenBatch(ids, lengths, mask)

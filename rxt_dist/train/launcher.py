@@ -1,0 +1,225 @@
+"""Driver side: validate a stage against the cluster, build the TorchTrainer, run it.
+
+Nothing here starts Ray: the entry points in ``jobs/`` call ``ray.init`` (a local cluster
+by default, the cluster named by ``RAY_ADDRESS`` under ``ray job submit``) and then these
+functions.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlparse
+
+import fsspec
+
+from rxt_dist.train.config import RXT_STAGES, STAGES, TrainConfig, stage_name
+from rxt_dist.train.loop import StageJob, train_loop_per_worker
+
+log = logging.getLogger("rxt_dist.train")
+
+PREVIOUS = {"sft": "joint_lm", "memory_attention": "sft", "smat": "memory_attention"}
+"""The stage whose export each stage starts from."""
+
+
+@dataclass
+class StageResult:
+    """What a finished stage left behind."""
+
+    stage: str
+    export_url: str
+    metrics: dict[str, Any] = field(default_factory=dict)
+    skipped: bool = False
+    """True when the stage was already complete and was not run again."""
+
+
+def _is_local(url: str) -> bool:
+    return urlparse(url).scheme in ("", "file")
+
+
+def _local_path(url: str) -> str:
+    return os.path.abspath(urlparse(url).path if url.startswith("file://") else url)
+
+
+def run_root(cfg: TrainConfig) -> str:
+    """``<storage>/<run name>``: checkpoints, exported models and (when local) logs."""
+    base = _local_path(cfg.run.storage) if _is_local(cfg.run.storage) else cfg.run.storage.rstrip("/")
+    return f"{base}/{cfg.run.name}"
+
+
+def export_url(cfg: TrainConfig, stage: str) -> str:
+    """Where ``stage``'s finished model directory is written."""
+    return f"{run_root(cfg)}/models/{stage_name(stage)}"
+
+
+def log_dir(cfg: TrainConfig) -> str:
+    if cfg.run.log_dir:
+        return os.path.abspath(cfg.run.log_dir)
+    if _is_local(cfg.run.storage):
+        return f"{run_root(cfg)}/logs"
+    return os.path.abspath(f"runs/{cfg.run.name}/logs")
+
+
+def is_complete(cfg: TrainConfig, stage: str) -> bool:
+    """A stage is complete once its export exists (exports are renamed into place last)."""
+    url = export_url(cfg, stage)
+    fs, path = fsspec.core.url_to_fs(url)
+    return fs.exists(f"{path}/config.json") and fs.exists(f"{path}/model.safetensors")
+
+
+def _storage(cfg: TrainConfig) -> tuple[str, Any]:
+    """Ray Train storage path and filesystem for the run's checkpoints."""
+    root = f"{run_root(cfg)}/checkpoints"
+    scheme = urlparse(root).scheme
+    if scheme in ("", "file", "s3", "gs", "gcs", "hdfs", "abfs", "abfss"):
+        return root, None
+    import pyarrow.fs
+
+    fs, path = fsspec.core.url_to_fs(root)
+    return path, pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs))
+
+
+def check_resources(cfg: TrainConfig, resources: dict[str, float]) -> None:
+    """Fail before any worker starts when the cluster cannot hold the workers."""
+    sc = cfg.scaling
+    cpus = resources.get("CPU", 0.0)
+    need = sc.num_workers * sc.cpus_per_worker
+    if need > cpus:
+        raise ValueError(
+            f"{cfg.source}: scaling.num_workers × cpus_per_worker = {sc.num_workers} × "
+            f"{sc.cpus_per_worker:g} = {need:g} CPUs, but the cluster has {cpus:g}; lower "
+            f"scaling.num_workers to {max(1, int(cpus // sc.cpus_per_worker))} or cpus_per_worker"
+        )
+    if not sc.use_gpu and need >= cpus and cpus <= 4:
+        log.warning("workers reserve all %g CPUs: Ray Data's read tasks may starve (see scaling.cpus_per_worker)", cpus)
+    gpus = resources.get("GPU", 0.0)
+    if sc.use_gpu and sc.num_workers > gpus:
+        raise ValueError(f"{cfg.source}: scaling.use_gpu with num_workers={sc.num_workers} needs "
+                         f"{sc.num_workers} GPUs, the cluster has {gpus:g}")
+
+
+def _model_config(cfg: TrainConfig, stage: str, vocab_size: int) -> dict[str, Any]:
+    """The fresh model's config (preset + overrides, vocabulary from the data)."""
+    from rxt_dist.model import config_from_dict, from_name
+
+    section = cfg.baseline if stage == "baseline" else cfg.model
+    where = "baseline" if stage == "baseline" else "model"
+    try:
+        data = from_name(section.preset).to_dict()
+        _merge(data, section.overrides, f"{where}.overrides")
+        data["vocab_size"] = max(vocab_size, int(section.overrides.get("vocab_size", 0)))
+        return config_from_dict(data).to_dict()
+    except ValueError as exc:
+        raise ValueError(f"{cfg.source}: {where}: {exc}") from None
+
+
+def _merge(base: dict[str, Any], overrides: dict[str, Any], where: str) -> None:
+    for key, value in overrides.items():
+        if key not in base:
+            raise ValueError(f"{where}.{key}: unknown model field; known: {sorted(base)}")
+        if isinstance(value, dict) and isinstance(base[key], dict):
+            _merge(base[key], value, f"{where}.{key}")
+        else:
+            base[key] = value
+
+
+def prepare_job(cfg: TrainConfig, stage: str) -> StageJob:
+    """Everything the workers need, checked on the driver (data, previous stage, model)."""
+    from rxt_dist.data import read_manifest
+
+    stage = stage_name(stage)
+    manifest = read_manifest(cfg.data.url)
+    if "train" not in manifest.splits:
+        raise ValueError(f"{cfg.data.url}: the dataset has no 'train' split (it has {sorted(manifest.splits)})")
+    init = None
+    if stage in PREVIOUS:
+        if not is_complete(cfg, PREVIOUS[stage]):
+            raise ValueError(
+                f"stage {stage} starts from stage {PREVIOUS[stage]}'s model, but "
+                f"{export_url(cfg, PREVIOUS[stage])} does not exist: run stage {PREVIOUS[stage]} "
+                "first (jobs/train.py) or the whole curriculum (jobs/curriculum.py)")
+        init = export_url(cfg, PREVIOUS[stage])
+    return StageJob(
+        stage=stage,
+        train=cfg.to_dict(),
+        export_url=export_url(cfg, stage),
+        log_dir=log_dir(cfg),
+        tokenizer_json=_tokenizer_json(cfg.data.url),
+        init_model_url=init,
+        model_config=None if init else _model_config(cfg, stage, manifest.vocab_size),
+    )
+
+
+def _tokenizer_json(data_url: str) -> str | None:
+    fs, root = fsspec.core.url_to_fs(data_url)
+    path = f"{root.rstrip('/')}/tokenizer.json"
+    if not fs.exists(path):
+        return None
+    with fs.open(path, "r") as f:
+        return f.read()
+
+
+def _dataset(cfg: TrainConfig, stage: str):
+    from rxt_dist.data import ray_dataset, ray_text_dataset
+
+    if stage == "joint_lm" and cfg.stages.joint_lm.use_text:
+        return ray_text_dataset(cfg.data.url, "train").select_columns(["ids"])
+    return ray_dataset(cfg.data.url, "train", columns=["conversation_id", "query_ids", "answer_ids"])
+
+
+def build_trainer(cfg: TrainConfig, stage: str):
+    """The ``TorchTrainer`` of one stage (not yet started)."""
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    job = prepare_job(cfg, stage)
+    storage_path, storage_fs = _storage(cfg)
+    sc = cfg.scaling
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=job.to_dict(),
+        torch_config=TorchConfig(backend="nccl" if sc.use_gpu else "gloo"),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=sc.num_workers, use_gpu=sc.use_gpu,
+            resources_per_worker={"CPU": sc.cpus_per_worker, **({"GPU": 1} if sc.use_gpu else {})},
+        ),
+        run_config=ray.train.RunConfig(
+            name=f"{cfg.run.name}-{job.stage}",
+            storage_path=storage_path,
+            storage_filesystem=storage_fs,
+            failure_config=ray.train.FailureConfig(max_failures=cfg.failure.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.checkpoint.keep),
+        ),
+        datasets={"train": _dataset(cfg, job.stage)},
+    ), job
+
+
+def run_stage(cfg: TrainConfig, stage: str, skip_complete: bool = False) -> StageResult:
+    """Train one stage to completion (resuming its latest checkpoint if any) and export it."""
+    import ray
+
+    stage = stage_name(stage)
+    if skip_complete and is_complete(cfg, stage):
+        log.info("[%s] already complete at %s: skipped", stage, export_url(cfg, stage))
+        return StageResult(stage, export_url(cfg, stage), skipped=True)
+    check_resources(cfg, ray.cluster_resources())
+    trainer, job = build_trainer(cfg, stage)
+    result = trainer.fit()
+    if result.error is not None:
+        raise RuntimeError(f"stage {stage} failed: {result.error}") from result.error
+    if not is_complete(cfg, stage):
+        raise RuntimeError(f"stage {stage} finished but left no model at {job.export_url}")
+    return StageResult(stage, job.export_url, dict(result.metrics or {}))
+
+
+def run_curriculum(cfg: TrainConfig, stages: list[str] | None = None) -> list[StageResult]:
+    """Stages 1 → 4 and the baseline, in order, skipping those already complete."""
+    chosen = [stage_name(s) for s in stages] if stages else list(STAGES)
+    ordered = [s for s in STAGES if s in chosen]
+    return [run_stage(cfg, s, skip_complete=True) for s in ordered]
+
+
+__all__ = ["StageResult", "run_stage", "run_curriculum", "build_trainer", "prepare_job", "export_url",
+           "is_complete", "check_resources", "RXT_STAGES"]

@@ -1,0 +1,233 @@
+"""The training objective of each curriculum stage, as small separately testable units.
+
+Shape legend: L layers, N sequences, B conversations, T tokens, S memory slots, D model
+dim, V vocabulary.
+
+Every objective returns *terms*: a summed loss, the number of items it sums over, and a
+weight. The training loop adds up the item counts of all workers before dividing, so a
+global batch gives the same gradient however it is split across workers.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from rxt_dist.model.rxt import RxTModel
+from rxt_dist.model.stateless import StatelessLM
+from rxt_dist.tokens import MASK_ID, NUM_SPECIAL
+from rxt_dist.train.batches import ConversationBatch, TokenBatch
+from rxt_dist.train.config import (
+    BaselineStage,
+    JointLMStage,
+    MemoryAttentionStage,
+    SMATStage,
+    StageSection,
+)
+
+
+@dataclass
+class Term:
+    """One loss term: ``weight · total / (items over all workers)``."""
+
+    total: Tensor
+    count: Tensor
+    weight: float = 1.0
+
+
+@dataclass
+class StageOutput:
+    """Loss terms plus metric sums (value, count) that carry no gradient."""
+
+    terms: dict[str, Term]
+    metrics: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+
+def _count(x: Tensor | int | float, like: Tensor) -> Tensor:
+    return torch.as_tensor(x, dtype=torch.float32, device=like.device)
+
+
+def token_loss(logits: Tensor, ids: Tensor, loss_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Summed next-token cross-entropy over ``loss_mask`` (N, T) positions of ``logits``
+    (N, T, V) against ``ids`` (N, T) shifted by one. Returns (sum, count, correct)."""
+    mask = loss_mask[:, :-1]  # (N, T-1)
+    pred = logits[:, :-1][mask]  # (K, V)
+    target = ids[:, 1:][mask]  # (K,)
+    total = F.cross_entropy(pred.float(), target, reduction="sum")
+    correct = (pred.argmax(dim=-1) == target).sum()
+    return total, _count(mask.sum(), logits), correct.float()
+
+
+def mask_tokens(ids: Tensor, lengths: Tensor, prob: float, vocab_size: int,
+                generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """BERT-style masking of ordinary tokens: of the chosen ``prob`` share, 80% become
+    ``[MASK]``, 10% a random token, 10% stay. Returns (masked ids (N, T), chosen (N, T))."""
+    N, T = ids.shape
+    real = (torch.arange(T, device=ids.device)[None] < lengths[:, None]) & (ids >= NUM_SPECIAL)
+    draw = torch.rand(N, T, generator=generator).to(ids.device)
+    chosen = real & (draw < prob)
+    how = torch.rand(N, T, generator=generator).to(ids.device)
+    random_ids = torch.randint(NUM_SPECIAL, vocab_size, (N, T), generator=generator).to(ids.device)
+    masked = torch.where(chosen & (how < 0.8), torch.full_like(ids, MASK_ID), ids)
+    masked = torch.where(chosen & (how >= 0.8) & (how < 0.9), random_ids, masked)
+    return masked, chosen
+
+
+def _rms(x: Tensor) -> Tensor:
+    return x.pow(2).mean(dim=-1, keepdim=True).add(1e-12).sqrt()
+
+
+def _noise(x: Tensor, std: float, generator: torch.Generator) -> Tensor:
+    """Gaussian noise scaled to each vector's RMS."""
+    if std == 0:
+        return torch.zeros_like(x)
+    return torch.randn(x.shape, generator=generator).to(x) * std * _rms(x)
+
+
+def conversation_stm(model: RxTModel, keys: Sequence[str], seed: int) -> Tensor:
+    """Fresh STM (L, B, S, D) per conversation, seeded by its id: the same conversation
+    starts from the same memory on whichever worker reads it."""
+    stms = []
+    for key in keys:
+        gen = torch.Generator().manual_seed(zlib.crc32(f"{seed}:{key}".encode()))
+        stms.append(model.initial_stm(1, gen))
+    return torch.cat(stms, dim=1)
+
+
+def joint_lm(model: RxTModel, batch: TokenBatch, cfg: JointLMStage, generator: torch.Generator,
+             aux_weight: float) -> StageOutput:
+    """Stages 1 and 2: encoder MLM on a masked copy; the decoder predicts the text while its
+    memory cross-attention reads the encoder's per-layer states, detached, noised, with some
+    positions dropped, as a stand-in STM."""
+    masked, chosen = mask_tokens(batch.ids, batch.lengths, cfg.mask_prob, model.cfg.vocab_size, generator)
+    ed, last = model.encode(masked, batch.lengths)  # (L, N, T, D), (N, T, D)
+    mlm_logits = model.mlm_logits(last)[chosen]  # (K, V)
+    mlm_sum = F.cross_entropy(mlm_logits.float(), batch.ids[chosen], reduction="sum")
+    memory = ed.detach()
+    memory = memory + _noise(memory, cfg.noise_std, generator)
+    N, T = batch.ids.shape
+    valid = torch.arange(T, device=memory.device)[None] < batch.lengths[:, None]  # (N, T)
+    kept = torch.rand(N, T, generator=generator).to(memory.device) >= cfg.slot_dropout
+    kept[:, 0] = True  # every row keeps a readable slot
+    logits, aux = model(batch.ids, batch.lengths, memory, memory_mask=valid & kept)
+    ar_sum, ar_count, correct = token_loss(logits, batch.ids, batch.loss_mask)
+    return StageOutput(
+        terms={
+            "ar": Term(ar_sum, ar_count, cfg.alpha),
+            "mlm": Term(mlm_sum, _count(chosen.sum(), ar_sum), cfg.beta),
+            "aux": Term(aux, _count(1, aux), aux_weight),
+        },
+        metrics={"acc": (float(correct), float(ar_count))},
+    )
+
+
+def step_weight(turn: int, cfg: MemoryAttentionStage, generator: torch.Generator) -> float:
+    """Weight of the new interaction in turn ``turn``'s pseudo-target, with jitter."""
+    if turn == 0:
+        base = cfg.first_weight
+    else:
+        base = max(cfg.later_weight_end, cfg.later_weight_start - (turn - 1) * cfg.weight_decay_per_turn)
+    jitter = (torch.rand((), generator=generator).item() * 2 - 1) * cfg.jitter
+    return min(1.0, max(0.0, base + jitter))
+
+
+def _pooled(ed: Tensor, lengths: Tensor) -> Tensor:
+    """Mean over each interaction's real tokens: (L, B, T, D) → (L, B, 1, D)."""
+    T = ed.shape[2]
+    valid = (torch.arange(T, device=ed.device)[None] < lengths[:, None]).to(ed.dtype)  # (B, T)
+    summed = (ed * valid[None, :, :, None]).sum(dim=2, keepdim=True)  # (L, B, 1, D)
+    return summed / lengths.to(ed.dtype)[None, :, None, None]
+
+
+def memory_attention_selfsup(model: RxTModel, conv: ConversationBatch, cfg: MemoryAttentionStage,
+                             generator: torch.Generator, seed: int) -> StageOutput:
+    """Stage 3: memory attention learns to move the STM towards
+    ``w·ED_t + (1 − w)·STM_{t−1}`` (both RMS-normalised, ED pooled over tokens) by negative
+    cosine similarity; the encoder is frozen and the STM is detached between turns."""
+    stm = conversation_stm(model, conv.keys, seed)  # (L, B, S, D)
+    total, count = stm.new_zeros(()), stm.new_zeros(())
+    for t, turn in enumerate(conv.turns):
+        with torch.no_grad():
+            ed, _ = model.encode(turn.ids, turn.lengths)  # (L, B, T, D)
+        previous = stm + _noise(stm, cfg.noise_std, generator)
+        new = model.update_memory(previous, ed, turn.lengths)  # (L, B, S, D)
+        w = step_weight(t, cfg, generator)
+        pooled = _pooled(ed, turn.lengths)
+        target = w * pooled / _rms(pooled) + (1 - w) * stm / _rms(stm)  # (L, B, S, D)
+        target = target + _noise(target, cfg.noise_std, generator)
+        cos = F.cosine_similarity(new.float(), target.float(), dim=-1)  # (L, B, S)
+        active = turn.active[None, :, None].expand_as(cos).float()
+        total = total - (cos * active).sum()
+        count = count + active.sum()
+        stm = torch.where(turn.active[None, :, None, None], new.detach(), stm)
+    return StageOutput(terms={"cosine": Term(total, count)},
+                       metrics={"cos_sim": (-float(total), float(count))})
+
+
+def memory_aware(model: RxTModel, conv: ConversationBatch, cfg: SMATStage, seed: int,
+                 frozen: set[str], aux_weight: float) -> StageOutput:
+    """Stage 4: answer each turn from the STM the earlier turns built, then consolidate the
+    turn into it; cross-entropy on answers. Backprop through memory is cut every
+    ``bptt_turns`` turns. Consolidation skips the autograd graph while both memory
+    components are frozen."""
+    stm = conversation_stm(model, conv.keys, seed)  # (L, B, S, D)
+    ce, n, correct, aux = stm.new_zeros(()), stm.new_zeros(()), stm.new_zeros(()), stm.new_zeros(())
+    memory_frozen = {"encoder", "memory_attention"} <= frozen
+    for t, turn in enumerate(conv.turns):
+        if cfg.bptt_turns and t % cfg.bptt_turns == 0:
+            stm = stm.detach()
+        logits, layer_aux = model(turn.ids, turn.lengths, stm)  # (B, T, V)
+        s, c, k = token_loss(logits, turn.ids, turn.loss_mask)
+        ce, n, correct, aux = ce + s, n + c, correct + k, aux + layer_aux
+        if t == len(conv.turns) - 1:
+            break
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not memory_frozen):
+            new = _consolidate(model, stm, turn, encoder_frozen="encoder" in frozen)
+        stm = torch.where(turn.active[None, :, None, None], new, stm)
+    return StageOutput(
+        terms={"ar": Term(ce, n), "aux": Term(aux / len(conv.turns), _count(1, aux), aux_weight)},
+        metrics={"acc": (float(correct), float(n))},
+    )
+
+
+def _consolidate(model: RxTModel, stm: Tensor, turn, encoder_frozen: bool) -> Tensor:
+    with torch.set_grad_enabled(torch.is_grad_enabled() and not encoder_frozen):
+        ed, _ = model.encode(turn.ids, turn.lengths)
+    return model.update_memory(stm, ed, turn.lengths)
+
+
+def stateless_lm(model: StatelessLM, batch: TokenBatch, cfg: BaselineStage, aux_weight: float) -> StageOutput:
+    """The baseline: whole conversations as one causal sequence, loss on the answers."""
+    logits, aux = model(batch.ids, batch.lengths)
+    s, c, k = token_loss(logits, batch.ids, batch.loss_mask)
+    return StageOutput(terms={"ar": Term(s, c), "aux": Term(aux, _count(1, aux), aux_weight)},
+                       metrics={"acc": (float(k), float(c))})
+
+
+class StageObjective(nn.Module):
+    """The model plus its stage's objective, as one module so DeepSpeed's engine (and
+    ZeRO-3's parameter hooks) wrap the whole forward pass."""
+
+    def __init__(self, model: nn.Module, stage: str, cfg: StageSection, seed: int) -> None:
+        super().__init__()
+        self.model = model
+        self.stage = stage
+        self.cfg = cfg
+        self.seed = seed
+        self.frozen: set[str] = set()
+        ffn = getattr(model.cfg, "decoder_ffn", None) or getattr(model.cfg, "ffn", None)
+        self.aux_weight = ffn.aux_loss_weight if ffn is not None and ffn.kind == "moe" else 0.0
+
+    def forward(self, batch, generator: torch.Generator) -> StageOutput:
+        if self.stage in ("joint_lm", "sft"):
+            return joint_lm(self.model, batch, self.cfg, generator, self.aux_weight)
+        if self.stage == "memory_attention":
+            return memory_attention_selfsup(self.model, batch, self.cfg, generator, self.seed)
+        if self.stage == "smat":
+            return memory_aware(self.model, batch, self.cfg, self.seed, self.frozen, self.aux_weight)
+        return stateless_lm(self.model, batch, self.cfg, self.aux_weight)

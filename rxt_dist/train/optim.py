@@ -1,0 +1,107 @@
+"""Parameter groups per model component, stage freezing, and the learning-rate schedule.
+
+Components: ``decoder`` (shared embedding, decoder, output head), ``encoder`` (encoder and
+its MLM head) and ``memory_attention`` (memory attention and the learned initial STM). A
+stage trains some of them; stage 4 unfreezes them one by one on a schedule. A component
+that is "frozen" but still part of the forward pass keeps its optimizer group with a
+learning-rate factor of 0, because DeepSpeed's optimizer partitions are fixed once built.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from rxt_dist.train.config import OptimizerSection, SMATStage, StageSection
+
+COMPONENTS = ("decoder", "encoder", "memory_attention")
+
+TRAINED = {
+    "joint_lm": ("decoder", "encoder"),
+    "sft": ("decoder", "encoder"),
+    "memory_attention": ("memory_attention",),
+    "smat": COMPONENTS,
+    "baseline": ("decoder",),
+}
+"""Components each stage trains; the rest get ``requires_grad=False``."""
+
+
+def component_of(name: str) -> str:
+    """Which component a parameter name (of an RxT or stateless model) belongs to."""
+    if name.startswith(("encoder", "mlm_head")):
+        return "encoder"
+    if name.startswith(("memory_attention", "stm_init")):
+        return "memory_attention"
+    return "decoder"
+
+
+def freeze_for_stage(model: nn.Module, stage: str) -> None:
+    """Turn off gradients of the components ``stage`` does not train."""
+    trained = TRAINED[stage]
+    for name, p in model.named_parameters():
+        p.requires_grad_(component_of(name) in trained)
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """One group per (component, decays?) among trainable parameters. Norm weights, biases,
+    gate parameters and 1-D tensors do not decay."""
+    groups: dict[tuple[str, bool], list[nn.Parameter]] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        decays = p.dim() >= 2 and "gate" not in name and "stm_init" not in name
+        groups.setdefault((component_of(name), decays), []).append(p)
+    return [
+        {"params": params, "weight_decay": weight_decay if decays else 0.0, "component": comp}
+        for (comp, decays), params in sorted(groups.items())
+    ]
+
+
+def base_schedule(opt: OptimizerSection, stage: StageSection) -> Callable[[int], float]:
+    """LR factor at optimizer step s: linear warm-up, then cosine/linear/constant decay to
+    ``min_lr_ratio`` at the last step."""
+    warmup = opt.warmup_steps if stage.warmup_steps is None else stage.warmup_steps
+    total = stage.steps
+
+    def factor(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if opt.schedule == "constant" or total <= warmup:
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        shape = 0.5 * (1 + math.cos(math.pi * progress)) if opt.schedule == "cosine" else 1 - progress
+        return opt.min_lr_ratio + (1 - opt.min_lr_ratio) * shape
+
+    return factor
+
+
+def unfreeze_step(stage: StageSection, component: str) -> int:
+    """First step at which ``component`` trains in ``stage`` (stage 4's schedule)."""
+    if isinstance(stage, SMATStage):
+        if component == "memory_attention":
+            return stage.unfreeze_memory_attention_at
+        if component == "encoder":
+            return stage.unfreeze_encoder_at
+    return 0
+
+
+def frozen_at(stage: StageSection, step: int) -> set[str]:
+    """Components still waiting to be unfrozen at ``step``."""
+    return {c for c in COMPONENTS if step < unfreeze_step(stage, c)}
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, opt: OptimizerSection,
+                   stage: StageSection) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-group LambdaLR: the base schedule times 0 while the group's component is frozen."""
+    base = base_schedule(opt, stage)
+
+    def for_group(component: str) -> Callable[[int], float]:
+        start = unfreeze_step(stage, component)
+        return lambda step: base(step) if step >= start else 0.0
+
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, [for_group(g["component"]) for g in optimizer.param_groups]
+    )
