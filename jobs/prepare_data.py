@@ -31,7 +31,8 @@ def parse_args(argv: list[str]) -> PrepareConfig:
     d = SyntheticConfig()
     for name in _SYNTH_FLAGS:
         kind = float if name.startswith("p_") else int
-        p.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None, help=f"generator {name} (default {getattr(d, name)})")
+        flag = f"--{name.replace('_', '-')}"
+        p.add_argument(flag, type=kind, default=None, help=f"generator {name} (preset's; default {getattr(d, name)})")
     p.add_argument("--attributes", nargs="+", default=None, help=f"fact attributes (default {' '.join(d.attributes)})")
     p.add_argument("--vocab-size", type=int, default=4096, help="BPE vocabulary size to train")
     p.add_argument("--tokenizer", default=None, help="reuse this tokenizer.json (or a folder holding one)")

@@ -64,7 +64,8 @@ def import_jsonl(path: str) -> list[Conversation]:
             raise DialogueImportError(f"{at}: invalid JSON ({e.msg} at column {e.colno})") from e
         conv = _jsonl_record(record, at, f"{_stem(where)}-{lineno}")
         if conv.conversation_id in seen:
-            raise DialogueImportError(f"{at}: conversation id {conv.conversation_id!r} repeats line {seen[conv.conversation_id]}")
+            first = seen[conv.conversation_id]
+            raise DialogueImportError(f"{at}: conversation id {conv.conversation_id!r} repeats line {first}")
         seen[conv.conversation_id] = lineno
         out.append(conv)
     if not out:
@@ -83,8 +84,9 @@ def _jsonl_record(record: object, at: str, default_id: str) -> Conversation:
         if not isinstance(turn, dict):
             raise DialogueImportError(f"{at}: turns[{i}] must be an object with query and answer")
         for key in ("query", "answer"):
-            if not isinstance(turn.get(key), str):
-                raise DialogueImportError(f'{at}: turns[{i}]["{key}"] must be a string, got {type(turn.get(key)).__name__}')
+            value = turn.get(key)
+            if not isinstance(value, str):
+                raise DialogueImportError(f'{at}: turns[{i}]["{key}"] must be a string, got {type(value).__name__}')
         out.append(Turn(turn["query"], turn["answer"], kind=UNKNOWN))
     cid = record.get("conversation_id", record.get("id", default_id))
     if not isinstance(cid, (str, int)):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -125,6 +126,7 @@ def prepare_dataset(cfg: PrepareConfig, progress: StageProgress | None = None) -
     def tick(stage: str, total: int):
         return None if progress is None else (lambda n: progress(stage, n, total))
 
+    start = time.perf_counter()
     splits = generate_splits(
         cfg.synthetic, cfg.split_counts(cfg.conversations), progress=tick("generate", cfg.conversations)
     )
@@ -132,7 +134,11 @@ def prepare_dataset(cfg: PrepareConfig, progress: StageProgress | None = None) -
     for split, convs in _split_imports(cfg, imported).items():
         splits[split] = splits[split] + convs
     docs = read_text_documents(cfg.extra_text)
+    log.info("generated %d and imported %d conversations in %.1fs", cfg.conversations, len(imported),
+             time.perf_counter() - start)  # fmt: skip
+    start = time.perf_counter()
     tokenizer = _tokenizer(cfg, splits["train"], docs)
+    log.info("tokenizer: %d tokens in %.1fs", tokenizer.get_vocab_size(), time.perf_counter() - start)
     if progress is not None:
         progress("tokenizer", 1, 1)
 

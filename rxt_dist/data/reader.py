@@ -114,8 +114,10 @@ def _check_file(
         if expected_rows is not None and rows != expected_rows:
             raise ShardError(f"{where}: has {rows} rows but the manifest says {expected_rows} (file replaced?)")
         id_columns = TURN_ID_COLUMNS if kind == CONVERSATIONS else ("ids",)
-        if validate == "metadata" and _stats_in_range(pf, id_columns, vocab_size):
-            return rows, -1
+        if validate == "metadata":
+            if _stats_in_range(pf, id_columns, vocab_size):
+                return rows, -1
+            log.info("%s: statistics do not prove the token ids in range; checking every row", where)
         present = [c for c in columns_for(kind) if c in schema.names]
         table = _read(pf, present, where)
     return rows, check_table(table, kind, vocab_size, where)
@@ -381,6 +383,8 @@ def ray_dataset(
 def _read_parquet(fs, paths, expected, kind, manifest, columns, validate, shuffle_files) -> ray.data.Dataset:
     import ray.data
 
+    if validate not in ("metadata", "full", "none"):
+        raise ValueError(f"validate={validate!r}: use 'metadata', 'full' or 'none'")
     if not paths:
         raise ValueError(f"{manifest.url}: the split has no shards (0 rows)")
     if validate != "none":
