@@ -156,6 +156,10 @@ class RecallRecord:
     turn: int
     """0-based turn index."""
     distance: int
+    """Turns since the fact was stated (or last updated)."""
+    mention_distance: int | None
+    """Turns since the gold value last appeared in the conversation's text (a statement, or
+    an earlier recall's gold answer, which the STM was also fed); None when unknown."""
     facts_held: int
     updated: bool
     gold: str
@@ -199,6 +203,8 @@ class SystemQuality:
             "exact_match": self.recall_exact_match,
             "value_accuracy": _rate(self.recalls, "value_accuracy"),
             "by_distance": _breakdown(self.recalls, "distance"),
+            "by_mention_distance": _breakdown(
+                [r for r in self.recalls if r.mention_distance is not None], "mention_distance"),
             "by_facts_held": _breakdown(self.recalls, "facts_held"),
             "by_updated": _breakdown(self.recalls, "updated"),
             "examples": [asdict(r) for r in shown],
@@ -314,6 +320,7 @@ def _record(p: _Pending, answer_ids: list[int], codec) -> RecallRecord:
     text = codec.decode(answer_ids)
     return RecallRecord(
         conversation_id=p.conv.conversation_id, turn=p.turn, distance=rec.distance,
+        mention_distance=p.turn - rec.mentioned_turn if rec.mentioned_turn >= 0 else None,
         facts_held=rec.facts_held, updated=rec.updated, gold=rec.gold, answer=text,
         exact_match=recall_exact_match(text, rec.gold, _stale_values(p.conv, p.turn)),
         value_accuracy=p.value_ok,
@@ -463,6 +470,8 @@ class QualityReport:
             lines.append(f"{name:16} {_f(o['perplexity'], 8, 3)} {_pct(o['accuracy'], 8)} "
                          f"{_pct(r['exact_match'], 10)} {_pct(r['value_accuracy'], 10)}  {s.description}")
         lines += self._breakdown_table("recall EM by distance (turns since stated)", "by_distance")
+        lines += self._breakdown_table("recall EM by turns since the value was last in the text",
+                                       "by_mention_distance")
         lines += self._breakdown_table("recall EM by facts held", "by_facts_held")
         lines += self._per_turn_table()
         return "\n".join(lines)

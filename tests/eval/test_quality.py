@@ -4,10 +4,11 @@ import json
 import pytest
 import torch
 
-from rxt_dist.data import PrepareConfig, SyntheticConfig, iter_conversations, prepare_dataset
+from rxt_dist.data import PrepareConfig, SyntheticConfig, TextCodec, iter_conversations, prepare_dataset
 from rxt_dist.eval.quality import (
     QUALITY_SYSTEMS,
     QualityConfig,
+    _stale_values,
     _value_positions,
     answer_positions,
     evaluate_models,
@@ -94,6 +95,18 @@ def test_scored_positions_are_the_answer_and_the_gold_value(data_url):
         answer = answer_positions(len(t.query_ids), len(t.answer_ids))
         assert [ids[p + 1] for p in answer] == [*t.answer_ids, EOS_ID]
         assert [ids[p + 1] for p in _value_positions(t, answer)] == t.recall.gold_ids
+
+
+def test_a_perfect_model_scores_every_recall_and_a_wrong_value_scores_none(data_url):
+    """Decoding the gold answer ids gives exact match 1 on every recall turn; the gold answer of
+    a recall turn about another value gives 0."""
+    codec = TextCodec.load(data_url)
+    recalls = [(c, i) for c in iter_conversations(data_url, "test") for i, _ in c.recall_turns]
+    for conv, i in recalls:
+        rec, stale = conv.turns[i].recall, _stale_values(conv, i)
+        assert recall_exact_match(codec.decode(conv.turns[i].answer_ids), rec.gold, stale)
+        other = next(c.turns[j] for c, j in recalls if c.turns[j].recall.gold != rec.gold)
+        assert not recall_exact_match(codec.decode(other.answer_ids), rec.gold, stale)
 
 
 @pytest.mark.parametrize("answer, gold, stale, expected", [
