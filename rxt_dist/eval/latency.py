@@ -393,11 +393,13 @@ def build_rxt(cfg: LatencyConfig) -> tuple[RxTModel, str]:
 
 
 def build_baseline(cfg: LatencyConfig) -> StatelessLM:
+    """The stateless baseline to time (random weights, training init)."""
     torch.manual_seed(cfg.seed)
     return build_model(from_name(cfg.baseline_preset)).eval()
 
 
 def describe_model(model: torch.nn.Module, source: str) -> dict[str, Any]:
+    """Where a timed model came from, its parameter counts and its shape."""
     total, active = count_parameters(model)
     info = {"source": source, "parameters": total, "active_parameters": active,
             "dim": model.config.hidden_size if hasattr(model, "config") else model.cfg.dim,
