@@ -35,15 +35,18 @@ def dataset(tmp_path_factory) -> str:
     return out
 
 
-def _consume(iterators) -> list[list[str]]:
-    """Iterate every split at once, like Ray Train workers (streaming_split needs all consumers)."""
-    got: list[list[str]] = [[] for _ in iterators]
+def _consume(iterators) -> list[dict[str, list]]:
+    """Iterate every split at once, like Ray Train workers (streaming_split needs all consumers);
+    returns each consumer's rows as {conversation_id: query_ids turns}."""
+    got: list[dict[str, list]] = [{} for _ in iterators]
     errors: list[BaseException] = []
 
     def run(k, it):
         try:
             for batch in it.iter_batches(batch_size=8, batch_format="numpy"):
-                got[k].extend(batch["conversation_id"].tolist())
+                for cid, turns in zip(batch["conversation_id"], batch["query_ids"]):
+                    assert cid not in got[k], f"{cid} twice"
+                    got[k][cid] = turns
         except BaseException as e:  # surfaced below: a thread's exception is otherwise lost
             errors.append(e)
 
@@ -61,28 +64,22 @@ def test_streaming_split_covers_every_row_once(ray_cluster, dataset, equal):
     """equal=True is what Ray Train's get_dataset_shard uses (rows cut evenly; 160 rows here, so
     none dropped); equal=False hands out whole blocks (Ray packs small files into one block, so
     one worker may get all of them)."""
-    expected = sorted(c.conversation_id for c in iter_conversations(dataset, "train"))
-    assert len(expected) == 160
+    convs = {c.conversation_id: c for c in iter_conversations(dataset, "train")}
+    assert len(convs) == 160
     ds = ray_dataset(dataset, "train", columns=["conversation_id", "query_ids", "answer_ids"])
     a, b = _consume(ds.streaming_split(2, equal=equal))
-    assert sorted(a + b) == expected  # nothing lost, nothing twice
+    assert not a.keys() & b.keys() and sorted(a.keys() | b.keys()) == sorted(convs)  # each row once
     if equal:
         assert len(a) == len(b) == 80
+    # numpy batches: per conversation an object array holding one int32 array per turn
+    for cid, turns in {**a, **b}.items():
+        assert [t.tolist() for t in turns] == [t.query_ids for t in convs[cid].turns]
+        assert all(t.dtype == np.int32 for t in turns)
 
 
-def test_batches_hold_turn_lists_of_ids(ray_cluster, dataset):
-    first = next(iter_conversations(dataset, "valid"))
-    ds = ray_dataset(dataset, "valid", columns=["conversation_id", "query_ids", "answer_ids"])
-    batch = ds.take_batch(batch_size=4, batch_format="numpy")
-    row = list(batch["conversation_id"]).index(first.conversation_id)
-    turns = batch["query_ids"][row]  # object array: one int32 array per turn
-    assert len(turns) == len(first.turns)
-    assert [t.tolist() for t in turns] == [t.query_ids for t in first.turns]
-    assert all(t.dtype == np.int32 for t in turns)
-    table = ds.take_batch(batch_size=4, batch_format="pyarrow")
-    assert table.column_names == ["conversation_id", "query_ids", "answer_ids"]
-    with pytest.raises(ShardError, match="part-00000.parquet: no column \\['tokens'\\]"):
-        ray_dataset(dataset, "valid", columns=["tokens"])
+def test_unknown_column_is_refused_before_reading(dataset):
+    with pytest.raises(ShardError, match=r"part-00000.parquet: no column \['tokens'\]"):
+        ray_dataset(dataset, "valid", columns=["conversation_id", "tokens"])
 
 
 def test_text_view_adds_extra_text_to_train(ray_cluster, dataset):
