@@ -171,11 +171,19 @@ class _Writer:
             self.forms[key] = {"my": my, "your": your, "noun": a.noun, "verb": a.verb, "q_called": q_called}
 
     def value_for(self, rng: random.Random, key: str, taken: Collection[str]) -> str:
+        """A value for ``key`` that the conversation has not used yet."""
         pool = self.values[key.split(".")[1]]
-        while True:
+        for _ in range(20):  # almost always enough: a conversation uses few of the values
             v = rng.choice(pool)
             if v not in taken:
                 return v
+        free = [v for v in pool if v not in taken]
+        if not free:
+            raise ValueError(
+                f"values_per_attribute={len(pool)}: a conversation used every {key.split('.')[1]} value; "
+                "raise values_per_attribute or lower max_turns/owners"
+            )
+        return rng.choice(free)
 
     def fact(self, rng: random.Random, key: str, v: str, *, update: bool) -> Turn:
         f = self.forms[key]
@@ -309,11 +317,19 @@ def generate_conversations(
     writer = _Writer(cfg)
     out: list[Conversation] = []
     seen = set(exclude) if exclude else None
+    rejected = 0
     while len(out) < n:
         conv = _one_conversation(rng, cfg, writer, f"{split}-{len(out):07d}")
         if seen is not None:
             sig = signature(conv)
             if sig in seen:
+                rejected += 1
+                if rejected > 10 * n + 1000:
+                    raise ValueError(
+                        f"split {split!r}: drew {rejected} conversations that repeat earlier splits while "
+                        f"looking for {n} new ones; these settings allow too few distinct conversations "
+                        "(raise values_per_attribute or max_turns, or ask for fewer)"
+                    )
                 continue
             seen.add(sig)
         out.append(conv)

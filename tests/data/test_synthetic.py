@@ -185,3 +185,12 @@ def test_optional_multi_word_attributes():
     golds = [t.recall.gold for c in convs for _, t in c.recall_turns]
     assert any(" and " in g for g in golds) and any(" at " in g for g in golds)
     assert dataclasses.asdict(cfg)["attributes"] == ("shopping", "appointment")
+
+
+def test_too_small_a_value_space_fails_clearly():
+    tiny = SyntheticConfig(min_turns=2, max_turns=2, attributes=("name",), values_per_attribute=2, p_update=0)
+    with pytest.raises(ValueError, match="split 'test': drew .* too few distinct conversations"):
+        generate_splits(tiny, {"train": 50, "test": 50})
+    crowded = SyntheticConfig(min_turns=8, max_turns=8, attributes=("name",), values_per_attribute=2, p_update=1)
+    with pytest.raises(ValueError, match="values_per_attribute=2: a conversation used every name value"):
+        generate_conversations(crowded, 20)
