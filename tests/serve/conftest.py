@@ -65,12 +65,14 @@ class Reference:
             stm = consolidate(self.model, stm, [self.codec.encode(query)], [self.codec.encode(answer)])
         return stm
 
-    def turn(self, stm: torch.Tensor, text: str, max_tokens: int, answer_ids: list[int] | None = None):
-        """(answer text, answer ids, next STM); ``answer_ids`` overrides what is consolidated."""
+    def turn(self, stm: torch.Tensor, text: str, max_tokens: int):
+        """(answer text, answer ids, next STM) of one greedy turn."""
         query = self.codec.encode(text)
         ids = generate(self.model, [query], stm, SamplingParams(max_new_tokens=max_tokens))[0]
-        kept = ids if answer_ids is None else answer_ids
-        return self.codec.decode_answer(ids), ids, consolidate(self.model, stm, [query], [kept])
+        return self.codec.decode_answer(ids), ids, self.consolidated(stm, text, ids)
+
+    def consolidated(self, stm: torch.Tensor, text: str, answer_ids: list[int]) -> torch.Tensor:
+        return consolidate(self.model, stm, [self.codec.encode(text)], [answer_ids])
 
     def conversation(self, texts: list[str], max_tokens: int, stm: torch.Tensor | None = None) -> list[str]:
         stm = self.new_stm() if stm is None else stm

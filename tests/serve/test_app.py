@@ -1,0 +1,399 @@
+"""The serving application end to end: real Ray Serve on a local cluster, real HTTP.
+
+One cluster and two applications for the whole module: ``main`` (route ``/``) and ``slow``
+(route ``/slow``: the updater sleeps ``UPDATE_DELAY_S`` before each commit, and an API key
+is required). Every answer is compared with the same model answering the conversation
+alone in this process (:class:`conftest.Reference`, greedy decoding).
+"""
+
+import io
+import json
+import os
+import socket
+import threading
+import time
+
+import httpx
+import openai
+import pytest
+import ray
+from ray import serve
+from ray.serve import RunTarget
+
+from rxt_dist.serving.client import main as chat_main
+from rxt_dist.serving.sessions import is_session_id
+from serve.app import build_app
+from serve.args import DEPLOYMENT_NAMES, AppArgs
+from serve.store import stop_session_stores
+
+pytestmark = pytest.mark.timeout(300)
+
+MAX_TOKENS = 12
+KEY = "test-key"
+UPDATE_DELAY_S = 1.5
+MODEL = "rxt-test"  # the model directory's name
+FAST = {"graceful_shutdown_timeout_s": 0.1, "graceful_shutdown_wait_loop_s": 0.1,
+        "health_check_period_s": 1, "ray_actor_options": {"num_cpus": 0}}
+A = ["my name is ada", "what is my name?", "tell me a story"]
+B = ["the cat sat on the mat", "where do i live?", "remember my favourite colour is green"]
+
+
+def app_args(model_dir: str, store_url: str, **changes) -> AppArgs:
+    return AppArgs(model_dir=model_dir, store_url=store_url, max_message_tokens=40, max_tokens_limit=200,
+                   default_max_tokens=MAX_TOKENS, update_wait_timeout_s=60, update_stale_s=5,
+                   deployment_options={name: FAST for name in DEPLOYMENT_NAMES}, **changes)
+
+
+class Server:
+    """HTTP helpers for one application of the test cluster."""
+
+    def __init__(self, url: str, prefix: str = "", key: str | None = None) -> None:
+        self.url, self.prefix = url, prefix
+        headers = {"authorization": f"Bearer {key}"} if key else {}
+        self.http = httpx.Client(base_url=url + prefix, timeout=120, headers=headers)
+
+    def chat(self, text: str, sid: str | None = None, **fields) -> httpx.Response:
+        body = {"model": MODEL, "messages": [{"role": "user", "content": text}],
+                "max_tokens": MAX_TOKENS, "temperature": 0, **fields}
+        return self.http.post("/v1/chat/completions", json=body,
+                              headers={"x-session-id": sid} if sid else {})
+
+    def answer(self, text: str, sid: str | None = None) -> tuple[str, str]:
+        """Non-streamed turn → (answer, session id)."""
+        r = self.chat(text, sid)
+        assert r.status_code == 200, r.text
+        return r.json()["choices"][0]["message"]["content"], r.headers["x-session-id"]
+
+    def stream(self, text: str, sid: str | None = None, **fields) -> tuple[str, str, list]:
+        """Streamed turn → (answer, session id, parsed events)."""
+        body = {"model": MODEL, "messages": [{"role": "user", "content": text}],
+                "max_tokens": MAX_TOKENS, "temperature": 0, "stream": True, **fields}
+        with self.http.stream("POST", "/v1/chat/completions", json=body,
+                              headers={"x-session-id": sid} if sid else {}) as r:
+            assert r.status_code == 200, r.read()
+            events = [_event(line) for line in r.iter_lines() if line.startswith("data: ")]
+        deltas = [e["choices"][0]["delta"].get("content", "") for e in events[:-1] if e["choices"]]
+        return "".join(deltas), r.headers["x-session-id"], events
+
+    def session(self, sid: str) -> dict:
+        r = self.http.get(f"/v1/sessions/{sid}")
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    def settled(self, sid: str, timeout_s: float = 60) -> dict:
+        """The session once no update is pending."""
+        deadline = time.monotonic() + timeout_s
+        while (info := self.session(sid))["pending_update"]:
+            assert time.monotonic() < deadline, f"update of {sid} still pending: {info}"
+            time.sleep(0.05)
+        return info
+
+    def wait_healthy(self, timeout_s: float = 120) -> None:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                if self.http.get("/healthz").status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "the application did not become healthy"
+            time.sleep(0.2)
+
+
+def _event(line: str):
+    data = line[len("data: "):]
+    return data if data == "[DONE]" else json.loads(data)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def cluster(model_dir, tmp_path_factory):
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray.init(num_cpus=2, include_dashboard=False)
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    root = tmp_path_factory.mktemp("serve")
+    args = {"main": app_args(model_dir, str(root / "sessions")),
+            "slow": app_args(model_dir, str(root / "slow-sessions"), update_delay_s=UPDATE_DELAY_S, api_key=KEY)}
+    serve.run_many([RunTarget(build_app(args["main"]), "main", "/"),
+                    RunTarget(build_app(args["slow"]), "slow", "/slow")])
+    url = f"http://127.0.0.1:{port}"
+    Server(url).wait_healthy()
+    Server(url, "/slow").wait_healthy()
+    yield url, args
+    serve.shutdown()
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def main(cluster) -> Server:
+    return Server(cluster[0])
+
+
+@pytest.fixture(scope="module")
+def slow(cluster) -> Server:
+    return Server(cluster[0], "/slow", key=KEY)
+
+
+# ---- answers --------------------------------------------------------------------------------
+
+def test_a_first_answer_is_the_models_answer(main, reference):
+    assert main.http.get("/healthz").json()["status"] == "ok"
+    assert [m["id"] for m in main.http.get("/v1/models").json()["data"]] == [MODEL]
+    r = main.chat(A[0])
+    assert r.status_code == 200
+    body = r.json()
+    assert body["object"] == "chat.completion" and body["model"] == MODEL
+    assert body["choices"][0]["message"]["content"] == reference.conversation(A[:1], MAX_TOKENS)[0]
+    assert body["choices"][0]["finish_reason"] == "length"
+    assert body["usage"]["completion_tokens"] == MAX_TOKENS
+    assert is_session_id(r.headers["x-session-id"]) and r.headers["x-memory-version"] == "0"
+
+
+def test_a_streamed_answer_equals_the_whole_answer(main, reference):
+    text, sid, events = main.stream(B[0], stream_options={"include_usage": True})
+    assert text == reference.conversation(B[:1], MAX_TOKENS)[0]
+    assert events[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert sum(1 for e in events[1:-3] if e["choices"][0]["delta"].get("content")) >= 2  # really streamed
+    assert events[-3]["choices"][0]["finish_reason"] == "length"
+    assert events[-2]["usage"]["completion_tokens"] == MAX_TOKENS
+    assert events[-1] == "[DONE]"
+    assert is_session_id(sid)
+
+
+def test_two_sessions_interleaved_get_what_each_gets_alone(main, reference):
+    got = {"A": [], "B": []}
+    sids = {"A": None, "B": None}
+    for turn in range(3):
+        text, sids["A"], _ = main.stream(A[turn], sids["A"])  # one streamed,
+        got["A"].append(text)
+        text, sids["B"] = main.answer(B[turn], sids["B"])  # one not
+        got["B"].append(text)
+    assert got["A"] == reference.conversation(A, MAX_TOKENS)
+    assert got["B"] == reference.conversation(B, MAX_TOKENS)
+    # The memory matters: a fresh session asked A's second question answers differently.
+    assert got["A"][1] != reference.conversation(A[1:2], MAX_TOKENS)[0]
+    for sid in sids.values():
+        info = main.settled(sid)
+        assert (info["turns"], info["memory_version"]) == (3, 3)
+
+
+def test_concurrent_requests_are_decoded_together(main, reference):
+    texts = [A[0], B[0], A[2], B[2]]
+    answers = [None] * len(texts)
+
+    def ask(i):
+        answers[i] = main.answer(texts[i])[0]
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(texts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert answers == [reference.conversation([t], MAX_TOKENS)[0] for t in texts]
+    stats = serve.get_deployment_handle("Generator", "main").stats.remote().result()
+    assert stats["max_rows"] >= 2
+
+
+def test_the_openai_client_holds_a_conversation(main, reference):
+    client = openai.OpenAI(base_url=main.url + "/v1", api_key="unused", max_retries=0)
+    assert [m.id for m in client.models.list()] == [MODEL]
+    raw = client.chat.completions.with_raw_response.create(
+        model=MODEL, messages=[{"role": "user", "content": A[0]}], max_tokens=MAX_TOKENS, temperature=0)
+    sid = raw.headers["x-session-id"]
+    first = raw.parse().choices[0].message.content
+    stream = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": A[1]}], max_tokens=MAX_TOKENS, temperature=0,
+        stream=True, extra_headers={"x-session-id": sid})
+    second = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
+    assert [first, second] == reference.conversation(A[:2], MAX_TOKENS)
+
+
+def test_a_stateless_client_migrates_its_history_into_a_new_session(main, reference):
+    messages = [{"role": "system", "content": "you remember names"},
+                {"role": "user", "content": A[0]}, {"role": "assistant", "content": "hello ada"},
+                {"role": "user", "content": A[1]}]
+    r = main.http.post("/v1/chat/completions", json={"model": MODEL, "messages": messages,
+                                                     "max_tokens": MAX_TOKENS, "temperature": 0})
+    assert r.status_code == 200, r.text
+    stm = reference.new_stm(system="you remember names", history=[(A[0], "hello ada")])
+    assert r.json()["choices"][0]["message"]["content"] == reference.turn(stm, A[1], MAX_TOKENS)[0]
+    info = main.settled(r.headers["x-session-id"])
+    assert (info["turns"], info["memory_version"]) == (2, 1)
+
+
+def test_sessions_api_create_read_delete(main, reference):
+    r = main.http.post("/v1/sessions", json={"system": "you remember names"})
+    assert r.status_code == 201
+    sid = r.headers["x-session-id"]
+    assert r.json() == {**r.json(), "id": sid, "turns": 0, "memory_version": 0, "pending_update": False}
+    answer, _ = main.answer(A[0], sid)
+    assert answer == reference.turn(reference.new_stm(system="you remember names"), A[0], MAX_TOKENS)[0]
+    assert main.http.delete(f"/v1/sessions/{sid}").json() == {"id": sid, "object": "session.deleted", "deleted": True}
+    for r in (main.http.get(f"/v1/sessions/{sid}"), main.chat(A[1], sid), main.http.delete(f"/v1/sessions/{sid}")):
+        assert r.status_code == 404 and r.json()["error"]["code"] == "session_not_found"
+
+
+def test_a_second_request_on_a_busy_session_gets_409(main):
+    _, sid = main.answer(A[0])
+    main.settled(sid)
+    body = {"model": MODEL, "messages": [{"role": "user", "content": A[1]}], "max_tokens": 200,
+            "temperature": 0, "stream": True}
+    with main.http.stream("POST", "/v1/chat/completions", json=body, headers={"x-session-id": sid}) as first:
+        lines = first.iter_lines()
+        next(line for line in lines if '"content"' in line and '"role"' not in line)  # mid-answer now
+        second = main.chat(A[2], sid)
+        assert second.status_code == 409 and second.json()["error"]["code"] == "session_busy"
+        assert second.headers["retry-after"] == "1"
+        assert [line for line in lines if line][-1] == "data: [DONE]"
+    info = main.settled(sid)
+    assert (info["turns"], info["memory_version"]) == (2, 2)  # the refused request left no trace
+
+
+def test_a_client_that_disconnects_mid_answer_gets_the_part_produced_consolidated(main, reference):
+    body = {"model": MODEL, "messages": [{"role": "user", "content": A[0]}], "max_tokens": 200,
+            "temperature": 0, "stream": True}
+    received = 0
+    with main.http.stream("POST", "/v1/chat/completions", json=body) as r:
+        sid = r.headers["x-session-id"]
+        for line in r.iter_lines():
+            received += '"content"' in line and '"role"' not in line
+            if received == 3:
+                break  # leaving the block closes the connection mid-answer
+    info = main.settled(sid)
+    assert (info["turns"], info["memory_version"]) == (1, 1)
+    answer, _ = main.answer(A[1], sid)
+    # Which prefix of the answer went into memory? The next answer tells: it is the answer
+    # after consolidating the first k tokens, for a k short of the full 200.
+    stm0 = reference.new_stm()
+    _, full_ids, _ = reference.turn(stm0, A[0], 200)
+    assert len(full_ids) == 200
+
+    def next_answer_after(k: int) -> str:
+        return reference.turn(reference.consolidated(stm0, A[0], full_ids[:k]), A[1], MAX_TOKENS)[0]
+
+    assert any(next_answer_after(k) == answer for k in range(received, 120)), \
+        "the next answer matches no consolidation of a truncated first answer"
+
+
+# ---- bad input ------------------------------------------------------------------------------
+
+def _chat_body(**fields) -> bytes:
+    return json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], **fields}).encode()
+
+
+BAD_REQUESTS = {
+    "malformed json": ("POST", "/v1/chat/completions", {}, b'{"model": ', 400, "invalid_json"),
+    "not utf-8": ("POST", "/v1/chat/completions", {}, b"\xff\xfe{}", 400, "invalid_json"),
+    "body is a list": ("POST", "/v1/chat/completions", {}, b"[]", 400, "model_type"),
+    "missing messages": ("POST", "/v1/chat/completions", {}, b'{"model": "rxt-test"}', 400, "missing"),
+    "missing model": ("POST", "/v1/chat/completions", {}, b'{"messages": []}', 400, None),
+    "max_tokens a string": ("POST", "/v1/chat/completions", {}, _chat_body(max_tokens="5"), 400, "int_type"),
+    "stream not a bool": ("POST", "/v1/chat/completions", {}, _chat_body(stream="yes"), 400, "bool_type"),
+    "messages not a list": ("POST", "/v1/chat/completions", {}, _chat_body(messages={"a": 1}), 400, "list_type"),
+    "empty message": ("POST", "/v1/chat/completions", {},
+                      _chat_body(messages=[{"role": "user", "content": ""}]), 400, "invalid_value"),
+    "over-long message": ("POST", "/v1/chat/completions", {},
+                          _chat_body(messages=[{"role": "user", "content": "ada " * 60}]), 400,
+                          "context_length_exceeded"),
+    "max_tokens 0": ("POST", "/v1/chat/completions", {}, _chat_body(max_tokens=0), 400, "invalid_value"),
+    "max_tokens too big": ("POST", "/v1/chat/completions", {}, _chat_body(max_tokens=201), 400, "invalid_value"),
+    "unknown session": ("POST", "/v1/chat/completions", {"x-session-id": "sess_" + "0" * 32},
+                        _chat_body(), 404, "session_not_found"),
+    "malformed session id": ("POST", "/v1/chat/completions", {"x-session-id": "../../etc"},
+                             _chat_body(), 404, "session_not_found"),
+    "unknown model": ("POST", "/v1/chat/completions", {}, _chat_body(model="gpt-9"), 404, "model_not_found"),
+    "get unknown session": ("GET", "/v1/sessions/sess_" + "1" * 32, {}, None, 404, "session_not_found"),
+    "delete unknown session": ("DELETE", "/v1/sessions/nope", {}, None, 404, "session_not_found"),
+    "system prompt not a string": ("POST", "/v1/sessions", {}, b'{"system": 5}', 400, "string_type"),
+    "unknown route": ("GET", "/v1/nothing", {}, None, 404, "not_found"),
+    "wrong method": ("GET", "/v1/chat/completions", {}, None, 405, None),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_REQUESTS))
+def test_bad_input_gets_a_4xx_in_openais_error_shape(main, case):
+    method, path, headers, content, status, code = BAD_REQUESTS[case]
+    r = main.http.request(method, path, headers={"content-type": "application/json", **headers}, content=content)
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["message"]
+    if code is not None:
+        assert error["code"] == code
+    assert main.http.get("/healthz").status_code == 200
+
+
+# ---- the slowed updater: ordering, failures, auth --------------------------------------------
+
+def test_an_api_key_protects_every_route_but_health(slow):
+    bare = httpx.Client(base_url=slow.url + "/slow", timeout=30)
+    assert bare.get("/healthz").status_code == 200
+    for client in (bare, httpx.Client(base_url=slow.url + "/slow", headers={"authorization": "Bearer nope"})):
+        for r in (client.get("/v1/models"), client.post("/v1/chat/completions", json={}),
+                  client.post("/v1/sessions"), client.get("/v1/sessions/sess_" + "0" * 32)):
+            assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+            assert r.headers["www-authenticate"] == "Bearer"
+    assert slow.http.get("/v1/models").status_code == 200
+
+
+def test_the_update_runs_after_the_answer_and_the_next_turn_waits_for_it(slow, reference):
+    first, sid, _ = slow.stream(A[0])
+    # The whole answer arrived while the (slowed) update is still running…
+    info = slow.session(sid)
+    assert info["pending_update"] and info["memory_version"] == 0
+    # …and the next turn, sent right away, is answered from the memory that update writes.
+    r = slow.chat(A[1], sid)
+    assert r.status_code == 200 and r.headers["x-memory-version"] == "1"
+    assert [first, r.json()["choices"][0]["message"]["content"]] == reference.conversation(A[:2], MAX_TOKENS)
+
+
+def _replica_actors(app: str, deployment: str) -> list[str]:
+    prefix = f"SERVE_REPLICA::{app}#{deployment}#"
+    return [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith(prefix)]
+
+
+def test_killing_the_updater_mid_update_loses_and_repeats_nothing(slow, reference):
+    first, sid, _ = slow.stream(B[0])
+    assert slow.session(sid)["pending_update"]
+    (name,) = _replica_actors("slow", "MemoryUpdater")
+    ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)  # mid-update (it sleeps 1.5 s)
+    second, _ = slow.answer(B[1], sid)
+    third, _ = slow.answer(B[2], sid)
+    assert [first, second, third] == reference.conversation(B, MAX_TOKENS)
+    info = slow.settled(sid)
+    assert (info["turns"], info["memory_version"]) == (3, 3)
+    assert _replica_actors("slow", "MemoryUpdater") != [name]  # Serve replaced the replica
+
+
+# ---- the chat CLI and a restart (last: it redeploys ``main``) ---------------------------------
+
+def test_the_chat_cli_streams_and_keeps_the_session(main, reference):
+    out = io.StringIO()
+    code = chat_main(["--url", main.url, "--max-tokens", str(MAX_TOKENS), "--temperature", "0"],
+                     stdin=io.StringIO(f"{A[0]}\n{A[1]}\n/session\n/quit\n"), stdout=out)
+    assert code == 0
+    lines = out.getvalue().splitlines()
+    expected = reference.conversation(A[:2], MAX_TOKENS)
+    assert [line for line in lines if line.startswith("rxt> ")] == [f"rxt> {a}" for a in expected]
+    sessions = {line for line in lines if line.startswith("[session ")}
+    assert len(sessions) == 1  # both turns in one session
+    assert json.loads(lines[-1])["turns"] == 2
+
+
+def test_a_session_survives_a_restart_of_the_application_and_the_store(cluster, main, reference):
+    url, args = cluster
+    _, sid = main.answer(A[0])
+    main.answer(A[1], sid)
+    main.settled(sid)
+    serve.delete("main")
+    assert stop_session_stores(args["main"].store_url, args["main"].store_shards) == 1
+    serve.run(build_app(args["main"]), name="main", route_prefix="/")
+    main.wait_healthy()
+    third, _ = main.answer(A[2], sid)
+    assert third == reference.conversation(A, MAX_TOKENS)[2]
+    assert main.settled(sid)["turns"] == 3
