@@ -129,6 +129,14 @@ LIST_ITEMS = (
 )  # fmt: skip
 WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 
+# Real words (in several languages) the syllable pattern can spell and a demo should not print.
+_AVOID = frozenset(
+    "bego bodo boner dago dagos kafir kaka kakas kike kikes loli lolis loser memek mofo moron morons "
+    "nazi nazis nigar niger nude nudes nudi nuke nukes paki pakis pedo pedos pene peni penis pipi pisa "
+    "pises popo puke puker puki pukis pusi puta putas pute puto rape raper rapes rapin sadis sata satan "
+    "sekes sekis semen suka teta tetas titi".split()
+)
+
 _ONSETS = ("b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z")
 _VOWELS = ("a", "e", "i", "o", "u")
 _CODAS = ("", "", "n", "r", "l", "s", "k")
@@ -147,7 +155,7 @@ def template_words() -> frozenset[str]:
 @functools.lru_cache(maxsize=8)
 def _pseudo_words() -> tuple[str, ...]:
     """All two-syllable pseudo-words (CV + CV + coda), shuffled by :data:`LEXICON_SEED`."""
-    stop = template_words()
+    stop = template_words() | _AVOID
     words = sorted(
         {o1 + v1 + o2 + v2 + c for o1 in _ONSETS for v1 in _VOWELS for o2 in _ONSETS for v2 in _VOWELS for c in _CODAS}
     )
