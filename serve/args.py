@@ -54,6 +54,8 @@ class AppArgs(BaseModel):
     """Largest ``max_tokens`` a request may ask for."""
     default_max_tokens: int = 128
     """Answer length when a request gives no ``max_tokens``."""
+    max_history_turns: int = 64
+    """Most earlier turns a request without a session may carry (migrated into memory)."""
 
     update_wait_timeout_s: float = 30.0
     """How long a request waits for its session's previous memory update before a 503."""
@@ -78,7 +80,7 @@ class AppArgs(BaseModel):
     calls ``build_app`` directly; ``serve/config.yaml`` uses its ``deployments:`` section)."""
 
     @field_validator("store_shards", "store_cache_sessions", "max_batch_size", "update_batch_size",
-                     "max_message_tokens", "max_tokens_limit", "default_max_tokens")
+                     "max_message_tokens", "max_tokens_limit", "default_max_tokens", "max_history_turns")
     @classmethod
     def _at_least_one(cls, value: int, info) -> int:
         if value < 1:
@@ -115,7 +117,8 @@ class AppArgs(BaseModel):
         return self
 
     def limits(self) -> RequestLimits:
-        return RequestLimits(self.max_message_tokens, self.max_tokens_limit, self.default_max_tokens)
+        return RequestLimits(self.max_message_tokens, self.max_tokens_limit, self.default_max_tokens,
+                             self.max_history_turns)
 
     def store_config(self) -> StoreConfig:
         return StoreConfig(url=self.store_url, cache_sessions=self.store_cache_sessions,

@@ -54,9 +54,11 @@ class RequestLimits:
     """Largest ``max_tokens`` a request may ask for."""
     default_max_tokens: int = 128
     """Answer length when a request gives no ``max_tokens``."""
+    max_history_turns: int = 64
+    """Most earlier turns a new session's request may carry to be consolidated (migration)."""
 
     def __post_init__(self) -> None:
-        for name in ("max_message_tokens", "max_tokens_limit", "default_max_tokens"):
+        for name in ("max_message_tokens", "max_tokens_limit", "default_max_tokens", "max_history_turns"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)}: must be ≥ 1")
         if self.default_max_tokens > self.max_tokens_limit:
@@ -206,6 +208,16 @@ def _encode_message(codec: TextCodec, msg: ChatMessage, index: int, limits: Requ
     return encode_message(codec, msg.text(), f"messages.{index}.content", limits)
 
 
+def _encode_answer(codec: TextCodec, msg: ChatMessage, index: int, limits: RequestLimits) -> list[int]:
+    """An earlier assistant answer being migrated: may be empty, not longer than the limit."""
+    ids = codec.encode(msg.text()) if msg.text() else []
+    if len(ids) > limits.max_message_tokens:
+        raise _bad(f"'messages.{index}.content' is {len(ids)} tokens long; the limit is "
+                   f"{limits.max_message_tokens} tokens per message", f"messages.{index}.content",
+                   "context_length_exceeded")
+    return ids
+
+
 def _split_history(messages: list[ChatMessage]) -> tuple[list[int], list[tuple[int, int]]]:
     """Indices of the leading system messages and of the (user, assistant) pairs before the
     final user message; 400 when the messages do not have that shape."""
@@ -244,8 +256,11 @@ def prepare_turn(req: ChatCompletionRequest, codec: TextCodec, limits: RequestLi
         if system:
             texts = "\n".join(req.messages[i].text() for i in system)
             system_ids = _encode_message(codec, ChatMessage(role="system", content=texts), system[0], limits)
+        if len(pairs) > limits.max_history_turns:
+            raise _bad(f"messages hold {len(pairs)} earlier turns; a new session migrates at most "
+                       f"{limits.max_history_turns}", "messages", "too_many_turns")
         history = [(_encode_message(codec, req.messages[u], u, limits),
-                    codec.encode(req.messages[a].text())) for u, a in pairs]
+                    _encode_answer(codec, req.messages[a], a, limits)) for u, a in pairs]
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
     return ChatTurn(query_ids, sampling, req.stream, include_usage, system_ids, history)
 

@@ -4,7 +4,7 @@ import pytest
 
 from rxt_dist.serving.api import ApiError, RequestLimits, parse_body, parse_chat_request, prepare_turn, CreateSessionRequest
 
-LIMITS = RequestLimits(max_message_tokens=20, max_tokens_limit=50, default_max_tokens=16)
+LIMITS = RequestLimits(max_message_tokens=20, max_tokens_limit=50, default_max_tokens=16, max_history_turns=2)
 
 
 def body(**fields) -> bytes:
@@ -60,6 +60,10 @@ def test_malformed_requests_are_400_naming_the_field(raw, param, code):
      "messages.1.role", "last message"),
     ({"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]},
      "messages.0.role", "alternating"),
+    ({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}] * 3
+      + [{"role": "user", "content": "c"}]}, "messages", "at most 2"),
+    ({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "word " * 40},
+                   {"role": "user", "content": "c"}]}, "messages.1.content", "limit is 20 tokens"),
 ])
 def test_requests_outside_the_limits_are_400(reference, fields, param, fragment):
     err = refused(body(**fields), reference.codec)

@@ -1,8 +1,8 @@
 """The serving application end to end: real Ray Serve on a local cluster, real HTTP.
 
 One cluster and two applications for the whole module: ``main`` (route ``/``) and ``slow``
-(route ``/slow``: the updater sleeps ``UPDATE_DELAY_S`` before each commit, and an API key
-is required). Every answer is compared with the same model answering the conversation
+(route ``/slow``: the updater sleeps ``UPDATE_DELAY_S`` before each commit, an API key is
+required, and sessions are spread over two store shards). Every answer is compared with the same model answering the conversation
 alone in this process (:class:`conftest.Reference`, greedy decoding).
 """
 
@@ -119,7 +119,8 @@ def cluster(model_dir, tmp_path_factory):
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     root = tmp_path_factory.mktemp("serve")
     args = {"main": app_args(model_dir, str(root / "sessions")),
-            "slow": app_args(model_dir, str(root / "slow-sessions"), update_delay_s=UPDATE_DELAY_S, api_key=KEY)}
+            "slow": app_args(model_dir, str(root / "slow-sessions"), update_delay_s=UPDATE_DELAY_S, api_key=KEY,
+                             store_shards=2)}
     serve.run_many([RunTarget(build_app(args["main"]), "main", "/"),
                     RunTarget(build_app(args["slow"]), "slow", "/slow")])
     url = f"http://127.0.0.1:{port}"
