@@ -77,8 +77,8 @@ def main(argv: list[str] | None = None) -> None:
         def progress(stage: str, n: int, total: int) -> None:
             if stage != current[0]:  # a new stage: restart the bar at its own total
                 current[0] = stage
+                bar.set_description(stage, refresh=False)
                 bar.reset(total=total)
-                bar.set_description(stage)
             bar.update(n)
 
         manifest = prepare_dataset(cfg, progress)
