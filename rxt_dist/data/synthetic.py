@@ -249,12 +249,14 @@ def _choose_kind(rng: random.Random, cfg: SyntheticConfig, state: _State, n_keys
     if need > 0 and not state.current and need >= left - 1:
         return FACT
     options = [(FILLER, cfg.p_filler)]
-    if len(state.current) < n_keys:
+    last = left == 1 and bool(state.current)  # a statement in the last turn would never be asked for
+    if len(state.current) < n_keys and not last:
         options.append((FACT, cfg.p_fact))
     if state.current:
         # asking again for a fact already asked is allowed, but less likely than a fresh one
-        p_recall = cfg.p_recall if state.unasked else cfg.p_recall * _REASK
-        options += [(UPDATE, cfg.p_update), (RECALL, p_recall)]
+        options.append((RECALL, cfg.p_recall if state.unasked else cfg.p_recall * _REASK))
+        if not last:
+            options.append((UPDATE, cfg.p_update))
     total = sum(w for _, w in options)
     if total == 0:
         return FACT if len(state.current) < n_keys else RECALL
