@@ -23,7 +23,7 @@ import torch.distributed as dist
 from rxt_dist.train.batches import conversation_batch, history_batch, interaction_batch, text_batch
 from rxt_dist.train.config import TrainConfig
 from rxt_dist.train.metrics import MetricWriter, WindowMetrics
-from rxt_dist.train.objectives import StageObjective, StageOutput
+from rxt_dist.train.objectives import StageObjective, StageOutput, combine, local_counts
 from rxt_dist.train.optim import frozen_at, freeze_for_stage, make_scheduler, param_groups
 
 log = logging.getLogger("rxt_dist.train")
@@ -248,16 +248,10 @@ class StageLoop:
         return torch.Generator().manual_seed(zlib.crc32(key.encode()))
 
     def _loss(self, out: StageOutput) -> torch.Tensor:
-        """Sum of weighted terms, each divided by its item count over all workers; DeepSpeed
-        averages gradients over workers, hence the factor ``world``."""
-        counts = torch.stack([t.count.detach().float() for t in out.terms.values()])
+        counts = local_counts(out)
         if self.world > 1:
             dist.all_reduce(counts)
-        loss = None
-        for term, total_count in zip(out.terms.values(), counts):
-            part = term.weight * term.total * self.world / total_count.clamp(min=1)
-            loss = part if loss is None else loss + part
-        return loss
+        return combine(out, counts, self.world)
 
     def _micro_step(self, batch, micro: int, window: WindowMetrics) -> None:
         out = self.engine(batch, self._generator(micro))

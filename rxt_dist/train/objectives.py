@@ -48,6 +48,22 @@ class StageOutput:
     metrics: dict[str, tuple[float, float]] = field(default_factory=dict)
 
 
+def combine(out: StageOutput, global_counts: Tensor, world: int) -> Tensor:
+    """The loss a worker backpropagates: each term's sum divided by its item count over all
+    workers (``global_counts``, in term order), times ``world`` because data-parallel
+    engines average gradients over workers."""
+    loss = None
+    for term, count in zip(out.terms.values(), global_counts):
+        part = term.weight * term.total * world / count.clamp(min=1)
+        loss = part if loss is None else loss + part
+    return loss
+
+
+def local_counts(out: StageOutput) -> Tensor:
+    """Item counts of every term on this worker, in term order (to be summed over workers)."""
+    return torch.stack([t.count.detach().float() for t in out.terms.values()])
+
+
 def _count(x: Tensor | int | float, like: Tensor) -> Tensor:
     return torch.as_tensor(x, dtype=torch.float32, device=like.device)
 
@@ -166,7 +182,7 @@ def memory_attention_selfsup(model: RxTModel, conv: ConversationBatch, cfg: Memo
         count = count + active.sum()
         stm = torch.where(turn.active[None, :, None, None], new.detach(), stm)
     return StageOutput(terms={"cosine": Term(total, count)},
-                       metrics={"cos_sim": (-float(total), float(count))})
+                       metrics={"cos_sim": (-float(total.detach()), float(count))})
 
 
 def memory_aware(model: RxTModel, conv: ConversationBatch, cfg: SMATStage, seed: int,

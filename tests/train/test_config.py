@@ -1,0 +1,88 @@
+"""Training configs: shipped files load, bad values fail early with a message saying what to change."""
+
+import glob
+import os
+import subprocess
+import sys
+
+import pytest
+
+from rxt_dist.train import TrainConfig, check_resources, stage_name
+from rxt_dist.train.launcher import _model_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "*.yaml")))
+
+
+def test_configs_are_shipped():
+    names = {os.path.basename(p) for p in CONFIGS}
+    assert any(n.startswith("cpu-") for n in names) and any(n.startswith("gpu-") for n in names)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
+def test_every_shipped_config_loads_and_builds_its_models(path):
+    cfg = TrainConfig.from_file(path)
+    for stage in ("joint_lm", "baseline"):
+        model = _model_config(cfg, stage, vocab_size=4096)
+        assert model["vocab_size"] >= 4096
+    assert cfg.micro_batch("smat") >= 1
+
+
+@pytest.mark.parametrize("data, words", [
+    ({"stages": {"smat": {"batch_size": 30}}, "scaling": {"num_workers": 4}},
+     ["stages.smat.batch_size=30", "num_workers × grad_accum = 4 × 1 = 4", "try 28"]),
+    ({"deepspeed": {"zero_stage": 5}}, ["deepspeed.zero_stage=5"]),
+    ({"deepspeed": {"precision": "fp16"}}, ["fp16", "use_gpu"]),
+    ({"scaling": {"num_workers": "two"}}, ["scaling.num_workers='two'", "integer"]),
+    ({"stages": {"stage5": {}}}, ["unknown field(s) ['stage5']"]),
+    ({"optimizer": {"betas": [0.9, 1.5]}}, ["optimizer.betas"]),
+    ({"stages": {"joint_lm": {"mask_prob": 0}}}, ["stages.joint_lm", "mask_prob=0"]),
+])
+def test_bad_config_names_field_value_and_fix(data, words):
+    with pytest.raises(ValueError) as err:
+        TrainConfig.from_dict(data, source="my.yaml")
+    assert str(err.value).startswith("my.yaml: ")
+    for w in words:
+        assert w in str(err.value)
+
+
+def test_unknown_stage():
+    assert stage_name(4) == "smat" and stage_name("1") == "joint_lm"
+    with pytest.raises(ValueError, match="stage='5': unknown"):
+        stage_name("5")
+
+
+def test_more_workers_than_cpus_fails_before_any_worker_starts():
+    cfg = TrainConfig.from_dict({"scaling": {"num_workers": 4, "cpus_per_worker": 1}}, source="c.yaml")
+    with pytest.raises(ValueError, match=r"4 × 1 = 4 CPUs, but the cluster has 2; lower scaling.num_workers to 2"):
+        check_resources(cfg, {"CPU": 2.0})
+    check_resources(cfg, {"CPU": 8.0})
+
+
+def test_unknown_model_override_is_named():
+    cfg = TrainConfig.from_dict({"model": {"preset": "debug", "overrides": {"stm": {"slots": 4}}}}, "c.yaml")
+    with pytest.raises(ValueError, match=r"model.overrides.stm.slots: unknown model field"):
+        _model_config(cfg, "smat", 512)
+    cfg = TrainConfig.from_dict({"model": {"preset": "gigantic"}}, "c.yaml")
+    with pytest.raises(ValueError, match="preset='gigantic'"):
+        _model_config(cfg, "smat", 512)
+
+
+def run_job(*args):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "jobs", "train.py"), *args],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+
+
+def test_cli_rejects_unknown_stage_and_bad_batch_without_starting_ray(dataset):
+    cfg = os.path.join(ROOT, "configs", "cpu-debug.yaml")
+    proc = run_job("--config", cfg, "--stage", "pretrain", "--set", f"data.url={dataset}")
+    assert proc.returncode == 2 and "stage='pretrain': unknown" in proc.stderr
+    proc = run_job("--config", cfg, "--stage", "smat", "--set", f"data.url={dataset}",
+                   "--set", "stages.smat.batch_size=7")
+    assert proc.returncode == 2 and "stages.smat.batch_size=7: must be divisible" in proc.stderr
+    assert "Started a local Ray instance" not in proc.stderr + proc.stdout
+    proc = run_job("--config", cfg, "--stage", "sft", "--set", f"data.url={dataset}",
+                   "--set", "run.storage=/nonexistent/nowhere")
+    assert proc.returncode == 2 and "starts from stage joint_lm's model" in proc.stderr
+    proc = run_job("--config", cfg, "--stage", "1", "--set", "data.url=/nonexistent/data")
+    assert proc.returncode == 2 and "/nonexistent/data" in proc.stderr
