@@ -12,7 +12,6 @@ Nothing runs at import; :func:`build_app` checks the model directory and binds t
 import logging
 import os
 
-from ray import serve
 from ray.serve import Application
 
 from rxt_dist.model import RxTConfig, load_config, load_tokenizer

@@ -2,7 +2,14 @@ import json
 
 import pytest
 
-from rxt_dist.serving.api import ApiError, RequestLimits, parse_body, parse_chat_request, prepare_turn, CreateSessionRequest
+from rxt_dist.serving.api import (
+    ApiError,
+    CreateSessionRequest,
+    RequestLimits,
+    parse_body,
+    parse_chat_request,
+    prepare_turn,
+)
 
 LIMITS = RequestLimits(max_message_tokens=20, max_tokens_limit=50, default_max_tokens=16, max_history_turns=2)
 

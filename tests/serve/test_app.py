@@ -2,8 +2,9 @@
 
 One cluster and two applications for the whole module: ``main`` (route ``/``) and ``slow``
 (route ``/slow``: the updater sleeps ``UPDATE_DELAY_S`` before each commit, an API key is
-required, and sessions are spread over two store shards). Every answer is compared with the same model answering the conversation
-alone in this process (:class:`conftest.Reference`, greedy decoding).
+required, and sessions are spread over two store shards). Every answer is compared with the
+same model answering the conversation alone in this process (:class:`conftest.Reference`,
+greedy decoding).
 """
 
 import io
@@ -30,7 +31,7 @@ pytestmark = pytest.mark.timeout(300)
 
 MAX_TOKENS = 12
 KEY = "test-key"
-UPDATE_DELAY_S = 1.5
+UPDATE_DELAY_S = 2.0
 MODEL = "rxt-test"  # the model directory's name
 FAST = {"graceful_shutdown_timeout_s": 0.1, "graceful_shutdown_wait_loop_s": 0.1,
         "health_check_period_s": 1, "ray_actor_options": {"num_cpus": 0}}
@@ -187,16 +188,18 @@ def test_two_sessions_interleaved_get_what_each_gets_alone(main, reference):
 def test_concurrent_requests_are_decoded_together(main, reference):
     texts = [A[0], B[0], A[2], B[2]]
     answers = [None] * len(texts)
+    length = 60  # long enough that the four answers overlap in time
 
     def ask(i):
-        answers[i] = main.answer(texts[i])[0]
+        r = main.chat(texts[i], max_tokens=length)
+        answers[i] = r.json()["choices"][0]["message"]["content"]
 
     threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(texts))]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert answers == [reference.conversation([t], MAX_TOKENS)[0] for t in texts]
+    assert answers == [reference.conversation([t], length)[0] for t in texts]
     stats = serve.get_deployment_handle("Generator", "main").stats.remote().result()
     assert stats["max_rows"] >= 2
 
@@ -353,6 +356,26 @@ def test_the_update_runs_after_the_answer_and_the_next_turn_waits_for_it(slow, r
     assert [first, r.json()["choices"][0]["message"]["content"]] == reference.conversation(A[:2], MAX_TOKENS)
 
 
+def test_updates_of_different_conversations_are_batched(slow, reference):
+    texts = [A[0], B[0], A[2]]
+    sids = [None] * len(texts)
+
+    def first_turn(i):
+        sids[i] = slow.answer(texts[i])[1]
+
+    threads = [threading.Thread(target=first_turn, args=(i,)) for i in range(len(texts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for sid, text in zip(sids, texts):
+        assert slow.settled(sid)["memory_version"] == 1
+        # Consolidated in a batch, each memory still leads to its own conversation's next answer.
+        assert slow.answer(A[1], sid)[0] == reference.conversation([text, A[1]], MAX_TOKENS)[1]
+    stats = serve.get_deployment_handle("MemoryUpdater", "slow").stats.remote().result()
+    assert stats["max_batch"] >= 2  # updates queued behind a running batch go in together
+
+
 def _replica_actors(app: str, deployment: str) -> list[str]:
     prefix = f"SERVE_REPLICA::{app}#{deployment}#"
     return [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith(prefix)]
@@ -362,7 +385,7 @@ def test_killing_the_updater_mid_update_loses_and_repeats_nothing(slow, referenc
     first, sid, _ = slow.stream(B[0])
     assert slow.session(sid)["pending_update"]
     (name,) = _replica_actors("slow", "MemoryUpdater")
-    ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)  # mid-update (it sleeps 1.5 s)
+    ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)  # mid-update (it sleeps UPDATE_DELAY_S)
     second, _ = slow.answer(B[1], sid)
     third, _ = slow.answer(B[2], sid)
     assert [first, second, third] == reference.conversation(B, MAX_TOKENS)
