@@ -54,6 +54,7 @@ logger = logging.getLogger("ray.serve")
 
 SESSION_HEADER = "x-session-id"
 VERSION_HEADER = "x-memory-version"
+MAX_BODY_BYTES = 4 * 2**20  # far above any request the token limits allow
 
 api = FastAPI(title="rxt_dist chat", docs_url=None, redoc_url=None, openapi_url=None)
 
@@ -74,6 +75,17 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
 async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
     logger.exception("internal error on %s %s", request.method, request.url.path)
     return JSONResponse(error_body(f"internal error: {type(exc).__name__}", "server_error"), status_code=500)
+
+
+async def _read_body(request: Request) -> bytes:
+    too_large = ApiError(413, f"request body is larger than {MAX_BODY_BYTES} bytes", code="request_too_large")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise too_large
+    body = await request.body()
+    if len(body) > MAX_BODY_BYTES:
+        raise too_large
+    return body
 
 
 def _not_found(sid: str) -> ApiError:
@@ -182,7 +194,7 @@ class Ingress:
     @api.post("/v1/chat/completions")
     async def chat_completions(self, request: Request):
         self._authorize(request)
-        req = parse_chat_request(await request.body())
+        req = parse_chat_request(await _read_body(request))
         if req.model != self.model_id:
             raise ApiError(404, f"model '{req.model}' is not served here; this server serves "
                            f"'{self.model_id}'", param="model", code="model_not_found")
@@ -208,7 +220,7 @@ class Ingress:
     @api.post("/v1/sessions")
     async def create_session(self, request: Request) -> JSONResponse:
         self._authorize(request)
-        body = parse_body(CreateSessionRequest, await request.body(), empty_ok=True)
+        body = parse_body(CreateSessionRequest, await _read_body(request), empty_ok=True)
         system_ids = None
         if body.system is not None:
             system_ids = encode_message(self.codec, body.system, "system", self.limits)
@@ -304,7 +316,7 @@ class Ingress:
                 # Nobody seems to be applying it (its dispatcher may have died): apply it here.
                 self._dispatch_update(sid, claim["base_version"])
             if time.monotonic() >= deadline:
-                await store.release.remote(sid, lease)
+                await self._call(store.release.remote(sid, lease), "the session store")
                 retry = max(1, math.ceil(self.args.update_stale_s))
                 raise ApiError(503, f"session '{sid}': the memory update of the previous turn has "
                                f"not finished after {self.args.update_wait_timeout_s:g}s; retry later",
@@ -320,10 +332,8 @@ class Ingress:
         return claim
 
     async def _release_after(self, ref, sid: str, lease: str) -> None:
-        try:
-            await ref
-        finally:
-            await self._store(sid).release.remote(sid, lease)
+        await asyncio.gather(ref, return_exceptions=True)  # the claim exists once the call returns
+        await self._store(sid).release.remote(sid, lease)
 
     async def _finish_turn(self, sid: str, lease: str, version: int, query_ids: list[int],
                            answer_ids: list[int]) -> None:
@@ -400,8 +410,13 @@ class Ingress:
         request (client disconnect) does not cancel it; keep a reference until it ends."""
         task = contextvars.Context().run(asyncio.ensure_future, coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._forget)
         return task
+
+    def _forget(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.warning("background task failed: %r", task.exception())
 
     def _dispatch_update(self, sid: str, base_version: int) -> None:
         key = (sid, base_version)

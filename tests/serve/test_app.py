@@ -315,6 +315,7 @@ BAD_REQUESTS = {
     "get unknown session": ("GET", "/v1/sessions/sess_" + "1" * 32, {}, None, 404, "session_not_found"),
     "delete unknown session": ("DELETE", "/v1/sessions/nope", {}, None, 404, "session_not_found"),
     "system prompt not a string": ("POST", "/v1/sessions", {}, b'{"system": 5}', 400, "string_type"),
+    "body too large": ("POST", "/v1/chat/completions", {}, b" " * (4 * 2**20 + 1), 413, "request_too_large"),
     "unknown route": ("GET", "/v1/nothing", {}, None, 404, "not_found"),
     "wrong method": ("GET", "/v1/chat/completions", {}, None, 405, None),
 }
