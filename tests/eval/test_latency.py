@@ -14,7 +14,8 @@ from rxt_dist.eval.latency import (
 )
 from rxt_dist.model import build_model, from_name, save_model_dir
 
-SMALL = dict(rxt_preset="debug", turns=3, query_tokens=4, answer_tokens=5, repeats=2, warmup_turns=1)
+SMALL = dict(rxt_preset="debug", turns=3, query_tokens=4, answer_tokens=5, repeats=2, max_repeats=4,
+             min_turn_time_s=0.0, warmup_turns=1)
 
 
 @pytest.fixture(scope="module")
@@ -32,10 +33,14 @@ def test_report_has_every_system_with_per_turn_times_and_ratios(report):
             assert len(ps) == SMALL["repeats"] and all(t > p for p, t in zip(ps, ts)), name
         assert r["prompt_ratio_last_first"] == pytest.approx(r["prompt_s"][-1] / r["prompt_s"][0])
         assert r["turn_ratio_last_first"] == pytest.approx(r["turn_s"][-1] / r["turn_s"][0])
-        assert r["peak_state_bytes"] > 0 and r["rss_peak_after_bytes"] > 0
+        assert r["prompt_ratio_last_first_min"] == pytest.approx(r["prompt_min_s"][-1] / r["prompt_min_s"][0])
+        assert all(m <= med for m, med in zip(r["prompt_min_s"], r["prompt_s"]))
+        assert all(n >= SMALL["repeats"] for n in r["repeats_per_turn"])
+        assert r["peak_state_bytes"] > 0
     rxt = report["systems"]["rxt"]
     assert len(rxt["consolidate_s"]) == SMALL["turns"] and min(rxt["consolidate_s"]) > 0
     assert set(report["vs_rxt_last_turn"]) == set(SYSTEMS) - {"rxt"}
+    assert min(report["process_memory"].values()) > 0
     assert report["threads"] == 1 and report["machine"]["logical_cpus"] >= 1
     assert report["targets"]["rxt_prompt_ratio_target"] == 1.15
     json.dumps(latency_document([report], "pytest"))  # the report is plain JSON
@@ -73,7 +78,7 @@ def test_prefix_cached_answers_equal_full_reread(varied_stateless):
 
 
 def test_stm_slots_override_and_model_dir(tmp_path):
-    one = dict(SMALL, turns=2, repeats=1, warmup_turns=0, systems=("rxt",))
+    one = dict(SMALL, turns=2, repeats=1, max_repeats=1, warmup_turns=0, systems=("rxt",))
     r = run_latency(LatencyConfig(**one, stm_slots=16))
     cfg = from_name("debug")
     assert r["models"]["rxt"]["stm_slots"] == 16
@@ -91,6 +96,7 @@ def test_stm_slots_override_and_model_dir(tmp_path):
     ({"rxt_preset": "baseline-tiny"}, "rxt_preset='baseline-tiny': must name an RxT"),
     ({"baseline_preset": "tiny"}, "baseline_preset='tiny': must name a stateless"),
     ({"stm_slots": 0}, "stm_slots=0"),
+    ({"repeats": 5, "max_repeats": 2}, "max_repeats=2: must be ≥ repeats=5"),
     ({"stm_slots": 64, "rxt_model_dir": "/some/dir"}, "stm_slots=64: cannot resize"),
 ])
 def test_bad_config_names_the_field(change, message):
