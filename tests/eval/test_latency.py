@@ -4,6 +4,7 @@ import pytest
 
 from rxt_dist.eval.latency import (
     SYSTEMS,
+    window_ratio,
     FullHistorySystem,
     LatencyConfig,
     PrefixCacheSystem,
@@ -35,6 +36,7 @@ def test_report_has_every_system_with_per_turn_times_and_ratios(report):
         assert r["turn_ratio_last_first"] == pytest.approx(r["turn_s"][-1] / r["turn_s"][0])
         assert r["prompt_ratio_last_first_min"] == pytest.approx(r["prompt_min_s"][-1] / r["prompt_min_s"][0])
         assert all(m <= med for m, med in zip(r["prompt_min_s"], r["prompt_s"]))
+        assert r["turn_ratio_window"] == pytest.approx(r["turn_s"][-1] / r["turn_s"][0])  # k=1 at N=3
         assert all(n >= SMALL["repeats"] for n in r["repeats_per_turn"])
         assert r["peak_state_bytes"] > 0
     rxt = report["systems"]["rxt"]
@@ -43,6 +45,7 @@ def test_report_has_every_system_with_per_turn_times_and_ratios(report):
     assert min(report["process_memory"].values()) > 0
     assert report["threads"] == 1 and report["machine"]["logical_cpus"] >= 1
     assert report["targets"]["rxt_prompt_ratio_target"] == 1.15
+    assert set(report["targets"]) >= {"rxt_prompt_ratio_window_met", "stateless_full_vs_rxt_prompt_last_turn"}
     json.dumps(latency_document([report], "pytest"))  # the report is plain JSON
 
 
@@ -87,6 +90,14 @@ def test_stm_slots_override_and_model_dir(tmp_path):
     r = run_latency(LatencyConfig(**one, rxt_model_dir=str(tmp_path / "rxt")))
     assert r["models"]["rxt"]["source"] == f"model directory {tmp_path / 'rxt'}"
     assert r["models"]["rxt"]["stm_slots"] == cfg.stm.num_slots
+
+
+def test_window_ratio_pools_the_end_turns():
+    # 16 turns → 2 at each end; one slow turn at the end moves the median of 2 by half.
+    flat = [1.0] * 15 + [3.0]
+    assert window_ratio(flat) == pytest.approx(2.0)
+    assert window_ratio([1.0] * 32 + [9.0]) == pytest.approx(1.0)  # 4 at each end: the spike is outvoted
+    assert window_ratio([1.0, 2.0, 4.0]) == pytest.approx(4.0)  # short runs: plain endpoints
 
 
 @pytest.mark.parametrize("change, message", [
