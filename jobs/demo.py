@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     print_headline(report)
     converse(cfg)
     print(f"\nDone in {(time.perf_counter() - started) / 60:.1f} min. Serve the trained model with:\n"
-          f"  .venv/bin/serve run serve.app:build_app model_dir={run_root(cfg)}/models/smat\n"
+          f"  .venv/bin/serve run serve.app:build_app model_dir={run_root(cfg)}/models/smat model_name=rxt\n"
           f"and chat with it: .venv/bin/rxt chat   (see docs/serving.md)")
     return 0
 
