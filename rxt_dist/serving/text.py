@@ -15,28 +15,22 @@ from collections.abc import Sequence
 
 from tokenizers import Tokenizer
 
+from rxt_dist.data.tokenizer import TextCodec as DataTextCodec
+
 _REPLACEMENT = "\ufffd"
 
 
-class TextCodec:
-    """Encode user text and decode answers with one model's tokenizer."""
-
-    def __init__(self, tokenizer: Tokenizer) -> None:
-        self.tokenizer = tokenizer
-        # Special-token strings in user text are ordinary text, never control tokens.
-        self.tokenizer.encode_special_tokens = True
+class TextCodec(DataTextCodec):
+    """The dataset codec (:class:`rxt_dist.data.TextCodec`: user text never yields a special
+    token) plus what serving adds: whole answers and streaming detokenisation."""
 
     @classmethod
     def from_json(cls, text: str) -> "TextCodec":
         return cls(Tokenizer.from_str(text))
 
-    def encode(self, text: str) -> list[int]:
-        """Token ids of ``text`` (no special tokens added, none produced)."""
-        return self.tokenizer.encode(text, add_special_tokens=False).ids
-
     def decode_answer(self, ids: Sequence[int]) -> str:
         """A whole answer as text: special tokens skipped, the byte-level prefix space removed."""
-        return _strip_prefix_space(self.tokenizer.decode(list(ids), skip_special_tokens=True))
+        return self.decode(ids)
 
     def detokenizer(self) -> "Detokenizer":
         return Detokenizer(self.tokenizer)

@@ -128,13 +128,14 @@ def _merge(base: dict[str, Any], overrides: dict[str, Any], where: str) -> None:
 def prepare_job(cfg: TrainConfig, stage: str) -> StageJob:
     """Everything the workers need, checked on the driver (data, previous stage, model)."""
     from rxt_dist.data import read_manifest
+    from rxt_dist.model.io import load_tokenizer_json
 
     stage = stage_name(stage)
     manifest = read_manifest(cfg.data.url)
     if "train" not in manifest.splits:
         raise ValueError(f"{cfg.data.url}: the dataset has no 'train' split (it has {sorted(manifest.splits)})")
-    init = None
-    if stage in PREVIOUS:
+    init = _init_override(cfg, stage)
+    if init is None and stage in PREVIOUS:
         if not is_complete(cfg, PREVIOUS[stage]):
             raise ValueError(
                 f"stage {stage} starts from stage {PREVIOUS[stage]}'s model, but "
@@ -146,19 +147,22 @@ def prepare_job(cfg: TrainConfig, stage: str) -> StageJob:
         train=cfg.to_dict(),
         export_url=export_url(cfg, stage),
         log_dir=log_dir(cfg),
-        tokenizer_json=_tokenizer_json(cfg.data.url),
+        tokenizer_json=load_tokenizer_json(cfg.data.url),
         init_model_url=init,
         model_config=None if init else _model_config(cfg, stage, manifest.vocab_size),
     )
 
 
-def _tokenizer_json(data_url: str) -> str | None:
-    fs, root = fsspec.core.url_to_fs(data_url)
-    path = f"{root.rstrip('/')}/tokenizer.json"
-    if not fs.exists(path):
+def _init_override(cfg: TrainConfig, stage: str) -> str | None:
+    """``stages.<stage>.init_model_url`` (SMAT only), checked to be a model directory."""
+    url = getattr(cfg.stage(stage), "init_model_url", None)
+    if url is None:
         return None
-    with fs.open(path, "r") as f:
-        return f.read()
+    fs, path = fsspec.core.url_to_fs(url)
+    if not (fs.exists(f"{path}/config.json") and fs.exists(f"{path}/model.safetensors")):
+        raise ValueError(f"{cfg.source}: stages.{stage}.init_model_url={url!r}: not a model directory "
+                         "(needs config.json and model.safetensors)")
+    return _local_path(url) if _is_local(url) else url  # workers may run in another directory
 
 
 def _dataset(cfg: TrainConfig, stage: str):
