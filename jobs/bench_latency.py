@@ -79,13 +79,13 @@ def main(argv: list[str] | None = None) -> None:
 
 def summary_lines(run: dict) -> str:
     """A table of one run: time to first token and full turn at turns 1 and N (median of the
-    repeats), the ratio tN/t1 of the medians (of the minima; of the end windows), the factor
+    repeats), the ratio tN/t1 of the medians (of the minima; paired with turn-1 replays), the factor
     over RxT at turn N, tokens processed, peak state."""
     n = run["config"]["turns"]
     lines = [f"== {run['models'].get('rxt', {}).get('source', run['config']['rxt_preset'])} "
              f"vs {run['config']['baseline_preset']} ({n} turns, {run['threads']} thread(s))",
-             f"{'system':18} {'TTFT t1 ms':>10} {'TTFT tN ms':>10} {'tN/t1 (min; window)':>22} {'turn tN ms':>10} "
-             f"{'tN/t1 (min; window)':>22} {'TTFT vs RxT':>11} {'tokens':>8} {'peak state MB':>13}"]
+             f"{'system':18} {'TTFT t1 ms':>10} {'TTFT tN ms':>10} {'tN/t1 (min; paired)':>22} {'turn tN ms':>10} "
+             f"{'tN/t1 (min; paired)':>22} {'TTFT vs RxT':>11} {'tokens':>8} {'peak state MB':>13}"]
     for name, r in run["systems"].items():
         vs = run["vs_rxt_last_turn"].get(name, {}).get("prompt")
         lines.append(
@@ -100,7 +100,7 @@ def summary_lines(run: dict) -> str:
 
 def _ratio(r: dict, name: str) -> str:
     return (f"{r[f'{name}_ratio_last_first']:.2f} ({r[f'{name}_ratio_last_first_min']:.2f}; "
-            f"{r[f'{name}_ratio_window']:.2f})")
+            f"{r[f'{name}_ratio_paired']:.2f})")
 
 
 if __name__ == "__main__":

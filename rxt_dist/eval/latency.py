@@ -23,7 +23,9 @@ The systems are interleaved turn by turn (turn t of every system, then turn t+1)
 from elsewhere on the machine falls on all of them alike at a given turn index. Each turn
 is run several times from the same state (at least ``repeats``, more for cheap turns until
 ``min_turn_time_s`` is spent, at most ``max_repeats``); the median and the minimum are
-reported. Times: ``prompt_s`` is the time to first token (prefill, for RxT including the
+reported. After every run, turn 1 is replayed from the fresh state, so each turn also has
+a control measured under the same load: the paired ratio turn t / turn-1 replay is the
+turn-N / turn-1 ratio with the machine's changing load cancelled out. Times: ``prompt_s`` is the time to first token (prefill, for RxT including the
 once-per-turn STM projection, plus choosing the first token); ``turn_s`` runs until the last
 answer token.
 
@@ -333,20 +335,36 @@ def make_queries(n: int, length: int, vocab_size: int, seed: int) -> list[list[i
     return ids.tolist()
 
 
+@dataclass
+class TurnSamples:
+    """The timed runs of one turn index and, interleaved with them, replays of turn 1."""
+
+    runs: list[TurnRun]
+    references: list[TurnRun]
+    """Turn 1 replayed from the fresh state right after each run: a control measured under
+    the same load, so ``run / reference`` cancels whatever else the machine was doing."""
+
+
 def repeat_turn(system, state, query: list[int], repeats: int = 1, max_repeats: int | None = None,
-                min_time_s: float = 0.0) -> list[TurnRun]:
+                min_time_s: float = 0.0, reference: tuple[Any, list[int]] | None = None) -> TurnSamples:
     """Run one turn from ``state`` at least ``repeats`` times, and more (up to ``max_repeats``)
-    until the runs' turn times add up to ``min_time_s``."""
+    until the runs' times add up to ``min_time_s``; after each run, replay ``reference``
+    (a (state, query) pair: the first turn) when given."""
     max_repeats = repeats if max_repeats is None else max_repeats
-    runs = [system.turn(state, query) for _ in range(repeats)]
-    while len(runs) < max_repeats and sum(r.turn_s + r.extra.get("consolidate_s", 0.0) for r in runs) < min_time_s:
-        runs.append(system.turn(state, query))
-    return runs
+    out = TurnSamples([], [])
+    while len(out.runs) < repeats or (
+        len(out.runs) < max_repeats
+        and sum(r.turn_s + r.extra.get("consolidate_s", 0.0) for r in out.runs) < min_time_s
+    ):
+        out.runs.append(system.turn(state, query))
+        if reference is not None:
+            out.references.append(system.turn(*reference))
+    return out
 
 
-def play_conversation(system, queries: Sequence[list[int]], repeats: int = 1) -> list[list[TurnRun]]:
+def play_conversation(system, queries: Sequence[list[int]], repeats: int = 1) -> list[TurnSamples]:
     """Play ``queries`` through one ``system``; each turn runs ``repeats`` times from the same
-    state and the conversation continues from the last run. Returns the runs per turn."""
+    state and the conversation continues from the last run."""
     return play_interleaved([system], queries, repeats)[system.name]
 
 
@@ -356,17 +374,22 @@ def play_interleaved(
     repeats: int = 1,
     max_repeats: int | None = None,
     min_time_s: float = 0.0,
+    paired: bool = False,
     on_turn: Callable[[str], None] | None = None,
-) -> dict[str, list[list[TurnRun]]]:
+) -> dict[str, list[TurnSamples]]:
     """Play ``queries`` through every system, turn t of each before turn t+1 of any (see
-    :func:`repeat_turn` for the repeats). Returns, per system name, the runs per turn."""
-    states = {s.name: s.fresh() for s in systems}
-    per_turn: dict[str, list[list[TurnRun]]] = {s.name: [] for s in systems}
+    :func:`repeat_turn` for the repeats; ``paired`` replays turn 1 after every run).
+    Returns, per system name, the samples of every turn."""
+    fresh = {s.name: s.fresh() for s in systems}
+    states = dict(fresh)
+    per_turn: dict[str, list[TurnSamples]] = {s.name: [] for s in systems}
     for query in queries:
         for system in systems:
-            runs = repeat_turn(system, states[system.name], query, repeats, max_repeats, min_time_s)
-            states[system.name] = runs[-1].state
-            per_turn[system.name].append(runs)
+            reference = (fresh[system.name], queries[0]) if paired else None
+            samples = repeat_turn(system, states[system.name], query, repeats, max_repeats, min_time_s,
+                                  reference)
+            states[system.name] = samples.runs[-1].state
+            per_turn[system.name].append(samples)
             if on_turn is not None:
                 on_turn(system.name)
     return per_turn
@@ -376,42 +399,43 @@ def _ratio(values: Sequence[float]) -> float:
     return values[-1] / values[0] if values[0] > 0 else float("inf")
 
 
-def window_size(turns: int) -> int:
-    """Turns at each end that :func:`window_ratio` pools: N/8, between 1 and 4."""
-    return max(1, min(4, turns // 8))
+def _median_ratio(a: Sequence[float], b: Sequence[float]) -> float:
+    return statistics.median(a) / statistics.median(b)
 
 
-def window_ratio(values: Sequence[float]) -> float:
-    """Median of the last k per-turn values over the median of the first k (k from
-    :func:`window_size`): the turn-N / turn-1 ratio made robust to one turn at either end
-    hitting a burst of load that all its repeats shared."""
-    k = window_size(len(values))
-    first = statistics.median(values[:k])
-    return statistics.median(values[-k:]) / first if first > 0 else float("inf")
-
-
-def _timing_fields(name: str, samples: list[list[float]]) -> dict[str, Any]:
-    """``<name>_s`` (per-turn medians), ``<name>_min_s``, the raw samples and both ratios."""
+def _timing_fields(name: str, samples: list[list[float]], references: list[list[float]]) -> dict[str, Any]:
+    """``<name>_s`` (per-turn medians), ``<name>_min_s``, the raw samples, the turn-N / turn-1
+    ratios of both, and with ``references`` the paired ratio per turn and at turn N."""
     medians = [statistics.median(x) for x in samples]
     minima = [min(x) for x in samples]
-    return {
+    out: dict[str, Any] = {
         f"{name}_s": medians,
         f"{name}_min_s": minima,
         f"{name}_samples_s": samples,
         f"{name}_ratio_last_first": _ratio(medians),
         f"{name}_ratio_last_first_min": _ratio(minima),
-        f"{name}_ratio_window": window_ratio(medians),
     }
+    if all(references):
+        paired = [_median_ratio(x, ref) for x, ref in zip(samples, references)]
+        out[f"{name}_reference_s"] = [statistics.median(ref) for ref in references]
+        out[f"{name}_paired_ratio"] = paired
+        out[f"{name}_ratio_paired"] = paired[-1]
+    return out
 
 
-def summarise_runs(per_turn: list[list[TurnRun]]) -> dict[str, Any]:
-    """Per-turn medians and minima, raw samples, ratios turn-N / turn-1, token and memory
-    figures."""
-    last = [runs[-1] for runs in per_turn]
+def summarise_runs(per_turn: list[TurnSamples]) -> dict[str, Any]:
+    """Per-turn medians and minima, raw samples, ratios turn-N / turn-1 (endpoint and paired),
+    token and memory figures."""
+    last = [t.runs[-1] for t in per_turn]
+
+    def timing(name: str, get: Callable[[TurnRun], float]) -> dict[str, Any]:
+        return _timing_fields(name, [[get(r) for r in t.runs] for t in per_turn],
+                              [[get(r) for r in t.references] for t in per_turn])
+
     out: dict[str, Any] = {
-        **_timing_fields("prompt", [[r.prompt_s for r in runs] for runs in per_turn]),
-        **_timing_fields("turn", [[r.turn_s for r in runs] for runs in per_turn]),
-        "repeats_per_turn": [len(runs) for runs in per_turn],
+        **timing("prompt", lambda r: r.prompt_s),
+        **timing("turn", lambda r: r.turn_s),
+        "repeats_per_turn": [len(t.runs) for t in per_turn],
         "tokens_per_turn": [r.tokens for r in last],
         "context_tokens": [r.context for r in last],
         "kv_cache_bytes": [r.kv_cache_bytes for r in last],
@@ -420,11 +444,11 @@ def summarise_runs(per_turn: list[list[TurnRun]]) -> dict[str, Any]:
     }
     out["tokens_total"] = sum(out["tokens_per_turn"])
     out["peak_state_bytes"] = max(out["state_bytes"])
-    for key in per_turn[0][0].extra:
+    for key in last[0].extra:
         if key.endswith("_s"):
-            out.update(_timing_fields(key[:-2], [[r.extra[key] for r in runs] for runs in per_turn]))
+            out.update(timing(key[:-2], lambda r, key=key: r.extra[key]))
         else:
-            out[f"{key}_per_turn"] = [runs[-1].extra[key] for runs in per_turn]
+            out[f"{key}_per_turn"] = [r.extra[key] for r in last]
     return out
 
 
@@ -536,12 +560,12 @@ def _run(cfg: LatencyConfig, progress: bool, command: str | None) -> dict[str, A
         bar.update(1)
 
     with bar:
-        runs = play_interleaved(systems, queries, cfg.repeats, cfg.max_repeats, cfg.min_turn_time_s, advance)
+        runs = play_interleaved(systems, queries, cfg.repeats, cfg.max_repeats, cfg.min_turn_time_s,
+                                paired=True, on_turn=advance)
     for name, per_turn in runs.items():
         results[name] = summarise_runs(per_turn)
-        log.info("%s: turn-%d/turn-1 time to first token %.2f× (median), %.2f× (minimum)", name,
-                 cfg.turns, results[name]["prompt_ratio_last_first"],
-                 results[name]["prompt_ratio_last_first_min"])
+        log.info("%s: turn-%d/turn-1 time to first token %.2f× (medians), %.2f× (paired)", name,
+                 cfg.turns, results[name]["prompt_ratio_last_first"], results[name]["prompt_ratio_paired"])
     rss = {"rss_after_bytes": current_rss_bytes(), "rss_peak_bytes": peak_rss_bytes()}
     return {
         "benchmark": "latency",
@@ -585,7 +609,7 @@ def targets(results: dict[str, Any]) -> dict[str, Any]:
     """The issue's latency targets, evaluated on these results."""
     out: dict[str, Any] = {}
     if "rxt" in results:
-        for stat in ("last_first", "last_first_min", "window"):
+        for stat in ("last_first", "last_first_min", "paired"):
             ratio = results["rxt"][f"prompt_ratio_{stat}"]
             out[f"rxt_prompt_ratio_{stat}"] = ratio
             out[f"rxt_prompt_ratio_{stat}_met"] = ratio <= RXT_PROMPT_RATIO_TARGET

@@ -36,31 +36,38 @@ def _run_title(run: dict[str, Any]) -> str:
 
 
 def plot_latency(document: dict[str, Any], path: str | Path) -> Path:
-    """Per-turn time to first token, full-turn time and cumulative tokens processed, one row
-    per run of a ``latency.json`` document; written as PNG to ``path`` (atomically)."""
+    """Per-turn time to first token, full-turn time, paired time-to-first-token ratio and
+    cumulative tokens processed, one row per run of a ``latency.json`` document; written as
+    PNG to ``path`` (atomically)."""
     plt = _pyplot()
     runs = document["runs"]
-    fig, axes = plt.subplots(len(runs), 3, figsize=(16, 4.2 * len(runs)), squeeze=False)
+    fig, axes = plt.subplots(len(runs), 4, figsize=(21, 4.2 * len(runs)), squeeze=False)
     for row, run in zip(axes, runs):
         for name, result in run["systems"].items():
             turns = range(1, len(result["prompt_s"]) + 1)
             label, color = _STYLE.get(name, (name, None))
             row[0].plot(turns, [t * 1e3 for t in result["prompt_s"]], label=label, color=color)
             row[1].plot(turns, [t * 1e3 for t in result["turn_s"]], label=label, color=color)
+            if "prompt_paired_ratio" in result:
+                row[2].plot(turns, result["prompt_paired_ratio"], label=label, color=color)
             cumulative = [sum(result["tokens_per_turn"][: i + 1]) for i in range(len(turns))]
-            row[2].plot(turns, cumulative, label=label, color=color)
+            row[3].plot(turns, cumulative, label=label, color=color)
             if "consolidate_s" in result:
                 label, color = _CONSOLIDATE
                 row[1].plot(turns, [t * 1e3 for t in result["consolidate_s"]], linestyle="--",
                             label=label, color=color)
         row[0].set(title="time to first token", xlabel="turn", ylabel="ms (median)", yscale="log")
         row[1].set(title="full turn", xlabel="turn", ylabel="ms (median)", yscale="log")
-        row[2].set(title="tokens processed (cumulative)", xlabel="turn", ylabel="tokens")
+        row[2].axhline(1.15, color="gray", linestyle=":", label="RxT target 1.15")
+        row[2].set(title="time to first token / turn-1 replay (paired)", xlabel="turn",
+                   ylabel="ratio (median)", yscale="log")
+        row[3].set(title="tokens processed (cumulative)", xlabel="turn", ylabel="tokens")
         row[0].text(0.01, 1.09, _run_title(run), transform=row[0].transAxes, fontsize=9)
         for ax in row:
             ax.grid(True, alpha=0.3)
         row[1].legend(fontsize=8)
         row[2].legend(fontsize=8)
+        row[3].legend(fontsize=8)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)

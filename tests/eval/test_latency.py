@@ -4,15 +4,16 @@ import pytest
 
 from rxt_dist.eval.latency import (
     SYSTEMS,
-    window_ratio,
     FullHistorySystem,
     LatencyConfig,
     PrefixCacheSystem,
     latency_document,
     make_queries,
     play_conversation,
+    play_interleaved,
     run_latency,
 )
+from rxt_dist.eval.plots import plot_latency
 from rxt_dist.model import build_model, from_name, save_model_dir
 
 SMALL = dict(rxt_preset="debug", turns=3, query_tokens=4, answer_tokens=5, repeats=2, max_repeats=4,
@@ -36,7 +37,8 @@ def test_report_has_every_system_with_per_turn_times_and_ratios(report):
         assert r["turn_ratio_last_first"] == pytest.approx(r["turn_s"][-1] / r["turn_s"][0])
         assert r["prompt_ratio_last_first_min"] == pytest.approx(r["prompt_min_s"][-1] / r["prompt_min_s"][0])
         assert all(m <= med for m, med in zip(r["prompt_min_s"], r["prompt_s"]))
-        assert r["turn_ratio_window"] == pytest.approx(r["turn_s"][-1] / r["turn_s"][0])  # k=1 at N=3
+        assert len(r["prompt_paired_ratio"]) == SMALL["turns"] and min(r["prompt_reference_s"]) > 0
+        assert r["turn_ratio_paired"] == r["turn_paired_ratio"][-1] > 0
         assert all(n >= SMALL["repeats"] for n in r["repeats_per_turn"])
         assert r["peak_state_bytes"] > 0
     rxt = report["systems"]["rxt"]
@@ -45,8 +47,13 @@ def test_report_has_every_system_with_per_turn_times_and_ratios(report):
     assert min(report["process_memory"].values()) > 0
     assert report["threads"] == 1 and report["machine"]["logical_cpus"] >= 1
     assert report["targets"]["rxt_prompt_ratio_target"] == 1.15
-    assert set(report["targets"]) >= {"rxt_prompt_ratio_window_met", "stateless_full_vs_rxt_prompt_last_turn"}
+    assert set(report["targets"]) >= {"rxt_prompt_ratio_paired_met", "stateless_full_vs_rxt_prompt_last_turn"}
     json.dumps(latency_document([report], "pytest"))  # the report is plain JSON
+
+
+def test_plot_is_written_as_png(report, tmp_path):
+    path = plot_latency(latency_document([report, report]), tmp_path / "latency.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_token_totals_are_linear_for_rxt_and_quadratic_for_full_reread(report):
@@ -74,10 +81,10 @@ def test_prefix_cached_answers_equal_full_reread(varied_stateless):
     queries = make_queries(4, 5, varied_stateless.cfg.vocab_size, seed=3)
     full = play_conversation(FullHistorySystem(varied_stateless, 6), queries)
     cached = play_conversation(PrefixCacheSystem(varied_stateless, 6), queries)
-    full_answers = [runs[0].answer for runs in full]
-    assert [runs[0].answer for runs in cached] == full_answers
+    full_answers = [t.runs[0].answer for t in full]
+    assert [t.runs[0].answer for t in cached] == full_answers
     assert len({tuple(a) for a in full_answers}) > 1  # answers vary, so equality means something
-    assert cached[-1][0].state[0] == full[-1][0].state  # both hold the same history
+    assert cached[-1].runs[0].state[0] == full[-1].runs[0].state  # both hold the same history
 
 
 def test_stm_slots_override_and_model_dir(tmp_path):
@@ -92,12 +99,16 @@ def test_stm_slots_override_and_model_dir(tmp_path):
     assert r["models"]["rxt"]["stm_slots"] == cfg.stm.num_slots
 
 
-def test_window_ratio_pools_the_end_turns():
-    # 16 turns → 2 at each end; one slow turn at the end moves the median of 2 by half.
-    flat = [1.0] * 15 + [3.0]
-    assert window_ratio(flat) == pytest.approx(2.0)
-    assert window_ratio([1.0] * 32 + [9.0]) == pytest.approx(1.0)  # 4 at each end: the spike is outvoted
-    assert window_ratio([1.0, 2.0, 4.0]) == pytest.approx(4.0)  # short runs: plain endpoints
+def test_paired_references_replay_the_first_turn(varied_stateless):
+    """Every run of every turn is followed by a replay of turn 1 from the fresh state."""
+    queries = make_queries(3, 4, varied_stateless.cfg.vocab_size, seed=5)
+    system = FullHistorySystem(varied_stateless, 4)
+    turns = play_interleaved([system], queries, repeats=2, paired=True)[system.name]
+    first = turns[0].runs[0]
+    for t in turns:
+        assert len(t.references) == len(t.runs) == 2
+        assert all(ref.answer == first.answer and ref.tokens == first.tokens for ref in t.references)
+    assert turns[-1].runs[0].tokens > first.tokens  # the runs themselves did move on
 
 
 @pytest.mark.parametrize("change, message", [
