@@ -54,6 +54,8 @@ logger = logging.getLogger("ray.serve")
 
 SESSION_HEADER = "x-session-id"
 VERSION_HEADER = "x-memory-version"
+COMMITTED_HEADER = "x-memory-committed-at"
+WAITED_HEADER = "x-waited-for-update-ms"
 MAX_BODY_BYTES = 4 * 2**20  # far above any request the token limits allow
 
 api = FastAPI(title="rxt_dist chat", docs_url=None, redoc_url=None, openapi_url=None)
@@ -210,7 +212,10 @@ class Ingress:
             self._spawn(self._store(sid).release.remote(sid, claim["lease"]))
             raise
         run = _Turn(self, sid, claim, turn.query_ids, stream)
-        headers = {SESSION_HEADER: sid, VERSION_HEADER: str(claim["version"])}
+        headers = {SESSION_HEADER: sid, VERSION_HEADER: str(claim["version"]),
+                   WAITED_HEADER: f"{claim['waited_s'] * 1e3:.3f}"}
+        if claim.get("committed") is not None:
+            headers[COMMITTED_HEADER] = f"{claim['committed']:.6f}"
         if turn.stream:
             return StreamingResponse(self._sse(run, len(turn.query_ids), turn.include_usage),
                                      media_type="text/event-stream",
@@ -290,10 +295,12 @@ class Ingress:
         return sid
 
     async def _claim(self, sid: str) -> dict:
-        """Claim ``sid`` for one turn once its previous update has committed."""
+        """Claim ``sid`` for one turn once its previous update has committed. The claim's
+        ``waited_s`` is the total time spent waiting for that update (0.0: none was pending)."""
         store = self._store(sid)
         lease = uuid.uuid4().hex
         deadline = time.monotonic() + self.args.update_wait_timeout_s
+        waited_s = 0.0
         while True:
             wait_s = max(0.0, min(deadline - time.monotonic(), self.args.update_stale_s))
             ref = store.begin_turn.remote(sid, lease, wait_s)
@@ -304,8 +311,9 @@ class Ingress:
                 self._spawn(self._release_after(ref, sid, lease))
                 raise
             status = claim["status"]
+            waited_s += claim.get("waited_s", 0.0)
             if status == "ok":
-                return self._checked(sid, claim)
+                return self._checked(sid, {**claim, "waited_s": waited_s})
             if status == "not_found":
                 raise _not_found(sid)
             if status == "busy":

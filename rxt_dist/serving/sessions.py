@@ -88,6 +88,9 @@ class SessionMeta:
     turns: int = 0
     """Turns in memory: migrated ones plus every turn answered here (counted when answered)."""
     pending: PendingUpdate | None = None
+    committed: float | None = None
+    """Wall-clock time (seconds since the epoch) the current memory version was committed:
+    the session's creation for version 0. None in records written before it was kept."""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -104,6 +107,7 @@ class SessionMeta:
             "id": self.id, "object": "session", "created": int(self.created),
             "turns": self.turns, "memory_version": self.version,
             "pending_update": self.pending is not None,
+            "memory_committed_at": self.committed,
         }
 
 
@@ -244,7 +248,8 @@ class SessionStore:
         if await self._entry(sid) is not None:
             return _status("exists")
         now = time.time()
-        meta = SessionMeta(id=sid, created=now, updated=now, stm_shape=list(stm_shape), turns=turns)
+        meta = SessionMeta(id=sid, created=now, updated=now, stm_shape=list(stm_shape), turns=turns,
+                           committed=now)
         await asyncio.to_thread(self._persist, meta, stm)
         self._entries[sid] = _Entry(meta, stm)
         self._evict()
@@ -262,10 +267,11 @@ class SessionStore:
         """Claim the session for one turn under ``lease`` (a token the caller made up), waiting
         up to ``wait_s`` for a pending update to commit.
 
-        ``ok`` carries the memory version and its STM bytes. ``pending``: the update did not
-        commit in time; the claim stays with ``lease`` until shortly after the wait, so the
-        caller may call again with the same lease (or give it back with :meth:`release`).
-        ``busy``: another request holds the session.
+        ``ok`` carries the memory version, its STM bytes and its commit time. ``pending``: the
+        update did not commit in time; the claim stays with ``lease`` until shortly after the
+        wait, so the caller may call again with the same lease (or give it back with
+        :meth:`release`). ``busy``: another request holds the session. ``ok`` and ``pending``
+        carry ``waited_s``, how long this call waited for a pending update (0.0 when none was).
         """
         entry = await self._entry(sid)
         if entry is None:
@@ -277,13 +283,16 @@ class SessionStore:
         # While waiting, the claim lapses soon after the wait unless renewed: a caller that
         # went away must not lock the session for a whole turn lease.
         entry.claim = _Claim(token, now + wait_s + _WAIT_GRACE_S)
+        was_pending = not entry.settled.is_set()
+        started = time.monotonic()
         try:
-            if not entry.settled.is_set():
+            if was_pending:
                 await asyncio.wait_for(entry.settled.wait(), timeout=wait_s)
         except asyncio.TimeoutError:
             pending = entry.meta.pending
             return _status("pending", lease=token, base_version=pending.base_version if pending else None,
-                           pending_since=pending.since if pending else None)
+                           pending_since=pending.since if pending else None,
+                           waited_s=time.monotonic() - started)
         except asyncio.CancelledError:
             if entry.claim is not None and entry.claim.token == token:
                 entry.claim = None
@@ -291,8 +300,10 @@ class SessionStore:
         if entry.deleted:
             return _status("not_found")
         entry.claim = _Claim(token, time.time() + self.config.turn_lease_s)
+        waited_s = time.monotonic() - started if was_pending else 0.0
         return _status("ok", lease=token, version=entry.meta.version, stm=entry.stm,
-                       stm_shape=entry.meta.stm_shape, turns=entry.meta.turns)
+                       stm_shape=entry.meta.stm_shape, turns=entry.meta.turns,
+                       committed=entry.meta.committed, waited_s=waited_s)
 
     async def release(self, sid: str, lease: str) -> dict:
         """Give back a claim without a turn (the request failed before answering)."""
@@ -354,8 +365,9 @@ class SessionStore:
                 return _status("already_applied", version=meta.version)
             if meta.pending is None or meta.pending.base_version != base_version:
                 return _status("conflict", version=meta.version)
-            new = SessionMeta(id=meta.id, created=meta.created, updated=time.time(),
-                              stm_shape=meta.stm_shape, version=base_version + 1, turns=meta.turns)
+            now = time.time()
+            new = SessionMeta(id=meta.id, created=meta.created, updated=now, stm_shape=meta.stm_shape,
+                              version=base_version + 1, turns=meta.turns, committed=now)
             await asyncio.to_thread(self._persist, new, stm, base_version)
             entry.meta, entry.stm = new, stm
             entry.settled.set()
