@@ -1,0 +1,191 @@
+"""Serving benchmark: S concurrent sessions × N turns against the Ray Serve app, over HTTP.
+
+    python jobs/bench_serving.py --start                       # local Ray + the app of serve/config.yaml
+                                                               # (random demo model), S ∈ {1, 8, 32}, N = 32
+    python jobs/bench_serving.py --start --model-dir runs/curriculum/export
+    python jobs/bench_serving.py --url http://127.0.0.1:8000   # an app already running (serve run serve/config.yaml)
+    python jobs/bench_serving.py --start --sessions 2 --turns 3 --out /tmp/s.json --plot /tmp/s.png
+
+Writes docs/bench/serving.json and docs/bench/serving.png by default and prints a table (see
+docs/evaluation.md). Only loopback addresses are accepted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import shlex
+import shutil
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from rxt_dist.eval.report import write_json_atomic
+from rxt_dist.eval.serving import ServingConfig, plot_serving, run_serving, summary_table
+
+APP_NAME = "rxt-bench"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--url", help="base URL of a running application (loopback only)")
+    where.add_argument("--start", action="store_true",
+                       help="start a private local Ray and the application of --config, stop them afterwards")
+    p.add_argument("--config", default="serve/config.yaml",
+                   help="Serve config whose args and deployments --start uses (default %(default)s)")
+    p.add_argument("--model-dir", default=None,
+                   help="with --start: serve this exported model (default: the config's model_dir; "
+                        "null there means the random demo model, which is fine for timing)")
+    p.add_argument("--sessions", type=int, nargs="+", default=[1, 8, 32], help="concurrency levels S")
+    p.add_argument("--turns", type=int, default=32, help="turns N per session")
+    p.add_argument("--query-words", type=int, default=24)
+    p.add_argument("--max-tokens", type=int, default=32)
+    p.add_argument("--think-time-s", type=float, default=0.0,
+                   help="pause between an answer's end and the session's next turn (default: none)")
+    p.add_argument("--warmup-turns", type=int, default=2)
+    p.add_argument("--max-level-s", type=float, default=600.0, help="a level starts no new turn after this")
+    p.add_argument("--request-timeout-s", type=float, default=120.0)
+    p.add_argument("--model", default=None, help="model id to request (default: the server's)")
+    p.add_argument("--api-key", default=os.environ.get("RXT_API_KEY"), help="bearer key (env RXT_API_KEY)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="docs/bench/serving.json")
+    p.add_argument("--plot", default="docs/bench/serving.png", help="PNG path ('' for none)")
+    return p.parse_args(argv)
+
+
+def config(args: argparse.Namespace, url: str) -> ServingConfig:
+    return ServingConfig(url=url, sessions=tuple(args.sessions), turns=args.turns, query_words=args.query_words,
+                         max_tokens=args.max_tokens, think_time_s=args.think_time_s,
+                         warmup_turns=args.warmup_turns, max_level_s=args.max_level_s,
+                         request_timeout_s=args.request_timeout_s, model=args.model, api_key=args.api_key,
+                         seed=args.seed)
+
+
+# -- --start: a private local Ray running the application -----------------------------------
+
+def read_serve_config(path: str) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """The first application's ``args`` and its ``deployments`` as ``deployment_options``."""
+    import yaml
+
+    with open(path, encoding="utf-8") as f:
+        doc = yaml.safe_load(f)
+    try:
+        app = doc["applications"][0]
+    except (TypeError, KeyError, IndexError):
+        raise ValueError(f"{path}: no applications[0] in this Serve config") from None
+    options = {d["name"]: {k: v for k, v in d.items() if k != "name"} for d in app.get("deployments", [])}
+    return dict(app.get("args") or {}), options
+
+
+def describe_model(model_dir: str, model_id: str, demo: bool) -> dict[str, Any]:
+    """What is being served: the directory, its shape, and whether it is the random demo."""
+    from rxt_dist.model import load_config
+
+    cfg = load_config(model_dir)
+    source = (f"random demo model (debug preset, init_std=0.5) at {model_dir}: timing only, answers are noise"
+              if demo else f"model directory {model_dir}")
+    return {"model_dir": model_dir, "model_source": source, "model_id": model_id, "random_demo_model": demo,
+            "dim": cfg.dim, "layers": cfg.num_layers, "stm_slots": cfg.stm.num_slots, "vocab_size": cfg.vocab_size}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def replica_counts() -> dict[str, Any]:
+    """Running replicas per deployment of the benchmark's application (autoscaling may add some)."""
+    from ray import serve
+
+    app = serve.status().applications[APP_NAME]
+    return {"replicas": {name: {str(state): n for state, n in d.replica_states.items()}
+                         for name, d in app.deployments.items()}}
+
+
+def _wait_healthy(url: str, timeout_s: float = 120.0) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=5, trust_env=False).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{url}/healthz did not answer 200 within {timeout_s:.0f}s")
+
+
+@contextlib.contextmanager
+def local_app(config_path: str, model_dir: str | None) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Start a private local Ray (never an existing cluster), run the application of
+    ``config_path`` with sessions in a temporary directory, yield (url, server description);
+    stop everything afterwards."""
+    import ray
+    from ray import serve
+
+    from serve.app import build_app, resolve_args
+    from serve.args import AppArgs
+    from serve.store import stop_session_stores
+
+    app_args, options = read_serve_config(config_path)
+    workdir = tempfile.mkdtemp(prefix="rxt-bench-serving-")
+    if model_dir is not None:
+        app_args["model_dir"] = model_dir
+    args = AppArgs.model_validate({**app_args, "store_url": f"{workdir}/sessions", "deployment_options": options})
+    resolved, model_id = resolve_args(args)
+    shown_args = {**{k: v for k, v in app_args.items() if k != "api_key"},
+                  "store_url": "(a temporary directory, removed afterwards)"}
+    server = {"started_by_benchmark": True, "serve_config": config_path, "deployments": options,
+              "app_args": shown_args,
+              **describe_model(resolved.model_dir, model_id, demo=args.model_dir is None)}
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray.init(address="local", include_dashboard=False, log_to_driver=False)
+    try:
+        port = _free_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.run(build_app(args), name=APP_NAME, route_prefix="/")
+        url = f"http://127.0.0.1:{port}"
+        _wait_healthy(url)
+        yield url, server
+    finally:
+        serve.shutdown()
+        stop_session_stores(resolved.store_url, resolved.store_shards)
+        ray.shutdown()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
+    args = parse_args(argv)
+    command = shlex.join(["python", "jobs/bench_serving.py", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        config(args, args.url or "http://127.0.0.1:8000")  # bad options fail before anything starts
+    except ValueError as exc:
+        sys.exit(f"bench_serving: {exc}")
+    with contextlib.ExitStack() as stack:
+        if args.start:
+            url, server = stack.enter_context(local_app(args.config, args.model_dir))
+            describe = replica_counts
+        else:
+            url, server, describe = args.url, {"started_by_benchmark": False}, None
+        report = run_serving(config(args, url), progress=True, command=command, server=server,
+                             describe_server=describe)
+    write_json_atomic(args.out, report)
+    if args.plot:
+        plot_serving(report, args.plot)
+    print(summary_table(report), flush=True)
+    print(f"wrote {args.out}" + (f" and {args.plot}" if args.plot else ""))
+
+
+if __name__ == "__main__":
+    main()
