@@ -283,9 +283,14 @@ class SMATStage(StageSection):
     """Step from which the encoder trains."""
     bptt_turns: int = 0
     """Backpropagate through at most this many turns of memory (0: the whole conversation)."""
+    init_model_url: str | None = None
+    """Start from this model directory instead of stage memory_attention's export (post-training
+    of any model, e.g. a StateX-expanded one; see docs/statex.md)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        _require(self.init_model_url is None or bool(self.init_model_url),
+                 "init_model_url='': give a model directory URL, or leave it unset")
         _require(self.bptt_turns >= 0, f"bptt_turns={self.bptt_turns}: must be ≥ 0")
         _require(self.unfreeze_memory_attention_at >= 0 and self.unfreeze_encoder_at >= 0,
                  "unfreeze_*_at must be ≥ 0")
