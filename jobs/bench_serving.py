@@ -48,6 +48,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-tokens", type=int, default=32)
     p.add_argument("--think-time-s", type=float, default=0.0,
                    help="pause between an answer's end and the session's next turn (default: none)")
+    p.add_argument("--ramp-s", type=float, default=0.0,
+                   help="spread the sessions' first turns over this many seconds (default: all at once)")
     p.add_argument("--warmup-turns", type=int, default=2)
     p.add_argument("--max-level-s", type=float, default=600.0, help="a level starts no new turn after this")
     p.add_argument("--request-timeout-s", type=float, default=120.0)
@@ -61,7 +63,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def config(args: argparse.Namespace, url: str) -> ServingConfig:
     return ServingConfig(url=url, sessions=tuple(args.sessions), turns=args.turns, query_words=args.query_words,
-                         max_tokens=args.max_tokens, think_time_s=args.think_time_s,
+                         max_tokens=args.max_tokens, think_time_s=args.think_time_s, ramp_s=args.ramp_s,
                          warmup_turns=args.warmup_turns, max_level_s=args.max_level_s,
                          request_timeout_s=args.request_timeout_s, model=args.model, api_key=args.api_key,
                          seed=args.seed)

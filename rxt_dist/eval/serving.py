@@ -95,6 +95,9 @@ class ServingConfig:
     """``max_tokens`` of every request (greedy decoding: ``temperature=0``)."""
     think_time_s: float = 0.0
     """Pause between the end of an answer and the session's next turn (0: right away)."""
+    ramp_s: float = 0.0
+    """Session i of S sends its first turn ``i / S × ramp_s`` after the level starts (0: all
+    at once, so turn 1 of every session arrives in one burst)."""
     warmup_turns: int = 2
     """Untimed turns of one session played before the first level (0: none)."""
     max_level_s: float = 600.0
@@ -126,8 +129,9 @@ class ServingConfig:
                 raise ValueError(f"{name}={value!r}: must be an integer between 1 and {high}")
         if not isinstance(self.warmup_turns, int) or self.warmup_turns < 0:
             raise ValueError(f"warmup_turns={self.warmup_turns!r}: must be an integer ≥ 0 (0 skips warm-up)")
-        if self.think_time_s < 0:
-            raise ValueError(f"think_time_s={self.think_time_s}: must be ≥ 0 seconds")
+        for name in ("think_time_s", "ramp_s"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)}: must be ≥ 0 seconds")
         for name in ("max_level_s", "request_timeout_s", "settle_timeout_s", "poll_interval_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}={getattr(self, name)}: must be > 0 seconds")
@@ -296,12 +300,15 @@ def make_query(rng: random.Random, words: int) -> str:
 
 
 async def play_session(client: ServingClient, sid: str, rng: random.Random, deadline: float,
-                       on_turn: Callable[[], None] = lambda: None) -> tuple[list[TurnResult], bool]:
-    """One session's conversation at the configured cadence; returns its turns and whether
-    the level's time ran out before it finished. A failed turn ends the session."""
+                       start_delay_s: float = 0.0, on_turn: Callable[[], None] = lambda: None
+                       ) -> tuple[list[TurnResult], bool]:
+    """One session's conversation at the configured cadence, starting after ``start_delay_s``;
+    returns its turns and whether the level's time ran out before it finished. A failed turn
+    ends the session."""
     cfg = client.cfg
     results: list[TurnResult] = []
     truncated = False
+    await asyncio.sleep(start_delay_s)
     for index in range(1, cfg.turns + 1):
         if time.monotonic() > deadline:
             truncated = True
@@ -356,7 +363,8 @@ async def run_level(client: ServingClient, sessions: int, seed: int,
     started = time.perf_counter()
     deadline = time.monotonic() + cfg.max_level_s
     outcomes = await asyncio.gather(*(
-        play_session(client, sid, random.Random(f"{seed}-{sessions}-{i}"), deadline, on_turn)
+        play_session(client, sid, random.Random(f"{seed}-{sessions}-{i}"), deadline,
+                     i * cfg.ramp_s / sessions, on_turn)
         for i, sid in enumerate(sids)))
     wall_s = time.perf_counter() - started
     load_after = load_average()
@@ -409,43 +417,96 @@ def _dist(values: Sequence[float], unit: str = "s") -> dict[str, Any]:
             "count": len(values)}
 
 
+def _slope_per_turn(p50: Sequence[float | None], first: int, last: int) -> float | None:
+    """Least-squares slope (seconds per turn) of the per-turn p50s of turns ``first..last``."""
+    points = [(t, p50[t - 1]) for t in range(first, last + 1) if p50[t - 1] is not None]
+    if len(points) < 2:
+        return None
+    turns, values = zip(*points)
+    return float(np.polyfit(turns, values, 1)[0])
+
+
+def _median_or_none(values: Sequence[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return float(np.median(present)) if present else None
+
+
 def _tokens_per_s(turns: Sequence[TurnResult]) -> float | None:
     busy = sum(r.answer_s for r in turns if r.ok)
     return sum(r.completion_tokens for r in turns if r.ok) / busy if busy else None
 
 
+def _flat(per_turn: list[list[float]]) -> list[float]:
+    return [x for values in per_turn for x in values]
+
+
+def _ttft_summary(ttft: list[list[float]], own: list[list[float]], played: int) -> dict[str, Any]:
+    """TTFT over all turns, at turn 1 and the last turn, and how it moves with the turn index:
+    the issue's ratio (last / first turn, p50s), the median of the last ``WINDOW_TURNS`` p50s
+    over turn 1 and over turns 2…``WINDOW_TURNS``+1 (turn 1 never waits for an update and, when
+    all sessions start together, arrives as one burst), and the fitted slope from turn 2 on."""
+    p50 = [percentile(v, 50) for v in ttft]
+    last = max(played - 1, 0)
+    window = _median_or_none(p50[max(0, played - WINDOW_TURNS):played])
+    early = _median_or_none(p50[1:1 + WINDOW_TURNS])
+    return {
+        **_dist(_flat(ttft)),
+        "turn1_p50_s": p50[0],
+        "last_turn_p50_s": p50[last],
+        "ratio_last_first": _ratio(p50[last], p50[0]),
+        "ratio_window_first": _ratio(window, p50[0]),
+        "ratio_window_early": _ratio(window, early) if played > 2 * WINDOW_TURNS else None,
+        "slope_s_per_turn": _slope_per_turn(p50, 2, played),
+        "excluding_wait": _dist(_flat(own)),
+    }
+
+
+def _waited_summary(waited: list[list[float]]) -> dict[str, Any]:
+    """The share of requests that waited for a pending update, and how long those waited."""
+    values = _flat(waited)
+    positive = [w for w in values if w > 0]
+    return {"share": len(positive) / len(values) if values else None, "requests_waited": len(positive),
+            **{k: v for k, v in _dist(positive, "ms").items() if k != "count"}}
+
+
+def _token_summary(run: LevelRun, done: list[TurnResult], max_tokens: int) -> dict[str, Any]:
+    total = sum(r.completion_tokens for r in done)
+    per_session = [x for x in (_tokens_per_s(s) for s in run.turns) if x is not None]
+    return {
+        "tokens": {
+            "completion_total": total,
+            "completion_per_turn_mean": float(np.mean([r.completion_tokens for r in done])) if done else None,
+            "prompt_per_turn_mean": float(np.mean([r.prompt_tokens for r in done])) if done else None,
+            "max_tokens": max_tokens,
+        },
+        "throughput": {
+            "aggregate_tokens_per_s": total / run.wall_s if run.wall_s else None,
+            "per_session_tokens_per_s": _dist(per_session, "tokens_per_s"),
+        },
+    }
+
+
 def summarise_level(run: LevelRun, cfg: ServingConfig) -> dict[str, Any]:
     """Per-turn-index and overall statistics of one level."""
-    turns = cfg.turns
+    n = cfg.turns
     done = [r for session in run.turns for r in session if r.ok]
-    ttft = _by_turn(run, turns, lambda r: r.ttft_s if r.ok else None)
-    own = _by_turn(run, turns, lambda r: r.ttft_s - r.waited_ms / 1e3 if r.ok and r.waited_ms is not None else None)
-    answer = _by_turn(run, turns, lambda r: r.answer_s if r.ok else None)
-    lag = _by_turn(run, turns, lambda r: r.lag_s)
-    waited = _by_turn(run, turns, lambda r: r.waited_ms if r.ok else None)
-    tokens = _by_turn(run, turns, lambda r: float(r.completion_tokens) if r.ok else None)
-    p50 = [percentile(v, 50) for v in ttft]
+    ttft = _by_turn(run, n, lambda r: r.ttft_s if r.ok else None)
+    own = _by_turn(run, n, lambda r: r.ttft_s - r.waited_ms / 1e3 if r.ok and r.waited_ms is not None else None)
+    answer = _by_turn(run, n, lambda r: r.answer_s if r.ok else None)
+    lag = _by_turn(run, n, lambda r: r.lag_s)
+    waited = _by_turn(run, n, lambda r: r.waited_ms if r.ok else None)
+    tokens = _by_turn(run, n, lambda r: float(r.completion_tokens) if r.ok else None)
     played = max((len(s) for s in run.turns), default=0)
-    last = played - 1 if played else 0
-    window = [x for x in p50[max(0, played - WINDOW_TURNS):played] if x is not None]
-    all_waited = [w for v in waited for w in v]
-    answer_p50 = percentile([a for v in answer for a in v], 50)
-    lags = [x for v in lag for x in v]
-    per_session = [_tokens_per_s(s) for s in run.turns]
+    lag_p50, answer_p50 = percentile(_flat(lag), 50), percentile(_flat(answer), 50)
     return {
-        "sessions": run.sessions,
-        "turns": turns,
-        "turns_played": played,
-        "requests": sum(len(s) for s in run.turns),
-        "requests_ok": len(done),
+        "sessions": run.sessions, "turns": n, "turns_played": played,
+        "requests": sum(len(s) for s in run.turns), "requests_ok": len(done),
         "errors": dict(Counter(r.error for s in run.turns for r in s if not r.ok)),
-        "truncated": run.truncated,
-        "wall_s": run.wall_s,
-        "load_average_before": run.load_before,
-        "load_average_after": run.load_after,
+        "truncated": run.truncated, "wall_s": run.wall_s,
+        "load_average_before": run.load_before, "load_average_after": run.load_after,
         "per_turn": {
-            "turn": list(range(1, turns + 1)),
-            "ttft_p50_s": p50,
+            "turn": list(range(1, n + 1)),
+            "ttft_p50_s": [percentile(v, 50) for v in ttft],
             "ttft_p99_s": [percentile(v, 99) for v in ttft],
             "ttft_excluding_wait_p50_s": [percentile(v, 50) for v in own],
             "answer_p50_s": [percentile(v, 50) for v in answer],
@@ -453,32 +514,12 @@ def summarise_level(run: LevelRun, cfg: ServingConfig) -> dict[str, Any]:
             "update_lag_p99_s": [percentile(v, 99) for v in lag],
             "waited_share": [sum(w > 0 for w in v) / len(v) if v else None for v in waited],
         },
-        "ttft": {
-            **_dist([t for v in ttft for t in v]),
-            "turn1_p50_s": p50[0],
-            "last_turn_p50_s": p50[last],
-            "ratio_last_first": _ratio(p50[last], p50[0]),
-            "ratio_window_first": _ratio(float(np.median(window)) if window else None, p50[0]),
-            "excluding_wait": _dist([t for v in own for t in v]),
-        },
-        "answer": _dist([a for v in answer for a in v]),
-        "update_lag": _dist(lags),
-        "waited": {
-            "share": sum(w > 0 for w in all_waited) / len(all_waited) if all_waited else None,
-            "requests_waited": sum(w > 0 for w in all_waited),
-            **{k: v for k, v in _dist([w for w in all_waited if w > 0], "ms").items() if k != "count"},
-        },
-        "tokens": {
-            "completion_total": sum(r.completion_tokens for r in done),
-            "completion_per_turn_mean": float(np.mean([t for v in tokens for t in v])) if done else None,
-            "prompt_per_turn_mean": float(np.mean([r.prompt_tokens for r in done])) if done else None,
-            "max_tokens": cfg.max_tokens,
-        },
-        "throughput": {
-            "aggregate_tokens_per_s": sum(r.completion_tokens for r in done) / run.wall_s if run.wall_s else None,
-            "per_session_tokens_per_s": _dist([x for x in per_session if x is not None], "tokens_per_s"),
-        },
-        "lag_below_median_answer": (percentile(lags, 50) < answer_p50) if lags and answer_p50 else None,
+        "ttft": _ttft_summary(ttft, own, played),
+        "answer": _dist(_flat(answer)),
+        "update_lag": _dist(_flat(lag)),
+        "waited": _waited_summary(waited),
+        **_token_summary(run, done, cfg.max_tokens),
+        "lag_below_median_answer": lag_p50 < answer_p50 if lag_p50 is not None and answer_p50 else None,
         "samples": {"ttft_s": ttft, "answer_s": answer, "update_lag_s": lag, "waited_ms": waited,
                     "completion_tokens": tokens},
         "server_state": run.server_state,
