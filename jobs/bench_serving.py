@@ -44,6 +44,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "null there means the random demo model, which is fine for timing)")
     p.add_argument("--sessions", type=int, nargs="+", default=[1, 8, 32], help="concurrency levels S")
     p.add_argument("--turns", type=int, default=32, help="turns N per session")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="play each level this many times with fresh sessions and pool the statistics")
     p.add_argument("--query-words", type=int, default=24)
     p.add_argument("--max-tokens", type=int, default=32)
     p.add_argument("--think-time-s", type=float, default=0.0,
@@ -62,11 +64,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def config(args: argparse.Namespace, url: str) -> ServingConfig:
-    return ServingConfig(url=url, sessions=tuple(args.sessions), turns=args.turns, query_words=args.query_words,
-                         max_tokens=args.max_tokens, think_time_s=args.think_time_s, ramp_s=args.ramp_s,
-                         warmup_turns=args.warmup_turns, max_level_s=args.max_level_s,
-                         request_timeout_s=args.request_timeout_s, model=args.model, api_key=args.api_key,
-                         seed=args.seed)
+    return ServingConfig(url=url, sessions=tuple(args.sessions), turns=args.turns, rounds=args.rounds,
+                         query_words=args.query_words, max_tokens=args.max_tokens,
+                         think_time_s=args.think_time_s, ramp_s=args.ramp_s, warmup_turns=args.warmup_turns,
+                         max_level_s=args.max_level_s, request_timeout_s=args.request_timeout_s,
+                         model=args.model, api_key=args.api_key, seed=args.seed)
 
 
 # -- --start: a private local Ray running the application -----------------------------------

@@ -89,6 +89,9 @@ class ServingConfig:
     """Concurrency levels S, run one after another."""
     turns: int = 32
     """Turns N per session."""
+    rounds: int = 1
+    """Times each level is played, with fresh sessions each time; the statistics pool the
+    rounds (S × rounds samples per turn index), which steadies them on a busy machine."""
     query_words: int = 24
     """Words per query (random ordinary words; the report has the resulting token count)."""
     max_tokens: int = 32
@@ -101,7 +104,8 @@ class ServingConfig:
     warmup_turns: int = 2
     """Untimed turns of one session played before the first level (0: none)."""
     max_level_s: float = 600.0
-    """A level starts no new turn after this many seconds (its report says ``truncated``)."""
+    """A level (all its rounds) starts no new turn after this many seconds (its report says
+    ``truncated``)."""
     request_timeout_s: float = 120.0
     """HTTP timeout of one request (connect, and between two received chunks)."""
     settle_timeout_s: float = 60.0
@@ -123,7 +127,7 @@ class ServingConfig:
         if not self.sessions or any(not isinstance(s, int) or not 1 <= s <= MAX_SESSIONS for s in self.sessions):
             raise ValueError(f"sessions={list(self.sessions)}: give one or more levels, each between 1 "
                              f"and {MAX_SESSIONS}")
-        for name, high in (("turns", MAX_TURNS), ("query_words", 512), ("max_tokens", 4096)):
+        for name, high in (("turns", MAX_TURNS), ("rounds", 100), ("query_words", 512), ("max_tokens", 4096)):
             value = getattr(self, name)
             if not isinstance(value, int) or not 1 <= value <= high:
                 raise ValueError(f"{name}={value!r}: must be an integer between 1 and {high}")
@@ -346,24 +350,25 @@ class LevelRun:
 
     sessions: int
     turns: list[list[TurnResult]]
-    """Per session, its turns in order."""
+    """Per session (of every round), its turns in order."""
     wall_s: float
+    """Time the sessions were playing (summed over rounds)."""
     truncated: bool
     load_before: list[float] | None
     load_after: list[float] | None
+    rounds: int = 1
     server_state: dict[str, Any] = field(default_factory=dict)
 
 
-async def run_level(client: ServingClient, sessions: int, seed: int,
+async def run_round(client: ServingClient, sessions: int, round_index: int, deadline: float,
                     on_turn: Callable[[], None] = lambda: None) -> LevelRun:
     """Open ``sessions`` sessions, play them concurrently, delete them."""
     cfg = client.cfg
     sids = [await client.create_session() for _ in range(sessions)]
     load_before = load_average()
     started = time.perf_counter()
-    deadline = time.monotonic() + cfg.max_level_s
     outcomes = await asyncio.gather(*(
-        play_session(client, sid, random.Random(f"{seed}-{sessions}-{i}"), deadline,
+        play_session(client, sid, random.Random(f"{cfg.seed}-{sessions}-{round_index}-{i}"), deadline,
                      i * cfg.ramp_s / sessions, on_turn)
         for i, sid in enumerate(sids)))
     wall_s = time.perf_counter() - started
@@ -372,6 +377,22 @@ async def run_level(client: ServingClient, sessions: int, seed: int,
         await client.delete_session(sid)
     return LevelRun(sessions=sessions, turns=[turns for turns, _ in outcomes], wall_s=wall_s,
                     truncated=any(cut for _, cut in outcomes), load_before=load_before, load_after=load_after)
+
+
+async def run_level(client: ServingClient, sessions: int, on_turn: Callable[[], None] = lambda: None
+                    ) -> LevelRun:
+    """``cfg.rounds`` rounds of ``sessions`` concurrent sessions, pooled into one run."""
+    cfg = client.cfg
+    deadline = time.monotonic() + cfg.max_level_s
+    runs = []
+    for round_index in range(cfg.rounds):
+        if runs and time.monotonic() > deadline:
+            runs[-1].truncated = True
+            break
+        runs.append(await run_round(client, sessions, round_index, deadline, on_turn))
+    return LevelRun(sessions=sessions, turns=[t for run in runs for t in run.turns],
+                    wall_s=sum(run.wall_s for run in runs), truncated=any(run.truncated for run in runs),
+                    load_before=runs[0].load_before, load_after=runs[-1].load_after, rounds=len(runs))
 
 
 async def warm_up(client: ServingClient) -> None:
@@ -499,7 +520,7 @@ def summarise_level(run: LevelRun, cfg: ServingConfig) -> dict[str, Any]:
     played = max((len(s) for s in run.turns), default=0)
     lag_p50, answer_p50 = percentile(_flat(lag), 50), percentile(_flat(answer), 50)
     return {
-        "sessions": run.sessions, "turns": n, "turns_played": played,
+        "sessions": run.sessions, "rounds": run.rounds, "turns": n, "turns_played": played,
         "requests": sum(len(s) for s in run.turns), "requests_ok": len(done),
         "errors": dict(Counter(r.error for s in run.turns for r in s if not r.ok)),
         "truncated": run.truncated, "wall_s": run.wall_s,
@@ -567,10 +588,11 @@ async def _run(cfg: ServingConfig, progress: bool, command: str | None, server: 
     async with ServingClient(cfg, connections=max(cfg.sessions) + 4) as client:
         model = await client.model_id()
         await warm_up(client)
-        with tqdm(total=sum(cfg.sessions) * cfg.turns, desc="serving", unit="turn", disable=not progress) as bar:
+        total = sum(cfg.sessions) * cfg.turns * cfg.rounds
+        with tqdm(total=total, desc="serving", unit="turn", disable=not progress) as bar:
             for sessions in cfg.sessions:
                 bar.set_postfix_str(f"S={sessions}")
-                run = await run_level(client, sessions, cfg.seed, lambda: bar.update(1))
+                run = await run_level(client, sessions, lambda: bar.update(1))
                 if describe_server is not None:
                     run.server_state = describe_server()
                 level = summarise_level(run, cfg)

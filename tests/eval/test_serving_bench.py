@@ -103,16 +103,19 @@ def test_the_benchmark_runs_against_the_app_and_reports_every_field(app, tmp_pat
     url, store = app
     sessions_before = sorted(p.name for p in store.iterdir())
     out, plot = tmp_path / "serving.json", tmp_path / "serving.png"
-    sessions, turns, max_tokens = 2, 3, 8
-    bench_main(["--url", url, "--sessions", str(sessions), "--turns", str(turns), "--query-words", "6",
-                "--max-tokens", str(max_tokens), "--warmup-turns", "1", "--out", str(out), "--plot", str(plot)])
+    sessions, rounds, turns, max_tokens = 2, 2, 3, 8
+    played = sessions * rounds  # conversations, each of `turns` turns
+    bench_main(["--url", url, "--sessions", str(sessions), "--rounds", str(rounds), "--turns", str(turns),
+                "--query-words", "6", "--max-tokens", str(max_tokens), "--warmup-turns", "1",
+                "--out", str(out), "--plot", str(plot)])
     report = json.loads(out.read_text())
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert report["benchmark"] == "serving" and report["command"].startswith("python jobs/bench_serving.py --url")
     assert report["machine"]["logical_cpus"] >= 1 and len(report["machine"]["load_average"]) == 3
     assert report["server"]["model_id"] == MODEL
     (level,) = report["levels"]
-    assert (level["sessions"], level["turns_played"], level["requests_ok"], level["errors"]) == (2, 3, 6, {})
+    assert (level["sessions"], level["rounds"], level["turns_played"]) == (sessions, rounds, turns)
+    assert (level["requests_ok"], level["errors"], level["truncated"]) == (played * turns, {}, False)
     pt = level["per_turn"]
     assert pt["turn"] == [1, 2, 3]
     for p50, p99, own in zip(pt["ttft_p50_s"], pt["ttft_p99_s"], pt["ttft_excluding_wait_p50_s"]):
@@ -120,17 +123,17 @@ def test_the_benchmark_runs_against_the_app_and_reports_every_field(app, tmp_pat
     # Every turn after the first was sent as the previous answer ended, while its update (slowed
     # by UPDATE_DELAY_S) was still running: exactly those waited.
     assert pt["waited_share"] == [0.0, 1.0, 1.0]
-    assert level["waited"]["share"] == pytest.approx(4 / 6) and level["waited"]["requests_waited"] == 4
+    assert level["waited"]["share"] == pytest.approx(2 / 3) and level["waited"]["requests_waited"] == played * 2
     assert level["waited"]["p50_ms"] >= UPDATE_DELAY_S * 0.6 * 1e3
     # A lag for every turn, the last one's from the session record; none shorter than the delay.
-    assert level["update_lag"]["count"] == 6
-    assert all(len(v) == sessions for v in level["samples"]["update_lag_s"])
+    assert level["update_lag"]["count"] == played * turns
+    assert all(len(v) == played for v in level["samples"]["update_lag_s"])
     assert UPDATE_DELAY_S * 0.8 <= level["update_lag"]["min_s"] <= level["update_lag"]["p50_s"] < 30
     tokens = [t for v in level["samples"]["completion_tokens"] for t in v]
-    assert len(tokens) == 6 and all(1 <= t <= max_tokens for t in tokens)
+    assert len(tokens) == played * turns and all(1 <= t <= max_tokens for t in tokens)
     assert level["tokens"]["completion_total"] == sum(tokens) and level["tokens"]["prompt_per_turn_mean"] > 3
     assert level["throughput"]["aggregate_tokens_per_s"] > 0
-    assert level["throughput"]["per_session_tokens_per_s"]["count"] == sessions
+    assert level["throughput"]["per_session_tokens_per_s"]["count"] == played
     assert 0 < level["answer"]["p50_s"] and level["ttft"]["ratio_last_first"] > 0
     target = report["targets"]["levels"]["2"]
     assert target["update_lag_below_median_answer_met"] == (level["update_lag"]["p50_s"] < level["answer"]["p50_s"])
@@ -146,6 +149,8 @@ def test_bad_options_are_refused_with_the_field_and_value():
         ServingConfig(sessions=(1, 0))
     with pytest.raises(ValueError, match=r"turns=0"):
         ServingConfig(turns=0)
+    with pytest.raises(ValueError, match=r"rounds=0"):
+        ServingConfig(rounds=0)
     with pytest.raises(ValueError, match=r"think_time_s=-1"):
         ServingConfig(think_time_s=-1)
     assert is_loopback_url("http://localhost:8000") and is_loopback_url("http://[::1]:8000")
