@@ -165,7 +165,9 @@ class TurnResult:
     ended_at: float | None = None
     """Wall-clock time ``[DONE]`` was read (client clock)."""
     lag_s: float | None = None
-    """End of this answer → commit of the version it produced."""
+    """End of this answer → commit of the version it produced. The update starts once the
+    Ingress has handed ``[DONE]`` to Serve's proxy, so under load it can commit before the
+    client reads ``[DONE]``: the lag is then negative."""
 
 
 class ServingClient:
@@ -537,7 +539,8 @@ def summarise_level(run: LevelRun, cfg: ServingConfig) -> dict[str, Any]:
         },
         "ttft": _ttft_summary(ttft, own, played),
         "answer": _dist(_flat(answer)),
-        "update_lag": _dist(_flat(lag)),
+        # Negative: the commit landed before [DONE] reached the client (slow proxy or client).
+        "update_lag": {**_dist(_flat(lag)), "negative_count": sum(x < 0 for x in _flat(lag))},
         "waited": _waited_summary(waited),
         **_token_summary(run, done, cfg.max_tokens),
         "lag_below_median_answer": lag_p50 < answer_p50 if lag_p50 is not None and answer_p50 else None,
