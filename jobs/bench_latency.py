@@ -79,28 +79,28 @@ def main(argv: list[str] | None = None) -> None:
 
 def summary_lines(run: dict) -> str:
     """A table of one run: time to first token and full turn at turns 1 and N (median of the
-    repeats), the ratio tN/t1 of the medians (of the minima; paired with turn-1 replays), the factor
+    repeats), the ratio tN/t1 of the medians (of the minima; paired with turn-1 replays; paired, median of the last quarter), the factor
     over RxT at turn N, tokens processed, peak state."""
     n = run["config"]["turns"]
     lines = [f"== {run['models'].get('rxt', {}).get('source', run['config']['rxt_preset'])} "
              f"vs {run['config']['baseline_preset']} ({n} turns, {run['threads']} thread(s))",
-             f"{'system':18} {'TTFT t1 ms':>10} {'TTFT tN ms':>10} {'tN/t1 (min; paired)':>22} {'turn tN ms':>10} "
-             f"{'tN/t1 (min; paired)':>22} {'TTFT vs RxT':>11} {'tokens':>8} {'peak state MB':>13}"]
+             f"{'system':18} {'TTFT t1 ms':>10} {'TTFT tN ms':>10} {'tN/t1 (min; paired; tail)':>28} {'turn tN ms':>10} "
+             f"{'tN/t1 (min; paired; tail)':>28} {'TTFT vs RxT':>11} {'tokens':>8} {'peak state MB':>13}"]
     for name, r in run["systems"].items():
         vs = run["vs_rxt_last_turn"].get(name, {}).get("prompt")
         lines.append(
             f"{name:18} {r['prompt_s'][0] * 1e3:10.2f} {r['prompt_s'][-1] * 1e3:10.2f} "
-            f"{_ratio(r, 'prompt'):>22} {r['turn_s'][-1] * 1e3:10.1f} {_ratio(r, 'turn'):>22} "
+            f"{_ratio(r, 'prompt'):>28} {r['turn_s'][-1] * 1e3:10.1f} {_ratio(r, 'turn'):>28} "
             f"{(f'{vs:.2f}×' if vs else '—'):>11} {r['tokens_total']:8d} {r['peak_state_bytes'] / 2**20:13.2f}")
         if "consolidate_s" in r:
             lines.append(f"{'  consolidate':18} {r['consolidate_s'][0] * 1e3:10.2f} "
-                         f"{r['consolidate_s'][-1] * 1e3:10.2f} {_ratio(r, 'consolidate'):>22}")
+                         f"{r['consolidate_s'][-1] * 1e3:10.2f} {_ratio(r, 'consolidate'):>28}")
     return "\n".join(lines)
 
 
 def _ratio(r: dict, name: str) -> str:
     return (f"{r[f'{name}_ratio_last_first']:.2f} ({r[f'{name}_ratio_last_first_min']:.2f}; "
-            f"{r[f'{name}_ratio_paired']:.2f})")
+            f"{r[f'{name}_ratio_paired']:.2f}; {r[f'{name}_ratio_paired_tail']:.2f})")
 
 
 if __name__ == "__main__":

@@ -420,7 +420,13 @@ def _timing_fields(name: str, samples: list[list[float]], references: list[list[
         out[f"{name}_reference_s"] = [statistics.median(ref) for ref in references]
         out[f"{name}_paired_ratio"] = paired
         out[f"{name}_ratio_paired"] = paired[-1]
+        out[f"{name}_ratio_paired_tail"] = statistics.median(paired[-tail_turns(len(paired)):])
     return out
+
+
+def tail_turns(turns: int) -> int:
+    """How many final turns ``*_ratio_paired_tail`` pools: the last quarter (at least one)."""
+    return max(1, turns // 4)
 
 
 def summarise_runs(per_turn: list[TurnSamples]) -> dict[str, Any]:
@@ -609,7 +615,7 @@ def targets(results: dict[str, Any]) -> dict[str, Any]:
     """The issue's latency targets, evaluated on these results."""
     out: dict[str, Any] = {}
     if "rxt" in results:
-        for stat in ("last_first", "last_first_min", "paired"):
+        for stat in ("last_first", "last_first_min", "paired", "paired_tail"):
             ratio = results["rxt"][f"prompt_ratio_{stat}"]
             out[f"rxt_prompt_ratio_{stat}"] = ratio
             out[f"rxt_prompt_ratio_{stat}_met"] = ratio <= RXT_PROMPT_RATIO_TARGET

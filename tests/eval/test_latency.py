@@ -39,6 +39,7 @@ def test_report_has_every_system_with_per_turn_times_and_ratios(report):
         assert all(m <= med for m, med in zip(r["prompt_min_s"], r["prompt_s"]))
         assert len(r["prompt_paired_ratio"]) == SMALL["turns"] and min(r["prompt_reference_s"]) > 0
         assert r["turn_ratio_paired"] == r["turn_paired_ratio"][-1] > 0
+        assert r["turn_ratio_paired_tail"] == r["turn_ratio_paired"]  # the last quarter of 3 turns is 1
         assert all(n >= SMALL["repeats"] for n in r["repeats_per_turn"])
         assert r["peak_state_bytes"] > 0
     rxt = report["systems"]["rxt"]
