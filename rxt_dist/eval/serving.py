@@ -676,8 +676,9 @@ def plot_serving(report: dict[str, Any], path: str | Path) -> Path:
     axes[2].set(title="requests that waited for the previous update", xlabel="turn", ylabel="%", ylim=(-5, 105))
     server = report["server"]
     fig.suptitle(f"{server.get('model_source') or server.get('model_id')} — {report['config']['max_tokens']} "
-                 f"tokens/answer, think {report['config']['think_time_s']} s, load "
-                 f"{report['machine']['load_average']}", fontsize=9)
+                 f"tokens/answer, think {report['config']['think_time_s']} s, load average "
+                 f"{report['machine']['load_average']} before → {report['load_average_after']} after",
+                 fontsize=9)
     for ax in axes:
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
