@@ -31,6 +31,8 @@ def init_ray() -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(log_to_driver=True)
     else:
-        ray.init(include_dashboard=False, log_to_driver=True)
+        # address="local": always a fresh cluster of this process, never one that happens to
+        # be running on the machine. The dashboard serves Ray Train's state API (and :8265).
+        ray.init(address="local", include_dashboard=True, log_to_driver=True)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False

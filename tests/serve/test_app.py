@@ -115,7 +115,7 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def cluster(model_dir, tmp_path_factory):
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(num_cpus=2, include_dashboard=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False)
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     root = tmp_path_factory.mktemp("serve")
