@@ -13,7 +13,7 @@ Four models are compared on the same probe conversations:
 Writes the expanded models under --work, the post-trained ones under <run.storage>/<--name>-<arm>,
 and the report to --out (JSON) and --plot (PNG). Finished steps are skipped when run again (an
 expanded model whose record matches, a post-training whose export exists). See docs/statex.md.
-On a shared machine this starts its own local Ray (RAY_ADDRESS=local) unless RAY_ADDRESS is set.
+Runs with no cluster (starts a local Ray) or under ``ray job submit`` like jobs/train.py.
 """
 
 from __future__ import annotations
@@ -26,7 +26,13 @@ import shlex
 import sys
 import time
 
-from rxt_dist.memory.capacity import CapacityConfig, capacity_tables, evaluate_capacity_models, plot_capacity
+from rxt_dist.memory.capacity import (
+    CapacityConfig,
+    capacity_tables,
+    check_compatible,
+    evaluate_capacity_models,
+    plot_capacity,
+)
 from rxt_dist.memory.statex import ExpansionConfig, config_summary, expand_stm, read_expansion
 
 log = logging.getLogger("statex")
@@ -105,7 +111,6 @@ def post_train(args: argparse.Namespace, inits: dict[str, str]) -> dict[str, dic
     cfgs = {arm: TrainConfig.from_file(args.config, arm_overrides(args, arm, inits[arm])) for arm in args.arms}
     for cfg in cfgs.values():
         prepare_job(cfg, "smat")  # data and init model checked before Ray starts
-    os.environ.setdefault("RAY_ADDRESS", "local")  # never join another user's cluster by accident
     init_ray()
     out = {}
     for arm, cfg in cfgs.items():
@@ -130,12 +135,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from rxt_dist.data import TextCodec, load_tokenizer
     from rxt_dist.eval.report import machine_info, write_json_atomic
+    from rxt_dist.model import load_model_dir
 
     try:
         expansions = expansion_configs(args)
         capacity = CapacityConfig(facts=tuple(args.facts), distances=tuple(args.distances),
                                   distance_facts=args.distance_facts, recalls=args.recalls,
                                   conversations=args.conversations, seed=args.eval_seed)
+        codec = TextCodec(load_tokenizer(args.data))
+        check_compatible(load_model_dir(args.model), args.model, codec)  # post-training reads these ids
         started = time.perf_counter()
         expanded = {mode: expand(args, mode, cfg) for mode, cfg in expansions.items()}
         inits = {"control": args.model, **{m: e["url"] for m, e in expanded.items()}}
@@ -149,7 +157,6 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     eval_start = time.perf_counter()
     models = {"original": args.model, **{arm: t["url"] for arm, t in trained.items()}}
-    codec = TextCodec(load_tokenizer(args.data))
     report = evaluate_capacity_models(models, codec, capacity, progress=True)
     report.update({
         "evaluation": "statex",

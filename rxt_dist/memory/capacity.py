@@ -113,7 +113,8 @@ def evaluate_capacity(model: RxTModel, probes: dict[str, list[Conversation]], co
     }
 
 
-def _check_compatible(model: RxTModel, url: str, codec: TextCodec) -> None:
+def check_compatible(model: RxTModel, url: str, codec: TextCodec) -> None:
+    """Raise unless ``model`` (loaded from ``url``) is an RxT model that reads ``codec``'s token ids."""
     if not isinstance(model, RxTModel):
         raise ValueError(f"{url}: holds a {model.cfg.model_type} model; the capacity study needs RxT models")
     if model.cfg.vocab_size < codec.vocab_size:
@@ -124,7 +125,7 @@ def _check_compatible(model: RxTModel, url: str, codec: TextCodec) -> None:
         from tokenizers import Tokenizer
 
         if Tokenizer.from_str(text).get_vocab() != codec.tokenizer.get_vocab():
-            raise ValueError(f"{url.rstrip('/')}/tokenizer.json differs from the probe tokenizer: "
+            raise ValueError(f"{url.rstrip('/')}/tokenizer.json differs from the dataset's tokenizer: "
                              "the model was trained on other token ids")
 
 
@@ -140,7 +141,7 @@ def evaluate_capacity_models(models: dict[str, str], codec: TextCodec, cfg: Capa
                            "probe_conversations": {k: len(v) for k, v in probes.items()}, "models": {}}
     for name, url in models.items():
         model = load_model_dir(url).eval()
-        _check_compatible(model, url, codec)
+        check_compatible(model, url, codec)
         start = time.perf_counter()
         with torch.no_grad():
             results = evaluate_capacity(model, probes, codec, cfg, progress)
@@ -210,5 +211,5 @@ def plot_capacity(report: dict[str, Any], path: str) -> None:
     write_bytes_atomic(path, buf.getvalue())
 
 
-__all__ = ["CapacityConfig", "capacity_tables", "evaluate_capacity", "evaluate_capacity_models",
+__all__ = ["CapacityConfig", "capacity_tables", "check_compatible", "evaluate_capacity", "evaluate_capacity_models",
            "plot_capacity", "probe_conversations"]

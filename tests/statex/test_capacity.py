@@ -74,7 +74,7 @@ def test_a_model_trained_on_other_token_ids_is_refused(tmp_path, data, models):
     other = str(tmp_path / "other")
     cfg = dataclasses.replace(from_name("debug"), vocab_size=read_manifest(data).vocab_size)
     save_model_dir(RxTModel(cfg), other, train_small_tokenizer(DEMO_TEXT * 4, vocab_size=400).to_str())
-    with pytest.raises(ValueError, match="tokenizer.json differs from the probe tokenizer"):
+    with pytest.raises(ValueError, match="tokenizer.json differs from the dataset's tokenizer"):
         evaluate_capacity_models({"other": other}, TextCodec(load_tokenizer(data)), CapacityConfig(**SMALL))
 
 

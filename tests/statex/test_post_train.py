@@ -97,3 +97,29 @@ def test_ray_train_post_trains_the_expanded_model_at_its_new_slot_count(tmp_path
     assert logit_after.shape == (16, 1)
     assert (logit_after - logit_before).abs().max() > 1e-3  # the per-slot gates were trained
     assert (after.decoder[0].mem_attn.q_proj.weight - before.decoder[0].mem_attn.q_proj.weight).abs().max() > 1e-3
+
+
+def test_statex_job_gives_every_arm_the_same_recipe_but_its_start_and_run_name():
+    from jobs.statex import arm_overrides, parse_args
+
+    args = parse_args(["--config", "c.yaml", "--model", "m", "--data", "d", "--factor", "2", "--steps", "7",
+                       "--lr", "0.001", "--set", "data.max_turns=16"])
+    control, reinit = arm_overrides(args, "control", "m"), arm_overrides(args, "reinit", "x/expanded-reinit")
+    differ = sorted(set(control) ^ set(reinit))
+    assert differ == ["run.name=statex-control", "run.name=statex-reinit", "stages.smat.init_model_url=m",
+                      "stages.smat.init_model_url=x/expanded-reinit"]
+    assert {"stages.smat.steps=7", "stages.smat.lr=0.001", "data.max_turns=16", "data.url=d"} <= set(control)
+
+
+def test_statex_job_refuses_a_model_whose_tokenizer_is_not_the_datas(tmp_path, data, expanded, capsys):
+    from jobs.statex import main
+
+    from rxt_dist.serving.demo import DEMO_TEXT, train_small_tokenizer
+
+    other = str(tmp_path / "other")
+    save_model_dir(load_model_dir(expanded[0]), other, train_small_tokenizer(DEMO_TEXT * 4, 400).to_str())
+    code = main(["--config", "configs/cpu-debug.yaml", "--model", other, "--data", data, "--factor", "2",
+                 "--steps", "1", "--work", str(tmp_path / "work"), "--out", str(tmp_path / "s.json")])
+    assert code == 2
+    assert "tokenizer.json differs from the dataset's tokenizer" in capsys.readouterr().err
+    assert not (tmp_path / "work").exists()
