@@ -18,3 +18,13 @@ def varied_stateless() -> StatelessLM:
 def varied_rxt() -> RxTModel:
     torch.manual_seed(0)
     return RxTModel(dataclasses.replace(from_name("debug"), init_std=0.5)).eval()
+
+
+@pytest.fixture
+def one_thread():
+    """Debug-sized models gain nothing from intra-op threads, and on a shared machine their
+    spin-waiting costs seconds per test; restore torch's setting afterwards."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -16,6 +16,8 @@ from rxt_dist.eval.latency import (
 from rxt_dist.eval.plots import plot_latency
 from rxt_dist.model import build_model, from_name, save_model_dir
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 SMALL = dict(rxt_preset="debug", turns=3, query_tokens=4, answer_tokens=5, repeats=2, max_repeats=4,
              min_turn_time_s=0.0, warmup_turns=1)
 

@@ -17,6 +17,8 @@ from rxt_dist.eval.quality import (
 from rxt_dist.model import build_model, from_name, save_model_dir
 from rxt_dist.tokens import EOS_ID, interaction_ids
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 FAST = dict(max_new_tokens=6, threads=1, max_conversations=8)
 
 
