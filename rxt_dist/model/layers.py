@@ -14,6 +14,18 @@ from rxt_dist.model.config import AttentionConfig, FFNConfig
 from rxt_dist.model.kv_cache import KVCache
 
 
+class _Causal:
+    """Marker mask: plain causal attention over unpadded rows, which lets SDPA take its fused
+    ``is_causal`` path instead of reading an explicit (B, 1, T, T) mask."""
+
+    def __repr__(self) -> str:
+        return "CAUSAL"
+
+
+CAUSAL = _Causal()
+Mask = Tensor | _Causal | None
+
+
 class RotaryEmbedding(nn.Module):
     """Rotary position embedding computed for arbitrary per-row positions (no length limit)."""
 
@@ -66,11 +78,13 @@ class Attention(nn.Module):
         v = self._heads(self.v_proj(x), self.n_kv)  # (B, Nkv, K, H)
         return (self.rope(k, positions) if self.rope_k else k), v
 
-    def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Mask) -> Tensor:
         """Attention of q (B, N, T, H) over k/v (B, Nkv, K, H); ``mask`` (B, 1, T|1, K) is True
-        where a query may attend. Returns (B, T, D)."""
+        where a query may attend (or :data:`CAUSAL`, or None for full attention). Returns (B, T, D)."""
+        causal = mask is CAUSAL
         out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, enable_gqa=self.n_q != self.n_kv
+            q, k, v, attn_mask=None if causal else mask, is_causal=causal,
+            enable_gqa=self.n_q != self.n_kv,
         )  # (B, N, T, H)
         B, _, T, _ = out.shape
         return self.o_proj(out.transpose(1, 2).reshape(B, T, self.n_q * self.head_dim))  # (B, T, D)
@@ -79,7 +93,7 @@ class Attention(nn.Module):
         self,
         x: Tensor,
         positions: Tensor,
-        mask: Tensor | None,
+        mask: Mask,
         cache: KVCache | None = None,
         layer: int = 0,
     ) -> Tensor:
@@ -184,7 +198,7 @@ class Block(nn.Module):
         self,
         x: Tensor,
         positions: Tensor,
-        mask: Tensor | None,
+        mask: Mask,
         memory: tuple[Tensor, Tensor] | None = None,
         memory_mask: Tensor | None = None,
         cache: KVCache | None = None,
@@ -230,10 +244,13 @@ def prepare_tokens(
     lengths: Tensor, num_new: int, cache: KVCache | None, causal: bool
 ) -> tuple[Tensor, Tensor]:
     """Positions (B, T) and attention mask (B, 1, T, K) for ``num_new`` right-padded tokens
-    per row with ``lengths`` (B,) real ones, placed after whatever ``cache`` holds."""
+    per row with ``lengths`` (B,) real ones, placed after whatever ``cache`` holds. Without
+    cache and padding the mask is :data:`CAUSAL` (or None when not causal)."""
     starts = cache.lengths if cache is not None else torch.zeros_like(lengths)
-    num_keys = (int(starts.max()) if cache is not None else 0) + num_new
     positions = starts[:, None] + torch.arange(num_new, device=lengths.device)[None]  # (B, T)
+    if cache is None and bool((lengths == num_new).all()):
+        return positions, CAUSAL if causal else None
+    num_keys = (int(starts.max()) if cache is not None else 0) + num_new
     return positions, token_mask(starts, lengths, num_new, num_keys, causal)
 
 
@@ -241,7 +258,7 @@ def run_stack(
     blocks: nn.ModuleList,
     x: Tensor,
     positions: Tensor,
-    mask: Tensor,
+    mask: Mask,
     memory: list[tuple[Tensor, Tensor]] | None = None,
     memory_mask: Tensor | None = None,
     cache: KVCache | None = None,
