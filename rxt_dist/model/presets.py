@@ -46,7 +46,7 @@ def _tiny() -> RxTConfig:
     att = AttentionConfig(num_heads=4)
     sqa = AttentionConfig(num_heads=4, num_query_heads=2)
     return RxTConfig(
-        vocab_size=4096, dim=128, num_layers=3,
+        vocab_size=4096, dim=128, num_layers=2,
         decoder_attention=att, memory_cross_attention=att, encoder_attention=sqa,
         decoder_ffn=FFNConfig(hidden_dim=384), encoder_ffn=FFNConfig(hidden_dim=384),
         memory_attention=MemoryAttentionConfig(variant="simple", attention=att, gate=GateConfig(kind="linear")),
@@ -91,11 +91,11 @@ def _baseline(vocab: int, dim: int, layers: int, heads: int, hidden: int) -> Cal
 
 PRESETS: dict[str, Preset] = {
     "debug": Preset(_debug, 76_000, "tests: tiny vocab, dim 32, 2 layers, 8 slots"),
-    "tiny": Preset(_tiny, 2_150_000, "a few M params, trains on 2 CPU cores in minutes"),
+    "tiny": Preset(_tiny, 1_600_000, "1.6M params (2 layers, 32 slots): trains on 2 CPU cores in minutes"),
     "nano": Preset(_nano, 12_000_000, "like RxT-Alpha Nano: D=128, 6 layers, STM 6×256×128, MoE decoder"),
     "micro": Preset(_micro, 26_000_000, "like RxT-Alpha Micro: D=256, 6 layers, MoE decoder"),
     "baseline-debug": Preset(_baseline(512, 32, 4, 4, 112), 76_000, "stateless, sized like debug"),
-    "baseline-tiny": Preset(_baseline(4096, 128, 6, 4, 512), 2_150_000, "stateless, sized like tiny"),
+    "baseline-tiny": Preset(_baseline(4096, 128, 4, 4, 512), 1_600_000, "stateless, sized like tiny"),
     "baseline-nano": Preset(_baseline(8192, 192, 12, 6, 1248), 12_000_000, "stateless, sized like nano"),
     "baseline-micro": Preset(_baseline(8192, 320, 12, 8, 1600), 26_000_000, "stateless, sized like micro"),
 }

@@ -107,7 +107,7 @@ class RxTModel(nn.Module):
         return self.update_memory(stm, ed, lengths)
 
     # -- generation ----------------------------------------------------------------------
-    def decode(
+    def decode_hidden(
         self,
         ids: Tensor,
         lengths: Tensor,
@@ -118,21 +118,42 @@ class RxTModel(nn.Module):
         """Decoder pass over right-padded tokens (B, T) with ``lengths`` (B,) real ones,
         reading ``memory`` (see :meth:`project_memory`); ``memory_mask`` (B, S) marks readable
         slots. With a ``cache`` the tokens continue the cached ones and are appended to it.
-        Returns logits (B, T, V) and the MoE auxiliary loss."""
+        Returns the last layer's hidden states (B, T, D), before the head, and the MoE
+        auxiliary loss."""
         positions, mask = prepare_tokens(lengths, ids.shape[1], cache, causal=True)
         slot_mask = memory_mask[:, None, None, :] if memory_mask is not None else None  # (B, 1, 1, S)
         x = self.embed(ids)  # (B, T, D)
         x, aux, _ = run_stack(self.decoder, x, positions, mask, memory, slot_mask, cache)
         if cache is not None:
             cache.advance(lengths)
+        return x, aux
+
+    def decode(
+        self,
+        ids: Tensor,
+        lengths: Tensor,
+        memory: MemoryKV,
+        memory_mask: Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """:meth:`decode_hidden` followed by the head: logits (B, T, V) and the aux loss."""
+        x, aux = self.decode_hidden(ids, lengths, memory, memory_mask, cache)
         return self.lm_logits(x), aux
+
+    def hidden(
+        self, ids: Tensor, lengths: Tensor, stm: Tensor, memory_mask: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Training-time decoder pass without the head (training applies it only where a
+        token is scored): tokens (B, T) answered from ``stm`` (L, B, S', D), where S' may be
+        any number of slots (stage 1 feeds encoder states). Returns (B, T, D) and aux."""
+        return self.decode_hidden(ids, lengths, self.project_memory(stm), memory_mask)
 
     def forward(
         self, ids: Tensor, lengths: Tensor, stm: Tensor, memory_mask: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
-        """Training-time decoder pass: tokens (B, T) answered from ``stm`` (L, B, S', D), where
-        S' may be any number of slots (stage 1 feeds encoder states). Returns logits and aux."""
-        return self.decode(ids, lengths, self.project_memory(stm), memory_mask)
+        """:meth:`hidden` followed by the head: logits (B, T, V) and aux."""
+        x, aux = self.hidden(ids, lengths, stm, memory_mask)
+        return self.lm_logits(x), aux
 
     def new_cache(self, batch: int, capacity: int = 64) -> KVCache:
         """An empty self-attention cache for ``batch`` sequences."""

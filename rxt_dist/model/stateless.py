@@ -35,14 +35,20 @@ class StatelessLM(nn.Module):
         """Hidden states (B, T, D) → next-token logits (B, T, V)."""
         return self.lm_head(self.decoder_norm(h))
 
-    def decode(self, ids: Tensor, lengths: Tensor, cache: KVCache | None = None) -> tuple[Tensor, Tensor]:
+    def hidden(self, ids: Tensor, lengths: Tensor, cache: KVCache | None = None) -> tuple[Tensor, Tensor]:
         """Causal pass over right-padded tokens (B, T) with ``lengths`` (B,) real ones,
-        continuing ``cache`` when given. Returns logits (B, T, V) and the MoE auxiliary loss."""
+        continuing ``cache`` when given. Returns the last layer's hidden states (B, T, D),
+        before the head, and the MoE auxiliary loss."""
         positions, mask = prepare_tokens(lengths, ids.shape[1], cache, causal=True)
         x = self.embed(ids)  # (B, T, D)
         x, aux, _ = run_stack(self.decoder, x, positions, mask, cache=cache)
         if cache is not None:
             cache.advance(lengths)
+        return x, aux
+
+    def decode(self, ids: Tensor, lengths: Tensor, cache: KVCache | None = None) -> tuple[Tensor, Tensor]:
+        """:meth:`hidden` followed by the head: logits (B, T, V) and the aux loss."""
+        x, aux = self.hidden(ids, lengths, cache)
         return self.lm_logits(x), aux
 
     def forward(self, ids: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:

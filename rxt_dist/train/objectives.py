@@ -68,15 +68,17 @@ def _count(x: Tensor | int | float, like: Tensor) -> Tensor:
     return torch.as_tensor(x, dtype=torch.float32, device=like.device)
 
 
-def token_loss(logits: Tensor, ids: Tensor, loss_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Summed next-token cross-entropy over ``loss_mask`` (N, T) positions of ``logits``
-    (N, T, V) against ``ids`` (N, T) shifted by one. Returns (sum, count, correct)."""
+def token_loss(model: nn.Module, hidden: Tensor, ids: Tensor, loss_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Summed next-token cross-entropy over the ``loss_mask`` (N, T) positions of ``hidden``
+    (N, T, D) against ``ids`` (N, T) shifted by one. The head runs only on those positions
+    (answers are a fraction of the tokens; the vocabulary projection is the costliest matmul).
+    Returns (sum, count, correct)."""
     mask = loss_mask[:, :-1]  # (N, T-1)
-    pred = logits[:, :-1][mask]  # (K, V)
+    pred = model.lm_logits(hidden[:, :-1][mask])  # (K, V)
     target = ids[:, 1:][mask]  # (K,)
     total = F.cross_entropy(pred.float(), target, reduction="sum")
     correct = (pred.argmax(dim=-1) == target).sum()
-    return total, _count(mask.sum(), logits), correct.float()
+    return total, _count(mask.sum(), hidden), correct.float()
 
 
 def mask_tokens(ids: Tensor, lengths: Tensor, prob: float, vocab_size: int,
@@ -122,7 +124,7 @@ def joint_lm(model: RxTModel, batch: TokenBatch, cfg: JointLMStage, generator: t
     positions dropped, as a stand-in STM."""
     masked, chosen = mask_tokens(batch.ids, batch.lengths, cfg.mask_prob, model.cfg.vocab_size, generator)
     ed, last = model.encode(masked, batch.lengths)  # (L, N, T, D), (N, T, D)
-    mlm_logits = model.mlm_logits(last)[chosen]  # (K, V)
+    mlm_logits = model.mlm_logits(last[chosen])  # (K, V)
     mlm_sum = F.cross_entropy(mlm_logits.float(), batch.ids[chosen], reduction="sum")
     memory = ed.detach()
     memory = memory + _noise(memory, cfg.noise_std, generator)
@@ -130,8 +132,8 @@ def joint_lm(model: RxTModel, batch: TokenBatch, cfg: JointLMStage, generator: t
     valid = torch.arange(T, device=memory.device)[None] < batch.lengths[:, None]  # (N, T)
     kept = torch.rand(N, T, generator=generator).to(memory.device) >= cfg.slot_dropout
     kept[:, 0] = True  # every row keeps a readable slot
-    logits, aux = model(batch.ids, batch.lengths, memory, memory_mask=valid & kept)
-    ar_sum, ar_count, correct = token_loss(logits, batch.ids, batch.loss_mask)
+    hidden, aux = model.hidden(batch.ids, batch.lengths, memory, memory_mask=valid & kept)
+    ar_sum, ar_count, correct = token_loss(model, hidden, batch.ids, batch.loss_mask)
     return StageOutput(
         terms={
             "ar": Term(ar_sum, ar_count, cfg.alpha),
@@ -197,8 +199,8 @@ def memory_aware(model: RxTModel, conv: ConversationBatch, cfg: SMATStage, seed:
     for t, turn in enumerate(conv.turns):
         if cfg.bptt_turns and t % cfg.bptt_turns == 0:
             stm = stm.detach()
-        logits, layer_aux = model(turn.ids, turn.lengths, stm)  # (B, T, V)
-        s, c, k = token_loss(logits, turn.ids, turn.loss_mask)
+        hidden, layer_aux = model.hidden(turn.ids, turn.lengths, stm)  # (B, T, D)
+        s, c, k = token_loss(model, hidden, turn.ids, turn.loss_mask)
         ce, n, correct, aux = ce + s, n + c, correct + k, aux + layer_aux
         if t == len(conv.turns) - 1:
             break
@@ -219,8 +221,8 @@ def _consolidate(model: RxTModel, stm: Tensor, turn, encoder_frozen: bool) -> Te
 
 def stateless_lm(model: StatelessLM, batch: TokenBatch, cfg: BaselineStage, aux_weight: float) -> StageOutput:
     """The baseline: whole conversations as one causal sequence, loss on the answers."""
-    logits, aux = model(batch.ids, batch.lengths)
-    s, c, k = token_loss(logits, batch.ids, batch.loss_mask)
+    hidden, aux = model.hidden(batch.ids, batch.lengths)
+    s, c, k = token_loss(model, hidden, batch.ids, batch.loss_mask)
     return StageOutput(terms={"ar": Term(s, c), "aux": Term(aux, _count(1, aux), aux_weight)},
                        metrics={"acc": (float(k), float(c))})
 
