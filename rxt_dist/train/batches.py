@@ -57,6 +57,18 @@ class TurnBatch:
         return TurnBatch(self.ids.to(device), self.lengths.to(device), self.loss_mask.to(device),
                          self.active.to(device))
 
+    def active_part(self) -> tuple[Tensor, "TurnBatch"]:
+        """The rows (K,) worth computing and this turn cut to them, padding columns trimmed:
+        the active rows, or row 0 alone when none is active (a turn added by ``pad_turns``
+        still runs one forward pass, scored nowhere)."""
+        rows = self.active.nonzero().squeeze(1)  # (K,)
+        if rows.numel() == 0:
+            rows = rows.new_zeros(1)
+        lengths = self.lengths[rows]
+        width = int(lengths.max())
+        part = TurnBatch(self.ids[rows, :width], lengths, self.loss_mask[rows, :width], self.active[rows])
+        return rows, part
+
 
 @dataclass
 class ConversationBatch:
@@ -123,11 +135,14 @@ def interaction_batch(
 _PLACEHOLDER = interaction_ids([], [])
 
 
-def conversation_batch(rows: Mapping[str, Sequence], max_turns: int, max_tokens: int) -> ConversationBatch:
-    """Stages 3 and 4: conversations aligned turn by turn."""
+def conversation_batch(rows: Mapping[str, Sequence], max_turns: int, max_tokens: int,
+                       pad_turns: bool = False) -> ConversationBatch:
+    """Stages 3 and 4: conversations aligned turn by turn. With ``pad_turns`` the batch always
+    has ``max_turns`` turns (all-inactive ones at the end), so every worker runs the same number
+    of forward passes — ZeRO-3 gathers parameters collectively in each one."""
     convs = _conversations(rows, max_turns)
     turns = []
-    for t in range(max(len(c) for c in convs)):
+    for t in range(max_turns if pad_turns else max(len(c) for c in convs)):
         seqs, starts, active = [], [], []
         for conv in convs:
             if t < len(conv):

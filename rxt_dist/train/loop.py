@@ -214,7 +214,8 @@ class StageLoop:
                                      getattr(self.stage_cfg, "loss_on_query", False))
         if stage == "baseline":
             return history_batch(rows, d.max_turns, self.stage_cfg.max_tokens, d.max_interaction_tokens)
-        return conversation_batch(rows, d.max_turns, d.max_interaction_tokens)
+        return conversation_batch(rows, d.max_turns, d.max_interaction_tokens,
+                                  pad_turns=self.cfg.deepspeed.zero_stage == 3 and self.world > 1)
 
     def _batches(self) -> Iterator:
         """Micro-batches forever, epoch after epoch, skipping what a resumed run already used."""

@@ -169,20 +169,22 @@ def memory_attention_selfsup(model: RxTModel, conv: ConversationBatch, cfg: Memo
     cosine similarity; the encoder is frozen and the STM is detached between turns."""
     stm = conversation_stm(model, conv.keys, seed)  # (L, B, S, D)
     total, count = stm.new_zeros(()), stm.new_zeros(())
-    for t, turn in enumerate(conv.turns):
+    for t, full in enumerate(conv.turns):
+        rows, turn = full.active_part()  # only conversations that have turn t are computed
+        old = stm[:, rows]  # (L, K, S, D)
         with torch.no_grad():
-            ed, _ = model.encode(turn.ids, turn.lengths)  # (L, B, T, D)
-        previous = stm + _noise(stm, cfg.noise_std, generator)
-        new = model.update_memory(previous, ed, turn.lengths)  # (L, B, S, D)
+            ed, _ = model.encode(turn.ids, turn.lengths)  # (L, K, T, D)
+        previous = old + _noise(old, cfg.noise_std, generator)
+        new = model.update_memory(previous, ed, turn.lengths)  # (L, K, S, D)
         w = step_weight(t, cfg, generator)
         pooled = _pooled(ed, turn.lengths)
-        target = w * pooled / _rms(pooled) + (1 - w) * stm / _rms(stm)  # (L, B, S, D)
+        target = w * pooled / _rms(pooled) + (1 - w) * old / _rms(old)  # (L, K, S, D)
         target = target + _noise(target, cfg.noise_std, generator)
-        cos = F.cosine_similarity(new.float(), target.float(), dim=-1)  # (L, B, S)
+        cos = F.cosine_similarity(new.float(), target.float(), dim=-1)  # (L, K, S)
         active = turn.active[None, :, None].expand_as(cos).float()
         total = total - (cos * active).sum()
         count = count + active.sum()
-        stm = torch.where(turn.active[None, :, None, None], new.detach(), stm)
+        stm = _write_rows(stm, rows, turn.active, new.detach())
     return StageOutput(terms={"cosine": Term(total, count)},
                        metrics={"cos_sim": (-float(total.detach()), float(count))})
 
@@ -196,21 +198,30 @@ def memory_aware(model: RxTModel, conv: ConversationBatch, cfg: SMATStage, seed:
     stm = conversation_stm(model, conv.keys, seed)  # (L, B, S, D)
     ce, n, correct, aux = stm.new_zeros(()), stm.new_zeros(()), stm.new_zeros(()), stm.new_zeros(())
     memory_frozen = {"encoder", "memory_attention"} <= frozen
-    for t, turn in enumerate(conv.turns):
+    for t, full in enumerate(conv.turns):
         if cfg.bptt_turns and t % cfg.bptt_turns == 0:
             stm = stm.detach()
-        hidden, layer_aux = model.hidden(turn.ids, turn.lengths, stm)  # (B, T, D)
+        rows, turn = full.active_part()  # only conversations that have turn t are computed
+        old = stm[:, rows]  # (L, K, S, D)
+        hidden, layer_aux = model.hidden(turn.ids, turn.lengths, old)  # (K, T, D)
         s, c, k = token_loss(model, hidden, turn.ids, turn.loss_mask)
         ce, n, correct, aux = ce + s, n + c, correct + k, aux + layer_aux
         if t == len(conv.turns) - 1:
             break
         with torch.set_grad_enabled(torch.is_grad_enabled() and not memory_frozen):
-            new = _consolidate(model, stm, turn, encoder_frozen="encoder" in frozen)
-        stm = torch.where(turn.active[None, :, None, None], new, stm)
+            new = _consolidate(model, old, turn, encoder_frozen="encoder" in frozen)
+        stm = _write_rows(stm, rows, turn.active, new)
     return StageOutput(
         terms={"ar": Term(ce, n), "aux": Term(aux / len(conv.turns), _count(1, aux), aux_weight)},
         metrics={"acc": (float(correct), float(n))},
     )
+
+
+def _write_rows(stm: Tensor, rows: Tensor, active: Tensor, new: Tensor) -> Tensor:
+    """``stm`` (L, B, S, D) with rows ``rows`` (K,) replaced by ``new`` (L, K, S, D) where
+    ``active`` (K,); out of place, so autograd sees both the old and the new memory."""
+    kept = torch.where(active[None, :, None, None], new, stm[:, rows])
+    return stm.index_copy(1, rows, kept)
 
 
 def _consolidate(model: RxTModel, stm: Tensor, turn, encoder_frozen: bool) -> Tensor:

@@ -115,6 +115,26 @@ def test_split_batch_gives_the_whole_batch_loss(dataset):
     torch.testing.assert_close(averaged, whole_loss, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("stage", ["smat", "memory_attention"])
+def test_conversation_stages_score_each_conversation_as_if_alone(dataset, stage):
+    """Conversations of different lengths share a batch (only those with turn t run turn t),
+    and the turns ZeRO-3 pads on (``pad_turns``) add nothing."""
+    model = RxTModel(dataclasses.replace(from_name("debug"), vocab_size=vocab(dataset)))
+    cfg = SMATStage() if stage == "smat" else MemoryAttentionStage(jitter=0.0, noise_std=0.0)
+    objective = StageObjective(model, stage, cfg, seed=0)
+    rows = rows_of(dataset, 5)
+    assert len({len(q) for q in rows["query_ids"]}) > 1, "the test needs conversations of different lengths"
+    term = "ar" if stage == "smat" else "cosine"
+    batched = objective(conversation_batch(rows, 8, 64), torch.Generator()).terms[term]
+    padded = objective(conversation_batch(rows, 8, 64, pad_turns=True), torch.Generator()).terms[term]
+    alone = [objective(conversation_batch({k: v[i:i + 1] for k, v in rows.items()}, 8, 64),
+                       torch.Generator()).terms[term] for i in range(5)]
+    torch.testing.assert_close(batched.total, sum(a.total for a in alone), rtol=1e-4, atol=1e-4)
+    assert float(batched.count) == sum(float(a.count) for a in alone)
+    torch.testing.assert_close(padded.total, batched.total)
+    assert float(padded.count) == float(batched.count)
+
+
 STAGES = [
     ("joint_lm", JointLMStage(mask_prob=0.3), lambda r: text_batch(r, 96)),
     ("sft", SFTStage(), lambda r: interaction_batch(r, 8, 64)),
