@@ -23,12 +23,12 @@ MODELS = "runs/tiny/models"
 DATA = "runs/data"
 
 BENCHMARKS = {
-    "latency": [PY, "jobs/bench_latency.py", "--preset", "tiny", "--preset", "nano"],
+    "latency": [PY, "jobs/bench_latency.py", "--preset", "tiny", "--repeats", "2", "--max-repeats", "6"],
     "throughput": [PY, "jobs/bench_train.py", "--config", "configs/cpu-tiny.yaml", "--stage", "smat",
                    "--settings", "1x0", "2x0", "2x2", "2x3"],
     "quality": [PY, "jobs/evaluate.py", "--data", DATA, "--rxt", f"{MODELS}/smat",
                 "--baseline", f"{MODELS}/baseline", "--threads", "2", "--out", "docs/bench/quality.json"],
-    "serving": [PY, "jobs/bench_serving.py", "--start"],
+    "serving": [PY, "jobs/bench_serving.py", "--start", "--rounds", "3"],
     "statex": [PY, "jobs/statex.py", "--config", "configs/cpu-tiny.yaml", "--model", f"{MODELS}/smat",
                "--data", "runs/statex/data", "--factor", "2", "--steps", "300"],
 }
