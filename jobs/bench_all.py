@@ -6,8 +6,9 @@
 
 Each benchmark runs in its own process (its own local Ray where it needs one) so none disturbs
 the next; they write their JSON and PNG files under docs/bench/. Quality and StateX need the
-models trained by ``make demo`` (runs/tiny/models/…); serving times the trained model when it
-exists, else the random demo model.
+models trained by ``make demo`` (runs/tiny/models/…), StateX the base model of docs/statex.md
+(runs/statex-base/models/smat); serving times the trained model when it exists, else the random
+demo model.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import time
 PY = sys.executable
 MODELS = "runs/tiny/models"
 DATA = "runs/data"
+STATEX_BASE = "runs/statex-base/models"
+STATEX_DATA = "runs/statex/data"
 
 BENCHMARKS = {
     "latency": [PY, "jobs/bench_latency.py", "--preset", "tiny", "--repeats", "2", "--max-repeats", "6"],
@@ -29,13 +32,15 @@ BENCHMARKS = {
     "quality": [PY, "jobs/evaluate.py", "--data", DATA, "--rxt", f"{MODELS}/smat",
                 "--baseline", f"{MODELS}/baseline", "--threads", "2", "--out", "docs/bench/quality.json"],
     "serving": [PY, "jobs/bench_serving.py", "--start", "--rounds", "3"],
-    "statex": [PY, "jobs/statex.py", "--config", "configs/cpu-tiny.yaml", "--model", f"{MODELS}/smat",
-               "--data", "runs/statex/data", "--factor", "2", "--steps", "300"],
+    # the base model must be trained on the capacity corpus (docs/statex.md, steps 1–2)
+    "statex": [PY, "jobs/statex.py", "--config", "configs/cpu-tiny.yaml", "--model", f"{STATEX_BASE}/smat",
+               "--data", STATEX_DATA, "--factor", "2", "--steps", "150", "--lr", "1e-3",
+               "--set", "data.max_turns=16"],
 }
 
 
 def needs_models(name: str) -> bool:
-    return name in ("quality", "statex")
+    return name == "quality"
 
 
 def command(name: str) -> list[str]:
@@ -54,6 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     if any(needs_models(n) for n in names) and not os.path.exists(f"{MODELS}/smat/config.json"):
         print(f"error: {', '.join(n for n in names if needs_models(n))} need the models of `make demo` "
               f"({MODELS}/smat, {MODELS}/baseline); run it first", file=sys.stderr)
+        return 2
+    if "statex" in names and not os.path.exists(f"{STATEX_BASE}/smat/config.json"):
+        print(f"error: statex needs a base model trained on the capacity corpus ({STATEX_BASE}/smat); "
+              "run steps 1–2 of docs/statex.md first", file=sys.stderr)
         return 2
     failed = []
     for name in names:

@@ -1,7 +1,7 @@
 """StateX: grow the Short-Term Memory of a trained RxT model into a new model directory.
 
     python jobs/expand_stm.py runs/tiny/models/smat runs/statex/expanded --factor 2
-    python jobs/expand_stm.py SRC OUT --slots 48 --mode reinit --layers 2 --noise 0.02
+    python jobs/expand_stm.py SRC OUT --slots 48 --mode reinit --layers 1 --noise 0.02
     python jobs/expand_stm.py SRC OUT --factor 2 --mode inherit
 
 Modes: reinit (default; re-initialise the memory attention and gate of --layers, all when

@@ -2,7 +2,7 @@
 on Ray Train, and compare memory capacity (recall by facts held and by distance).
 
     python jobs/statex.py --config configs/cpu-tiny.yaml --model runs/statex-base/models/smat \\
-        --data runs/statex/data --factor 2 --reinit-layers 2 --steps 300
+        --data runs/statex/data --factor 2 --reinit-layers 1 --steps 150
 
 Four models are compared on the same probe conversations:
   original  the trained model as given (no post-training)
