@@ -184,7 +184,7 @@ def memory_attention_selfsup(model: RxTModel, conv: ConversationBatch, cfg: Memo
         active = turn.active[None, :, None].expand_as(cos).float()
         total = total - (cos * active).sum()
         count = count + active.sum()
-        stm = _write_rows(stm, rows, turn.active, new.detach())
+        stm = _write_rows(stm, rows, turn.active, old, new.detach())
     return StageOutput(terms={"cosine": Term(total, count)},
                        metrics={"cos_sim": (-float(total.detach()), float(count))})
 
@@ -210,18 +210,17 @@ def memory_aware(model: RxTModel, conv: ConversationBatch, cfg: SMATStage, seed:
             break
         with torch.set_grad_enabled(torch.is_grad_enabled() and not memory_frozen):
             new = _consolidate(model, old, turn, encoder_frozen="encoder" in frozen)
-        stm = _write_rows(stm, rows, turn.active, new)
+        stm = _write_rows(stm, rows, turn.active, old, new)
     return StageOutput(
         terms={"ar": Term(ce, n), "aux": Term(aux / len(conv.turns), _count(1, aux), aux_weight)},
         metrics={"acc": (float(correct), float(n))},
     )
 
 
-def _write_rows(stm: Tensor, rows: Tensor, active: Tensor, new: Tensor) -> Tensor:
-    """``stm`` (L, B, S, D) with rows ``rows`` (K,) replaced by ``new`` (L, K, S, D) where
-    ``active`` (K,); out of place, so autograd sees both the old and the new memory."""
-    kept = torch.where(active[None, :, None, None], new, stm[:, rows])
-    return stm.index_copy(1, rows, kept)
+def _write_rows(stm: Tensor, rows: Tensor, active: Tensor, old: Tensor, new: Tensor) -> Tensor:
+    """``stm`` (L, B, S, D) with its rows ``rows`` (K,) — ``old`` (L, K, S, D) — replaced by
+    ``new`` where ``active`` (K,); out of place, so autograd sees both memories."""
+    return stm.index_copy(1, rows, torch.where(active[None, :, None, None], new, old))
 
 
 def _consolidate(model: RxTModel, stm: Tensor, turn, encoder_frozen: bool) -> Tensor:
