@@ -163,6 +163,29 @@ def conversation_batch(rows: Mapping[str, Sequence], max_turns: int, max_tokens:
     return ConversationBatch([str(k) for k in rows["conversation_id"]], turns)
 
 
+RECALL_PAIR_COLUMNS = ("recall_stated_turn", "recall_updated", "recall_mentioned_turn")
+"""The recall metadata :func:`recall_pairs` reads (see docs/data.md)."""
+
+
+def recall_pairs(rows: Mapping[str, Sequence]) -> dict[str, list]:
+    """Stage 4's warm-up (``recall_pair_steps``): each conversation cut to two turns, the one
+    that states a fact and the first turn that recalls it, so the memory carries one fact over
+    one update. Only a recall whose value was not updated and not repeated in between counts; a
+    conversation without one keeps its first two turns. Reads :data:`RECALL_PAIR_COLUMNS`."""
+    out: dict[str, list] = {"conversation_id": list(rows["conversation_id"]), "query_ids": [], "answer_ids": []}
+    for i, (queries, answers) in enumerate(zip(rows["query_ids"], rows["answer_ids"])):
+        keep = list(range(min(2, len(queries))))
+        stated_turns = rows["recall_stated_turn"][i]
+        for t, stated in enumerate(stated_turns):
+            if (stated >= 0 and not rows["recall_updated"][i][t]
+                    and rows["recall_mentioned_turn"][i][t] == stated):
+                keep = [int(stated), t]
+                break
+        out["query_ids"].append([queries[t] for t in keep])
+        out["answer_ids"].append([answers[t] for t in keep])
+    return out
+
+
 def history_batch(rows: Mapping[str, Sequence], max_turns: int, max_tokens: int,
                   max_interaction_tokens: int) -> TokenBatch:
     """Baseline: each conversation as one sequence of interactions, answers as targets.

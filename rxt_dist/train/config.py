@@ -283,6 +283,11 @@ class SMATStage(StageSection):
     """Step from which the encoder trains."""
     bptt_turns: int = 0
     """Backpropagate through at most this many turns of memory (0: the whole conversation)."""
+    recall_pair_steps: int = 0
+    """Warm-up: for this many first steps each conversation is cut to a turn that states a fact
+    and the turn that first recalls it (see ``rxt_dist.train.batches.recall_pairs``); the memory
+    path learns one fact over one update far sooner than over whole conversations. Needs the
+    ``recall_*`` columns that synthetic data carries (0: whole conversations throughout)."""
     init_model_url: str | None = None
     """Start from this model directory instead of stage memory_attention's export (post-training
     of any model, e.g. a StateX-expanded one; see docs/statex.md)."""
@@ -292,6 +297,9 @@ class SMATStage(StageSection):
         _require(self.init_model_url is None or bool(self.init_model_url),
                  "init_model_url='': give a model directory URL, or leave it unset")
         _require(self.bptt_turns >= 0, f"bptt_turns={self.bptt_turns}: must be ≥ 0")
+        _require(0 <= self.recall_pair_steps < self.steps,
+                 f"recall_pair_steps={self.recall_pair_steps}: must be in [0, steps={self.steps}) so the "
+                 "stage ends on whole conversations")
         _require(self.unfreeze_memory_attention_at >= 0 and self.unfreeze_encoder_at >= 0,
                  "unfreeze_*_at must be ≥ 0")
 

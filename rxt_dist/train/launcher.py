@@ -170,7 +170,21 @@ def _dataset(cfg: TrainConfig, stage: str):
 
     if stage == "joint_lm" and cfg.stages.joint_lm.use_text:
         return ray_text_dataset(cfg.data.url, "train").select_columns(["ids"])
-    return ray_dataset(cfg.data.url, "train", columns=["conversation_id", "query_ids", "answer_ids"])
+    columns = ["conversation_id", "query_ids", "answer_ids"]
+    pair_steps = cfg.stages.smat.recall_pair_steps if stage == "smat" else 0
+    if not pair_steps:
+        return ray_dataset(cfg.data.url, "train", columns=columns)
+    from rxt_dist.data import ShardError
+    from rxt_dist.train.batches import RECALL_PAIR_COLUMNS
+
+    try:
+        return ray_dataset(cfg.data.url, "train", columns=columns + list(RECALL_PAIR_COLUMNS))
+    except ShardError as exc:
+        if not any(c in str(exc) for c in RECALL_PAIR_COLUMNS):
+            raise
+        raise ValueError(f"{cfg.source}: stages.smat.recall_pair_steps={pair_steps} needs the recall "
+                         f"metadata of synthetic data, which {cfg.data.url} lacks ({exc}); "
+                         "set stages.smat.recall_pair_steps=0") from None
 
 
 def build_trainer(cfg: TrainConfig, stage: str):

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from rxt_dist.train.batches import conversation_batch, history_batch, interaction_batch, text_batch
+from rxt_dist.train.batches import conversation_batch, history_batch, interaction_batch, recall_pairs, text_batch
 from rxt_dist.train.config import TrainConfig
 from rxt_dist.train.metrics import MetricWriter, WindowMetrics
 from rxt_dist.train.objectives import StageObjective, StageOutput, combine, local_counts
@@ -214,6 +214,8 @@ class StageLoop:
                                      getattr(self.stage_cfg, "loss_on_query", False))
         if stage == "baseline":
             return history_batch(rows, d.max_turns, self.stage_cfg.max_tokens, d.max_interaction_tokens)
+        if stage == "smat" and self.position.step < self.stage_cfg.recall_pair_steps:
+            rows = recall_pairs(rows)
         return conversation_batch(rows, d.max_turns, d.max_interaction_tokens,
                                   pad_turns=self.cfg.deepspeed.zero_stage == 3 and self.world > 1)
 

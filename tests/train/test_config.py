@@ -37,6 +37,8 @@ def test_every_shipped_config_loads_and_builds_its_models(path):
     ({"stages": {"stage5": {}}}, ["unknown field(s) ['stage5']"]),
     ({"optimizer": {"betas": [0.9, 1.5]}}, ["optimizer.betas"]),
     ({"stages": {"joint_lm": {"mask_prob": 0}}}, ["stages.joint_lm", "mask_prob=0"]),
+    ({"stages": {"smat": {"steps": 100, "recall_pair_steps": 100}}},
+     ["stages.smat", "recall_pair_steps=100", "[0, steps=100)"]),
 ])
 def test_bad_config_names_field_value_and_fix(data, words):
     with pytest.raises(ValueError) as err:
@@ -86,3 +88,22 @@ def test_cli_rejects_unknown_stage_and_bad_batch_without_starting_ray(dataset):
     assert proc.returncode == 2 and "starts from stage joint_lm's model" in proc.stderr
     proc = run_job("--config", cfg, "--stage", "1", "--set", "data.url=/nonexistent/data")
     assert proc.returncode == 2 and "/nonexistent/data" in proc.stderr
+
+
+def test_recall_pair_warmup_on_data_without_recall_metadata_names_the_fix(tmp_path, dataset):
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    from rxt_dist.train.launcher import _dataset
+
+    data = tmp_path / "no-recall"
+    shutil.copytree(dataset, data)
+    for shard in (data / "train").glob("*.parquet"):
+        table = pq.read_table(shard)
+        pq.write_table(table.drop_columns([c for c in table.column_names if c.startswith("recall_")]), shard)
+    cfg = TrainConfig.from_dict({"data": {"url": str(data)}, "stages": {"smat": {"recall_pair_steps": 5}}},
+                                source="c.yaml")
+    with pytest.raises(ValueError, match=r"c.yaml: stages.smat.recall_pair_steps=5 needs the recall metadata.*"
+                                         r"set stages.smat.recall_pair_steps=0"):
+        _dataset(cfg, "smat")

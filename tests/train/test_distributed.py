@@ -103,3 +103,16 @@ def test_worker_failure_resumes_from_the_last_checkpoint(tmp_path, small_data):
     # First attempt logged 1–4 and died at 5; the restart continued from the step-3
     # checkpoint: steps 1–3 are never redone, 4 is redone once, the run ends at 8.
     assert steps == [1, 2, 3, 4, 4, 5, 6, 7, 8]
+
+
+def test_smat_recall_pair_warmup_then_whole_conversations(tmp_path, small_data):
+    cfg = config(tmp_path, small_data, "pairs", stages={"smat": {"steps": 4, "batch_size": 8, "recall_pair_steps": 2}})
+    seed_previous_stage(cfg)
+    result = run_stage(cfg, "smat")
+    assert result.metrics["step"] == 4
+    log = tmp_path / "runs" / "pairs" / "logs" / "smat" / "metrics.jsonl"
+    tokens = [0] + [json.loads(line)["tokens"] for line in log.read_text().splitlines()]
+    per_step = [b - a for a, b in zip(tokens, tokens[1:])]
+    # the same 8 conversations every step: two turns each while warming up, then all their turns
+    assert per_step[0] == per_step[1] and per_step[2] == per_step[3]
+    assert 0 < per_step[1] < per_step[2] / 1.5, per_step

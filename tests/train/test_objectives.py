@@ -9,7 +9,7 @@ import torch
 from rxt_dist.data import iter_conversations, read_manifest
 from rxt_dist.model import RxTModel, StatelessLM, from_name
 from rxt_dist.tokens import A_ID, BOS_ID, EOS_ID, Q_ID
-from rxt_dist.train.batches import conversation_batch, history_batch, interaction_batch, text_batch
+from rxt_dist.train.batches import conversation_batch, history_batch, interaction_batch, recall_pairs, text_batch
 from rxt_dist.train.config import JointLMStage, MemoryAttentionStage, SFTStage, SMATStage, BaselineStage
 from rxt_dist.train.objectives import (
     StageObjective,
@@ -55,6 +55,43 @@ def test_conversation_batch_aligns_turns_and_marks_missing_ones_inactive():
     assert conv.turns[2].active.tolist() == [True, False]
     assert not conv.turns[2].loss_mask[1].any()
     assert conv.turns[1].ids[0, : conv.turns[1].lengths[0]].tolist() == [BOS_ID, Q_ID, 11, A_ID, 21, EOS_ID]
+
+
+def test_recall_pairs_keeps_a_fact_and_its_first_plain_recall():
+    # turn 1 states, turn 2 is filler, turn 3 recalls turn 1; conversation b's only recall is of
+    # an updated fact and c's repeats a value a recall already said: both keep their first turns
+    rows = {"conversation_id": ["a", "b", "c"],
+            "query_ids": [[[10], [11], [12], [13]], [[20], [21], [22]], [[30], [31], [32], [33]]],
+            "answer_ids": [[[40], [41], [42], [43]], [[50], [51], [52]], [[60], [61], [62], [63]]],
+            "recall_stated_turn": [[-1, -1, -1, 1], [-1, -1, 1], [-1, -1, 0, 0]],
+            "recall_updated": [[False] * 4, [False, False, True], [False] * 4],
+            "recall_mentioned_turn": [[-1, -1, -1, 1], [-1, -1, 1], [-1, -1, 2, 2]]}
+    pairs = recall_pairs(rows)
+    assert pairs["conversation_id"] == ["a", "b", "c"]
+    assert pairs["query_ids"] == [[[11], [13]], [[20], [21]], [[30], [31]]]
+    assert pairs["answer_ids"] == [[[41], [43]], [[50], [51]], [[60], [61]]]
+
+
+def test_recall_pairs_on_synthetic_data_ask_for_the_value_just_stated(dataset):
+    convs = list(itertools.islice(iter_conversations(dataset, "train"), 40))
+    rows = {"conversation_id": [c.conversation_id for c in convs],
+            "query_ids": [[t.query_ids for t in c.turns] for c in convs],
+            "answer_ids": [[t.answer_ids for t in c.turns] for c in convs]}
+    for column, attr, none in (("recall_stated_turn", "stated_turn", -1), ("recall_updated", "updated", False),
+                               ("recall_mentioned_turn", "mentioned_turn", -1)):
+        rows[column] = [[getattr(t.recall, attr) if t.recall else none for t in c.turns] for c in convs]
+    pairs = recall_pairs(rows)
+    cut = 0
+    for conv, answers in zip(convs, pairs["answer_ids"]):
+        assert len(answers) == 2
+        recall = next((t for t in conv.turns if t.recall and answers[1] == t.answer_ids), None)
+        if recall is None:
+            assert answers == [conv.turns[0].answer_ids, conv.turns[1].answer_ids]
+            continue
+        cut += 1
+        stated = conv.turns[recall.recall.stated_turn]
+        assert answers[0] == stated.answer_ids and recall.recall.gold in stated.query
+    assert cut >= 30  # most synthetic conversations hold such a pair
 
 
 def test_history_batch_targets_every_answer_and_drops_turns_that_do_not_fit():
