@@ -28,7 +28,7 @@ STATEX_DATA = "runs/statex/data"
 BENCHMARKS = {
     "latency": [PY, "jobs/bench_latency.py", "--preset", "tiny", "--repeats", "2", "--max-repeats", "6"],
     "throughput": [PY, "jobs/bench_train.py", "--config", "configs/cpu-tiny.yaml", "--stage", "smat",
-                   "--settings", "1x0", "2x0", "2x2", "2x3"],
+                   "--settings", "1x0", "2x0", "2x2", "2x3", "--set", "stages.smat.batch_size=32"],
     "quality": [PY, "jobs/evaluate.py", "--data", DATA, "--rxt", f"{MODELS}/smat",
                 "--baseline", f"{MODELS}/baseline", "--threads", "2", "--out", "docs/bench/quality.json"],
     "serving": [PY, "jobs/bench_serving.py", "--start", "--rounds", "3"],

@@ -38,9 +38,10 @@ from rxt_dist.memory.statex import ExpansionConfig, config_summary, expand_stm, 
 log = logging.getLogger("statex")
 
 ARMS = ("control", "reinit", "inherit")
-POST_TRAINING = ["stages.smat.unfreeze_memory_attention_at=0", "stages.smat.unfreeze_encoder_at=0"]
+POST_TRAINING = ["stages.smat.unfreeze_memory_attention_at=0", "stages.smat.unfreeze_encoder_at=0",
+                 "stages.smat.recall_pair_steps=0"]
 """The post-training recipe every arm shares (``--set`` may override it): all components train
-from the first step, as in StateX's brief post-training."""
+from the first step on whole conversations, as in StateX's brief post-training."""
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

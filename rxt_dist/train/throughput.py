@@ -52,6 +52,8 @@ def _setting_config(base: TrainConfig, stage: str, setting: Setting, steps: int,
     cfg.deepspeed.zero_stage = setting.zero_stage
     st = cfg.stage(stage)
     st.steps = steps
+    if stage == "smat":
+        st.recall_pair_steps = 0  # throughput of whole conversations, not of the warm-up's pairs
     cfg.checkpoint.every_steps = steps
     cfg.checkpoint.report_every_steps = steps
     cfg.checkpoint.log_every_steps = window

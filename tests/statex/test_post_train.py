@@ -111,6 +111,21 @@ def test_statex_job_gives_every_arm_the_same_recipe_but_its_start_and_run_name()
     assert {"stages.smat.steps=7", "stages.smat.lr=0.001", "data.max_turns=16", "data.url=d"} <= set(control)
 
 
+def test_statex_post_training_with_the_shipped_tiny_config_is_a_valid_short_smat_run():
+    # cpu-tiny opens stage 4 with a recall-pair warm-up longer than a post-training run; the
+    # StateX recipe trains on whole conversations, so the short run must validate
+    import os
+
+    from jobs.statex import arm_overrides, parse_args
+    from rxt_dist.train import TrainConfig
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    config = os.path.join(root, "configs", "cpu-tiny.yaml")
+    args = parse_args(["--config", config, "--model", "m", "--data", "d", "--factor", "2", "--steps", "150"])
+    cfg = TrainConfig.from_file(config, arm_overrides(args, "control", "m"))
+    assert cfg.stages.smat.steps == 150 and cfg.stages.smat.recall_pair_steps == 0
+
+
 def test_statex_job_refuses_a_model_whose_tokenizer_is_not_the_datas(tmp_path, data, expanded, capsys):
     from jobs.statex import main
 
