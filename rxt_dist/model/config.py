@@ -19,6 +19,7 @@ MEMORY_ATTENTION_VARIANTS = ("simple", "self", "interlayer", "gated_self_interla
 GATE_KINDS = ("static", "elementwise", "linear", "none")
 GATE_ACTIVATIONS = ("sigmoid", "tanh")
 STM_INITS = ("normal", "zeros", "learned")
+MEMORY_WRITES = ("attention", "competitive")
 FFN_KINDS = ("dense", "moe")
 
 
@@ -121,10 +122,17 @@ class GateConfig:
     activation: Literal["sigmoid", "tanh"] = "sigmoid"
     """Squashing of the gate logit."""
     init_bias: float = 0.0
-    """Initial gate logit (0 → G = 0.5 with sigmoid)."""
+    """Initial gate logit (0 → G = 0.5 with sigmoid; negative values start the memory keeping
+    more of what it holds)."""
+    per_slot_bias: bool = False
+    """Add a learned logit per slot (S, 1), initialised to 0, to the gate: each slot can learn
+    its own openness (how quickly it is overwritten). Not with ``kind='none'``."""
 
     def __post_init__(self) -> None:
         _require(self.kind in GATE_KINDS, f"kind={self.kind!r}: must be one of {GATE_KINDS}")
+        _require(not (self.per_slot_bias and self.kind == "none"),
+                 "per_slot_bias=True: the plain residual (kind='none') has no gate to bias; "
+                 "choose a gate kind or set per_slot_bias=false")
         _require(self.activation in GATE_ACTIVATIONS,
                  f"activation={self.activation!r}: must be one of {GATE_ACTIVATIONS}")
 
@@ -147,10 +155,20 @@ class MemoryAttentionConfig:
     """Heads of the memory-attention projections."""
     gate: GateConfig = field(default_factory=GateConfig)
     """Residual gate between the old STM and the update."""
+    slot_ids: bool = False
+    """Add a learned identity vector per slot (S, D) to the state that *queries* the encoded
+    interaction. Slots then differ in what they look for even when their contents are equal;
+    the stored STM itself stays free of positions (only the queries carry the identity)."""
+    write: Literal["attention", "competitive"] = "attention"
+    """``attention``: each slot takes a softmax over the interaction's tokens (the paper's
+    memory attention). ``competitive``: each token's weight is a softmax over the *slots*
+    (Slot-Attention style), then every slot takes the weighted mean of what it won — slots
+    compete for tokens, so equal slots cannot all take the same thing."""
 
     def __post_init__(self) -> None:
         _require(self.variant in MEMORY_ATTENTION_VARIANTS,
                  f"variant={self.variant!r}: must be one of {MEMORY_ATTENTION_VARIANTS}")
+        _require(self.write in MEMORY_WRITES, f"write={self.write!r}: must be one of {MEMORY_WRITES}")
 
 
 @dataclass
@@ -162,12 +180,20 @@ class STMConfig:
     init: Literal["normal", "zeros", "learned"] = "normal"
     """Fresh-conversation STM: small random normal, zeros, or a learned parameter."""
     init_std: float = 0.02
-    """Standard deviation of the ``normal`` initialisation."""
+    """Standard deviation of the ``normal`` initialisation (and of the ``learned`` parameter's
+    initialisation)."""
+    init_noise_std: float = 0.0
+    """With ``learned``: Gaussian noise of this standard deviation added per conversation (seeded
+    like the ``normal`` init), so no two conversations start from exactly the same memory."""
 
     def __post_init__(self) -> None:
         _require(self.num_slots >= 1, f"num_slots={self.num_slots}: the STM needs ≥ 1 slot per layer")
         _require(self.init in STM_INITS, f"init={self.init!r}: must be one of {STM_INITS}")
         _require(self.init_std >= 0, f"init_std={self.init_std}: must be ≥ 0")
+        _require(self.init_noise_std >= 0, f"init_noise_std={self.init_noise_std}: must be ≥ 0")
+        _require(self.init_noise_std == 0 or self.init == "learned",
+                 f"init_noise_std={self.init_noise_std}: only the 'learned' init takes noise on top "
+                 f"(init={self.init!r}); use init_std for 'normal'")
 
 
 def _check_dims(dim: int, num_layers: int, vocab_size: int, attentions: dict[str, AttentionConfig]) -> None:

@@ -3,7 +3,7 @@
 Linear and embedding weights draw from N(0, init_std); projections that write into the
 residual stream (attention outputs, FFN down-projections) are scaled by 1/sqrt(2·L) so the
 stream's variance does not grow with depth. Norms start at 1, biases at 0; gates and the
-learned initial STM take the values their configs name.
+learned initial STM take the values their configs name; slot identities start at unit scale.
 """
 
 from __future__ import annotations
@@ -48,5 +48,8 @@ def _init_memory(model: nn.Module, cfg: RxTConfig) -> None:
             gate.bias.fill_(gate_cfg.init_bias)
         elif gate_cfg.kind == "linear":
             gate.proj.bias.fill_(gate_cfg.init_bias)
+        if hasattr(layer, "slot_id"):
+            # unit scale, like the RMS-normalised state it is added to: distinct from the start
+            nn.init.normal_(layer.slot_id, 0.0, 1.0)
     if cfg.stm.init == "learned":
         nn.init.normal_(model.stm_init.weight, 0.0, cfg.stm.init_std)

@@ -5,6 +5,10 @@ Shape legend: L layers, B batch, S memory slots, T interaction tokens, D model d
 Layer i builds a query state from STM layer i (the variant decides how), lets it attend
 to the encoded data ED layer i (RoPE on the keys only: the interaction is a sequence, the
 memory is a set), and a residual gate mixes the result into STM layer i.
+
+Two things can keep the slots of a layer apart (both off by default, the paper's plain
+memory attention): learned slot identities added to the queries (``slot_ids``), and a
+competitive write in which each token's attention is a softmax over the slots (``write``).
 """
 
 from __future__ import annotations
@@ -19,12 +23,15 @@ from rxt_dist.model.layers import Attention, key_mask
 class ResidualGate(nn.Module):
     """``STM_t = (1 − G) ⊙ STM_{t−1} + G ⊙ Update`` with G from the configured kind.
 
-    The static kind holds one logit per slot, so its parameter is slot-indexed (S, 1).
+    The static kind holds one logit per slot, so its parameter is slot-indexed (S, 1); so is
+    the optional per-slot bias (S, 1) added to any kind's logit.
     """
 
     def __init__(self, cfg: GateConfig, num_slots: int, dim: int) -> None:
         super().__init__()
         self.kind, self.activation = cfg.kind, cfg.activation
+        if cfg.per_slot_bias:
+            self.slot_bias = nn.Parameter(torch.zeros(num_slots, 1))  # (S, 1)
         if cfg.kind == "static":
             self.logit = nn.Parameter(torch.full((num_slots, 1), cfg.init_bias))  # (S, 1)
         elif cfg.kind == "elementwise":
@@ -41,15 +48,36 @@ class ResidualGate(nn.Module):
             logit = self.weight * (old + update) + self.bias  # (B, S, D)
         else:
             logit = self.proj(old + update)  # (B, S, D)
+        if hasattr(self, "slot_bias"):
+            logit = logit + self.slot_bias  # (B, S, D) or (S, 1)
         return torch.sigmoid(logit) if self.activation == "sigmoid" else torch.tanh(logit)
 
-    def forward(self, old: Tensor, update: Tensor) -> Tensor:
+    def forward(self, old: Tensor, update: Tensor) -> tuple[Tensor, Tensor | None]:
+        """The new state (B, S, D) and the gate's mean openness per row (B,) (None for the
+        plain residual, which has no gate)."""
         if self.kind == "none":
-            return old + update
+            return old + update, None
         g = self.gate(old, update)
+        openness = g.expand_as(old).mean(dim=(1, 2))  # (B,)
         if self.activation == "tanh":
-            return (1 - g) * old + (1 + g) * update
-        return (1 - g) * old + g * update
+            return (1 - g) * old + (1 + g) * update, openness
+        return (1 - g) * old + g * update, openness
+
+
+def competitive_attend(attn: Attention, q: Tensor, k: Tensor, v: Tensor, key_valid: Tensor) -> Tensor:
+    """Slot-Attention-style write: each token's weights are a softmax over the slots (the
+    slots compete for it), then each slot takes the mean of the values weighted by what it
+    won. q (B, N, S, H), k/v (B, Nkv, T, H), ``key_valid`` (B, 1, 1, T) → (B, S, D)."""
+    if attn.n_q != attn.n_kv:
+        k = k.repeat_interleave(attn.n_q // attn.n_kv, dim=1)  # (B, N, T, H)
+        v = v.repeat_interleave(attn.n_q // attn.n_kv, dim=1)
+    logits = q @ k.transpose(-1, -2) * attn.head_dim ** -0.5  # (B, N, S, T)
+    share = logits.float().softmax(dim=-2).to(q.dtype) + 1e-8  # (B, N, S, T), softmax over slots
+    share = share * key_valid  # padding tokens are nobody's
+    weights = share / share.sum(dim=-1, keepdim=True)  # (B, N, S, T), a mean over tokens
+    out = weights @ v  # (B, N, S, H)
+    B, _, S, _ = out.shape
+    return attn.o_proj(out.transpose(1, 2).reshape(B, S, attn.n_q * attn.head_dim))  # (B, S, D)
 
 
 class MemoryAttentionLayer(nn.Module):
@@ -70,6 +98,9 @@ class MemoryAttentionLayer(nn.Module):
         self.ed_norm = nn.RMSNorm(dim, eps=eps)
         self.attn = Attention(dim, ma.attention, rope_q=False, rope_k=True)
         self.gate = ResidualGate(ma.gate, cfg.stm.num_slots, dim)
+        self.competitive = ma.write == "competitive"
+        if ma.slot_ids:
+            self.slot_id = nn.Parameter(torch.zeros(cfg.stm.num_slots, dim))  # (S, D)
 
     def _self_step(self, state: Tensor) -> Tensor:
         normed = self.pre_norm(state)  # (B, S, D)
@@ -92,13 +123,19 @@ class MemoryAttentionLayer(nn.Module):
 
     def forward(
         self, stm_layer: Tensor, stm_mean: Tensor, ed_layer: Tensor, ed_positions: Tensor, ed_mask: Tensor
-    ) -> Tensor:
+    ) -> tuple[Tensor, Tensor | None]:
         """STM layer (B, S, D), all-layer mean (B, S, D), ED layer (B, T, D) at
-        ``ed_positions`` (B, T) with ``ed_mask`` (B, 1, 1, T) → new STM layer (B, S, D)."""
-        state = self.query_state(stm_layer, stm_mean)
-        q = self.attn.project_q(self.stm_norm(state), None)  # (B, N, S, H)
+        ``ed_positions`` (B, T) with ``ed_mask`` (B, 1, 1, T) → new STM layer (B, S, D) and
+        the gate's mean openness per row (B,) (None without a gate)."""
+        queries = self.stm_norm(self.query_state(stm_layer, stm_mean))  # (B, S, D)
+        if hasattr(self, "slot_id"):
+            queries = queries + self.slot_id  # identity on the queries only, not in the STM
+        q = self.attn.project_q(queries, None)  # (B, N, S, H)
         k, v = self.attn.project_kv(self.ed_norm(ed_layer), ed_positions)  # (B, Nkv, T, H)
-        update = self.attn.attend(q, k, v, ed_mask)  # (B, S, D)
+        if self.competitive:
+            update = competitive_attend(self.attn, q, k, v, ed_mask)  # (B, S, D)
+        else:
+            update = self.attn.attend(q, k, v, ed_mask)  # (B, S, D)
         return self.gate(stm_layer, update)
 
 
@@ -111,10 +148,15 @@ class MemoryAttention(nn.Module):
 
     def forward(self, stm: Tensor, ed: Tensor, ed_lengths: Tensor) -> Tensor:
         """STM (L, B, S, D), ED (L, B, T, D), real ED lengths (B,) → STM (L, B, S, D)."""
+        return self.update_with_gates(stm, ed, ed_lengths)[0]
+
+    def update_with_gates(self, stm: Tensor, ed: Tensor, ed_lengths: Tensor) -> tuple[Tensor, Tensor | None]:
+        """:meth:`forward` plus the mean gate openness (L, B) of the update (None when the
+        gate kind is ``none``) — for memory-health metrics."""
         _, B, T, _ = ed.shape
         positions = torch.arange(T, device=ed.device).expand(B, T)  # (B, T)
         mask = key_mask(ed_lengths, T)  # (B, 1, 1, T)
         stm_mean = stm.mean(dim=0)  # (B, S, D)
-        return torch.stack([
-            layer(stm[i], stm_mean, ed[i], positions, mask) for i, layer in enumerate(self.layers)
-        ])
+        outs = [layer(stm[i], stm_mean, ed[i], positions, mask) for i, layer in enumerate(self.layers)]
+        gates = [g for _, g in outs]
+        return torch.stack([s for s, _ in outs]), (None if gates[0] is None else torch.stack(gates))

@@ -79,7 +79,11 @@ class RxTModel(nn.Module):
         L, S, D = self.cfg.stm_shape
         ref = self.embed.weight
         if self.cfg.stm.init == "learned":
-            return self.stm_init(batch)
+            stm = self.stm_init(batch)  # (L, B, S, D)
+            if self.cfg.stm.init_noise_std > 0:
+                noise = torch.randn(L, batch, S, D, generator=generator, dtype=torch.float32)
+                stm = stm + (noise * self.cfg.stm.init_noise_std).to(device=ref.device, dtype=ref.dtype)
+            return stm
         if self.cfg.stm.init == "zeros":
             return ref.new_zeros(L, batch, S, D)
         noise = torch.randn(L, batch, S, D, generator=generator, dtype=torch.float32)
@@ -100,6 +104,10 @@ class RxTModel(nn.Module):
     def update_memory(self, stm: Tensor, ed: Tensor, lengths: Tensor) -> Tensor:
         """STM_{t−1} (L, B, S, D) and ED (L, B, T, D) of ``lengths`` (B,) → STM_t (L, B, S, D)."""
         return self.memory_attention(stm, ed, lengths)
+
+    def update_memory_with_gates(self, stm: Tensor, ed: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor | None]:
+        """:meth:`update_memory` plus the gate's mean openness (L, B) (None without a gate)."""
+        return self.memory_attention.update_with_gates(stm, ed, lengths)
 
     def consolidate(self, stm: Tensor, ids: Tensor, lengths: Tensor) -> Tensor:
         """Encode interactions (B, T) and merge them into ``stm`` (L, B, S, D)."""

@@ -1,0 +1,148 @@
+"""The memory write options that keep slots apart: slot identities on the queries, the
+competitive write, per-slot gate biases, a learned initial STM with noise, gate openness."""
+
+import pytest
+import torch
+
+from rxt_dist.memory import ExpansionConfig, expand_model
+from rxt_dist.memory.health import effective_rank, slot_cosine
+from rxt_dist.model import GateConfig, MemoryAttentionConfig, STMConfig
+from rxt_dist.model.memory_attention import competitive_attend
+from tests.model.conftest import debug_rxt
+
+# Different kernels/reduction orders (a padded row vs the row alone) agree to fp32 rounding,
+# far below the size of any real difference between slots (≫ 1e-2 here).
+CLOSE = dict(rtol=1e-4, atol=1e-5)
+
+
+def tokens(batch: int, length: int, seed: int = 0) -> torch.Tensor:
+    return torch.randint(7, 512, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+def equal_slots() -> torch.Tensor:
+    one = torch.randn(2, 1, 1, 32, generator=torch.Generator().manual_seed(3))
+    return one.expand(2, 1, 8, 32).clone()  # (L, B, S, D): every slot the same vector
+
+
+def consolidate(model, stm, length=11, seed=1):
+    return model.consolidate(stm, tokens(1, length, seed), torch.tensor([length]))
+
+
+def test_equal_slots_stay_equal_in_the_plain_memory_attention():
+    """The collapse the issue describes: nothing in the paper's write path tells equal slots apart."""
+    model = debug_rxt()
+    new = consolidate(model, equal_slots())
+    assert slot_cosine(new).min() > 1 - 1e-5
+    assert effective_rank(new).max() < 1.01
+
+
+@pytest.mark.parametrize("ma", [MemoryAttentionConfig(slot_ids=True),
+                                MemoryAttentionConfig(slot_ids=True, write="competitive")])
+def test_slot_identities_make_equal_slots_take_different_updates(ma):
+    model = debug_rxt(memory_attention=ma)
+    new = consolidate(model, equal_slots())
+    assert slot_cosine(new).max() < 0.95
+    assert effective_rank(new).min() > 2
+
+
+def test_slot_identities_change_the_queries_only():
+    """The stored STM carries no identity: with the gate shut the STM comes back unchanged."""
+    model = debug_rxt(memory_attention=MemoryAttentionConfig(slot_ids=True, gate=GateConfig(kind="static")))
+    with torch.no_grad():
+        for layer in model.memory_attention.layers:
+            layer.gate.logit.fill_(-1e4)
+    stm = model.initial_stm(1, torch.Generator().manual_seed(0))
+    assert torch.equal(consolidate(model, stm), stm)
+
+
+def test_competitive_write_gives_each_slot_the_tokens_it_wins():
+    model = debug_rxt(memory_attention=MemoryAttentionConfig(write="competitive"))
+    attn = model.memory_attention.layers[0].attn
+    H = attn.head_dim
+    k = torch.zeros(1, attn.n_kv, 2, H)
+    k[..., 0, 0], k[..., 1, 1] = 1.0, 1.0  # token 0 and token 1 point different ways
+    v = torch.randn(1, attn.n_kv, 2, H, generator=torch.Generator().manual_seed(0))
+    valid = torch.ones(1, 1, 1, 2, dtype=torch.bool)
+    q = torch.zeros(1, attn.n_q, 2, H)
+    q[..., 0, 0], q[..., 1, 1] = 50.0, 50.0  # slot 0 wants token 0, slot 1 wants token 1
+    out = competitive_attend(attn, q, k, v, valid)
+    expected = attn.o_proj(v.transpose(1, 2).reshape(1, 2, -1))  # slot i takes token i's value
+    torch.testing.assert_close(out, expected, **CLOSE)
+    # Both slots prefer token 0, slot 0 far more: it wins token 0, and slot 1 — which plain
+    # attention would also point at token 0 — is left with token 1.
+    q = torch.zeros(1, attn.n_q, 2, H)
+    q[..., 0, 0], q[..., 1, 0] = 200.0, 60.0
+    out = competitive_attend(attn, q, k, v, valid)
+    torch.testing.assert_close(out[:, 1], expected[:, 1], **CLOSE)
+    plain = attn.attend(q, k, v, valid)
+    torch.testing.assert_close(plain[:, 1], expected[:, 0], **CLOSE)
+    same = competitive_attend(attn, torch.zeros_like(q), k, v, valid)  # equal slots split every token
+    mean = attn.o_proj(v.mean(dim=2, keepdim=True).transpose(1, 2).reshape(1, 1, -1)).expand(1, 2, -1)
+    torch.testing.assert_close(same, mean, **CLOSE)
+
+
+@pytest.mark.parametrize("write", ["attention", "competitive"])
+def test_padding_tokens_write_nothing(write):
+    model = debug_rxt(memory_attention=MemoryAttentionConfig(slot_ids=True, write=write))
+    stm = model.initial_stm(2, torch.Generator().manual_seed(0))
+    ids = tokens(2, 11)
+    padded = model.consolidate(stm, ids, torch.tensor([11, 6]))
+    alone = model.consolidate(stm[:, 1:], ids[1:, :6], torch.tensor([6]))
+    torch.testing.assert_close(padded[:, 1:], alone, **CLOSE)
+
+
+def test_per_slot_gate_bias_lets_one_slot_keep_its_content():
+    model = debug_rxt(memory_attention=MemoryAttentionConfig(gate=GateConfig(per_slot_bias=True)))
+    with torch.no_grad():
+        for layer in model.memory_attention.layers:
+            assert layer.gate.slot_bias.shape == (8, 1)
+            layer.gate.slot_bias[0] = -1e4
+    stm = model.initial_stm(1, torch.Generator().manual_seed(0))
+    new = consolidate(model, stm)
+    assert torch.equal(new[:, :, 0], stm[:, :, 0])
+    assert (new[:, :, 1:] - stm[:, :, 1:]).abs().max() > 1e-3
+
+
+def test_gate_openness_is_reported_per_layer_and_conversation():
+    model = debug_rxt(memory_attention=MemoryAttentionConfig(gate=GateConfig(kind="static", init_bias=-2.0)))
+    stm = model.initial_stm(3, torch.Generator().manual_seed(0))
+    ids = tokens(3, 9)
+    ed, _ = model.encode(ids, torch.full((3,), 9))
+    new, gates = model.update_memory_with_gates(stm, ed, torch.full((3,), 9))
+    torch.testing.assert_close(new, model.update_memory(stm, ed, torch.full((3,), 9)), rtol=0, atol=0)
+    assert gates.shape == (2, 3)
+    torch.testing.assert_close(gates, torch.full((2, 3), torch.sigmoid(torch.tensor(-2.0)).item()))
+    plain = debug_rxt(memory_attention=MemoryAttentionConfig(gate=GateConfig(kind="none")))
+    assert plain.update_memory_with_gates(stm, ed, torch.full((3,), 9))[1] is None
+
+
+def test_learned_initial_stm_with_noise_is_seeded_per_conversation():
+    model = debug_rxt(stm=STMConfig(num_slots=8, init="learned", init_noise_std=0.1))
+    a = model.initial_stm(2, torch.Generator().manual_seed(0))
+    b = model.initial_stm(2, torch.Generator().manual_seed(0))
+    c = model.initial_stm(2, torch.Generator().manual_seed(1))
+    assert torch.equal(a, b)
+    assert (a - c).abs().max() > 0.05
+    noise = a - model.stm_init.weight[:, None]
+    assert 0.05 < noise.std() < 0.2
+    assert (a[:, 0] - a[:, 1]).abs().max() > 0.05  # two conversations do not share their start
+
+
+@pytest.mark.parametrize("bad, message", [
+    (lambda: GateConfig(kind="none", per_slot_bias=True), "per_slot_bias=True"),
+    (lambda: STMConfig(init="normal", init_noise_std=0.1), "init_noise_std=0.1"),
+    (lambda: MemoryAttentionConfig(write="softmax"), "write='softmax'"),
+])
+def test_bad_memory_write_settings_name_the_field(bad, message):
+    with pytest.raises(ValueError, match=message):
+        bad()
+
+
+def test_statex_grows_the_slot_identities_and_gate_biases():
+    model = debug_rxt(memory_attention=MemoryAttentionConfig(
+        slot_ids=True, gate=GateConfig(per_slot_bias=True)))
+    grown = expand_model(model, ExpansionConfig(slots=12, mode="inherit")).model
+    for old, new in zip(model.memory_attention.layers, grown.memory_attention.layers):
+        assert new.slot_id.shape == (12, 32) and new.gate.slot_bias.shape == (12, 1)
+        assert torch.equal(new.slot_id[:8], old.slot_id)
+        assert not torch.equal(new.slot_id[8:], old.slot_id[:4])  # copies get noise, or they never diverge
