@@ -1,28 +1,46 @@
-"""Training configuration: one dataclass per component, loaded from YAML and validated.
+"""Training configuration: one pydantic model per component, loaded from YAML and validated.
 
 A training YAML file has the sections ``run``, ``data``, ``model``, ``baseline``,
 ``scaling``, ``deepspeed``, ``optimizer``, ``checkpoint``, ``failure`` and ``stages``
-(one entry per curriculum stage). Every error names the file, the section and field, the
-value and what to change.
+(one entry per curriculum stage). Unknown fields are refused and types are strict (a string
+is no integer). Every error is one line naming the file, the section and field, the value and
+what to change, e.g. ``my.yaml: stages.smat.steps='abc': must be an integer``.
+
+A new field is one line plus its docstring: ``name: type = default`` or, with a range,
+``name: int = Field(0, ge=0)`` (the message "must be ≥ 0" comes from the bounds). A check
+across fields is a ``model_validator`` of its section that raises ``ValueError("field=value:
+fix")``; the section's path is put in front.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import difflib
 import os
 import types
 import typing
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
 
 STAGES = ("joint_lm", "sft", "memory_attention", "smat", "baseline")
 """Curriculum stages in order (the stateless baseline is trained last)."""
 STAGE_ALIASES = {"1": "joint_lm", "2": "sft", "3": "memory_attention", "4": "smat"}
 RXT_STAGES = STAGES[:4]
-PRECISIONS = ("fp32", "bf16", "fp16")
-SCHEDULES = ("cosine", "linear", "constant")
+Precision = Literal["fp32", "bf16", "fp16"]
+Schedule = Literal["cosine", "linear", "constant"]
+PRECISIONS = typing.get_args(Precision)
+SCHEDULES = typing.get_args(Schedule)
 
 
 def _require(ok: bool, message: str) -> None:
@@ -37,8 +55,30 @@ def stage_name(stage: str | int) -> str:
     return name
 
 
-@dataclass
-class RunSection:
+class _Section(BaseModel):
+    """What every section shares: unknown fields refused, strict types, YAML's quirks undone."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, use_attribute_docstrings=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _from_yaml(cls, value: Any, info: ValidationInfo) -> Any:
+        """YAML 1.1 reads ``1e-3`` (no dot) as a string, a JSON round trip turns tuples into
+        lists, and a section holding only comments is null."""
+        kinds = _kinds(cls.model_fields[info.field_name].annotation)
+        if value is None and any(_is_section(k) for k in kinds):
+            return {}
+        if isinstance(value, str) and float in kinds:
+            try:
+                return float(value)
+            except ValueError:
+                return value  # reported as "must be a number"
+        if isinstance(value, list) and any(typing.get_origin(k) is tuple for k in kinds):
+            return tuple(value)
+        return value
+
+
+class RunSection(_Section):
     """Where a run keeps its checkpoints, exported models and logs."""
 
     name: str = "rxt"
@@ -51,133 +91,103 @@ class RunSection:
     seed: int = 0
     """Seed of initialisation, masking, noise and data order."""
 
-    def __post_init__(self) -> None:
-        _require(bool(self.name) and "/" not in self.name,
-                 f"run.name={self.name!r}: must be a non-empty name without '/'")
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, name: str) -> str:
+        _require(bool(name) and "/" not in name, "must be a non-empty name without '/'")
+        return name
 
 
-@dataclass
-class DataSection:
+class DataSection(_Section):
     """The dialogue shards written by ``jobs/prepare_data.py``."""
 
     url: str = "runs/data"
     """Dataset folder URL (holds manifest.json, tokenizer.json and the split folders)."""
-    max_turns: int = 16
+    max_turns: int = Field(16, ge=1)
     """Conversations longer than this are cut to their first ``max_turns`` turns."""
-    max_interaction_tokens: int = 128
+    max_interaction_tokens: int = Field(128, ge=8)
     """Interactions longer than this are cut (query kept, answer shortened)."""
-    max_text_tokens: int = 256
+    max_text_tokens: int = Field(256, ge=8)
     """Stage-1 text rows are cut to this many tokens."""
-    shuffle_buffer: int = 256
+    shuffle_buffer: int = Field(256, ge=0)
     """Rows in each worker's local shuffle buffer (0: no shuffling)."""
 
-    def __post_init__(self) -> None:
-        _require(self.max_turns >= 1, f"data.max_turns={self.max_turns}: must be ≥ 1")
-        _require(self.max_interaction_tokens >= 8,
-                 f"data.max_interaction_tokens={self.max_interaction_tokens}: must be ≥ 8")
-        _require(self.max_text_tokens >= 8, f"data.max_text_tokens={self.max_text_tokens}: must be ≥ 8")
-        _require(self.shuffle_buffer >= 0, f"data.shuffle_buffer={self.shuffle_buffer}: must be ≥ 0")
 
-
-@dataclass
-class ModelSection:
+class ModelSection(_Section):
     """A model preset plus overrides; the vocabulary size comes from the data manifest."""
 
     preset: str = "tiny"
     """Name from ``python -m rxt_dist.model --summary all``."""
-    overrides: dict[str, Any] = field(default_factory=dict)
+    overrides: dict[str, Any] = {}
     """Nested config fields to change, e.g. ``{stm: {num_slots: 64}}``."""
 
 
-@dataclass
-class ScalingSection:
+class ScalingSection(_Section):
     """How many Ray Train workers and what each holds."""
 
-    num_workers: int = 2
+    num_workers: int = Field(2, ge=1)
     """Data-parallel workers."""
-    cpus_per_worker: float = 0.5
+    cpus_per_worker: float = Field(0.5, gt=0)
     """CPUs reserved per worker. Leave CPU free for Ray Data's read tasks: on a 2-CPU
     machine, 2 workers × 1 CPU starve them and the run hangs."""
     use_gpu: bool = False
     """One GPU per worker; the backend becomes NCCL."""
-    torch_threads: int = 1
+    torch_threads: int = Field(1, ge=1)
     """Intra-op threads per worker on CPU."""
 
-    def __post_init__(self) -> None:
-        _require(self.num_workers >= 1, f"scaling.num_workers={self.num_workers}: must be ≥ 1")
-        _require(self.cpus_per_worker > 0, f"scaling.cpus_per_worker={self.cpus_per_worker}: must be > 0")
-        _require(self.torch_threads >= 1, f"scaling.torch_threads={self.torch_threads}: must be ≥ 1")
 
-
-@dataclass
-class DeepSpeedSection:
+class DeepSpeedSection(_Section):
     """DeepSpeed engine settings."""
 
-    zero_stage: int = 2
+    zero_stage: int = Field(2, ge=0, le=3)
     """ZeRO stage 0 (plain data parallel), 1, 2 or 3."""
-    precision: str = "fp32"
+    precision: Precision = "fp32"
     """fp32, bf16 or fp16 (fp16 needs a GPU)."""
-    gradient_clipping: float = 1.0
+    gradient_clipping: float = Field(1.0, ge=0)
     """Global gradient-norm clip (0 disables)."""
     offload_optimizer: bool = False
     """ZeRO-Offload of optimizer state to CPU memory (GPU runs, stage ≥ 1)."""
 
-    def __post_init__(self) -> None:
-        _require(self.zero_stage in (0, 1, 2, 3),
-                 f"deepspeed.zero_stage={self.zero_stage}: must be 0, 1, 2 or 3")
-        _require(self.precision in PRECISIONS,
-                 f"deepspeed.precision={self.precision!r}: must be one of {PRECISIONS}")
-        _require(self.gradient_clipping >= 0,
-                 f"deepspeed.gradient_clipping={self.gradient_clipping}: must be ≥ 0")
 
-
-@dataclass
-class OptimizerSection:
+class OptimizerSection(_Section):
     """AdamW and its learning-rate schedule (per-stage ``lr`` overrides ``lr``)."""
 
-    lr: float = 1e-3
-    weight_decay: float = 0.01
+    lr: float = Field(1e-3, gt=0)
+    """Peak learning rate of every stage that sets none."""
+    weight_decay: float = Field(0.01, ge=0)
+    """AdamW's decoupled weight decay."""
     betas: tuple[float, float] = (0.9, 0.95)
-    warmup_steps: int = 20
+    """AdamW's moment decay rates."""
+    warmup_steps: int = Field(20, ge=0)
     """Linear warm-up steps at the start of every stage."""
-    schedule: str = "cosine"
+    schedule: Schedule = "cosine"
     """Decay after warm-up: cosine, linear or constant."""
-    min_lr_ratio: float = 0.1
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)
     """Final learning rate as a fraction of the peak."""
 
-    def __post_init__(self) -> None:
-        self.betas = tuple(self.betas)
-        _require(self.lr > 0, f"optimizer.lr={self.lr}: must be > 0")
-        _require(self.weight_decay >= 0, f"optimizer.weight_decay={self.weight_decay}: must be ≥ 0")
-        _require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
-                 f"optimizer.betas={list(self.betas)}: must be two numbers in [0, 1)")
-        _require(self.warmup_steps >= 0, f"optimizer.warmup_steps={self.warmup_steps}: must be ≥ 0")
-        _require(self.schedule in SCHEDULES,
-                 f"optimizer.schedule={self.schedule!r}: must be one of {SCHEDULES}")
-        _require(0 <= self.min_lr_ratio <= 1, f"optimizer.min_lr_ratio={self.min_lr_ratio}: must be in [0, 1]")
+    @field_validator("betas", mode="before")
+    @classmethod
+    def _two_betas(cls, betas: Any) -> Any:
+        _require(isinstance(betas, (list, tuple)) and len(betas) == 2
+                 and all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas),
+                 "must be two numbers in [0, 1)")
+        return betas
 
 
-@dataclass
-class CheckpointSection:
+class CheckpointSection(_Section):
     """When checkpoints are written and how many are kept."""
 
-    every_steps: int = 100
+    every_steps: int = Field(100, ge=1)
     """Checkpoint (and report to Ray Train) every this many optimizer steps."""
-    keep: int = 2
+    keep: int = Field(2, ge=1)
     """Most recent checkpoints kept per stage."""
-    report_every_steps: int = 20
+    report_every_steps: int = Field(20, ge=1)
     """Metrics go to Ray Train every this many steps (each report is a barrier)."""
-    log_every_steps: int = 10
+    log_every_steps: int = Field(10, ge=1)
     """Progress line, TensorBoard and metrics.jsonl every this many steps."""
 
-    def __post_init__(self) -> None:
-        for name in ("every_steps", "keep", "report_every_steps", "log_every_steps"):
-            value = getattr(self, name)
-            _require(value >= 1, f"checkpoint.{name}={value}: must be ≥ 1")
 
-
-@dataclass
-class FailureSection:
+class FailureSection(_Section):
     """Worker-failure tolerance."""
 
     max_failures: int = 2
@@ -187,103 +197,87 @@ class FailureSection:
     checkpoint, to exercise recovery."""
 
 
-@dataclass
-class StageSection:
+class StageSection(_Section):
     """Settings shared by every stage."""
 
-    steps: int = 100
+    steps: int = Field(100, ge=1)
     """Optimizer steps."""
-    batch_size: int = 32
+    batch_size: int = Field(32, ge=1)
     """Global batch per optimizer step, in rows (conversations, or text rows in stage 1)."""
-    grad_accum: int = 1
+    grad_accum: int = Field(1, ge=1)
     """Micro-batches per optimizer step on each worker."""
-    lr: float | None = None
+    lr: float | None = Field(None, gt=0)
     """Peak learning rate (None: optimizer.lr)."""
-    warmup_steps: int | None = None
+    warmup_steps: int | None = Field(None, ge=0)
     """Warm-up steps (None: optimizer.warmup_steps)."""
 
-    def __post_init__(self) -> None:
-        _require(self.steps >= 1, f"steps={self.steps}: must be ≥ 1")
-        _require(self.batch_size >= 1, f"batch_size={self.batch_size}: must be ≥ 1")
-        _require(self.grad_accum >= 1, f"grad_accum={self.grad_accum}: must be ≥ 1")
-        _require(self.lr is None or self.lr > 0, f"lr={self.lr}: must be > 0")
 
-
-@dataclass
 class JointLMStage(StageSection):
     """Stage 1: encoder MLM + decoder AR reading the encoder's detached states as memory."""
 
-    alpha: float = 1.0
+    alpha: float = Field(1.0, ge=0)
     """Weight of the decoder's autoregressive loss."""
-    beta: float = 1.0
+    beta: float = Field(1.0, ge=0)
     """Weight of the encoder's masked-LM loss."""
-    mask_prob: float = 0.15
+    mask_prob: float = Field(0.15, gt=0, lt=1)
     """Share of tokens the encoder sees masked."""
-    noise_std: float = 0.1
+    noise_std: float = Field(0.1, ge=0)
     """Gaussian noise added to the encoder states the decoder reads (relative to their RMS)."""
-    slot_dropout: float = 0.1
+    slot_dropout: float = Field(0.1, ge=0, lt=1)
     """Share of encoder states hidden from the decoder."""
     use_text: bool = True
     """Read the plain-text view (stage 1) instead of single interactions."""
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _require(0 < self.mask_prob < 1, f"mask_prob={self.mask_prob}: must be in (0, 1)")
-        _require(0 <= self.slot_dropout < 1, f"slot_dropout={self.slot_dropout}: must be in [0, 1)")
-        _require(self.noise_std >= 0, f"noise_std={self.noise_std}: must be ≥ 0")
-        _require(self.alpha >= 0 and self.beta >= 0 and self.alpha + self.beta > 0,
-                 f"alpha={self.alpha}, beta={self.beta}: must be ≥ 0 and not both 0")
+    @model_validator(mode="after")
+    def _some_loss_counts(self) -> JointLMStage:
+        _require(self.alpha + self.beta > 0,
+                 f"beta={self.beta}: must be > 0 when alpha={self.alpha} (one of the two losses must count)")
+        return self
 
 
-@dataclass
 class SFTStage(JointLMStage):
     """Stage 2: the joint objective on single ``[Q]…[A]…`` interactions."""
 
     use_text: bool = False
+    """Stage 2 reads single interactions."""
     loss_on_query: bool = False
     """Also train the decoder on the query tokens (by default only answers count)."""
 
 
-@dataclass
 class MemoryAttentionStage(StageSection):
     """Stage 3: self-supervised memory attention against a weighted-mean pseudo-target."""
 
-    first_weight: float = 0.9
+    first_weight: float = Field(0.9, ge=0, le=1)
     """Weight of the new interaction in the first step's target."""
-    later_weight_start: float = 0.5
+    later_weight_start: float = Field(0.5, ge=0, le=1)
     """Weight of the new interaction at the second step; it falls by ``weight_decay_per_turn``."""
-    later_weight_end: float = 0.05
+    later_weight_end: float = Field(0.05, ge=0, le=1)
     """Floor of the new-interaction weight."""
-    weight_decay_per_turn: float = 0.05
+    weight_decay_per_turn: float = Field(0.05, ge=0)
     """How much the new-interaction weight falls per turn after the second."""
-    jitter: float = 0.05
+    jitter: float = Field(0.05, ge=0)
     """Uniform random jitter added to the weight."""
-    noise_std: float = 0.05
+    noise_std: float = Field(0.05, ge=0)
     """Gaussian noise on the previous STM and on the target (relative to their RMS)."""
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        for name in ("first_weight", "later_weight_start", "later_weight_end"):
-            value = getattr(self, name)
-            _require(0 <= value <= 1, f"{name}={value}: must be in [0, 1]")
+    @model_validator(mode="after")
+    def _weights_fall(self) -> MemoryAttentionStage:
         _require(self.later_weight_end <= self.later_weight_start,
                  f"later_weight_end={self.later_weight_end}: must be ≤ later_weight_start="
                  f"{self.later_weight_start}")
-        _require(self.jitter >= 0 and self.noise_std >= 0 and self.weight_decay_per_turn >= 0,
-                 "jitter, noise_std and weight_decay_per_turn must be ≥ 0")
+        return self
 
 
-@dataclass
 class SMATStage(StageSection):
     """Stage 4: supervised memory-aware training over whole conversations."""
 
-    unfreeze_memory_attention_at: int = 0
+    unfreeze_memory_attention_at: int = Field(0, ge=0)
     """Step from which memory attention trains (the decoder trains from step 0)."""
-    unfreeze_encoder_at: int = 0
+    unfreeze_encoder_at: int = Field(0, ge=0)
     """Step from which the encoder trains."""
-    bptt_turns: int = 0
+    bptt_turns: int = Field(0, ge=0)
     """Backpropagate through at most this many turns of memory (0: the whole conversation)."""
-    recall_pair_steps: int = 0
+    recall_pair_steps: int = Field(0, ge=0)
     """Warm-up: for this many first steps each conversation is cut to a turn that states a fact
     and the turn that first recalls it (see ``rxt_dist.train.batches.recall_pairs``); the memory
     path learns one fact over one update far sooner than over whole conversations. Needs the
@@ -292,66 +286,64 @@ class SMATStage(StageSection):
     """Start from this model directory instead of stage memory_attention's export (post-training
     of any model, e.g. a StateX-expanded one; see docs/statex.md)."""
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _require(self.init_model_url is None or bool(self.init_model_url),
-                 "init_model_url='': give a model directory URL, or leave it unset")
-        _require(self.bptt_turns >= 0, f"bptt_turns={self.bptt_turns}: must be ≥ 0")
-        _require(0 <= self.recall_pair_steps < self.steps,
+    @field_validator("init_model_url")
+    @classmethod
+    def _url_given(cls, url: str | None) -> str | None:
+        _require(url != "", "give a model directory URL, or leave it unset")
+        return url
+
+    @model_validator(mode="after")
+    def _ends_on_conversations(self) -> SMATStage:
+        _require(self.recall_pair_steps < self.steps,
                  f"recall_pair_steps={self.recall_pair_steps}: must be in [0, steps={self.steps}) so the "
                  "stage ends on whole conversations")
-        _require(self.unfreeze_memory_attention_at >= 0 and self.unfreeze_encoder_at >= 0,
-                 "unfreeze_*_at must be ≥ 0")
+        return self
 
 
-@dataclass
 class BaselineStage(StageSection):
     """The stateless baseline: whole conversations as one causal sequence, loss on answers."""
 
-    max_tokens: int = 1024
+    max_tokens: int = Field(1024, ge=1)
     """Conversations longer than this many tokens are cut to their first turns that fit."""
 
 
-_STAGE_CLASSES = {
-    "joint_lm": JointLMStage,
-    "sft": SFTStage,
-    "memory_attention": MemoryAttentionStage,
-    "smat": SMATStage,
-    "baseline": BaselineStage,
-}
+class StagesSection(_Section):
+    """One entry per curriculum stage (see ``STAGES``)."""
+
+    joint_lm: JointLMStage = Field(default_factory=JointLMStage)
+    sft: SFTStage = Field(default_factory=SFTStage)
+    memory_attention: MemoryAttentionStage = Field(default_factory=MemoryAttentionStage)
+    smat: SMATStage = Field(default_factory=SMATStage)
+    baseline: BaselineStage = Field(default_factory=BaselineStage)
 
 
-@dataclass
-class StagesSection:
-    joint_lm: JointLMStage = field(default_factory=JointLMStage)
-    sft: SFTStage = field(default_factory=SFTStage)
-    memory_attention: MemoryAttentionStage = field(default_factory=MemoryAttentionStage)
-    smat: SMATStage = field(default_factory=SMATStage)
-    baseline: BaselineStage = field(default_factory=BaselineStage)
-
-
-@dataclass
-class TrainConfig:
+class TrainConfig(_Section):
     """A whole training configuration (one YAML file)."""
 
-    run: RunSection = field(default_factory=RunSection)
-    data: DataSection = field(default_factory=DataSection)
-    model: ModelSection = field(default_factory=ModelSection)
-    baseline: ModelSection = field(default_factory=lambda: ModelSection(preset="baseline-tiny"))
-    scaling: ScalingSection = field(default_factory=ScalingSection)
-    deepspeed: DeepSpeedSection = field(default_factory=DeepSpeedSection)
-    optimizer: OptimizerSection = field(default_factory=OptimizerSection)
-    checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
-    failure: FailureSection = field(default_factory=FailureSection)
-    stages: StagesSection = field(default_factory=StagesSection)
-    source: str = "<dict>"
-    """Where the config came from (for error messages)."""
+    run: RunSection = Field(default_factory=RunSection)
+    data: DataSection = Field(default_factory=DataSection)
+    model: ModelSection = Field(default_factory=ModelSection)
+    baseline: ModelSection = Field(default_factory=lambda: ModelSection(preset="baseline-tiny"))
+    scaling: ScalingSection = Field(default_factory=ScalingSection)
+    deepspeed: DeepSpeedSection = Field(default_factory=DeepSpeedSection)
+    optimizer: OptimizerSection = Field(default_factory=OptimizerSection)
+    checkpoint: CheckpointSection = Field(default_factory=CheckpointSection)
+    failure: FailureSection = Field(default_factory=FailureSection)
+    stages: StagesSection = Field(default_factory=StagesSection)
+    _source: str = PrivateAttr("<dict>")
 
-    def __post_init__(self) -> None:
+    @property
+    def source(self) -> str:
+        """Where the config came from (for error messages)."""
+        return self._source
+
+    @model_validator(mode="after")
+    def _fits_the_hardware(self) -> TrainConfig:
         _require(self.deepspeed.precision != "fp16" or self.scaling.use_gpu,
                  "deepspeed.precision='fp16' needs scaling.use_gpu=true; use fp32 or bf16 on CPU")
         for name in STAGES:
             self.check_batch(name)
+        return self
 
     def stage(self, name: str) -> StageSection:
         return getattr(self.stages, stage_name(name))
@@ -370,20 +362,21 @@ class TrainConfig:
         return st.batch_size // (self.scaling.num_workers * st.grad_accum)
 
     def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data.pop("source")
-        return data
+        """Plain JSON data (what Ray workers receive); ``from_dict`` reads it back."""
+        return self.model_dump(mode="json")
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "<dict>") -> "TrainConfig":
-        """Build and validate; errors are prefixed with ``source``."""
+    def from_dict(cls, data: dict[str, Any], source: str = "<dict>") -> TrainConfig:
+        """Build and validate; each error is one line prefixed with ``source``."""
         try:
-            return _build(cls, dict(data), "", source)
-        except (ValueError, TypeError) as exc:
-            raise ValueError(f"{source}: {exc}") from None
+            cfg = cls.model_validate(data)
+        except ValidationError as exc:
+            raise ValueError("\n".join(f"{source}: {line}" for line in describe(exc, cls))) from None
+        cfg._source = source
+        return cfg
 
     @classmethod
-    def from_file(cls, path: str, overrides: list[str] | None = None) -> "TrainConfig":
+    def from_file(cls, path: str, overrides: list[str] | None = None) -> TrainConfig:
         """Load a YAML file; ``overrides`` are ``section.field=value`` strings (YAML values)."""
         if not os.path.exists(path):
             raise ValueError(f"config file {path} does not exist")
@@ -413,60 +406,100 @@ def apply_override(data: dict[str, Any], item: str) -> None:
     node[parts[-1]] = yaml.safe_load(raw)
 
 
-_SECTIONS = {
-    "TrainConfig": {
-        "run": RunSection, "data": DataSection, "model": ModelSection, "baseline": ModelSection,
-        "scaling": ScalingSection, "deepspeed": DeepSpeedSection, "optimizer": OptimizerSection,
-        "checkpoint": CheckpointSection, "failure": FailureSection, "stages": StagesSection,
-    },
-    "StagesSection": _STAGE_CLASSES,
+# --- turning pydantic's errors into one line each ------------------------------------------
+
+_TYPE_FIXES = {
+    "int_type": "must be an integer",
+    "float_type": "must be a number",
+    "bool_type": "must be true or false",
+    "string_type": "must be a string",
+    "dict_type": "must be a mapping",
+    "model_type": "must be a mapping of fields",
+    "tuple_type": "must be a list",
 }
+_BOUND_ERRORS = ("greater_than", "greater_than_equal", "less_than", "less_than_equal")
 
 
-_SCALARS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
-
-
-def _check_type(cls, name: str, value: Any, where: str) -> Any:
-    """Reject a YAML value of the wrong scalar type with a message naming the field."""
-    hint = typing.get_type_hints(cls)[name]
-    allowed = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
-    if value is None and type(None) in allowed:
-        return value
-    if float in allowed and isinstance(value, str):
-        try:  # YAML 1.1 reads 1e-3 (no dot) as a string
-            return float(value)
-        except ValueError:
-            pass
-    for kind, words in _SCALARS.items():
-        if kind in allowed:
-            ok = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
-            if kind is float and isinstance(value, int) and not isinstance(value, bool):
-                ok = True
-            if ok:
-                return value
-            raise ValueError(f"{where}={value!r}: must be {words}")
-    return value
-
-
-def _build(cls, data: dict[str, Any], path: str, source: str):
-    if not isinstance(data, dict):
-        raise ValueError(f"{path or 'config'}: expected a mapping, got {type(data).__name__}")
-    known = {f.name for f in dataclasses.fields(cls) if f.name != "source"}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ValueError(f"{path or 'config'}: unknown field(s) {unknown}; known: {sorted(known)}")
-    kwargs: dict[str, Any] = {}
-    for name, value in data.items():
-        sub = _SECTIONS.get(cls.__name__, {}).get(name)
-        where = f"{path}.{name}" if path else name
-        if sub is not None:
-            try:
-                kwargs[name] = _build(sub, value if value is not None else {}, where, source)
-            except ValueError as exc:
-                message = str(exc)
-                raise ValueError(message if message.startswith(where) else f"{where}: {message}") from None
+def describe(exc: ValidationError, root: type[BaseModel]) -> list[str]:
+    """One line per error of ``root``'s validation: ``section.field=value: what to change``;
+    the unknown fields of one section share a line."""
+    unknown: dict[tuple, list[str]] = {}
+    lines = []
+    for err in exc.errors():
+        if err["type"] == "extra_forbidden":
+            unknown.setdefault(err["loc"][:-1], []).append(str(err["loc"][-1]))
         else:
-            kwargs[name] = _check_type(cls, name, value, where)
-    if cls is TrainConfig:
-        kwargs["source"] = source
-    return cls(**kwargs)
+            lines.append(_line(err, root))
+    return [_unknown_line(root, loc, names) for loc, names in unknown.items()] + lines
+
+
+def _line(err: dict[str, Any], root: type[BaseModel]) -> str:
+    loc = err["loc"]
+    section, info = _place(root, loc)
+    path = _path(loc)
+    if err["type"] == "value_error":
+        message = str(err["ctx"]["error"])
+        if section is not None:  # a section's own cross-field check names its fields
+            return f"{path}.{message}" if path else message
+        return f"{path}={err['input']!r}: {message}"
+    return f"{path or 'config'}={err['input']!r}: {_fix(err, info)}"
+
+
+def _fix(err: dict[str, Any], info: FieldInfo | None) -> str:
+    kind, ctx = err["type"], err.get("ctx", {})
+    if kind in _BOUND_ERRORS:
+        declared = {k: getattr(m, k) for m in (info.metadata if info else ())
+                    for k in ("gt", "ge", "lt", "le") if hasattr(m, k)}
+        return "must be " + _interval(declared or ctx)
+    if kind == "literal_error":
+        return f"must be {ctx['expected']}"
+    if kind in _TYPE_FIXES:
+        return _TYPE_FIXES[kind]
+    return err["msg"][:1].lower() + err["msg"][1:]  # pydantic's own words for the rare rest
+
+
+def _interval(bounds: dict[str, Any]) -> str:
+    """``{gt: 0, lt: 1}`` → ``in (0, 1)``; ``{ge: 1}`` → ``≥ 1``."""
+    low = ("(", bounds["gt"]) if "gt" in bounds else ("[", bounds["ge"]) if "ge" in bounds else None
+    high = (")", bounds["lt"]) if "lt" in bounds else ("]", bounds["le"]) if "le" in bounds else None
+    if low and high:
+        return f"in {low[0]}{low[1]}, {high[1]}{high[0]}"
+    if low:
+        return f"{'>' if low[0] == '(' else '≥'} {low[1]}"
+    return f"{'<' if high[0] == ')' else '≤'} {high[1]}"
+
+
+def _unknown_line(root: type[BaseModel], loc: tuple, names: list[str]) -> str:
+    section, _ = _place(root, loc)
+    known = sorted(section.model_fields) if section else []
+    close = [m for n in names for m in difflib.get_close_matches(n, known, 1)]
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    return f"{_path(loc) or 'config'}: unknown field(s) {sorted(names)}{hint}; known: {known}"
+
+
+def _place(root: type[BaseModel], loc: tuple) -> tuple[type[BaseModel] | None, FieldInfo | None]:
+    """The section at ``loc`` (None when ``loc`` ends on a plain field) and its last field."""
+    section: type[BaseModel] | None = root
+    info = None
+    for part in loc:
+        if section is None or part not in section.model_fields:
+            return None, info
+        info = section.model_fields[part]
+        section = next((k for k in _kinds(info.annotation) if _is_section(k)), None)
+    return section, info
+
+
+def _path(loc: tuple) -> str:
+    """``("stages", "smat", "lr")`` → ``stages.smat.lr``; list items and dict keys in brackets."""
+    return "".join(f"[{p}]" if isinstance(p, int) else p if p.startswith("[") else f".{p}"
+                   for p in loc).lstrip(".")
+
+
+def _kinds(annotation: Any) -> tuple:
+    """The members of ``X | Y``, or ``(X,)``."""
+    union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+    return typing.get_args(annotation) if union else (annotation,)
+
+
+def _is_section(kind: Any) -> bool:
+    return isinstance(kind, type) and issubclass(kind, BaseModel)

@@ -1,6 +1,7 @@
 """Training configs: shipped files load, bad values fail early with a message saying what to change."""
 
 import glob
+import json
 import os
 import subprocess
 import sys
@@ -8,6 +9,7 @@ import sys
 import pytest
 
 from rxt_dist.train import TrainConfig, check_resources, stage_name
+from rxt_dist.train.config import SMATStage
 from rxt_dist.train.launcher import _model_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -38,7 +40,15 @@ def test_every_shipped_config_loads_and_builds_its_models(path):
     ({"optimizer": {"betas": [0.9, 1.5]}}, ["optimizer.betas"]),
     ({"stages": {"joint_lm": {"mask_prob": 0}}}, ["stages.joint_lm", "mask_prob=0"]),
     ({"stages": {"smat": {"steps": 100, "recall_pair_steps": 100}}},
-     ["stages.smat", "recall_pair_steps=100", "[0, steps=100)"]),
+     ["stages.smat.recall_pair_steps=100: must be in [0, steps=100)"]),
+    ({"stages": {"smat": {"batchsize": 8}}}, ["stages.smat: unknown field(s) ['batchsize']", "did you mean batch_size"]),
+    ({"stages": {"smat": {"steps": 1.5}}}, ["stages.smat.steps=1.5: must be an integer"]),
+    ({"stages": {"sft": {"lr": "fast"}}}, ["stages.sft.lr='fast': must be a number"]),
+    ({"scaling": {"use_gpu": 1}}, ["scaling.use_gpu=1: must be true or false"]),
+    ({"stages": {"memory_attention": {"jitter": -0.1}}}, ["stages.memory_attention.jitter=-0.1: must be ≥ 0"]),
+    ({"optimizer": {"min_lr_ratio": 2}}, ["optimizer.min_lr_ratio=2: must be in [0, 1]"]),
+    ({"model": {"overrides": 3}}, ["model.overrides=3: must be a mapping"]),
+    ({"stages": 3}, ["stages=3: must be a mapping"]),
 ])
 def test_bad_config_names_field_value_and_fix(data, words):
     with pytest.raises(ValueError) as err:
@@ -46,6 +56,37 @@ def test_bad_config_names_field_value_and_fix(data, words):
     assert str(err.value).startswith("my.yaml: ")
     for w in words:
         assert w in str(err.value)
+
+
+def test_every_error_is_one_line_naming_the_file():
+    with pytest.raises(ValueError) as err:
+        TrainConfig.from_dict({"data": {"max_turns": 0}, "stages": {"smat": {"bptt_turns": -1}}}, source="my.yaml")
+    assert str(err.value).splitlines() == ["my.yaml: data.max_turns=0: must be ≥ 1",
+                                           "my.yaml: stages.smat.bptt_turns=-1: must be ≥ 0"]
+
+
+def test_yaml_quirks_are_accepted(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("optimizer:\n  lr: 1e-3\n  betas: [0.8, 0.9]\nfailure:\n")  # 1e-3 is a string in YAML 1.1
+    cfg = TrainConfig.from_file(str(path), ["stages.smat.lr=2e-4", "stages.smat.steps=50"])
+    assert cfg.optimizer.lr == 1e-3 and cfg.optimizer.betas == (0.8, 0.9) and cfg.stages.smat.lr == 2e-4
+    assert cfg.failure.max_failures == 2 and cfg.stages.smat.steps == 50
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
+def test_to_dict_is_json_and_round_trips(path):
+    cfg = TrainConfig.from_file(path)
+    data = json.loads(json.dumps(cfg.to_dict()))
+    assert data == cfg.to_dict()
+    assert TrainConfig.from_dict(data, source=path) == cfg
+
+
+def test_stages_are_built_by_keyword_and_keep_their_field_docs():
+    st = SMATStage(steps=10, batch_size=8)
+    assert (st.steps, st.batch_size, st.recall_pair_steps) == (10, 8, 0)
+    assert "Global batch per optimizer step" in SMATStage.model_fields["batch_size"].description
+    with pytest.raises(ValueError, match="recall_pair_steps"):
+        SMATStage(steps=10, recall_pair_steps=10)
 
 
 def test_unknown_stage():

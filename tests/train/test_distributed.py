@@ -84,7 +84,7 @@ def test_zero3_trains_checkpoints_and_a_relaunch_resumes(tmp_path, small_data):
     assert checkpoints and any("optim_states" in f.name for f in checkpoints[-1].rglob("*"))
     model = load_model_dir(export_url(cfg, "baseline"))
     assert model.cfg.num_layers == from_name("baseline-debug").num_layers
-    longer = dataclasses.replace(cfg)
+    longer = cfg.model_copy(deep=True)
     longer.stages.baseline.steps = 3
     again = run_stage(longer, "baseline")
     assert again.metrics["resumed_from_step"] == 2 and again.metrics["step"] == 3
