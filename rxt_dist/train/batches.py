@@ -52,10 +52,13 @@ class TurnBatch:
     """(B, T) bool: answer targets (zero on inactive rows)."""
     active: Tensor
     """(B,) bool: the conversation has this turn."""
+    value_mask: Tensor | None = None
+    """(B, T) bool: the positions whose next token is a recalled value's token (a subset of
+    ``loss_mask``; None when the rows carry no recall metadata)."""
 
     def to(self, device: torch.device) -> "TurnBatch":
         return TurnBatch(self.ids.to(device), self.lengths.to(device), self.loss_mask.to(device),
-                         self.active.to(device))
+                         self.active.to(device), None if self.value_mask is None else self.value_mask.to(device))
 
     def active_part(self) -> tuple[Tensor, "TurnBatch"]:
         """The rows (K,) worth computing and this turn cut to them, padding columns trimmed:
@@ -66,7 +69,8 @@ class TurnBatch:
             rows = rows.new_zeros(1)
         lengths = self.lengths[rows]
         width = int(lengths.max())
-        part = TurnBatch(self.ids[rows, :width], lengths, self.loss_mask[rows, :width], self.active[rows])
+        value = None if self.value_mask is None else self.value_mask[rows, :width]
+        part = TurnBatch(self.ids[rows, :width], lengths, self.loss_mask[rows, :width], self.active[rows], value)
         return rows, part
 
 
@@ -134,13 +138,29 @@ def interaction_batch(
 
 _PLACEHOLDER = interaction_ids([], [])
 
+VALUE_COLUMNS = ("recall_gold_start", "recall_gold_len")
+"""Where each recall turn's gold value sits in its answer (see docs/data.md)."""
+
+
+def _value_mask(rows: Mapping[str, Sequence], conv: int, turn: int, length: int, answer_start: int,
+                width: int) -> Tensor:
+    """Positions (width,) predicting the gold value tokens of a recall turn (none elsewhere)."""
+    mask = torch.zeros(width, dtype=torch.bool)
+    start = int(rows["recall_gold_start"][conv][turn])
+    if start >= 0:
+        first = answer_start - 1 + start  # the position before the value's first token
+        mask[first: min(first + int(rows["recall_gold_len"][conv][turn]), length - 1)] = True
+    return mask
+
 
 def conversation_batch(rows: Mapping[str, Sequence], max_turns: int, max_tokens: int,
                        pad_turns: bool = False) -> ConversationBatch:
     """Stages 3 and 4: conversations aligned turn by turn. With ``pad_turns`` the batch always
     has ``max_turns`` turns (all-inactive ones at the end), so every worker runs the same number
-    of forward passes — ZeRO-3 gathers parameters collectively in each one."""
+    of forward passes — ZeRO-3 gathers parameters collectively in each one. When the rows hold
+    :data:`VALUE_COLUMNS`, each turn also marks its recalled value's positions."""
     convs = _conversations(rows, max_turns)
+    with_values = all(c in rows for c in VALUE_COLUMNS)
     turns = []
     for t in range(max_turns if pad_turns else max(len(c) for c in convs)):
         seqs, starts, active = [], [], []
@@ -155,12 +175,23 @@ def conversation_batch(rows: Mapping[str, Sequence], max_turns: int, max_tokens:
                 starts.append(len(_PLACEHOLDER))
                 active.append(False)
         ids, lengths = pad_batch(seqs)
-        mask = torch.stack([
-            _answer_mask(int(n), s, ids.shape[1]) if on else torch.zeros(ids.shape[1], dtype=torch.bool)
-            for n, s, on in zip(lengths, starts, active)
-        ])
-        turns.append(TurnBatch(ids, lengths, mask, torch.tensor(active)))
+        width = ids.shape[1]
+        off = torch.zeros(width, dtype=torch.bool)
+        mask = torch.stack([_answer_mask(int(n), s, width) if on else off
+                            for n, s, on in zip(lengths, starts, active)])
+        values = None
+        if with_values:
+            values = torch.stack([_value_mask(rows, i, t, int(n), s, width) if on else off
+                                  for i, (n, s, on) in enumerate(zip(lengths, starts, active))]) & mask
+        turns.append(TurnBatch(ids, lengths, mask, torch.tensor(active), values))
     return ConversationBatch([str(k) for k in rows["conversation_id"]], turns)
+
+
+def first_turns(rows: Mapping[str, Sequence], turns: int) -> dict[str, list]:
+    """Every conversation cut to its first ``turns`` turns, per-turn columns included (stage
+    4's curriculum over the number of turns: fewer facts held, shorter distances)."""
+    return {name: [list(v)[:turns] for v in column] if _per_turn(name) else list(column)
+            for name, column in rows.items()}
 
 
 RECALL_PAIR_COLUMNS = ("recall_stated_turn", "recall_updated", "recall_mentioned_turn")
@@ -172,8 +203,8 @@ def recall_pairs(rows: Mapping[str, Sequence]) -> dict[str, list]:
     that states a fact and the first turn that recalls it, so the memory carries one fact over
     one update. Only a recall whose value was not updated and not repeated in between counts; a
     conversation without one keeps its first two turns. Reads :data:`RECALL_PAIR_COLUMNS`."""
-    out: dict[str, list] = {"conversation_id": list(rows["conversation_id"]), "query_ids": [], "answer_ids": []}
-    for i, (queries, answers) in enumerate(zip(rows["query_ids"], rows["answer_ids"])):
+    kept = []
+    for i, queries in enumerate(rows["query_ids"]):
         keep = list(range(min(2, len(queries))))
         stated_turns = rows["recall_stated_turn"][i]
         for t, stated in enumerate(stated_turns):
@@ -181,9 +212,13 @@ def recall_pairs(rows: Mapping[str, Sequence]) -> dict[str, list]:
                     and rows["recall_mentioned_turn"][i][t] == stated):
                 keep = [int(stated), t]
                 break
-        out["query_ids"].append([queries[t] for t in keep])
-        out["answer_ids"].append([answers[t] for t in keep])
-    return out
+        kept.append(keep)
+    return {name: [[list(v)[t] for t in keep] for v, keep in zip(column, kept)] if _per_turn(name) else list(column)
+            for name, column in rows.items()}
+
+
+def _per_turn(column: str) -> bool:
+    return column in ("query_ids", "answer_ids") or column.startswith("recall_")
 
 
 def history_batch(rows: Mapping[str, Sequence], max_turns: int, max_tokens: int,

@@ -259,6 +259,11 @@ class MemoryAttentionStage(StageSection):
     """Uniform random jitter added to the weight."""
     noise_std: float = Field(0.05, ge=0)
     """Gaussian noise on the previous STM and on the target (relative to their RMS)."""
+    target: Literal["per_slot", "pooled"] = "per_slot"
+    """``per_slot``: slot i is pulled towards the encoded interaction at its own position
+    (slot i of S ↔ token ⌊i·T/S⌋ of T), so slots get distinct targets. ``pooled``: every slot
+    towards the interaction's mean over tokens — one target for all slots, which teaches the
+    slots to collapse onto one vector (kept for comparison)."""
 
     @model_validator(mode="after")
     def _weights_fall(self) -> MemoryAttentionStage:
@@ -285,6 +290,16 @@ class SMATStage(StageSection):
     init_model_url: str | None = None
     """Start from this model directory instead of stage memory_attention's export (post-training
     of any model, e.g. a StateX-expanded one; see docs/statex.md)."""
+    recall_loss_weight: float = Field(0.0, ge=0)
+    """Extra loss on the tokens of recalled values (mean cross-entropy over those tokens, times
+    this weight, added to the answer loss). Needs the ``recall_gold_*`` columns of synthetic data
+    (0: no extra term; the value accuracy is still reported when the columns are there)."""
+    curriculum_turns: int = Field(0, ge=0)
+    """Curriculum over conversation length: at step 0 conversations are cut to this many turns
+    (fewer facts held, shorter distances), growing linearly to ``data.max_turns`` at step
+    ``curriculum_steps`` (0: whole conversations from the start)."""
+    curriculum_steps: int = Field(0, ge=0)
+    """Steps over which the curriculum reaches whole conversations."""
 
     @field_validator("init_model_url")
     @classmethod
@@ -297,7 +312,17 @@ class SMATStage(StageSection):
         _require(self.recall_pair_steps < self.steps,
                  f"recall_pair_steps={self.recall_pair_steps}: must be in [0, steps={self.steps}) so the "
                  "stage ends on whole conversations")
+        _require(not self.curriculum_turns or 0 < self.curriculum_steps < self.steps,
+                 f"curriculum_steps={self.curriculum_steps}: must be in [1, steps={self.steps}) when "
+                 f"curriculum_turns={self.curriculum_turns} (the stage ends on whole conversations)")
         return self
+
+    def turns_at(self, step: int, max_turns: int) -> int:
+        """Turns per conversation at ``step`` under the length curriculum."""
+        if not self.curriculum_turns or step >= self.curriculum_steps:
+            return max_turns
+        grown = self.curriculum_turns + (max_turns - self.curriculum_turns) * step / self.curriculum_steps
+        return max(1, min(max_turns, int(grown)))
 
 
 class BaselineStage(StageSection):

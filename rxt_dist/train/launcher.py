@@ -170,21 +170,40 @@ def _dataset(cfg: TrainConfig, stage: str):
 
     if stage == "joint_lm" and cfg.stages.joint_lm.use_text:
         return ray_text_dataset(cfg.data.url, "train").select_columns(["ids"])
-    columns = ["conversation_id", "query_ids", "answer_ids"]
-    pair_steps = cfg.stages.smat.recall_pair_steps if stage == "smat" else 0
-    if not pair_steps:
-        return ray_dataset(cfg.data.url, "train", columns=columns)
-    from rxt_dist.data import ShardError
-    from rxt_dist.train.batches import RECALL_PAIR_COLUMNS
+    return ray_dataset(cfg.data.url, "train", columns=conversation_columns(cfg, stage))
 
-    try:
-        return ray_dataset(cfg.data.url, "train", columns=columns + list(RECALL_PAIR_COLUMNS))
-    except ShardError as exc:
-        if not any(c in str(exc) for c in RECALL_PAIR_COLUMNS):
-            raise
-        raise ValueError(f"{cfg.source}: stages.smat.recall_pair_steps={pair_steps} needs the recall "
-                         f"metadata of synthetic data, which {cfg.data.url} lacks ({exc}); "
-                         "set stages.smat.recall_pair_steps=0") from None
+
+def conversation_columns(cfg: TrainConfig, stage: str) -> list[str]:
+    """The shard columns ``stage`` reads: ids, plus for stage 4 the recall metadata its warm-up
+    and value loss need (required when asked for, read when present otherwise)."""
+    from rxt_dist.train.batches import RECALL_PAIR_COLUMNS, VALUE_COLUMNS
+
+    columns = ["conversation_id", "query_ids", "answer_ids"]
+    if stage != "smat":
+        return columns
+    smat = cfg.stages.smat
+    present = _split_columns(cfg.data.url, "train")
+    for option, value, needed in (("recall_pair_steps", smat.recall_pair_steps, RECALL_PAIR_COLUMNS),
+                                  ("recall_loss_weight", smat.recall_loss_weight, VALUE_COLUMNS)):
+        missing = [c for c in needed if c not in present]
+        if value and missing:
+            raise ValueError(f"{cfg.source}: stages.smat.{option}={value} needs the recall metadata of "
+                             f"synthetic data, which {cfg.data.url} lacks (no column {missing[0]!r}); "
+                             f"set stages.smat.{option}=0")
+        columns += [c for c in needed if c in present and c not in columns]
+    return columns
+
+
+def _split_columns(url: str, split: str) -> set[str]:
+    """Column names of a split's first shard (the reader checks every shard's schema)."""
+    import pyarrow.parquet as pq
+
+    from rxt_dist.data import read_manifest
+
+    manifest = read_manifest(url)
+    fs, _ = fsspec.core.url_to_fs(manifest.url)
+    with fs.open(manifest.files(split)[0], "rb") as f:
+        return set(pq.read_schema(f).names)
 
 
 def build_trainer(cfg: TrainConfig, stage: str):

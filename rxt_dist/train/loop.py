@@ -20,7 +20,14 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from rxt_dist.train.batches import conversation_batch, history_batch, interaction_batch, recall_pairs, text_batch
+from rxt_dist.train.batches import (
+    conversation_batch,
+    first_turns,
+    history_batch,
+    interaction_batch,
+    recall_pairs,
+    text_batch,
+)
 from rxt_dist.train.config import TrainConfig
 from rxt_dist.train.metrics import MetricWriter, WindowMetrics
 from rxt_dist.train.objectives import StageObjective, StageOutput, combine, local_counts
@@ -87,6 +94,27 @@ def _configure_worker_logging() -> None:
     for noisy in ("ray.train", "ray.data", "DeepSpeed", "deepspeed"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
+
+
+def collate_rows(cfg: TrainConfig, stage: str, rows, step: int, world: int):
+    """A micro-batch of shard rows → the batch ``stage``'s objective takes at ``step``."""
+    d, stage_cfg = cfg.data, cfg.stage(stage)
+    if stage == "joint_lm" and stage_cfg.use_text:
+        return text_batch(rows, d.max_text_tokens)
+    if stage in ("joint_lm", "sft"):
+        return interaction_batch(rows, d.max_turns, d.max_interaction_tokens,
+                                 getattr(stage_cfg, "loss_on_query", False))
+    if stage == "baseline":
+        return history_batch(rows, d.max_turns, stage_cfg.max_tokens, d.max_interaction_tokens)
+    turns = d.max_turns
+    if stage == "smat" and step < stage_cfg.recall_pair_steps:
+        rows = recall_pairs(rows)
+    elif stage == "smat":
+        turns = stage_cfg.turns_at(step, d.max_turns)
+        if turns < d.max_turns:
+            rows = first_turns(rows, turns)
+    return conversation_batch(rows, turns, d.max_interaction_tokens,
+                              pad_turns=cfg.deepspeed.zero_stage == 3 and world > 1)
 
 
 class StageLoop:
@@ -206,18 +234,7 @@ class StageLoop:
 
     # -- data -----------------------------------------------------------------------------
     def _collate(self, rows):
-        d, stage = self.cfg.data, self.job.stage
-        if stage == "joint_lm" and self.stage_cfg.use_text:
-            return text_batch(rows, d.max_text_tokens)
-        if stage in ("joint_lm", "sft"):
-            return interaction_batch(rows, d.max_turns, d.max_interaction_tokens,
-                                     getattr(self.stage_cfg, "loss_on_query", False))
-        if stage == "baseline":
-            return history_batch(rows, d.max_turns, self.stage_cfg.max_tokens, d.max_interaction_tokens)
-        if stage == "smat" and self.position.step < self.stage_cfg.recall_pair_steps:
-            rows = recall_pairs(rows)
-        return conversation_batch(rows, d.max_turns, d.max_interaction_tokens,
-                                  pad_turns=self.cfg.deepspeed.zero_stage == 3 and self.world > 1)
+        return collate_rows(self.cfg, self.job.stage, rows, self.position.step, self.world)
 
     def _batches(self) -> Iterator:
         """Micro-batches forever, epoch after epoch, skipping what a resumed run already used."""

@@ -100,8 +100,13 @@ def progress_line(stage: str, step: int, total: int, m: dict[str, Any], elapsed:
         parts.append(f"ppl {m['ppl']:.2f}")
     if "acc" in m:
         parts.append(f"acc {100 * m['acc']:.1f}%")
+    if "value_acc" in m:
+        parts.append(f"value acc {100 * m['value_acc']:.1f}%")
     if "cos_sim" in m:
         parts.append(f"cos {m['cos_sim']:.3f}")
+    layers = sorted(k for k in m if k.startswith("mem_cos_l"))
+    if layers:
+        parts.append("slot cos " + "/".join(f"{m[k]:.2f}" for k in layers))
     parts.append(f"{m['tokens_per_s'] / 1000:.1f}k tok/s")
     parts.append(f"lr {m['lr']:.1e}")
     done = max(step - max(m.get("resumed_from_step", -1), 0), 1)

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from rxt_dist.memory.health import MemoryHealth
 from rxt_dist.model.rxt import RxTModel
 from rxt_dist.model.stateless import StatelessLM
 from rxt_dist.tokens import MASK_ID, NUM_SPECIAL
@@ -73,12 +74,25 @@ def token_loss(model: nn.Module, hidden: Tensor, ids: Tensor, loss_mask: Tensor)
     (N, T, D) against ``ids`` (N, T) shifted by one. The head runs only on those positions
     (answers are a fraction of the tokens; the vocabulary projection is the costliest matmul).
     Returns (sum, count, correct)."""
+    total, count, correct, _ = token_losses(model, hidden, ids, loss_mask)
+    return total, count, correct
+
+
+def token_losses(model: nn.Module, hidden: Tensor, ids: Tensor, loss_mask: Tensor,
+                 value_mask: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, tuple[Tensor, Tensor, Tensor] | None]:
+    """:func:`token_loss` plus, with ``value_mask`` (N, T) (a subset of ``loss_mask``), the same
+    (sum, count, correct) over the positions predicting recalled values' tokens."""
     mask = loss_mask[:, :-1]  # (N, T-1)
     pred = model.lm_logits(hidden[:, :-1][mask])  # (K, V)
     target = ids[:, 1:][mask]  # (K,)
-    total = F.cross_entropy(pred.float(), target, reduction="sum")
-    correct = (pred.argmax(dim=-1) == target).sum()
-    return total, _count(mask.sum(), hidden), correct.float()
+    per_token = F.cross_entropy(pred.float(), target, reduction="none")  # (K,)
+    hit = pred.argmax(dim=-1) == target  # (K,)
+    count = _count(mask.sum(), hidden)
+    values = None
+    if value_mask is not None:
+        picked = value_mask[:, :-1][mask]  # (K,) which scored tokens are value tokens
+        values = (per_token[picked].sum(), _count(picked.sum(), hidden), hit[picked].sum().float())
+    return per_token.sum(), count, hit.sum().float(), values
 
 
 def mask_tokens(ids: Tensor, lengths: Tensor, prob: float, vocab_size: int,
@@ -162,31 +176,55 @@ def _pooled(ed: Tensor, lengths: Tensor) -> Tensor:
     return summed / lengths.to(ed.dtype)[None, :, None, None]
 
 
+def _per_slot(ed: Tensor, lengths: Tensor, slots: int) -> Tensor:
+    """Each slot's own position of the interaction: slot i of S ↔ token ⌊i·T_b/S⌋ of each
+    row's T_b real tokens. (L, B, T, D) → (L, B, S, D)."""
+    L, B, _, D = ed.shape
+    index = (torch.arange(slots, device=ed.device)[None] * lengths[:, None]) // slots  # (B, S)
+    return ed.gather(2, index[None, :, :, None].expand(L, B, slots, D))
+
+
 def memory_attention_selfsup(model: RxTModel, conv: ConversationBatch, cfg: MemoryAttentionStage,
                              generator: torch.Generator, seed: int) -> StageOutput:
     """Stage 3: memory attention learns to move the STM towards
-    ``w·ED_t + (1 − w)·STM_{t−1}`` (both RMS-normalised, ED pooled over tokens) by negative
-    cosine similarity; the encoder is frozen and the STM is detached between turns."""
+    ``w·ED_t + (1 − w)·STM_{t−1}`` (both RMS-normalised) by negative cosine similarity; the
+    encoder is frozen and the STM is detached between turns. ED is taken per slot (slot i ↔
+    its own token position, ``target='per_slot'``) or pooled over tokens (``'pooled'``)."""
     stm = conversation_stm(model, conv.keys, seed)  # (L, B, S, D)
     total, count = stm.new_zeros(()), stm.new_zeros(())
+    health = MemoryHealth()
     for t, full in enumerate(conv.turns):
         rows, turn = full.active_part()  # only conversations that have turn t are computed
         old = stm[:, rows]  # (L, K, S, D)
         with torch.no_grad():
             ed, _ = model.encode(turn.ids, turn.lengths)  # (L, K, T, D)
         previous = old + _noise(old, cfg.noise_std, generator)
-        new = model.update_memory(previous, ed, turn.lengths)  # (L, K, S, D)
+        new, gates = model.update_memory_with_gates(previous, ed, turn.lengths)  # (L, K, S, D)
         w = step_weight(t, cfg, generator)
-        pooled = _pooled(ed, turn.lengths)
-        target = w * pooled / _rms(pooled) + (1 - w) * old / _rms(old)  # (L, K, S, D)
+        written = _per_slot(ed, turn.lengths, stm.shape[2]) if cfg.target == "per_slot" else _pooled(ed, turn.lengths)
+        target = w * written / _rms(written) + (1 - w) * old / _rms(old)  # (L, K, S, D)
         target = target + _noise(target, cfg.noise_std, generator)
         cos = F.cosine_similarity(new.float(), target.float(), dim=-1)  # (L, K, S)
         active = turn.active[None, :, None].expand_as(cos).float()
         total = total - (cos * active).sum()
         count = count + active.sum()
+        health.add_gates(gates[:, turn.active] if gates is not None else None)
         stm = _write_rows(stm, rows, turn.active, old, new.detach())
+    health.add_state(stm.detach())
     return StageOutput(terms={"cosine": Term(total, count)},
-                       metrics={"cos_sim": (-float(total.detach()), float(count))})
+                       metrics={"cos_sim": (-float(total.detach()), float(count)), **_health_metrics(health)})
+
+
+def _health_metrics(health: MemoryHealth) -> dict[str, tuple[float, float]]:
+    """Memory health as (sum, count) metrics that reduce across workers: per layer, the slot
+    cosine and effective rank of the conversations' final STMs and the gates' openness."""
+    d = health.to_dict()
+    out = {}
+    for key, short, n in (("slot_cosine", "cos", health.states), ("effective_rank", "rank", health.states),
+                          ("gate_openness", "gate", health.updates)):
+        for i, v in enumerate(d[key] or []):
+            out[f"mem_{short}_l{i}"] = (v * n, float(n))
+    return out
 
 
 def memory_aware(model: RxTModel, conv: ConversationBatch, cfg: SMATStage, seed: int,
@@ -196,7 +234,10 @@ def memory_aware(model: RxTModel, conv: ConversationBatch, cfg: SMATStage, seed:
     ``bptt_turns`` turns. Consolidation skips the autograd graph while both memory
     components are frozen."""
     stm = conversation_stm(model, conv.keys, seed)  # (L, B, S, D)
-    ce, n, correct, aux = stm.new_zeros(()), stm.new_zeros(()), stm.new_zeros(()), stm.new_zeros(())
+    zero = stm.new_zeros(())
+    ce, n, correct, aux = zero, zero, zero, zero
+    value = [zero, zero, zero]  # recalled-value tokens: loss sum, count, correct
+    health = MemoryHealth()
     memory_frozen = {"encoder", "memory_attention"} <= frozen
     for t, full in enumerate(conv.turns):
         if cfg.bptt_turns and t % cfg.bptt_turns == 0:
@@ -204,17 +245,23 @@ def memory_aware(model: RxTModel, conv: ConversationBatch, cfg: SMATStage, seed:
         rows, turn = full.active_part()  # only conversations that have turn t are computed
         old = stm[:, rows]  # (L, K, S, D)
         hidden, layer_aux = model.hidden(turn.ids, turn.lengths, old)  # (K, T, D)
-        s, c, k = token_loss(model, hidden, turn.ids, turn.loss_mask)
+        s, c, k, v = token_losses(model, hidden, turn.ids, turn.loss_mask, turn.value_mask)
         ce, n, correct, aux = ce + s, n + c, correct + k, aux + layer_aux
+        if v is not None:
+            value = [a + b for a, b in zip(value, v)]
         if t == len(conv.turns) - 1:
             break
         with torch.set_grad_enabled(torch.is_grad_enabled() and not memory_frozen):
-            new = _consolidate(model, old, turn, encoder_frozen="encoder" in frozen)
+            new, gates = _consolidate(model, old, turn, encoder_frozen="encoder" in frozen)
+        health.add_gates(gates[:, turn.active].detach() if gates is not None else None)
         stm = _write_rows(stm, rows, turn.active, old, new)
-    return StageOutput(
-        terms={"ar": Term(ce, n), "aux": Term(aux / len(conv.turns), _count(1, aux), aux_weight)},
-        metrics={"acc": (float(correct), float(n))},
-    )
+    health.add_state(stm.detach())
+    terms = {"ar": Term(ce, n), "aux": Term(aux / len(conv.turns), _count(1, aux), aux_weight)}
+    metrics = {"acc": (float(correct), float(n)), **_health_metrics(health)}
+    if conv.turns[0].value_mask is not None:
+        terms["value"] = Term(value[0], value[1], cfg.recall_loss_weight)
+        metrics["value_acc"] = (float(value[2]), float(value[1]))
+    return StageOutput(terms=terms, metrics=metrics)
 
 
 def _write_rows(stm: Tensor, rows: Tensor, active: Tensor, old: Tensor, new: Tensor) -> Tensor:
@@ -223,10 +270,10 @@ def _write_rows(stm: Tensor, rows: Tensor, active: Tensor, old: Tensor, new: Ten
     return stm.index_copy(1, rows, torch.where(active[None, :, None, None], new, old))
 
 
-def _consolidate(model: RxTModel, stm: Tensor, turn, encoder_frozen: bool) -> Tensor:
+def _consolidate(model: RxTModel, stm: Tensor, turn, encoder_frozen: bool) -> tuple[Tensor, Tensor | None]:
     with torch.set_grad_enabled(torch.is_grad_enabled() and not encoder_frozen):
         ed, _ = model.encode(turn.ids, turn.lengths)
-    return model.update_memory(stm, ed, turn.lengths)
+    return model.update_memory_with_gates(stm, ed, turn.lengths)
 
 
 def stateless_lm(model: StatelessLM, batch: TokenBatch, cfg: BaselineStage, aux_weight: float) -> StageOutput:

@@ -1,0 +1,120 @@
+"""One stage trained in a single process, without Ray or DeepSpeed: the reference loop.
+
+It runs the *same* stage objective, batch collation, optimizer, parameter groups, learning-rate
+schedule and gradient clipping as the Ray Train worker (:mod:`rxt_dist.train.loop`), on the
+shards read whole into memory. Two uses: the throughput benchmark measures the distributed
+worker against it (what Ray Train + DeepSpeed cost per core), and in-process studies of the
+training recipe (``jobs/memory_study.py``) train with it for a wall-clock budget.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pyarrow.parquet as pq
+import torch
+
+from rxt_dist.train.config import TrainConfig, stage_name
+from rxt_dist.train.metrics import WindowMetrics
+from rxt_dist.train.objectives import StageObjective, combine, local_counts
+from rxt_dist.train.optim import frozen_at, freeze_for_stage, make_scheduler, param_groups
+
+
+def read_rows(url: str, split: str, columns: list[str] | None = None) -> dict[str, list]:
+    """A conversation split as columns of Python lists (the form the collate functions take)."""
+    from rxt_dist.data import read_manifest
+    from rxt_dist.data.storage import resolve
+
+    manifest = read_manifest(url)
+    fs, _ = resolve(manifest.url)
+    tables = []
+    for path in manifest.files(split):
+        with fs.open(path, "rb") as f:
+            tables.append(pq.read_table(f, columns=columns))
+    out: dict[str, list] = {}
+    for table in tables:
+        for name in table.column_names:
+            out.setdefault(name, []).extend(table[name].to_pylist())
+    return out
+
+
+class PlainLoop:
+    """Train ``model`` on ``stage`` of ``cfg`` in this process (one worker's view of the run:
+    the global batch, no gradient accumulation split across workers)."""
+
+    def __init__(self, cfg: TrainConfig, stage: str, model: torch.nn.Module, rows: dict[str, list]) -> None:
+        from rxt_dist.train.loop import collate_rows
+
+        self.cfg, self.stage = cfg, stage_name(stage)
+        self.stage_cfg = cfg.stage(self.stage)
+        self.rows = rows
+        self.collate = lambda batch: collate_rows(cfg, self.stage, batch, self.step, world=1)
+        freeze_for_stage(model, self.stage)
+        self.objective = StageObjective(model, self.stage, self.stage_cfg, cfg.run.seed)
+        opt = cfg.optimizer
+        self.optimizer = torch.optim.AdamW(param_groups(model, opt.weight_decay),
+                                           lr=self.stage_cfg.lr or opt.lr, betas=opt.betas)
+        self.scheduler = make_scheduler(self.optimizer, opt, self.stage_cfg)
+        self.step = 0
+        self.tokens = 0
+        self._batches = self._iterate()
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.objective.model
+
+    def _iterate(self) -> Iterator[dict[str, list]]:
+        n = len(self.rows["conversation_id"] if "conversation_id" in self.rows else next(iter(self.rows.values())))
+        size = self.stage_cfg.batch_size // self.stage_cfg.grad_accum
+        epoch = 0
+        while True:
+            order = list(range(n))
+            random.Random(self.cfg.run.seed + epoch).shuffle(order)
+            for start in range(0, n - size + 1, size):
+                picked = order[start:start + size]
+                yield {k: [v[i] for i in picked] for k, v in self.rows.items()}
+            epoch += 1
+
+    def train_step(self, window: WindowMetrics) -> None:
+        """One optimizer step (``grad_accum`` micro-batches)."""
+        self.objective.frozen = frozen_at(self.stage_cfg, self.step)
+        self.objective.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        for micro in range(self.stage_cfg.grad_accum):
+            batch = self.collate(next(self._batches))
+            gen = torch.Generator().manual_seed(zlib.crc32(f"{self.cfg.run.seed}:0:{self.step}:{micro}".encode()))
+            out = self.objective(batch, gen)
+            combine(out, local_counts(out), 1).div(self.stage_cfg.grad_accum).backward()
+            window.add(out, batch.num_tokens)
+            self.tokens += batch.num_tokens
+        if self.cfg.deepspeed.gradient_clipping:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.deepspeed.gradient_clipping)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+
+    def run(self, steps: int | None = None, seconds: float | None = None, every: int = 20,
+            on_window: Callable[[int, dict[str, Any]], bool | None] | None = None) -> None:
+        """Train until ``steps`` steps (default: the stage's) or ``seconds`` of training time.
+        Every ``every`` steps ``on_window(step, metrics)`` gets the window's metrics; time it
+        spends (an evaluation) is not counted in ``seconds``; returning True stops training."""
+        steps = steps if steps is not None else self.stage_cfg.steps
+        window = WindowMetrics()
+        spent = 0.0
+        while self.step < steps and (seconds is None or spent < seconds):
+            started = time.perf_counter()
+            self.train_step(window)
+            spent += time.perf_counter() - started
+            if on_window is not None and (self.step % every == 0 or self.step == steps):
+                metrics = window.reduce(1)
+                metrics.update(step=self.step, train_s=spent, tokens=self.tokens,
+                               lr=max(g["lr"] for g in self.optimizer.param_groups))
+                stop = on_window(self.step, metrics)
+                window.reset()
+                if stop:
+                    break
+        self.train_seconds = spent
