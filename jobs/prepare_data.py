@@ -18,8 +18,9 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from rxt_dist.data import PrepareConfig, SyntheticConfig, prepare_dataset
 
-_SYNTH_FLAGS = ("min_turns", "max_turns", "p_fact", "p_update", "p_filler", "p_recall", "min_recalls",
-                "values_per_attribute", "owners")  # fmt: skip
+_SYNTH_FLAGS = {"min_turns": int, "max_turns": int, "p_fact": float, "p_update": float, "p_filler": float,
+                "p_recall": float, "min_recalls": int, "values_per_attribute": int, "owners": int,
+                "value_space": str, "heldout_value_share": float, "seen_value_share": float}  # fmt: skip
 
 
 def parse_args(argv: list[str]) -> PrepareConfig:
@@ -29,8 +30,7 @@ def parse_args(argv: list[str]) -> PrepareConfig:
     p.add_argument("--seed", type=int, default=0, help="corpus seed")
     p.add_argument("--preset", default="default", help="generator preset: default | capacity | debug")
     d = SyntheticConfig()
-    for name in _SYNTH_FLAGS:
-        kind = float if name.startswith("p_") else int
+    for name, kind in _SYNTH_FLAGS.items():
         flag = f"--{name.replace('_', '-')}"
         p.add_argument(flag, type=kind, default=None, help=f"generator {name} (preset's; default {getattr(d, name)})")
     p.add_argument("--attributes", nargs="+", default=None, help=f"fact attributes (default {' '.join(d.attributes)})")

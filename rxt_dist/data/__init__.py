@@ -41,6 +41,7 @@ from rxt_dist.data.schema import (
     SplitInfo,
     read_manifest,
 )
+from rxt_dist.data.syllable_bpe import train_open_tokenizer
 from rxt_dist.data.synthetic import (
     SyntheticConfig,
     generate_capacity_conversations,
@@ -54,6 +55,7 @@ from rxt_dist.data.tokenizer import (
     tokenize_conversations,
     train_tokenizer,
 )
+from rxt_dist.data.value_space import in_open_space, is_heldout, stated_values
 from rxt_dist.data.writer import index_shards, write_shards
 
 __all__ = [
@@ -80,6 +82,8 @@ __all__ = [
     "generate_capacity_conversations",
     "generate_conversations",
     "generate_splits",
+    "in_open_space",
+    "is_heldout",
     "import_jsonl",
     "import_yaml",
     "index_shards",
@@ -92,7 +96,9 @@ __all__ = [
     "read_manifest",
     "read_text_documents",
     "save_tokenizer",
+    "stated_values",
     "tokenize_conversations",
+    "train_open_tokenizer",
     "train_tokenizer",
     "write_shards",
 ]

@@ -47,6 +47,10 @@ class RecallInfo:
     mentioned_turn: int = -1
     """The last turn before this one whose text held the gold value: ``stated_turn``, or a later
     recall turn that asked for the same value (its answer repeats it). -1 when unknown."""
+    seen: bool = True
+    """True when the gold value occurred in the training split (always, in the training split
+    itself). False only for a held-out value of the open value space: recall of it needs copying,
+    not a memorised value (docs/data.md)."""
     gold_ids: list[int] = field(default_factory=list)
     """Token ids of ``gold`` as it appears in the answer (empty until tokenized)."""
     gold_start: int = -1

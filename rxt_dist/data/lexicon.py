@@ -4,9 +4,10 @@ Everything is lowercase with punctuation split off by spaces (``"ok , your pet i
 so a byte-level BPE splits it cleanly and a tiny model learns the templates fast; what it cannot
 learn from the templates is the value, which only memory of an earlier turn supplies.
 
-Values are pseudo-words (``"bakor"``, ``"tesimu"``) and numbers built from a fixed seed, so the
-value vocabulary is the same for every corpus seed and every split; disjoint between attributes;
-and free of the template words.
+The closed value space (:func:`attribute_values`) is pseudo-words (``"bakor"``, ``"tesimu"``) and
+numbers built from a fixed seed, so the value vocabulary is the same for every corpus seed and every
+split; disjoint between attributes; and free of the template words. The open value space, built
+from the same syllables, is in :mod:`rxt_dist.data.value_space`.
 """
 
 from __future__ import annotations

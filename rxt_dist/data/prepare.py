@@ -14,11 +14,14 @@ from dataclasses import dataclass, field
 
 from tokenizers import Tokenizer
 
-from rxt_dist.data.conversation import Conversation
+from rxt_dist.data.conversation import Conversation, Turn
 from rxt_dist.data.importers import import_jsonl, import_yaml, read_text_documents
+from rxt_dist.data.lexicon import ATTRIBUTES, template_words
 from rxt_dist.data.schema import Manifest
+from rxt_dist.data.syllable_bpe import check_vocab_size, train_open_tokenizer
 from rxt_dist.data.synthetic import SyntheticConfig, generate_splits, stream_seed
 from rxt_dist.data.tokenizer import load_tokenizer, train_tokenizer
+from rxt_dist.data.value_space import CODAS, ONSETS, OPEN_KINDS, VOWELS
 from rxt_dist.data.writer import write_shards
 
 log = logging.getLogger(__name__)
@@ -78,6 +81,8 @@ class PrepareConfig:
             raise ValueError(f"shard_rows={self.shard_rows}: must be ≥ 1")
         if self.conversations == 0 and not (self.import_jsonl or self.import_yaml):
             raise ValueError("conversations=0 and nothing to import: the dataset would be empty")
+        if self.tokenizer is None and self.conversations and self.synthetic.value_space == "open":
+            check_vocab_size(self.vocab_size, ONSETS, VOWELS)
 
     def split_counts(self, n: int) -> dict[str, int]:
         """How ``n`` items divide into train/valid/test."""
@@ -109,14 +114,26 @@ def _split_imports(cfg: PrepareConfig, convs: Sequence[Conversation]) -> dict[st
 
 
 def _tokenizer(cfg: PrepareConfig, train: Sequence[Conversation], docs: Sequence[tuple[str, str]]) -> Tokenizer:
-    """The tokenizer named by ``cfg.tokenizer``, or one trained on the training split, the extra
-    text and the value vocabulary."""
+    """The tokenizer named by ``cfg.tokenizer``, or one trained on the training split and the extra
+    text: in the closed value space with the value vocabulary added (values become whole tokens),
+    in the open space with the values taken out (values split into syllables and digits)."""
     if cfg.tokenizer is not None:
         return load_tokenizer(cfg.tokenizer)
+    docs_text = [d for _, d in docs]
+    if cfg.conversations and cfg.synthetic.value_space == "open":
+        texts = [s for c in train for t in c.turns for s in _without_open_value(t)]
+        return train_open_tokenizer(texts + docs_text, cfg.vocab_size, onsets=ONSETS, vowels=VOWELS, codas=CODAS,
+                                    whole_words=template_words())  # fmt: skip
     texts = [s for c in train for t in c.turns for s in (t.query, t.answer)]
-    texts += [d for _, d in docs]
     lexicon = [v for vs in cfg.synthetic.values().values() for v in vs] if cfg.conversations else []
-    return train_tokenizer(texts, cfg.vocab_size, lexicon=lexicon)
+    return train_tokenizer(texts + docs_text, cfg.vocab_size, lexicon=lexicon)
+
+
+def _without_open_value(t: Turn) -> tuple[str, str]:
+    """The turn's query and answer without its value, if the open space drew it (one word)."""
+    if t.value is None or t.fact is None or ATTRIBUTES[t.fact.split(".")[1]].values not in OPEN_KINDS:
+        return t.query, t.answer
+    return tuple(" ".join(w for w in s.split() if w != t.value) for s in (t.query, t.answer))
 
 
 def prepare_dataset(cfg: PrepareConfig, progress: StageProgress | None = None) -> Manifest:

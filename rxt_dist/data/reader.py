@@ -20,6 +20,7 @@ from fsspec import AbstractFileSystem
 from rxt_dist.data.conversation import TURN_KINDS, UNKNOWN, Conversation, RecallInfo, Turn
 from rxt_dist.data.schema import (
     CONVERSATIONS,
+    OPTIONAL_RECALL_COLUMNS,
     PER_TURN_COLUMNS,
     RECALL_COLUMNS,
     TEXT,
@@ -78,6 +79,9 @@ def check_schema(schema: pa.Schema, kind: str, where: str) -> None:
         if present and len(present) != len(RECALL_COLUMNS):
             missing = [c for c in RECALL_COLUMNS if c not in names]
             raise ShardError(f"{where}: has {present[0]!r} but misses {missing}; recall columns go together")
+        extra = [c for c in OPTIONAL_RECALL_COLUMNS if c in names]
+        if extra and not present:
+            raise ShardError(f"{where}: has {extra[0]!r} but none of {list(RECALL_COLUMNS)}; it belongs to them")
 
 
 def _stats_in_range(pf: pq.ParquetFile, id_columns: Sequence[str], vocab_size: int) -> bool:
@@ -333,6 +337,7 @@ def _recall_info(cols: dict, row: int, i: int, fact, value, answer_ids: list[int
         facts_held=cols["recall_facts_held"][row][i],
         updated=bool(cols["recall_updated"][row][i]),
         mentioned_turn=mentioned,
+        seen=bool(cols["recall_seen"][row][i]) if "recall_seen" in cols else True,
         gold_ids=answer_ids[start : start + length],
         gold_start=start,
     )

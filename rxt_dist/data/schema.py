@@ -48,6 +48,7 @@ CONVERSATION_SCHEMA = pa.schema(
         ("recall_mentioned_turn", pa.list_(pa.int32())),
         ("recall_gold_start", pa.list_(pa.int32())),
         ("recall_gold_len", pa.list_(pa.int32())),
+        ("recall_seen", pa.list_(pa.bool_())),
     ]
 )
 """What :func:`rxt_dist.data.write_shards` writes for a conversation split."""
@@ -98,8 +99,12 @@ CONVERSATION_COLUMNS: dict[str, Column] = {
     "recall_mentioned_turn": _INT_LIST,
     "recall_gold_start": _INT_LIST,
     "recall_gold_len": _INT_LIST,
+    "recall_seen": Column(_list_of(pa.types.is_boolean), "list<bool>"),
 }
-RECALL_COLUMNS = tuple(c for c in CONVERSATION_COLUMNS if c.startswith("recall_"))
+OPTIONAL_RECALL_COLUMNS = ("recall_seen",)
+"""Recall columns added later: a dataset written before them reads with their default
+(``recall_seen`` absent: every gold value was seen in training, as in the closed value space)."""
+RECALL_COLUMNS = tuple(c for c in CONVERSATION_COLUMNS if c.startswith("recall_") and c not in OPTIONAL_RECALL_COLUMNS)
 """Present all together or not at all; a recall turn has ``recall_stated_turn ≥ 0``."""
 PER_TURN_COLUMNS = tuple(c for c in CONVERSATION_COLUMNS if c not in ("conversation_id", "num_turns"))
 TURN_ID_COLUMNS = ("query_ids", "answer_ids")

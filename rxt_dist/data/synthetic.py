@@ -3,9 +3,10 @@
 A conversation states facts about the user ("my pet is called rex ."), sometimes changes them
 ("actually , my pet is called max ."), makes small talk, and asks for facts back ("what is my pet
 called ?" → "your pet is called max ."). The gold value of a recall turn was stated in an earlier
-turn of the same conversation and is the latest value of that fact; values are drawn uniformly
-from a few hundred per attribute, so a model without memory guesses right about once in
-``values_per_attribute``.
+turn of the same conversation and is the latest value of that fact. Values come from the open
+value space (held-out splits draw values the training split never used, so a model must copy
+them) or from a closed lexicon of ``values_per_attribute`` per attribute
+(:mod:`rxt_dist.data.value_space`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import random
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from rxt_dist.data.conversation import FACT, FILLER, RECALL, UPDATE, Conversation, RecallInfo, Turn
@@ -35,6 +36,7 @@ from rxt_dist.data.lexicon import (
     attribute_values,
     possessives,
 )
+from rxt_dist.data.value_space import VALUE_SPACES, ValueSource, stated_values
 
 Progress = Callable[[int], None]
 """Called with the number of items just finished (drives a progress bar in the entry point)."""
@@ -67,10 +69,20 @@ class SyntheticConfig:
     attributes: tuple[str, ...] = DEFAULT_ATTRIBUTES
     """Which kinds of facts occur (names from ``rxt_dist.data.lexicon.ATTRIBUTES``)."""
     values_per_attribute: int = 300
-    """Distinct values per attribute; chance level of recall is 1 / this."""
+    """Closed space: distinct values per attribute; chance level of recall is 1 / this. (The open
+    space uses it only for the closed ``shopping`` and ``appointment`` attributes.)"""
     owners: int = 1
     """Whose facts: 1 = only the user's ("my pet"); more adds "my sister 's pet", … (fact keys =
     owners × attributes; capacity tests with many facts need owners > 1)."""
+    value_space: str = "open"
+    """``"open"``: values from a large space split into a training and a held-out pool (the
+    training split never sees a held-out value); ``"closed"``: ``values_per_attribute`` fixed
+    values per attribute shared by every split (datasets made before the open space)."""
+    heldout_value_share: float = 0.2
+    """Open space: share of the value space in the held-out pool."""
+    seen_value_share: float = 0.2
+    """Open space: share of the statements of a held-out split that reuse a value the training
+    split used (recall on seen values), instead of a held-out one."""
 
     def __post_init__(self) -> None:
         if self.seed < 0:
@@ -93,6 +105,18 @@ class SyntheticConfig:
         self._check_attributes()
         if not 1 <= self.owners <= len(OWNERS):
             raise ValueError(f"owners={self.owners}: must be in [1, {len(OWNERS)}]")
+        self._check_value_space()
+
+    def _check_value_space(self) -> None:
+        if self.value_space not in VALUE_SPACES:
+            raise ValueError(f"value_space={self.value_space!r}: use 'open' or 'closed'")
+        if not 0 < self.heldout_value_share < 1:
+            raise ValueError(
+                f"heldout_value_share={self.heldout_value_share}: must be in (0, 1) — the training and "
+                "the held-out pool both need values (0.2 is the default)"
+            )
+        if not 0 <= self.seen_value_share <= 1:
+            raise ValueError(f"seen_value_share={self.seen_value_share}: must be in [0, 1] (0.2 is the default)")
 
     def _check_attributes(self) -> None:
         if not self.attributes:
@@ -117,8 +141,22 @@ class SyntheticConfig:
         return tuple(f"{o}.{a}" for o in OWNERS[: self.owners] for a in self.attributes)
 
     def values(self) -> dict[str, tuple[str, ...]]:
-        """The value vocabulary per attribute (identical for every seed and split)."""
+        """The closed value vocabulary per attribute (identical for every seed and split). The open
+        space draws from it only for attributes without an open kind (shopping, appointment)."""
         return attribute_values(tuple(self.attributes), self.values_per_attribute)
+
+    def value_source(self, *, heldout: bool, train_values: Mapping[str, Sequence[str]] | None = None) -> ValueSource:
+        """What draws a split's values: the training pool (``heldout=False``) or the held-out pool,
+        with ``train_values`` (the training split's values) for the seen share."""
+        return ValueSource(
+            value_space=self.value_space,
+            attributes=self.attributes,
+            values_per_attribute=self.values_per_attribute,
+            heldout_value_share=self.heldout_value_share,
+            seen_value_share=self.seen_value_share,
+            heldout=heldout,
+            train_values=train_values,
+        )
 
     def to_dict(self) -> dict:
         """JSON-ready settings (recorded in the manifest), with the lexicon seed."""
@@ -129,9 +167,11 @@ class SyntheticConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping) -> SyntheticConfig:
-        """Inverse of :meth:`to_dict` (unknown keys such as ``lexicon_seed`` are ignored)."""
+        """Inverse of :meth:`to_dict` (unknown keys such as ``lexicon_seed`` are ignored). Settings
+        recorded before the open value space existed have no ``value_space``: they were closed."""
         names = {f.name for f in dataclasses.fields(cls)}
         kw = {k: v for k, v in d.items() if k in names}
+        kw.setdefault("value_space", "closed")
         if "attributes" in kw:
             kw["attributes"] = tuple(kw["attributes"])
         return cls(**kw)
@@ -161,7 +201,6 @@ class _Writer:
     """Renders the turns of one conversation from its fact keys (the language, in one place)."""
 
     def __init__(self, cfg: SyntheticConfig) -> None:
-        self.values = cfg.values()
         self.forms: dict[str, dict[str, str]] = {}
         for key in cfg.fact_keys:
             owner, attr = key.split(".")
@@ -169,21 +208,6 @@ class _Writer:
             my, your = possessives(owner)
             q_called = " called" if a.verb == "is called" else ""
             self.forms[key] = {"my": my, "your": your, "noun": a.noun, "verb": a.verb, "q_called": q_called}
-
-    def value_for(self, rng: random.Random, key: str, taken: Collection[str]) -> str:
-        """A value for ``key`` that the conversation has not used yet."""
-        pool = self.values[key.split(".")[1]]
-        for _ in range(20):  # almost always enough: a conversation uses few of the values
-            v = rng.choice(pool)
-            if v not in taken:
-                return v
-        free = [v for v in pool if v not in taken]
-        if not free:
-            raise ValueError(
-                f"values_per_attribute={len(pool)}: a conversation used every {key.split('.')[1]} value; "
-                "raise values_per_attribute or lower max_turns/owners"
-            )
-        return rng.choice(free)
 
     def fact(self, rng: random.Random, key: str, v: str, *, update: bool) -> Turn:
         f = self.forms[key]
@@ -234,10 +258,12 @@ class _State:
             self.unasked.remove(key)
         return key
 
-    def recall_info(self, key: str, turn: int) -> RecallInfo:
+    def recall_info(self, key: str, turn: int, values: ValueSource) -> RecallInfo:
         """The recall metadata of asking for ``key`` at ``turn`` (whose answer mentions it again)."""
         value, stated_turn, updated = self.current[key]
-        info = RecallInfo(key, stated_turn, turn - stated_turn, value, len(self.stated), updated, self.mentioned[key])
+        seen = values.seen(key.split(".")[1], value)
+        info = RecallInfo(key, stated_turn, turn - stated_turn, value, len(self.stated), updated, self.mentioned[key],
+                          seen)  # fmt: skip
         self.mentioned[key] = turn
         return info
 
@@ -268,7 +294,9 @@ def _choose_kind(rng: random.Random, cfg: SyntheticConfig, state: _State, n_keys
     return next(kind for kind, w in reversed(options) if w > 0)
 
 
-def _one_conversation(rng: random.Random, cfg: SyntheticConfig, writer: _Writer, cid: str) -> Conversation:
+def _one_conversation(
+    rng: random.Random, cfg: SyntheticConfig, writer: _Writer, values: ValueSource, cid: str
+) -> Conversation:
     n = rng.randint(cfg.min_turns, cfg.max_turns)
     keys = cfg.fact_keys
     state = _State()
@@ -278,17 +306,17 @@ def _one_conversation(rng: random.Random, cfg: SyntheticConfig, writer: _Writer,
         kind = _choose_kind(rng, cfg, state, len(keys), cfg.min_recalls - recalls, n - t)
         if kind == FACT:
             key = rng.choice([k for k in keys if k not in state.current])
-            v = writer.value_for(rng, key, state.taken)
+            v = values.draw(rng, key.split(".")[1], state.taken)
             state.state(key, v, t)
             turns.append(writer.fact(rng, key, v, update=False))
         elif kind == UPDATE:
             key = rng.choice(state.stated)
-            v = writer.value_for(rng, key, state.taken)
+            v = values.draw(rng, key.split(".")[1], state.taken)
             state.state(key, v, t)
             turns.append(writer.fact(rng, key, v, update=True))
         elif kind == RECALL:
             key = state.recall_target(rng)
-            turns.append(writer.recall(rng, key, state.recall_info(key, t)))
+            turns.append(writer.recall(rng, key, state.recall_info(key, t, values)))
             recalls += 1
         else:
             turns.append(writer.filler(rng))
@@ -306,22 +334,28 @@ def generate_conversations(
     *,
     split: str = "train",
     exclude: Collection[tuple] = frozenset(),
+    train_values: Mapping[str, Sequence[str]] | None = None,
     progress: Progress | None = None,
 ) -> list[Conversation]:
     """``n`` conversations from the stream of ``split`` (text only; ids are filled by tokenizing).
 
-    A conversation whose :func:`signature` is in ``exclude`` is drawn again, so held-out splits
-    can be kept apart from the training split. The same (cfg, n, split, exclude) gives the same list.
+    Without ``train_values`` this is a training split: open values come from the training pool.
+    With it (the training split's :func:`stated_values`) it is a held-out split: open values come
+    from the held-out pool, except a share ``cfg.seen_value_share`` of statements that reuse one of
+    ``train_values``; ``RecallInfo.seen`` tells which. A conversation whose :func:`signature` is in
+    ``exclude`` is drawn again, so held-out splits can be kept apart from the training split. The
+    same arguments give the same list.
     """
     if n < 0:
         raise ValueError(f"n={n}: must be ≥ 0")
     rng = random.Random(stream_seed(cfg.seed, split))
     writer = _Writer(cfg)
+    values = cfg.value_source(heldout=train_values is not None, train_values=train_values)
     out: list[Conversation] = []
     seen = set(exclude) if exclude else None
     rejected = 0
     while len(out) < n:
-        conv = _one_conversation(rng, cfg, writer, f"{split}-{len(out):07d}")
+        conv = _one_conversation(rng, cfg, writer, values, f"{split}-{len(out):07d}")
         if seen is not None:
             sig = signature(conv)
             if sig in seen:
@@ -345,12 +379,18 @@ def generate_conversations(
 def generate_splits(
     cfg: SyntheticConfig, counts: Mapping[str, int], *, progress: Progress | None = None
 ) -> dict[str, list[Conversation]]:
-    """Conversations for each split; every split after the first avoids the conversations
-    (signatures) of all splits before it, so held-out splits never repeat a training one."""
+    """Conversations for each split. The first is the training split; every later one is held
+    out: it gets the training split's values (for its seen share, see
+    :func:`generate_conversations`) and avoids the conversations (signatures) of all splits before
+    it, so held-out splits never repeat a training one."""
     out: dict[str, list[Conversation]] = {}
     seen: set[tuple] = set()
+    train_values = None
     for i, (split, n) in enumerate(counts.items()):
-        convs = generate_conversations(cfg, n, split=split, exclude=seen if i else frozenset(), progress=progress)
+        convs = generate_conversations(cfg, n, split=split, exclude=seen if i else frozenset(),
+                                       train_values=train_values, progress=progress)  # fmt: skip
+        if i == 0:
+            train_values = stated_values(convs)
         if i < len(counts) - 1:
             seen.update(signature(c) for c in convs)
         out[split] = convs
@@ -370,7 +410,9 @@ def generate_capacity_conversations(
 
     With ``distance`` every recall turn sits exactly that many turns after the turn that stated
     its fact (filler turns pad the gap when ``distance > facts_held``); without it the recalled
-    facts are drawn at random. The stream depends on cfg.seed and the arguments only.
+    facts are drawn at random. Open values come from the held-out pool, so no model has seen
+    them in training (``RecallInfo.seen`` is False). The stream depends on cfg.seed and the
+    arguments only.
     """
     keys = cfg.fact_keys
     if not 1 <= facts_held <= len(keys):
@@ -385,13 +427,14 @@ def generate_capacity_conversations(
         raise ValueError(f"distance={distance}: must be ≥ 1")
     rng = random.Random(stream_seed(cfg.seed, f"capacity/{facts_held}/{distance}/{recalls}"))
     writer = _Writer(cfg)
+    values = cfg.value_source(heldout=True)
     gap = 0 if distance is None else max(0, distance - facts_held)
     out = []
     for i in range(n):
         state = _State()
         turns = []
         for t, key in enumerate(rng.sample(keys, facts_held)):
-            v = writer.value_for(rng, key, state.taken)
+            v = values.draw(rng, key.split(".")[1], state.taken)
             state.state(key, v, t)
             turns.append(writer.fact(rng, key, v, update=False))
         turns += [writer.filler(rng) for _ in range(gap)]
@@ -400,6 +443,6 @@ def generate_capacity_conversations(
         else:
             targets = [state.stated[facts_held + gap + k - distance] for k in range(recalls)]
         for key in targets:
-            turns.append(writer.recall(rng, key, state.recall_info(key, len(turns))))
+            turns.append(writer.recall(rng, key, state.recall_info(key, len(turns), values)))
         out.append(Conversation(f"capacity-f{facts_held}-d{distance or 0}-{i:06d}", turns))
     return out

@@ -193,9 +193,9 @@ def _ids_array(lists: Sequence[list[int]]) -> pa.ListArray:
     return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values), type=pa.list_(pa.int32()))
 
 
-_NO_RECALL = (-1, -1, -1, False, -1, -1, 0)
+_NO_RECALL = (-1, -1, -1, False, -1, -1, 0, False)
 _RECALL_FIELDS = ("recall_stated_turn", "recall_distance", "recall_facts_held", "recall_updated",
-                  "recall_mentioned_turn", "recall_gold_start", "recall_gold_len")  # fmt: skip
+                  "recall_mentioned_turn", "recall_gold_start", "recall_gold_len", "recall_seen")  # fmt: skip
 
 
 def _recall_row(conv: Conversation, t: Turn, ids: Mapping[str, list[int]]) -> tuple:
@@ -209,7 +209,7 @@ def _recall_row(conv: Conversation, t: Turn, ids: Mapping[str, list[int]]) -> tu
             f"conversation {conv.conversation_id!r}: recall gold {r.gold!r} does not occur in its answer "
             f"{t.answer!r} as whole tokens"
         )
-    return (r.stated_turn, r.distance, r.facts_held, r.updated, r.mentioned_turn, start, len(gold))
+    return (r.stated_turn, r.distance, r.facts_held, r.updated, r.mentioned_turn, start, len(gold), r.seen)
 
 
 def _conversation_table(convs: Sequence[Conversation], ids: Mapping[str, list[int]]) -> pa.Table:

@@ -29,6 +29,10 @@ def test_cli_options_map_to_the_config():
                       "--p-update", "0", "--extra-text", "a.txt", "b.txt", "--import-jsonl", "c.jsonl"])  # fmt: skip
     assert cfg.synthetic == SyntheticConfig.from_name("capacity", owners=2, attributes=("name", "pet"), p_update=0.0)
     assert cfg.extra_text == ("a.txt", "b.txt") and cfg.import_jsonl == ("c.jsonl",)
+    cfg = parse_args(["--out", "x", "--value-space", "closed", "--heldout-value-share", "0.3",
+                      "--seen-value-share", "0.1"])  # fmt: skip
+    assert cfg.synthetic == SyntheticConfig(value_space="closed", heldout_value_share=0.3, seen_value_share=0.1)
+    assert parse_args(["--out", "x", "--preset", "debug"]).synthetic.value_space == "open"
 
 
 @pytest.mark.parametrize(
@@ -38,6 +42,9 @@ def test_cli_options_map_to_the_config():
         (["--valid-fraction", "0.6", "--test-fraction", "0.5"], "valid_fraction \\+ test_fraction"),
         (["--conversations", "0"], "conversations=0 and nothing to import"),
         (["--preset", "huge"], "preset 'huge'"),
+        (["--value-space", "half"], "value_space='half': use 'open' or 'closed'"),
+        (["--heldout-value-share", "1"], r"heldout_value_share=1.0: must be in \(0, 1\)"),
+        (["--vocab-size", "400"], "vocab_size=400: the open value space needs"),
     ],
 )
 def test_cli_bad_values_exit_with_the_field(flags, message):

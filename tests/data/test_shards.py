@@ -31,6 +31,7 @@ from rxt_dist.data import (
     train_tokenizer,
     write_shards,
 )
+from rxt_dist.data.reader import validate_split_files
 from rxt_dist.data.storage import resolve, temp_name
 from tests.data.conftest import rewrite_shard, set_token, small_config
 
@@ -276,3 +277,38 @@ def test_text_view_and_extra_text(tmp_path):
     assert len(list(iter_text(out, "valid"))) == m.counts["valid"]  # extra text belongs to train only
     manifest = json.loads((tmp_path / "ds" / "manifest.json").read_text())
     assert manifest["sources"]["extra_text"] == [str(extra)]
+
+
+# ---------------------------------------------------------------- recall_seen
+
+
+def test_recall_seen_round_trips_through_shards(small_dataset):
+    cfg = small_config(small_dataset)
+    expected = generate_splits(cfg.synthetic, cfg.split_counts(cfg.conversations))
+    flags = {}
+    for split, convs in expected.items():
+        read = list(iter_conversations(small_dataset, split))
+        flags[split] = [t.recall.seen for c in read for _, t in c.recall_turns]
+        assert flags[split] == [t.recall.seen for c in convs for _, t in c.recall_turns]
+    assert all(flags["train"])
+    held_out = flags["valid"] + flags["test"]
+    assert True in held_out and False in held_out  # the open space's seen share and held-out values
+
+
+def test_dataset_without_recall_seen_reads_every_value_as_seen(small_dataset):
+    """Datasets written before the column (closed value space: every value was in training)."""
+    rewrite_shard(small_dataset, "valid", 0, lambda t: t.drop_columns(["recall_seen"]))
+    m = read_manifest(small_dataset)
+    fs, _ = resolve(small_dataset)
+    validate_split_files(fs, m.files("valid"), "conversations", m.vocab_size)  # ray_dataset's check passes
+    convs = list(iter_conversations(small_dataset, "valid"))
+    rows = read_manifest(small_dataset).splits["valid"].files[0].rows
+    assert all(t.recall.seen for c in convs[:rows] for _, t in c.recall_turns)
+    assert not all(t.recall.seen for c in convs for _, t in c.recall_turns)  # the other shard still has it
+
+
+def test_recall_seen_without_the_recall_columns_is_refused(read, small_dataset):
+    recall = [c for c in CONVERSATION_SCHEMA.names if c.startswith("recall_") and c != "recall_seen"]
+    name = rewrite_shard(small_dataset, "train", 0, lambda t: t.drop_columns(recall))
+    with pytest.raises(ShardError, match=f"train/{name}: has 'recall_seen' but none of"):
+        read(small_dataset, "train")

@@ -75,8 +75,9 @@ def test_updates_change_the_value_and_recall_wants_the_new_one():
     assert seen > 50
 
 
-def test_most_frequent_value_baseline_is_near_chance():
-    cfg = SyntheticConfig()
+@pytest.mark.parametrize("space", ["open", "closed"])
+def test_most_frequent_value_baseline_is_near_chance(space):
+    cfg = SyntheticConfig(value_space=space)
     splits = generate_splits(cfg, {"train": 3000, "test": 1000})
     overall = collections.Counter()
     per_fact: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
@@ -103,8 +104,9 @@ def test_conversation_shape_follows_the_config():
     assert {1, 2, 3, 4, 5} <= distances
 
 
-def test_held_out_splits_share_values_but_not_conversations():
-    cfg = SyntheticConfig.from_name("debug")  # 40 values: collisions would be likely without exclusion
+def test_closed_held_out_splits_share_values_but_not_conversations():
+    # 40 values: collisions would be likely without exclusion
+    cfg = SyntheticConfig.from_name("debug", value_space="closed")
     splits = generate_splits(cfg, {"train": 3000, "valid": 500, "test": 500})
     train = {signature(c) for c in splits["train"]}
     valid = {signature(c) for c in splits["valid"]}
@@ -116,8 +118,8 @@ def test_held_out_splits_share_values_but_not_conversations():
     assert len(set(ids)) == len(ids)
 
 
-def test_values_are_distinct_across_attributes_and_template_words():
-    values = SyntheticConfig(values_per_attribute=300).values()
+def test_closed_values_are_distinct_across_attributes_and_template_words():
+    values = SyntheticConfig(value_space="closed", values_per_attribute=300).values()
     assert all(len(v) == 300 for v in values.values())
     flat = [v for vs in values.values() for v in vs]
     assert len(set(flat)) == len(flat) == 2400
@@ -163,6 +165,10 @@ def test_capacity_needs_enough_fact_keys():
         ({"values_per_attribute": 1}, "values_per_attribute=1"),
         ({"owners": 0}, "owners=0"),
         ({"min_recalls": 4, "min_turns": 4}, "min_recalls=4"),
+        ({"value_space": "half"}, "value_space='half': use 'open' or 'closed'"),
+        ({"heldout_value_share": 0.0}, r"heldout_value_share=0.0: must be in \(0, 1\)"),
+        ({"heldout_value_share": 1.0}, r"heldout_value_share=1.0: must be in \(0, 1\)"),
+        ({"seen_value_share": 1.5}, r"seen_value_share=1.5: must be in \[0, 1\]"),
     ],
 )
 def test_bad_config_names_field_value_and_fix(changes, message):
@@ -173,10 +179,18 @@ def test_bad_config_names_field_value_and_fix(changes, message):
 def test_presets_load_and_generate():
     for name in PRESETS:
         cfg = SyntheticConfig.from_name(name)
+        assert cfg.value_space == "open"
         assert SyntheticConfig.from_dict(cfg.to_dict()) == cfg
         assert generate_conversations(cfg, 5)
     with pytest.raises(ValueError, match="preset 'nano'"):
         SyntheticConfig.from_name("nano")
+
+
+def test_settings_recorded_before_the_open_space_read_as_closed():
+    old = SyntheticConfig().to_dict()
+    for key in ("value_space", "heldout_value_share", "seen_value_share"):
+        del old[key]
+    assert SyntheticConfig.from_dict(old) == SyntheticConfig(value_space="closed")
 
 
 def test_optional_multi_word_attributes():
@@ -187,10 +201,12 @@ def test_optional_multi_word_attributes():
     assert dataclasses.asdict(cfg)["attributes"] == ("shopping", "appointment")
 
 
-def test_too_small_a_value_space_fails_clearly():
-    tiny = SyntheticConfig(min_turns=2, max_turns=2, attributes=("name",), values_per_attribute=2, p_update=0)
+def test_too_small_a_closed_value_space_fails_clearly():
+    tiny = SyntheticConfig(min_turns=2, max_turns=2, attributes=("name",), values_per_attribute=2, p_update=0,
+                           value_space="closed")  # fmt: skip
     with pytest.raises(ValueError, match="split 'test': drew .* too few distinct conversations"):
         generate_splits(tiny, {"train": 50, "test": 50})
-    crowded = SyntheticConfig(min_turns=8, max_turns=8, attributes=("name",), values_per_attribute=2, p_update=1)
+    crowded = SyntheticConfig(min_turns=8, max_turns=8, attributes=("name",), values_per_attribute=2, p_update=1,
+                              value_space="closed")  # fmt: skip
     with pytest.raises(ValueError, match="values_per_attribute=2: a conversation used every name value"):
         generate_conversations(crowded, 20)

@@ -1,4 +1,5 @@
-"""The BPE tokenizer: special-token ids, ids without specials, values as whole tokens."""
+"""The BPE tokenizer: special-token ids, ids without specials; closed values as whole tokens, open
+values as syllables and digits."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from rxt_dist.tokens import NUM_SPECIAL, SPECIAL_TOKENS, interaction_ids
 
 @pytest.fixture(scope="module")
 def corpus():
-    cfg = SyntheticConfig()
+    cfg = SyntheticConfig(value_space="closed")
     convs = generate_conversations(cfg, 2000)
     texts = [s for c in convs for t in c.turns for s in (t.query, t.answer)]
     lexicon = [v for vs in cfg.values().values() for v in vs]
@@ -52,7 +53,7 @@ def test_special_token_text_in_user_input_stays_text(corpus):
     assert codec.decode(ids) == "hello [Q] [EOS] there"
 
 
-def test_values_are_single_tokens_and_gold_ids_point_into_the_answer(corpus):
+def test_closed_values_are_single_tokens_and_gold_ids_point_into_the_answer(corpus):
     cfg, convs, tok = corpus
     codec = TextCodec(tok)
     values = [v for vs in cfg.values().values() for v in vs]
