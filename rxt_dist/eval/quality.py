@@ -3,10 +3,12 @@
 Three systems answer the same conversations (the ``test`` split of a dataset by default):
 
 ``rxt``
-    The RxT model with its STM carried through the conversation: each turn is scored and
-    answered from the STM, then the interaction **with the gold answer** is consolidated
-    into it (as in training: the evaluation measures memory, not the compounding of the
-    model's own earlier mistakes).
+    The RxT model as a user meets it: each turn is answered (greedy) from the STM, then the
+    interaction **with the model's own answer** is consolidated into it. Teacher-forced
+    scores (PPL, value accuracy) are taken from that same STM.
+``rxt_gold``
+    The same model with the **gold** answer consolidated after each turn (as in training: it
+    measures the memory apart from the compounding of the model's own earlier mistakes).
 ``stateless_full``
     The stateless baseline reading the whole history (every earlier interaction, gold
     answers) before each turn.
@@ -20,7 +22,11 @@ Metrics (definitions in docs/evaluation.md):
   tokens and the closing ``[EOS]`` (the training targets);
 * on recall turns: **exact match** of the greedy answer (:func:`recall_exact_match`), and the
   teacher-forced value accuracy (every gold value token is the argmax at its position),
-  each broken down by distance (turns since the fact was stated) and facts held.
+  each broken down by distance (turns since the fact was stated), facts held, and both.
+  ``recall`` counts values never seen in training (what a user's new facts are), ``recall_seen``
+  values that occurred in the training split; a closed-vocabulary dataset has only the latter;
+* for RxT, memory health (:mod:`rxt_dist.memory.health`): slot cosine and effective rank of
+  the STM after every update, and the gate's openness.
 
 Everything is batched over conversations: the turns of a batch advance together, RxT's STM
 rows and the baseline's histories side by side.
@@ -44,16 +50,18 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from rxt_dist.eval.report import machine_info, write_json_atomic
-from rxt_dist.inference import SamplingParams, collect, consolidate, generate, pad_batch, respond_stateless
+from rxt_dist.inference import SamplingParams, collect, generate, pad_batch, respond_stateless
+from rxt_dist.memory.health import MemoryHealth
 from rxt_dist.model import RxTModel, StatelessLM, load_model_dir
 from rxt_dist.model.io import load_tokenizer_json
 from rxt_dist.tokens import history_ids, interaction_ids, prompt_ids
 
 log = logging.getLogger(__name__)
 
-QUALITY_SYSTEMS: tuple[str, ...] = ("rxt", "stateless_full", "stateless_none")
+QUALITY_SYSTEMS: tuple[str, ...] = ("rxt", "rxt_gold", "stateless_full", "stateless_none")
 DESCRIPTIONS = {
-    "rxt": "RxT, STM carried through the conversation (consolidated with gold answers)",
+    "rxt": "RxT, STM carried through the conversation, consolidating its own answers",
+    "rxt_gold": "RxT, STM carried through the conversation, consolidating the gold answers",
     "stateless_full": "stateless baseline, full history (gold answers)",
     "stateless_none": "stateless baseline, current query only (the floor)",
 }
@@ -162,6 +170,8 @@ class RecallRecord:
     an earlier recall's gold answer, which the STM was also fed); None when unknown."""
     facts_held: int
     updated: bool
+    seen: bool
+    """The gold value occurred in the training split."""
     gold: str
     answer: str
     """The greedy answer, decoded."""
@@ -178,6 +188,8 @@ class SystemQuality:
     description: str
     per_turn: list[TokenTally] = field(default_factory=list)
     recalls: list[RecallRecord] = field(default_factory=list)
+    memory: MemoryHealth = field(default_factory=MemoryHealth)
+    """Slot statistics of the STM after each update (RxT systems only)."""
 
     def tally(self, turn: int) -> TokenTally:
         while len(self.per_turn) <= turn:
@@ -193,30 +205,46 @@ class SystemQuality:
 
     @property
     def recall_exact_match(self) -> float | None:
-        return _rate(self.recalls, "exact_match")
+        """Exact match over values never seen in training (the headline)."""
+        return _rate(self.unseen, "exact_match")
 
-    def recall_summary(self, examples: int = 5) -> dict[str, Any]:
-        failures = [r for r in self.recalls if not r.exact_match]
-        shown = (failures + [r for r in self.recalls if r.exact_match])[:examples]
+    @property
+    def unseen(self) -> list[RecallRecord]:
+        return [r for r in self.recalls if not r.seen]
+
+    @property
+    def seen(self) -> list[RecallRecord]:
+        return [r for r in self.recalls if r.seen]
+
+    def recall_summary(self, examples: int = 5, seen: bool = False) -> dict[str, Any]:
+        """Recall over unseen values (or, with ``seen``, over values seen in training)."""
+        records = self.seen if seen else self.unseen
+        failures = [r for r in records if not r.exact_match]
+        shown = (failures + [r for r in records if r.exact_match])[:examples]
         return {
-            "count": len(self.recalls),
-            "exact_match": self.recall_exact_match,
-            "value_accuracy": _rate(self.recalls, "value_accuracy"),
-            "by_distance": _breakdown(self.recalls, "distance"),
+            "count": len(records),
+            "exact_match": _rate(records, "exact_match"),
+            "value_accuracy": _rate(records, "value_accuracy"),
+            "by_distance": _breakdown(records, "distance"),
             "by_mention_distance": _breakdown(
-                [r for r in self.recalls if r.mention_distance is not None], "mention_distance"),
-            "by_facts_held": _breakdown(self.recalls, "facts_held"),
-            "by_updated": _breakdown(self.recalls, "updated"),
+                [r for r in records if r.mention_distance is not None], "mention_distance"),
+            "by_facts_held": _breakdown(records, "facts_held"),
+            "by_facts_held_and_distance": _breakdown(records, "facts_and_distance"),
+            "by_updated": _breakdown(records, "updated"),
             "examples": [asdict(r) for r in shown],
         }
 
     def to_dict(self, examples: int = 5) -> dict[str, Any]:
-        return {
+        out = {
             "description": self.description,
             "overall": self.overall.to_dict(),
             "per_turn": [{"turn": i + 1, **t.to_dict()} for i, t in enumerate(self.per_turn)],
             "recall": self.recall_summary(examples),
+            "recall_seen": self.recall_summary(examples, seen=True),
         }
+        if self.memory.states:
+            out["memory"] = self.memory.to_dict()
+        return out
 
 
 def _rate(records: Sequence[RecallRecord], attr: str) -> float | None:
@@ -226,7 +254,7 @@ def _rate(records: Sequence[RecallRecord], attr: str) -> float | None:
 def _breakdown(records: Sequence[RecallRecord], key: str) -> dict[str, dict[str, Any]]:
     groups: dict[Any, list[RecallRecord]] = defaultdict(list)
     for r in records:
-        groups[getattr(r, key)].append(r)
+        groups[f"{r.facts_held}x{r.distance}" if key == "facts_and_distance" else getattr(r, key)].append(r)
     return {
         str(k).lower(): {"count": len(v), "exact_match": _rate(v, "exact_match"),
                          "value_accuracy": _rate(v, "value_accuracy")}
@@ -321,7 +349,8 @@ def _record(p: _Pending, answer_ids: list[int], codec) -> RecallRecord:
     return RecallRecord(
         conversation_id=p.conv.conversation_id, turn=p.turn, distance=rec.distance,
         mention_distance=p.turn - rec.mentioned_turn if rec.mentioned_turn >= 0 else None,
-        facts_held=rec.facts_held, updated=rec.updated, gold=rec.gold, answer=text,
+        facts_held=rec.facts_held, updated=rec.updated, seen=getattr(rec, "seen", True), gold=rec.gold,
+        answer=text,
         exact_match=recall_exact_match(text, rec.gold, _stale_values(p.conv, p.turn)),
         value_accuracy=p.value_ok,
     )
@@ -329,8 +358,9 @@ def _record(p: _Pending, answer_ids: list[int], codec) -> RecallRecord:
 
 @torch.no_grad()
 def evaluate_rxt_batch(model: RxTModel, convs: Sequence, codec, result: SystemQuality,
-                       cfg: QualityConfig, first_index: int) -> None:
-    """Play a batch of conversations through RxT turn by turn, one STM row each."""
+                       cfg: QualityConfig, first_index: int, own_answers: bool = True) -> None:
+    """Play a batch of conversations through RxT turn by turn, one STM row each; after each
+    turn consolidate the model's own greedy answer (``own_answers``) or the gold one."""
     device = model.embed.weight.device
     stm = torch.cat([model.initial_stm(1, torch.Generator().manual_seed(cfg.seed + first_index + i))
                      for i in range(len(convs))], dim=1).to(device)  # (L, B, S, D)
@@ -350,11 +380,24 @@ def evaluate_rxt_batch(model: RxTModel, convs: Sequence, codec, result: SystemQu
             result.tally(t).add(scored.nll, scored.tokens, scored.correct)
             if x.recall is not None:
                 pending.append((r, _Pending(convs[i], t, scored.value_ok)))
-        if pending:
-            recall_rows = [r for r, _ in pending]
-            answers = generate(model, [turns[r].query_ids for r in recall_rows], sub[:, recall_rows], sampling)
-            result.recalls.extend(_record(p, a, codec) for (_, p), a in zip(pending, answers))
-        stm[:, rows] = consolidate(model, sub, [x.query_ids for x in turns], [x.answer_ids for x in turns])
+        answered = list(range(len(turns))) if own_answers else [r for r, _ in pending]
+        answers = dict(zip(answered, generate(model, [turns[r].query_ids for r in answered],
+                                              sub[:, answered], sampling))) if answered else {}
+        result.recalls.extend(_record(p, answers[r], codec) for r, p in pending)
+        consolidated = [answers[r] if own_answers else x.answer_ids for r, x in enumerate(turns)]
+        stm[:, rows] = _consolidate_tracked(model, sub, [x.query_ids for x in turns], consolidated, result)
+
+
+def _consolidate_tracked(model: RxTModel, stm: Tensor, queries: list[list[int]], answers: list[list[int]],
+                         result: SystemQuality) -> Tensor:
+    """:func:`rxt_dist.inference.consolidate`, counting the new STM's slot statistics and the
+    gate's openness into ``result.memory``."""
+    ids, lengths = pad_batch([interaction_ids(q, a) for q, a in zip(queries, answers)], stm.device)
+    ed, _ = model.encode(ids, lengths)
+    new, gates = model.update_memory_with_gates(stm, ed, lengths)
+    result.memory.add_state(new)
+    result.memory.add_gates(gates)
+    return new
 
 
 def _conversation_ids(conv) -> tuple[list[int], list[tuple[range, range | None]]]:
@@ -459,34 +502,54 @@ class QualityReport:
         write_json_atomic(path, self.to_dict())
 
     def summary_table(self) -> str:
-        """A readable table: overall PPL/accuracy/recall, recall by distance and by facts held,
-        PPL per turn index."""
+        """A readable table: overall PPL/accuracy/recall (unseen and seen values), recall by
+        distance and by facts held, memory health, PPL per turn index."""
         head = (f"Quality on {self.data_url} [{self.split}]: {self.conversations} conversations, "
                 f"{self.turns} turns, {self.recall_turns} recall turns")
         lines = [head, "",
-                 f"{'system':16} {'PPL':>8} {'tok acc':>8} {'recall EM':>10} {'value acc':>10}  description"]
+                 f"{'system':16} {'PPL':>8} {'tok acc':>8} {'recall EM':>10} {'seen EM':>8} {'value acc':>10}"
+                 "  description"]
         for name, s in self.systems.items():
-            o, r = s.overall.to_dict(), s.recall_summary(0)
+            o, r, seen = s.overall.to_dict(), s.recall_summary(0), s.recall_summary(0, seen=True)
             lines.append(f"{name:16} {_f(o['perplexity'], 8, 3)} {_pct(o['accuracy'], 8)} "
-                         f"{_pct(r['exact_match'], 10)} {_pct(r['value_accuracy'], 10)}  {s.description}")
-        lines += self._breakdown_table("recall EM by distance (turns since stated)", "by_distance")
-        lines += self._breakdown_table("recall EM by turns since the value was last in the text",
-                                       "by_mention_distance")
-        lines += self._breakdown_table("recall EM by facts held", "by_facts_held")
+                         f"{_pct(r['exact_match'], 10)} {_pct(seen['exact_match'], 8)} "
+                         f"{_pct(r['value_accuracy'], 10)}  {s.description}")
+        lines.append("(recall EM: values never seen in training; seen EM: values that were)")
+        seen = self._only_seen()
+        which = " — seen values (the dataset has no unseen ones)" if seen else ""
+        lines += self._breakdown_table(f"recall EM by distance (turns since stated){which}", "by_distance", seen)
+        lines += self._breakdown_table(f"recall EM by turns since the value was last in the text{which}",
+                                       "by_mention_distance", seen)
+        lines += self._breakdown_table(f"recall EM by facts held{which}", "by_facts_held", seen)
+        lines += self._memory_table()
         lines += self._per_turn_table()
         return "\n".join(lines)
 
-    def _breakdown_table(self, title: str, key: str) -> list[str]:
-        keys = sorted({k for s in self.systems.values() for k in s.recall_summary(0)[key]}, key=_num)
+    def _only_seen(self) -> bool:
+        return not any(s.unseen for s in self.systems.values()) and any(s.seen for s in self.systems.values())
+
+    def _breakdown_table(self, title: str, key: str, seen: bool = False) -> list[str]:
+        tables = {name: s.recall_summary(0, seen=seen)[key] for name, s in self.systems.items()}
+        keys = sorted({k for b in tables.values() for k in b}, key=_num)
         if not keys:
             return []
-        counts = {k: max(s.recall_summary(0)[key].get(k, {}).get("count", 0) for s in self.systems.values())
-                  for k in keys}
+        counts = {k: max(b.get(k, {}).get("count", 0) for b in tables.values()) for k in keys}
         lines = ["", title, f"{'':16} " + " ".join(f"{k:>6}" for k in keys),
                  f"{'(count)':16} " + " ".join(f"{counts[k]:>6}" for k in keys)]
-        for name, s in self.systems.items():
-            b = s.recall_summary(0)[key]
+        for name, b in tables.items():
             lines.append(f"{name:16} " + " ".join(_pct(b.get(k, {}).get("exact_match"), 6) for k in keys))
+        return lines
+
+    def _memory_table(self) -> list[str]:
+        rows = {name: s.memory.to_dict() for name, s in self.systems.items() if s.memory.states}
+        if not rows:
+            return []
+        lines = ["", "memory health per layer (mean over every STM after an update)",
+                 f"{'':16} {'slot cosine':>24} {'effective rank':>24} {'gate openness':>24}"]
+        fmt = lambda xs: " ".join(f"{x:.2f}" for x in xs) if xs else "—"  # noqa: E731
+        for name, m in rows.items():
+            lines.append(f"{name:16} {fmt(m['slot_cosine']):>24} {fmt(m['effective_rank']):>24} "
+                         f"{fmt(m['gate_openness']):>24}")
         return lines
 
     def _per_turn_table(self) -> list[str]:
@@ -569,6 +632,7 @@ def evaluate_conversations(
     cfg = cfg or QualityConfig()
     runners = {
         "rxt": (rxt, lambda b, s, i: evaluate_rxt_batch(rxt, b, codec, s, cfg, i)),
+        "rxt_gold": (rxt, lambda b, s, i: evaluate_rxt_batch(rxt, b, codec, s, cfg, i, own_answers=False)),
         "stateless_full": (baseline, lambda b, s, i: evaluate_full_history_batch(baseline, b, codec, s, cfg)),
         "stateless_none": (baseline, lambda b, s, i: evaluate_no_history_batch(baseline, b, codec, s, cfg)),
     }

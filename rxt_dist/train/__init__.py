@@ -4,7 +4,7 @@ The library never starts Ray; ``jobs/train.py`` and ``jobs/curriculum.py`` do, t
 :func:`run_stage` / :func:`run_curriculum`.
 """
 
-from rxt_dist.train.config import STAGES, TrainConfig, stage_name
+from rxt_dist.train.config import RXT_STAGES, STAGES, TrainConfig, stage_name
 from rxt_dist.train.launcher import (
     StageResult,
     build_trainer,
@@ -17,6 +17,6 @@ from rxt_dist.train.launcher import (
 )
 
 __all__ = [
-    "STAGES", "TrainConfig", "stage_name", "StageResult", "build_trainer", "check_resources",
+    "RXT_STAGES", "STAGES", "TrainConfig", "stage_name", "StageResult", "build_trainer", "check_resources",
     "export_url", "is_complete", "prepare_job", "run_curriculum", "run_stage",
 ]

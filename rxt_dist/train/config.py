@@ -210,6 +210,11 @@ class StageSection(_Section):
     """Peak learning rate (None: optimizer.lr)."""
     warmup_steps: int | None = Field(None, ge=0)
     """Warm-up steps (None: optimizer.warmup_steps)."""
+    time_budget_s: float | None = Field(None, gt=0)
+    """Train for this many seconds (training time, start-up excluded) instead of ``steps``:
+    after the first ``BUDGET_CALIBRATION_STEPS`` steps the step count is fixed from the measured
+    step time, so the learning-rate schedule still ends with the budget; ``steps`` stays an
+    upper bound. (How the demo gives the baseline the RxT stages' training time.)"""
 
 
 class JointLMStage(StageSection):

@@ -31,7 +31,14 @@ from rxt_dist.train.batches import (
 from rxt_dist.train.config import TrainConfig
 from rxt_dist.train.metrics import MetricWriter, WindowMetrics
 from rxt_dist.train.objectives import StageObjective, StageOutput, combine, local_counts
-from rxt_dist.train.optim import frozen_at, freeze_for_stage, make_scheduler, param_groups
+from rxt_dist.train.optim import (
+    BUDGET_CALIBRATION_STEPS,
+    budget_steps,
+    frozen_at,
+    freeze_for_stage,
+    make_scheduler,
+    param_groups,
+)
 
 log = logging.getLogger("rxt_dist.train")
 
@@ -71,6 +78,10 @@ class Position:
     """Micro-batches of the current epoch already consumed on each worker."""
     tokens: int = 0
     """Tokens processed so far, all workers."""
+    total_steps: int | None = None
+    """Step count fixed by a time budget (None: the stage's ``steps``)."""
+    train_s: float = 0.0
+    """Training time so far (start-up excluded), summed over restarts."""
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -94,6 +105,16 @@ def _configure_worker_logging() -> None:
     for noisy in ("ray.train", "ray.data", "DeepSpeed", "deepspeed"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
+
+
+def _skip_shm_comm_op() -> None:
+    """Keep DeepSpeed from JIT-compiling its shared-memory all-reduce (``deepspeed_shm_comm``,
+    ~30 s of C++ on a fresh machine) when it joins a CPU process group: only its
+    ``inference_all_reduce`` (tensor-parallel inference) uses the op, and without it that falls
+    back to torch.distributed; training's collectives go through Ray Train's gloo group anyway."""
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
 
 def collate_rows(cfg: TrainConfig, stage: str, rows, step: int, world: int):
@@ -154,6 +175,7 @@ class StageLoop:
                               os.path.expanduser("~/.cache/rxt_dist/torch_extensions"))
         if not use_gpu:
             torch.set_num_threads(self.cfg.scaling.torch_threads)
+            _skip_shm_comm_op()
         import ray.train.torch
 
         self.device = ray.train.torch.get_device() if use_gpu else torch.device("cpu")
@@ -197,7 +219,7 @@ class StageLoop:
         objective = StageObjective(model, self.job.stage, self.stage_cfg, self.cfg.run.seed)
         # A torch optimizer: DeepSpeed's own AdamW would JIT-compile a C++ op on first use.
         optimizer = torch.optim.AdamW(param_groups(model, opt.weight_decay), lr=lr, betas=opt.betas)
-        scheduler = make_scheduler(optimizer, opt, self.stage_cfg)
+        scheduler = make_scheduler(optimizer, opt, self.stage_cfg, lambda: self.total_steps)
         engine, _, _, _ = deepspeed.initialize(
             model=objective, optimizer=optimizer, lr_scheduler=scheduler, config=self._ds_config()
         )
@@ -206,6 +228,10 @@ class StageLoop:
     @property
     def model(self) -> torch.nn.Module:
         return self.engine.module.model
+
+    @property
+    def total_steps(self) -> int:
+        return self.position.total_steps or self.stage_cfg.steps
 
     # -- checkpoints --------------------------------------------------------------------
     def _resume(self) -> None:
@@ -281,24 +307,39 @@ class StageLoop:
         window.add(out, batch.num_tokens)
 
     def _train(self) -> None:
-        total = self.stage_cfg.steps
-        if self.position.step >= total:
+        if self.position.step >= self.total_steps:
             return
         window = WindowMetrics()
         batches = self._batches()
-        started = time.perf_counter()
-        while self.position.step < total:
+        started = time.perf_counter() - self.position.train_s
+        while self.position.step < self.total_steps:
             self.engine.module.frozen = frozen_at(self.stage_cfg, self.position.step)
             self.engine.train()
             for micro in range(self.stage_cfg.grad_accum):
                 self._micro_step(next(batches), micro, window)
             self.position.step += 1
+            self.position.train_s = time.perf_counter() - started
             self._maybe_fail()
+            self._maybe_fix_budget()
             self._after_step(window, started)
+
+    def _maybe_fix_budget(self) -> None:
+        """With ``time_budget_s``: after the calibration steps, fix the step count (the same on
+        every rank: the slowest rank's step time decides)."""
+        budget = self.stage_cfg.time_budget_s
+        if budget is None or self.position.total_steps is not None or self.position.step < BUDGET_CALIBRATION_STEPS:
+            return
+        elapsed = torch.tensor([self.position.train_s], dtype=torch.float64)
+        if self.world > 1:
+            dist.all_reduce(elapsed, op=dist.ReduceOp.MAX)
+        self.position.total_steps = budget_steps(budget, float(elapsed), self.position.step, self.stage_cfg.steps)
+        if self.rank == 0:
+            log.info("[%s] time budget %.0fs: %d steps (%.2fs per step so far)", self.job.stage, budget,
+                     self.position.total_steps, float(elapsed) / self.position.step)
 
     def _after_step(self, window: WindowMetrics, started: float) -> None:
         step, ck = self.position.step, self.cfg.checkpoint
-        last = step == self.stage_cfg.steps
+        last = step == self.total_steps
         log_now = step % ck.log_every_steps == 0 or last
         report_now = step % ck.report_every_steps == 0 or step % ck.every_steps == 0 or last
         if not (log_now or report_now):
@@ -307,7 +348,7 @@ class StageLoop:
         self.position.tokens += int(metrics.pop("_tokens", 0))
         metrics.update(self._position_metrics(started))
         if log_now and self.writer is not None:
-            self.writer.write(step, self.stage_cfg.steps, metrics)
+            self.writer.write(step, self.total_steps, metrics)
         if report_now:
             self._report(metrics, with_checkpoint=step % ck.every_steps == 0 or last)
         window.reset()
@@ -322,6 +363,7 @@ class StageLoop:
             "lr": max(lrs),
             "resumed_from_step": -1 if self.resumed_from is None else self.resumed_from,
             "elapsed_s": time.perf_counter() - started,
+            "total_steps": self.total_steps,
         }
 
     # -- failure injection (tests) -----------------------------------------------------
@@ -336,7 +378,8 @@ class StageLoop:
     def _export(self) -> None:
         from rxt_dist.model import save_model_dir
 
-        metadata = {"stage": self.job.stage, "steps": str(self.position.step)}
+        metadata = {"stage": self.job.stage, "steps": str(self.position.step),
+                    "train_s": f"{self.position.train_s:.1f}"}
         with self._gathered():
             if self.rank == 0:
                 save_model_dir(self.model, self.job.export_url, self.job.tokenizer_json, metadata)

@@ -12,6 +12,16 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+BUDGET_CALIBRATION_STEPS = 10
+"""Steps timed before a time-budgeted stage fixes its step count."""
+
+
+def budget_steps(budget_s: float, elapsed_s: float, steps_done: int, max_steps: int) -> int:
+    """The step count that ends a time-budgeted stage on its budget, from the time the first
+    ``steps_done`` steps took (at least one more step, at most ``max_steps``)."""
+    per_step = elapsed_s / max(steps_done, 1)
+    return max(steps_done + 1, min(max_steps, int(budget_s / max(per_step, 1e-9))))
+
 import torch
 from torch import nn
 
@@ -60,13 +70,15 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
-def base_schedule(opt: OptimizerSection, stage: StageSection) -> Callable[[int], float]:
+def base_schedule(opt: OptimizerSection, stage: StageSection,
+                  total_steps: Callable[[], int] | None = None) -> Callable[[int], float]:
     """LR factor at optimizer step s: linear warm-up, then cosine/linear/constant decay to
-    ``min_lr_ratio`` at the last step."""
+    ``min_lr_ratio`` at the last step (``stage.steps``, or ``total_steps()`` when a time budget
+    fixes the count during training)."""
     warmup = opt.warmup_steps if stage.warmup_steps is None else stage.warmup_steps
-    total = stage.steps
 
     def factor(step: int) -> float:
+        total = total_steps() if total_steps is not None else stage.steps
         if warmup and step < warmup:
             return (step + 1) / warmup
         if opt.schedule == "constant" or total <= warmup:
@@ -93,10 +105,10 @@ def frozen_at(stage: StageSection, step: int) -> set[str]:
     return {c for c in COMPONENTS if step < unfreeze_step(stage, c)}
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, opt: OptimizerSection,
-                   stage: StageSection) -> torch.optim.lr_scheduler.LambdaLR:
+def make_scheduler(optimizer: torch.optim.Optimizer, opt: OptimizerSection, stage: StageSection,
+                   total_steps: Callable[[], int] | None = None) -> torch.optim.lr_scheduler.LambdaLR:
     """Per-group LambdaLR: the base schedule times 0 while the group's component is frozen."""
-    base = base_schedule(opt, stage)
+    base = base_schedule(opt, stage, total_steps)
 
     def for_group(component: str) -> Callable[[int], float]:
         start = unfreeze_step(stage, component)

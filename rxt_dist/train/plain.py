@@ -42,6 +42,13 @@ def read_rows(url: str, split: str, columns: list[str] | None = None) -> dict[st
     return out
 
 
+def text_view(rows: dict[str, list]) -> dict[str, list]:
+    """Stage 1's plain-text view of conversation rows: each conversation's query and answer ids
+    in order, one row each (as :func:`rxt_dist.data.ray_text_dataset` gives the workers)."""
+    return {"ids": [[tok for q, a in zip(qs, as_) for tok in (*q, *a)]
+                    for qs, as_ in zip(rows["query_ids"], rows["answer_ids"])]}
+
+
 class PlainLoop:
     """Train ``model`` on ``stage`` of ``cfg`` in this process (one worker's view of the run:
     the global batch, no gradient accumulation split across workers)."""
@@ -51,7 +58,7 @@ class PlainLoop:
 
         self.cfg, self.stage = cfg, stage_name(stage)
         self.stage_cfg = cfg.stage(self.stage)
-        self.rows = rows
+        self.rows = text_view(rows) if self.stage == "joint_lm" and self.stage_cfg.use_text else rows
         self.collate = lambda batch: collate_rows(cfg, self.stage, batch, self.step, world=1)
         freeze_for_stage(model, self.stage)
         self.objective = StageObjective(model, self.stage, self.stage_cfg, cfg.run.seed)
