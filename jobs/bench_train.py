@@ -24,6 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--window", type=int, default=15, help="steps per measured window")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--no-plain", action="store_true",
+                   help="skip the plain single-process loop (same stage, model and per-worker batch)")
     p.add_argument("--out", default="docs/bench/train_throughput.json")
     args = p.parse_args(argv)
     setup_logging()
@@ -33,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     from rxt_dist.model import build_model
     from rxt_dist.train.launcher import _model_config
     from rxt_dist.model import config_from_dict
-    from rxt_dist.train.throughput import Setting, measure
+    from rxt_dist.train.throughput import Setting, measure, measure_plain
 
     try:
         cfg = TrainConfig.from_file(args.config, args.set)
@@ -46,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     start_model = build_model(config_from_dict(_model_config(cfg, stage, vocab)))
     init_ray()
     started = time.perf_counter()
-    rows = measure(cfg, stage, settings, args.steps, args.window, start_model)
+    rows = [] if args.no_plain else [measure_plain(cfg, stage, args.steps, args.window, start_model)]
+    rows += measure(cfg, stage, settings, args.steps, args.window, start_model)
     report = {
         "benchmark": "training throughput",
         "command": "python jobs/bench_train.py " + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -54,9 +57,11 @@ def main(argv: list[str] | None = None) -> int:
         "elapsed_s": time.perf_counter() - started, "results": rows,
     }
     write_json_atomic(args.out, report)
-    print(f"{'workers':>8} {'ZeRO':>5} {'tokens/s':>10} {'wall':>7}")
+    print(f"{'workers':>8} {'ZeRO':>5} {'tokens/s':>10} {'per core':>9} {'wall':>7}")
     for r in rows:
-        print(f"{r['workers']:>8} {r['zero_stage']:>5} {r['tokens_per_s']:>10.0f} {r['wall_s']:>6.0f}s")
+        cores = 1 if r["workers"] == "plain" else r["workers"]
+        print(f"{r['workers']:>8} {str(r['zero_stage']):>5} {r['tokens_per_s']:>10.0f} "
+              f"{r['tokens_per_s'] / cores:>9.0f} {r['wall_s']:>6.0f}s")
     print(f"wrote {args.out}")
     return 0
 

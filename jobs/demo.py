@@ -113,6 +113,22 @@ def print_headline(report) -> None:
           "current query and its fixed-size memory)")
 
 
+def held_out_values(data_url: str) -> tuple[str, str]:
+    """A pet name and a lucky number from the held-out pools: values the training data never
+    holds, as a user's own facts are."""
+    import itertools
+
+    from rxt_dist.data import in_open_space, is_heldout, read_manifest
+    from rxt_dist.data.value_space import SYLLABLES
+
+    share = float((read_manifest(data_url).generator or {}).get("heldout_value_share", 0.2))
+    words = ("".join(p) for p in itertools.product(SYLLABLES[20:], SYLLABLES[7:], ("", "s")))
+    pet = next(w for w in words if in_open_space("pet", w) and is_heldout("pet", w, share))
+    number = next(str(n) for n in itertools.count(417) if in_open_space("number", str(n))
+                  and is_heldout("number", str(n), share))
+    return pet, number
+
+
 def converse(cfg) -> None:
     """A short live conversation: streamed answers, memory consolidated after each turn."""
     import torch
@@ -127,7 +143,8 @@ def converse(cfg) -> None:
     model = load_model_dir(model_dir).eval()
     codec = TextCodec.load(cfg.data.url)
     stm = model.initial_stm(1, torch.Generator().manual_seed(0))
-    turns = ["my pet is called vupus .", "by the way , my lucky number is 417 .", "hello !",
+    pet, number = held_out_values(cfg.data.url)
+    turns = [f"my pet is called {pet} .", f"by the way , my lucky number is {number} .", "hello !",
              "what is my pet called ?", "do you remember my lucky number ?"]
     print(f"\nA conversation with {model_dir} (memory: {tuple(stm.shape)} = layers × conversations × "
           "slots × dim, the same size at every turn):")

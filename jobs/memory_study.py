@@ -2,6 +2,7 @@
 
     python jobs/memory_study.py --data runs/data --config configs/cpu-tiny.yaml --name smat-only \\
         --plan smat --minutes 8 --out docs/bench/study/smat-only.json
+    python jobs/memory_study.py --plot docs/bench/study/*.json --out docs/bench/study/curves.png
 
 Each arm of a study is one run of this command: a fresh model (``--model-set`` overrides its
 preset) or ``--init`` a model directory, trained stage after stage as ``--plan`` says
@@ -36,9 +37,9 @@ def parse_plan(text: str) -> list[tuple[str, int | None]]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", required=True)
+    p.add_argument("--data")
     p.add_argument("--config", default="configs/cpu-tiny.yaml")
-    p.add_argument("--name", required=True, help="arm name (recorded in the JSON)")
+    p.add_argument("--name", help="arm name (recorded in the JSON)")
     p.add_argument("--plan", default="smat", help="stage:steps,…; the last stage may omit steps")
     p.add_argument("--minutes", type=float, default=8.0, help="training budget (all stages)")
     p.add_argument("--init", default=None, help="start from this model directory")
@@ -50,7 +51,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--save", default=None, help="write the final model directory here")
     p.add_argument("--out", required=True)
+    p.add_argument("--plot", nargs="+", metavar="JSON", help="only plot these study files' curves into --out (a .png)")
     args = p.parse_args(argv)
+    if args.plot:
+        from rxt_dist.eval.plots import plot_learning_curves
+
+        studies = []
+        for path in args.plot:
+            with open(path) as f:
+                studies.append(json.load(f))
+        print(f"wrote {plot_learning_curves(studies, args.out)}")
+        return 0
+    if not (args.data and args.name):
+        p.error("--data and --name are required (unless --plot)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
     import torch

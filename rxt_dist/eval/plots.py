@@ -73,3 +73,31 @@ def plot_latency(document: dict[str, Any], path: str | Path) -> Path:
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
     return write_bytes_atomic(path, buf.getvalue())
+
+
+def plot_learning_curves(studies: list[dict[str, Any]], path: str | Path) -> Path:
+    """Recall on held-out conversations (new values, own answers; dashed: gold-consolidated)
+    against minutes of training, one line per arm of ``jobs/memory_study.py``; PNG to ``path``."""
+    plt = _pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.6))
+    for i, study in enumerate(studies):
+        color = f"C{i}"
+        curve = study["curve"]
+        minutes = [p["minutes"] for p in curve]
+        left.plot(minutes, [100 * (p["rxt"]["exact_match"] or 0) for p in curve], marker="o", color=color,
+                  label=study["arm"])
+        left.plot(minutes, [100 * (p["rxt_gold"]["exact_match"] or 0) for p in curve], linestyle="--",
+                  color=color, alpha=0.6)
+        right.plot([p["tokens"] / 1e6 for p in curve], [100 * (p["rxt"]["exact_match"] or 0) for p in curve],
+                   marker="o", color=color, label=study["arm"])
+    left.set(title="recall, new values (solid: own answers; dashed: gold answers consolidated)",
+             xlabel="minutes of training (1 CPU thread)", ylabel="exact match %")
+    right.set(title="recall, new values, own answers", xlabel="training tokens (millions)", ylabel="exact match %")
+    for ax in (left, right):
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return write_bytes_atomic(path, buf.getvalue())

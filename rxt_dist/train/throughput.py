@@ -2,7 +2,9 @@
 
 Each setting is a short real run of the stage on Ray Train with DeepSpeed (the same code
 path as training); throughput is the mean of the logging windows after the first, which
-holds start-up and the first steps' allocation.
+holds start-up and the first steps' allocation. :func:`measure_plain` runs the same stage,
+model and per-worker batch in one plain PyTorch process (:mod:`rxt_dist.train.plain`), the
+reference for what Ray Train + DeepSpeed cost per core.
 """
 
 from __future__ import annotations
@@ -93,3 +95,36 @@ def measure(base: TrainConfig, stage: str, settings: list[Setting], steps: int =
         log.info("%d worker(s), ZeRO-%d: %.0f tokens/s (wall %.0fs)", setting.workers,
                  setting.zero_stage, rows[-1]["tokens_per_s"], wall)
     return rows
+
+
+def measure_plain(base: TrainConfig, stage: str, steps: int = 60, window: int = 15, start_model: Any = None,
+                  batch_size: int | None = None, threads: int = 1) -> dict[str, Any]:
+    """Tokens/s of ``stage`` in one process on ``threads`` threads, at ``batch_size`` rows per
+    step (default: one worker's share of the global batch under ``base.scaling``), steady-state
+    windows as in :func:`measure`."""
+    import torch
+
+    from rxt_dist.train.plain import PlainLoop, read_rows
+
+    stage = stage_name(stage)
+    cfg = copy.deepcopy(base)
+    st = cfg.stage(stage)
+    st.batch_size = batch_size or base.micro_batch(stage) * st.grad_accum
+    st.steps = steps
+    if stage == "smat":
+        st.recall_pair_steps = 0
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    windows: list[float] = []
+    try:
+        loop = PlainLoop(cfg, stage, copy.deepcopy(start_model), read_rows(cfg.data.url, "train"))
+        started = time.perf_counter()
+        loop.run(steps=steps, every=window, on_window=lambda step, m: windows.append(m["tokens_per_s"]))
+        wall = time.perf_counter() - started
+    finally:
+        torch.set_num_threads(previous)
+    steady = windows[1:] or windows
+    row = {"workers": "plain", "zero_stage": None, "threads": threads, "tokens_per_s": sum(steady) / len(steady),
+           "windows_tokens_per_s": steady, "steps": steps, "global_batch": st.batch_size, "wall_s": wall}
+    log.info("plain loop, %d thread(s), batch %d: %.0f tokens/s", threads, st.batch_size, row["tokens_per_s"])
+    return row
