@@ -1,0 +1,174 @@
+"""What stages 3 and 4 add for the memory: per-slot targets, the value loss, the length
+curriculum, memory-health metrics, and time budgets."""
+
+import dataclasses
+import itertools
+
+import pytest
+import torch
+
+from rxt_dist.data import iter_conversations, read_manifest
+from rxt_dist.model import MemoryAttentionConfig, RxTModel, from_name
+from rxt_dist.train.batches import VALUE_COLUMNS, conversation_batch, first_turns, recall_pairs
+from rxt_dist.train.config import MemoryAttentionStage, SMATStage, TrainConfig
+from rxt_dist.train.launcher import conversation_columns
+from rxt_dist.train.loop import collate_rows
+from rxt_dist.train.objectives import StageObjective, _per_slot, combine, local_counts
+from rxt_dist.train.optim import base_schedule, budget_steps
+from rxt_dist.train.plain import read_rows
+
+
+def rows_of(dataset, n, skip=0):
+    """Shard rows as the readers give them, recall metadata included."""
+    rows = read_rows(dataset, "train")
+    return {k: v[skip:skip + n] for k, v in rows.items()}
+
+
+def debug_model(dataset, **memory) -> RxTModel:
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(from_name("debug"), vocab_size=read_manifest(dataset).vocab_size,
+                              memory_attention=MemoryAttentionConfig(**memory))
+    return RxTModel(cfg)
+
+
+def test_value_mask_marks_the_tokens_of_each_recalled_value(dataset):
+    rows = rows_of(dataset, 16)
+    conv = conversation_batch(rows, 8, 64)
+    convs = list(itertools.islice(iter_conversations(dataset, "train"), 16))
+    seen = 0
+    for t, turn in enumerate(conv.turns):
+        for b, c in enumerate(convs):
+            predicted = turn.ids[b, 1:][turn.value_mask[b, :-1]].tolist()  # what the marked positions predict
+            recall = c.turns[t].recall if t < len(c.turns) else None
+            assert predicted == (recall.gold_ids if recall is not None else [])
+            seen += recall is not None
+        assert not (turn.value_mask & ~turn.loss_mask).any()  # value tokens are answer tokens
+    assert seen > 0
+    assert conversation_batch({k: rows[k] for k in ("conversation_id", "query_ids", "answer_ids")},
+                              8, 64).turns[0].value_mask is None
+
+
+def test_value_term_scores_only_recalled_values_and_its_weight_is_the_config(dataset):
+    model = debug_model(dataset)
+    batch = conversation_batch(rows_of(dataset, 8), 8, 64)
+    out = StageObjective(model, "smat", SMATStage(recall_loss_weight=2.0), seed=0)(batch, torch.Generator())
+    values = sum(int(t.value_mask.sum()) for t in batch.turns)
+    assert float(out.terms["value"].count) == values > 0
+    assert out.terms["value"].weight == 2.0
+    assert 0 < float(out.terms["value"].total.detach()) / values  # a mean cross-entropy per value token
+    assert 0 <= out.metrics["value_acc"][0] <= out.metrics["value_acc"][1] == values
+
+
+def test_smat_reports_memory_health_per_layer(dataset):
+    model = debug_model(dataset)
+    out = StageObjective(model, "smat", SMATStage(), seed=0)(conversation_batch(rows_of(dataset, 8), 8, 64),
+                                                             torch.Generator())
+    for layer in (0, 1):
+        cos_sum, n = out.metrics[f"mem_cos_l{layer}"]
+        assert n == 8 and -1 <= cos_sum / n <= 1
+        rank_sum, _ = out.metrics[f"mem_rank_l{layer}"]
+        assert 1 <= rank_sum / n <= 8
+        gate_sum, updates = out.metrics[f"mem_gate_l{layer}"]
+        assert updates > 8 and 0 < gate_sum / updates < 1  # one gate reading per update
+
+
+def test_per_slot_target_gives_each_slot_its_own_position():
+    ed = torch.arange(2 * 10, dtype=torch.float32).view(1, 2, 10, 1).expand(2, 2, 10, 3)  # value = b·10 + t
+    lengths = torch.tensor([10, 4])
+    picked = _per_slot(ed, lengths, slots=8)[0, :, :, 0]  # (B, S)
+    assert picked[0].tolist() == [0, 1, 2, 3, 5, 6, 7, 8]  # ⌊i·10/8⌋
+    assert picked[1].tolist() == [10, 10, 11, 11, 12, 12, 13, 13]  # ⌊i·4/8⌋: short rows repeat tokens
+    assert (picked[1] < 14).all()  # never a padding position
+
+
+def _stage3_losses(dataset, model, cfg, steps=40):
+    objective = StageObjective(model, "memory_attention", cfg, seed=0)
+    opt = torch.optim.AdamW(model.memory_attention.parameters(), lr=3e-3)
+    batches = [conversation_batch(rows_of(dataset, 8, skip=8 * i), 8, 64) for i in range(4)]
+    losses, slot_cos = [], []
+    for step in range(steps):
+        out = objective(batches[step % 4], torch.Generator().manual_seed(step))
+        loss = combine(out, local_counts(out), world=1)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        slot_cos.append(max(out.metrics[f"mem_cos_l{i}"][0] / out.metrics[f"mem_cos_l{i}"][1] for i in (0, 1)))
+    return losses, slot_cos
+
+
+def test_stage3_per_slot_target_keeps_slots_apart_where_the_pooled_one_collapses_them(dataset):
+    """With slot identities, the per-slot target is learnable and the slots stay distinct; the
+    pooled target drives every slot towards one vector."""
+    per_slot, cos_per_slot = _stage3_losses(dataset, debug_model(dataset, slot_ids=True), MemoryAttentionStage())
+    assert sum(per_slot[-4:]) / 4 < sum(per_slot[:4]) / 4 - 0.03  # a harder target than the pooled one
+    pooled, cos_pooled = _stage3_losses(dataset, debug_model(dataset, slot_ids=True),
+                                        MemoryAttentionStage(target="pooled"))
+    assert sum(pooled[-4:]) / 4 < sum(pooled[:4]) / 4 - 0.05
+    assert cos_per_slot[-1] < 0.5 < cos_pooled[-1]
+
+
+def test_length_curriculum_grows_to_whole_conversations():
+    st = SMATStage(steps=100, curriculum_turns=2, curriculum_steps=60)
+    assert [st.turns_at(s, 8) for s in (0, 30, 59, 60, 99)] == [2, 5, 7, 8, 8]
+    assert SMATStage(steps=100).turns_at(0, 8) == 8
+    with pytest.raises(ValueError, match="curriculum_steps=0"):
+        SMATStage(steps=100, curriculum_turns=2)
+    with pytest.raises(ValueError, match="curriculum_steps=100"):
+        SMATStage(steps=100, curriculum_turns=2, curriculum_steps=100)
+
+
+def test_collate_cuts_conversations_by_the_curriculum_and_keeps_their_metadata(dataset):
+    cfg = TrainConfig.from_dict({"data": {"url": dataset, "max_turns": 8},
+                                 "stages": {"smat": {"steps": 100, "curriculum_turns": 2, "curriculum_steps": 60}}})
+    rows = rows_of(dataset, 8)
+    early = collate_rows(cfg, "smat", rows, step=0, world=1)
+    late = collate_rows(cfg, "smat", rows, step=60, world=1)
+    assert len(early.turns) == 2 and len(late.turns) == max(map(len, rows["query_ids"]))
+    cut = first_turns(rows, 2)
+    assert all(len(cut[c][i]) == min(2, len(rows["query_ids"][i])) for c in ("answer_ids", *VALUE_COLUMNS)
+               for i in range(8))
+    assert torch.equal(early.turns[1].value_mask, late.turns[1].value_mask[:, :early.turns[1].ids.shape[1]])
+
+
+def test_recall_pairs_keep_the_value_positions_of_the_kept_turns(dataset):
+    rows = rows_of(dataset, 16)
+    pairs = recall_pairs(rows)
+    batch = conversation_batch(pairs, 8, 64)
+    assert len(batch.turns) == 2
+    recalled = int(batch.turns[1].value_mask.any(dim=1).sum())
+    assert recalled >= 8  # most conversations hold a fact → recall pair; its value is scored
+
+
+def test_value_loss_on_data_without_recall_metadata_names_the_fix(tmp_path, dataset):
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    data = tmp_path / "plain"
+    shutil.copytree(dataset, data)
+    for shard in (data / "train").glob("*.parquet"):
+        table = pq.read_table(shard)
+        pq.write_table(table.drop_columns([c for c in table.column_names if c.startswith("recall_")]), shard)
+    cfg = TrainConfig.from_dict({"data": {"url": str(data)}, "stages": {"smat": {"recall_loss_weight": 1.0}}},
+                                source="c.yaml")
+    with pytest.raises(ValueError, match=r"c.yaml: stages.smat.recall_loss_weight=1.0 needs the recall metadata.*"
+                                         r"set stages.smat.recall_loss_weight=0"):
+        conversation_columns(cfg, "smat")
+    plain = TrainConfig.from_dict({"data": {"url": str(data)}})
+    assert conversation_columns(plain, "smat") == ["conversation_id", "query_ids", "answer_ids"]
+    full = TrainConfig.from_dict({"data": {"url": dataset}})
+    assert set(VALUE_COLUMNS) <= set(conversation_columns(full, "smat"))  # read when present
+
+
+def test_time_budget_fixes_the_step_count_and_the_schedule_ends_with_it():
+    assert budget_steps(budget_s=60, elapsed_s=5, steps_done=10, max_steps=1000) == 120
+    assert budget_steps(budget_s=60, elapsed_s=5, steps_done=10, max_steps=100) == 100
+    assert budget_steps(budget_s=1, elapsed_s=5, steps_done=10, max_steps=1000) == 11
+    cfg = TrainConfig.from_dict({"optimizer": {"warmup_steps": 0, "schedule": "linear", "min_lr_ratio": 0.0},
+                                 "stages": {"baseline": {"steps": 1000, "time_budget_s": 60}}})
+    total = [1000]
+    factor = base_schedule(cfg.optimizer, cfg.stages.baseline, lambda: total[0])
+    assert factor(500) == pytest.approx(0.5)
+    total[0] = 120
+    assert factor(60) == pytest.approx(0.5) and factor(120) == pytest.approx(0.0)
