@@ -9,6 +9,8 @@ from rxt_dist.inference import SamplingParams, consolidate, generate
 from rxt_dist.memory.statex import ExpansionConfig, expand_model
 from rxt_dist.model import StatelessLM, from_name
 
+from tests.tolerances import KERNEL
+
 from .conftest import slotted_model
 
 SLOT_INDEXED = {"memory_attention.layers.0.gate.logit", "memory_attention.layers.1.gate.logit", "stm_init.weight"}
@@ -127,7 +129,7 @@ def test_inherit_with_new_slots_masked_answers_like_the_original_turn_after_turn
     ours, theirs, stm, stm2 = masked_conversation(model, grown)
     assert ours == theirs
     assert len({tuple(a) for turn in ours for a in turn}) > 3  # the answers do depend on the memory
-    torch.testing.assert_close(stm2[:, :, :8], stm, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(stm2[:, :, :8], stm, **KERNEL)  # 8 vs 16 slots: other matmul shapes
 
 
 def test_masked_equivalence_of_slot_mixing_variants_holds_for_the_first_answer():
