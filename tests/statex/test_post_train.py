@@ -5,13 +5,13 @@ import dataclasses
 import os
 
 import pytest
-import ray
 import torch
 
 from rxt_dist.data import PrepareConfig, SyntheticConfig, prepare_dataset, read_manifest
 from rxt_dist.memory.statex import ExpansionConfig, expand_stm
 from rxt_dist.model import RxTModel, from_name, load_model_dir, save_model_dir
 from rxt_dist.train import TrainConfig, export_url, prepare_job, run_stage
+from tests.ray_local import train_cluster
 
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -49,7 +49,7 @@ def config(tmp_path, data, name, **smat) -> TrainConfig:
         "deepspeed": {"zero_stage": 0},
         "optimizer": {"lr": 1e-2, "warmup_steps": 0},
         "checkpoint": {"every_steps": 100, "report_every_steps": 100, "log_every_steps": 1},
-        "stages": {"smat": {"steps": 2, "batch_size": 8, **smat}},
+        "stages": {"smat": {"steps": 1, "batch_size": 8, **smat}},
     }, source=name)
 
 
@@ -85,11 +85,8 @@ def test_the_hook_is_set_from_a_yaml_override(tmp_path, expanded):
 def test_ray_train_post_trains_the_expanded_model_at_its_new_slot_count(tmp_path, data, expanded):
     _, grown = expanded
     cfg = config(tmp_path, data, "post", init_model_url=grown)
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
+    with train_cluster():
         result = run_stage(cfg, "smat")
-    finally:
-        ray.shutdown()
     before, after = load_model_dir(grown), load_model_dir(result.export_url)
     assert after.cfg.stm.num_slots == 16
     logit_before = before.memory_attention.layers[0].gate.logit

@@ -6,13 +6,13 @@ import json
 import os
 
 import pytest
-import ray
 import torch
 
 from rxt_dist.data import read_manifest
 from rxt_dist.model import RxTModel, from_name, load_model_dir, save_model_dir
 from rxt_dist.train import TrainConfig, export_url, run_stage
 
+from tests.ray_local import train_cluster
 from tests.tolerances import KERNEL
 
 from .conftest import make_dataset
@@ -25,9 +25,8 @@ LR = 1e-2
 
 @pytest.fixture(scope="module", autouse=True)
 def cluster():
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
+    with train_cluster():
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -84,33 +83,35 @@ def test_one_worker_and_two_workers_zero2_take_the_same_first_step(tmp_path, sma
 def test_zero3_trains_checkpoints_and_a_relaunch_resumes(tmp_path, small_data):
     cfg = config(tmp_path, small_data, "z3", deepspeed={"zero_stage": 3},
                  checkpoint={"every_steps": 1, "report_every_steps": 1},
-                 stages={"baseline": {"steps": 2, "batch_size": 8}})
+                 stages={"baseline": {"steps": 1, "batch_size": 8}})
     first = run_stage(cfg, "baseline")
-    assert first.metrics["step"] == 2 and first.metrics["resumed_from_step"] == -1
+    assert first.metrics["step"] == 1 and first.metrics["resumed_from_step"] == -1
     ckpt_root = tmp_path / "runs" / "z3" / "checkpoints" / "z3-baseline"
     checkpoints = sorted(p for p in ckpt_root.iterdir() if p.is_dir() and p.name.startswith("checkpoint_"))
     assert checkpoints and any("optim_states" in f.name for f in checkpoints[-1].rglob("*"))
     model = load_model_dir(export_url(cfg, "baseline"))
     assert model.cfg.num_layers == from_name("baseline-debug").num_layers
     longer = cfg.model_copy(deep=True)
-    longer.stages.baseline.steps = 3
+    longer.stages.baseline.steps = 2
     again = run_stage(longer, "baseline")
-    assert again.metrics["resumed_from_step"] == 2 and again.metrics["step"] == 3
+    assert again.metrics["resumed_from_step"] == 1 and again.metrics["step"] == 2
 
 
 def test_worker_failure_resumes_from_the_last_checkpoint(tmp_path, small_data):
+    # Every step is an epoch of the 8-conversation split (a Ray Data execution, 1–2 s): as few
+    # steps as show a checkpoint, a step after it and the failure one step later.
     cfg = config(tmp_path, small_data, "fail",
-                 checkpoint={"every_steps": 3, "report_every_steps": 3},
-                 failure={"max_failures": 1, "fail_once_at_step": 5},
-                 stages={"baseline": {"steps": 8, "batch_size": 8}})
+                 checkpoint={"every_steps": 2, "report_every_steps": 2},
+                 failure={"max_failures": 1, "fail_once_at_step": 4},
+                 stages={"baseline": {"steps": 4, "batch_size": 8}})
     result = run_stage(cfg, "baseline")
-    assert result.metrics["step"] == 8
-    assert result.metrics["resumed_from_step"] == 3
+    assert result.metrics["step"] == 4
+    assert result.metrics["resumed_from_step"] == 2
     log = tmp_path / "runs" / "fail" / "logs" / "baseline" / "metrics.jsonl"
     steps = [json.loads(line)["step"] for line in log.read_text().splitlines()]
-    # First attempt logged 1–4 and died at 5; the restart continued from the step-3
-    # checkpoint: steps 1–3 are never redone, 4 is redone once, the run ends at 8.
-    assert steps == [1, 2, 3, 4, 4, 5, 6, 7, 8]
+    # First attempt logged 1–3 and died at 4; the restart continued from the step-2
+    # checkpoint: steps 1–2 are never redone, 3 is redone once, the run ends at 4.
+    assert steps == [1, 2, 3, 3, 4]
 
 
 def test_smat_recall_pair_warmup_then_whole_conversations(tmp_path, small_data):
