@@ -23,8 +23,10 @@ from serve.args import DEPLOYMENT_NAMES, AppArgs
 pytestmark = pytest.mark.timeout(300)
 
 UPDATE_DELAY_S = 0.5
+# Quick to stop and to notice a dead replica; no per-request access log lines on the driver.
 FAST = {"graceful_shutdown_timeout_s": 0.1, "graceful_shutdown_wait_loop_s": 0.1,
-        "health_check_period_s": 1, "ray_actor_options": {"num_cpus": 0}}
+        "health_check_period_s": 1, "ray_actor_options": {"num_cpus": 0},
+        "logging_config": {"enable_access_log": False}}
 MODEL = "bench-test"
 
 

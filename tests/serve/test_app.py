@@ -33,8 +33,10 @@ MAX_TOKENS = 12
 KEY = "test-key"
 UPDATE_DELAY_S = 2.0
 MODEL = "rxt-test"  # the model directory's name
+# Quick to stop and to notice a dead replica; no per-request access log lines on the driver.
 FAST = {"graceful_shutdown_timeout_s": 0.1, "graceful_shutdown_wait_loop_s": 0.1,
-        "health_check_period_s": 1, "ray_actor_options": {"num_cpus": 0}}
+        "health_check_period_s": 1, "ray_actor_options": {"num_cpus": 0},
+        "logging_config": {"enable_access_log": False}}
 A = ["my name is ada", "what is my name?", "tell me a story"]
 B = ["the cat sat on the mat", "where do i live?", "remember my favourite colour is green"]
 
