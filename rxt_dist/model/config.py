@@ -125,11 +125,18 @@ class GateConfig:
     """Initial gate logit (0 → G = 0.5 with sigmoid; negative values start the memory keeping
     more of what it holds)."""
     per_slot_bias: bool = False
-    """Add a learned logit per slot (S, 1), initialised to 0, to the gate: each slot can learn
-    its own openness (how quickly it is overwritten). Not with ``kind='none'``."""
+    """Add a learned logit per slot (S, 1) to the gate: each slot can learn its own openness
+    (how quickly it is overwritten). Not with ``kind='none'``."""
+    slot_bias_spread: float = 0.0
+    """With ``per_slot_bias``: the per-slot logits start evenly spread over
+    [−spread, +spread] (slot 0 keeps most, the last slot writes most), a range of time scales
+    from the first step instead of one; 0 starts them all at 0."""
 
     def __post_init__(self) -> None:
         _require(self.kind in GATE_KINDS, f"kind={self.kind!r}: must be one of {GATE_KINDS}")
+        _require(self.slot_bias_spread >= 0, f"slot_bias_spread={self.slot_bias_spread}: must be ≥ 0")
+        _require(self.slot_bias_spread == 0 or self.per_slot_bias,
+                 f"slot_bias_spread={self.slot_bias_spread}: needs per_slot_bias=true")
         _require(not (self.per_slot_bias and self.kind == "none"),
                  "per_slot_bias=True: the plain residual (kind='none') has no gate to bias; "
                  "choose a gate kind or set per_slot_bias=false")

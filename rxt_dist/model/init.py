@@ -48,6 +48,9 @@ def _init_memory(model: nn.Module, cfg: RxTConfig) -> None:
             gate.bias.fill_(gate_cfg.init_bias)
         elif gate_cfg.kind == "linear":
             gate.proj.bias.fill_(gate_cfg.init_bias)
+        if gate_cfg.per_slot_bias:
+            spread = gate_cfg.slot_bias_spread
+            gate.slot_bias.copy_(torch.linspace(-spread, spread, gate.slot_bias.shape[0])[:, None])
         if hasattr(layer, "slot_id"):
             # unit scale, like the RMS-normalised state it is added to: distinct from the start
             nn.init.normal_(layer.slot_id, 0.0, 1.0)

@@ -100,6 +100,12 @@ def test_per_slot_gate_bias_lets_one_slot_keep_its_content():
     assert (new[:, :, 1:] - stm[:, :, 1:]).abs().max() > 1e-3
 
 
+def test_slot_bias_spread_starts_slots_at_different_time_scales():
+    model = debug_rxt(memory_attention=MemoryAttentionConfig(gate=GateConfig(per_slot_bias=True, slot_bias_spread=2.0)))
+    bias = model.memory_attention.layers[0].gate.slot_bias.view(-1)
+    torch.testing.assert_close(bias, torch.linspace(-2.0, 2.0, 8), rtol=0, atol=0)
+
+
 def test_gate_openness_is_reported_per_layer_and_conversation():
     model = debug_rxt(memory_attention=MemoryAttentionConfig(gate=GateConfig(kind="static", init_bias=-2.0)))
     stm = model.initial_stm(3, torch.Generator().manual_seed(0))
@@ -129,6 +135,7 @@ def test_learned_initial_stm_with_noise_is_seeded_per_conversation():
     (lambda: GateConfig(kind="none", per_slot_bias=True), "per_slot_bias=True"),
     (lambda: STMConfig(init="normal", init_noise_std=0.1), "init_noise_std=0.1"),
     (lambda: MemoryAttentionConfig(write="softmax"), "write='softmax'"),
+    (lambda: GateConfig(slot_bias_spread=1.0), "slot_bias_spread=1.0: needs per_slot_bias"),
 ])
 def test_bad_memory_write_settings_name_the_field(bad, message):
     with pytest.raises(ValueError, match=message):
