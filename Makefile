@@ -9,6 +9,11 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-dev
 BENCH_STAMP := $(VENV)/.installed-bench
+# Installs are quiet unless they fail: each step appends its output (pip's notices, build
+# backends' deprecation text) to INSTALL_LOG, which is printed only when a step fails.
+INSTALL_LOG := $(VENV)/install.log
+LOGGED = sh -c '"$$@" >>"$(INSTALL_LOG)" 2>&1 || { s=$$?; cat "$(INSTALL_LOG)" >&2; \
+	echo "make: install step failed (exit $$s): $$*; full log in $(INSTALL_LOG)" >&2; exit $$s; }' step
 
 # CPU defaults; the config decides devices on a GPU cluster.
 export DS_ACCELERATOR ?= cpu
@@ -19,15 +24,18 @@ export RAY_TRAIN_HEALTH_CHECK_INTERVAL_S ?= 0.5
 .PHONY: install test demo bench clean
 
 $(STAMP): pyproject.toml
+	@echo "installing the dev environment into $(VENV) (log: $(INSTALL_LOG))"
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet -e '.[dev]'
-	touch $@
+	@: > $(INSTALL_LOG)
+	@$(LOGGED) $(PY) -m pip install --upgrade pip
+	@$(LOGGED) $(PY) -m pip install "$(TORCH_SPEC)"
+	@$(LOGGED) $(PY) -m pip install -e '.[dev]'
+	@touch $@
 
 $(BENCH_STAMP): $(STAMP)
-	$(PY) -m pip install --quiet -e '.[dev,bench]'
-	touch $@
+	@echo "installing the bench extras into $(VENV) (log: $(INSTALL_LOG))"
+	@$(LOGGED) $(PY) -m pip install -e '.[dev,bench]'
+	@touch $@
 
 install: $(STAMP)
 
