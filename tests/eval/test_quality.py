@@ -111,8 +111,8 @@ def test_rxt_consolidates_its_own_answers_and_rxt_gold_the_gold_ones(data_url, v
     cfg = QualityConfig(**dict(FAST, max_conversations=3))
     report = evaluate_models(data_url, varied_dirs[0], None, dataclasses.replace(cfg, systems=("rxt", "rxt_gold")))
     own, gold = report.systems["rxt"], report.systems["rxt_gold"]
-    assert own.per_turn[0].nll == pytest.approx(gold.per_turn[0].nll, rel=1e-6)
-    assert own.per_turn[1].nll != pytest.approx(gold.per_turn[1].nll, rel=1e-3)
+    assert own.per_turn[0].nll == gold.per_turn[0].nll  # the same batch through the same kernels
+    assert own.per_turn[1].nll != pytest.approx(gold.per_turn[1].nll, rel=1e-3)  # measured: 2.6% apart
     model = load_model_dir(varied_dirs[0]).eval()
     conv = list(iter_conversations(data_url, "test"))[0]
     stm = model.initial_stm(1, torch.Generator().manual_seed(cfg.seed))
