@@ -107,14 +107,17 @@ def main(argv: list[str] | None = None) -> int:
         systems = evaluate_conversations(held_out, codec, rxt=model, cfg=qcfg)
         for name, s in systems.items():
             summary = s.recall_summary(0)
+            full = s.to_dict(0)
             point[name] = {"exact_match": summary["exact_match"], "value_accuracy": summary["value_accuracy"],
-                           "seen": summary.get("seen", {}).get("exact_match"),
+                           "seen": full["recall_seen"]["exact_match"], "echo": full.get("echo"),
+                           "by_distance": {k: v["exact_match"] for k, v in summary["by_distance"].items()},
                            "ppl": s.overall.to_dict()["perplexity"], "memory": s.memory.to_dict()}
         point["eval_s"] = time.perf_counter() - started
         curve.append(point)
-        log.info("%s %.1f min %s step %d: recall %.1f%% (gold-consolidated %.1f%%), slot cos %s",
+        log.info("%s %.1f min %s step %d: recall %.1f%% (gold-consolidated %.1f%%), echo %s, slot cos %s",
                  args.name, point["minutes"], stage, step, 100 * (point["rxt"]["exact_match"] or 0),
-                 100 * (point["rxt_gold"]["exact_match"] or 0), point["rxt"]["memory"]["slot_cosine"])
+                 100 * (point["rxt_gold"]["exact_match"] or 0), point["rxt"]["echo"],
+                 [round(c, 2) for c in point["rxt"]["memory"]["slot_cosine"]])
         model.train()
 
     def spent_now(metrics: dict) -> float:

@@ -51,6 +51,7 @@ from torch import Tensor
 
 from rxt_dist.eval.report import machine_info, write_json_atomic
 from rxt_dist.inference import SamplingParams, collect, generate, pad_batch, respond_stateless
+from rxt_dist.data.conversation import FACT, UPDATE
 from rxt_dist.memory.health import MemoryHealth
 from rxt_dist.model import RxTModel, StatelessLM, load_model_dir
 from rxt_dist.model.io import load_tokenizer_json
@@ -190,6 +191,10 @@ class SystemQuality:
     recalls: list[RecallRecord] = field(default_factory=list)
     memory: MemoryHealth = field(default_factory=MemoryHealth)
     """Slot statistics of the STM after each update (RxT systems only)."""
+    echoes: list[tuple[bool, bool]] = field(default_factory=list)
+    """Per fact/update turn answered greedily whose value is later recalled: (the answer repeats
+    the stated value, the value was seen in training) — the same-turn copy, which needs no
+    memory (``rxt`` only)."""
 
     def tally(self, turn: int) -> TokenTally:
         while len(self.per_turn) <= turn:
@@ -244,7 +249,15 @@ class SystemQuality:
         }
         if self.memory.states:
             out["memory"] = self.memory.to_dict()
+        if self.echoes:
+            out["echo"] = {"unseen": _share([hit for hit, seen in self.echoes if not seen]),
+                           "seen": _share([hit for hit, seen in self.echoes if seen]),
+                           "count": len(self.echoes)}
         return out
+
+
+def _share(hits: Sequence[bool]) -> float | None:
+    return sum(hits) / len(hits) if hits else None
 
 
 def _rate(records: Sequence[RecallRecord], attr: str) -> float | None:
@@ -365,6 +378,8 @@ def evaluate_rxt_batch(model: RxTModel, convs: Sequence, codec, result: SystemQu
     stm = torch.cat([model.initial_stm(1, torch.Generator().manual_seed(cfg.seed + first_index + i))
                      for i in range(len(convs))], dim=1).to(device)  # (L, B, S, D)
     sampling = SamplingParams(max_new_tokens=cfg.max_new_tokens)
+    # whether a stated value was seen in training is known from the recalls that ask for it
+    seen_values = {t.recall.gold: getattr(t.recall, "seen", True) for c in convs for _, t in c.recall_turns}
     for t in range(max(len(c.turns) for c in convs)):
         rows = [i for i, c in enumerate(convs) if t < len(c.turns)]
         turns = [convs[i].turns[t] for i in rows]
@@ -384,8 +399,16 @@ def evaluate_rxt_batch(model: RxTModel, convs: Sequence, codec, result: SystemQu
         answers = dict(zip(answered, generate(model, [turns[r].query_ids for r in answered],
                                               sub[:, answered], sampling))) if answered else {}
         result.recalls.extend(_record(p, answers[r], codec) for r, p in pending)
+        if own_answers:
+            result.echoes.extend(_echo(x, answers[r], codec, seen_values) for r, x in enumerate(turns)
+                                 if x.kind in (FACT, UPDATE) and x.value in seen_values)
         consolidated = [answers[r] if own_answers else x.answer_ids for r, x in enumerate(turns)]
         stm[:, rows] = _consolidate_tracked(model, sub, [x.query_ids for x in turns], consolidated, result)
+
+
+def _echo(turn, answer_ids: list[int], codec, seen_values: dict[str, bool]) -> tuple[bool, bool]:
+    """(the greedy answer to a fact/update turn repeats its value, that value was seen in training)."""
+    return recall_exact_match(codec.decode(answer_ids), turn.value), seen_values[turn.value]
 
 
 def _consolidate_tracked(model: RxTModel, stm: Tensor, queries: list[list[int]], answers: list[list[int]],
@@ -515,6 +538,11 @@ class QualityReport:
                          f"{_pct(r['exact_match'], 10)} {_pct(seen['exact_match'], 8)} "
                          f"{_pct(r['value_accuracy'], 10)}  {s.description}")
         lines.append("(recall EM: values never seen in training; seen EM: values that were)")
+        for name, s in self.systems.items():
+            echo = s.to_dict(0).get("echo")
+            if echo:
+                lines.append(f"{name}: same-turn echo of a stated value (no memory needed): new values "
+                             f"{_pct(echo['unseen'], 6).strip()}, seen values {_pct(echo['seen'], 6).strip()}")
         seen = self._only_seen()
         which = " — seen values (the dataset has no unseen ones)" if seen else ""
         lines += self._breakdown_table(f"recall EM by distance (turns since stated){which}", "by_distance", seen)

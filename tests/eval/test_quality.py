@@ -68,6 +68,9 @@ def test_report_has_every_system_and_counts_every_recall_turn(data_url, model_di
             assert sum(b["count"] for b in s["recall"][key].values()) == unseen, (name, key)
         assert all(not e["seen"] for e in s["recall"]["examples"]) and all(e["seen"] for e in s["recall_seen"]["examples"])
         assert 0.0 <= s["recall"]["exact_match"] <= 1.0
+        assert ("echo" in s) == (name == "rxt")  # only the own-answer system answers fact turns
+        if name == "rxt":
+            assert s["echo"]["count"] > 0 and 0 <= s["echo"]["unseen"] <= 1
         if name.startswith("rxt"):
             memory = s["memory"]  # slot statistics per layer, after every update
             assert len(memory["slot_cosine"]) == len(memory["effective_rank"]) == len(memory["gate_openness"]) == 2
