@@ -34,10 +34,20 @@ def describe(name: str, cfg: ModelConfig, model: nn.Module) -> str:
         L, S, D = cfg.stm_shape
         lines += [
             f"STM shape     {L} × {S} × {D} (layers × slots × dim) = {L * S * D:,} values",
-            f"memory attn   {cfg.memory_attention.variant}, gate {cfg.memory_attention.gate.kind}"
-            f"/{cfg.memory_attention.gate.activation}",
+            f"memory attn   {_memory_write(cfg)}",
+            f"STM init      {cfg.stm.init}" + (f" + noise {cfg.stm.init_noise_std:g}" if cfg.stm.init_noise_std else ""),
             f"decoder FFN   {cfg.decoder_ffn.kind}"
             + (f" ({cfg.decoder_ffn.num_experts} experts, top-{cfg.decoder_ffn.top_k})"
                if cfg.decoder_ffn.kind == "moe" else ""),
         ]
     return "\n".join(lines)
+
+
+def _memory_write(cfg: RxTConfig) -> str:
+    ma, gate = cfg.memory_attention, cfg.memory_attention.gate
+    parts = [ma.variant, f"{ma.write} write"]
+    if ma.slot_ids:
+        parts.append("slot identities on queries")
+    bias = f", per-slot bias ±{gate.slot_bias_spread:g}" if gate.per_slot_bias else ""
+    parts.append(f"gate {gate.kind}/{gate.activation}{bias}")
+    return ", ".join(parts)
