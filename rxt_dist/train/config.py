@@ -295,6 +295,10 @@ class SMATStage(StageSection):
     init_model_url: str | None = None
     """Start from this model directory instead of stage memory_attention's export (post-training
     of any model, e.g. a StateX-expanded one; see docs/statex.md)."""
+    start: Literal["previous", "fresh"] = "previous"
+    """``previous``: start from stage memory_attention's export (the four-stage curriculum).
+    ``fresh``: start from a newly initialised ``model`` preset — stage 4 alone, end to end; at the
+    scale of the CPU configs it learned recall far faster than after stages 1–3 (docs/memory.md)."""
     recall_loss_weight: float = Field(0.0, ge=0)
     """Extra loss on the tokens of recalled values (mean cross-entropy over those tokens, times
     this weight, added to the answer loss). Needs the ``recall_gold_*`` columns of synthetic data
@@ -314,6 +318,9 @@ class SMATStage(StageSection):
 
     @model_validator(mode="after")
     def _ends_on_conversations(self) -> SMATStage:
+        _require(self.start == "previous" or self.init_model_url is None,
+                 f"start={self.start!r}: init_model_url={self.init_model_url!r} names a model to start from; "
+                 "use one or the other")
         _require(self.recall_pair_steps < self.steps,
                  f"recall_pair_steps={self.recall_pair_steps}: must be in [0, steps={self.steps}) so the "
                  "stage ends on whole conversations")

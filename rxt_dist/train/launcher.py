@@ -135,7 +135,7 @@ def prepare_job(cfg: TrainConfig, stage: str) -> StageJob:
     if "train" not in manifest.splits:
         raise ValueError(f"{cfg.data.url}: the dataset has no 'train' split (it has {sorted(manifest.splits)})")
     init = _init_override(cfg, stage)
-    if init is None and stage in PREVIOUS:
+    if init is None and stage in PREVIOUS and not starts_fresh(cfg, stage):
         if not is_complete(cfg, PREVIOUS[stage]):
             raise ValueError(
                 f"stage {stage} starts from stage {PREVIOUS[stage]}'s model, but "
@@ -151,6 +151,11 @@ def prepare_job(cfg: TrainConfig, stage: str) -> StageJob:
         init_model_url=init,
         model_config=None if init else _model_config(cfg, stage, manifest.vocab_size),
     )
+
+
+def starts_fresh(cfg: TrainConfig, stage: str) -> bool:
+    """Stage 4 with ``start: fresh`` begins from a new model, not from stage 3's export."""
+    return stage == "smat" and cfg.stages.smat.start == "fresh"
 
 
 def _init_override(cfg: TrainConfig, stage: str) -> str | None:
