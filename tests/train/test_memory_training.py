@@ -172,3 +172,17 @@ def test_time_budget_fixes_the_step_count_and_the_schedule_ends_with_it():
     assert factor(500) == pytest.approx(0.5)
     total[0] = 120
     assert factor(60) == pytest.approx(0.5) and factor(120) == pytest.approx(0.0)
+
+
+def test_stage4_can_start_from_a_fresh_model_without_stage3(tmp_path, dataset):
+    from rxt_dist.train.launcher import prepare_job
+
+    cfg = TrainConfig.from_dict({"data": {"url": dataset}, "run": {"storage": str(tmp_path)},
+                                 "model": {"preset": "debug"}, "stages": {"smat": {"start": "fresh"}}})
+    job = prepare_job(cfg, "smat")  # no stage-3 export exists: a fresh model from the preset
+    assert job.init_model_url is None and job.model_config["model_type"] == "rxt"
+    curriculum = TrainConfig.from_dict({"data": {"url": dataset}, "run": {"storage": str(tmp_path)}})
+    with pytest.raises(ValueError, match="starts from stage memory_attention's model"):
+        prepare_job(curriculum, "smat")
+    with pytest.raises(ValueError, match="use one or the other"):
+        SMATStage(start="fresh", init_model_url="runs/x")
