@@ -212,8 +212,8 @@ class StageSection(_Section):
     """Warm-up steps (None: optimizer.warmup_steps)."""
     time_budget_s: float | None = Field(None, gt=0)
     """Train for this many seconds (training time, start-up excluded) instead of ``steps``:
-    after the first ``BUDGET_CALIBRATION_STEPS`` steps the step count is fixed from the measured
-    step time, so the learning-rate schedule still ends with the budget; ``steps`` stays an
+    after ``BUDGET_CALIBRATION_STEPS`` steps the step count is fixed from the measured step time
+    (``rxt_dist.train.optim``), so the learning-rate schedule still ends with the budget; ``steps`` stays an
     upper bound. (How the demo gives the baseline the RxT stages' training time.)"""
 
 

@@ -33,6 +33,7 @@ from rxt_dist.train.metrics import MetricWriter, WindowMetrics
 from rxt_dist.train.objectives import StageObjective, StageOutput, combine, local_counts
 from rxt_dist.train.optim import (
     BUDGET_CALIBRATION_STEPS,
+    BUDGET_WARMUP_STEPS,
     budget_steps,
     frozen_at,
     freeze_for_stage,
@@ -324,18 +325,26 @@ class StageLoop:
             self._after_step(window, started)
 
     def _maybe_fix_budget(self) -> None:
-        """With ``time_budget_s``: after the calibration steps, fix the step count (the same on
-        every rank: the slowest rank's step time decides)."""
+        """With ``time_budget_s``: time the steps after the warm-up ones, then fix the step count
+        (the same on every rank: the slowest rank's times decide)."""
         budget = self.stage_cfg.time_budget_s
-        if budget is None or self.position.total_steps is not None or self.position.step < BUDGET_CALIBRATION_STEPS:
+        if budget is None or self.position.total_steps is not None:
             return
-        elapsed = torch.tensor([self.position.train_s], dtype=torch.float64)
+        if self.position.step == BUDGET_WARMUP_STEPS:
+            self._warm_train_s = self.position.train_s
+        if self.position.step < BUDGET_CALIBRATION_STEPS:
+            return
+        warm = getattr(self, "_warm_train_s", 0.0)  # a resume past the warm-up times from its start
+        times = torch.tensor([self.position.train_s, self.position.train_s - warm], dtype=torch.float64)
         if self.world > 1:
-            dist.all_reduce(elapsed, op=dist.ReduceOp.MAX)
-        self.position.total_steps = budget_steps(budget, float(elapsed), self.position.step, self.stage_cfg.steps)
+            dist.all_reduce(times, op=dist.ReduceOp.MAX)
+        timed = self.position.step - (BUDGET_WARMUP_STEPS if warm else 0)
+        per_step = float(times[1]) / max(timed, 1)
+        self.position.total_steps = budget_steps(budget, float(times[0]), self.position.step, per_step,
+                                                 self.stage_cfg.steps)
         if self.rank == 0:
-            log.info("[%s] time budget %.0fs: %d steps (%.2fs per step so far)", self.job.stage, budget,
-                     self.position.total_steps, float(elapsed) / self.position.step)
+            log.info("[%s] time budget %.0fs: %d steps (%.3fs per step after the first %d)", self.job.stage,
+                     budget, self.position.total_steps, per_step, BUDGET_WARMUP_STEPS)
 
     def _after_step(self, window: WindowMetrics, started: float) -> None:
         step, ck = self.position.step, self.cfg.checkpoint

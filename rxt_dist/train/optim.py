@@ -12,31 +12,18 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-BUDGET_CALIBRATION_STEPS = 10
-"""Steps timed before a time-budgeted stage fixes its step count."""
+BUDGET_WARMUP_STEPS = 5
+"""Steps of a time-budgeted stage not timed: their time holds the data pipeline's start-up."""
+BUDGET_CALIBRATION_STEPS = 20
+"""Step at which a time-budgeted stage fixes its step count (timed from ``BUDGET_WARMUP_STEPS``)."""
 
 
-def budget_steps(budget_s: float, elapsed_s: float, steps_done: int, max_steps: int) -> int:
-    """The step count that ends a time-budgeted stage on its budget, from the time the first
-    ``steps_done`` steps took (at least one more step, at most ``max_steps``)."""
-    per_step = elapsed_s / max(steps_done, 1)
-    return max(steps_done + 1, min(max_steps, int(budget_s / max(per_step, 1e-9))))
-
-import torch
-from torch import nn
-
-from rxt_dist.train.config import OptimizerSection, SMATStage, StageSection
-
-COMPONENTS = ("decoder", "encoder", "memory_attention")
-
-TRAINED = {
-    "joint_lm": ("decoder", "encoder"),
-    "sft": ("decoder", "encoder"),
-    "memory_attention": ("memory_attention",),
-    "smat": COMPONENTS,
-    "baseline": ("decoder",),
-}
-"""Components each stage trains; the rest get ``requires_grad=False``."""
+def budget_steps(budget_s: float, elapsed_s: float, steps_done: int, per_step_s: float, max_steps: int) -> int:
+    """The step count that ends a time-budgeted stage on its budget: the ``steps_done`` steps
+    took ``elapsed_s`` (start-up included, it counts against the budget) and each further step
+    takes ``per_step_s``. At least one more step, at most ``max_steps``."""
+    more = (budget_s - elapsed_s) / max(per_step_s, 1e-9)
+    return max(steps_done + 1, min(max_steps, steps_done + int(more)))
 
 
 def component_of(name: str) -> str:

@@ -162,9 +162,10 @@ def test_value_loss_on_data_without_recall_metadata_names_the_fix(tmp_path, data
 
 
 def test_time_budget_fixes_the_step_count_and_the_schedule_ends_with_it():
-    assert budget_steps(budget_s=60, elapsed_s=5, steps_done=10, max_steps=1000) == 120
-    assert budget_steps(budget_s=60, elapsed_s=5, steps_done=10, max_steps=100) == 100
-    assert budget_steps(budget_s=1, elapsed_s=5, steps_done=10, max_steps=1000) == 11
+    # 20 steps took 10 s (start-up included); each further step takes 0.25 s
+    assert budget_steps(budget_s=60, elapsed_s=10, steps_done=20, per_step_s=0.25, max_steps=1000) == 220
+    assert budget_steps(budget_s=60, elapsed_s=10, steps_done=20, per_step_s=0.25, max_steps=100) == 100
+    assert budget_steps(budget_s=5, elapsed_s=10, steps_done=20, per_step_s=0.25, max_steps=1000) == 21
     cfg = TrainConfig.from_dict({"optimizer": {"warmup_steps": 0, "schedule": "linear", "min_lr_ratio": 0.0},
                                  "stages": {"baseline": {"steps": 1000, "time_budget_s": 60}}})
     total = [1000]
