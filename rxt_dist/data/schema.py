@@ -49,6 +49,8 @@ CONVERSATION_SCHEMA = pa.schema(
         ("recall_gold_start", pa.list_(pa.int32())),
         ("recall_gold_len", pa.list_(pa.int32())),
         ("recall_seen", pa.list_(pa.bool_())),
+        ("value_start", pa.list_(pa.int32())),
+        ("value_len", pa.list_(pa.int32())),
     ]
 )
 """What :func:`rxt_dist.data.write_shards` writes for a conversation split."""
@@ -100,6 +102,8 @@ CONVERSATION_COLUMNS: dict[str, Column] = {
     "recall_gold_start": _INT_LIST,
     "recall_gold_len": _INT_LIST,
     "recall_seen": Column(_list_of(pa.types.is_boolean), "list<bool>"),
+    "value_start": _INT_LIST,
+    "value_len": _INT_LIST,
 }
 OPTIONAL_RECALL_COLUMNS = ("recall_seen",)
 """Recall columns added later: a dataset written before them reads with their default

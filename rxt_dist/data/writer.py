@@ -151,6 +151,8 @@ def _all_texts(conversations_by_split: Mapping[str, Sequence[Conversation]], ext
                 yield t.answer
                 if t.recall is not None:
                     yield t.recall.gold
+                if t.value:
+                    yield t.value
     for _, text in extra_text:
         yield text
 
@@ -212,6 +214,16 @@ def _recall_row(conv: Conversation, t: Turn, ids: Mapping[str, list[int]]) -> tu
     return (r.stated_turn, r.distance, r.facts_held, r.updated, r.mentioned_turn, start, len(gold), r.seen)
 
 
+def _value_span(t: Turn, ids: Mapping[str, list[int]]) -> tuple[int, int]:
+    """Where the turn's value sits in its answer (the last occurrence): (start, length), or
+    (-1, 0) when the turn states no value or its answer does not repeat it."""
+    if not t.value:
+        return -1, 0
+    value = ids[t.value]
+    start = find_last(ids[t.answer], value)
+    return (start, len(value)) if start >= 0 else (-1, 0)
+
+
 def _conversation_table(convs: Sequence[Conversation], ids: Mapping[str, list[int]]) -> pa.Table:
     """One shard: per-turn values gathered in flat lists, then cut into rows by turn offsets."""
     turns = [t for c in convs for t in c.turns]
@@ -231,6 +243,9 @@ def _conversation_table(convs: Sequence[Conversation], ids: Mapping[str, list[in
     }
     for name, column in zip(_RECALL_FIELDS, zip(*recall)):
         per_turn[name] = pa.array(column, CONVERSATION_SCHEMA.field(name).type.value_type)
+    spans = [_value_span(t, ids) for t in turns]
+    per_turn["value_start"] = pa.array([a for a, _ in spans], pa.int32())
+    per_turn["value_len"] = pa.array([b for _, b in spans], pa.int32())
     turn_offsets = pa.array(offsets)
     arrays = {
         "conversation_id": pa.array([c.conversation_id for c in convs], pa.string()),

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from rxt_dist.data.schema import PER_TURN_COLUMNS
 from rxt_dist.inference.engine import pad_batch
 from rxt_dist.tokens import BOS_ID, EOS_ID, interaction_ids
 
@@ -55,10 +56,14 @@ class TurnBatch:
     value_mask: Tensor | None = None
     """(B, T) bool: the positions whose next token is a recalled value's token (a subset of
     ``loss_mask``; None when the rows carry no recall metadata)."""
+    echo_mask: Tensor | None = None
+    """(B, T) bool: the positions whose next token is the token of a value the same turn's query
+    states (fact and update turns: the answer repeats it); None without value metadata."""
 
     def to(self, device: torch.device) -> "TurnBatch":
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
         return TurnBatch(self.ids.to(device), self.lengths.to(device), self.loss_mask.to(device),
-                         self.active.to(device), None if self.value_mask is None else self.value_mask.to(device))
+                         self.active.to(device), move(self.value_mask), move(self.echo_mask))
 
     def active_part(self) -> tuple[Tensor, "TurnBatch"]:
         """The rows (K,) worth computing and this turn cut to them, padding columns trimmed:
@@ -69,8 +74,9 @@ class TurnBatch:
             rows = rows.new_zeros(1)
         lengths = self.lengths[rows]
         width = int(lengths.max())
-        value = None if self.value_mask is None else self.value_mask[rows, :width]
-        part = TurnBatch(self.ids[rows, :width], lengths, self.loss_mask[rows, :width], self.active[rows], value)
+        cut = lambda t: None if t is None else t[rows, :width]  # noqa: E731
+        part = TurnBatch(self.ids[rows, :width], lengths, self.loss_mask[rows, :width], self.active[rows],
+                         cut(self.value_mask), cut(self.echo_mask))
         return rows, part
 
 
@@ -140,17 +146,34 @@ _PLACEHOLDER = interaction_ids([], [])
 
 VALUE_COLUMNS = ("recall_gold_start", "recall_gold_len")
 """Where each recall turn's gold value sits in its answer (see docs/data.md)."""
+ECHO_COLUMNS = ("value_start", "value_len")
+"""Where each turn's stated value sits in its answer (see docs/data.md)."""
+
+
+def _span_mask(start: int, size: int, length: int, answer_start: int, width: int) -> Tensor:
+    """Positions (width,) predicting ``size`` answer tokens from answer offset ``start`` (none
+    when ``start < 0``)."""
+    mask = torch.zeros(width, dtype=torch.bool)
+    if start >= 0:
+        first = answer_start - 1 + start  # the position before the span's first token
+        mask[first: min(first + size, length - 1)] = True
+    return mask
 
 
 def _value_mask(rows: Mapping[str, Sequence], conv: int, turn: int, length: int, answer_start: int,
                 width: int) -> Tensor:
-    """Positions (width,) predicting the gold value tokens of a recall turn (none elsewhere)."""
-    mask = torch.zeros(width, dtype=torch.bool)
-    start = int(rows["recall_gold_start"][conv][turn])
-    if start >= 0:
-        first = answer_start - 1 + start  # the position before the value's first token
-        mask[first: min(first + int(rows["recall_gold_len"][conv][turn]), length - 1)] = True
-    return mask
+    """Positions predicting the gold value tokens of a recall turn (none elsewhere)."""
+    return _span_mask(int(rows["recall_gold_start"][conv][turn]), int(rows["recall_gold_len"][conv][turn]),
+                      length, answer_start, width)
+
+
+def _echo_mask(rows: Mapping[str, Sequence], conv: int, turn: int, length: int, answer_start: int,
+               width: int) -> Tensor:
+    """Positions predicting the tokens of the value a non-recall turn states and its answer repeats."""
+    if int(rows["recall_gold_start"][conv][turn]) >= 0:
+        return torch.zeros(width, dtype=torch.bool)
+    return _span_mask(int(rows["value_start"][conv][turn]), int(rows["value_len"][conv][turn]),
+                      length, answer_start, width)
 
 
 def conversation_batch(rows: Mapping[str, Sequence], max_turns: int, max_tokens: int,
@@ -158,9 +181,11 @@ def conversation_batch(rows: Mapping[str, Sequence], max_turns: int, max_tokens:
     """Stages 3 and 4: conversations aligned turn by turn. With ``pad_turns`` the batch always
     has ``max_turns`` turns (all-inactive ones at the end), so every worker runs the same number
     of forward passes — ZeRO-3 gathers parameters collectively in each one. When the rows hold
-    :data:`VALUE_COLUMNS`, each turn also marks its recalled value's positions."""
+    :data:`VALUE_COLUMNS` (and :data:`ECHO_COLUMNS`), each turn also marks its recalled value's
+    positions (and those of a stated value its answer repeats)."""
     convs = _conversations(rows, max_turns)
     with_values = all(c in rows for c in VALUE_COLUMNS)
+    with_echoes = with_values and all(c in rows for c in ECHO_COLUMNS)
     turns = []
     for t in range(max_turns if pad_turns else max(len(c) for c in convs)):
         seqs, starts, active = [], [], []
@@ -179,11 +204,12 @@ def conversation_batch(rows: Mapping[str, Sequence], max_turns: int, max_tokens:
         off = torch.zeros(width, dtype=torch.bool)
         mask = torch.stack([_answer_mask(int(n), s, width) if on else off
                             for n, s, on in zip(lengths, starts, active)])
-        values = None
-        if with_values:
-            values = torch.stack([_value_mask(rows, i, t, int(n), s, width) if on else off
-                                  for i, (n, s, on) in enumerate(zip(lengths, starts, active))]) & mask
-        turns.append(TurnBatch(ids, lengths, mask, torch.tensor(active), values))
+        spans = {}
+        for name, make, wanted in (("values", _value_mask, with_values), ("echoes", _echo_mask, with_echoes)):
+            spans[name] = torch.stack([make(rows, i, t, int(n), s, width) if on else off
+                                       for i, (n, s, on) in enumerate(zip(lengths, starts, active))]) & mask \
+                if wanted else None
+        turns.append(TurnBatch(ids, lengths, mask, torch.tensor(active), spans["values"], spans["echoes"]))
     return ConversationBatch([str(k) for k in rows["conversation_id"]], turns)
 
 
@@ -218,7 +244,7 @@ def recall_pairs(rows: Mapping[str, Sequence]) -> dict[str, list]:
 
 
 def _per_turn(column: str) -> bool:
-    return column in ("query_ids", "answer_ids") or column.startswith("recall_")
+    return column in PER_TURN_COLUMNS
 
 
 def history_batch(rows: Mapping[str, Sequence], max_turns: int, max_tokens: int,

@@ -303,6 +303,10 @@ class SMATStage(StageSection):
     """Extra loss on the tokens of recalled values (mean cross-entropy over those tokens, times
     this weight, added to the answer loss). Needs the ``recall_gold_*`` columns of synthetic data
     (0: no extra term; the value accuracy is still reported when the columns are there)."""
+    echo_loss_weight: float = Field(0.0, ge=0)
+    """Extra loss on the tokens of a value the same turn states and its answer repeats ("my pet is
+    called X" → "… your pet is called X"): the copy a model must get right before its own answers
+    can carry X into memory. Needs the ``value_start``/``value_len`` columns (0: no extra term)."""
     curriculum_turns: int = Field(0, ge=0)
     """Curriculum over conversation length: at step 0 conversations are cut to this many turns
     (fewer facts held, shorter distances), growing linearly to ``data.max_turns`` at step

@@ -181,7 +181,7 @@ def _dataset(cfg: TrainConfig, stage: str):
 def conversation_columns(cfg: TrainConfig, stage: str) -> list[str]:
     """The shard columns ``stage`` reads: ids, plus for stage 4 the recall metadata its warm-up
     and value loss need (required when asked for, read when present otherwise)."""
-    from rxt_dist.train.batches import RECALL_PAIR_COLUMNS, VALUE_COLUMNS
+    from rxt_dist.train.batches import ECHO_COLUMNS, RECALL_PAIR_COLUMNS, VALUE_COLUMNS
 
     columns = ["conversation_id", "query_ids", "answer_ids"]
     if stage != "smat":
@@ -189,13 +189,15 @@ def conversation_columns(cfg: TrainConfig, stage: str) -> list[str]:
     smat = cfg.stages.smat
     present = _split_columns(cfg.data.url, "train")
     for option, value, needed in (("recall_pair_steps", smat.recall_pair_steps, RECALL_PAIR_COLUMNS),
-                                  ("recall_loss_weight", smat.recall_loss_weight, VALUE_COLUMNS)):
+                                  ("recall_loss_weight", smat.recall_loss_weight, VALUE_COLUMNS),
+                                  ("echo_loss_weight", smat.echo_loss_weight, VALUE_COLUMNS + ECHO_COLUMNS)):
         missing = [c for c in needed if c not in present]
         if value and missing:
             raise ValueError(f"{cfg.source}: stages.smat.{option}={value} needs the recall metadata of "
                              f"synthetic data, which {cfg.data.url} lacks (no column {missing[0]!r}); "
                              f"set stages.smat.{option}=0")
-        columns += [c for c in needed if c in present and c not in columns]
+        if not missing:
+            columns += [c for c in needed if c not in columns]
     return columns
 
 

@@ -102,6 +102,8 @@ def progress_line(stage: str, step: int, total: int, m: dict[str, Any], elapsed:
         parts.append(f"acc {100 * m['acc']:.1f}%")
     if "value_acc" in m:
         parts.append(f"value acc {100 * m['value_acc']:.1f}%")
+    if "echo_acc" in m:
+        parts.append(f"echo acc {100 * m['echo_acc']:.1f}%")
     if "cos_sim" in m:
         parts.append(f"cos {m['cos_sim']:.3f}")
     layers = sorted(k for k in m if k.startswith("mem_cos_l"))

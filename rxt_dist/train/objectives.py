@@ -78,21 +78,29 @@ def token_loss(model: nn.Module, hidden: Tensor, ids: Tensor, loss_mask: Tensor)
     return total, count, correct
 
 
+Sums = tuple[Tensor, Tensor, Tensor]
+"""(loss sum, item count, correct count) of a subset of scored tokens."""
+
+
 def token_losses(model: nn.Module, hidden: Tensor, ids: Tensor, loss_mask: Tensor,
-                 value_mask: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, tuple[Tensor, Tensor, Tensor] | None]:
-    """:func:`token_loss` plus, with ``value_mask`` (N, T) (a subset of ``loss_mask``), the same
-    (sum, count, correct) over the positions predicting recalled values' tokens."""
+                 *subsets: Tensor | None) -> tuple[Tensor, Tensor, Tensor, list[Sums | None]]:
+    """:func:`token_loss` plus, for each mask (N, T) in ``subsets`` (each a subset of
+    ``loss_mask``, or None), the same (sum, count, correct) over its positions — e.g. the tokens
+    of recalled values."""
     mask = loss_mask[:, :-1]  # (N, T-1)
     pred = model.lm_logits(hidden[:, :-1][mask])  # (K, V)
     target = ids[:, 1:][mask]  # (K,)
     per_token = F.cross_entropy(pred.float(), target, reduction="none")  # (K,)
     hit = pred.argmax(dim=-1) == target  # (K,)
     count = _count(mask.sum(), hidden)
-    values = None
-    if value_mask is not None:
-        picked = value_mask[:, :-1][mask]  # (K,) which scored tokens are value tokens
-        values = (per_token[picked].sum(), _count(picked.sum(), hidden), hit[picked].sum().float())
-    return per_token.sum(), count, hit.sum().float(), values
+    parts: list[Sums | None] = []
+    for subset in subsets:
+        if subset is None:
+            parts.append(None)
+            continue
+        picked = subset[:, :-1][mask]  # (K,) which scored tokens belong to the subset
+        parts.append((per_token[picked].sum(), _count(picked.sum(), hidden), hit[picked].sum().float()))
+    return per_token.sum(), count, hit.sum().float(), parts
 
 
 def mask_tokens(ids: Tensor, lengths: Tensor, prob: float, vocab_size: int,
@@ -237,6 +245,7 @@ def memory_aware(model: RxTModel, conv: ConversationBatch, cfg: SMATStage, seed:
     zero = stm.new_zeros(())
     ce, n, correct, aux = zero, zero, zero, zero
     value = [zero, zero, zero]  # recalled-value tokens: loss sum, count, correct
+    echo = [zero, zero, zero]  # tokens of a stated value the same turn's answer repeats
     health = MemoryHealth()
     memory_frozen = {"encoder", "memory_attention"} <= frozen
     for t, full in enumerate(conv.turns):
@@ -245,10 +254,12 @@ def memory_aware(model: RxTModel, conv: ConversationBatch, cfg: SMATStage, seed:
         rows, turn = full.active_part()  # only conversations that have turn t are computed
         old = stm[:, rows]  # (L, K, S, D)
         hidden, layer_aux = model.hidden(turn.ids, turn.lengths, old)  # (K, T, D)
-        s, c, k, v = token_losses(model, hidden, turn.ids, turn.loss_mask, turn.value_mask)
+        s, c, k, (v, e) = token_losses(model, hidden, turn.ids, turn.loss_mask, turn.value_mask, turn.echo_mask)
         ce, n, correct, aux = ce + s, n + c, correct + k, aux + layer_aux
         if v is not None:
             value = [a + b for a, b in zip(value, v)]
+        if e is not None:
+            echo = [a + b for a, b in zip(echo, e)]
         if t == len(conv.turns) - 1:
             break
         with torch.set_grad_enabled(torch.is_grad_enabled() and not memory_frozen):
@@ -261,6 +272,9 @@ def memory_aware(model: RxTModel, conv: ConversationBatch, cfg: SMATStage, seed:
     if conv.turns[0].value_mask is not None:
         terms["value"] = Term(value[0], value[1], cfg.recall_loss_weight)
         metrics["value_acc"] = (float(value[2]), float(value[1]))
+    if conv.turns[0].echo_mask is not None:
+        terms["echo"] = Term(echo[0], echo[1], cfg.echo_loss_weight)
+        metrics["echo_acc"] = (float(echo[2]), float(echo[1]))
     return StageOutput(terms=terms, metrics=metrics)
 
 

@@ -7,9 +7,9 @@ import itertools
 import pytest
 import torch
 
-from rxt_dist.data import iter_conversations, read_manifest
+from rxt_dist.data import TextCodec, iter_conversations, read_manifest
 from rxt_dist.model import MemoryAttentionConfig, RxTModel, from_name
-from rxt_dist.train.batches import VALUE_COLUMNS, conversation_batch, first_turns, recall_pairs
+from rxt_dist.train.batches import ECHO_COLUMNS, VALUE_COLUMNS, conversation_batch, first_turns, recall_pairs
 from rxt_dist.train.config import MemoryAttentionStage, SMATStage, TrainConfig
 from rxt_dist.train.launcher import conversation_columns
 from rxt_dist.train.loop import collate_rows
@@ -46,6 +46,28 @@ def test_value_mask_marks_the_tokens_of_each_recalled_value(dataset):
     assert seen > 0
     assert conversation_batch({k: rows[k] for k in ("conversation_id", "query_ids", "answer_ids")},
                               8, 64).turns[0].value_mask is None
+
+
+def test_echo_mask_marks_the_stated_value_the_answer_repeats(dataset):
+    rows = rows_of(dataset, 16)
+    conv = conversation_batch(rows, 8, 64)
+    convs = list(itertools.islice(iter_conversations(dataset, "train"), 16))
+    codec = TextCodec.load(dataset)
+    echoed = 0
+    for t, turn in enumerate(conv.turns):
+        for b, c in enumerate(convs):
+            predicted = turn.ids[b, 1:][turn.echo_mask[b, :-1]].tolist()
+            x = c.turns[t] if t < len(c.turns) else None
+            if x is not None and x.kind in ("fact", "update"):
+                assert predicted == codec.encode(x.value)  # the value the query stated, as the answer repeats it
+                echoed += 1
+            else:
+                assert predicted == []  # recall turns are the value mask's; small talk has no value
+        assert not (turn.echo_mask & turn.value_mask).any()
+    assert echoed > 0
+    out = StageObjective(debug_model(dataset), "smat", SMATStage(echo_loss_weight=0.5), seed=0)(conv, torch.Generator())
+    assert out.terms["echo"].weight == 0.5 and float(out.terms["echo"].count) == sum(
+        int(t.echo_mask.sum()) for t in conv.turns)
 
 
 def test_value_term_scores_only_recalled_values_and_its_weight_is_the_config(dataset):
@@ -158,7 +180,11 @@ def test_value_loss_on_data_without_recall_metadata_names_the_fix(tmp_path, data
     plain = TrainConfig.from_dict({"data": {"url": str(data)}})
     assert conversation_columns(plain, "smat") == ["conversation_id", "query_ids", "answer_ids"]
     full = TrainConfig.from_dict({"data": {"url": dataset}})
-    assert set(VALUE_COLUMNS) <= set(conversation_columns(full, "smat"))  # read when present
+    assert set(VALUE_COLUMNS + ECHO_COLUMNS) <= set(conversation_columns(full, "smat"))  # read when present
+    echo = TrainConfig.from_dict({"data": {"url": str(data)}, "stages": {"smat": {"echo_loss_weight": 1.0}}},
+                                 source="c.yaml")
+    with pytest.raises(ValueError, match=r"stages.smat.echo_loss_weight=1.0 needs the recall metadata"):
+        conversation_columns(echo, "smat")
 
 
 def test_time_budget_fixes_the_step_count_and_the_schedule_ends_with_it():
