@@ -12,6 +12,22 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import torch
+from torch import nn
+
+from rxt_dist.train.config import OptimizerSection, SMATStage, StageSection
+
+COMPONENTS = ("decoder", "encoder", "memory_attention")
+
+TRAINED = {
+    "joint_lm": ("decoder", "encoder"),
+    "sft": ("decoder", "encoder"),
+    "memory_attention": ("memory_attention",),
+    "smat": COMPONENTS,
+    "baseline": ("decoder",),
+}
+"""Components each stage trains; the rest get ``requires_grad=False``."""
+
 BUDGET_WARMUP_STEPS = 5
 """Steps of a time-budgeted stage not timed: their time holds the data pipeline's start-up."""
 BUDGET_CALIBRATION_STEPS = 20
