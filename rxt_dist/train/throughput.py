@@ -55,12 +55,19 @@ def _setting_config(base: TrainConfig, stage: str, setting: Setting, steps: int,
     st = cfg.stage(stage)
     st.steps = steps
     if stage == "smat":
-        st.recall_pair_steps = 0  # throughput of whole conversations, not of the warm-up's pairs
+        _whole_conversations(st)
     cfg.checkpoint.every_steps = steps
     cfg.checkpoint.report_every_steps = steps
     cfg.checkpoint.log_every_steps = window
     cfg.check_batch(stage)
     return cfg
+
+
+def _whole_conversations(st) -> None:
+    """Throughput of whole conversations, not of the warm-up's pairs or the curriculum's cuts."""
+    st.recall_pair_steps = 0
+    st.curriculum_turns = 0
+    st.curriculum_steps = 0
 
 
 def _windows(cfg: TrainConfig, stage: str) -> list[float]:
@@ -112,7 +119,7 @@ def measure_plain(base: TrainConfig, stage: str, steps: int = 60, window: int = 
     st.batch_size = batch_size or base.micro_batch(stage) * st.grad_accum
     st.steps = steps
     if stage == "smat":
-        st.recall_pair_steps = 0
+        _whole_conversations(st)
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     windows: list[float] = []

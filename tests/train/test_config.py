@@ -153,7 +153,9 @@ def test_recall_pair_warmup_on_data_without_recall_metadata_names_the_fix(tmp_pa
 def test_throughput_benchmark_measures_whole_conversations():
     from rxt_dist.train.throughput import Setting, _setting_config
 
-    cfg = TrainConfig.from_file(os.path.join(ROOT, "configs", "cpu-tiny.yaml"))
-    assert cfg.stages.smat.recall_pair_steps > 60  # the shipped warm-up outlasts the benchmark
+    cfg = TrainConfig.from_file(os.path.join(ROOT, "configs", "cpu-tiny.yaml"),
+                                ["stages.smat.recall_pair_steps=100"])
+    assert cfg.stages.smat.curriculum_steps > 60  # the shipped curriculum outlasts the benchmark
     bench = _setting_config(cfg, "smat", Setting(2, 2), steps=60, window=15)
-    assert bench.stages.smat.steps == 60 and bench.stages.smat.recall_pair_steps == 0
+    st = bench.stages.smat
+    assert st.steps == 60 and st.recall_pair_steps == 0 and st.curriculum_turns == 0
