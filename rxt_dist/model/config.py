@@ -19,7 +19,7 @@ MEMORY_ATTENTION_VARIANTS = ("simple", "self", "interlayer", "gated_self_interla
 GATE_KINDS = ("static", "elementwise", "linear", "none")
 GATE_ACTIVATIONS = ("sigmoid", "tanh")
 STM_INITS = ("normal", "zeros", "learned")
-MEMORY_WRITES = ("attention", "competitive")
+MEMORY_WRITES = ("attention", "competitive", "competitive_keep")
 FFN_KINDS = ("dense", "moe")
 
 
@@ -166,11 +166,13 @@ class MemoryAttentionConfig:
     """Add a learned identity vector per slot (S, D) to the state that *queries* the encoded
     interaction. Slots then differ in what they look for even when their contents are equal;
     the stored STM itself stays free of positions (only the queries carry the identity)."""
-    write: Literal["attention", "competitive"] = "attention"
+    write: Literal["attention", "competitive", "competitive_keep"] = "attention"
     """``attention``: each slot takes a softmax over the interaction's tokens (the paper's
     memory attention). ``competitive``: each token's weight is a softmax over the *slots*
     (Slot-Attention style), then every slot takes the weighted mean of what it won — slots
-    compete for tokens, so equal slots cannot all take the same thing."""
+    compete for tokens, so equal slots cannot all take the same thing. ``competitive_keep``:
+    the same, and each slot's gate is scaled by how much of the interaction it won, so a slot
+    that wins nothing keeps what it holds exactly (old facts are not worn down by later turns)."""
 
     def __post_init__(self) -> None:
         _require(self.variant in MEMORY_ATTENTION_VARIANTS,

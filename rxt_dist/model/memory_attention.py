@@ -52,32 +52,39 @@ class ResidualGate(nn.Module):
             logit = logit + self.slot_bias  # (B, S, D) or (S, 1)
         return torch.sigmoid(logit) if self.activation == "sigmoid" else torch.tanh(logit)
 
-    def forward(self, old: Tensor, update: Tensor) -> tuple[Tensor, Tensor | None]:
+    def forward(self, old: Tensor, update: Tensor, scale: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         """The new state (B, S, D) and the gate's mean openness per row (B,) (None for the
-        plain residual, which has no gate)."""
+        plain residual, which has no gate). ``scale`` (B, S, 1) in [0, 1] multiplies the gate:
+        a slot scaled to 0 keeps its content exactly."""
         if self.kind == "none":
-            return old + update, None
+            return old + (update if scale is None else scale * update), None
         g = self.gate(old, update)
+        if scale is not None:
+            g = g * scale
         openness = g.expand_as(old).mean(dim=(1, 2))  # (B,)
         if self.activation == "tanh":
             return (1 - g) * old + (1 + g) * update, openness
         return (1 - g) * old + g * update, openness
 
 
-def competitive_attend(attn: Attention, q: Tensor, k: Tensor, v: Tensor, key_valid: Tensor) -> Tensor:
+def competitive_attend(attn: Attention, q: Tensor, k: Tensor, v: Tensor, key_valid: Tensor) -> tuple[Tensor, Tensor]:
     """Slot-Attention-style write: each token's weights are a softmax over the slots (the
     slots compete for it), then each slot takes the mean of the values weighted by what it
-    won. q (B, N, S, H), k/v (B, Nkv, T, H), ``key_valid`` (B, 1, 1, T) → (B, S, D)."""
+    won. q (B, N, S, H), k/v (B, Nkv, T, H), ``key_valid`` (B, 1, 1, T) → the update (B, S, D)
+    and how much of the interaction each slot won (B, S, 1): its summed share of the tokens,
+    averaged over heads, at most 1."""
     if attn.n_q != attn.n_kv:
         k = k.repeat_interleave(attn.n_q // attn.n_kv, dim=1)  # (B, N, T, H)
         v = v.repeat_interleave(attn.n_q // attn.n_kv, dim=1)
     logits = q @ k.transpose(-1, -2) * attn.head_dim ** -0.5  # (B, N, S, T)
     share = logits.float().softmax(dim=-2).to(q.dtype) + 1e-8  # (B, N, S, T), softmax over slots
     share = share * key_valid  # padding tokens are nobody's
-    weights = share / share.sum(dim=-1, keepdim=True)  # (B, N, S, T), a mean over tokens
+    total = share.sum(dim=-1, keepdim=True)  # (B, N, S, 1)
+    weights = share / total  # (B, N, S, T), a mean over tokens
     out = weights @ v  # (B, N, S, H)
     B, _, S, _ = out.shape
-    return attn.o_proj(out.transpose(1, 2).reshape(B, S, attn.n_q * attn.head_dim))  # (B, S, D)
+    won = total.mean(dim=1).clamp(max=1.0)  # (B, S, 1)
+    return attn.o_proj(out.transpose(1, 2).reshape(B, S, attn.n_q * attn.head_dim)), won  # (B, S, D)
 
 
 class MemoryAttentionLayer(nn.Module):
@@ -98,7 +105,8 @@ class MemoryAttentionLayer(nn.Module):
         self.ed_norm = nn.RMSNorm(dim, eps=eps)
         self.attn = Attention(dim, ma.attention, rope_q=False, rope_k=True)
         self.gate = ResidualGate(ma.gate, cfg.stm.num_slots, dim)
-        self.competitive = ma.write == "competitive"
+        self.competitive = ma.write in ("competitive", "competitive_keep")
+        self.keep_unwon = ma.write == "competitive_keep"
         if ma.slot_ids:
             self.slot_id = nn.Parameter(torch.zeros(cfg.stm.num_slots, dim))  # (S, D)
 
@@ -132,11 +140,13 @@ class MemoryAttentionLayer(nn.Module):
             queries = queries + self.slot_id  # identity on the queries only, not in the STM
         q = self.attn.project_q(queries, None)  # (B, N, S, H)
         k, v = self.attn.project_kv(self.ed_norm(ed_layer), ed_positions)  # (B, Nkv, T, H)
+        scale = None
         if self.competitive:
-            update = competitive_attend(self.attn, q, k, v, ed_mask)  # (B, S, D)
+            update, won = competitive_attend(self.attn, q, k, v, ed_mask)  # (B, S, D), (B, S, 1)
+            scale = won if self.keep_unwon else None
         else:
             update = self.attn.attend(q, k, v, ed_mask)  # (B, S, D)
-        return self.gate(stm_layer, update)
+        return self.gate(stm_layer, update, scale)
 
 
 class MemoryAttention(nn.Module):

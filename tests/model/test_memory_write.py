@@ -9,7 +9,7 @@ from rxt_dist.memory.health import effective_rank, slot_cosine
 from rxt_dist.model import GateConfig, MemoryAttentionConfig, STMConfig
 from rxt_dist.model.memory_attention import competitive_attend
 from tests.model.conftest import debug_rxt
-from tests.tolerances import KERNEL
+from tests.tolerances import EXACT, KERNEL
 
 
 def tokens(batch: int, length: int, seed: int = 0) -> torch.Tensor:
@@ -62,23 +62,44 @@ def test_competitive_write_gives_each_slot_the_tokens_it_wins():
     valid = torch.ones(1, 1, 1, 2, dtype=torch.bool)
     q = torch.zeros(1, attn.n_q, 2, H)
     q[..., 0, 0], q[..., 1, 1] = 50.0, 50.0  # slot 0 wants token 0, slot 1 wants token 1
-    out = competitive_attend(attn, q, k, v, valid)
+    out, won = competitive_attend(attn, q, k, v, valid)
+    torch.testing.assert_close(won.view(-1), torch.ones(2), **KERNEL)  # each slot won one whole token
     expected = attn.o_proj(v.transpose(1, 2).reshape(1, 2, -1))  # slot i takes token i's value
     torch.testing.assert_close(out, expected, **KERNEL)
     # Both slots prefer token 0, slot 0 far more: it wins token 0, and slot 1 — which plain
     # attention would also point at token 0 — is left with token 1.
     q = torch.zeros(1, attn.n_q, 2, H)
     q[..., 0, 0], q[..., 1, 0] = 200.0, 60.0
-    out = competitive_attend(attn, q, k, v, valid)
+    out, won = competitive_attend(attn, q, k, v, valid)
     torch.testing.assert_close(out[:, 1], expected[:, 1], **KERNEL)
+    torch.testing.assert_close(won.view(-1), torch.tensor([1.0, 0.5]), **KERNEL)  # 1½ tokens: slot 1 half of token 1
     plain = attn.attend(q, k, v, valid)
     torch.testing.assert_close(plain[:, 1], expected[:, 0], **KERNEL)
-    same = competitive_attend(attn, torch.zeros_like(q), k, v, valid)  # equal slots split every token
+    same, won = competitive_attend(attn, torch.zeros_like(q), k, v, valid)  # equal slots split every token
+    torch.testing.assert_close(won.view(-1), torch.ones(2), **KERNEL)  # two tokens, half of each
     mean = attn.o_proj(v.mean(dim=2, keepdim=True).transpose(1, 2).reshape(1, 1, -1)).expand(1, 2, -1)
     torch.testing.assert_close(same, mean, **KERNEL)
 
 
-@pytest.mark.parametrize("write", ["attention", "competitive"])
+def test_competitive_keep_scales_each_slots_gate_by_what_it_won():
+    """A slot that wins nothing keeps its content exactly; the update is the competitive one."""
+    gate = debug_rxt(memory_attention=MemoryAttentionConfig(gate=GateConfig(kind="static", init_bias=0.0)))
+    g = gate.memory_attention.layers[0].gate
+    old, update = torch.randn(1, 8, 32), torch.randn(1, 8, 32)
+    scale = torch.linspace(0, 1, 8).view(1, 8, 1)
+    new, _ = g(old, update, scale)
+    torch.testing.assert_close(new[:, 0], old[:, 0], **EXACT)
+    torch.testing.assert_close(new, old + 0.5 * scale * (update - old), **KERNEL)  # G = sigmoid(0) = ½
+    keep = debug_rxt(memory_attention=MemoryAttentionConfig(slot_ids=True, write="competitive_keep"))
+    plain = debug_rxt(memory_attention=MemoryAttentionConfig(slot_ids=True, write="competitive"))
+    plain.load_state_dict(keep.state_dict())
+    stm = keep.initial_stm(1, torch.Generator().manual_seed(0))
+    moved_keep = (consolidate(keep, stm) - stm).abs().mean()
+    moved_plain = (consolidate(plain, stm) - stm).abs().mean()
+    assert moved_keep < moved_plain  # every slot won less than a whole interaction: smaller steps
+
+
+@pytest.mark.parametrize("write", ["attention", "competitive", "competitive_keep"])
 def test_padding_tokens_write_nothing(write):
     model = debug_rxt(memory_attention=MemoryAttentionConfig(slot_ids=True, write=write))
     stm = model.initial_stm(2, torch.Generator().manual_seed(0))
