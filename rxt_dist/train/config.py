@@ -147,6 +147,9 @@ class DeepSpeedSection(_Section):
     """Global gradient-norm clip (0 disables)."""
     offload_optimizer: bool = False
     """ZeRO-Offload of optimizer state to CPU memory (GPU runs, stage ≥ 1)."""
+    zero_options: dict[str, Any] = Field(default_factory=dict)
+    """Further keys of DeepSpeed's ``zero_optimization`` section, passed through as given
+    (e.g. ``{overlap_comm: true, reduce_bucket_size: 5.0e7}``); DeepSpeed validates them."""
 
 
 class OptimizerSection(_Section):

@@ -199,7 +199,7 @@ class StageLoop:
             "gradient_accumulation_steps": self.stage_cfg.grad_accum,
             "train_batch_size": self.stage_cfg.batch_size,
             "gradient_clipping": ds.gradient_clipping,
-            "zero_optimization": {"stage": ds.zero_stage},
+            "zero_optimization": {**ds.zero_options, "stage": ds.zero_stage},
             "zero_allow_untested_optimizer": True,
             "steps_per_print": 10**9,
             "wall_clock_breakdown": False,
