@@ -4,7 +4,10 @@
 
 Each setting trains the stage for --steps steps on a local Ray cluster (a throwaway run under
 <storage>/<name>-throughput-*); throughput is the mean of the logging windows after the first.
-Writes docs/bench/train_throughput.json (see docs/BENCHMARKS.md).
+First, the same stage, model and per-worker batch run in plain single-process loops (one thread,
+no Ray, no DeepSpeed: rxt_dist.train.plain), alone and as many side by side as the largest
+setting has workers: the per-core reference. Writes docs/bench/train_throughput.json (see
+docs/BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -48,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     start_model = build_model(config_from_dict(_model_config(cfg, stage, vocab)))
     init_ray()
     started = time.perf_counter()
-    rows = [] if args.no_plain else [measure_plain(cfg, stage, args.steps, args.window, start_model)]
+    rows = [] if args.no_plain else [measure_plain(cfg, stage, args.steps, args.window, start_model, processes=n)
+                                     for n in sorted({1, max(s.workers for s in settings)})]
     rows += measure(cfg, stage, settings, args.steps, args.window, start_model)
     report = {
         "benchmark": "training throughput",
@@ -59,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     write_json_atomic(args.out, report)
     print(f"{'workers':>8} {'ZeRO':>5} {'tokens/s':>10} {'per core':>9} {'wall':>7}")
     for r in rows:
-        cores = 1 if r["workers"] == "plain" else r["workers"]
+        cores = r.get("processes") or r["workers"]
         print(f"{r['workers']:>8} {str(r['zero_stage']):>5} {r['tokens_per_s']:>10.0f} "
               f"{r['tokens_per_s'] / cores:>9.0f} {r['wall_s']:>6.0f}s")
     print(f"wrote {args.out}")

@@ -105,13 +105,13 @@ def measure(base: TrainConfig, stage: str, settings: list[Setting], steps: int =
 
 
 def measure_plain(base: TrainConfig, stage: str, steps: int = 60, window: int = 15, start_model: Any = None,
-                  batch_size: int | None = None, threads: int = 1) -> dict[str, Any]:
-    """Tokens/s of ``stage`` in one process on ``threads`` threads, at ``batch_size`` rows per
-    step (default: one worker's share of the global batch under ``base.scaling``), steady-state
-    windows as in :func:`measure`."""
-    import torch
-
-    from rxt_dist.train.plain import PlainLoop, read_rows
+                  batch_size: int | None = None, processes: int = 1) -> dict[str, Any]:
+    """Tokens/s of ``stage`` in plain single-process loops on one thread each, at ``batch_size``
+    rows per step (default: one worker's share of the global batch under ``base.scaling``),
+    steady-state windows as in :func:`measure`. With ``processes`` > 1 that many loops run side
+    by side (each on its own core, as the workers do) and their rates add up — the per-core
+    reference for a multi-worker run, which also pays for both cores being busy."""
+    import multiprocessing
 
     stage = stage_name(stage)
     cfg = copy.deepcopy(base)
@@ -120,18 +120,30 @@ def measure_plain(base: TrainConfig, stage: str, steps: int = 60, window: int = 
     st.steps = steps
     if stage == "smat":
         _whole_conversations(st)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    windows: list[float] = []
-    try:
-        loop = PlainLoop(cfg, stage, copy.deepcopy(start_model), read_rows(cfg.data.url, "train"))
-        started = time.perf_counter()
-        loop.run(steps=steps, every=window, on_window=lambda step, m: windows.append(m["tokens_per_s"]))
-        wall = time.perf_counter() - started
-    finally:
-        torch.set_num_threads(previous)
-    steady = windows[1:] or windows
-    row = {"workers": "plain", "zero_stage": None, "threads": threads, "tokens_per_s": sum(steady) / len(steady),
-           "windows_tokens_per_s": steady, "steps": steps, "global_batch": st.batch_size, "wall_s": wall}
-    log.info("plain loop, %d thread(s), batch %d: %.0f tokens/s", threads, st.batch_size, row["tokens_per_s"])
+    args = (cfg.to_dict(), stage, steps, window, start_model)
+    started = time.perf_counter()
+    if processes == 1:
+        rates = [_plain_rate(*args)]
+    else:
+        with multiprocessing.get_context("spawn").Pool(processes) as pool:
+            rates = pool.starmap(_plain_rate, [args] * processes)
+    wall = time.perf_counter() - started
+    row = {"workers": f"plain×{processes}" if processes > 1 else "plain", "zero_stage": None, "processes": processes,
+           "tokens_per_s": sum(sum(r[1:] or r) / len(r[1:] or r) for r in rates),
+           "windows_tokens_per_s": rates, "steps": steps, "global_batch": st.batch_size * processes, "wall_s": wall}
+    log.info("plain loop ×%d (1 thread, batch %d each): %.0f tokens/s", processes, st.batch_size, row["tokens_per_s"])
     return row
+
+
+def _plain_rate(cfg_dict: dict[str, Any], stage: str, steps: int, window: int, start_model: Any) -> list[float]:
+    """One plain loop on one thread: the tokens/s of each logging window."""
+    import torch
+
+    from rxt_dist.train.plain import PlainLoop, read_rows
+
+    torch.set_num_threads(1)
+    cfg = TrainConfig.from_dict(cfg_dict)
+    windows: list[float] = []
+    loop = PlainLoop(cfg, stage, copy.deepcopy(start_model), read_rows(cfg.data.url, "train"))
+    loop.run(steps=steps, every=window, on_window=lambda step, m: windows.append(m["tokens_per_s"]))
+    return windows
