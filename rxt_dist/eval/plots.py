@@ -35,6 +35,15 @@ def _run_title(run: dict[str, Any]) -> str:
             f"{cfg['query_tokens']}+{cfg['answer_tokens']} tokens/turn, {run['threads']} thread(s)")
 
 
+def save_png(plt, fig, path: str | Path) -> Path:
+    """Lay out ``fig``, write it as PNG to ``path`` (atomically) and close it."""
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return write_bytes_atomic(path, buf.getvalue())
+
+
 def plot_latency(document: dict[str, Any], path: str | Path) -> Path:
     """Per-turn time to first token, full-turn time, paired time-to-first-token ratio and
     cumulative tokens processed, one row per run of a ``latency.json`` document; written as
@@ -68,11 +77,7 @@ def plot_latency(document: dict[str, Any], path: str | Path) -> Path:
         row[1].legend(fontsize=8)
         row[2].legend(fontsize=8)
         row[3].legend(fontsize=8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return write_bytes_atomic(path, buf.getvalue())
+    return save_png(plt, fig, path)
 
 
 def plot_learning_curves(studies: list[dict[str, Any]], path: str | Path) -> Path:
@@ -96,8 +101,4 @@ def plot_learning_curves(studies: list[dict[str, Any]], path: str | Path) -> Pat
     for ax in (left, right):
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return write_bytes_atomic(path, buf.getvalue())
+    return save_png(plt, fig, path)

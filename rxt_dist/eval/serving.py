@@ -43,7 +43,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from rxt_dist.eval.report import load_average, machine_info, write_bytes_atomic
+from rxt_dist.eval.report import load_average, machine_info
 from rxt_dist.serving.demo import DEMO_TEXT
 
 log = logging.getLogger(__name__)
@@ -652,9 +652,7 @@ def summary_table(report: dict[str, Any]) -> str:
 def plot_serving(report: dict[str, Any], path: str | Path) -> Path:
     """TTFT p50/p99 by turn index, update lag p50/p99 by turn index (median answer time
     dotted) and the share of requests that waited, one line per level; PNG, atomically."""
-    import io
-
-    from rxt_dist.eval.plots import _pyplot
+    from rxt_dist.eval.plots import _pyplot, save_png
 
     plt = _pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(17, 4.6))
@@ -682,11 +680,7 @@ def plot_serving(report: dict[str, Any], path: str | Path) -> Path:
     for ax in axes:
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return write_bytes_atomic(path, buf.getvalue())
+    return save_png(plt, fig, path)
 
 
 def _scaled(values: Sequence[float | None]) -> list[float | None]:

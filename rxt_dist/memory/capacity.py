@@ -170,7 +170,7 @@ def capacity_tables(report: dict[str, Any]) -> str:
                          + " | ".join("—" if c is None else f"{100 * c:.1f}%" for c in cells) + " |")
         counts = [max((m["results"][sweep].get(k, {}).get("count", 0) for m in models.values()), default=0)
                   for k in keys]
-        lines += [f"| (recall turns) | " + " | ".join(str(c) for c in counts) + " |", ""]
+        lines += ["| (recall turns) | " + " | ".join(str(c) for c in counts) + " |", ""]
     return "\n".join(lines)
 
 
