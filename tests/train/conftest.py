@@ -21,3 +21,19 @@ def make_dataset(path, conversations: int, seed: int = 0, **synthetic) -> str:
 @pytest.fixture(scope="session")
 def dataset(tmp_path_factory) -> str:
     return make_dataset(tmp_path_factory.mktemp("data") / "dialogue", 200)
+
+
+@pytest.fixture
+def dataset_without_recall(tmp_path, dataset) -> str:
+    """A copy of ``dataset`` whose train shards lack the synthetic recall metadata (as real
+    dialogue data does)."""
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    data = tmp_path / "no-recall"
+    shutil.copytree(dataset, data)
+    for shard in (data / "train").glob("*.parquet"):
+        table = pq.read_table(shard)
+        pq.write_table(table.drop_columns([c for c in table.column_names if c.startswith("recall_")]), shard)
+    return str(data)

@@ -131,19 +131,10 @@ def test_cli_rejects_unknown_stage_and_bad_batch_without_starting_ray(dataset):
     assert proc.returncode == 2 and "/nonexistent/data" in proc.stderr
 
 
-def test_recall_pair_warmup_on_data_without_recall_metadata_names_the_fix(tmp_path, dataset):
-    import shutil
-
-    import pyarrow.parquet as pq
-
+def test_recall_pair_warmup_on_data_without_recall_metadata_names_the_fix(dataset_without_recall):
     from rxt_dist.train.launcher import _dataset
 
-    data = tmp_path / "no-recall"
-    shutil.copytree(dataset, data)
-    for shard in (data / "train").glob("*.parquet"):
-        table = pq.read_table(shard)
-        pq.write_table(table.drop_columns([c for c in table.column_names if c.startswith("recall_")]), shard)
-    cfg = TrainConfig.from_dict({"data": {"url": str(data)}, "stages": {"smat": {"recall_pair_steps": 5}}},
+    cfg = TrainConfig.from_dict({"data": {"url": dataset_without_recall}, "stages": {"smat": {"recall_pair_steps": 5}}},
                                 source="c.yaml")
     with pytest.raises(ValueError, match=r"c.yaml: stages.smat.recall_pair_steps=5 needs the recall metadata.*"
                                          r"set stages.smat.recall_pair_steps=0"):

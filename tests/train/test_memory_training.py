@@ -162,16 +162,8 @@ def test_recall_pairs_keep_the_value_positions_of_the_kept_turns(dataset):
     assert recalled >= 8  # most conversations hold a fact → recall pair; its value is scored
 
 
-def test_value_loss_on_data_without_recall_metadata_names_the_fix(tmp_path, dataset):
-    import shutil
-
-    import pyarrow.parquet as pq
-
-    data = tmp_path / "plain"
-    shutil.copytree(dataset, data)
-    for shard in (data / "train").glob("*.parquet"):
-        table = pq.read_table(shard)
-        pq.write_table(table.drop_columns([c for c in table.column_names if c.startswith("recall_")]), shard)
+def test_value_loss_on_data_without_recall_metadata_names_the_fix(dataset_without_recall, dataset):
+    data = dataset_without_recall
     cfg = TrainConfig.from_dict({"data": {"url": str(data)}, "stages": {"smat": {"recall_loss_weight": 1.0}}},
                                 source="c.yaml")
     with pytest.raises(ValueError, match=r"c.yaml: stages.smat.recall_loss_weight=1.0 needs the recall metadata.*"
