@@ -39,9 +39,11 @@ log = logging.getLogger("statex")
 
 ARMS = ("control", "reinit", "inherit")
 POST_TRAINING = ["stages.smat.unfreeze_memory_attention_at=0", "stages.smat.unfreeze_encoder_at=0",
-                 "stages.smat.recall_pair_steps=0"]
+                 "stages.smat.recall_pair_steps=0", "stages.smat.curriculum_turns=0",
+                 "stages.smat.curriculum_steps=0", "stages.smat.start=previous"]
 """The post-training recipe every arm shares (``--set`` may override it): all components train
-from the first step on whole conversations, as in StateX's brief post-training."""
+from the first step on whole conversations (no warm-up, no length curriculum), from the arm's
+model (``init_model_url``), as in StateX's brief post-training."""
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
