@@ -50,12 +50,11 @@ def prepare_data(url: str, conversations: int) -> None:
 
 def train(cfg) -> list[tuple]:
     """RxT's four stages, then the baseline with the same training time as the four together."""
-    from rxt_dist.train import RXT_STAGES, run_stage
+    from rxt_dist.train import run_stage, rxt_stages
 
     rows = []
-    stages = RXT_STAGES
-    if cfg.stages.smat.start == "fresh":
-        stages = ("smat",)
+    stages = rxt_stages(cfg)
+    if stages == ("smat",):
         print("RxT: stage 4 (supervised memory-aware training) end to end from a fresh model "
               "(stages.smat.start: fresh) — on this machine it learns recall far faster than after "
               "stages 1–3, which are not run (docs/memory.md; set stages.smat.start=previous for the "

@@ -14,9 +14,11 @@ from rxt_dist.train.launcher import (
     prepare_job,
     run_curriculum,
     run_stage,
+    rxt_stages,
 )
 
 __all__ = [
     "RXT_STAGES", "STAGES", "TrainConfig", "stage_name", "StageResult", "build_trainer", "check_resources",
     "export_url", "is_complete", "prepare_job", "run_curriculum", "run_stage",
+    "rxt_stages",
 ]

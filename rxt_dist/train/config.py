@@ -217,7 +217,8 @@ class StageSection(_Section):
     """Train for this many seconds (training time, start-up excluded) instead of ``steps``:
     after ``BUDGET_CALIBRATION_STEPS`` steps the step count is fixed from the measured step time
     (``rxt_dist.train.optim``), so the learning-rate schedule still ends with the budget; ``steps`` stays an
-    upper bound. (How the demo gives the baseline the RxT stages' training time.)"""
+    upper bound. (How the demo gives the baseline the RxT stages' training time.) Not with stage 4's
+    length curriculum or recall-pair warm-up, whose first steps are shorter than the rest."""
 
 
 class JointLMStage(StageSection):
@@ -334,6 +335,11 @@ class SMATStage(StageSection):
         _require(not self.curriculum_turns or 0 < self.curriculum_steps < self.steps,
                  f"curriculum_steps={self.curriculum_steps}: must be in [1, steps={self.steps}) when "
                  f"curriculum_turns={self.curriculum_turns} (the stage ends on whole conversations)")
+        shorter = "curriculum_turns" if self.curriculum_turns else "recall_pair_steps" if self.recall_pair_steps else None
+        _require(self.time_budget_s is None or shorter is None,
+                 f"time_budget_s={self.time_budget_s}: cannot be combined with {shorter}="
+                 f"{getattr(self, shorter or 'steps')} — the budget is timed on the first steps, which {shorter} "
+                 "makes shorter than the rest; set steps instead")
         return self
 
     def turns_at(self, step: int, max_turns: int) -> int:

@@ -258,12 +258,25 @@ def run_stage(cfg: TrainConfig, stage: str, skip_complete: bool = False) -> Stag
     return StageResult(stage, job.export_url, dict(result.metrics or {}))
 
 
+def rxt_stages(cfg: TrainConfig) -> tuple[str, ...]:
+    """The RxT stages a full run trains: stages 1 → 4, or stage 4 alone when it starts fresh
+    (its model would not use what stages 1–3 exported)."""
+    return ("smat",) if cfg.stages.smat.start == "fresh" else RXT_STAGES
+
+
 def run_curriculum(cfg: TrainConfig, stages: list[str] | None = None) -> list[StageResult]:
-    """Stages 1 → 4 and the baseline, in order, skipping those already complete."""
-    chosen = [stage_name(s) for s in stages] if stages else list(STAGES)
+    """Stages 1 → 4 (or stage 4 alone, see :func:`rxt_stages`) and the baseline, in order,
+    skipping those already complete; ``stages`` chooses explicitly."""
+    if stages:
+        chosen = [stage_name(s) for s in stages]
+    else:
+        chosen = [*rxt_stages(cfg), "baseline"]
+        if chosen[0] == "smat":
+            log.info("stages.smat.start is 'fresh': stage 4 trains from a new model, so stages 1-3 "
+                     "are not run (set stages.smat.start=previous for the four-stage curriculum)")
     ordered = [s for s in STAGES if s in chosen]
     return [run_stage(cfg, s, skip_complete=True) for s in ordered]
 
 
-__all__ = ["StageResult", "run_stage", "run_curriculum", "build_trainer", "prepare_job", "export_url",
+__all__ = ["StageResult", "run_stage", "run_curriculum", "rxt_stages", "build_trainer", "prepare_job", "export_url",
            "is_complete", "check_resources", "RXT_STAGES"]

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from rxt_dist.train import TrainConfig, check_resources, stage_name
+from rxt_dist.train import TrainConfig, check_resources, rxt_stages, stage_name
 from rxt_dist.train.config import SMATStage
 from rxt_dist.train.launcher import _model_config
 
@@ -150,3 +150,18 @@ def test_throughput_benchmark_measures_whole_conversations():
     bench = _setting_config(cfg, "smat", Setting(2, 2), steps=60, window=15)
     st = bench.stages.smat
     assert st.steps == 60 and st.recall_pair_steps == 0 and st.curriculum_turns == 0
+
+
+def test_a_full_run_trains_stages_1_to_3_only_when_stage_4_uses_them():
+    cfg = TrainConfig.from_file(os.path.join(ROOT, "configs", "cpu-tiny.yaml"))
+    assert cfg.stages.smat.start == "fresh" and rxt_stages(cfg) == ("smat",)
+    cfg = TrainConfig.from_file(os.path.join(ROOT, "configs", "cpu-tiny.yaml"), ["stages.smat.start=previous"])
+    assert rxt_stages(cfg) == ("joint_lm", "sft", "memory_attention", "smat")
+
+
+def test_time_budget_is_refused_where_the_first_steps_are_shorter_than_the_rest():
+    for field in ("curriculum_turns=2", "recall_pair_steps=50"):
+        with pytest.raises(ValueError, match=f"time_budget_s=60.0: cannot be combined with {field}"):
+            TrainConfig.from_dict({"stages": {"smat": {"steps": 200, "time_budget_s": 60, "curriculum_steps": 100,
+                                                       field.split("=")[0]: int(field.split("=")[1])}}}, source="c.yaml")
+    assert SMATStage(steps=200, time_budget_s=60).time_budget_s == 60
