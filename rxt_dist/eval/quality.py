@@ -180,6 +180,11 @@ class RecallRecord:
     value_accuracy: bool
     """Teacher-forced: every gold value token was the argmax at its position."""
 
+    @property
+    def value_kind(self) -> str:
+        """``{n}dig`` for a number or year of n digits, ``word`` for anything else."""
+        return f"{len(self.gold)}dig" if self.gold.isdigit() else "word"
+
 
 @dataclass
 class SystemQuality:
@@ -236,6 +241,7 @@ class SystemQuality:
             "by_facts_held": _breakdown(records, "facts_held"),
             "by_facts_held_and_distance": _breakdown(records, "facts_and_distance"),
             "by_updated": _breakdown(records, "updated"),
+            "by_value_kind": _breakdown(records, "value_kind"),
             "examples": [asdict(r) for r in shown],
         }
 
@@ -526,7 +532,7 @@ class QualityReport:
 
     def summary_table(self) -> str:
         """A readable table: overall PPL/accuracy/recall (unseen and seen values), recall by
-        distance and by facts held, memory health, PPL per turn index."""
+        distance, by facts held and by kind of value, memory health, PPL per turn index."""
         head = (f"Quality on {self.data_url} [{self.split}]: {self.conversations} conversations, "
                 f"{self.turns} turns, {self.recall_turns} recall turns")
         lines = [head, "",
@@ -549,6 +555,8 @@ class QualityReport:
         lines += self._breakdown_table(f"recall EM by turns since the value was last in the text{which}",
                                        "by_mention_distance", seen)
         lines += self._breakdown_table(f"recall EM by facts held{which}", "by_facts_held", seen)
+        lines += self._breakdown_table(f"recall EM by kind of value (numbers by digits; words){which}",
+                                       "by_value_kind", seen)
         lines += self._memory_table()
         lines += self._per_turn_table()
         return "\n".join(lines)

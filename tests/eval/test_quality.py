@@ -64,8 +64,9 @@ def test_report_has_every_system_and_counts_every_recall_turn(data_url, model_di
     for name, s in d["systems"].items():
         assert s["recall"]["count"] == unseen, name
         assert s["recall_seen"]["count"] == recall_turns - unseen, name
-        for key in ("by_distance", "by_facts_held", "by_facts_held_and_distance"):
+        for key in ("by_distance", "by_facts_held", "by_facts_held_and_distance", "by_value_kind"):
             assert sum(b["count"] for b in s["recall"][key].values()) == unseen, (name, key)
+        assert set(s["recall"]["by_value_kind"]) <= {"word"} | {f"{n}dig" for n in range(1, 6)}
         assert all(not e["seen"] for e in s["recall"]["examples"]) and all(e["seen"] for e in s["recall_seen"]["examples"])
         assert 0.0 <= s["recall"]["exact_match"] <= 1.0
         assert ("echo" in s) == (name == "rxt")  # only the own-answer system answers fact turns
