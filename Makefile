@@ -3,7 +3,8 @@
 
 PYTHON ?= python3
 # torch is installed first, pinned: an unpinned `torch` pulls a multi-GB CUDA build on CPU
-# machines. On a GPU cluster, override it (e.g. TORCH_SPEC="torch==2.13.0 --index-url ...").
+# machines. On a GPU cluster, override it: pip arguments, split on spaces (e.g.
+# TORCH_SPEC="torch==2.13.0 --index-url URL"; put a spec with < or > in single quotes).
 TORCH_SPEC ?= torch==2.13.0
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -28,7 +29,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	@: > $(INSTALL_LOG)
 	@$(LOGGED) $(PY) -m pip install --upgrade pip
-	@$(LOGGED) $(PY) -m pip install "$(TORCH_SPEC)"
+	@$(LOGGED) $(PY) -m pip install $(TORCH_SPEC)
 	@$(LOGGED) $(PY) -m pip install -e '.[dev]'
 	@touch $@
 
