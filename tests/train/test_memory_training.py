@@ -13,9 +13,11 @@ from rxt_dist.train.batches import ECHO_COLUMNS, VALUE_COLUMNS, conversation_bat
 from rxt_dist.train.config import MemoryAttentionStage, SMATStage, TrainConfig
 from rxt_dist.train.launcher import conversation_columns
 from rxt_dist.train.loop import collate_rows
-from rxt_dist.train.objectives import StageObjective, _per_slot, combine, local_counts
+from rxt_dist.train.objectives import StageObjective, _per_slot
 from rxt_dist.train.optim import base_schedule, budget_steps
 from rxt_dist.train.plain import read_rows
+
+from tests.train.steps import train_steps
 
 
 def rows_of(dataset, n, skip=0):
@@ -107,16 +109,10 @@ def _stage3_losses(dataset, model, cfg, steps=40):
     objective = StageObjective(model, "memory_attention", cfg, seed=0)
     opt = torch.optim.AdamW(model.memory_attention.parameters(), lr=3e-3)
     batches = [conversation_batch(rows_of(dataset, 8, skip=8 * i), 8, 64) for i in range(4)]
-    losses, slot_cos = [], []
-    for step in range(steps):
-        out = objective(batches[step % 4], torch.Generator().manual_seed(step))
-        loss = combine(out, local_counts(out), world=1)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-        slot_cos.append(max(out.metrics[f"mem_cos_l{i}"][0] / out.metrics[f"mem_cos_l{i}"][1] for i in (0, 1)))
-    return losses, slot_cos
+    history = train_steps(objective, batches, opt, steps)
+    slot_cos = [max(out.metrics[f"mem_cos_l{i}"][0] / out.metrics[f"mem_cos_l{i}"][1] for i in (0, 1))
+                for _, out in history]
+    return [loss for loss, _ in history], slot_cos
 
 
 def test_stage3_per_slot_target_keeps_slots_apart_where_the_pooled_one_collapses_them(dataset):

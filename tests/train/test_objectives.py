@@ -20,6 +20,7 @@ from rxt_dist.train.objectives import (
     step_weight,
 )
 from tests.tolerances import CHANGED, EXACT, KERNEL
+from tests.train.steps import train_steps
 
 
 def rows_of(dataset, n, skip=0):
@@ -198,14 +199,7 @@ def test_each_stage_loss_falls(dataset, stage, cfg, collate):
         params = list(model.memory_attention.parameters())
     opt = torch.optim.AdamW(params, lr=3e-3)
     batches = [collate(rows_of(dataset, 8, skip=8 * i)) for i in range(4)]
-    losses = []
-    for step in range(40):
-        out = objective(batches[step % 4], torch.Generator().manual_seed(step))
-        loss = combine(out, local_counts(out), world=1)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = [loss for loss, _ in train_steps(objective, batches, opt, 40)]
     first, last = sum(losses[:4]) / 4, sum(losses[-4:]) / 4
     # Stage 3's per-slot target (each slot its own token position) is harder to fit than one
     # target for all slots: its cosine loss falls ~5% in these 40 steps where the others fall > 10%.
