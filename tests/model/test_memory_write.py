@@ -124,7 +124,7 @@ def test_per_slot_gate_bias_lets_one_slot_keep_its_content():
 def test_slot_bias_spread_starts_slots_at_different_time_scales():
     model = debug_rxt(memory_attention=MemoryAttentionConfig(gate=GateConfig(per_slot_bias=True, slot_bias_spread=2.0)))
     bias = model.memory_attention.layers[0].gate.slot_bias.view(-1)
-    torch.testing.assert_close(bias, torch.linspace(-2.0, 2.0, 8), rtol=0, atol=0)
+    torch.testing.assert_close(bias, torch.linspace(-2.0, 2.0, 8), rtol=0, atol=0)  # built by the same linspace
 
 
 def test_gate_openness_is_reported_per_layer_and_conversation():
@@ -135,6 +135,7 @@ def test_gate_openness_is_reported_per_layer_and_conversation():
     new, gates = model.update_memory_with_gates(stm, ed, torch.full((3,), 9))
     torch.testing.assert_close(new, model.update_memory(stm, ed, torch.full((3,), 9)), rtol=0, atol=0)
     assert gates.shape == (2, 3)
+    # a mean of equal sigmoid values: fp32 rounding of the sum only, within assert_close's default 1.3e-6
     torch.testing.assert_close(gates, torch.full((2, 3), torch.sigmoid(torch.tensor(-2.0)).item()))
     plain = debug_rxt(memory_attention=MemoryAttentionConfig(gate=GateConfig(kind="none")))
     assert plain.update_memory_with_gates(stm, ed, torch.full((3,), 9))[1] is None
