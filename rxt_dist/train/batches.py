@@ -204,12 +204,14 @@ def conversation_batch(rows: Mapping[str, Sequence], max_turns: int, max_tokens:
         off = torch.zeros(width, dtype=torch.bool)
         mask = torch.stack([_answer_mask(int(n), s, width) if on else off
                             for n, s, on in zip(lengths, starts, active)])
-        spans = {}
-        for name, make, wanted in (("values", _value_mask, with_values), ("echoes", _echo_mask, with_echoes)):
-            spans[name] = torch.stack([make(rows, i, t, int(n), s, width) if on else off
-                                       for i, (n, s, on) in enumerate(zip(lengths, starts, active))]) & mask \
-                if wanted else None
-        turns.append(TurnBatch(ids, lengths, mask, torch.tensor(active), spans["values"], spans["echoes"]))
+
+        def span(make) -> Tensor:  # (B, width): ``make``'s positions in every active row
+            return torch.stack([make(rows, i, t, int(n), s, width) if on else off
+                                for i, (n, s, on) in enumerate(zip(lengths, starts, active))]) & mask
+
+        turns.append(TurnBatch(ids, lengths, mask, torch.tensor(active),
+                               span(_value_mask) if with_values else None,
+                               span(_echo_mask) if with_echoes else None))
     return ConversationBatch([str(k) for k in rows["conversation_id"]], turns)
 
 
