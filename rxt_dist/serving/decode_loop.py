@@ -130,13 +130,15 @@ class DecodeLoop:
                     queue.put_nowait(ev)
 
     def _take_waiting(self, cancel: set[int]) -> list[_Request]:
+        """Drop every waiting request whose client went away (not only those that would be
+        admitted now: a full batch must not keep them for later), then admit what fits."""
+        if cancel:
+            kept = deque(req for req in self.waiting if req.key not in cancel)
+            self.stats.cancelled += len(self.waiting) - len(kept)
+            self.waiting = kept
         admit = []
         while self.waiting and len(self.batch) + len(admit) < self.max_batch_size:
-            req = self.waiting.popleft()
-            if req.key in cancel:
-                self.stats.cancelled += 1
-            else:
-                admit.append(req)
+            admit.append(self.waiting.popleft())
         return admit
 
     def _tick(self, admit: list[_Request], cancel: set[int]) -> list[TokenEvent]:

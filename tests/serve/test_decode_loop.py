@@ -93,3 +93,33 @@ def test_requests_beyond_the_batch_size_wait_their_turn(reference):
     loop, results = asyncio.run(scenario())
     assert loop.stats.max_rows == 2
     assert [t for t, _ in results] == [alone(model, q, stm[:, i]) for i, q in enumerate(QUERIES)]
+
+
+def test_a_request_that_leaves_while_waiting_for_a_slot_is_never_decoded(reference):
+    """Batch full: the second request waits; its client leaves; it must not be admitted later
+    and decode to max_tokens for nobody (the cancellation used to be dropped)."""
+    model = reference.model
+    stm = memories(model, 2)
+    long = SamplingParams(max_new_tokens=40)
+
+    async def scenario():
+        loop = DecodeLoop(model, max_batch_size=1)
+        first = asyncio.create_task(collect(loop, QUERIES[0], stm[:, 0], long))
+        while loop.stats.admitted < 1:
+            await asyncio.sleep(0.001)
+        waiting = loop.stream(QUERIES[1], stm[:, 1], long)
+        second = asyncio.create_task(anext(waiting))  # joins the waiting list
+        while not loop.waiting:
+            await asyncio.sleep(0.001)
+        assert len(loop.batch) == 1 and loop.stats.admitted == 1  # the first still decodes
+        second.cancel()  # the client goes away while its request waits for a slot
+        await asyncio.gather(second, return_exceptions=True)
+        await waiting.aclose()
+        await first
+        for _ in range(20):  # let the loop run a few more ticks
+            await asyncio.sleep(0.01)
+        return loop
+
+    loop = asyncio.run(scenario())
+    assert loop.stats.admitted == 1 and loop.stats.cancelled == 1
+    assert not loop.waiting and len(loop.batch) == 0
