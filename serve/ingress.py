@@ -320,7 +320,7 @@ class Ingress:
                 raise ApiError(409, f"session '{sid}' is answering another request; send one "
                                "message at a time per session", param=SESSION_HEADER,
                                code="session_busy", headers={"Retry-After": "1"})
-            if time.time() - claim["pending_since"] >= self.args.update_stale_s:
+            if claim["pending_age_s"] >= self.args.update_stale_s:  # the store's clock, not ours
                 # Nobody seems to be applying it (its dispatcher may have died): apply it here.
                 self._dispatch_update(sid, claim["base_version"])
             if time.monotonic() >= deadline:

@@ -31,9 +31,11 @@ import secrets
 import time
 import uuid
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 
 import fsspec
+
+from rxt_dist.serving.protocol import StoreStatus, log_id
 
 logger = logging.getLogger(__name__)
 
@@ -69,9 +71,23 @@ class PendingUpdate:
     query_ids: list[int]
     answer_ids: list[int]
     since: float
-    """Wall-clock time the turn finished (seconds since the epoch)."""
+    """Wall-clock time the turn finished (seconds since the epoch, the store's clock)."""
     lease: str = ""
     """The claim the turn was answered under (a repeated ``finish_turn`` is recognised)."""
+    error: str | None = None
+    """Why this update can never apply (recorded by an updater); the session's next turn is
+    refused until the pending turn is dropped."""
+
+
+@dataclass
+class LastTurn:
+    """The session's last answered turn, kept so a retried request (same idempotency key)
+    gets the recorded answer instead of a second turn."""
+
+    key: str
+    base_version: int
+    answer_ids: list[int]
+    finish_reason: str
 
 
 @dataclass
@@ -81,6 +97,7 @@ class SessionMeta:
     id: str
     created: float
     updated: float
+    """Last time the session was created, answered or updated (its idle time runs from here)."""
     stm_shape: list[int]
     """(L, S, D) of the STM, so a model with another memory size is refused clearly."""
     version: int = 0
@@ -91,6 +108,10 @@ class SessionMeta:
     committed: float | None = None
     """Wall-clock time (seconds since the epoch) the current memory version was committed:
     the session's creation for version 0. None in records written before it was kept."""
+    owner: str | None = None
+    """Hash of the API key that created the session (None: created without keys); only that
+    key reaches it."""
+    last_turn: LastTurn | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -98,16 +119,20 @@ class SessionMeta:
     @classmethod
     def from_json(cls, text: str) -> "SessionMeta":
         data = json.loads(text)
-        pending = data.pop("pending", None)
-        return cls(**data, pending=PendingUpdate(**pending) if pending else None)
+        pending, last = data.pop("pending", None), data.pop("last_turn", None)
+        return cls(**data, pending=PendingUpdate(**pending) if pending else None,
+                   last_turn=LastTurn(**last) if last else None)
 
-    def public(self) -> dict:
-        """The session as the HTTP API shows it."""
+    def public(self, ttl_s: float | None = None) -> dict:
+        """The session as the HTTP API shows it (``expires_at``: when it is deleted if it stays
+        idle, None when sessions do not expire)."""
         return {
             "id": self.id, "object": "session", "created": int(self.created),
             "turns": self.turns, "memory_version": self.version,
             "pending_update": self.pending is not None,
+            "update_error": self.pending.error if self.pending else None,
             "memory_committed_at": self.committed,
+            "expires_at": None if ttl_s is None else self.updated + ttl_s,
         }
 
 
@@ -118,10 +143,21 @@ class StoreConfig:
     url: str
     """Where sessions persist: a local directory or any fsspec URL (``s3://bucket/sessions``)."""
     cache_sessions: int = 4096
-    """Settled sessions kept in memory; older ones are reloaded from storage when used."""
+    """Sessions kept in memory; idle ones beyond this leave memory (they stay in storage and
+    are reloaded when used). Sessions in use never leave: when that many are in use, a
+    request for another one is refused (503, retry)."""
     turn_lease_s: float = 120.0
-    """A claim on a session for one answer expires after this long (so a session whose
-    request died with its server is not locked for ever)."""
+    """A claim on a session for one answer expires after this long unless renewed (answers
+    renew it while they stream), so a session whose request died with its server is not
+    locked for ever."""
+    session_ttl_s: float | None = 30 * 86400.0
+    """An idle session (no turn, no update) older than this is deleted from storage (None:
+    never)."""
+    max_sessions: int | None = 1_000_000
+    """Most sessions this shard keeps in storage; a new one beyond it is refused (503) after
+    expired ones are removed (None: no cap)."""
+    sweep_interval_s: float = 300.0
+    """How often the shard looks for expired sessions in storage."""
 
     def __post_init__(self) -> None:
         if not self.url:
@@ -130,6 +166,12 @@ class StoreConfig:
             raise ValueError(f"cache_sessions={self.cache_sessions}: must be ≥ 1")
         if self.turn_lease_s <= 0:
             raise ValueError(f"turn_lease_s={self.turn_lease_s}: must be > 0 seconds")
+        if self.session_ttl_s is not None and self.session_ttl_s <= 0:
+            raise ValueError(f"session_ttl_s={self.session_ttl_s}: must be > 0 seconds (or None: never)")
+        if self.max_sessions is not None and self.max_sessions < 1:
+            raise ValueError(f"max_sessions={self.max_sessions}: must be ≥ 1 (or None: no cap)")
+        if self.sweep_interval_s <= 0:
+            raise ValueError(f"sweep_interval_s={self.sweep_interval_s}: must be > 0 seconds")
 
 
 @dataclass
@@ -145,6 +187,7 @@ class _Entry:
     claim: _Claim | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     settled: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set while no update is pending (or the pending one has failed for good)."""
     deleted: bool = False
 
     def __post_init__(self) -> None:
@@ -154,29 +197,36 @@ class _Entry:
     def claimed_by_other(self, lease: str | None, now: float) -> bool:
         return self.claim is not None and self.claim.token != lease and self.claim.expires > now
 
-    @property
-    def idle(self) -> bool:
-        return self.claim is None and self.meta.pending is None and not self.lock.locked()
+    def in_use(self, now: float) -> bool:
+        """Claimed (unexpired), waiting for its update, or being written: must stay in memory."""
+        claimed = self.claim is not None and self.claim.expires > now
+        return claimed or self.meta.pending is not None or self.lock.locked()
 
 
-def _status(status: str, **fields) -> dict:
+def _status(status: StoreStatus, **fields) -> dict:
     return {"status": status, **fields}
 
 
 class SessionStore:
     """One shard of the session store: versioned STMs with compare-and-set updates.
 
-    Every method is a coroutine returning a dict with a ``status`` (``ok``, ``not_found``,
-    ``busy``, ``pending``, ``applied``, …) rather than raising, so callers across a process
-    boundary map outcomes to HTTP answers without unpickling exception types.
+    Every method is a coroutine returning a dict with a :class:`StoreStatus` rather than
+    raising, so callers across a process boundary map outcomes to HTTP answers without
+    unpickling exception types. Methods a client request reaches take the caller's
+    ``owner`` (:func:`~rxt_dist.serving.protocol.owner_of` its API key): another owner's
+    session answers ``not_found``.
     """
 
-    def __init__(self, config: StoreConfig) -> None:
+    def __init__(self, config: StoreConfig, shard: int = 0, num_shards: int = 1) -> None:
         self.config = config
+        self.shard, self.num_shards = shard, num_shards
         self.fs, root = fsspec.core.url_to_fs(config.url)
         self.root = root.rstrip("/")
         self.fs.makedirs(self.root, exist_ok=True)
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self._stored: int | None = None  # sessions of this shard in storage, counted on first use
+        self._sweeper: asyncio.Task | None = None
+        self.expired = 0
 
     # ---- paths and persistence -------------------------------------------------------------
 
@@ -206,151 +256,287 @@ class SessionStore:
         if drop_version is not None and self.fs.exists(self._stm_path(meta.id, drop_version)):
             self.fs.rm(self._stm_path(meta.id, drop_version))
 
-    def _load(self, sid: str) -> tuple[SessionMeta, bytes] | None:
+    def _read_meta(self, sid: str) -> SessionMeta | None:
         meta_path = f"{self._dir(sid)}/{META_FILE}"
         if not self.fs.exists(meta_path):
             return None
         with self.fs.open(meta_path, "rb") as f:
             try:
-                meta = SessionMeta.from_json(f.read().decode())
+                return SessionMeta.from_json(f.read().decode())
             except (ValueError, TypeError, KeyError) as exc:
                 raise ValueError(f"{meta_path}: not a session record: {exc}") from exc
+
+    def _load(self, sid: str) -> tuple[SessionMeta, bytes] | None:
+        meta = self._read_meta(sid)
+        if meta is None:
+            return None
         stm_path = self._stm_path(sid, meta.version)
         if not self.fs.exists(stm_path):
-            raise ValueError(f"{meta_path} names memory version {meta.version} but {stm_path} is missing")
+            raise ValueError(f"{self._dir(sid)}/{META_FILE} names memory version {meta.version} "
+                             f"but {stm_path} is missing")
         with self.fs.open(stm_path, "rb") as f:
             return meta, f.read()
 
-    async def _entry(self, sid: str) -> _Entry | None:
+    def _remove(self, sid: str) -> None:
+        if self.fs.exists(self._dir(sid)):
+            self.fs.rm(self._dir(sid), recursive=True)
+
+    # ---- the in-memory cache, expiry and the cap ---------------------------------------------
+
+    def _expired(self, meta: SessionMeta, now: float) -> bool:
+        ttl = self.config.session_ttl_s
+        return ttl is not None and meta.pending is None and now - meta.updated > ttl
+
+    def _in_use(self, now: float) -> int:
+        return sum(e.in_use(now) for e in self._entries.values())
+
+    async def _entry(self, sid: str, admit: bool = False) -> _Entry | None | StoreStatus:
+        """The session's entry, loaded from storage if needed; None when it does not exist
+        (or has expired: then it is deleted). With ``admit``, :attr:`StoreStatus.FULL` when
+        loading it would need the room of a session in use."""
+        self._ensure_sweeper()
         entry = self._entries.get(sid)
         if entry is None:
+            if admit and self._in_use(time.time()) >= self.config.cache_sessions:
+                return StoreStatus.FULL
             loaded = await asyncio.to_thread(self._load, sid)
             entry = self._entries.get(sid)  # another call may have loaded it meanwhile
             if entry is None:
                 if loaded is None:
                     return None
                 entry = self._entries[sid] = _Entry(*loaded)
+        if self._expired(entry.meta, time.time()) and not entry.in_use(time.time()):
+            await self._expire(sid, entry)
+            return None
         self._entries.move_to_end(sid)
-        self._evict()
+        self._evict(keep=sid)
         return entry
 
-    def _evict(self) -> None:
+    def _evict(self, keep: str) -> None:
+        """Drop the least recently used sessions not in use (never ``keep``, the one a call is
+        working on) until the cache fits."""
         excess = len(self._entries) - self.config.cache_sessions
-        for sid in [s for s, e in self._entries.items() if e.idle][:max(excess, 0)]:
+        if excess <= 0:
+            return
+        now = time.time()
+        for sid in [s for s, e in self._entries.items() if s != keep and not e.in_use(now)][:excess]:
             del self._entries[sid]
+
+    async def _expire(self, sid: str, entry: _Entry | None) -> None:
+        if entry is not None:
+            entry.deleted = True
+            entry.settled.set()
+            self._entries.pop(sid, None)
+        await asyncio.to_thread(self._remove, sid)
+        self.expired += 1
+        if self._stored is not None:
+            self._stored = max(0, self._stored - 1)
+        logger.info("session %s expired after %.0fs idle", log_id(sid), self.config.session_ttl_s)
+
+    def _own_ids(self) -> list[str]:
+        """Ids of the sessions of this shard in storage."""
+        names = [p.rstrip("/").rpartition("/")[2] for p in self.fs.ls(self.root, detail=False)]
+        return [n for n in names if is_session_id(n) and shard_of(n, self.num_shards) == self.shard]
+
+    async def sweep(self) -> int:
+        """Delete the expired sessions of this shard from storage (and memory); recount what
+        is stored. Returns how many were deleted."""
+        ids = await asyncio.to_thread(self._own_ids)
+        deleted, now = 0, time.time()
+        for sid in ids:
+            entry = self._entries.get(sid)
+            if entry is not None:
+                expired = self._expired(entry.meta, now) and not entry.in_use(now)
+            else:
+                try:
+                    meta = await asyncio.to_thread(self._read_meta, sid)
+                except ValueError as exc:
+                    logger.warning("sweep: %s", exc)
+                    continue
+                expired = meta is not None and self._expired(meta, now)
+            if expired and self._entries.get(sid) is entry:  # nobody loaded it meanwhile
+                await self._expire(sid, entry)
+                deleted += 1
+        self._stored = len(ids) - deleted
+        return deleted
+
+    def _ensure_sweeper(self) -> None:
+        if self._sweeper is None and self.config.session_ttl_s is not None:
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.sweep_interval_s)
+            try:
+                await self.sweep()
+            except Exception:  # storage hiccup: try again next time
+                logger.exception("sweeping expired sessions failed")
+
+    async def _room_for_one_more(self) -> bool:
+        cap = self.config.max_sessions
+        if cap is None:
+            return True
+        if self._stored is None or self._stored >= cap:
+            await self.sweep()  # counts, and frees what has expired
+        return self._stored < cap
 
     # ---- the API ---------------------------------------------------------------------------
 
-    async def create(self, sid: str, stm: bytes, stm_shape: list[int], turns: int = 0) -> dict:
+    async def create(self, sid: str, stm: bytes, stm_shape: list[int], turns: int = 0,
+                     owner: str | None = None) -> dict:
         """A new session at memory version 0 holding ``stm`` (one conversation's STM bytes)."""
         if not is_session_id(sid):
-            return _status("invalid_id")
-        if await self._entry(sid) is not None:
-            return _status("exists")
+            return _status(StoreStatus.INVALID_ID)
+        self._ensure_sweeper()
+        if sid in self._entries or await asyncio.to_thread(self._read_meta, sid) is not None:
+            return _status(StoreStatus.EXISTS)
+        if self._in_use(time.time()) >= self.config.cache_sessions or not await self._room_for_one_more():
+            return _status(StoreStatus.FULL)
         now = time.time()
         meta = SessionMeta(id=sid, created=now, updated=now, stm_shape=list(stm_shape), turns=turns,
-                           committed=now)
+                           committed=now, owner=owner)
         await asyncio.to_thread(self._persist, meta, stm)
         self._entries[sid] = _Entry(meta, stm)
-        self._evict()
-        return _status("ok", session=meta.public())
+        if self._stored is not None:
+            self._stored += 1
+        self._evict(keep=sid)
+        return _status(StoreStatus.OK, session=meta.public(self.config.session_ttl_s))
 
-    async def info(self, sid: str) -> dict:
+    async def _owned(self, sid: str, owner: str | None, admit: bool = False) -> _Entry | StoreStatus:
+        """The entry of a session ``owner`` may use, or the status to answer."""
+        entry = await self._entry(sid, admit)
+        if entry is StoreStatus.FULL:
+            return entry
+        if entry is None or entry.deleted or entry.meta.owner != owner:
+            return StoreStatus.NOT_FOUND
+        return entry
+
+    async def info(self, sid: str, owner: str | None = None) -> dict:
         """The session's public record (turns, memory version, whether an update is pending)."""
-        entry = await self._entry(sid)
-        if entry is None:
-            return _status("not_found")
-        return _status("ok", session=entry.meta.public(), stm_shape=entry.meta.stm_shape,
-                       pending_since=entry.meta.pending.since if entry.meta.pending else None)
+        entry = await self._owned(sid, owner)
+        if isinstance(entry, StoreStatus):
+            return _status(entry)
+        return _status(StoreStatus.OK, session=entry.meta.public(self.config.session_ttl_s),
+                       stm_shape=entry.meta.stm_shape)
 
-    async def begin_turn(self, sid: str, lease: str, wait_s: float) -> dict:
+    async def begin_turn(self, sid: str, lease: str, wait_s: float, owner: str | None = None,
+                         idempotency_key: str | None = None) -> dict:
         """Claim the session for one turn under ``lease`` (a token the caller made up), waiting
         up to ``wait_s`` for a pending update to commit.
 
-        ``ok`` carries the memory version, its STM bytes and its commit time. ``pending``: the
-        update did not commit in time; the claim stays with ``lease`` until shortly after the
-        wait, so the caller may call again with the same lease (or give it back with
-        :meth:`release`). ``busy``: another request holds the session. ``ok`` and ``pending``
-        carry ``waited_s``, how long this call waited for a pending update (0.0 when none was).
+        ``ok`` carries the memory version, its STM bytes and its commit time. ``replay``: the
+        session's last answered turn had ``idempotency_key``; it carries that turn's answer and
+        claims nothing. ``pending``: the update did not commit in time (``pending_age_s``, on
+        this store's clock, says for how long it has been pending); the claim stays with
+        ``lease`` until shortly after the wait, so the caller may call again with the same
+        lease (or give it back with :meth:`release`). ``update_failed``: the pending update can
+        never apply (``error`` says why; :meth:`drop_pending` recovers). ``busy``: another
+        request holds the session. ``full``: the shard has no room to load it now. ``ok`` and
+        ``pending`` carry ``waited_s``, how long this call waited (0.0 when nothing was pending).
         """
-        entry = await self._entry(sid)
-        if entry is None:
-            return _status("not_found")
+        entry = await self._owned(sid, owner, admit=True)
+        if isinstance(entry, StoreStatus):
+            return _status(entry)
+        last = entry.meta.last_turn
+        if idempotency_key is not None and last is not None and last.key == idempotency_key:
+            return _status(StoreStatus.REPLAY, version=last.base_version, answer_ids=last.answer_ids,
+                           finish_reason=last.finish_reason)
         now = time.time()
         if entry.claimed_by_other(lease, now):
-            return _status("busy")
-        token = lease
+            return _status(StoreStatus.BUSY)
         # While waiting, the claim lapses soon after the wait unless renewed: a caller that
         # went away must not lock the session for a whole turn lease.
-        entry.claim = _Claim(token, now + wait_s + _WAIT_GRACE_S)
-        was_pending = not entry.settled.is_set()
+        entry.claim = _Claim(lease, now + wait_s + _WAIT_GRACE_S)
+        was_pending = entry.meta.pending is not None
         started = time.monotonic()
         try:
-            if was_pending:
+            if not entry.settled.is_set():
                 await asyncio.wait_for(entry.settled.wait(), timeout=wait_s)
         except asyncio.TimeoutError:
             pending = entry.meta.pending
-            return _status("pending", lease=token, base_version=pending.base_version if pending else None,
-                           pending_since=pending.since if pending else None,
+            return _status(StoreStatus.PENDING, lease=lease,
+                           base_version=pending.base_version if pending else None,
+                           pending_age_s=time.time() - pending.since if pending else 0.0,
                            waited_s=time.monotonic() - started)
         except asyncio.CancelledError:
-            if entry.claim is not None and entry.claim.token == token:
+            if entry.claim is not None and entry.claim.token == lease:
                 entry.claim = None
             raise
         if entry.deleted:
-            return _status("not_found")
-        entry.claim = _Claim(token, time.time() + self.config.turn_lease_s)
+            return _status(StoreStatus.NOT_FOUND)
+        pending = entry.meta.pending
+        if pending is not None and pending.error is not None:
+            entry.claim = None
+            return _status(StoreStatus.UPDATE_FAILED, base_version=pending.base_version, error=pending.error)
+        entry.claim = _Claim(lease, time.time() + self.config.turn_lease_s)
         waited_s = time.monotonic() - started if was_pending else 0.0
-        return _status("ok", lease=token, version=entry.meta.version, stm=entry.stm,
+        return _status(StoreStatus.OK, lease=lease, version=entry.meta.version, stm=entry.stm,
                        stm_shape=entry.meta.stm_shape, turns=entry.meta.turns,
                        committed=entry.meta.committed, waited_s=waited_s)
+
+    async def renew(self, sid: str, lease: str) -> dict:
+        """Extend the claim ``lease`` holds by a whole turn lease (an answer still streaming)."""
+        entry = self._entries.get(sid)
+        now = time.time()
+        if entry is None or entry.claim is None or entry.claim.token != lease or entry.claim.expires <= now:
+            return _status(StoreStatus.LOST_LEASE)
+        entry.claim.expires = now + self.config.turn_lease_s
+        return _status(StoreStatus.OK)
 
     async def release(self, sid: str, lease: str) -> dict:
         """Give back a claim without a turn (the request failed before answering)."""
         entry = self._entries.get(sid)
         if entry is not None and entry.claim is not None and entry.claim.token == lease:
             entry.claim = None
-        return _status("ok")
+        return _status(StoreStatus.OK)
 
     async def finish_turn(self, sid: str, lease: str, version: int, query_ids: list[int],
-                          answer_ids: list[int]) -> dict:
+                          answer_ids: list[int], idempotency_key: str | None = None,
+                          finish_reason: str = "stop") -> dict:
         """Record the answered turn as the pending update of ``version`` and release the claim.
 
-        Durable before it returns: once this answers ``ok``, a later request waits for the
-        update (or re-dispatches it) instead of reading memory version ``version``.
+        Written to storage before anything changes in memory: if the write fails the session
+        stays exactly as it was (claimed by ``lease``) and the error propagates. Once this
+        answers ``ok``, a later request waits for the update (or re-dispatches it) instead of
+        reading memory version ``version``.
         """
         entry = await self._entry(sid)
         if entry is None or entry.deleted:
-            return _status("not_found")
+            return _status(StoreStatus.NOT_FOUND)
         async with entry.lock:
-            pending = entry.meta.pending
+            meta, pending = entry.meta, entry.meta.pending
             if pending is not None and pending.lease == lease and pending.base_version == version:
-                return _status("ok", base_version=version)  # a repeated call: already recorded
+                return _status(StoreStatus.OK, base_version=version)  # a repeated call: already recorded
             if entry.claimed_by_other(lease, time.time()):
-                return _status("lost_lease")
-            if entry.meta.version != version or pending is not None:
+                return _status(StoreStatus.LOST_LEASE)
+            if meta.version != version or pending is not None:
                 # The claim expired and another turn went ahead; this turn cannot be applied.
-                return _status("lost_lease")
-            entry.meta.pending = PendingUpdate(version, list(query_ids), list(answer_ids), time.time(), lease)
-            entry.meta.turns += 1
-            entry.meta.updated = entry.meta.pending.since
+                return _status(StoreStatus.LOST_LEASE)
+            now = time.time()
+            last = None if idempotency_key is None else LastTurn(idempotency_key, version, list(answer_ids),
+                                                                  finish_reason)
+            new = replace(meta, pending=PendingUpdate(version, list(query_ids), list(answer_ids), now, lease),
+                          turns=meta.turns + 1, updated=now, last_turn=last)
+            await asyncio.to_thread(self._persist, new, None)
+            entry.meta = new
             entry.settled.clear()
             entry.claim = None
-            await asyncio.to_thread(self._persist, entry.meta, None)
-        return _status("ok", base_version=version)
+        return _status(StoreStatus.OK, base_version=version)
 
     async def update_input(self, sid: str, base_version: int) -> dict:
         """What an updater needs to apply the pending update of ``base_version``: the STM and
         the interaction. ``applied`` when that update already committed."""
         entry = await self._entry(sid)
         if entry is None or entry.deleted:
-            return _status("not_found")
+            return _status(StoreStatus.NOT_FOUND)
         meta = entry.meta
         if meta.version > base_version:
-            return _status("applied", version=meta.version)
+            return _status(StoreStatus.APPLIED, version=meta.version)
         if meta.pending is None or meta.pending.base_version != base_version:
-            return _status("nothing_pending", version=meta.version)
-        return _status("ok", stm=entry.stm, stm_shape=meta.stm_shape,
+            return _status(StoreStatus.NOTHING_PENDING, version=meta.version)
+        if meta.pending.error is not None:
+            return _status(StoreStatus.FAILED, version=meta.version, error=meta.pending.error)
+        return _status(StoreStatus.OK, stm=entry.stm, stm_shape=meta.stm_shape,
                        query_ids=meta.pending.query_ids, answer_ids=meta.pending.answer_ids)
 
     async def commit_update(self, sid: str, base_version: int, stm: bytes) -> dict:
@@ -358,30 +544,86 @@ class SessionStore:
         ``base_version`` with that update pending; otherwise change nothing."""
         entry = await self._entry(sid)
         if entry is None or entry.deleted:
-            return _status("not_found")
+            return _status(StoreStatus.NOT_FOUND)
         async with entry.lock:
             meta = entry.meta
             if meta.version > base_version:
-                return _status("already_applied", version=meta.version)
-            if meta.pending is None or meta.pending.base_version != base_version:
-                return _status("conflict", version=meta.version)
+                return _status(StoreStatus.ALREADY_APPLIED, version=meta.version)
+            if meta.pending is None or meta.pending.base_version != base_version or meta.pending.error:
+                return _status(StoreStatus.CONFLICT, version=meta.version)
             now = time.time()
-            new = SessionMeta(id=meta.id, created=meta.created, updated=now, stm_shape=meta.stm_shape,
-                              version=base_version + 1, turns=meta.turns, committed=now)
+            new = replace(meta, updated=now, version=base_version + 1, pending=None, committed=now)
             await asyncio.to_thread(self._persist, new, stm, base_version)
             entry.meta, entry.stm = new, stm
             entry.settled.set()
-        return _status("applied", version=new.version)
+        return _status(StoreStatus.APPLIED, version=new.version)
 
-    async def delete(self, sid: str) -> dict:
-        """Remove the session and its stored memory; waiting requests see it gone."""
+    async def fail_update(self, sid: str, base_version: int, error: str) -> dict:
+        """Record that the pending update of ``base_version`` can never apply: waiting and
+        later turns are refused with ``update_failed`` and ``error`` until it is dropped."""
         entry = await self._entry(sid)
-        if entry is None:
-            return _status("not_found")
+        if entry is None or entry.deleted:
+            return _status(StoreStatus.NOT_FOUND)
+        async with entry.lock:
+            pending = entry.meta.pending
+            if pending is None or pending.base_version != base_version:
+                return _status(StoreStatus.CONFLICT, version=entry.meta.version)
+            new = replace(entry.meta, pending=replace(pending, error=error), updated=time.time())
+            await asyncio.to_thread(self._persist, new, None)
+            entry.meta = new
+            entry.settled.set()  # wake the waiters: they see the error
+        logger.warning("session %s: the update of version %d cannot apply: %s", log_id(sid), base_version, error)
+        return _status(StoreStatus.OK)
+
+    async def drop_pending(self, sid: str, owner: str | None = None) -> dict:
+        """Forget the pending (unapplied) turn: memory stays at its version, the turn count
+        goes back by one. The way out of ``update_failed``; refused while the update may
+        still apply (no error recorded)."""
+        entry = await self._owned(sid, owner)
+        if isinstance(entry, StoreStatus):
+            return _status(entry)
+        async with entry.lock:
+            pending = entry.meta.pending
+            if pending is None:
+                return _status(StoreStatus.NOTHING_PENDING, version=entry.meta.version)
+            if pending.error is None:
+                return _status(StoreStatus.PENDING, base_version=pending.base_version)
+            new = replace(entry.meta, pending=None, turns=entry.meta.turns - 1, updated=time.time(),
+                          last_turn=None)
+            await asyncio.to_thread(self._persist, new, None)
+            entry.meta = new
+            entry.settled.set()
+        return _status(StoreStatus.OK, session=entry.meta.public(self.config.session_ttl_s))
+
+    async def delete(self, sid: str, owner: str | None = None) -> dict:
+        """Remove the session and its stored memory; waiting requests see it gone."""
+        entry = await self._owned(sid, owner)
+        if isinstance(entry, StoreStatus):
+            return _status(entry)
         async with entry.lock:
             entry.deleted = True
             self._entries.pop(sid, None)
-            if await asyncio.to_thread(self.fs.exists, self._dir(sid)):
-                await asyncio.to_thread(self.fs.rm, self._dir(sid), True)
+            await asyncio.to_thread(self._remove, sid)
+            if self._stored is not None:
+                self._stored = max(0, self._stored - 1)
             entry.settled.set()
-        return _status("ok")
+        return _status(StoreStatus.OK)
+
+    # ---- operations --------------------------------------------------------------------------
+
+    async def get_config(self) -> StoreConfig:
+        return self.config
+
+    async def reconfigure(self, config: StoreConfig) -> list[str]:
+        """Take the settings of ``config`` (same URL) and return the names of those that
+        changed: a detached shard outlives the deployment that created it."""
+        if config.url != self.config.url:
+            raise ValueError(f"url={config.url!r}: this shard stores sessions at {self.config.url!r}")
+        changed = [f.name for f in fields(StoreConfig) if getattr(config, f.name) != getattr(self.config, f.name)]
+        self.config = config
+        return changed
+
+    async def stats(self) -> dict:
+        now = time.time()
+        return {"cached": len(self._entries), "in_use": self._in_use(now), "stored": self._stored,
+                "expired": self.expired}

@@ -180,3 +180,160 @@ def test_store_config_is_validated():
         StoreConfig(url="x", cache_sessions=0)
     with pytest.raises(ValueError, match="turn_lease_s=0"):
         StoreConfig(url="x", turn_lease_s=0)
+
+
+def test_idle_sessions_expire_from_memory_and_storage(tmp_path):
+    async def scenario():
+        store = store_at(tmp_path, session_ttl_s=0.3)
+        kept, idle = new_session_id(), new_session_id()
+        created = await store.create(idle, b"s", SHAPE)
+        expires = created["session"]["expires_at"]
+        assert expires == pytest.approx(time.time() + 0.3, abs=0.2)  # visible in the record
+        await store.create(kept, b"s", SHAPE)
+        await store.begin_turn(kept, "a", 1.0)
+        await store.finish_turn(kept, "a", 0, [1], [2])  # pending: in use, never expires
+        await asyncio.sleep(0.4)
+        assert (await store.info(idle))["status"] == "not_found"
+        assert not (tmp_path / idle).exists()
+        assert (await store.info(kept))["status"] == "ok"
+        # A fresh shard that never loaded them finds the expired ones in storage.
+        later = [new_session_id() for _ in range(3)]
+        for sid in later:
+            await store.create(sid, b"s", SHAPE)
+        await asyncio.sleep(0.4)
+        assert await store_at(tmp_path, session_ttl_s=0.3).sweep() == 3
+        assert not any((tmp_path / sid).exists() for sid in later) and (tmp_path / kept).exists()
+    run(scenario())
+
+
+def test_a_shard_at_its_cap_refuses_new_sessions_until_some_expire(tmp_path):
+    async def scenario():
+        store = store_at(tmp_path, max_sessions=2, session_ttl_s=0.3)
+        for _ in range(2):
+            assert (await store.create(new_session_id(), b"s", SHAPE))["status"] == "ok"
+        assert (await store.create(new_session_id(), b"s", SHAPE))["status"] == "full"
+        await asyncio.sleep(0.4)
+        assert (await store.create(new_session_id(), b"s", SHAPE))["status"] == "ok"
+    run(scenario())
+
+
+def test_a_session_in_use_is_never_evicted_nor_loaded_twice(tmp_path):
+    """cache_sessions=1 with one session claimed: claiming a second would need the room of a
+    session in use. It used to be loaded, evicted at once, and loaded again by a concurrent
+    request — two claims on one session."""
+    async def scenario():
+        store = store_at(tmp_path, cache_sessions=1)
+        a, b = new_session_id(), new_session_id()
+        await store.create(a, b"s", SHAPE)
+        await store.create(b, b"s", SHAPE)
+        assert (await store.begin_turn(a, "la", 1.0))["status"] == "ok"
+        assert (await store.begin_turn(b, "lb1", 1.0))["status"] == "full"
+        assert (await store.begin_turn(b, "lb2", 1.0))["status"] == "full"
+        assert (await store.begin_turn(a, "other", 0.0))["status"] == "busy"  # still the one copy
+        await store.finish_turn(a, "la", 0, [1], [2])
+        await store.commit_update(a, 0, b"s1")
+        assert (await store.begin_turn(b, "lb1", 1.0))["status"] == "ok"
+        assert (await store.begin_turn(b, "lb2", 0.0))["status"] == "busy"
+    run(scenario())
+
+
+def test_a_failed_write_leaves_the_session_as_it_was(tmp_path):
+    async def scenario():
+        store = store_at(tmp_path)
+        sid = new_session_id()
+        await store.create(sid, b"s", SHAPE)
+        await store.begin_turn(sid, "a", 1.0)
+        saved = tmp_path / "saved"
+        (tmp_path / sid).rename(saved)
+        (tmp_path / sid).write_text("not a directory")  # every write under it now fails
+        with pytest.raises(OSError):
+            await store.finish_turn(sid, "a", 0, [1], [2])
+        info = (await store.info(sid))["session"]
+        assert info["turns"] == 0 and not info["pending_update"] and info["memory_version"] == 0
+        assert (await store.begin_turn(sid, "b", 0.0))["status"] == "busy"  # still claimed by "a"
+        (tmp_path / sid).unlink()
+        saved.rename(tmp_path / sid)
+        assert (await store.finish_turn(sid, "a", 0, [1], [2]))["status"] == "ok"
+        assert (await store.info(sid))["session"]["turns"] == 1
+    run(scenario())
+
+
+def test_a_session_answers_only_the_key_that_created_it(tmp_path):
+    async def scenario():
+        store = store_at(tmp_path)
+        sid = new_session_id()
+        await store.create(sid, b"s", SHAPE, owner="alice")
+        for result in (await store.info(sid, "bob"), await store.begin_turn(sid, "l", 0.0, "bob"),
+                       await store.delete(sid, "bob"), await store.drop_pending(sid, "bob"),
+                       await store.info(sid)):
+            assert result["status"] == "not_found"
+        assert (await store.begin_turn(sid, "l", 0.0, "alice"))["status"] == "ok"
+        assert (await store.delete(sid, "alice"))["status"] == "ok"
+    run(scenario())
+
+
+def test_a_repeated_idempotency_key_replays_the_recorded_answer(tmp_path):
+    async def scenario():
+        store = store_at(tmp_path)
+        sid = new_session_id()
+        await store.create(sid, b"s", SHAPE)
+        await store.begin_turn(sid, "a", 1.0, idempotency_key="k1")
+        await store.finish_turn(sid, "a", 0, [1], [7, 8], idempotency_key="k1", finish_reason="length")
+        # The retry arrives while the update is pending, and again after it committed.
+        replay = await store.begin_turn(sid, "b", 0.0, idempotency_key="k1")
+        assert replay == {"status": "replay", "version": 0, "answer_ids": [7, 8], "finish_reason": "length"}
+        await store.commit_update(sid, 0, b"s1")
+        fresh = store_at(tmp_path)  # the record survives a restart
+        assert (await fresh.begin_turn(sid, "c", 0.0, idempotency_key="k1"))["status"] == "replay"
+        claim = await fresh.begin_turn(sid, "c", 0.0, idempotency_key="k2")
+        assert claim["status"] == "ok" and claim["version"] == 1
+        assert (await fresh.info(sid))["session"]["turns"] == 1
+    run(scenario())
+
+
+def test_a_streaming_answer_keeps_its_claim_by_renewing_it(tmp_path):
+    async def scenario():
+        store = store_at(tmp_path, turn_lease_s=0.3)
+        sid = new_session_id()
+        await store.create(sid, b"s", SHAPE)
+        await store.begin_turn(sid, "a", 1.0)
+        for _ in range(8):  # 0.8 s of answering, well past one lease
+            await asyncio.sleep(0.1)
+            assert (await store.renew(sid, "a"))["status"] == "ok"
+            assert (await store.begin_turn(sid, "b", 0.0))["status"] == "busy"
+        assert (await store.finish_turn(sid, "a", 0, [1], [2]))["status"] == "ok"
+        await asyncio.sleep(0.4)
+        assert (await store.renew(sid, "a"))["status"] == "lost_lease"  # released by the record
+    run(scenario())
+
+
+def test_an_update_that_cannot_apply_is_reported_and_can_be_dropped(tmp_path):
+    async def scenario():
+        store = store_at(tmp_path)
+        sid = new_session_id()
+        await store.create(sid, b"s", SHAPE)
+        await store.begin_turn(sid, "a", 1.0)
+        await store.finish_turn(sid, "a", 0, [1], [2])
+        assert (await store.drop_pending(sid))["status"] == "pending"  # may still apply: refused
+        waiter = asyncio.create_task(store.begin_turn(sid, "b", 5.0))
+        await asyncio.sleep(0.05)
+        assert (await store.fail_update(sid, 0, "token id 9999 out of range"))["status"] == "ok"
+        failed = await asyncio.wait_for(waiter, 1.0)
+        assert failed["status"] == "update_failed" and "out of range" in failed["error"]
+        assert (await store.info(sid))["session"]["update_error"] == "token id 9999 out of range"
+        assert (await store.update_input(sid, 0))["status"] == "failed"
+        dropped = await store.drop_pending(sid)
+        assert dropped["status"] == "ok" and dropped["session"]["turns"] == 0
+        claim = await store.begin_turn(sid, "b", 0.0)
+        assert claim["status"] == "ok" and claim["version"] == 0 and claim["stm"] == b"s"
+    run(scenario())
+
+
+def test_a_running_shard_takes_new_settings(tmp_path):
+    async def scenario():
+        store = store_at(tmp_path)
+        changed = await store.reconfigure(StoreConfig(url=str(tmp_path), cache_sessions=8, turn_lease_s=5))
+        assert changed == ["cache_sessions", "turn_lease_s"] and store.config.cache_sessions == 8
+        with pytest.raises(ValueError, match="this shard stores sessions at"):
+            await store.reconfigure(StoreConfig(url=str(tmp_path / "other")))
+    run(scenario())

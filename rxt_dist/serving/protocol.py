@@ -1,0 +1,85 @@
+"""What the serving processes say to each other and to clients, in one Ray-free place.
+
+* :class:`StoreStatus`: every outcome a session-store call can answer (the store, the
+  Ingress and the MemoryUpdater match on these, never on bare strings);
+* the HTTP header names of the session API;
+* server-sent-event framing of streamed answers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from enum import Enum
+
+
+class StoreStatus(str, Enum):
+    """The ``status`` of a session-store answer (a ``str`` subclass, so it pickles across Ray
+    and compares equal to its value)."""
+
+    OK = "ok"
+    NOT_FOUND = "not_found"
+    """No such session, deleted, expired, or owned by another API key (indistinguishable on
+    purpose)."""
+    EXISTS = "exists"
+    INVALID_ID = "invalid_id"
+    BUSY = "busy"
+    """Another request holds the session."""
+    PENDING = "pending"
+    """The previous turn's memory update did not commit within the wait."""
+    UPDATE_FAILED = "update_failed"
+    """The previous turn's memory update can never apply (recorded by an updater)."""
+    REPLAY = "replay"
+    """The request repeats the session's last turn (same idempotency key): its recorded
+    answer, nothing applied again."""
+    FULL = "full"
+    """The shard cannot take this session now (too many sessions in use, or at its cap)."""
+    LOST_LEASE = "lost_lease"
+    """The claim expired and another turn went ahead."""
+    APPLIED = "applied"
+    ALREADY_APPLIED = "already_applied"
+    NOTHING_PENDING = "nothing_pending"
+    CONFLICT = "conflict"
+    INCOMPATIBLE = "incompatible"
+    """The session's memory has another shape than the model's."""
+    FAILED = "failed"
+    """Consolidating this update raised; the error is recorded on the session."""
+
+    def __str__(self) -> str:
+        return self.value
+
+
+def status(result: dict) -> StoreStatus:
+    """The status of a store answer."""
+    return StoreStatus(result["status"])
+
+
+# ---- HTTP headers ---------------------------------------------------------------------------
+
+SESSION_HEADER = "x-session-id"
+VERSION_HEADER = "x-memory-version"
+COMMITTED_HEADER = "x-memory-committed-at"
+WAITED_HEADER = "x-waited-for-update-ms"
+IDEMPOTENCY_HEADER = "idempotency-key"
+REPLAYED_HEADER = "x-idempotent-replay"
+MAX_IDEMPOTENCY_KEY = 255
+
+
+def log_id(session_id: str) -> str:
+    """What logs say instead of a session id (the id is a capability): a short hash."""
+    return "s#" + hashlib.sha256(session_id.encode()).hexdigest()[:10]
+
+
+def owner_of(api_key: str | None) -> str | None:
+    """The owner recorded on a session created with ``api_key`` (a hash, never the key)."""
+    return None if api_key is None else hashlib.sha256(api_key.encode()).hexdigest()[:32]
+
+
+# ---- server-sent events ---------------------------------------------------------------------
+
+def sse(data: dict | str) -> str:
+    """One server-sent event carrying ``data`` (a JSON object, or a literal like ``[DONE]``)."""
+    return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n"
+
+
+DONE_EVENT = sse("[DONE]")
