@@ -146,10 +146,18 @@ class DeepSpeedSection(_Section):
     gradient_clipping: float = Field(1.0, ge=0)
     """Global gradient-norm clip (0 disables)."""
     offload_optimizer: bool = False
-    """ZeRO-Offload of optimizer state to CPU memory (GPU runs, stage ≥ 1)."""
+    """ZeRO-Offload: optimizer state and step on the CPU (needs zero_stage ≥ 1). Saves GPU memory;
+    a CPU-only run gains nothing from it (it works there, which the tests use)."""
     zero_options: dict[str, Any] = Field(default_factory=dict)
     """Further keys of DeepSpeed's ``zero_optimization`` section, passed through as given
     (e.g. ``{overlap_comm: true, reduce_bucket_size: 5.0e7}``); DeepSpeed validates them."""
+
+    @model_validator(mode="after")
+    def _offload_needs_zero(self) -> DeepSpeedSection:
+        _require(not self.offload_optimizer or self.zero_stage >= 1,
+                 f"offload_optimizer=true: needs zero_stage ≥ 1 (it is {self.zero_stage}); "
+                 "raise zero_stage or set offload_optimizer=false")
+        return self
 
 
 class OptimizerSection(_Section):

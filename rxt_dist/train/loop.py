@@ -208,8 +208,11 @@ class StageLoop:
             config["bf16"] = {"enabled": True}
         elif ds.precision == "fp16":
             config["fp16"] = {"enabled": True, "initial_scale_power": 12}
-        if ds.offload_optimizer and ds.zero_stage >= 1:
+        if ds.offload_optimizer:
             config["zero_optimization"]["offload_optimizer"] = {"device": "cpu"}
+            # DeepSpeed refuses a client optimizer with offload unless told: it wants its C++
+            # DeepSpeedCPUAdam (a JIT build). torch's AdamW steps the CPU partitions correctly.
+            config["zero_force_ds_cpu_optimizer"] = False
         return config
 
     def _build_engine(self, model: torch.nn.Module):

@@ -35,6 +35,8 @@ def test_every_shipped_config_loads_and_builds_its_models(path):
      ["stages.smat.batch_size=30", "num_workers × grad_accum = 4 × 1 = 4", "try 28"]),
     ({"deepspeed": {"zero_stage": 5}}, ["deepspeed.zero_stage=5"]),
     ({"deepspeed": {"precision": "fp16"}}, ["fp16", "use_gpu"]),
+    ({"deepspeed": {"zero_stage": 0, "offload_optimizer": True}},
+     ["deepspeed.offload_optimizer=true: needs zero_stage ≥ 1 (it is 0)", "set offload_optimizer=false"]),
     ({"scaling": {"num_workers": "two"}}, ["scaling.num_workers='two'", "integer"]),
     ({"stages": {"stage5": {}}}, ["unknown field(s) ['stage5']"]),
     ({"optimizer": {"betas": [0.9, 1.5]}}, ["optimizer.betas"]),

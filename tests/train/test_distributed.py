@@ -80,6 +80,24 @@ def test_one_worker_and_two_workers_zero2_take_the_same_first_step(tmp_path, sma
     assert moved > 5e-3  # the step did change the weights (lr 1e-2)
 
 
+def test_optimizer_offload_takes_the_same_steps_as_zero2_without_it(tmp_path, small_data):
+    # DeepSpeed refused torch's AdamW with offload_optimizer until the loop set
+    # zero_force_ds_cpu_optimizer=false; two steps show the offloaded optimizer state carries over.
+    stages = {"baseline": {"steps": 2, "batch_size": 8}}
+    plain = config(tmp_path, small_data, "plain", stages=stages)
+    offload = config(tmp_path, small_data, "offload", deepspeed={"offload_optimizer": True}, stages=stages)
+    run_stage(plain, "baseline")
+    run_stage(offload, "baseline")
+    a, b = load_model_dir(export_url(plain, "baseline")), load_model_dir(export_url(offload, "baseline"))
+    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
+        # Offload reduces and clips the gradients in CPU buffers of its own, in another order:
+        # the same rounding argument (and bound) as one worker vs two above.
+        torch.testing.assert_close(pb, pa, rtol=KERNEL["rtol"], atol=LR / 50, msg=name)
+    log = [json.loads(line) for line in
+           (tmp_path / "runs" / "offload" / "logs" / "baseline" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in log] == [1, 2] and log[1]["loss"] < log[0]["loss"]
+
+
 def test_zero3_trains_checkpoints_and_a_relaunch_resumes(tmp_path, small_data):
     cfg = config(tmp_path, small_data, "z3", deepspeed={"zero_stage": 3},
                  checkpoint={"every_steps": 1, "report_every_steps": 1},
