@@ -14,6 +14,7 @@ from rxt_dist.model.config import (
 from rxt_dist.model.io import (
     Model,
     build_model,
+    is_complete_dir,
     load_config,
     load_model_dir,
     load_tokenizer,
@@ -29,7 +30,7 @@ from rxt_dist.model.summary import count_parameters, describe
 __all__ = [
     "AttentionConfig", "FFNConfig", "GateConfig", "MemoryAttentionConfig", "ModelConfig",
     "RxTConfig", "STMConfig", "StatelessConfig", "config_from_dict",
-    "Model", "build_model", "load_config", "load_model_dir", "load_tokenizer", "save_model_dir",
+    "Model", "build_model", "is_complete_dir", "load_config", "load_model_dir", "load_tokenizer", "save_model_dir",
     "KVCache", "PRESETS", "from_name", "preset_names", "MemoryKV", "RxTModel", "StatelessLM",
     "split_stm", "stack_stm", "stm_from_bytes", "stm_to_bytes", "count_parameters", "describe",
 ]

@@ -1,8 +1,12 @@
-"""The model directory: ``config.json`` + ``model.safetensors`` (+ ``tokenizer.json``).
+"""The model directory: ``config.json`` + ``model.safetensors`` (+ ``tokenizer.json``), and
+``complete.json`` written last.
 
-Directories may live at any fsspec URL. Saving writes a temporary sibling directory and
-renames it into place last, so a crash never leaves a half-written model behind. Loading
-checks every file and names the one that is missing or does not match.
+Directories may live at any fsspec URL. Saving writes a temporary sibling directory, moves it
+into place, and then writes the marker ``complete.json`` naming every file and its size. On a
+local disk the move is one rename; on an object store it copies object by object, so a crash
+can leave some files at the final name: only the marker says the directory is whole
+(:func:`is_complete_dir`). Loading checks every file and names the one that is missing or does
+not match.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from rxt_dist.model.stateless import StatelessLM
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 TOKENIZER_FILE = "tokenizer.json"
+COMPLETE_FILE = "complete.json"
+"""Written last by :func:`save_model_dir`: ``{"files": {name: size in bytes}}``."""
 
 Model = RxTModel | StatelessLM
 
@@ -58,20 +64,22 @@ def save_model_dir(
     metadata: dict[str, str] | None = None,
 ) -> None:
     """Write ``model`` (and the tokenizer's JSON text, when given) as a model directory at
-    ``url``, replacing any directory already there only once the new one is complete."""
+    ``url``, replacing any directory already there; :func:`is_complete_dir` is true only once
+    every file of the new one is in place."""
     fs, root = fsspec.core.url_to_fs(url)
     root = root.rstrip("/")
+    files = {CONFIG_FILE: model.cfg.to_json().encode(),
+             WEIGHTS_FILE: st_save(model_tensors(model), metadata=metadata or {})}
+    if tokenizer_json is not None:
+        files[TOKENIZER_FILE] = tokenizer_json.encode()
     tmp = f"{root}.tmp-{uuid.uuid4().hex[:8]}"
     fs.makedirs(tmp, exist_ok=True)
     try:
-        with fs.open(f"{tmp}/{CONFIG_FILE}", "w") as f:
-            f.write(model.cfg.to_json())
-        with fs.open(f"{tmp}/{WEIGHTS_FILE}", "wb") as f:
-            f.write(st_save(model_tensors(model), metadata=metadata or {}))
-        if tokenizer_json is not None:
-            with fs.open(f"{tmp}/{TOKENIZER_FILE}", "w") as f:
-                f.write(tokenizer_json)
+        for name, data in files.items():
+            with fs.open(f"{tmp}/{name}", "wb") as f:
+                f.write(data)
         _replace_dir(fs, tmp, root)
+        _write_marker(fs, root, {name: len(data) for name, data in files.items()})
     except BaseException:
         if fs.exists(tmp):
             fs.rm(tmp, recursive=True)
@@ -81,11 +89,38 @@ def save_model_dir(
 def _replace_dir(fs, tmp: str, root: str) -> None:
     old = None
     if fs.exists(root):
+        if fs.exists(f"{root}/{COMPLETE_FILE}"):
+            fs.rm(f"{root}/{COMPLETE_FILE}")  # the old directory stops counting as complete first
         old = f"{root}.old-{uuid.uuid4().hex[:8]}"
         fs.mv(root, old, recursive=True)
     fs.mv(tmp, root, recursive=True)
     if old is not None:
         fs.rm(old, recursive=True)
+
+
+def _write_marker(fs, root: str, sizes: dict[str, int]) -> None:
+    with fs.open(f"{root}/{COMPLETE_FILE}", "w") as f:
+        f.write(json.dumps({"files": sizes}, sort_keys=True))
+
+
+def is_complete_dir(url: str) -> bool:
+    """True when :func:`save_model_dir` finished writing ``url``: the marker ``complete.json``
+    exists and names config.json, model.safetensors and every other file, each there with the
+    size it was written with. An interrupted save (or a directory written another way) is not
+    complete."""
+    fs, root = fsspec.core.url_to_fs(url)
+    root = root.rstrip("/")
+    marker = f"{root}/{COMPLETE_FILE}"
+    if not fs.exists(marker):
+        return False
+    try:
+        with fs.open(marker, "r") as f:
+            sizes = json.loads(f.read())["files"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return False  # a marker cut short (a local disk that crashed mid-write) marks nothing
+    if not isinstance(sizes, dict) or not {CONFIG_FILE, WEIGHTS_FILE} <= set(sizes):
+        return False
+    return all(fs.exists(f"{root}/{name}") and fs.size(f"{root}/{name}") == size for name, size in sizes.items())
 
 
 def _read(fs, path: str, mode: str = "rb"):

@@ -63,10 +63,11 @@ def log_dir(cfg: TrainConfig) -> str:
 
 
 def is_complete(cfg: TrainConfig, stage: str) -> bool:
-    """A stage is complete once its export exists (exports are renamed into place last)."""
-    url = export_url(cfg, stage)
-    fs, path = fsspec.core.url_to_fs(url)
-    return fs.exists(f"{path}/config.json") and fs.exists(f"{path}/model.safetensors")
+    """A stage is complete once its export is: every file written and the marker written last
+    (:func:`rxt_dist.model.io.is_complete_dir`; an export cut short on an object store is not)."""
+    from rxt_dist.model import is_complete_dir
+
+    return is_complete_dir(export_url(cfg, stage))
 
 
 def _storage(cfg: TrainConfig) -> tuple[str, Any]:
