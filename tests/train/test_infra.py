@@ -1,7 +1,10 @@
 """The cluster files: valid YAML, and what they launch exists and fits the cluster they describe."""
 
+import glob
 import os
+import re
 import shlex
+import tomllib
 
 import yaml
 
@@ -46,3 +49,31 @@ def test_images_agree():
               load("ray-cluster-gpu.yaml")["docker"]["image"],
               load("rayjob.yaml")["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["image"]}
     assert len(images) == 1
+
+
+BACKENDS = {"s3": "s3fs", "gs": "gcsfs"}
+"""URL scheme → the fsspec package that reads it."""
+
+
+def dockerfile_installs():
+    """(the torch install line, the extras of the project's install) from infra/Dockerfile."""
+    with open(os.path.join(ROOT, "infra", "Dockerfile")) as f:
+        text = f.read().replace("\\\n", " ")
+    torch_line = next(line for line in text.splitlines() if "pip install" in line and "torch==" in line)
+    extras = re.search(r'-e "?\.\[([a-z0-9,]+)\]', text)
+    return torch_line, set(extras.group(1).split(",")) if extras else set()
+
+
+def test_the_image_installs_the_object_store_backends_its_cluster_files_use():
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        extras = tomllib.load(f)["project"]["optional-dependencies"]
+    torch_line, installed = dockerfile_installs()
+    assert re.search(r"--index-url https://download\.pytorch\.org/whl/cu\d+", torch_line), torch_line
+    used = set()
+    for path in glob.glob(os.path.join(ROOT, "infra", "*.yaml")) + glob.glob(os.path.join(ROOT, "configs", "*.yaml")):
+        with open(path) as f:
+            used |= set(re.findall(r"\b(s3|gs)://", f.read()))
+    assert "s3" in used  # the shipped GPU configs and the RayService keep their data on S3
+    for scheme in used:
+        providers = {name for name, deps in extras.items() if any(d.startswith(BACKENDS[scheme]) for d in deps)}
+        assert providers & installed, f"{scheme}:// is used but the image installs no extra with {BACKENDS[scheme]}"
