@@ -1,0 +1,121 @@
+"""The fault suite (node part): the app on a two-node Ray cluster, and one node killed.
+
+Both nodes run on this machine (``ray.cluster_utils.Cluster``); the HTTP proxy stays on the
+head. Serve spreads the Generator and MemoryUpdater replicas over the nodes. The app has no
+option to place store shards, so the test creates shard 1 itself before the app starts —
+the same named, detached actor the app would create (it finds it with ``get_if_exists``) —
+with a *soft* affinity to node 2: it starts there, and when node 2 dies Ray restarts it on
+the head, where it reloads its sessions from storage. Node 2 is killed while conversations
+are running; each must continue with nothing lost or doubled and the fault-free answers.
+"""
+
+import json
+import os
+import random
+import socket
+
+import pytest
+import ray
+from ray import serve
+from ray.cluster_utils import Cluster
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from rxt_dist.chaos.client import ClientConfig, conversations
+from rxt_dist.chaos.inject import FaultInjector, Target, running_replicas
+from rxt_dist.chaos.run import run_chaos
+from rxt_dist.serving.sessions import SessionStore, shard_of
+from serve.app import build_app
+from serve.args import DEPLOYMENT_NAMES, AppArgs
+from serve.store import STORE_NAMESPACE, store_actor_name
+
+from .conftest import CORPUS
+
+pytestmark = pytest.mark.timeout(300)
+
+SESSIONS, TURNS = 8, 8
+MAX_TOKENS = 6
+SHARDS = 2
+MODEL = "rxt-test"
+REPLICAS = {"Ingress": 1, "Generator": 2, "MemoryUpdater": 2}
+FAST = {"graceful_shutdown_timeout_s": 0.1, "graceful_shutdown_wait_loop_s": 0.1, "health_check_period_s": 1,
+        "ray_actor_options": {"num_cpus": 0}, "logging_config": {"enable_access_log": False, "log_level": "ERROR"}}
+WORDS = sorted({w.strip("?") for line in CORPUS for w in line.split()})
+# The head notices a dead node within ~1.5 s instead of the default ~15 s.
+FAST_NODE_DEATH = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 500,
+                   "health_check_timeout_ms": 500, "health_check_failure_threshold": 3}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _node_of(actor) -> str:
+    return ray.get(actor.__ray_call__.remote(lambda self: ray.get_runtime_context().get_node_id()), timeout=30)
+
+
+def _replica_nodes(app: str) -> dict[str, set[str]]:
+    nodes: dict[str, set[str]] = {}
+    for a in ray.util.list_named_actors(all_namespaces=True):
+        if a["name"].startswith(f"SERVE_REPLICA::{app}#"):
+            deployment = a["name"].split("#")[1]
+            nodes.setdefault(deployment, set()).add(_node_of(ray.get_actor(a["name"], namespace="serve")))
+    return nodes
+
+
+@pytest.fixture(scope="module")
+def two_nodes(model_dir, tmp_path_factory):
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 1, "include_dashboard": False, "_system_config": FAST_NODE_DEATH})
+    second = cluster.add_node(num_cpus=1)
+    ray.init(address=cluster.address, log_to_driver=False)
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port, "location": "HeadOnly"})
+    args = AppArgs(model_dir=model_dir, store_url=str(tmp_path_factory.mktemp("two-nodes") / "sessions"),
+                   store_shards=SHARDS, turn_lease_s=3, update_stale_s=2, update_wait_timeout_s=60,
+                   max_message_tokens=40, max_tokens_limit=50, default_max_tokens=MAX_TOKENS,
+                   max_batch_size=1, update_batch_size=1,
+                   deployment_options={name: {**FAST, "num_replicas": REPLICAS[name]} for name in DEPLOYMENT_NAMES})
+    shard = ray.remote(SessionStore).options(
+        name=store_actor_name(args.store_url, 1, SHARDS), namespace=STORE_NAMESPACE, lifetime="detached",
+        get_if_exists=True, max_restarts=-1, num_cpus=0,
+        scheduling_strategy=NodeAffinitySchedulingStrategy(second.node_id, soft=True),
+    ).remote(args.store_config(), 1, SHARDS)
+    serve.run(build_app(args), name="nodes", route_prefix="/")
+    yield cluster, second, shard, f"http://127.0.0.1:{port}", args
+    serve.shutdown()
+    ray.shutdown()
+    cluster.shutdown()
+
+
+def test_killing_the_node_of_a_store_shard_loses_no_turn(two_nodes, reference):
+    cluster, second, shard, url, args = two_nodes
+    head = ray.get_runtime_context().get_node_id()
+    assert _node_of(shard) == second.node_id
+    placed = _replica_nodes("nodes")
+    assert placed["Generator"] == placed["MemoryUpdater"] == {head, second.node_id}, placed  # spread
+
+    def kill_node(rng) -> str:
+        cluster.remove_node(second, allow_graceful=False)
+        return second.node_id
+
+    def recovered(_: str) -> bool:
+        return _node_of(shard) == head and all(running_replicas("nodes", d) >= n for d, n in REPLICAS.items())
+
+    texts = conversations(random.Random(2), WORDS, SESSIONS, TURNS)
+    expected = [reference.conversation(t, MAX_TOKENS) for t in texts]
+    injector = FaultInjector([Target("node", kill_node, recovered)], pause_s=(2.0, 2.0), max_faults=1)
+    cfg = ClientConfig(url=url, model=MODEL, max_tokens=MAX_TOKENS)
+    result = run_chaos(cfg, texts, expected, injector)
+    summary = result.summary()
+    print(json.dumps(summary, indent=1))
+    (fault,) = result.faults
+    assert fault.recovered_after_s is not None, "the shard or the replicas did not come back on the head"
+    on_second = [log.sid for log in result.logs if shard_of(log.sid, SHARDS) == 1]
+    assert on_second, "no session lived on node 2's shard"
+    verdict = result.verdict
+    assert verdict.turns_checked == SESSIONS * TURNS, verdict.cases
+    assert (verdict.lost, verdict.doubled) == (0, 0), verdict.cases
+    assert verdict.ok, verdict.cases
