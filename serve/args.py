@@ -39,7 +39,14 @@ class AppArgs(BaseModel):
     store_cache_sessions: int = 4096
     """Settled sessions each store shard keeps in memory."""
     turn_lease_s: float = 120.0
-    """A session claimed by a request whose server died is freed after this long."""
+    """A session claimed by a request whose server died is freed after this long (an answer
+    that is still streaming renews its claim)."""
+    session_ttl_s: float | None = 30 * 86400.0
+    """A session idle this long (no turn) is deleted from storage; None: never."""
+    store_max_sessions: int | None = 1_000_000
+    """Most sessions each store shard keeps; new ones beyond it get 503 (None: no cap)."""
+    store_sweep_interval_s: float = 300.0
+    """How often each store shard deletes expired sessions."""
 
     max_batch_size: int = 32
     """Sequences one Generator replica decodes together."""
@@ -71,7 +78,11 @@ class AppArgs(BaseModel):
     api_key: str | None = None
     """Bearer key required on every route but /healthz (None: no key)."""
     api_key_env: str | None = None
-    """Name of an environment variable holding the key (keeps it out of config files)."""
+    """Name of an environment variable holding the key, or several separated by commas
+    (keeps them out of config files)."""
+    api_keys_file: str | None = None
+    """A file of accepted keys, one per line (``#`` starts a comment). Each session belongs
+    to the key that created it: other keys get 404 for it."""
 
     update_delay_s: float = 0.0
     """TEST KNOB: the updater sleeps this long before committing each batch."""
@@ -87,7 +98,8 @@ class AppArgs(BaseModel):
             raise ValueError(f"{info.field_name}={value}: must be ≥ 1")
         return value
 
-    @field_validator("update_wait_timeout_s", "update_stale_s", "update_retry_s", "turn_lease_s")
+    @field_validator("update_wait_timeout_s", "update_stale_s", "update_retry_s", "turn_lease_s",
+                     "store_sweep_interval_s")
     @classmethod
     def _positive(cls, value: float, info) -> float:
         if value <= 0:
@@ -112,8 +124,11 @@ class AppArgs(BaseModel):
     @model_validator(mode="after")
     def _consistent(self) -> "AppArgs":
         self.limits()  # RequestLimits checks default_max_tokens ≤ max_tokens_limit
-        if self.api_key is not None and self.api_key_env is not None:
-            raise ValueError("api_key and api_key_env are both set: give the key one way")
+        given = [n for n in ("api_key", "api_key_env", "api_keys_file") if getattr(self, n) is not None]
+        if len(given) > 1:
+            raise ValueError(f"{' and '.join(given)} are {'both' if len(given) == 2 else 'all'} set: "
+                             "give the keys one way")
+        self.store_config()  # StoreConfig checks the TTL and the cap
         return self
 
     def limits(self) -> RequestLimits:
@@ -122,12 +137,27 @@ class AppArgs(BaseModel):
 
     def store_config(self) -> StoreConfig:
         return StoreConfig(url=self.store_url, cache_sessions=self.store_cache_sessions,
-                           turn_lease_s=self.turn_lease_s)
+                           turn_lease_s=self.turn_lease_s, session_ttl_s=self.session_ttl_s,
+                           max_sessions=self.store_max_sessions, sweep_interval_s=self.store_sweep_interval_s)
 
-    def resolved_api_key(self) -> str | None:
-        if self.api_key_env is None:
-            return self.api_key
-        key = os.environ.get(self.api_key_env)
-        if not key:
-            raise ValueError(f"api_key_env={self.api_key_env!r}: that environment variable is not set")
-        return key
+    def resolved_api_keys(self) -> list[str] | None:
+        """The accepted keys (None: the API is open)."""
+        if self.api_key is not None:
+            keys = [self.api_key]
+        elif self.api_key_env is not None:
+            keys = [k.strip() for k in os.environ.get(self.api_key_env, "").split(",") if k.strip()]
+            if not keys:
+                raise ValueError(f"api_key_env={self.api_key_env!r}: that environment variable is not set "
+                                 "(or holds no key)")
+        elif self.api_keys_file is not None:
+            try:
+                with open(os.path.expanduser(self.api_keys_file), encoding="utf-8") as f:
+                    lines = [line.partition("#")[0].strip() for line in f]
+            except OSError as exc:
+                raise ValueError(f"api_keys_file={self.api_keys_file!r}: cannot be read ({exc.strerror})") from None
+            keys = [line for line in lines if line]
+            if not keys:
+                raise ValueError(f"api_keys_file={self.api_keys_file!r}: holds no key")
+        else:
+            return None
+        return keys

@@ -10,6 +10,7 @@ from rxt_dist.inference import SamplingParams
 from rxt_dist.model import load_model_dir, stm_from_bytes
 from rxt_dist.serving.decode_loop import DecodeLoop
 from serve.args import AppArgs
+from serve.logs import route_library_logs
 
 logger = logging.getLogger("ray.serve")
 
@@ -22,6 +23,7 @@ class Generator:
     are being answered joins them at the next step."""
 
     def __init__(self, args: AppArgs) -> None:
+        route_library_logs()
         self.model = load_model_dir(args.model_dir, args.device).eval()
         self.loop = DecodeLoop(self.model, args.max_batch_size)
         logger.info("Generator: loaded %s (%s), up to %d sequences per batch",

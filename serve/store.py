@@ -44,7 +44,12 @@ class StoreShards:
             max_restarts=-1,
             num_cpus=0,
         )
-        return actor.remote(self.config)
+        handle = actor.remote(self.config, shard, num_shards)
+        # A detached shard outlives the deployment that created it: hand it this deployment's
+        # settings (it logs the ones that changed). Calls from one handle run in order, so
+        # every later call sees them.
+        handle.reconfigure.remote(self.config)
+        return handle
 
     def for_session(self, session_id: str):
         """The actor owning ``session_id``."""

@@ -4,7 +4,8 @@ An update names a session and the memory version it applies to; the replica read
 version's STM and the recorded interaction from the session store, consolidates all the
 updates of a batch in one forward pass, and commits each result with a compare-and-set on
 the version. Re-running an update that already committed (a retry after a replica died)
-changes nothing.
+changes nothing. Items of a batch are independent (:mod:`rxt_dist.serving.updates`): one that
+can never apply is recorded as failed on its session and the others commit.
 """
 
 import asyncio
@@ -14,8 +15,11 @@ import torch
 from ray import serve
 
 from rxt_dist.inference import consolidate, system_prompt_stm
-from rxt_dist.model import load_model_dir, split_stm, stack_stm, stm_from_bytes, stm_to_bytes
+from rxt_dist.model import load_model_dir, stm_to_bytes
+from rxt_dist.serving.protocol import StoreStatus, status
+from rxt_dist.serving.updates import apply_updates
 from serve.args import AppArgs
+from serve.logs import route_library_logs
 from serve.store import StoreShards
 
 logger = logging.getLogger("ray.serve")
@@ -27,6 +31,7 @@ class MemoryUpdater:
     """Applies ``STM_t = consolidate(STM_{t-1}, query, answer)`` for many sessions at once."""
 
     def __init__(self, args: AppArgs) -> None:
+        route_library_logs()
         self.model = load_model_dir(args.model_dir, args.device).eval()
         self.stm_shape = self.model.cfg.stm_shape
         self.stores = StoreShards(args.store_config(), args.store_shards)
@@ -46,38 +51,16 @@ class MemoryUpdater:
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
     async def apply(self, items: list[tuple[str, int]]) -> list[dict]:
-        inputs = await asyncio.gather(*(self.stores.for_session(sid).update_input.remote(sid, version)
-                                        for sid, version in items))
-        results = [{"status": r["status"], "version": r.get("version")} for r in inputs]
-        todo, memories = [], []
-        for i, r in enumerate(inputs):
-            if r["status"] != "ok":
-                continue
-            try:
-                memories.append(stm_from_bytes(r["stm"], self.stm_shape))  # (L, S, D)
-                todo.append(i)
-            except ValueError as exc:  # a session written by a model with another memory size
-                results[i] = {"status": "incompatible", "message": str(exc)}
-        if not todo:
-            return results
-        stms = await asyncio.to_thread(self._consolidate, memories, [inputs[i] for i in todo])
-        if self.delay_s:
-            await asyncio.sleep(self.delay_s)
-        commits = await asyncio.gather(*(
-            self.stores.for_session(items[i][0]).commit_update.remote(items[i][0], items[i][1], stm)
-            for i, stm in zip(todo, stms)))
-        for i, commit in zip(todo, commits):
-            results[i] = commit
+        results = await apply_updates(self.model, items, self._store_call, self.delay_s)
+        applied = sum(status(r) == StoreStatus.APPLIED for r in results)
         self.counters["batches"] += 1
-        self.counters["applied"] += sum(c["status"] == "applied" for c in commits)
-        self.counters["max_batch"] = max(self.counters["max_batch"], len(todo))
+        self.counters["applied"] += applied
+        self.counters["max_batch"] = max(self.counters["max_batch"], len(items))
         return results
 
-    def _consolidate(self, memories: list[torch.Tensor], inputs: list[dict]) -> list[bytes]:
-        stm = stack_stm(memories)  # (L, B, S, D)
-        new = consolidate(self.model, stm, [r["query_ids"] for r in inputs],
-                          [r["answer_ids"] for r in inputs])  # (L, B, S, D)
-        return [stm_to_bytes(s) for s in split_stm(new.cpu())]
+    def _store_call(self, sid: str):
+        shard = self.stores.for_session(sid)
+        return lambda method, *args: getattr(shard, method).remote(*args)
 
     async def new_session_stm(self, system_ids: list[int] | None,
                               history: list[tuple[list[int], list[int]]]) -> bytes:

@@ -7,15 +7,16 @@ against the server's limits and tokenizes it into a :class:`ChatTurn`.
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from rxt_dist.inference import SamplingParams
+from rxt_dist.serving.protocol import sse
 from rxt_dist.serving.text import TextCodec
 
 MAX_SEED = 2**63 - 1
@@ -294,12 +295,21 @@ def chunk_event(cid: str, model: str, delta: dict, finish_reason: str | None = N
              [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}]}
     if usage_ is not None:
         chunk["usage"] = usage_
-    return f"data: {json.dumps(chunk)}\n\n"
+    return sse(chunk)
 
 
 def error_event(err: ApiError) -> str:
     """An error inside an already started stream (its HTTP status has been sent)."""
-    return f"data: {json.dumps(err.body())}\n\n"
+    return sse(err.body())
 
 
-DONE_EVENT = "data: [DONE]\n\n"
+async def read_limited(chunks: AsyncIterator[bytes], limit: int) -> bytes:
+    """The body from its chunks, refused (413) as soon as it grows past ``limit`` bytes: a
+    body without ``content-length`` is never read whole before the check."""
+    parts, size = [], 0
+    async for chunk in chunks:
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, f"request body is larger than {limit} bytes", code="request_too_large")
+        parts.append(chunk)
+    return b"".join(parts)

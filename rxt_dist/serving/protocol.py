@@ -44,6 +44,8 @@ class StoreStatus(str, Enum):
     """The session's memory has another shape than the model's."""
     FAILED = "failed"
     """Consolidating this update raised; the error is recorded on the session."""
+    UNAVAILABLE = "unavailable"
+    """(updater) a store call failed; the dispatcher retries."""
 
     def __str__(self) -> str:
         return self.value

@@ -620,6 +620,10 @@ class SessionStore:
         if config.url != self.config.url:
             raise ValueError(f"url={config.url!r}: this shard stores sessions at {self.config.url!r}")
         changed = [f.name for f in fields(StoreConfig) if getattr(config, f.name) != getattr(self.config, f.name)]
+        if changed:
+            logger.warning("session store shard %d/%d: settings changed by a new deployment: %s", self.shard,
+                           self.num_shards, ", ".join(f"{n} {getattr(self.config, n)} → {getattr(config, n)}"
+                                                      for n in changed))
         self.config = config
         return changed
 

@@ -1,8 +1,8 @@
 """The serving application end to end: real Ray Serve on a local cluster, real HTTP.
 
 One cluster and two applications for the whole module: ``main`` (route ``/``) and ``slow``
-(route ``/slow``: the updater sleeps ``UPDATE_DELAY_S`` before each commit, an API key is
-required, and sessions are spread over two store shards). Every answer is compared with the
+(route ``/slow``: the updater sleeps ``UPDATE_DELAY_S`` before each commit, one of two API
+keys is required, and sessions are spread over two store shards). Every answer is compared with the
 same model answering the conversation alone in this process (:class:`conftest.Reference`,
 greedy decoding).
 """
@@ -31,6 +31,7 @@ pytestmark = pytest.mark.timeout(300)
 
 MAX_TOKENS = 12
 KEY = "test-key"
+OTHER_KEY = "another-tenant-key"
 UPDATE_DELAY_S = 2.0
 MODEL = "rxt-test"  # the model directory's name
 # Quick to stop and to notice a dead replica; no per-request access log lines on the driver.
@@ -121,9 +122,10 @@ def cluster(model_dir, tmp_path_factory):
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     root = tmp_path_factory.mktemp("serve")
+    (root / "keys").write_text(f"# tenants\n{KEY}\n{OTHER_KEY}  # the second one\n")
     args = {"main": app_args(model_dir, str(root / "sessions")),
-            "slow": app_args(model_dir, str(root / "slow-sessions"), update_delay_s=UPDATE_DELAY_S, api_key=KEY,
-                             store_shards=2)}
+            "slow": app_args(model_dir, str(root / "slow-sessions"), update_delay_s=UPDATE_DELAY_S,
+                             api_keys_file=str(root / "keys"), store_shards=2)}
     serve.run_many([RunTarget(build_app(args["main"]), "main", "/"),
                     RunTarget(build_app(args["slow"]), "slow", "/slow")])
     url = f"http://127.0.0.1:{port}"
@@ -424,3 +426,83 @@ def test_a_session_survives_a_restart_of_the_application_and_the_store(cluster, 
     third, _ = main.answer(A[2], sid)
     assert third == reference.conversation(A, MAX_TOKENS)[2]
     assert main.settled(sid)["turns"] == 3
+
+
+# ---- idempotent retries, tenants, bodies, logs -----------------------------------------------
+
+def test_a_retried_turn_with_the_same_idempotency_key_is_answered_once(main, reference):
+    _, sid = main.answer(A[0])
+    main.settled(sid)
+    key = {"idempotency-key": "turn-2-of-this-chat"}
+    first = main.http.post("/v1/chat/completions", json=_chat_json(A[1]), headers={"x-session-id": sid, **key})
+    assert first.status_code == 200 and "x-idempotent-replay" not in first.headers
+    after_first = main.settled(sid)
+    # The answer was lost on the way; the client retries the same turn, plain and streamed.
+    again = main.http.post("/v1/chat/completions", json=_chat_json(A[1]), headers={"x-session-id": sid, **key})
+    assert again.status_code == 200 and again.headers["x-idempotent-replay"] == "true"
+    assert again.json()["choices"][0]["message"] == first.json()["choices"][0]["message"]
+    with main.http.stream("POST", "/v1/chat/completions", json=_chat_json(A[1], stream=True),
+                          headers={"x-session-id": sid, **key}) as r:
+        events = [_event(line) for line in r.iter_lines() if line.startswith("data: ")]
+    streamed = "".join(e["choices"][0]["delta"].get("content", "") for e in events[:-1] if e["choices"])
+    assert streamed == first.json()["choices"][0]["message"]["content"] and events[-1] == "[DONE]"
+    assert main.settled(sid) == after_first and after_first["turns"] == 2  # nothing applied twice
+    # A new key is a new turn, answered from the memory of both earlier turns.
+    stm = reference.new_stm()
+    _, _, stm = reference.turn(stm, A[0], MAX_TOKENS)
+    _, _, stm = reference.turn(stm, A[1], MAX_TOKENS)
+    r = main.http.post("/v1/chat/completions", json=_chat_json(A[2]),
+                       headers={"x-session-id": sid, "idempotency-key": "turn-3"})
+    assert r.json()["choices"][0]["message"]["content"] == reference.turn(stm, A[2], MAX_TOKENS)[0]
+    bad = main.http.post("/v1/chat/completions", json=_chat_json(A[2]),
+                         headers={"x-session-id": sid, "idempotency-key": "x" * 300})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "idempotency-key"
+
+
+def _chat_json(text: str, **fields) -> dict:
+    return {"model": MODEL, "messages": [{"role": "user", "content": text}], "max_tokens": MAX_TOKENS,
+            "temperature": 0, **fields}
+
+
+def test_a_session_belongs_to_the_key_that_created_it(slow):
+    other = Server(slow.url, "/slow", key=OTHER_KEY)
+    r = slow.http.post("/v1/sessions")
+    assert r.status_code == 201
+    sid = r.headers["x-session-id"]
+    for r in (other.http.get(f"/v1/sessions/{sid}"), other.chat(A[0], sid),
+              other.http.delete(f"/v1/sessions/{sid}"), other.http.delete(f"/v1/sessions/{sid}/pending")):
+        assert r.status_code == 404 and r.json()["error"]["code"] == "session_not_found"
+    assert slow.session(sid)["turns"] == 0  # untouched by the other tenant
+    assert other.http.post("/v1/sessions").status_code == 201  # both keys are accepted
+
+
+def test_a_body_without_content_length_is_refused_while_it_streams(main):
+    def chunks():
+        for _ in range(80):  # 5 MiB, more than the 4 MiB limit, sent chunked (no content-length)
+            yield b" " * 65536
+
+    r = main.http.post("/v1/chat/completions", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+    assert main.http.get("/healthz").status_code == 200
+
+
+def test_session_ids_do_not_appear_in_the_logs(main):
+    """A session id is a capability; logs name sessions by a short hash."""
+    body = {"model": MODEL, "messages": [{"role": "user", "content": A[0]}], "max_tokens": 200,
+            "temperature": 0, "stream": True}
+    with main.http.stream("POST", "/v1/chat/completions", json=body) as r:
+        sid = r.headers["x-session-id"]
+        for line in r.iter_lines():
+            if '"content"' in line and '"role"' not in line:
+                break  # a disconnect: the Ingress logs it
+    main.settled(sid)
+    logs = os.path.join(ray._private.worker._global_node.get_session_dir_path(), "logs")
+    deadline = time.monotonic() + 10
+    while True:  # the INFO line about the disconnect reaches the replica's log file
+        text = "".join(open(os.path.join(d, f), errors="replace").read()
+                       for d, _, files in os.walk(logs) for f in files if f.endswith(".log"))
+        if "client went away" in text or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert "client went away" in text
+    assert sid not in text and sid[len("sess_"):] not in text

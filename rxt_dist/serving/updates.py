@@ -1,0 +1,99 @@
+"""Applying a batch of memory updates, Ray-free, each item on its own.
+
+The MemoryUpdater deployment (``serve/updater.py``) calls :func:`apply_updates` for a batch of
+``(session, base_version)`` items. One item's trouble — its store shard unreachable, its
+memory of another shape, its interaction failing the model — never fails the others: the
+batch is consolidated in one forward pass, and if that raises, item by item to find the one
+at fault. An update that can never apply is recorded on its session (``fail_update``), so the
+session's next turn gets a clear error and a way out instead of waiting for ever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+import torch
+
+from rxt_dist.inference import consolidate
+from rxt_dist.model import RxTModel, split_stm, stack_stm, stm_from_bytes, stm_to_bytes
+from rxt_dist.serving.protocol import StoreStatus, log_id, status
+
+logger = logging.getLogger(__name__)
+
+StoreOf = Callable[[str], Callable[..., Awaitable[dict]]]
+"""``store_of(sid)(method, *args)``: one call to the shard that owns ``sid``."""
+
+
+def _consolidate(model: RxTModel, memories: list[torch.Tensor], inputs: list[dict]) -> list[bytes]:
+    stm = stack_stm(memories)  # (L, B, S, D)
+    new = consolidate(model, stm, [r["query_ids"] for r in inputs], [r["answer_ids"] for r in inputs])
+    return [stm_to_bytes(s) for s in split_stm(new.cpu())]
+
+
+def consolidate_each(model: RxTModel, memories: list[torch.Tensor], inputs: list[dict]
+                     ) -> list[bytes | Exception]:
+    """The new STM bytes of every item, batched; when the batch fails, item by item so only
+    the items at fault carry their exception."""
+    try:
+        return _consolidate(model, memories, inputs)
+    except Exception:
+        if len(inputs) == 1:
+            raise
+    results: list[bytes | Exception] = []
+    for memory, item in zip(memories, inputs):
+        try:
+            results.extend(_consolidate(model, [memory], [item]))
+        except Exception as exc:
+            results.append(exc)
+    return results
+
+
+async def apply_updates(model: RxTModel, items: list[tuple[str, int]], store_of: StoreOf,
+                        delay_s: float = 0.0) -> list[dict]:
+    """Apply the pending update of each ``(session, base_version)``; one result per item:
+    the store's answer to the commit (``applied``, ``already_applied``, …), ``failed`` (with
+    ``error``) when the update can never apply, or ``unavailable`` when a store call failed
+    (the dispatcher retries those). ``delay_s`` (a test knob) waits between consolidating
+    and committing."""
+    stm_shape = model.cfg.stm_shape
+    inputs = await asyncio.gather(*(store_of(sid)("update_input", sid, version) for sid, version in items),
+                                  return_exceptions=True)
+    results: list[dict] = [{} for _ in items]
+    todo, memories, broken = [], [], []
+    for i, r in enumerate(inputs):
+        if isinstance(r, Exception):
+            results[i] = {"status": StoreStatus.UNAVAILABLE, "error": repr(r)}
+        elif status(r) != StoreStatus.OK:
+            results[i] = {"status": r["status"], "version": r.get("version")}
+        else:
+            try:
+                memories.append(stm_from_bytes(r["stm"], stm_shape))  # (L, S, D)
+                todo.append(i)
+            except ValueError as exc:  # a session written by a model with another memory size
+                results[i] = {"status": StoreStatus.INCOMPATIBLE, "error": str(exc)}
+                broken.append(i)
+    new_stms: dict[int, bytes] = {}
+    if todo:
+        stms = await asyncio.to_thread(consolidate_each, model, memories, [inputs[i] for i in todo])
+        for i, stm in zip(todo, stms):
+            if isinstance(stm, Exception):
+                results[i] = {"status": StoreStatus.FAILED, "error": f"{type(stm).__name__}: {stm}"}
+                broken.append(i)
+            else:
+                new_stms[i] = stm
+    commits = sorted(new_stms)
+    if delay_s and commits:
+        await asyncio.sleep(delay_s)
+    outcomes = await asyncio.gather(*(store_of(items[i][0])("commit_update", items[i][0], items[i][1], new_stms[i])
+                                      for i in commits), return_exceptions=True)
+    for i, outcome in zip(commits, outcomes):
+        results[i] = ({"status": StoreStatus.UNAVAILABLE, "error": repr(outcome)}
+                      if isinstance(outcome, Exception) else outcome)
+    await asyncio.gather(*(store_of(items[i][0])("fail_update", items[i][0], items[i][1], results[i]["error"])
+                           for i in broken), return_exceptions=True)
+    for i in broken:
+        logger.warning("session %s: the update of version %d cannot apply: %s", log_id(items[i][0]), items[i][1],
+                       results[i]["error"])
+    return results

@@ -1,0 +1,198 @@
+"""A turn's life cycle and the update batch without Ray: the real session store, decode loop
+and model in this process, wired the way the Ingress and the MemoryUpdater wire them."""
+
+import asyncio
+import time
+
+import pytest
+import torch
+
+from rxt_dist.inference import SamplingParams
+from rxt_dist.model import stm_from_bytes, stm_to_bytes
+from rxt_dist.serving.api import ApiError, read_limited
+from rxt_dist.serving.decode_loop import DecodeLoop
+from rxt_dist.serving.sessions import SessionStore, StoreConfig, new_session_id
+from rxt_dist.serving.turn import ClaimPolicy, Turn, claim_session, complete, stream_events
+from rxt_dist.serving.updates import _consolidate, apply_updates
+from tests.tolerances import KERNEL
+
+
+class Server:
+    """The pieces of one serving process: a store shard, a decode loop, the update path."""
+
+    def __init__(self, reference, tmp_path, **store_kw) -> None:
+        self.model, self.codec = reference.model, reference.codec
+        self.store = SessionStore(StoreConfig(url=str(tmp_path), **store_kw))
+        self.loop = DecodeLoop(self.model)
+        self.tasks: set[asyncio.Task] = set()
+        self.updates: list[dict] = []
+
+    def call(self, method, *args):
+        return getattr(self.store, method)(*args)
+
+    def store_of(self, sid):
+        return self.call
+
+    def spawn(self, coro):
+        task = asyncio.ensure_future(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
+
+    async def new_session(self, stm: torch.Tensor) -> str:
+        sid = new_session_id()
+        await self.store.create(sid, stm_to_bytes(stm), list(self.model.cfg.stm_shape))
+        return sid
+
+    async def start_turn(self, sid: str, text: str, max_tokens: int = 24, lease_s: float = 120.0,
+                         query: list[int] | None = None) -> Turn:
+        """Claim ``sid`` and start answering ``text`` (or the token ids ``query``)."""
+        claim = await claim_session(self.call, sid, ClaimPolicy(), None, None, lambda v: None, self.spawn)
+        query = self.codec.encode(text) if query is None else query
+        memory = stm_from_bytes(claim["stm"], self.model.cfg.stm_shape)
+        stream = self.loop.stream(query, memory, SamplingParams(max_new_tokens=max_tokens))
+        return Turn(store=self.call, sid=sid, claim=claim, query_ids=query, stream=stream,
+                    cancel_stream=lambda: self.spawn(stream.aclose()), spawn=self.spawn, lease_s=lease_s,
+                    dispatch=lambda: self.spawn(self.apply(sid, claim["version"])))
+
+    async def apply(self, sid: str, version: int) -> None:
+        self.updates.extend(await apply_updates(self.model, [(sid, version)], self.store_of))
+
+    async def settle(self) -> None:
+        while self.tasks:
+            await asyncio.gather(*list(self.tasks), return_exceptions=True)
+
+
+def test_a_client_that_leaves_mid_answer_gets_the_tokens_produced_consolidated(reference, tmp_path):
+    async def scenario():
+        server = Server(reference, tmp_path)
+        stm = reference.new_stm()
+        sid = await server.new_session(stm[:, 0])
+        turn = await server.start_turn(sid, "my name is ada")
+        consumer = asyncio.ensure_future(_drain(stream_events(turn, server.codec, "m", 3, False), stop_after=2))
+        await consumer  # the client read two events, then went away
+        await server.settle()
+        return server, sid, turn
+
+    server, sid, turn = asyncio.run(scenario())
+    info = asyncio.run(server.store.info(sid))["session"]
+    assert info["turns"] == 1 and info["memory_version"] == 1 and not info["pending_update"]
+    assert 0 < len(turn.answer) < 24
+    expected = reference.consolidated(reference.new_stm(), "my name is ada", turn.answer)[:, 0]
+    stored = stm_from_bytes(server.store._entries[sid].stm, reference.model.cfg.stm_shape)
+    torch.testing.assert_close(stored, expected, **KERNEL)
+
+
+async def _drain(events, stop_after=None):
+    seen = []
+    async for event in events:
+        seen.append(event)
+        if stop_after is not None and len(seen) >= stop_after:
+            await events.aclose()  # what Starlette does when the client disconnects
+            break
+    return seen
+
+
+def test_a_server_failure_mid_answer_leaves_memory_unchanged(reference, tmp_path):
+    """The decode step fails (a token id the model does not have): a server-side failure,
+    not a disconnect — nothing is recorded, the claim is released, the client sees an error
+    event. (The Ingress used to treat every exception but two kinds as a disconnect and
+    consolidated the partial turn.)"""
+    async def scenario():
+        server = Server(reference, tmp_path)
+        sid = await server.new_session(reference.new_stm()[:, 0])
+        turn = await server.start_turn(sid, "", query=[reference.model.cfg.vocab_size + 5])
+        events = await _drain(stream_events(turn, server.codec, "m", 1, False))
+        await server.settle()
+        claim = await server.store.begin_turn(sid, "next", 0.0)
+        return events, claim, server.updates
+
+    events, claim, updates = asyncio.run(scenario())
+    assert '"type": "server_error"' in events[-1] and "[DONE]" not in events[-1]
+    assert claim["status"] == "ok" and claim["version"] == 0 and claim["turns"] == 0  # released, unchanged
+    assert updates == []
+
+
+def test_a_failure_of_a_whole_answer_releases_the_claim(reference, tmp_path):
+    async def scenario():
+        server = Server(reference, tmp_path)
+        sid = await server.new_session(reference.new_stm()[:, 0])
+        turn = await server.start_turn(sid, "", query=[reference.model.cfg.vocab_size + 1])
+        with pytest.raises(ApiError) as err:
+            await complete(turn, server.codec, "m", 1)
+        await server.settle()
+        return err.value, await server.store.begin_turn(sid, "next", 0.0)
+
+    err, claim = asyncio.run(scenario())
+    assert err.status == 500 and claim["status"] == "ok" and claim["turns"] == 0
+
+
+def test_a_long_answer_keeps_its_session_past_the_turn_lease(reference, tmp_path):
+    """A slow client reads an answer for longer than turn_lease_s: the claim is renewed while
+    it streams, so nobody else takes the session and the turn is kept."""
+    async def scenario():
+        server = Server(reference, tmp_path, turn_lease_s=1.0)
+        sid = await server.new_session(reference.new_stm()[:, 0])
+        turn = await server.start_turn(sid, "tell me a story", max_tokens=8, lease_s=1.0)
+        events = stream_events(turn, server.codec, "m", 4, False)
+        seen, intruders, started = [], [], time.monotonic()
+        async for event in events:
+            seen.append(event)
+            await asyncio.sleep(0.5)  # a slow reader
+            intruders.append((await server.store.begin_turn(sid, "intruder", 0.0))["status"])
+        elapsed = time.monotonic() - started
+        await server.settle()
+        return seen, intruders, elapsed, (await server.store.info(sid))["session"]
+
+    seen, intruders, elapsed, info = asyncio.run(scenario())
+    assert seen[-1] == "data: [DONE]\n\n" and elapsed > 1.5
+    # claimed while it streams; once recorded (before the finish chunk) its update is pending
+    assert intruders == ["busy"] * (len(seen) - 2) + ["pending"] * 2
+    assert info["turns"] == 1 and info["memory_version"] == 1
+
+
+def test_one_bad_update_does_not_fail_its_batch_and_can_be_dropped(reference, tmp_path):
+    async def scenario():
+        server = Server(reference, tmp_path)
+        stm = reference.new_stm()[:, 0]
+        good, bad = await server.new_session(stm), await server.new_session(stm)
+        for sid, answer in ((good, [40, 41]), (bad, [reference.model.cfg.vocab_size + 3])):
+            await server.store.begin_turn(sid, "l", 0.0)
+            await server.store.finish_turn(sid, "l", 0, [30, 31], answer)
+        inputs = [await server.store.update_input(sid, 0) for sid in (good, bad)]
+        with pytest.raises(IndexError):  # consolidated together, the bad item fails the batch
+            _consolidate(reference.model, [stm, stm], inputs)
+        results = await apply_updates(reference.model, [(good, 0), (bad, 0)], server.store_of)
+        with pytest.raises(ApiError) as refused:
+            await claim_session(server.call, bad, ClaimPolicy(), None, None, lambda v: None, server.spawn)
+        dropped = await server.store.drop_pending(bad)
+        again = await claim_session(server.call, bad, ClaimPolicy(), None, None, lambda v: None, server.spawn)
+        return results, refused.value, dropped, again, (await server.store.info(good))["session"]
+
+    results, refused, dropped, again, good_info = asyncio.run(scenario())
+    assert results[0]["status"] == "applied" and good_info["memory_version"] == 1
+    assert results[1]["status"] == "failed" and "IndexError" in results[1]["error"]
+    assert refused.status == 409 and refused.code == "memory_update_failed"
+    assert "DELETE /v1/sessions/" in refused.message and "/pending" in refused.message
+    assert dropped["status"] == "ok" and again["status"] == "ok" and again["version"] == 0
+
+
+def test_a_body_is_refused_as_soon_as_it_passes_the_limit():
+    pulled = 0
+
+    async def endless():
+        nonlocal pulled
+        while True:
+            pulled += 1
+            yield b"x" * 65536
+
+    with pytest.raises(ApiError) as err:
+        asyncio.run(read_limited(endless(), 4 * 2**20))
+    assert err.value.status == 413 and pulled == 4 * 16 + 1
+    assert asyncio.run(read_limited(_chunks(b"ab", b"cd"), 4)) == b"abcd"
+
+
+async def _chunks(*parts):
+    for part in parts:
+        yield part
+
