@@ -22,10 +22,10 @@ from ray import serve
 from ray.serve import RunTarget
 
 from rxt_dist.serving.client import main as chat_main
-from rxt_dist.serving.sessions import is_session_id
+from rxt_dist.serving.sessions import StoreConfig, is_session_id
 from serve.app import build_app
 from serve.args import DEPLOYMENT_NAMES, AppArgs
-from serve.store import stop_session_stores
+from serve.store import StoreShards, stop_session_stores
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -426,6 +426,17 @@ def test_a_session_survives_a_restart_of_the_application_and_the_store(cluster, 
     third, _ = main.answer(A[2], sid)
     assert third == reference.conversation(A, MAX_TOKENS)[2]
     assert main.settled(sid)["turns"] == 3
+
+
+def test_a_running_store_shard_takes_the_settings_of_a_new_deployment(cluster, tmp_path):
+    """Store shards are detached: they outlive the deployment that created them. A deployment
+    with other store settings must not silently get the old ones."""
+    url = str(tmp_path / "reconfigured")
+    first = StoreShards(StoreConfig(url=url, cache_sessions=5, session_ttl_s=60), 1)
+    assert ray.get(first.handles[0].get_config.remote()).cache_sessions == 5
+    second = StoreShards(StoreConfig(url=url, cache_sessions=9, session_ttl_s=600), 1)
+    assert ray.get(second.handles[0].get_config.remote()) == StoreConfig(url=url, cache_sessions=9, session_ttl_s=600)
+    assert stop_session_stores(url, 1) == 1
 
 
 # ---- idempotent retries, tenants, bodies, logs -----------------------------------------------
