@@ -137,17 +137,26 @@ class Turn:
         self.answer: list[int] = []
         self.finish_reason = "stop"
         self.finished = self.recorded = self.dispatched = self.closed = False
+        self._moved = time.monotonic()
         self._renewer = spawn(self._renew_every(lease_s / 3))
 
     async def _renew_every(self, period_s: float) -> None:
-        """Keep the claim while the answer streams (a slow client or a long answer)."""
+        """Keep the claim while the answer streams (a slow client or a long answer). A turn
+        whose stream has not moved for a whole lease is dead (its response was never read):
+        its claim is left to expire."""
         while True:
             await asyncio.sleep(period_s)
-            if status(await self.store("renew", self.sid, self.lease)) != StoreStatus.OK:
+            if time.monotonic() - self._moved > 3 * period_s:
                 return
+            try:
+                if status(await self.store("renew", self.sid, self.lease)) != StoreStatus.OK:
+                    return
+            except Exception as exc:  # the store is restarting: try again next period
+                logger.warning("session %s: renewing the claim failed: %r", log_id(self.sid), exc)
 
     async def tokens(self) -> AsyncIterator[list[int]]:
         async for new_tokens, reason in self.stream:
+            self._moved = time.monotonic()
             self.answer.extend(new_tokens)
             if reason is not None:
                 self.finish_reason, self.finished = reason, True

@@ -12,7 +12,7 @@ from rxt_dist.model import stm_from_bytes, stm_to_bytes
 from rxt_dist.serving.api import ApiError, read_limited
 from rxt_dist.serving.decode_loop import DecodeLoop
 from rxt_dist.serving.sessions import SessionStore, StoreConfig, new_session_id
-from rxt_dist.serving.turn import ClaimPolicy, Turn, claim_session, complete, stream_events
+from rxt_dist.serving.turn import ClaimPolicy, Outcome, Turn, claim_session, complete, stream_events
 from rxt_dist.serving.updates import _consolidate, apply_updates
 from tests.tolerances import KERNEL
 
@@ -196,3 +196,21 @@ async def _chunks(*parts):
     for part in parts:
         yield part
 
+
+
+def test_a_response_nobody_reads_does_not_hold_its_session(reference, tmp_path):
+    """The client left before the response started (its stream is never read): the claim is
+    not renewed for ever, it expires after a lease."""
+    async def scenario():
+        server = Server(reference, tmp_path, turn_lease_s=0.6)
+        sid = await server.new_session(reference.new_stm()[:, 0])
+        turn = await server.start_turn(sid, "hello", lease_s=0.6)
+        assert (await server.store.begin_turn(sid, "next", 0.0))["status"] == "busy"
+        await asyncio.sleep(2.0)
+        claim = await server.store.begin_turn(sid, "next", 0.0)
+        turn.close(Outcome.FAILED)
+        await server.settle()
+        return claim
+
+    claim = asyncio.run(scenario())
+    assert claim["status"] == "ok" and claim["version"] == 0
