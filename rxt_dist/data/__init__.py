@@ -23,6 +23,7 @@ from rxt_dist.data.conversation import (
     RecallInfo,
     Turn,
 )
+from rxt_dist.data.epochs import TrainingRows, read_batches, training_rows, worker_rows
 from rxt_dist.data.importers import DialogueImportError, import_jsonl, import_yaml, read_text_documents
 from rxt_dist.data.prepare import PrepareConfig, prepare_dataset
 from rxt_dist.data.reader import (
@@ -78,6 +79,7 @@ __all__ = [
     "SplitInfo",
     "SyntheticConfig",
     "TextCodec",
+    "TrainingRows",
     "Turn",
     "generate_capacity_conversations",
     "generate_conversations",
@@ -93,11 +95,14 @@ __all__ = [
     "prepare_dataset",
     "ray_dataset",
     "ray_text_dataset",
+    "read_batches",
     "read_manifest",
     "read_text_documents",
     "save_tokenizer",
     "stated_values",
     "tokenize_conversations",
+    "training_rows",
+    "worker_rows",
     "train_open_tokenizer",
     "train_tokenizer",
     "write_shards",

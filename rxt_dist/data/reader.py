@@ -266,7 +266,8 @@ def check_table(table: pa.Table, kind: str, vocab_size: int, where: str) -> int:
 # ---------------------------------------------------------------- single-process iterator
 
 
-def _split_paths(manifest: Manifest, split: str, kind: str) -> tuple[AbstractFileSystem, list[str], list[int]]:
+def split_paths(manifest: Manifest, split: str, kind: str) -> tuple[AbstractFileSystem, list[str], list[int]]:
+    """(filesystem, shard paths, rows per shard) of ``split``, which must hold ``kind``."""
     info = manifest.split(split)
     if info.kind != kind:
         raise ValueError(f"{manifest.url}: split {split!r} holds {info.kind}, not {kind}")
@@ -278,7 +279,7 @@ def iter_conversations(url: str, split: str = "train", *, validate: bool = True)
     """Every conversation of ``split``, in shard order, in one process (any fsspec URL,
     ``memory://`` included). Each shard is checked in full before its rows are yielded."""
     manifest = read_manifest(url)
-    fs, paths, expected = _split_paths(manifest, split, CONVERSATIONS)
+    fs, paths, expected = split_paths(manifest, split, CONVERSATIONS)
     codec: TextCodec | None = None
     for path, rows in zip(paths, expected):
         where = display(fs, path)
@@ -350,7 +351,7 @@ def iter_text(url: str, split: str = "train", *, include_extra: bool = True) -> 
         yield conv.text(), conv.token_ids()
     manifest = read_manifest(url)
     if include_extra and split == "train" and TEXT_SPLIT in manifest.splits:
-        fs, paths, expected = _split_paths(manifest, TEXT_SPLIT, TEXT)
+        fs, paths, expected = split_paths(manifest, TEXT_SPLIT, TEXT)
         for path, rows in zip(paths, expected):
             where = display(fs, path)
             _check_file(fs, path, TEXT, manifest.vocab_size, rows, "full")
@@ -381,13 +382,21 @@ def ray_dataset(
     ``ray.train.get_dataset_shard``.
     """
     manifest = read_manifest(url)
-    fs, paths, expected = _split_paths(manifest, split, CONVERSATIONS)
+    fs, paths, expected = split_paths(manifest, split, CONVERSATIONS)
     return _read_parquet(fs, paths, expected, CONVERSATIONS, manifest, columns, validate, shuffle_files)
 
 
 def _read_parquet(fs, paths, expected, kind, manifest, columns, validate, shuffle_files) -> ray.data.Dataset:
     import ray.data
 
+    check_split(fs, paths, expected, kind, manifest, columns, validate)
+    ds = ray.data.read_parquet(paths, filesystem=fs, shuffle="files" if shuffle_files else None)
+    return ds if columns is None else ds.select_columns(list(columns))
+
+
+def check_split(fs, paths, expected, kind, manifest, columns, validate: Validate) -> None:
+    """What a reader of a split checks before reading it: shards there, each one valid to the
+    level ``validate`` asks, and ``columns`` (None: all) present in the first."""
     if validate not in ("metadata", "full", "none"):
         raise ValueError(f"validate={validate!r}: use 'metadata', 'full' or 'none'")
     if not paths:
@@ -400,8 +409,6 @@ def _read_parquet(fs, paths, expected, kind, manifest, columns, validate, shuffl
         missing = [c for c in columns if c not in names]
         if missing:
             raise ShardError(f"{display(fs, paths[0])}: no column {missing} (it has {names})")
-    ds = ray.data.read_parquet(paths, filesystem=fs, shuffle="files" if shuffle_files else None)
-    return ds if columns is None else ds.select_columns(list(columns))
 
 
 def ray_text_dataset(
@@ -412,12 +419,12 @@ def ray_text_dataset(
     ``train`` with ``include_extra``, the documents of the ``text`` split (``--extra-text``).
     Needs the ``query``/``answer`` text columns."""
     manifest = read_manifest(url)
-    fs, paths, expected = _split_paths(manifest, split, CONVERSATIONS)
+    fs, paths, expected = split_paths(manifest, split, CONVERSATIONS)
     cols = ["query", "answer", "query_ids", "answer_ids"]
     ds = _read_parquet(fs, paths, expected, CONVERSATIONS, manifest, cols, validate, False)
     ds = ds.map_batches(_conversation_text_batch, batch_format="pyarrow")
     if include_extra and split == "train" and TEXT_SPLIT in manifest.splits:
-        fs, paths, expected = _split_paths(manifest, TEXT_SPLIT, TEXT)
+        fs, paths, expected = split_paths(manifest, TEXT_SPLIT, TEXT)
         extra = _read_parquet(fs, paths, expected, TEXT, manifest, ["text", "ids", "source"], validate, False)
         ds = ds.union(extra)
     return ds

@@ -110,7 +110,9 @@ class DataSection(_Section):
     max_text_tokens: int = Field(256, ge=8)
     """Stage-1 text rows are cut to this many tokens."""
     shuffle_buffer: int = Field(256, ge=0)
-    """Rows in each worker's local shuffle buffer (0: no shuffling)."""
+    """Shuffle: each epoch the shards come in an order drawn from (seed, epoch) and rows are
+    shuffled within windows of this many rows (0: manifest order every epoch). See
+    ``rxt_dist.data.epochs``."""
 
 
 class ModelSection(_Section):
@@ -128,8 +130,8 @@ class ScalingSection(_Section):
     num_workers: int = Field(2, ge=1)
     """Data-parallel workers."""
     cpus_per_worker: float = Field(0.5, gt=0)
-    """CPUs reserved per worker. Leave CPU free for Ray Data's read tasks: on a 2-CPU
-    machine, 2 workers × 1 CPU starve them and the run hangs."""
+    """CPUs reserved per worker (a fraction lets workers share a core). Workers read their own
+    rows, so no CPU need be left for Ray Data read tasks."""
     use_gpu: bool = False
     """One GPU per worker; the backend becomes NCCL."""
     torch_threads: int = Field(1, ge=1)

@@ -93,8 +93,6 @@ def check_resources(cfg: TrainConfig, resources: dict[str, float]) -> None:
             f"{sc.cpus_per_worker:g} = {need:g} CPUs, but the cluster has {cpus:g}; lower "
             f"scaling.num_workers to {max(1, int(cpus // sc.cpus_per_worker))} or cpus_per_worker"
         )
-    if not sc.use_gpu and need >= cpus and cpus <= 4:
-        log.warning("workers reserve all %g CPUs: Ray Data's read tasks may starve (see scaling.cpus_per_worker)", cpus)
     gpus = resources.get("GPU", 0.0)
     if sc.use_gpu and sc.num_workers > gpus:
         raise ValueError(f"{cfg.source}: scaling.use_gpu with num_workers={sc.num_workers} needs "
@@ -151,6 +149,7 @@ def prepare_job(cfg: TrainConfig, stage: str) -> StageJob:
         tokenizer_json=load_tokenizer_json(cfg.data.url),
         init_model_url=init,
         model_config=None if init else _model_config(cfg, stage, manifest.vocab_size),
+        rows=_training_rows(cfg, stage).to_dict(),
     )
 
 
@@ -171,12 +170,21 @@ def _init_override(cfg: TrainConfig, stage: str) -> str | None:
     return _local_path(url) if _is_local(url) else url  # workers may run in another directory
 
 
-def _dataset(cfg: TrainConfig, stage: str):
-    from rxt_dist.data import ray_dataset, ray_text_dataset
+def _training_rows(cfg: TrainConfig, stage: str):
+    """The train split's rows and columns ``stage`` reads, every shard checked on the driver."""
+    from rxt_dist.data import training_rows
 
     if stage == "joint_lm" and cfg.stages.joint_lm.use_text:
-        return ray_text_dataset(cfg.data.url, "train").select_columns(["ids"])
-    return ray_dataset(cfg.data.url, "train", columns=conversation_columns(cfg, stage))
+        rows = training_rows(cfg.data.url, ["ids"], text=True)
+    else:
+        rows = training_rows(cfg.data.url, conversation_columns(cfg, stage))
+    workers, micro = cfg.scaling.num_workers, cfg.micro_batch(stage)
+    if rows.num_rows // workers < micro:
+        raise ValueError(f"{cfg.source}: {cfg.data.url} has {rows.num_rows} training rows, "
+                         f"{rows.num_rows // workers} per worker and epoch for scaling.num_workers={workers}: "
+                         f"fewer than one micro-batch of {micro} (stages.{stage}.batch_size="
+                         f"{cfg.stage(stage).batch_size}); lower the batch size or add data")
+    return rows
 
 
 def conversation_columns(cfg: TrainConfig, stage: str) -> list[str]:
@@ -237,7 +245,6 @@ def build_trainer(cfg: TrainConfig, stage: str):
             failure_config=ray.train.FailureConfig(max_failures=cfg.failure.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.checkpoint.keep),
         ),
-        datasets={"train": _dataset(cfg, job.stage)},
     ), job
 
 

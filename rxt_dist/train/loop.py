@@ -1,4 +1,4 @@
-"""The per-worker training loop of one stage: DeepSpeed engine, Ray Data shard, checkpoints.
+"""The per-worker training loop of one stage: DeepSpeed engine, its rows of the data, checkpoints.
 
 :func:`train_loop_per_worker` is what ``TorchTrainer`` runs on every worker. It builds the
 model (from the previous stage's export or a preset), wraps it with its stage objective in
@@ -63,6 +63,8 @@ class StageJob:
     """Previous stage's export to start from (None: a fresh model)."""
     model_config: dict[str, Any] | None = None
     """Config of a fresh model (stage 1 and the baseline)."""
+    rows: dict[str, Any] = field(default_factory=dict)
+    """``TrainingRows.to_dict()``: the shards and columns the stage reads."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -76,7 +78,8 @@ class Position:
     step: int = 0
     epoch: int = 0
     batch_in_epoch: int = 0
-    """Micro-batches of the current epoch already consumed on each worker."""
+    """Micro-batches of the current epoch already consumed on each worker (with the epoch, the
+    exact row to resume at: the order is a function of seed and epoch)."""
     tokens: int = 0
     """Tokens processed so far, all workers."""
     total_steps: int | None = None
@@ -267,30 +270,23 @@ class StageLoop:
         return collate_rows(self.cfg, self.job.stage, rows, self.position.step, self.world)
 
     def _batches(self) -> Iterator:
-        """Micro-batches forever, epoch after epoch, skipping what a resumed run already used."""
-        import ray.train
+        """Micro-batches forever, epoch after epoch, from where a resumed run stopped: each
+        epoch's rows and their order are a function of (seed, epoch, rank, world)."""
+        from rxt_dist.data import TrainingRows, read_batches, worker_rows
 
-        shard = ray.train.get_dataset_shard("train")
-        skip = self.position.batch_in_epoch
+        rows = TrainingRows.from_dict(self.job.rows)
+        micro = self.cfg.micro_batch(self.job.stage)
         while True:
-            seen = 0
-            for rows in shard.iter_batches(
-                batch_size=self.cfg.micro_batch(self.job.stage), batch_format="numpy", drop_last=True,
-                local_shuffle_buffer_size=self.cfg.data.shuffle_buffer or None,
-                local_shuffle_seed=self.cfg.run.seed + self.position.epoch,
-            ):
-                seen += 1
-                if skip:
-                    skip -= 1
-                    continue
+            ids = worker_rows(rows, self.cfg.run.seed, self.position.epoch, self.rank, self.world,
+                              self.cfg.data.shuffle_buffer)
+            if len(ids) < micro:
+                raise RuntimeError(f"[{self.job.stage}] worker {self.rank} of {self.world} gets {len(ids)} of the "
+                                   f"{rows.num_rows} training rows per epoch, less than a micro-batch of {micro}")
+            for batch in read_batches(rows, ids[self.position.batch_in_epoch * micro:], micro):
                 self.position.batch_in_epoch += 1
-                yield self._collate(rows).to(self.device)
-            if seen == 0:
-                raise RuntimeError(f"[{self.job.stage}] worker {self.rank} got no full batch of "
-                                   f"{self.cfg.micro_batch(self.job.stage)} rows from its data shard")
+                yield self._collate(batch).to(self.device)
             self.position.epoch += 1
             self.position.batch_in_epoch = 0
-            skip = 0
 
     # -- training -----------------------------------------------------------------------
     def _generator(self, micro: int) -> torch.Generator:
@@ -384,6 +380,11 @@ class StageLoop:
         if (fail_at is not None and self.resumed_from is None and self.position.step == fail_at
                 and self.rank == self.world - 1):
             log.warning("[%s] testing: worker %d exits abruptly at step %d", self.job.stage, self.rank, fail_at)
+            # Ray Train's controller collects reports by polling the workers (every
+            # RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, 2 s by default): a worker that dies within a poll of
+            # its last checkpoint report takes that checkpoint with it, and the restart begins from
+            # none. The aid is for testing resume from a checkpoint, so let one poll pass first.
+            time.sleep(2 * float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "2")))
             os._exit(1)
 
     # -- export -------------------------------------------------------------------------

@@ -44,7 +44,7 @@ def read_rows(url: str, split: str, columns: list[str] | None = None) -> dict[st
 
 def text_view(rows: dict[str, list]) -> dict[str, list]:
     """Stage 1's plain-text view of conversation rows: each conversation's query and answer ids
-    in order, one row each (as :func:`rxt_dist.data.ray_text_dataset` gives the workers)."""
+    in order, one row each (as :func:`rxt_dist.data.training_rows` with ``text=True`` gives the workers)."""
     return {"ids": [[tok for q, a in zip(qs, as_) for tok in (*q, *a)]
                     for qs, as_ in zip(rows["query_ids"], rows["answer_ids"])]}
 

@@ -4,8 +4,8 @@ import pytest
 from rxt_dist.data import PrepareConfig, SyntheticConfig, prepare_dataset
 
 
-def make_dataset(path, conversations: int, seed: int = 0, **synthetic) -> str:
-    """A small synthetic dialogue dataset at ``path`` (local, so Ray Data can read it)."""
+def make_dataset(path, conversations: int, seed: int = 0, shard_rows: int = 2048, **synthetic) -> str:
+    """A small synthetic dialogue dataset at ``path`` (local, so Ray's workers can read it)."""
     cfg = PrepareConfig(
         out=str(path),
         conversations=conversations,
@@ -13,6 +13,7 @@ def make_dataset(path, conversations: int, seed: int = 0, **synthetic) -> str:
         vocab_size=512,
         valid_fraction=0.1,
         test_fraction=0.1,
+        shard_rows=shard_rows,
     )
     prepare_dataset(cfg)
     return str(path)

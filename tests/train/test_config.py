@@ -134,13 +134,22 @@ def test_cli_rejects_unknown_stage_and_bad_batch_without_starting_ray(dataset):
 
 
 def test_recall_pair_warmup_on_data_without_recall_metadata_names_the_fix(dataset_without_recall):
-    from rxt_dist.train.launcher import _dataset
+    from rxt_dist.train.launcher import _training_rows
 
     cfg = TrainConfig.from_dict({"data": {"url": dataset_without_recall}, "stages": {"smat": {"recall_pair_steps": 5}}},
                                 source="c.yaml")
     with pytest.raises(ValueError, match=r"c.yaml: stages.smat.recall_pair_steps=5 needs the recall metadata.*"
                                          r"set stages.smat.recall_pair_steps=0"):
-        _dataset(cfg, "smat")
+        _training_rows(cfg, "smat")
+
+
+def test_data_too_small_for_one_micro_batch_per_worker_names_the_batch_size(dataset):
+    from rxt_dist.train.launcher import _training_rows
+
+    cfg = TrainConfig.from_dict({"data": {"url": dataset}, "stages": {"smat": {"batch_size": 512}}}, source="c.yaml")
+    with pytest.raises(ValueError, match=r"c.yaml: .* has 160 training rows, 80 per worker and epoch .*fewer than "
+                                         r"one micro-batch of 256 \(stages.smat.batch_size=512\)"):
+        _training_rows(cfg, "smat")
 
 
 def test_throughput_benchmark_measures_whole_conversations():

@@ -35,10 +35,10 @@ def small_data(tmp_path_factory):
     return make_dataset(tmp_path_factory.mktemp("d") / "data", 10, seed=3)
 
 
-def config(tmp_path, data, name, **sections):
+def config(tmp_path, data_url, name, **sections):
     base = {
         "run": {"name": name, "storage": str(tmp_path / "runs"), "seed": 0},
-        "data": {"url": data, "max_turns": 8, "max_interaction_tokens": 48, "shuffle_buffer": 0},
+        "data": {"url": data_url, "max_turns": 8, "max_interaction_tokens": 48, "shuffle_buffer": 0},
         "model": {"preset": "debug"},
         "baseline": {"preset": "baseline-debug"},
         "scaling": {"num_workers": 2, "cpus_per_worker": 0.5},
@@ -115,21 +115,36 @@ def test_zero3_trains_checkpoints_and_a_relaunch_resumes(tmp_path, small_data):
     assert again.metrics["resumed_from_step"] == 1 and again.metrics["step"] == 2
 
 
-def test_worker_failure_resumes_from_the_last_checkpoint(tmp_path, small_data):
-    # Every step is an epoch of the 8-conversation split (a Ray Data execution, 1–2 s): as few
-    # steps as show a checkpoint, a step after it and the failure one step later.
-    cfg = config(tmp_path, small_data, "fail",
-                 checkpoint={"every_steps": 2, "report_every_steps": 2},
-                 failure={"max_failures": 1, "fail_once_at_step": 4},
-                 stages={"baseline": {"steps": 4, "batch_size": 8}})
-    result = run_stage(cfg, "baseline")
-    assert result.metrics["step"] == 4
-    assert result.metrics["resumed_from_step"] == 2
-    log = tmp_path / "runs" / "fail" / "logs" / "baseline" / "metrics.jsonl"
-    steps = [json.loads(line)["step"] for line in log.read_text().splitlines()]
-    # First attempt logged 1–3 and died at 4; the restart continued from the step-2
-    # checkpoint: steps 1–2 are never redone, 3 is redone once, the run ends at 4.
-    assert steps == [1, 2, 3, 3, 4]
+def logged(tmp_path, name, stage):
+    path = tmp_path / "runs" / name / "logs" / stage / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_a_run_resumed_after_a_worker_failure_reads_the_rows_an_uninterrupted_run_reads(tmp_path_factory):
+    # 40 training conversations in 5 shards, 20 per worker and epoch: micro-batches of 4 rows,
+    # 5 steps an epoch. The failure at step 5 sends the run back to the step-3 checkpoint, in the
+    # middle of epoch 0; it then redoes steps 4-5 and goes on into epoch 1.
+    data = make_dataset(tmp_path_factory.mktemp("d") / "data", 50, seed=5, shard_rows=8)
+    tmp_path = tmp_path_factory.mktemp("runs")
+    stages = {"baseline": {"steps": 7, "batch_size": 8}}
+    checkpoints = {"every_steps": 3, "report_every_steps": 3}
+    shuffled = {"shuffle_buffer": 16}
+    whole = config(tmp_path, data, "whole", data=shuffled, checkpoint=checkpoints, stages=stages)
+    broken = config(tmp_path, data, "broken", data=shuffled, checkpoint=checkpoints, stages=stages,
+                    failure={"max_failures": 1, "fail_once_at_step": 5})
+    run_stage(whole, "baseline")
+    result = run_stage(broken, "baseline")
+    assert result.metrics["step"] == 7 and result.metrics["resumed_from_step"] == 3
+    expected, got = logged(tmp_path, "whole", "baseline"), logged(tmp_path, "broken", "baseline")
+    # The first attempt logged 1-4 and died at 5; the restart redid 4 and 5.
+    assert [m["step"] for m in got] == [1, 2, 3, 4, 4, 5, 6, 7]
+    last = {m["step"]: m for m in got}  # after the restart
+    for m in expected:
+        # Tokens seen so far: an exact count, which other rows would change.
+        assert last[m["step"]]["tokens"] == m["tokens"], m["step"]
+        # The same rows through the same weights: the same loss but for rounding.
+        assert last[m["step"]]["loss"] == pytest.approx(m["loss"], rel=KERNEL["rtol"], abs=KERNEL["atol"])
+    assert [m["epoch"] for m in expected] == [0, 0, 0, 0, 0, 1, 1]  # epoch 1 began after the 5th step
 
 
 def test_smat_recall_pair_warmup_then_whole_conversations(tmp_path, small_data):
