@@ -70,7 +70,8 @@ def test_the_image_installs_the_object_store_backends_its_cluster_files_use():
     torch_line, installed = dockerfile_installs()
     assert re.search(r"--index-url https://download\.pytorch\.org/whl/cu\d+", torch_line), torch_line
     used = set()
-    for path in glob.glob(os.path.join(ROOT, "infra", "*.yaml")) + glob.glob(os.path.join(ROOT, "configs", "*.yaml")):
+    files = glob.glob(os.path.join(ROOT, "infra", "*.yaml")) + glob.glob(os.path.join(ROOT, "configs", "*.yaml"))
+    for path in files:
         with open(path) as f:
             used |= set(re.findall(r"\b(s3|gs)://", f.read()))
     assert "s3" in used  # the shipped GPU configs and the RayService keep their data on S3
