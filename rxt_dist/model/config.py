@@ -15,8 +15,8 @@ from typing import Any, Literal
 
 from rxt_dist.tokens import NUM_SPECIAL
 
-MEMORY_ATTENTION_VARIANTS = ("simple", "self", "interlayer", "gated_self_interlayer")
-GATE_KINDS = ("static", "elementwise", "linear", "none")
+MEMORY_ATTENTION_VARIANTS = ("simple", "self", "interlayer", "gated_self_interlayer", "self_interlayer")
+GATE_KINDS = ("static", "elementwise", "linear", "slot_mean", "none")
 GATE_ACTIVATIONS = ("sigmoid", "tanh")
 STM_INITS = ("normal", "zeros", "learned")
 MEMORY_WRITES = ("attention", "competitive", "competitive_keep")
@@ -50,6 +50,9 @@ class AttentionConfig:
     """Key/value heads; ``None`` means the query-head count. Fewer is GQA."""
     rope_theta: float = 10000.0
     """Base of the rotary position embedding."""
+    out_bias: bool = False
+    """A bias on the output projection (checkpoints of the reference implementation ``rxlm``
+    have one)."""
 
     def __post_init__(self) -> None:
         _positive("num_heads", self.num_heads)
@@ -91,6 +94,9 @@ class FFNConfig:
     """Experts each token is routed to."""
     aux_loss_weight: float = 0.01
     """Weight of the load-balancing loss the MoE block returns."""
+    bias: bool = False
+    """Biases on the SwiGLU projections (checkpoints of the reference implementation ``rxlm``
+    have them)."""
 
     def __post_init__(self) -> None:
         _require(self.kind in FFN_KINDS, f"kind={self.kind!r}: must be one of {FFN_KINDS}")
@@ -112,7 +118,9 @@ class GateConfig:
     """Residual gate of the memory update: ``STM_t = (1 − G) ⊙ STM_{t−1} + G ⊙ Update``.
 
     ``static``: a learned logit per slot. ``elementwise``: ``w ⊙ (old + update) + b`` per
-    feature. ``linear``: a learned ``D → D`` map of ``old + update``. ``none``: plain residual
+    feature. ``linear``: a learned ``D → D`` map of ``old + update``. ``slot_mean``: a learned
+    weight per slot times that slot's mean feature of ``old + update`` (one logit per slot; the
+    ``elementwise`` gate of the reference implementation ``rxlm``). ``none``: plain residual
     ``STM_{t−1} + Update`` (ablation). With ``activation='tanh'`` (ablation) the update is
     ``(1 − G) ⊙ STM_{t−1} + (1 + G) ⊙ Update`` with ``G = tanh(...)``.
     """
@@ -123,7 +131,7 @@ class GateConfig:
     """Squashing of the gate logit."""
     init_bias: float = 0.0
     """Initial gate logit (0 → G = 0.5 with sigmoid; negative values start the memory keeping
-    more of what it holds)."""
+    more of what it holds); for ``slot_mean``, the initial per-slot weight."""
     per_slot_bias: bool = False
     """Add a learned logit per slot (S, 1) to the gate: each slot can learn its own openness
     (how quickly it is overwritten). Not with ``kind='none'``."""
@@ -154,12 +162,18 @@ class MemoryAttentionConfig:
     ``interlayer``: STM layer i attends to the mean of all STM layers first.
     ``gated_self_interlayer``: a learned gate mixes STM layer i with the all-layer mean,
     then self-attention.
+    ``self_interlayer`` (the reference implementation ``rxlm``'s self-interlayer network): the
+    normalised layer attends to a gated mix of itself and the normalised all-layer mean, a second
+    gate adds that to the layer, and the result both queries ED and is what the final gate keeps
+    (the other variants' final gate keeps STM layer i itself). All three gates follow ``gate``.
     """
 
-    variant: Literal["simple", "self", "interlayer", "gated_self_interlayer"] = "simple"
+    variant: Literal["simple", "self", "interlayer", "gated_self_interlayer", "self_interlayer"] = "simple"
     """Which pre-step (if any) precedes the attention to ED."""
     attention: AttentionConfig = field(default_factory=AttentionConfig)
     """Heads of the memory-attention projections."""
+    pre_attention: AttentionConfig | None = None
+    """Heads of the pre-step attention (self/interlayer); ``None`` means ``attention``'s."""
     gate: GateConfig = field(default_factory=GateConfig)
     """Residual gate between the old STM and the update."""
     slot_ids: bool = False
@@ -247,7 +261,8 @@ def _build(cls, data: dict[str, Any], path: str):
     kwargs = {}
     for name, value in data.items():
         sub = _NESTED.get((cls.__name__, name))
-        kwargs[name] = _build(sub, value, f"{path}.{name}") if sub is not None else value
+        nested = sub is not None and value is not None
+        kwargs[name] = _build(sub, value, f"{path}.{name}") if nested else value
     return cls(**kwargs)
 
 
@@ -284,18 +299,28 @@ class RxTConfig(_DictMixin):
     """Short-Term Memory size and initialisation."""
     tie_embeddings: bool = True
     """Share the embedding matrix with the output heads."""
+    lm_head_bias: bool = False
+    """A bias on the decoder's output head (checkpoints of ``rxlm`` have one); needs untied
+    embeddings."""
+    decoder_final_norm: bool = True
+    """RMSNorm the decoder's last hidden states before the head (``rxlm``'s default has none)."""
     norm_eps: float = 1e-6
     """RMSNorm epsilon."""
     init_std: float = 0.02
     """Standard deviation of the weight initialisation."""
 
     def __post_init__(self) -> None:
-        _check_dims(self.dim, self.num_layers, self.vocab_size, {
+        attentions = {
             "decoder_attention": self.decoder_attention,
             "memory_cross_attention": self.memory_cross_attention,
             "encoder_attention": self.encoder_attention,
             "memory_attention.attention": self.memory_attention.attention,
-        })
+        }
+        if self.memory_attention.pre_attention is not None:
+            attentions["memory_attention.pre_attention"] = self.memory_attention.pre_attention
+        _check_dims(self.dim, self.num_layers, self.vocab_size, attentions)
+        _require(not (self.lm_head_bias and self.tie_embeddings),
+                 "lm_head_bias=True: a biased head needs its own weight; set tie_embeddings=false")
         _require(self.encoder_ffn.kind == "dense",
                  f"encoder_ffn.kind={self.encoder_ffn.kind!r}: the memory encoder uses a dense FFN")
         _require(self.norm_eps > 0, f"norm_eps={self.norm_eps}: must be > 0")
@@ -343,6 +368,7 @@ _NESTED: dict[tuple[str, str], type] = {
     ("RxTConfig", "memory_attention"): MemoryAttentionConfig,
     ("RxTConfig", "stm"): STMConfig,
     ("MemoryAttentionConfig", "attention"): AttentionConfig,
+    ("MemoryAttentionConfig", "pre_attention"): AttentionConfig,
     ("MemoryAttentionConfig", "gate"): GateConfig,
     ("StatelessConfig", "attention"): AttentionConfig,
     ("StatelessConfig", "ffn"): FFNConfig,

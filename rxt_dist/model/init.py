@@ -40,19 +40,26 @@ def init_weights(model: nn.Module, cfg: RxTConfig | StatelessConfig) -> None:
 def _init_memory(model: nn.Module, cfg: RxTConfig) -> None:
     gate_cfg = cfg.memory_attention.gate
     for layer in model.memory_attention.layers:
-        gate = layer.gate
-        if gate_cfg.kind == "static":
-            gate.logit.fill_(gate_cfg.init_bias)
-        elif gate_cfg.kind == "elementwise":
-            gate.weight.zero_()
-            gate.bias.fill_(gate_cfg.init_bias)
-        elif gate_cfg.kind == "linear":
-            gate.proj.bias.fill_(gate_cfg.init_bias)
-        if gate_cfg.per_slot_bias:
-            spread = gate_cfg.slot_bias_spread
-            gate.slot_bias.copy_(torch.linspace(-spread, spread, gate.slot_bias.shape[0])[:, None])
+        for name in ("gate", "mix_gate", "pre_gate"):
+            if hasattr(layer, name):
+                _init_gate(getattr(layer, name), gate_cfg)
         if hasattr(layer, "slot_id"):
             # unit scale, like the RMS-normalised state it is added to: distinct from the start
             nn.init.normal_(layer.slot_id, 0.0, 1.0)
     if cfg.stm.init == "learned":
         nn.init.normal_(model.stm_init.weight, 0.0, cfg.stm.init_std)
+
+
+def _init_gate(gate: nn.Module, gate_cfg) -> None:
+    if gate_cfg.kind == "static":
+        gate.logit.fill_(gate_cfg.init_bias)
+    elif gate_cfg.kind == "elementwise":
+        gate.weight.zero_()
+        gate.bias.fill_(gate_cfg.init_bias)
+    elif gate_cfg.kind == "linear":
+        gate.proj.bias.fill_(gate_cfg.init_bias)
+    elif gate_cfg.kind == "slot_mean":
+        gate.slot_weight.fill_(gate_cfg.init_bias)
+    if gate_cfg.per_slot_bias:
+        spread = gate_cfg.slot_bias_spread
+        gate.slot_bias.copy_(torch.linspace(-spread, spread, gate.slot_bias.shape[0])[:, None])

@@ -59,7 +59,7 @@ class Attention(nn.Module):
         self.q_proj = nn.Linear(dim, self.n_q * self.head_dim, bias=False)
         self.k_proj = nn.Linear(dim, self.n_kv * self.head_dim, bias=False)
         self.v_proj = nn.Linear(dim, self.n_kv * self.head_dim, bias=False)
-        self.o_proj = nn.Linear(self.n_q * self.head_dim, dim, bias=False)
+        self.o_proj = nn.Linear(self.n_q * self.head_dim, dim, bias=cfg.out_bias)
         self.rope_q, self.rope_k = rope_q, rope_k
         self.rope = RotaryEmbedding(self.head_dim, cfg.rope_theta) if (rope_q or rope_k) else None
 
@@ -109,11 +109,11 @@ class Attention(nn.Module):
 class SwiGLU(nn.Module):
     """Dense gated feed-forward: ``down(silu(gate(x)) * up(x))``."""
 
-    def __init__(self, dim: int, hidden_dim: int) -> None:
+    def __init__(self, dim: int, hidden_dim: int, bias: bool = False) -> None:
         super().__init__()
-        self.gate = nn.Linear(dim, hidden_dim, bias=False)
-        self.up = nn.Linear(dim, hidden_dim, bias=False)
-        self.down = nn.Linear(hidden_dim, dim, bias=False)
+        self.gate = nn.Linear(dim, hidden_dim, bias=bias)
+        self.up = nn.Linear(dim, hidden_dim, bias=bias)
+        self.down = nn.Linear(hidden_dim, dim, bias=bias)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.down(F.silu(self.gate(x)) * self.up(x))
@@ -130,7 +130,7 @@ class MoE(nn.Module):
         super().__init__()
         self.top_k = cfg.top_k
         self.router = nn.Linear(dim, cfg.num_experts, bias=False)
-        self.experts = nn.ModuleList(SwiGLU(dim, cfg.hidden_dim) for _ in range(cfg.num_experts))
+        self.experts = nn.ModuleList(SwiGLU(dim, cfg.hidden_dim, cfg.bias) for _ in range(cfg.num_experts))
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """x (B, T, D) → (output (B, T, D), auxiliary load-balancing loss (scalar))."""
@@ -151,7 +151,7 @@ class MoE(nn.Module):
 
 
 def build_ffn(dim: int, cfg: FFNConfig) -> nn.Module:
-    return SwiGLU(dim, cfg.hidden_dim) if cfg.kind == "dense" else MoE(dim, cfg)
+    return SwiGLU(dim, cfg.hidden_dim, cfg.bias) if cfg.kind == "dense" else MoE(dim, cfg)
 
 
 def run_ffn(ffn: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:

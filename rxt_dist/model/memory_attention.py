@@ -23,8 +23,9 @@ from rxt_dist.model.layers import Attention, key_mask
 class ResidualGate(nn.Module):
     """``STM_t = (1 − G) ⊙ STM_{t−1} + G ⊙ Update`` with G from the configured kind.
 
-    The static kind holds one logit per slot, so its parameter is slot-indexed (S, 1); so is
-    the optional per-slot bias (S, 1) added to any kind's logit.
+    The static kind holds one logit per slot, so its parameter is slot-indexed (S, 1); so are
+    the ``slot_mean`` kind's weight (S, 1) and the optional per-slot bias (S, 1) added to any
+    kind's logit.
     """
 
     def __init__(self, cfg: GateConfig, num_slots: int, dim: int) -> None:
@@ -34,6 +35,8 @@ class ResidualGate(nn.Module):
             self.slot_bias = nn.Parameter(torch.zeros(num_slots, 1))  # (S, 1)
         if cfg.kind == "static":
             self.logit = nn.Parameter(torch.full((num_slots, 1), cfg.init_bias))  # (S, 1)
+        elif cfg.kind == "slot_mean":
+            self.slot_weight = nn.Parameter(torch.full((num_slots, 1), cfg.init_bias))  # (S, 1)
         elif cfg.kind == "elementwise":
             self.weight = nn.Parameter(torch.zeros(dim))  # (D,)
             self.bias = nn.Parameter(torch.full((dim,), cfg.init_bias))  # (D,)
@@ -46,6 +49,8 @@ class ResidualGate(nn.Module):
             logit = self.logit  # (S, 1)
         elif self.kind == "elementwise":
             logit = self.weight * (old + update) + self.bias  # (B, S, D)
+        elif self.kind == "slot_mean":
+            logit = self.slot_weight * (old + update).mean(dim=-1, keepdim=True)  # (B, S, 1)
         else:
             logit = self.proj(old + update)  # (B, S, D)
         if hasattr(self, "slot_bias"):
@@ -96,9 +101,12 @@ class MemoryAttentionLayer(nn.Module):
         self.variant = ma.variant
         if self.variant != "simple":
             self.pre_norm = nn.RMSNorm(dim, eps=eps)
-            self.pre_attn = Attention(dim, ma.attention, rope_q=False, rope_k=False)
-        if self.variant == "interlayer":
+            self.pre_attn = Attention(dim, ma.pre_attention or ma.attention, rope_q=False, rope_k=False)
+        if self.variant in ("interlayer", "self_interlayer"):
             self.mean_norm = nn.RMSNorm(dim, eps=eps)
+        if self.variant == "self_interlayer":
+            self.mix_gate = ResidualGate(ma.gate, cfg.stm.num_slots, dim)
+            self.pre_gate = ResidualGate(ma.gate, cfg.stm.num_slots, dim)
         if self.variant == "gated_self_interlayer":
             self.mix = nn.Linear(dim, dim)
         self.stm_norm = nn.RMSNorm(dim, eps=eps)
@@ -116,6 +124,14 @@ class MemoryAttentionLayer(nn.Module):
         k, v = self.pre_attn.project_kv(normed, None)
         return state + self.pre_attn.attend(q, k, v, None)
 
+    def _self_interlayer_step(self, stm_layer: Tensor, stm_mean: Tensor) -> Tensor:
+        normed = self.pre_norm(stm_layer)  # (B, S, D)
+        mixed, _ = self.mix_gate(normed, self.mean_norm(stm_mean))  # (B, S, D)
+        q = self.pre_attn.project_q(normed, None)
+        k, v = self.pre_attn.project_kv(mixed, None)
+        state, _ = self.pre_gate(stm_layer, self.pre_attn.attend(q, k, v, None))
+        return state
+
     def query_state(self, stm_layer: Tensor, stm_mean: Tensor) -> Tensor:
         """The state (B, S, D) that queries the encoded interaction."""
         if self.variant == "simple":
@@ -126,6 +142,8 @@ class MemoryAttentionLayer(nn.Module):
             q = self.pre_attn.project_q(self.pre_norm(stm_layer), None)
             k, v = self.pre_attn.project_kv(self.mean_norm(stm_mean), None)
             return stm_layer + self.pre_attn.attend(q, k, v, None)
+        if self.variant == "self_interlayer":
+            return self._self_interlayer_step(stm_layer, stm_mean)
         mix = torch.sigmoid(self.mix(stm_layer + stm_mean))  # (B, S, D)
         return self._self_step(mix * stm_layer + (1 - mix) * stm_mean)
 
@@ -135,7 +153,8 @@ class MemoryAttentionLayer(nn.Module):
         """STM layer (B, S, D), all-layer mean (B, S, D), ED layer (B, T, D) at
         ``ed_positions`` (B, T) with ``ed_mask`` (B, 1, 1, T) → new STM layer (B, S, D) and
         the gate's mean openness per row (B,) (None without a gate)."""
-        queries = self.stm_norm(self.query_state(stm_layer, stm_mean))  # (B, S, D)
+        state = self.query_state(stm_layer, stm_mean)  # (B, S, D)
+        queries = self.stm_norm(state)  # (B, S, D)
         if hasattr(self, "slot_id"):
             queries = queries + self.slot_id  # identity on the queries only, not in the STM
         q = self.attn.project_q(queries, None)  # (B, N, S, H)
@@ -146,7 +165,9 @@ class MemoryAttentionLayer(nn.Module):
             scale = won if self.keep_unwon else None
         else:
             update = self.attn.attend(q, k, v, ed_mask)  # (B, S, D)
-        return self.gate(stm_layer, update, scale)
+        # self_interlayer keeps the stepped state (as rxlm does); the older variants keep the STM
+        kept = state if self.variant == "self_interlayer" else stm_layer
+        return self.gate(kept, update, scale)
 
 
 class MemoryAttention(nn.Module):

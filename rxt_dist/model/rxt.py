@@ -48,14 +48,14 @@ class RxTModel(nn.Module):
             Block(D, cfg.decoder_attention, cfg.decoder_ffn, eps, memory_cfg=cfg.memory_cross_attention)
             for _ in range(cfg.num_layers)
         )
-        self.decoder_norm = nn.RMSNorm(D, eps=eps)
+        self.decoder_norm = nn.RMSNorm(D, eps=eps) if cfg.decoder_final_norm else nn.Identity()
         self.encoder = nn.ModuleList(
             Block(D, cfg.encoder_attention, cfg.encoder_ffn, eps) for _ in range(cfg.num_layers)
         )
         self.encoder_norm = nn.RMSNorm(D, eps=eps)
         self.memory_attention = MemoryAttention(cfg)
         # Heads are modules even when tied, so ZeRO-3 gathers their weight on call.
-        self.lm_head = nn.Linear(D, cfg.vocab_size, bias=False)
+        self.lm_head = nn.Linear(D, cfg.vocab_size, bias=cfg.lm_head_bias)
         self.mlm_head = nn.Linear(D, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.embed.weight
