@@ -90,6 +90,10 @@ class FuzzResult:
     """Requests the HTTP server refused before the app saw them (a control character in a
     header: uvicorn's plain-text 400 "Invalid HTTP request received.")."""
     transport_errors: Counter = field(default_factory=Counter)
+    oversized_cut: int = 0
+    """Oversized bodies whose connection the server closed while they were still being sent:
+    it answers 413 from the declared length without reading the body, and the client may see
+    the reset before the answer."""
     sessions_changed: list[str] = field(default_factory=list)
     healthy_after: bool = False
     answers_after: bool = False
@@ -108,6 +112,7 @@ class FuzzResult:
                             "accepted_2xx": len(self.accepted), "not_openai_error_shape": len(self.bad_shape),
                             "refused_by_http_layer": self.http_layer,
                             "transport_errors": dict(self.transport_errors),
+                            "oversized_cut_while_sending": self.oversized_cut,
                             "sessions_changed": len(self.sessions_changed), "healthy_after": self.healthy_after,
                             "answers_a_turn_after": self.answers_after,
                             "cases": (self.server_errors + self.accepted + self.bad_shape + self.sessions_changed)[:20]}}
@@ -286,7 +291,10 @@ async def _send(http: httpx.AsyncClient, req: BadRequest, result: FuzzResult) ->
     try:
         r = await http.request(req.method, req.path, headers=req.headers, content=req.content)
     except httpx.TransportError as exc:
-        result.transport_errors[type(exc).__name__] += 1
+        if req.kind == "oversized":
+            result.oversized_cut += 1
+        else:
+            result.transport_errors[type(exc).__name__] += 1
         return
     result.by_status[r.status_code] += 1
     if r.status_code >= 500:
