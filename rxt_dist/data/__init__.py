@@ -24,7 +24,17 @@ from rxt_dist.data.conversation import (
     Turn,
 )
 from rxt_dist.data.epochs import TrainingRows, read_batches, training_rows, worker_rows
-from rxt_dist.data.importers import DialogueImportError, import_jsonl, import_yaml, read_text_documents
+from rxt_dist.data.importers import (
+    DialogueImportError,
+    FileImport,
+    SkipReason,
+    import_jsonl,
+    import_summary,
+    import_yaml,
+    read_jsonl,
+    read_text_documents,
+    read_yaml,
+)
 from rxt_dist.data.prepare import PrepareConfig, prepare_dataset
 from rxt_dist.data.reader import (
     ShardError,
@@ -71,11 +81,13 @@ __all__ = [
     "UPDATE",
     "Conversation",
     "DialogueImportError",
+    "FileImport",
     "Manifest",
     "PrepareConfig",
     "RecallInfo",
     "ShardError",
     "ShardFile",
+    "SkipReason",
     "SplitInfo",
     "SyntheticConfig",
     "TextCodec",
@@ -87,6 +99,7 @@ __all__ = [
     "in_open_space",
     "is_heldout",
     "import_jsonl",
+    "import_summary",
     "import_yaml",
     "index_shards",
     "iter_conversations",
@@ -96,8 +109,10 @@ __all__ = [
     "ray_dataset",
     "ray_text_dataset",
     "read_batches",
+    "read_jsonl",
     "read_manifest",
     "read_text_documents",
+    "read_yaml",
     "save_tokenizer",
     "stated_values",
     "tokenize_conversations",

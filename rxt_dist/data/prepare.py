@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from tokenizers import Tokenizer
 
 from rxt_dist.data.conversation import Conversation, Turn
-from rxt_dist.data.importers import import_jsonl, import_yaml, read_text_documents
+from rxt_dist.data.importers import FileImport, import_summary, read_jsonl, read_text_documents, read_yaml
 from rxt_dist.data.lexicon import ATTRIBUTES, template_words
 from rxt_dist.data.schema import Manifest
 from rxt_dist.data.syllable_bpe import check_vocab_size, train_open_tokenizer
@@ -57,6 +57,9 @@ class PrepareConfig:
     """JSONL dialogue files to import (split by the same fractions)."""
     import_yaml: tuple[str, ...] = ()
     """Chatbot-corpus YAML files to import (split by the same fractions)."""
+    strict: bool = False
+    """Stop at the first bad record of an imported file; by default bad records are skipped, one
+    warning each, and counted in the manifest's ``sources.import``."""
     tokenizer: str | None = None
     """Use this tokenizer (a dataset/model folder or a tokenizer.json) instead of training one:
     for evaluation sets that must share ids with an already trained model."""
@@ -91,9 +94,11 @@ class PrepareConfig:
         return {"train": n - valid - test, "valid": valid, "test": test}
 
 
-def _imported(cfg: PrepareConfig) -> list[Conversation]:
-    convs = [c for p in cfg.import_jsonl for c in import_jsonl(p)]
-    convs += [c for p in cfg.import_yaml for c in import_yaml(p)]
+def _imported(cfg: PrepareConfig) -> tuple[list[Conversation], dict]:
+    """The imported conversations, shuffled with the corpus seed, and the import summary."""
+    files = [read_jsonl(p, strict=cfg.strict) for p in cfg.import_jsonl]
+    files += [read_yaml(p, strict=cfg.strict) for p in cfg.import_yaml]
+    convs = [c for f in files for c in f.conversations]
     ids: dict[str, int] = {}
     for c in convs:
         ids[c.conversation_id] = ids.get(c.conversation_id, 0) + 1
@@ -101,7 +106,21 @@ def _imported(cfg: PrepareConfig) -> list[Conversation]:
     if repeated:
         raise ValueError(f"imported conversation ids repeat across files: {repeated[:5]}; rename the files")
     random.Random(stream_seed(cfg.synthetic.seed, "imports")).shuffle(convs)
-    return convs
+    summary = import_summary(files)
+    if files:
+        log.info("%s", _describe(summary, files))
+    return convs, summary
+
+
+def _describe(summary: dict, files: Sequence[FileImport]) -> str:
+    skipped = sum(summary["skipped"].values())
+    reasons = ", ".join(f"{k} {n}" for k, n in summary["skipped"].items())
+    line = (f"imports: {summary['files']} files, {summary['records']} records read, {summary['imported']} "
+            f"imported, {skipped} skipped" + (f" ({reasons})" if reasons else ""))  # fmt: skip
+    if summary["unpaired_lines_dropped"]:
+        line += f", {summary['unpaired_lines_dropped']} unpaired last lines dropped"
+    with_skips = [f"{f.source} ({sum(f.skipped.values())})" for f in files if f.skipped]
+    return line + (f"; skipped in {', '.join(with_skips)}" if with_skips else "")
 
 
 def _split_imports(cfg: PrepareConfig, convs: Sequence[Conversation]) -> dict[str, list[Conversation]]:
@@ -147,7 +166,7 @@ def prepare_dataset(cfg: PrepareConfig, progress: StageProgress | None = None) -
     splits = generate_splits(
         cfg.synthetic, cfg.split_counts(cfg.conversations), progress=tick("generate", cfg.conversations)
     )
-    imported = _imported(cfg)
+    imported, import_report = _imported(cfg)
     for split, convs in _split_imports(cfg, imported).items():
         splits[split] = splits[split] + convs
     docs = read_text_documents(cfg.extra_text)
@@ -166,6 +185,7 @@ def prepare_dataset(cfg: PrepareConfig, progress: StageProgress | None = None) -
         "jsonl": list(cfg.import_jsonl),
         "yaml": list(cfg.import_yaml),
         "extra_text": list(cfg.extra_text),
+        "import": import_report,
     }
     return write_shards(
         cfg.out,
