@@ -16,7 +16,7 @@ import time
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from rxt_dist.data import PrepareConfig, SyntheticConfig, prepare_dataset
+from rxt_dist.data import DialogueImportError, PrepareConfig, SyntheticConfig, prepare_dataset
 
 _SYNTH_FLAGS = {"min_turns": int, "max_turns": int, "p_fact": float, "p_update": float, "p_filler": float,
                 "p_recall": float, "min_recalls": int, "values_per_attribute": int, "owners": int,
@@ -42,6 +42,7 @@ def parse_args(argv: list[str]) -> PrepareConfig:
     p.add_argument("--extra-text", nargs="+", default=(), metavar="PATH", help="plain-text files for stage-1 text")
     p.add_argument("--import-jsonl", nargs="+", default=(), metavar="PATH", help="JSONL dialogue files")
     p.add_argument("--import-yaml", nargs="+", default=(), metavar="PATH", help="chatbot-corpus YAML files")
+    p.add_argument("--strict", action="store_true", help="stop at an imported file's first bad record, not skip it")
     p.add_argument("--overwrite", action="store_true", help="replace a dataset already at --out")
     a = p.parse_args(argv)
     overrides = {k: getattr(a, k) for k in _SYNTH_FLAGS if getattr(a, k) is not None}
@@ -59,6 +60,7 @@ def parse_args(argv: list[str]) -> PrepareConfig:
         extra_text=tuple(a.extra_text),
         import_jsonl=tuple(a.import_jsonl),
         import_yaml=tuple(a.import_yaml),
+        strict=a.strict,
         tokenizer=a.tokenizer,
         overwrite=a.overwrite,
     )
@@ -72,7 +74,10 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"prepare_data: {e}") from None
     start = time.perf_counter()
     current = [""]
-    with logging_redirect_tqdm(), tqdm(unit="row") as bar:
+    # A bar redraws itself with carriage returns: in a file or a pipe (Ray job logs, `| tee`) every
+    # redraw and the log lines written around it end up on one line. Draw it on a terminal only;
+    # elsewhere the stage log lines are the progress report.
+    with logging_redirect_tqdm(), tqdm(unit="row", disable=not sys.stderr.isatty()) as bar:
 
         def progress(stage: str, n: int, total: int) -> None:
             if stage != current[0]:  # a new stage: restart the bar at its own total
@@ -81,7 +86,10 @@ def main(argv: list[str] | None = None) -> None:
                 bar.reset(total=total)
             bar.update(n)
 
-        manifest = prepare_dataset(cfg, progress)
+        try:
+            manifest = prepare_dataset(cfg, progress)
+        except DialogueImportError as e:  # it names the file and line: a traceback adds nothing
+            raise SystemExit(f"prepare_data: {e}") from None
     print(
         f"wrote {cfg.out} in {time.perf_counter() - start:.1f}s: {manifest.counts} conversations, "
         f"vocab {manifest.vocab_size}"
