@@ -36,9 +36,11 @@ from rxt_dist.serving.api import (
     encode_message,
     error_body,
     parse_body,
+    history_transcript,
     parse_chat_request,
     prepare_turn,
     read_limited,
+    system_text,
 )
 from rxt_dist.serving.protocol import (
     COMMITTED_HEADER,
@@ -52,6 +54,8 @@ from rxt_dist.serving.protocol import (
     log_id,
     owner_of,
     status,
+    transcript_start,
+    transcript_step,
 )
 from rxt_dist.serving.sessions import is_session_id, new_session_id
 from rxt_dist.serving.text import TextCodec
@@ -157,11 +161,20 @@ class Ingress:
                            f"'{self.model_id}'", param="model", code="model_not_found")
         sid = self._session_header(request)
         key = self._idempotency_key(request)
+        claim, history = None, None
+        if sid is None:
+            # A stateless client resends the whole history: continue the session that stands
+            # at exactly that transcript, if there is one (one consolidation per turn).
+            history = history_transcript(req, owner)
+            if history is not None:
+                sid, claim = await self._continue(history, owner, key)
         turn = prepare_turn(req, self.codec, self.limits, new_session=sid is None)
         if sid is None:
-            sid = await self._create_session(turn.system_ids, turn.history, owner)
-        claim = await claim_session(self._store_call(sid), sid, self.policy, owner, key,
-                                    lambda version: self._dispatch_update(sid, version), self._spawn)
+            start = transcript_start(owner, system_text(req))
+            sid = await self._create_session(turn.system_ids, turn.history, owner, history or start)
+        if claim is None:
+            claim = await claim_session(self._store_call(sid), sid, self.policy, owner, key,
+                                        lambda version: self._dispatch_update(sid, version), self._spawn)
         headers = {SESSION_HEADER: sid, VERSION_HEADER: str(claim["version"]),
                    WAITED_HEADER: f"{claim['waited_s'] * 1e3:.3f}"}
         if claim.get("committed") is not None:
@@ -185,9 +198,20 @@ class Ingress:
         except BaseException:
             self._spawn(self._store(sid).release.remote(sid, claim["lease"]))
             raise
+        before, query_text = claim.get("transcript"), req.messages[-1].text()
+
+        def transcript_after(answer: list[int]) -> str | None:
+            return None if before is None else transcript_step(before, query_text, self.codec.decode_answer(answer))
+
+        def relink() -> None:  # the index follows the session to its new transcript
+            after = transcript_after(run.answer)
+            if after is not None:
+                self._spawn(self._relink(sid, before, after))
+
         run = Turn(store=self._store_call(sid), sid=sid, claim=claim, query_ids=turn.query_ids, stream=stream,
                    cancel_stream=stream.cancel, dispatch=lambda: self._dispatch_update(sid, claim["version"]),
-                   spawn=self._spawn, lease_s=self.args.turn_lease_s, idempotency_key=key)
+                   spawn=self._spawn, lease_s=self.args.turn_lease_s, idempotency_key=key,
+                   transcript_after=transcript_after, on_recorded=relink)
         if turn.stream:
             events = stream_events(run, self.codec, self.model_id, query_len, turn.include_usage, _to_api_error)
             return StreamingResponse(events, media_type="text/event-stream",
@@ -203,7 +227,7 @@ class Ingress:
         system_ids = None
         if body.system is not None:
             system_ids = encode_message(self.codec, body.system, "system", self.limits)
-        sid = await self._create_session(system_ids, [], owner)
+        sid = await self._create_session(system_ids, [], owner, transcript_start(owner, body.system))
         info = await self._call(self._store(sid).info.remote(sid, owner), "the session store")
         return JSONResponse(info["session"], status_code=201, headers={SESSION_HEADER: sid})
 
@@ -297,21 +321,59 @@ class Ingress:
             logger.warning("%s failed: %s", what, type(exc).__name__)
             raise _unavailable(what, exc) from None
 
-    async def _create_session(self, system_ids: list[int] | None, history: list, owner: str | None) -> str:
-        """A new session whose memory holds the system prompt and migrated turns."""
+    async def _create_session(self, system_ids: list[int] | None, history: list, owner: str | None,
+                              transcript: str) -> str:
+        """A new session whose memory holds the system prompt and migrated turns, indexed
+        under their ``transcript``."""
         try:
             stm = await self.updater.new_session_stm.remote(system_ids, history)
         except RayError as exc:
             raise _unavailable("the memory updater", exc) from None
         sid = new_session_id()
-        result = await self._call(self._store(sid).create.remote(sid, stm, self.stm_shape, len(history), owner),
-                                  "the session store")
+        result = await self._call(self._store(sid).create.remote(sid, stm, self.stm_shape, len(history), owner,
+                                                                 transcript), "the session store")
         if status(result) == StoreStatus.FULL:
             raise retry_later("the session store is full (too many sessions in use or stored); retry later",
                               "session_store_full", 5)
         if status(result) != StoreStatus.OK:
             raise RuntimeError(f"session store refused a new session: {result['status']}")
+        if history:
+            self._spawn(self._relink(sid, None, transcript))
         return sid
+
+    # ---- stateless clients: the transcript index -----------------------------------------------
+
+    def _index(self, transcript: str):
+        return self.stores.for_transcript(transcript)
+
+    async def _continue(self, transcript: str, owner: str | None, key: str | None) -> tuple[str | None, dict | None]:
+        """The session standing at ``transcript`` and a claim on it, or (None, None): no such
+        session, or it has moved on (another turn, a regenerated answer, another client)."""
+        found = await self._call(self._index(transcript).lookup.remote(transcript), "the session store")
+        if status(found) != StoreStatus.OK:
+            return None, None
+        sid = found["session_id"]
+        try:
+            claim = await claim_session(self._store_call(sid), sid, self.policy, owner, key,
+                                        lambda version: self._dispatch_update(sid, version), self._spawn,
+                                        expect_transcript=transcript)
+        except ApiError as exc:
+            if exc.code == "session_busy":  # another client is continuing it: this one diverges
+                return None, None
+            if exc.code != "session_not_found":
+                raise
+            claim = {"status": StoreStatus.NOT_FOUND}
+        if status(claim) in (StoreStatus.DIVERGED, StoreStatus.NOT_FOUND):
+            self._spawn(self._call(self._index(transcript).unlink.remote(transcript, sid), "the session store"))
+            return None, None
+        return sid, claim
+
+    async def _relink(self, sid: str, before: str | None, after: str) -> None:
+        """Index ``sid`` under its new transcript and drop the old entry (best effort: a lost
+        entry only means the next stateless request migrates its history again)."""
+        await self._call(self._index(after).link.remote(after, sid), "the session store")
+        if before is not None:
+            await self._call(self._index(before).unlink.remote(before, sid), "the session store")
 
     async def _after_response(self, run: Turn) -> None:
         run.dispatch()  # a coroutine, so Starlette runs it on the event loop, not in a thread

@@ -13,6 +13,7 @@ import logging
 
 import ray
 
+from rxt_dist.serving.protocol import transcript_shard
 from rxt_dist.serving.sessions import SessionStore, StoreConfig, shard_of
 
 logger = logging.getLogger("ray.serve")
@@ -54,6 +55,10 @@ class StoreShards:
     def for_session(self, session_id: str):
         """The actor owning ``session_id``."""
         return self.handles[shard_of(session_id, len(self.handles))]
+
+    def for_transcript(self, transcript: str):
+        """The actor indexing ``transcript`` (see :func:`~rxt_dist.serving.protocol.transcript_step`)."""
+        return self.handles[transcript_shard(transcript, len(self.handles))]
 
 
 def stop_session_stores(url: str, num_shards: int) -> int:

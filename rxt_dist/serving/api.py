@@ -16,7 +16,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from rxt_dist.inference import SamplingParams
-from rxt_dist.serving.protocol import sse
+from rxt_dist.serving.protocol import sse, transcript_start, transcript_step
 from rxt_dist.serving.text import TextCodec
 
 MAX_SEED = 2**63 - 1
@@ -238,6 +238,25 @@ def _split_history(messages: list[ChatMessage]) -> tuple[list[int], list[tuple[i
     return system, pairs
 
 
+def system_text(req: ChatCompletionRequest) -> str | None:
+    """The leading system messages of ``req``, joined (None when there are none)."""
+    system, _ = _split_history(req.messages)
+    return "\n".join(req.messages[i].text() for i in system) if system else None
+
+
+def history_transcript(req: ChatCompletionRequest, owner: str | None) -> str | None:
+    """The transcript hash of the history ``req`` resends before its new user message (None
+    when it resends no earlier turn): a stateless client continuing a conversation sends the
+    transcript its session stands at. 400 when the messages do not have the history shape."""
+    _, pairs = _split_history(req.messages)
+    if not pairs:
+        return None
+    transcript = transcript_start(owner, system_text(req))
+    for u, a in pairs:
+        transcript = transcript_step(transcript, req.messages[u].text(), req.messages[a].text())
+    return transcript
+
+
 def prepare_turn(req: ChatCompletionRequest, codec: TextCodec, limits: RequestLimits,
                  new_session: bool) -> ChatTurn:
     """Validate ``req`` and tokenize what the turn needs.
@@ -255,8 +274,8 @@ def prepare_turn(req: ChatCompletionRequest, codec: TextCodec, limits: RequestLi
     if new_session:
         system, pairs = _split_history(req.messages)
         if system:
-            texts = "\n".join(req.messages[i].text() for i in system)
-            system_ids = _encode_message(codec, ChatMessage(role="system", content=texts), system[0], limits)
+            system_ids = _encode_message(codec, ChatMessage(role="system", content=system_text(req)), system[0],
+                                         limits)
         if len(pairs) > limits.max_history_turns:
             raise _bad(f"messages hold {len(pairs)} earlier turns; a new session migrates at most "
                        f"{limits.max_history_turns}", "messages", "too_many_turns")

@@ -29,6 +29,8 @@ class StoreStatus(str, Enum):
     """The previous turn's memory update did not commit within the wait."""
     UPDATE_FAILED = "update_failed"
     """The previous turn's memory update can never apply (recorded by an updater)."""
+    DIVERGED = "diverged"
+    """The session no longer stands at the transcript the request continues."""
     REPLAY = "replay"
     """The request repeats the session's last turn (same idempotency key): its recorded
     answer, nothing applied again."""
@@ -85,3 +87,33 @@ def sse(data: dict | str) -> str:
 
 
 DONE_EVENT = sse("[DONE]")
+
+
+# ---- transcripts: how a stateless client's resent history finds its session -----------------
+
+_TRANSCRIPT_TAG = "rxt-transcript-v1"
+
+
+def transcript_start(owner: str | None, system_text: str | None) -> str:
+    """The transcript hash of a conversation before its first turn: the owner (so a match
+    never crosses API keys) and the system prompt."""
+    return _digest(_TRANSCRIPT_TAG, owner or "", system_text or "")
+
+
+def transcript_step(transcript: str, user_text: str, answer_text: str) -> str:
+    """The transcript hash after one more (user message, answer as the server sent it) turn."""
+    return _digest(transcript, user_text, answer_text)
+
+
+def _digest(*parts: str) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        data = part.encode("utf-8", "surrogatepass")
+        h.update(len(data).to_bytes(8, "big"))  # length-prefixed: no two splits hash alike
+        h.update(data)
+    return h.hexdigest()
+
+
+def transcript_shard(transcript: str, num_shards: int) -> int:
+    """The store shard that indexes ``transcript``."""
+    return int(transcript[:8], 16) % num_shards

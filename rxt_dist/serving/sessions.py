@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 
 import fsspec
 
-from rxt_dist.serving.protocol import StoreStatus, log_id
+from rxt_dist.serving.protocol import StoreStatus, log_id, status
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +43,7 @@ SESSION_PREFIX = "sess_"
 SESSION_ID_BYTES = 16  # 128 random bits
 _SESSION_RE = re.compile(rf"^{SESSION_PREFIX}[0-9a-f]{{{2 * SESSION_ID_BYTES}}}$")
 META_FILE = "meta.json"
+TRANSCRIPTS_DIR = "_transcripts"  # transcript hash → session id, one small file each
 _WAIT_GRACE_S = 5.0  # how long a claim outlives a wait for a pending update
 
 
@@ -55,6 +56,10 @@ def is_session_id(value: str) -> bool:
     """Whether ``value`` has the form of a session id (anything else names no session, and
     can never reach a storage path)."""
     return bool(_SESSION_RE.match(value))
+
+
+def _is_digest(value: str) -> bool:
+    return len(value) == 64 and all(c in "0123456789abcdef" for c in value)
 
 
 def shard_of(session_id: str, num_shards: int) -> int:
@@ -112,6 +117,10 @@ class SessionMeta:
     """Hash of the API key that created the session (None: created without keys); only that
     key reaches it."""
     last_turn: LastTurn | None = None
+    transcript: str | None = None
+    """Hash of everything consolidated so far (system prompt, then each user message and
+    answer as sent; :func:`~rxt_dist.serving.protocol.transcript_step`): a stateless client
+    resending this history continues this session."""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -226,6 +235,7 @@ class SessionStore:
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._stored: int | None = None  # sessions of this shard in storage, counted on first use
         self._sweeper: asyncio.Task | None = None
+        self._links: OrderedDict[str, str] = OrderedDict()  # recently used transcript index entries
         self.expired = 0
 
     # ---- paths and persistence -------------------------------------------------------------
@@ -383,7 +393,7 @@ class SessionStore:
     # ---- the API ---------------------------------------------------------------------------
 
     async def create(self, sid: str, stm: bytes, stm_shape: list[int], turns: int = 0,
-                     owner: str | None = None) -> dict:
+                     owner: str | None = None, transcript: str | None = None) -> dict:
         """A new session at memory version 0 holding ``stm`` (one conversation's STM bytes)."""
         if not is_session_id(sid):
             return _status(StoreStatus.INVALID_ID)
@@ -394,7 +404,7 @@ class SessionStore:
             return _status(StoreStatus.FULL)
         now = time.time()
         meta = SessionMeta(id=sid, created=now, updated=now, stm_shape=list(stm_shape), turns=turns,
-                           committed=now, owner=owner)
+                           committed=now, owner=owner, transcript=transcript)
         await asyncio.to_thread(self._persist, meta, stm)
         self._entries[sid] = _Entry(meta, stm)
         if self._stored is not None:
@@ -420,7 +430,7 @@ class SessionStore:
                        stm_shape=entry.meta.stm_shape)
 
     async def begin_turn(self, sid: str, lease: str, wait_s: float, owner: str | None = None,
-                         idempotency_key: str | None = None) -> dict:
+                         idempotency_key: str | None = None, expect_transcript: str | None = None) -> dict:
         """Claim the session for one turn under ``lease`` (a token the caller made up), waiting
         up to ``wait_s`` for a pending update to commit.
 
@@ -433,6 +443,8 @@ class SessionStore:
         never apply (``error`` says why; :meth:`drop_pending` recovers). ``busy``: another
         request holds the session. ``full``: the shard has no room to load it now. ``ok`` and
         ``pending`` carry ``waited_s``, how long this call waited (0.0 when nothing was pending).
+        With ``expect_transcript`` (a stateless client continuing), ``diverged`` unless the
+        session stands exactly at that transcript; nothing is claimed then.
         """
         entry = await self._owned(sid, owner, admit=True)
         if isinstance(entry, StoreStatus):
@@ -441,6 +453,8 @@ class SessionStore:
         if idempotency_key is not None and last is not None and last.key == idempotency_key:
             return _status(StoreStatus.REPLAY, version=last.base_version, answer_ids=last.answer_ids,
                            finish_reason=last.finish_reason)
+        if expect_transcript is not None and entry.meta.transcript != expect_transcript:
+            return _status(StoreStatus.DIVERGED)
         now = time.time()
         if entry.claimed_by_other(lease, now):
             return _status(StoreStatus.BUSY)
@@ -464,6 +478,9 @@ class SessionStore:
             raise
         if entry.deleted:
             return _status(StoreStatus.NOT_FOUND)
+        if expect_transcript is not None and entry.meta.transcript != expect_transcript:
+            entry.claim = None  # another turn moved it on while this one waited
+            return _status(StoreStatus.DIVERGED)
         pending = entry.meta.pending
         if pending is not None and pending.error is not None:
             entry.claim = None
@@ -472,7 +489,7 @@ class SessionStore:
         waited_s = time.monotonic() - started if was_pending else 0.0
         return _status(StoreStatus.OK, lease=lease, version=entry.meta.version, stm=entry.stm,
                        stm_shape=entry.meta.stm_shape, turns=entry.meta.turns,
-                       committed=entry.meta.committed, waited_s=waited_s)
+                       committed=entry.meta.committed, waited_s=waited_s, transcript=entry.meta.transcript)
 
     async def renew(self, sid: str, lease: str) -> dict:
         """Extend the claim ``lease`` holds by a whole turn lease (an answer still streaming)."""
@@ -492,7 +509,7 @@ class SessionStore:
 
     async def finish_turn(self, sid: str, lease: str, version: int, query_ids: list[int],
                           answer_ids: list[int], idempotency_key: str | None = None,
-                          finish_reason: str = "stop") -> dict:
+                          finish_reason: str = "stop", transcript: str | None = None) -> dict:
         """Record the answered turn as the pending update of ``version`` and release the claim.
 
         Written to storage before anything changes in memory: if the write fails the session
@@ -516,7 +533,7 @@ class SessionStore:
             last = None if idempotency_key is None else LastTurn(idempotency_key, version, list(answer_ids),
                                                                   finish_reason)
             new = replace(meta, pending=PendingUpdate(version, list(query_ids), list(answer_ids), now, lease),
-                          turns=meta.turns + 1, updated=now, last_turn=last)
+                          turns=meta.turns + 1, updated=now, last_turn=last, transcript=transcript)
             await asyncio.to_thread(self._persist, new, None)
             entry.meta = new
             entry.settled.clear()
@@ -607,6 +624,58 @@ class SessionStore:
             if self._stored is not None:
                 self._stored = max(0, self._stored - 1)
             entry.settled.set()
+        return _status(StoreStatus.OK)
+
+    # ---- the transcript index ---------------------------------------------------------------
+
+    def _link_path(self, transcript: str) -> str:
+        return f"{self.root}/{TRANSCRIPTS_DIR}/{transcript}"
+
+    async def link(self, transcript: str, sid: str) -> dict:
+        """Index ``sid`` under ``transcript`` (this shard owns that hash)."""
+        if not is_session_id(sid) or not _is_digest(transcript):
+            return _status(StoreStatus.INVALID_ID)
+        self._remember_link(transcript, sid)
+        await asyncio.to_thread(self._write_link, transcript, sid)
+        return _status(StoreStatus.OK)
+
+    def _remember_link(self, transcript: str, sid: str) -> None:
+        self._links[transcript] = sid
+        self._links.move_to_end(transcript)
+        while len(self._links) > 4 * self.config.cache_sessions:
+            self._links.popitem(last=False)
+
+    def _write_link(self, transcript: str, sid: str) -> None:
+        self.fs.makedirs(f"{self.root}/{TRANSCRIPTS_DIR}", exist_ok=True)
+        self._write_atomic(self._link_path(transcript), sid.encode())
+
+    async def lookup(self, transcript: str) -> dict:
+        """The session indexed under ``transcript`` (``not_found`` when none is)."""
+        if not _is_digest(transcript):
+            return _status(StoreStatus.NOT_FOUND)
+        sid = self._links.get(transcript)
+        if sid is None:
+            sid = await asyncio.to_thread(self._read_link, transcript)
+            if sid is None:
+                return _status(StoreStatus.NOT_FOUND)
+            self._remember_link(transcript, sid)
+        return _status(StoreStatus.OK, session_id=sid)
+
+    def _read_link(self, transcript: str) -> str | None:
+        path = self._link_path(transcript)
+        if not self.fs.exists(path):
+            return None
+        with self.fs.open(path, "rb") as f:
+            sid = f.read().decode(errors="replace")
+        return sid if is_session_id(sid) else None
+
+    async def unlink(self, transcript: str, sid: str) -> dict:
+        """Drop the index entry ``transcript`` → ``sid`` (only if it still names ``sid``)."""
+        found = await self.lookup(transcript)
+        if status(found) == StoreStatus.OK and found["session_id"] == sid:
+            self._links.pop(transcript, None)
+            await asyncio.to_thread(lambda: self.fs.exists(self._link_path(transcript))
+                                    and self.fs.rm(self._link_path(transcript)))
         return _status(StoreStatus.OK)
 
     # ---- operations --------------------------------------------------------------------------

@@ -68,16 +68,18 @@ class ClaimPolicy:
 
 async def claim_session(store: StoreCall, sid: str, policy: ClaimPolicy, owner: str | None,
                         idempotency_key: str | None, redispatch: Callable[[int], None],
-                        spawn: Callable[[Coroutine], Any]) -> dict:
+                        spawn: Callable[[Coroutine], Any], expect_transcript: str | None = None) -> dict:
     """Claim ``sid`` for one turn once its previous update has committed; the store's answer
-    (``ok`` with the STM, or ``replay`` with a recorded answer). The claim's ``waited_s`` is
-    the total time spent waiting for that update. Refusals raise :class:`ApiError`."""
+    (``ok`` with the STM, ``replay`` with a recorded answer, or — with ``expect_transcript`` —
+    ``diverged``). The claim's ``waited_s`` is the total time spent waiting for that update.
+    Refusals raise :class:`ApiError`."""
     lease = uuid.uuid4().hex
     deadline = time.monotonic() + policy.update_wait_timeout_s
     waited_s = 0.0
     while True:
         wait_s = max(0.0, min(deadline - time.monotonic(), policy.update_stale_s))
-        call = asyncio.ensure_future(store("begin_turn", sid, lease, wait_s, owner, idempotency_key))
+        call = asyncio.ensure_future(store("begin_turn", sid, lease, wait_s, owner, idempotency_key,
+                                           expect_transcript))
         try:
             claim = await asyncio.shield(call)
         except asyncio.CancelledError:
@@ -86,7 +88,7 @@ async def claim_session(store: StoreCall, sid: str, policy: ClaimPolicy, owner: 
             raise
         result = status(claim)
         waited_s += claim.get("waited_s", 0.0)
-        if result in (StoreStatus.OK, StoreStatus.REPLAY):
+        if result in (StoreStatus.OK, StoreStatus.REPLAY, StoreStatus.DIVERGED):
             return {**claim, "waited_s": waited_s}
         if result == StoreStatus.NOT_FOUND:
             raise not_found(sid)
@@ -129,11 +131,14 @@ class Turn:
     def __init__(self, *, store: StoreCall, sid: str, claim: dict, query_ids: list[int], stream: TokenStream,
                  cancel_stream: Callable[[], None], dispatch: Callable[[], None],
                  spawn: Callable[[Coroutine], asyncio.Task], lease_s: float,
-                 idempotency_key: str | None = None) -> None:
+                 idempotency_key: str | None = None,
+                 transcript_after: Callable[[list[int]], str | None] | None = None,
+                 on_recorded: Callable[[], None] | None = None) -> None:
         self.store, self.sid, self.query_ids, self.stream = store, sid, query_ids, stream
         self.cancel_stream, self._dispatch, self.spawn = cancel_stream, dispatch, spawn
         self.lease, self.version = claim["lease"], claim["version"]
         self.idempotency_key = idempotency_key
+        self.transcript_after, self.on_recorded = transcript_after, on_recorded
         self.answer: list[int] = []
         self.finish_reason = "stop"
         self.finished = self.recorded = self.dispatched = self.closed = False
@@ -163,9 +168,10 @@ class Turn:
             yield new_tokens
 
     async def record(self) -> None:
-        """Make the turn the session's pending update (durable) and release the claim."""
+        """Make the turn the session's pending update (written to storage) and release the claim."""
+        transcript = None if self.transcript_after is None else self.transcript_after(self.answer)
         result = await self.store("finish_turn", self.sid, self.lease, self.version, self.query_ids,
-                                  self.answer, self.idempotency_key, self.finish_reason)
+                                  self.answer, self.idempotency_key, self.finish_reason, transcript)
         if status(result) == StoreStatus.NOT_FOUND:
             raise ApiError(404, f"session '{self.sid}' was deleted while answering; the turn is not kept",
                            param=SESSION_HEADER, code="session_not_found")
@@ -174,6 +180,8 @@ class Turn:
                            "ahead; the turn is not kept", param=SESSION_HEADER, code="session_busy")
         self.recorded = True
         self._renewer.cancel()
+        if self.on_recorded is not None:
+            self.on_recorded()
 
     def dispatch(self) -> None:
         if not self.dispatched:

@@ -55,7 +55,7 @@ def test_each_version_records_when_it_was_committed(tmp_path):
         settled = (await store.info(sid))["session"]
         assert settled["memory_version"] == 1 and answered <= settled["memory_committed_at"] <= time.time()
         assert (await store.begin_turn(sid, "b", 1.0))["committed"] == settled["memory_committed_at"]
-        # The commit time is durable: a new store (a restarted shard) reads it back.
+        # The commit time is stored: a new store (a restarted shard) reads it back.
         reloaded = SessionStore(StoreConfig(url=str(tmp_path)))
         assert (await reloaded.info(sid))["session"]["memory_committed_at"] == settled["memory_committed_at"]
 
