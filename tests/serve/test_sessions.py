@@ -4,6 +4,7 @@ import time
 
 import pytest
 
+from rxt_dist.serving.protocol import transcript_start, transcript_step
 from rxt_dist.serving.sessions import (
     SessionStore,
     StoreConfig,
@@ -335,4 +336,29 @@ def test_a_running_shard_takes_new_settings(tmp_path):
         assert changed == ["cache_sessions", "turn_lease_s"] and store.config.cache_sessions == 8
         with pytest.raises(ValueError, match="this shard stores sessions at"):
             await store.reconfigure(StoreConfig(url=str(tmp_path / "other")))
+    run(scenario())
+
+
+def test_a_session_continues_only_from_the_transcript_it_stands_at(tmp_path):
+    async def scenario():
+        store = store_at(tmp_path)
+        t0 = transcript_start("alice", "be brief")
+        t1 = transcript_step(t0, "my name is ada", "hello ada")
+        assert t1 != transcript_step(t0, "my name is ada", "hello ada ") != transcript_start("bob", "be brief")
+        sid = new_session_id()
+        await store.create(sid, b"s", SHAPE, transcript=t0)
+        await store.link(t0, sid)
+        assert (await store.lookup(t0)) == {"status": "ok", "session_id": sid}
+        claim = await store.begin_turn(sid, "a", 0.0, expect_transcript=t0)
+        assert claim["status"] == "ok" and claim["transcript"] == t0
+        await store.finish_turn(sid, "a", 0, [1], [2], transcript=t1)
+        # The old transcript no longer continues it; the new one does, and waits for the update.
+        assert (await store.begin_turn(sid, "b", 0.0, expect_transcript=t0))["status"] == "diverged"
+        assert (await store.begin_turn(sid, "b", 0.0, expect_transcript=t1))["status"] == "pending"
+        await store.link(t1, sid)
+        await store.unlink(t0, sid)
+        fresh = store_at(tmp_path)  # the index is in storage
+        assert (await fresh.lookup(t0))["status"] == "not_found"
+        assert (await fresh.lookup(t1))["session_id"] == sid
+        assert (await fresh.unlink(t1, new_session_id())) and (await fresh.lookup(t1))["session_id"] == sid
     run(scenario())
