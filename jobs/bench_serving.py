@@ -1,7 +1,8 @@
 """Serving benchmark: S concurrent sessions × N turns against the Ray Serve app, over HTTP.
 
     python jobs/bench_serving.py --start                       # local Ray + the app of serve/config.yaml
-                                                               # (random demo model), S ∈ {1, 8, 32}, N = 32
+                                                               # (make demo's model), S ∈ {1, 8, 32}, N = 32
+    python jobs/bench_serving.py --start --model-dir random    # a random debug model: timing only
     python jobs/bench_serving.py --start --model-dir runs/curriculum/export
     python jobs/bench_serving.py --url http://127.0.0.1:8000   # an app already running (serve run serve/config.yaml)
     python jobs/bench_serving.py --start --sessions 2 --turns 3 --out /tmp/s.json --plot /tmp/s.png
@@ -31,6 +32,10 @@ from rxt_dist.eval.serving import ServingConfig, plot_serving, run_serving, summ
 APP_NAME = "rxt-bench"
 
 
+RANDOM = "random"
+"""``--model-dir random``: the random demo model (answers are noise; fine for timing)."""
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     where = p.add_mutually_exclusive_group(required=True)
@@ -40,8 +45,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--config", default="serve/config.yaml",
                    help="Serve config whose args and deployments --start uses (default %(default)s)")
     p.add_argument("--model-dir", default=None,
-                   help="with --start: serve this exported model (default: the config's model_dir; "
-                        "null there means the random demo model, which is fine for timing)")
+                   help="with --start: serve this exported model (default: the config's model_dir, the "
+                        f"model `make demo` exports); '{RANDOM}' serves a random debug model (timing only)")
     p.add_argument("--sessions", type=int, nargs="+", default=[1, 8, 32], help="concurrency levels S")
     p.add_argument("--turns", type=int, default=32, help="turns N per session")
     p.add_argument("--rounds", type=int, default=1,
@@ -141,7 +146,9 @@ def local_app(config_path: str, model_dir: str | None) -> Iterator[tuple[str, di
 
     app_args, options = read_serve_config(config_path)
     workdir = tempfile.mkdtemp(prefix="rxt-bench-serving-")
-    if model_dir is not None:
+    if model_dir == RANDOM:
+        app_args.update(model_dir=None, random_demo_model=True)
+    elif model_dir is not None:
         app_args["model_dir"] = model_dir
     args = AppArgs.model_validate({**app_args, "store_url": f"{workdir}/sessions", "deployment_options": options})
     resolved, model_id = resolve_args(args)
@@ -149,7 +156,7 @@ def local_app(config_path: str, model_dir: str | None) -> Iterator[tuple[str, di
                   "store_url": "(a temporary directory, removed afterwards)"}
     server = {"started_by_benchmark": True, "serve_config": config_path, "deployments": options,
               "app_args": shown_args,
-              **describe_model(resolved.model_dir, model_id, demo=args.model_dir is None)}
+              **describe_model(resolved.model_dir, model_id, demo=args.random_demo_model)}
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     ray.init(address="local", include_dashboard=False, log_to_driver=False)
     try:

@@ -12,11 +12,13 @@ Nothing runs at import; :func:`build_app` checks the model directory and binds t
 import logging
 import os
 
+import fsspec
+
 from ray.serve import Application
 
 from rxt_dist.model import RxTConfig, load_config, load_tokenizer
 from rxt_dist.serving.demo import write_demo_model_dir
-from serve.args import AppArgs, absolute_url
+from serve.args import MAKE_DEMO_HINT, AppArgs, absolute_url
 from serve.generator import Generator
 from serve.ingress import Ingress
 from serve.updater import MemoryUpdater
@@ -27,17 +29,21 @@ DEMO_MODEL_ID = "rxt-debug-random"
 
 
 def resolve_args(args: AppArgs) -> tuple[AppArgs, str]:
-    """Make paths absolute, write the demo model when no ``model_dir`` is given, check the
-    model directory. Returns the resolved args and the served model id."""
-    if args.model_dir is None:
+    """Make paths absolute, write the random demo model when asked for, check the model
+    directory. Returns the resolved args and the served model id."""
+    if args.random_demo_model:
         model_dir = write_demo_model_dir(absolute_url(args.demo_dir))
         logger.warning(
-            "no model_dir given: serving a RANDOMLY INITIALISED 'debug' model from %s — answers "
-            "are noise. Pass model_dir=<exported model directory> to serve a trained model.", model_dir)
+            "random_demo_model: serving a RANDOMLY INITIALISED 'debug' model from %s — answers "
+            "are noise. Set model_dir=<exported model directory> to serve a trained model.", model_dir)
         default_id = DEMO_MODEL_ID
     else:
         model_dir = absolute_url(args.model_dir)
         default_id = os.path.basename(model_dir.rstrip("/")) or "rxt"
+        fs, root = fsspec.core.url_to_fs(model_dir)
+        if not fs.exists(f"{root.rstrip('/')}/config.json"):
+            raise FileNotFoundError(f"model_dir={model_dir}: no trained model there (it has no config.json); "
+                                    f"{MAKE_DEMO_HINT}, or point model_dir at another exported model")
     cfg = load_config(model_dir)
     if not isinstance(cfg, RxTConfig):
         raise ValueError(f"model_dir={model_dir}: holds a stateless baseline ({type(cfg).__name__}); "

@@ -9,6 +9,7 @@ from rxt_dist.serving.api import RequestLimits
 from rxt_dist.serving.sessions import StoreConfig
 
 DEPLOYMENT_NAMES = ("Ingress", "Generator", "MemoryUpdater")
+MAKE_DEMO_HINT = "`make demo` trains one and exports it to runs/tiny/models/smat"
 
 
 def absolute_url(url: str) -> str:
@@ -24,7 +25,10 @@ class AppArgs(BaseModel):
 
     model_dir: str | None = None
     """Model directory exported by training (config.json, model.safetensors, tokenizer.json);
-    any fsspec URL. None: a RANDOM ``debug`` model is written to ``demo_dir`` and served."""
+    any fsspec URL. ``serve/config.yaml`` points at the one ``make demo`` exports."""
+    random_demo_model: bool = False
+    """Serve a RANDOMLY initialised ``debug`` model written to ``demo_dir`` instead of
+    ``model_dir`` (answers are noise): for tests and for trying the API before training."""
     model_name: str | None = None
     """The model id of ``/v1/models`` (default: the model directory's name)."""
     demo_dir: str = "runs/serve/demo-model"
@@ -129,6 +133,11 @@ class AppArgs(BaseModel):
             raise ValueError(f"{' and '.join(given)} are {'both' if len(given) == 2 else 'all'} set: "
                              "give the keys one way")
         self.store_config()  # StoreConfig checks the TTL and the cap
+        if self.model_dir is None and not self.random_demo_model:
+            raise ValueError(f"model_dir is not set: give the directory of a trained model ({MAKE_DEMO_HINT}), "
+                             "or set random_demo_model: true to serve a random model whose answers are noise")
+        if self.model_dir is not None and self.random_demo_model:
+            raise ValueError("model_dir and random_demo_model are both set: serve one or the other")
         return self
 
     def limits(self) -> RequestLimits:

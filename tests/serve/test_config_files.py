@@ -47,9 +47,22 @@ def test_the_rayservice_embeds_the_same_application():
     assert differing <= CLUSTER_SPECIFIC_ARGS
 
 
-def test_without_a_model_dir_the_app_serves_a_random_demo_model(tmp_path):
-    args = AppArgs.model_validate({**serve_config()["applications"][0]["args"],
-                                   "demo_dir": str(tmp_path / "demo"), "store_url": str(tmp_path / "s")})
+def test_the_shipped_config_serves_the_model_make_demo_exports(tmp_path, monkeypatch):
+    """No silent random model: the shipped config names make demo's export, and without it
+    the app refuses to start, saying how to get one."""
+    args = serve_config()["applications"][0]["args"]
+    assert args["model_dir"] == "runs/tiny/models/smat" and not args.get("random_demo_model")
+    monkeypatch.chdir(tmp_path)  # a fresh clone: nothing trained yet
+    with pytest.raises(FileNotFoundError, match=r"no trained model there .*`make demo` trains one"):
+        resolve_args(AppArgs.model_validate(args))
+    with pytest.raises(ValueError, match="model_dir is not set: .*make demo.*random_demo_model: true"):
+        AppArgs.model_validate({**args, "model_dir": None})
+
+
+def test_a_random_demo_model_only_when_asked_for(tmp_path):
+    args = AppArgs.model_validate({**serve_config()["applications"][0]["args"], "model_dir": None,
+                                   "random_demo_model": True, "demo_dir": str(tmp_path / "demo"),
+                                   "store_url": str(tmp_path / "s")})
     resolved, model_id = resolve_args(args)
     assert model_id == DEMO_MODEL_ID and resolved.model_dir == str(tmp_path / "demo")
     assert (tmp_path / "demo" / "tokenizer.json").exists()
