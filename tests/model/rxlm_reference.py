@@ -86,6 +86,7 @@ def padded(seqs: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]
     return ids, mask
 
 
+@torch.no_grad()
 def run_case(name: str, case: dict, out: Path) -> None:
     torch.manual_seed(len(name))
     tok = case["tokens"]
