@@ -28,7 +28,7 @@ class ChaosResult:
 
 
 def run_chaos(cfg: ClientConfig, texts: Sequence[Sequence[str]], expected: Sequence[Sequence[str]],
-              injector: FaultInjector | None, seed: int = 0, settle_timeout_s: float = 120.0) -> ChaosResult:
+              injector: FaultInjector | None, seed: int = 0, settle_timeout_s: float = 30.0) -> ChaosResult:
     """Play ``texts`` (one session per conversation) while ``injector`` kills actors; stop it
     when every conversation has ended, wait for the last updates, judge against ``expected``."""
     started = time.monotonic()

@@ -75,18 +75,20 @@ def judge(logs: Sequence[SessionLog], expected: Sequence[Sequence[str]], records
         v.wrong_answers += len(wrong_answers)
         if wrong_versions or wrong_answers:  # the first of each tells the story; the rest follow
             v.note(f"session {i} ({log.sid}): {_first_wrong(answered, want, wrong_versions, wrong_answers)}")
-        _judge_record(v, i, log.sid, len(answered), records.get(log.sid, {"missing": True}))
+        last_retries = answered[-1].failures if answered else []
+        _judge_record(v, i, log.sid, len(answered), records.get(log.sid, {"missing": True}), last_retries)
     return v
 
 
-def _judge_record(v: Verdict, i: int, sid: str, answered: int, record: dict) -> None:
+def _judge_record(v: Verdict, i: int, sid: str, answered: int, record: dict, last_retries: list[str]) -> None:
     if record.get("missing"):
         v.lost += answered
         v.note(f"session {i} ({sid}): the session is gone")
         return
     if record["pending_update"]:
         v.still_pending += 1
-        v.note(f"session {i} ({sid}): update still pending at version {record['memory_version']}")
+        v.note(f"session {i} ({sid}): update still pending at version {record['memory_version']} "
+               f"(update_error {record.get('update_error')}); the last turn was retried after {last_retries}")
     version = record["memory_version"] + (1 if record["pending_update"] else 0)
     if version < answered:
         v.lost += answered - version

@@ -33,7 +33,7 @@ from .conftest import CORPUS
 
 pytestmark = pytest.mark.timeout(300)
 
-SESSIONS, TURNS = 8, 8
+SESSIONS, TURNS = 8, 6
 MAX_TOKENS = 6
 SHARDS = 2
 MODEL = "rxt-test"
@@ -100,7 +100,7 @@ def two_nodes(model_dir, tmp_path_factory):
     second = cluster.add_node(num_cpus=1)
     ray.init(address=cluster.address, log_to_driver=False)
     port = _free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port, "location": "HeadOnly"})
+    serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
     args = AppArgs(model_dir=model_dir, store_url=str(tmp_path_factory.mktemp("two-nodes") / "sessions"),
                    store_shards=SHARDS, turn_lease_s=3, update_stale_s=2, update_wait_timeout_s=60,
                    max_message_tokens=40, max_tokens_limit=50, default_max_tokens=MAX_TOKENS,
