@@ -6,6 +6,7 @@ The library never starts Ray; ``jobs/train.py`` and ``jobs/curriculum.py`` do, t
 
 from rxt_dist.train.config import RXT_STAGES, STAGES, TrainConfig, stage_name
 from rxt_dist.train.launcher import (
+    StageFailed,
     StageResult,
     build_trainer,
     check_resources,
@@ -18,7 +19,7 @@ from rxt_dist.train.launcher import (
 )
 
 __all__ = [
-    "RXT_STAGES", "STAGES", "TrainConfig", "stage_name", "StageResult", "build_trainer", "check_resources",
+    "RXT_STAGES", "STAGES", "TrainConfig", "stage_name", "StageFailed", "StageResult", "build_trainer", "check_resources",
     "export_url", "is_complete", "prepare_job", "run_curriculum", "run_stage",
     "rxt_stages",
 ]

@@ -7,6 +7,7 @@ functions.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from dataclasses import dataclass, field
@@ -222,8 +223,9 @@ def _split_columns(url: str, split: str) -> set[str]:
         return set(pq.read_schema(f).names)
 
 
-def build_trainer(cfg: TrainConfig, stage: str):
-    """The ``TorchTrainer`` of one stage (not yet started)."""
+def build_trainer(cfg: TrainConfig, stage: str, progress: Any = None):
+    """The ``TorchTrainer`` of one stage (not yet started); ``progress``: the driver's progress
+    queue (:class:`~rxt_dist.train.progress.StageProgress`), which rank 0 sends its windows to."""
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -232,7 +234,7 @@ def build_trainer(cfg: TrainConfig, stage: str):
     sc = cfg.scaling
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=job.to_dict(),
+        train_loop_config={**job.to_dict(), "progress": progress},  # asdict would deep-copy the actor handle
         torch_config=TorchConfig(backend="nccl" if sc.use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=sc.num_workers, use_gpu=sc.use_gpu,
@@ -248,22 +250,43 @@ def build_trainer(cfg: TrainConfig, stage: str):
     ), job
 
 
-def run_stage(cfg: TrainConfig, stage: str, skip_complete: bool = False) -> StageResult:
-    """Train one stage to completion (resuming its latest checkpoint if any) and export it."""
+class StageFailed(RuntimeError):
+    """A stage's workers failed (after ``failure.max_failures`` restarts); the message holds
+    Ray Train's error, with the failing worker's traceback."""
+
+
+def run_stage(cfg: TrainConfig, stage: str, skip_complete: bool = False, progress: bool = False) -> StageResult:
+    """Train one stage to completion (resuming its latest checkpoint if any) and export it.
+
+    ``progress``: show the stage's progress on the driver while it trains — a tqdm bar when
+    stderr is a terminal, log lines otherwise (:mod:`rxt_dist.train.progress`).
+    """
     import ray
+    from ray.train import TrainingFailedError
+
+    from rxt_dist.train.progress import StageProgress
 
     stage = stage_name(stage)
     if skip_complete and is_complete(cfg, stage):
         log.info("[%s] already complete at %s: skipped", stage, export_url(cfg, stage))
         return StageResult(stage, export_url(cfg, stage), skipped=True)
     check_resources(cfg, ray.cluster_resources())
-    trainer, job = build_trainer(cfg, stage)
-    result = trainer.fit()
+    log.info("[%s] starting %d Ray Train workers", stage, cfg.scaling.num_workers)
+    with StageProgress(stage, cfg.stage(stage).steps) if progress else contextlib.nullcontext() as shown:
+        trainer, job = build_trainer(cfg, stage, shown.queue if shown else None)
+        try:
+            result = trainer.fit()
+        except TrainingFailedError as exc:
+            raise StageFailed(f"stage {stage} failed: {exc}") from exc
     if result.error is not None:
-        raise RuntimeError(f"stage {stage} failed: {result.error}") from result.error
+        raise StageFailed(f"stage {stage} failed: {result.error}") from result.error
     if not is_complete(cfg, stage):
-        raise RuntimeError(f"stage {stage} finished but left no model at {job.export_url}")
-    return StageResult(stage, job.export_url, dict(result.metrics or {}))
+        raise StageFailed(f"stage {stage} finished but left no model at {job.export_url}")
+    m = result.metrics or {}
+    if "loss" in m:
+        log.info("[%s] done: %s steps, loss %.3f, %.0fs of training", stage, m.get("step"), m["loss"],
+                 m.get("elapsed_s", 0.0))
+    return StageResult(stage, job.export_url, dict(m))
 
 
 def rxt_stages(cfg: TrainConfig) -> tuple[str, ...]:
@@ -272,9 +295,10 @@ def rxt_stages(cfg: TrainConfig) -> tuple[str, ...]:
     return ("smat",) if cfg.stages.smat.start == "fresh" else RXT_STAGES
 
 
-def run_curriculum(cfg: TrainConfig, stages: list[str] | None = None) -> list[StageResult]:
+def run_curriculum(cfg: TrainConfig, stages: list[str] | None = None, progress: bool = False) -> list[StageResult]:
     """Stages 1 → 4 (or stage 4 alone, see :func:`rxt_stages`) and the baseline, in order,
-    skipping those already complete; ``stages`` chooses explicitly."""
+    skipping those already complete; ``stages`` chooses explicitly; ``progress`` as in
+    :func:`run_stage`."""
     if stages:
         chosen = [stage_name(s) for s in stages]
     else:
@@ -283,8 +307,8 @@ def run_curriculum(cfg: TrainConfig, stages: list[str] | None = None) -> list[St
             log.info("stages.smat.start is 'fresh': stage 4 trains from a new model, so stages 1-3 "
                      "are not run (set stages.smat.start=previous for the four-stage curriculum)")
     ordered = [s for s in STAGES if s in chosen]
-    return [run_stage(cfg, s, skip_complete=True) for s in ordered]
+    return [run_stage(cfg, s, skip_complete=True, progress=progress) for s in ordered]
 
 
-__all__ = ["StageResult", "run_stage", "run_curriculum", "rxt_stages", "build_trainer", "prepare_job", "export_url",
+__all__ = ["StageResult", "StageFailed", "run_stage", "run_curriculum", "rxt_stages", "build_trainer", "prepare_job", "export_url",
            "is_complete", "check_resources", "RXT_STAGES"]

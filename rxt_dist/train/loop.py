@@ -40,6 +40,7 @@ from rxt_dist.train.optim import (
     make_scheduler,
     param_groups,
 )
+from rxt_dist.train.progress import ProgressSender
 
 log = logging.getLogger("rxt_dist.train")
 
@@ -66,6 +67,9 @@ class StageJob:
     rows: dict[str, Any] = field(default_factory=dict)
     """``TrainingRows.to_dict()``: the shards and columns the stage reads."""
     extra: dict[str, Any] = field(default_factory=dict)
+    progress: Any = None
+    """The driver's progress queue (``ray.util.queue.Queue``) rank 0 sends its metric windows
+    and notes to (None: the driver shows none; see :mod:`rxt_dist.train.progress`)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -163,7 +167,8 @@ class StageLoop:
         sizes = _sizes(model)
         self.engine = self._build_engine(model)
         self._resume()
-        self.writer = MetricWriter(self.job.log_dir, self.job.stage) if self.rank == 0 else None
+        self.writer = (MetricWriter(self.job.log_dir, self.job.stage, ProgressSender(self.job.progress))
+                       if self.rank == 0 else None)
         self._log_start(*sizes)
         try:
             self._train()
@@ -341,9 +346,9 @@ class StageLoop:
         per_step = float(times[1]) / max(timed, 1)
         self.position.total_steps = budget_steps(budget, float(times[0]), self.position.step, per_step,
                                                  self.stage_cfg.steps)
-        if self.rank == 0:
-            log.info("[%s] time budget %.0fs: %d steps (%.3fs per step after the first %d)", self.job.stage,
-                     budget, self.position.total_steps, per_step, BUDGET_WARMUP_STEPS)
+        if self.writer is not None:
+            self.writer.note(f"[{self.job.stage}] time budget {budget:.0f}s: {self.position.total_steps} steps "
+                             f"({per_step:.3f}s per step after the first {BUDGET_WARMUP_STEPS})")
 
     def _after_step(self, window: WindowMetrics, started: float) -> None:
         step, ck = self.position.step, self.cfg.checkpoint
@@ -396,7 +401,7 @@ class StageLoop:
         with self._gathered():
             if self.rank == 0:
                 save_model_dir(self.model, self.job.export_url, self.job.tokenizer_json, metadata)
-                log.info("[%s] exported model to %s", self.job.stage, self.job.export_url)
+                self.writer.note(f"[{self.job.stage}] exported model to {self.job.export_url}")
         if self.world > 1:
             dist.barrier()
 
@@ -411,13 +416,14 @@ class StageLoop:
         return contextlib.nullcontext()
 
     def _log_start(self, total: int, trainable: int) -> None:
-        if self.rank != 0:
+        if self.writer is None:
             return
-        log.info("[%s] %d workers, ZeRO-%d, %s, micro-batch %d × accum %d, %s params (%s trainable), "
-                 "%d steps%s", self.job.stage, self.world, self.cfg.deepspeed.zero_stage,
-                 self.cfg.deepspeed.precision, self.cfg.micro_batch(self.job.stage), self.stage_cfg.grad_accum,
-                 f"{total:,}", f"{trainable:,}", self.stage_cfg.steps,
-                 "" if self.resumed_from is None else f", resuming at step {self.resumed_from}")
+        ds = self.cfg.deepspeed
+        resuming = "" if self.resumed_from is None else f", resuming at step {self.resumed_from}"
+        self.writer.note(f"[{self.job.stage}] {self.world} workers, ZeRO-{ds.zero_stage}, {ds.precision}, micro-batch "
+                         f"{self.cfg.micro_batch(self.job.stage)} × accum {self.stage_cfg.grad_accum}, {total:,} params "
+                         f"({trainable:,} trainable), {self.total_steps} steps{resuming}",
+                         start_step=self.position.step)
 
 
 def _sizes(model: torch.nn.Module) -> tuple[int, int]:

@@ -1,7 +1,8 @@
 """Training metrics: accumulate over a logging window, reduce across workers, write out.
 
 Rank 0 writes each reduced window as a progress line (``logging``), a TensorBoard scalar
-set and a line of ``metrics.jsonl`` in the stage's log directory.
+set and a line of ``metrics.jsonl`` in the stage's log directory, and sends it to the driver's
+progress display (:mod:`rxt_dist.train.progress`).
 """
 
 from __future__ import annotations
@@ -64,12 +65,14 @@ class WindowMetrics:
 
 
 class MetricWriter:
-    """Progress lines, TensorBoard events and metrics.jsonl (rank 0)."""
+    """Progress lines, TensorBoard events and metrics.jsonl (rank 0); each window and note also
+    goes to ``sender`` (a :class:`~rxt_dist.train.progress.ProgressSender`), for the driver."""
 
-    def __init__(self, log_dir: str, stage: str) -> None:
+    def __init__(self, log_dir: str, stage: str, sender: Any = None) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
         self.stage = stage
+        self.sender = sender
         self.dir = os.path.join(log_dir, stage)
         os.makedirs(self.dir, exist_ok=True)
         self.tb = SummaryWriter(self.dir)
@@ -83,6 +86,14 @@ class MetricWriter:
         self.jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
         self.jsonl.flush()
         log.info(progress_line(self.stage, step, total, metrics, time.perf_counter() - self.started))
+        if self.sender is not None:
+            self.sender.send({"kind": "metrics", "step": step, "total": total, "metrics": metrics})
+
+    def note(self, text: str, start_step: int | None = None) -> None:
+        """A line about the stage (its start — then ``start_step`` — a time budget, the export)."""
+        log.info(text)
+        if self.sender is not None:
+            self.sender.send({"kind": "note", "text": text, "step": start_step})
 
     def close(self) -> None:
         self.tb.close()
