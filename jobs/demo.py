@@ -19,7 +19,7 @@ import os
 import sys
 import time
 
-from _ray import init_ray, setup_logging
+from _ray import ray_session, report_failure, setup_logging
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -29,6 +29,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--eval-conversations", type=int, default=1000, help="held-out conversations to evaluate")
     p.add_argument("--fresh", action="store_true", help="delete this run's models and checkpoints first")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    p.add_argument("--verbose", action="store_true",
+                   help="Ray's own output (workers' logs, warnings) on the terminal instead of the run's ray.log")
     return p.parse_args(argv)
 
 
@@ -48,8 +50,9 @@ def prepare_data(url: str, conversations: int) -> None:
           f"vocabulary {manifest.vocab_size}")
 
 
-def train(cfg) -> list[tuple]:
-    """RxT's four stages, then the baseline with the same training time as the four together."""
+def train(cfg, progress: bool) -> list[tuple]:
+    """RxT's four stages, then the baseline with the same training time as the four together;
+    ``progress``: each stage's progress on the terminal (see ``run_stage``)."""
     from rxt_dist.train import run_stage, rxt_stages
 
     rows = []
@@ -61,13 +64,13 @@ def train(cfg) -> list[tuple]:
               "four-stage curriculum)")
     for stage in stages:
         started = time.perf_counter()
-        result = run_stage(cfg, stage, skip_complete=True)
+        result = run_stage(cfg, stage, skip_complete=True, progress=progress)
         rows.append((result, time.perf_counter() - started))
     budget = sum(stage_train_seconds(cfg, stage) for stage in stages)
     cfg.stages.baseline.time_budget_s = budget
     print(f"baseline: the same training time as RxT's stages together, {budget:.0f}s")
     started = time.perf_counter()
-    rows.append((run_stage(cfg, "baseline", skip_complete=True), time.perf_counter() - started))
+    rows.append((run_stage(cfg, "baseline", skip_complete=True, progress=progress), time.perf_counter() - started))
     return rows
 
 
@@ -173,8 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging()
     started = time.perf_counter()
-    from rxt_dist.train import TrainConfig
-    from rxt_dist.train.launcher import run_root
+    from rxt_dist.train import StageFailed, TrainConfig
+    from rxt_dist.train.launcher import log_dir, run_root
 
     try:
         cfg = TrainConfig.from_file(args.config, args.set)
@@ -186,8 +189,11 @@ def main(argv: list[str] | None = None) -> int:
 
         shutil.rmtree(run_root(cfg))
     prepare_data(cfg.data.url, args.conversations)
-    init_ray()
-    rows = train(cfg)
+    with ray_session(log_dir(cfg), args.verbose) as ray_log:  # Ray only while training: evaluation needs none
+        try:
+            rows = train(cfg, progress=not args.verbose)
+        except StageFailed as exc:
+            return report_failure(exc, ray_log)
     print_training(rows)
     report = evaluate(cfg, args.eval_conversations)
     print("\n" + report.summary_table())

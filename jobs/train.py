@@ -5,7 +5,9 @@
 
 Runs with no cluster (starts a local Ray) or as
 ``ray job submit --address http://HEAD:8265 --working-dir . -- python jobs/train.py ...``.
-Launching the same run again resumes from its latest checkpoint.
+Launching the same run again resumes from its latest checkpoint. The terminal shows the stage's
+progress (a bar on a terminal, log lines in a pipe or file); Ray's own output goes to
+``<log dir>/ray.log`` unless ``--verbose``.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import argparse
 import json
 import sys
 
-from _ray import init_ray, setup_logging
+from _ray import ray_session, report_failure, setup_logging
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,9 +26,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="joint_lm | sft | memory_attention | smat | baseline (or 1–4)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. stages.smat.steps=200 (repeatable)")
+    p.add_argument("--verbose", action="store_true",
+                   help="Ray's own output (workers' logs, warnings) on the terminal instead of the run's ray.log")
     args = p.parse_args(argv)
     setup_logging()
-    from rxt_dist.train import TrainConfig, prepare_job, run_stage, stage_name
+    from rxt_dist.train import StageFailed, TrainConfig, prepare_job, run_stage, stage_name
+    from rxt_dist.train.launcher import log_dir
 
     try:
         cfg = TrainConfig.from_file(args.config, args.set)
@@ -35,12 +40,14 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    init_ray()
-    try:
-        result = run_stage(cfg, stage)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    with ray_session(log_dir(cfg), args.verbose) as ray_log:
+        try:
+            result = run_stage(cfg, stage, progress=not args.verbose)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        except StageFailed as exc:
+            return report_failure(exc, ray_log)
     print(json.dumps({"stage": result.stage, "model": result.export_url,
                       "metrics": {k: v for k, v in result.metrics.items() if isinstance(v, (int, float, str))}},
                      indent=2))

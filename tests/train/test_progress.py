@@ -1,0 +1,67 @@
+"""What a person running a training job reads: the stage's progress and results on the terminal,
+Ray's own output in the run's ray.log (back on the terminal with --verbose), and a failed
+stage's error with the path of that log."""
+
+import os
+import re
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+RAY_NOISE = ("PlacementGroupCleaner", "DeprecationWarning", "core_worker.cc", "Started a local Ray instance")
+"""Ray's output a newcomer saw on the terminal (and read as a crash) before it went to ray.log."""
+
+
+def train(tmp_path, dataset, name: str, *extra: str) -> subprocess.CompletedProcess:
+    """A 4-step baseline stage of the debug config on one worker, output captured (a pipe: no bar)."""
+    cmd = [sys.executable, "jobs/train.py", "--config", "configs/cpu-debug.yaml", "--stage", "baseline",
+           "--set", f"data.url={dataset}", "--set", f"run.storage={tmp_path / 'runs'}", "--set", f"run.name={name}",
+           "--set", "scaling.num_workers=1", "--set", "stages.baseline.steps=4",
+           "--set", "stages.baseline.batch_size=8", "--set", "checkpoint.log_every_steps=2", *extra]
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "RAY_AUTH_MODE": "disabled",
+           "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+def ray_lines(output: str) -> list[str]:
+    """Lines of Ray's own: forwarded actor/worker output and the noise listed above."""
+    return [line for line in output.splitlines()
+            if re.match(r"^(\x1b\[\d+m)?\((RayTrainWorker|TrainController|pid=)", line)
+            or any(noise in line for noise in RAY_NOISE)]
+
+
+def test_the_terminal_shows_progress_and_ray_logs_go_to_the_run(tmp_path, dataset):
+    proc = train(tmp_path, dataset, "quiet")
+    terminal = proc.stdout + proc.stderr
+    assert proc.returncode == 0, terminal[-3000:]
+    # Progress: the stage, its steps, loss and throughput, as whole lines (a pipe gets no bar).
+    assert re.search(r"\[baseline\] step 2/4 \(50%\) \| loss \d+\.\d+ .*\| [\d.]+k tok/s", proc.stderr), proc.stderr
+    assert re.search(r"\[baseline\] step 4/4 \(100%\) \| loss \d+\.\d+ .*\| [\d.]+k tok/s", proc.stderr), proc.stderr
+    assert re.search(r"\[baseline\] done: 4 steps, loss \d+\.\d+", proc.stderr)
+    assert "\r" not in terminal
+    assert '"step": 4' in proc.stdout  # the result
+    assert ray_lines(terminal) == []
+    log = tmp_path / "runs" / "quiet" / "logs" / "ray.log"
+    assert f"Ray's own logs: {log}" in proc.stderr
+    held = log.read_text()
+    assert "(RayTrainWorker pid=" in held and "(TrainController pid=" in held
+    assert "Started a local Ray instance" in held
+    assert "[baseline] step 4/4" in held  # the rank-0 worker's own lines are kept there too
+
+    # --verbose: Ray's output on the terminal as before (the run resumes at step 4 and exports).
+    proc = train(tmp_path, dataset, "quiet", "--verbose")
+    terminal = proc.stdout + proc.stderr
+    assert proc.returncode == 0, terminal[-3000:]
+    assert any("RayTrainWorker" in line for line in ray_lines(terminal)), terminal[-3000:]
+    assert "Ray's own logs" not in terminal
+
+
+def test_a_failed_stage_prints_its_error_and_where_the_logs_are(tmp_path, dataset):
+    proc = train(tmp_path, dataset, "failing", "--set", "failure.fail_once_at_step=1",
+                 "--set", "failure.max_failures=0")
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    log = tmp_path / "runs" / "failing" / "logs" / "ray.log"
+    assert "error: stage baseline failed" in proc.stderr, proc.stderr[-3000:]
+    assert f"Ray's own logs, with every worker's output: {log}" in proc.stderr
+    assert "exits abruptly at step 1" in log.read_text()  # the failing worker's last words
