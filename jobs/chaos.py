@@ -131,7 +131,9 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     args = parse_args(argv)
     command = shlex.join(["python", "jobs/chaos.py", *(sys.argv[1:] if argv is None else argv)])
-    report: dict = {"command": command}
+    from rxt_dist.eval.report import load_average, machine_info
+
+    report: dict = {"command": command, "machine": machine_info()}
     workdir = tempfile.mkdtemp(prefix="rxt-chaos-")
     try:
         with local_app(workdir, args) as (url, app_args):
@@ -143,6 +145,7 @@ def main(argv: list[str] | None = None) -> None:
                 print(json.dumps(report["fuzz"], indent=1), flush=True)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+    report["load_average_after"] = load_average()
     if args.out:
         from rxt_dist.eval.report import write_json_atomic
 
