@@ -1,5 +1,6 @@
 """The Generator deployment: decoder replicas that stream answers from (query, STM)."""
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import asdict
@@ -11,6 +12,7 @@ from rxt_dist.model import load_model_dir, stm_from_bytes
 from rxt_dist.serving.decode_loop import DecodeLoop
 from serve.args import AppArgs
 from serve.logs import route_library_logs
+from serve.metrics import GeneratorMetrics, sample_forever
 
 logger = logging.getLogger("ray.serve")
 
@@ -26,6 +28,8 @@ class Generator:
         route_library_logs()
         self.model = load_model_dir(args.model_dir, args.device).eval()
         self.loop = DecodeLoop(self.model, args.max_batch_size)
+        self.metrics = GeneratorMetrics()
+        self._sampler: asyncio.Task | None = None
         logger.info("Generator: loaded %s (%s), up to %d sequences per batch",
                     args.model_dir, args.device, args.max_batch_size)
 
@@ -33,8 +37,12 @@ class Generator:
                        ) -> AsyncIterator[tuple[list[int], str | None]]:
         """Stream ``(new_tokens, finish_reason)`` for one query answered from ``stm`` (the
         bytes of one conversation's STM); call with ``handle.options(stream=True)``."""
+        if self._sampler is None:
+            self._sampler = asyncio.get_running_loop().create_task(
+                sample_forever(lambda: self.metrics.batch.set(len(self.loop.batch))))
         memory = stm_from_bytes(stm, self.model.cfg.stm_shape)  # (L, S, D)
         async for item in self.loop.stream(query_ids, memory, SamplingParams(**sampling)):
+            self.metrics.tokens.inc(len(item[0]))
             yield item
 
     async def stats(self) -> dict:

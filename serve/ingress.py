@@ -14,11 +14,12 @@ of them (:func:`~rxt_dist.serving.protocol.log_id`), never the id.
 """
 
 import asyncio
+import contextlib
 import contextvars
 import logging
 import secrets
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
 from dataclasses import asdict
 
 from fastapi import FastAPI, Request
@@ -73,6 +74,7 @@ from rxt_dist.serving.turn import (
 )
 from serve.args import AppArgs
 from serve.logs import route_library_logs
+from serve.metrics import IngressMetrics
 from serve.store import StoreShards
 
 logger = logging.getLogger("ray.serve")
@@ -139,6 +141,7 @@ class Ingress:
         self.updater = updater
         self._updates: dict[tuple[str, int], asyncio.Task] = {}
         self._tasks: set[asyncio.Task] = set()
+        self.metrics = IngressMetrics()
 
     # ---- routes ----------------------------------------------------------------------------
 
@@ -154,6 +157,10 @@ class Ingress:
 
     @api.post("/v1/chat/completions")
     async def chat_completions(self, request: Request):
+        with self._counted():
+            return await self._chat(request)
+
+    async def _chat(self, request: Request):
         owner = self._authorize(request)
         req = parse_chat_request(await _read_body(request))
         if req.model != self.model_id:
@@ -175,6 +182,7 @@ class Ingress:
         if claim is None:
             claim = await claim_session(self._store_call(sid), sid, self.policy, owner, key,
                                         lambda version: self._dispatch_update(sid, version), self._spawn)
+        self.metrics.claimed(claim["waited_s"])
         headers = {SESSION_HEADER: sid, VERSION_HEADER: str(claim["version"]),
                    WAITED_HEADER: f"{claim['waited_s'] * 1e3:.3f}"}
         if claim.get("committed") is not None:
@@ -222,48 +230,65 @@ class Ingress:
 
     @api.post("/v1/sessions")
     async def create_session(self, request: Request) -> JSONResponse:
-        owner = self._authorize(request)
-        body = parse_body(CreateSessionRequest, await _read_body(request), empty_ok=True)
-        system_ids = None
-        if body.system is not None:
-            system_ids = encode_message(self.codec, body.system, "system", self.limits)
-        sid = await self._create_session(system_ids, [], owner, transcript_start(owner, body.system))
-        info = await self._call(self._store(sid).info.remote(sid, owner), "the session store")
-        return JSONResponse(info["session"], status_code=201, headers={SESSION_HEADER: sid})
+        with self._counted():
+            owner = self._authorize(request)
+            body = parse_body(CreateSessionRequest, await _read_body(request), empty_ok=True)
+            system_ids = None
+            if body.system is not None:
+                system_ids = encode_message(self.codec, body.system, "system", self.limits)
+            sid = await self._create_session(system_ids, [], owner, transcript_start(owner, body.system))
+            info = await self._call(self._store(sid).info.remote(sid, owner), "the session store")
+            return JSONResponse(info["session"], status_code=201, headers={SESSION_HEADER: sid})
 
     @api.get("/v1/sessions/{sid}")
     async def get_session(self, sid: str, request: Request) -> dict:
-        owner = self._authorize(request)
-        info = await self._call(self._store(self._known_id(sid)).info.remote(sid, owner), "the session store")
-        if status(info) != StoreStatus.OK:
-            raise not_found(sid)
-        return info["session"]
+        with self._counted():
+            owner = self._authorize(request)
+            info = await self._call(self._store(self._known_id(sid)).info.remote(sid, owner), "the session store")
+            if status(info) != StoreStatus.OK:
+                raise not_found(sid)
+            return info["session"]
 
     @api.delete("/v1/sessions/{sid}")
     async def delete_session(self, sid: str, request: Request) -> dict:
-        owner = self._authorize(request)
-        result = await self._call(self._store(self._known_id(sid)).delete.remote(sid, owner), "the session store")
-        if status(result) != StoreStatus.OK:
-            raise not_found(sid)
-        return {"id": sid, "object": "session.deleted", "deleted": True}
+        with self._counted():
+            owner = self._authorize(request)
+            result = await self._call(self._store(self._known_id(sid)).delete.remote(sid, owner), "the session store")
+            if status(result) != StoreStatus.OK:
+                raise not_found(sid)
+            return {"id": sid, "object": "session.deleted", "deleted": True}
 
     @api.delete("/v1/sessions/{sid}/pending")
     async def drop_pending(self, sid: str, request: Request) -> dict:
         """Forget a turn whose memory update cannot apply (the way out of
         ``memory_update_failed``): memory stays at its version."""
-        owner = self._authorize(request)
-        result = await self._call(self._store(self._known_id(sid)).drop_pending.remote(sid, owner),
-                                  "the session store")
-        outcome = status(result)
-        if outcome == StoreStatus.OK:
-            return result["session"]
-        if outcome == StoreStatus.NOT_FOUND:
-            raise not_found(sid)
-        if outcome == StoreStatus.PENDING:
-            raise ApiError(409, f"session '{sid}': its pending update has not failed (it may still apply); "
-                           "only a failed update can be dropped", code="update_not_failed",
-                           headers={"Retry-After": "1"})
-        raise ApiError(409, f"session '{sid}' has no pending turn to drop", code="nothing_pending")
+        with self._counted():
+            owner = self._authorize(request)
+            result = await self._call(self._store(self._known_id(sid)).drop_pending.remote(sid, owner),
+                                      "the session store")
+            outcome = status(result)
+            if outcome == StoreStatus.OK:
+                return result["session"]
+            if outcome == StoreStatus.NOT_FOUND:
+                raise not_found(sid)
+            if outcome == StoreStatus.PENDING:
+                raise ApiError(409, f"session '{sid}': its pending update has not failed (it may still apply); "
+                               "only a failed update can be dropped", code="update_not_failed",
+                               headers={"Retry-After": "1"})
+            raise ApiError(409, f"session '{sid}' has no pending turn to drop", code="nothing_pending")
+
+    @contextlib.contextmanager
+    def _counted(self) -> Iterator[None]:
+        """Count the request under its outcome: ``ok`` or the error code it is refused with."""
+        try:
+            yield
+        except ApiError as exc:
+            self.metrics.answered(exc.code or f"http_{exc.status}")
+            raise
+        except Exception:
+            self.metrics.answered("internal_error")
+            raise
+        self.metrics.answered("ok")
 
     # ---- request checks --------------------------------------------------------------------
 
@@ -402,7 +427,8 @@ class Ingress:
 
     async def _drive_update(self, sid: str, base_version: int) -> None:
         """Call the updater until the update is applied (or found applied, or failed for good)."""
-        deadline = time.monotonic() + self.args.update_retry_s
+        started = time.monotonic()
+        deadline = started + self.args.update_retry_s
         backoff = 0.1
         while True:
             try:
@@ -412,6 +438,8 @@ class Ingress:
             except Exception as exc:  # the replica died, was restarted, or is unreachable
                 retry, failure = True, type(exc).__name__
             if not retry:
+                if status(result) == StoreStatus.APPLIED:
+                    self.metrics.update_lag_s.observe(time.monotonic() - started)
                 if status(result) not in (StoreStatus.APPLIED, StoreStatus.ALREADY_APPLIED, StoreStatus.NOT_FOUND):
                     logger.warning("session %s: update of version %d: %s", log_id(sid), base_version,
                                    result["status"])

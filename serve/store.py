@@ -8,6 +8,7 @@ and restarted by Ray when they die (``max_restarts=-1``) — a restarted shard r
 sessions from storage on first use. :func:`stop_session_stores` ends them.
 """
 
+import asyncio
 import hashlib
 import logging
 
@@ -15,6 +16,7 @@ import ray
 
 from rxt_dist.serving.protocol import transcript_shard
 from rxt_dist.serving.sessions import SessionStore, StoreConfig, shard_of
+from serve.metrics import StoreMetrics, sample_forever
 
 logger = logging.getLogger("ray.serve")
 
@@ -27,6 +29,21 @@ def store_actor_name(url: str, shard: int, num_shards: int) -> str:
     return f"rxt-session-store-{digest}-{shard}-of-{num_shards}"
 
 
+class StoreShard(SessionStore):
+    """A :class:`SessionStore` as a Ray actor that also exports its gauges and counters."""
+
+    def __init__(self, config: StoreConfig, shard: int = 0, num_shards: int = 1) -> None:
+        super().__init__(config, shard, num_shards)
+        self._metrics = StoreMetrics(shard)
+        self._sampler: asyncio.Task | None = None
+
+    def _ensure_sweeper(self) -> None:
+        super()._ensure_sweeper()
+        if self._sampler is None:
+            self._sampler = asyncio.get_running_loop().create_task(
+                sample_forever(lambda: self._metrics.sample(self.snapshot())))
+
+
 class StoreShards:
     """Handles to every shard of one session store, creating the actors on first use."""
 
@@ -37,7 +54,7 @@ class StoreShards:
         self.handles = [self._get_or_create(i, num_shards) for i in range(num_shards)]
 
     def _get_or_create(self, shard: int, num_shards: int):
-        actor = ray.remote(SessionStore).options(
+        actor = ray.remote(StoreShard).options(
             name=store_actor_name(self.config.url, shard, num_shards),
             namespace=STORE_NAMESPACE,
             lifetime="detached",

@@ -20,6 +20,7 @@ from rxt_dist.serving.protocol import StoreStatus, status
 from rxt_dist.serving.updates import apply_updates
 from serve.args import AppArgs
 from serve.logs import route_library_logs
+from serve.metrics import UpdaterMetrics
 from serve.store import StoreShards
 
 logger = logging.getLogger("ray.serve")
@@ -40,6 +41,7 @@ class MemoryUpdater:
         self.apply.set_max_batch_size(args.update_batch_size)
         self.apply.set_batch_wait_timeout_s(args.update_batch_wait_s)
         self.counters = {"batches": 0, "applied": 0, "max_batch": 0}
+        self.metrics = UpdaterMetrics()
         if self.delay_s:
             logger.warning("MemoryUpdater: update_delay_s=%.2f — every update is slowed on purpose "
                            "(a test knob)", self.delay_s)
@@ -53,6 +55,9 @@ class MemoryUpdater:
     async def apply(self, items: list[tuple[str, int]]) -> list[dict]:
         results = await apply_updates(self.model, items, self._store_call, self.delay_s)
         applied = sum(status(r) == StoreStatus.APPLIED for r in results)
+        self.metrics.batch.observe(len(items))
+        for r in results:
+            self.metrics.updates.inc(tags={"status": str(r["status"])})
         self.counters["batches"] += 1
         self.counters["applied"] += applied
         self.counters["max_batch"] = max(self.counters["max_batch"], len(items))

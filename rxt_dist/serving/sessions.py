@@ -236,7 +236,7 @@ class SessionStore:
         self._stored: int | None = None  # sessions of this shard in storage, counted on first use
         self._sweeper: asyncio.Task | None = None
         self._links: OrderedDict[str, str] = OrderedDict()  # recently used transcript index entries
-        self.expired = 0
+        self.expired = self.evicted = 0
 
     # ---- paths and persistence -------------------------------------------------------------
 
@@ -331,6 +331,7 @@ class SessionStore:
         now = time.time()
         for sid in [s for s, e in self._entries.items() if s != keep and not e.in_use(now)][:excess]:
             del self._entries[sid]
+            self.evicted += 1
 
     async def _expire(self, sid: str, entry: _Entry | None) -> None:
         if entry is not None:
@@ -696,7 +697,13 @@ class SessionStore:
         self.config = config
         return changed
 
-    async def stats(self) -> dict:
+    def snapshot(self) -> dict:
+        """Sessions in memory, in use, stored (at the last count), with pending updates, and
+        how many expired and were evicted so far."""
         now = time.time()
         return {"cached": len(self._entries), "in_use": self._in_use(now), "stored": self._stored,
-                "expired": self.expired}
+                "pending": sum(e.meta.pending is not None for e in self._entries.values()),
+                "expired": self.expired, "evicted": self.evicted}
+
+    async def stats(self) -> dict:
+        return self.snapshot()

@@ -115,10 +115,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+METRICS_PORT = _free_port()
+
+
 @pytest.fixture(scope="module")
 def cluster(model_dir, tmp_path_factory):
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(address="local", num_cpus=2, include_dashboard=False)
+    os.environ.setdefault("RAY_metrics_report_interval_ms", "1000")  # metrics on the endpoint within ~1 s
+    ray.init(address="local", num_cpus=2, include_dashboard=False, _metrics_export_port=METRICS_PORT)
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     root = tmp_path_factory.mktemp("serve")
@@ -563,3 +567,29 @@ def test_session_ids_do_not_appear_in_the_logs(main):
         time.sleep(0.5)
     assert "client went away" in text
     assert sid not in text and sid[len("sess_"):] not in text
+
+
+# ---- what an operator watches ----------------------------------------------------------------
+
+def test_operators_metrics_are_on_the_prometheus_endpoint(main, slow):
+    """After the module's traffic (answers, busy sessions, waits for updates), every metric
+    docs/serving.md lists is exported by the node's Prometheus endpoint."""
+    _, sid = main.answer(A[0])
+    main.answer(A[1], sid)
+    main.settled(sid)
+    expected = ['ray_rxt_requests_total{', 'code="ok"', 'code="session_not_found"', "ray_rxt_generated_tokens_total",
+                "ray_rxt_decode_batch_size", "ray_rxt_memory_updates_total", "ray_rxt_update_batch_size_bucket",
+                "ray_rxt_update_lag_seconds_bucket", "ray_rxt_waited_for_update_total",
+                "ray_rxt_update_wait_seconds_bucket", "ray_rxt_sessions_cached", "ray_rxt_sessions_in_use",
+                "ray_rxt_pending_updates", 'shard="0"']
+    deadline = time.monotonic() + 30
+    while True:
+        text = httpx.get(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=10).text
+        missing = [name for name in expected if name not in text]
+        if not missing or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert not missing, f"not on the endpoint: {missing}; " + "\n".join(
+        line for line in text.splitlines() if "rxt_requests" in line)
+    tokens = [line for line in text.splitlines() if line.startswith("ray_rxt_generated_tokens_total{")]
+    assert sum(float(line.rsplit(" ", 1)[1]) for line in tokens) >= 2 * MAX_TOKENS

@@ -1,6 +1,8 @@
 """The shipped Serve config and KubeRay manifest load, validate and agree; the app's
 arguments and its builder refuse bad values with a message naming them."""
 
+import json
+import re
 from pathlib import Path
 
 import pytest
@@ -99,3 +101,12 @@ def test_bad_app_args_are_refused_naming_the_field(change, message):
     with pytest.raises(ValidationError) as info:
         AppArgs.model_validate(change)
     assert message in str(info.value)
+
+
+def test_the_grafana_dashboard_charts_only_metrics_the_app_exports():
+    dashboard = json.loads((ROOT / "infra" / "grafana-rxt.json").read_text())
+    exported = set(re.findall(r'"(rxt_[a-z_]+)"', (ROOT / "serve" / "metrics.py").read_text()))
+    charted = {re.sub(r"_(total|bucket)$", "", name) for panel in dashboard["panels"]
+               for target in panel["targets"] for name in re.findall(r"ray_(rxt_[a-z_]+)", target["expr"])}
+    assert charted and charted <= exported, charted - exported
+    assert exported <= charted, exported - charted  # every metric the app exports has a panel
