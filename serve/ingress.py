@@ -190,6 +190,10 @@ class Ingress:
         query_len = len(turn.query_ids)
         if status(claim) == StoreStatus.REPLAY:
             headers[REPLAYED_HEADER] = "true"
+            if claim["update_pending"]:
+                # The request that recorded this turn may have died before dispatching its
+                # update: dispatch it (applying it twice is impossible: compare-and-set).
+                self._dispatch_update(sid, claim["version"])
             if turn.stream:
                 events = replay_events(self.codec, self.model_id, claim, query_len, turn.include_usage)
                 return StreamingResponse(iter(events), media_type="text/event-stream",

@@ -452,8 +452,10 @@ class SessionStore:
             return _status(entry)
         last = entry.meta.last_turn
         if idempotency_key is not None and last is not None and last.key == idempotency_key:
+            pending = entry.meta.pending
+            stranded = pending is not None and pending.base_version == last.base_version and pending.error is None
             return _status(StoreStatus.REPLAY, version=last.base_version, answer_ids=last.answer_ids,
-                           finish_reason=last.finish_reason)
+                           finish_reason=last.finish_reason, update_pending=stranded)
         if expect_transcript is not None and entry.meta.transcript != expect_transcript:
             return _status(StoreStatus.DIVERGED)
         now = time.time()

@@ -282,7 +282,8 @@ def test_a_repeated_idempotency_key_replays_the_recorded_answer(tmp_path):
         await store.finish_turn(sid, "a", 0, [1], [7, 8], idempotency_key="k1", finish_reason="length")
         # The retry arrives while the update is pending, and again after it committed.
         replay = await store.begin_turn(sid, "b", 0.0, idempotency_key="k1")
-        assert replay == {"status": "replay", "version": 0, "answer_ids": [7, 8], "finish_reason": "length"}
+        assert replay == {"status": "replay", "version": 0, "answer_ids": [7, 8], "finish_reason": "length",
+                          "update_pending": True}
         await store.commit_update(sid, 0, b"s1")
         fresh = store_at(tmp_path)  # the record survives a restart
         assert (await fresh.begin_turn(sid, "c", 0.0, idempotency_key="k1"))["status"] == "replay"
