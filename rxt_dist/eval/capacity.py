@@ -1,0 +1,273 @@
+"""Capacity model of the RxT serving graph: from a cost profile to replicas, bytes and latency.
+
+A :class:`CostProfile` holds what one machine costs (measured by ``jobs/capacity.py profile``,
+or written down as an assumption and marked so): the model's three operations by batch size,
+the STM's stored size, the session-storage tiers, and the serving path's own costs (proxy,
+Ingress, store shard, the Generator's and MemoryUpdater's Ray side) per turn. A
+:class:`Workload` says what users do. :func:`plan` turns the two into replica counts for a TTFT
+p99 objective, tokens/s, update lag, and the bytes and operations the session store and Ray's
+object store see; :mod:`rxt_dist.eval.simulate` plays the same graph event by event and is what
+the replica counts are checked with. docs/scaling.md explains the model and its numbers.
+
+All times are wall seconds on the profiled machine.
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+RAY_INLINE_BYTES = 100 * 1024
+"""Ray passes call arguments and results up to this size inline with the call
+(``max_direct_call_object_size``); larger ones go through the object store."""
+STALL_THRESHOLD_S = 0.03
+"""An oversleep beyond this counts as a stall of the machine (a busy shared host)."""
+META_BYTES = 700
+"""A session's ``meta.json`` with a pending turn (ids of a ~50-token query and a short
+answer); measured on the store's files, rounded up."""
+STORE_OPS_PER_TURN = 4
+"""Store-shard calls a turn makes: claim, finish_turn, update_input, commit_update."""
+
+
+def _interp(table: dict[int, float], x: float) -> float:
+    """Piecewise-linear ``table`` at ``x``; below the first key scaled toward 0 at x = 0,
+    beyond the last key extrapolated along the last segment."""
+    keys = sorted(table)
+    if x <= keys[0]:
+        return table[keys[0]] * max(x, 0.0) / keys[0]
+    if len(keys) == 1:
+        return table[keys[0]] * x / keys[0]
+    i = min(bisect.bisect_left(keys, x), len(keys) - 1)
+    lo, hi = keys[i - 1], keys[i]
+    slope = (table[hi] - table[lo]) / (hi - lo)
+    return table[lo] + slope * (x - lo)
+
+
+def monotone(table: dict[int, float]) -> dict[int, float]:
+    """The largest non-decreasing table below ``table``: a batch never costs less than a
+    smaller one, so a point above a larger batch's cost is a measurement the machine's other
+    load disturbed, and the smaller later value is kept."""
+    out, low = {}, math.inf
+    for k in sorted(table, reverse=True):
+        low = min(low, table[k])
+        out[k] = low
+    return dict(sorted(out.items()))
+
+
+@dataclass
+class ServingPath:
+    """The serving path's own costs per turn (wall seconds), beside the model's."""
+
+    client_s: float = 0.0
+    """The HTTP client's work for one turn (send, parse the stream)."""
+    proxy_s: float = 0.0
+    """Serve's HTTP proxy, per turn."""
+    ingress_s: float = 0.0
+    """The Ingress replica (parse, tokenize, claim, stream SSE, record), per turn."""
+    store_op_s: float = 0.0
+    """One store-shard call (``STORE_OPS_PER_TURN`` per turn), persistence included."""
+    generator_io_s: float = 0.0
+    """The Generator replica's work outside the model per turn (Ray call, STM bytes, streaming)."""
+    updater_item_s: float = 0.0
+    """The MemoryUpdater's work outside the model per update (Ray calls, STM bytes)."""
+    in_share: float = 1 / 3
+    """Share of that per-turn work (client, proxy, Ingress, Generator's Ray side) on the path
+    to the first token (half before the Generator, half carrying the first token back)."""
+    out_share: float = 1 / 3
+    """Share between the last token and the client's end of answer; the rest is done after
+    the answer ended (recording, dispatching the update, bookkeeping): it occupies the
+    process without delaying this answer."""
+    request_latency_s: float = 0.0
+    """Fixed latency before a request reaches the Generator beyond the work above (what the
+    calibration's TTFT shows that the work does not explain)."""
+    stream_latency_s: float = 0.0
+    """Fixed latency from the last token to the client's end of answer, likewise."""
+    update_latency_s: float = 0.0
+    """Fixed latency from the end of an answer to the MemoryUpdater receiving its update."""
+    cores: float = 1.0
+    """CPU cores the machine has. The serving processes share them with each other and with
+    the machine's other load: each busy process gets min(1, cores / (busy + other)) of a core."""
+    other_load: float = 0.0
+    """Runnable threads of other programs (from the slowdown measured with the profile:
+    a lone busy thread got 1/slowdown of a core). 0 on a machine of its own."""
+    max_batch_size: int = 32
+    """Sequences one Generator replica decodes together (``max_batch_size``)."""
+    update_batch_size: int = 16
+    update_batch_wait_s: float = 0.005
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            if getattr(self, f.name) < 0:
+                raise ValueError(f"{f.name}={getattr(self, f.name)}: must be ≥ 0")
+        if self.in_share + self.out_share > 1 + 1e-9:
+            raise ValueError(f"in_share={self.in_share} + out_share={self.out_share}: must be ≤ 1")
+        if self.cores <= 0:
+            raise ValueError(f"cores={self.cores}: must be > 0")
+
+    def speed(self, busy: int) -> float:
+        """Speed of each of ``busy`` busy processes relative to one busy alone (the profile's
+        wall times are those of one alone)."""
+        if busy <= 1:
+            return 1.0
+        share = min(1.0, self.cores / (busy + self.other_load))
+        alone = min(1.0, self.cores / (1 + self.other_load))
+        return share / alone
+
+
+@dataclass
+class CostProfile:
+    """What one machine costs; tables map a batch size (or a query length) to seconds."""
+
+    source: str
+    """Where the numbers come from: ``measured …`` or ``ASSUMED …`` (until measured)."""
+    model: dict[str, Any]
+    """What was profiled: name, dims, STM shape, parameters."""
+    query_tokens: int
+    """Prompt length ``prefill_s`` was measured at."""
+    answer_tokens: int
+    """Answer length ``consolidate_s`` was measured with."""
+    decode_step_s: dict[int, float]
+    prefill_s: dict[int, float]
+    prefill_length_s: dict[int, float]
+    """Prefill of one query of T tokens (scales ``prefill_s`` to other query lengths)."""
+    consolidate_s: dict[int, float]
+    stm_bytes: dict[str, int]
+    """Stored bytes of one session's STM by dtype."""
+    storage: dict[str, Any] = field(default_factory=dict)
+    """Write/read seconds of one STM per storage tier (``profile_storage``)."""
+    path: ServingPath = field(default_factory=ServingPath)
+    timing_cv: float = 0.0
+    """Coefficient of variation of one operation's time (the simulation's jitter)."""
+    stalls: dict[str, Any] = field(default_factory=lambda: {"rate_per_s": 0.0, "durations_s": []})
+    """Moments the whole machine stopped for us (a probe thread's 5 ms sleep overslept by more
+    than ``STALL_THRESHOLD_S``): how often per second, and how long each one was."""
+    assumed: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Provenance: load average, slowdown, the calibration run's figures."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.path, dict):
+            self.path = ServingPath(**self.path)
+        for name in ("decode_step_s", "prefill_s", "prefill_length_s", "consolidate_s"):
+            table = {int(k): float(v) for k, v in getattr(self, name).items()}
+            if not table or min(table) < 1 or min(table.values()) < 0:
+                raise ValueError(f"{name}={table}: needs ≥ 1 entry, keys ≥ 1, times ≥ 0")
+            setattr(self, name, monotone(table))
+
+    def decode_step(self, batch: float) -> float:
+        """One decoding step of ``batch`` sequences (0 for an empty batch)."""
+        return _interp(self.decode_step_s, batch) if batch > 0 else 0.0
+
+    def prefill(self, batch: float, query_tokens: int | None = None) -> float:
+        """Admitting ``batch`` queries of ``query_tokens`` tokens."""
+        if batch <= 0:
+            return 0.0
+        scale = 1.0
+        if query_tokens is not None and query_tokens != self.query_tokens:
+            scale = _interp(self.prefill_length_s, query_tokens) / _interp(self.prefill_length_s, self.query_tokens)
+        return _interp(self.prefill_s, batch) * scale
+
+    def consolidate(self, batch: float) -> float:
+        return _interp(self.consolidate_s, batch) if batch > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "CostProfile":
+        return cls(**data)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "CostProfile":
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text()))
+        except (TypeError, KeyError) as exc:
+            raise ValueError(f"{path}: not a cost profile ({exc})") from None
+
+
+@dataclass
+class Workload:
+    """What the users of a deployment do."""
+
+    sessions: int
+    """Concurrent sessions (each a user in a conversation)."""
+    think_time_s: float = 0.0
+    """Pause between the end of an answer and the user's next query."""
+    query_tokens: int = 48
+    answer_tokens: int = 32
+    turns: int = 8
+    """Turns per session (conversation length)."""
+
+    def __post_init__(self) -> None:
+        if self.sessions < 1:
+            raise ValueError(f"sessions={self.sessions}: must be ≥ 1")
+        for name in ("query_tokens", "answer_tokens", "turns"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)}: must be ≥ 1")
+        if self.think_time_s < 0:
+            raise ValueError(f"think_time_s={self.think_time_s}: must be ≥ 0")
+
+
+# -- closed-form bounds (operational laws) ---------------------------------------------------------
+
+def path_cpu_per_turn(p: CostProfile) -> float:
+    """Seconds of the serving path's own work per turn (client excluded: users bring their own)."""
+    path = p.path
+    return (path.proxy_s + path.ingress_s + STORE_OPS_PER_TURN * path.store_op_s + path.generator_io_s
+            + path.updater_item_s)
+
+
+def bounds(p: CostProfile, w: Workload) -> dict[str, float]:
+    """What no queueing can beat: the unloaded turn, the turn rate of ``w`` at that cycle, the
+    most tokens/s one Generator replica and the most updates/s one MemoryUpdater replica can
+    give (full batches), and the replicas that rate needs at 100% busy."""
+    path = p.path
+    front = path.client_s + path.proxy_s + path.ingress_s
+    ttft = (path.in_share * (front + path.generator_io_s) + path.request_latency_s + path.store_op_s
+            + p.prefill(1, w.query_tokens))
+    answer = ttft + w.answer_tokens * p.decode_step(1) + path.store_op_s + path.out_share * front
+    cycle = w.think_time_s + answer
+    turns_per_s = w.sessions / cycle
+    b, u = path.max_batch_size, path.update_batch_size
+    tokens_per_replica = b / p.decode_step(b)
+    updates_per_replica = min(u / p.consolidate(u), 1 / path.updater_item_s if path.updater_item_s else math.inf)
+    return {"ttft_unloaded_s": ttft, "answer_unloaded_s": answer, "cycle_s": cycle, "turns_per_s": turns_per_s,
+            "tokens_per_s": turns_per_s * w.answer_tokens,
+            "max_tokens_per_s_per_generator": tokens_per_replica,
+            "max_updates_per_s_per_updater": updates_per_replica,
+            "generators_at_full_busy": turns_per_s * w.answer_tokens / tokens_per_replica,
+            "updaters_at_full_busy": turns_per_s / updates_per_replica,
+            "path_cpu_cores": turns_per_s * path_cpu_per_turn(p)}
+
+
+# -- bytes and operations -----------------------------------------------------------------------
+
+def storage_traffic(p: CostProfile, turns_per_s: float, stored_sessions: int, dtype: str = "float32"
+                    ) -> dict[str, float]:
+    """Session-store bytes and write/read operations, and Ray object-store bytes per turn.
+
+    Per turn the store writes the pending turn (meta), then the new STM and the meta that
+    names it, and deletes the old STM: 3 writes + 1 delete. It reads from storage only when a
+    session is not in a shard's memory (two reads: meta and STM). Through Ray each turn moves
+    the STM four times (store → Ingress → Generator; store → MemoryUpdater → store); objects
+    above ``RAY_INLINE_BYTES`` go through the object store."""
+    stm = p.stm_bytes[dtype]
+    per_session = stm + META_BYTES
+    ray_bytes = 4 * stm
+    return {
+        "stm_bytes": stm,
+        "stored_bytes": stored_sessions * per_session,
+        "write_ops_per_s": 3 * turns_per_s,
+        "delete_ops_per_s": turns_per_s,
+        "write_bytes_per_s": turns_per_s * (stm + 2 * META_BYTES),
+        "read_ops_per_s_per_miss_rate": 2 * turns_per_s,
+        "ray_bytes_per_turn": ray_bytes,
+        "ray_object_store_bytes_per_turn": ray_bytes if stm > RAY_INLINE_BYTES else 0,
+    }
+
+

@@ -1,0 +1,310 @@
+"""Measuring a serving machine's cost profile (the input of the capacity model).
+
+Three kinds of cost, each measured where it can be measured:
+
+* **model costs** (:func:`profile_model`), in this process on the model that is served: one
+  decoding step of B sequences (the continuous batch's step), the prefill of B new queries of
+  T tokens (``DecodeBatch.admit``: STM projection + prompt + first token), and the
+  consolidation of B interactions (``consolidate``: encoder + memory attention). Wall time
+  and CPU time are both recorded: their ratio is how much the machine's other load slows a
+  process down right now (:func:`slowdown`), which is what converts the serving path's CPU
+  time into wall time;
+* **session storage** (:func:`profile_storage`): writing and reading one session's STM the
+  way the store does (temporary name + rename; whole-file read) on each storage tier
+  available here;
+* **the serving path** (:func:`process_cpu`, used by ``jobs/capacity.py profile``): the CPU
+  time per turn of each process of a running application (proxy, Ingress, Generator,
+  MemoryUpdater, store shard), read from the OS while a short calibration workload plays.
+
+Shape legend: L layers, B sequences, S memory slots, D model dim, T tokens.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from rxt_dist.inference import DecodeBatch, SamplingParams, consolidate
+from rxt_dist.model import RxTModel, stm_to_bytes
+from rxt_dist.tokens import NUM_SPECIAL, prompt_ids
+
+NO_STOP = -1
+"""An end-of-answer id no token has: every profiled sequence keeps decoding."""
+BATCHES = (1, 2, 4, 8, 16, 32, 64)
+"""Batch sizes the model costs are measured at (the issue's 1…64)."""
+
+
+def _timed(fn: Callable[[], Any], repeats: int, min_time_s: float, spread: list[float] | None = None
+           ) -> tuple[float, float]:
+    """Median wall time and median CPU time (this process) of ``fn`` over at least ``repeats``
+    runs (more for cheap calls, until ``min_time_s`` is spent, at most 50); appends the wall
+    times' coefficient of variation to ``spread`` when given."""
+    walls, cpus = [], []
+    spent = 0.0
+    while len(walls) < repeats or (spent < min_time_s and len(walls) < 50):
+        c0, w0 = time.process_time(), time.perf_counter()
+        fn()
+        wall, cpu = time.perf_counter() - w0, time.process_time() - c0
+        walls.append(wall)
+        cpus.append(cpu)
+        spent += wall
+    if spread is not None and len(walls) > 1:
+        spread.append(statistics.stdev(walls) / statistics.mean(walls))
+    return statistics.median(walls), statistics.median(cpus)
+
+
+def _queries(model: RxTModel, batch: int, tokens: int, seed: int) -> list[list[int]]:
+    g = torch.Generator().manual_seed(seed)
+    high = model.cfg.vocab_size
+    return [torch.randint(NUM_SPECIAL, high, (tokens,), generator=g).tolist() for _ in range(batch)]
+
+
+@torch.no_grad()
+def profile_model(model: RxTModel, query_tokens: int = 48, answer_tokens: int = 32,
+                  batches: Sequence[int] = BATCHES, lengths: Sequence[int] = (16, 64, 256),
+                  repeats: int = 3, min_time_s: float = 0.2, seed: int = 0) -> dict[str, Any]:
+    """Wall and CPU seconds of the served model's three operations (module docstring).
+
+    ``decode_step_s[B]`` is one step of B sequences whose cache holds the prompt and half an
+    answer; ``prefill_s[B]`` admits B queries of ``query_tokens``; ``prefill_length_s[T]``
+    admits one query of T tokens; ``consolidate_s[B]`` consolidates B interactions of
+    ``query_tokens + answer_tokens`` tokens; ``timing_cv`` is the median coefficient of
+    variation of the repeated wall times (how much one call's time varies on this machine)."""
+    model.eval()
+    out: dict[str, Any] = {"decode_step_s": {}, "prefill_s": {}, "prefill_length_s": {}, "consolidate_s": {},
+                           "cpu_s": {"decode_step": {}, "prefill": {}, "consolidate": {}}}
+    sampling = SamplingParams(max_new_tokens=10**6)
+    spread: list[float] = []
+    for b in batches:
+        prompts = [prompt_ids(q) for q in _queries(model, b, query_tokens, seed + b)]
+        stm = model.initial_stm(b, torch.Generator().manual_seed(seed))  # (L, B, S, D)
+
+        def admit() -> DecodeBatch:
+            batch = DecodeBatch(model, eos_id=NO_STOP)
+            batch.admit(list(range(b)), prompts, [sampling] * b, stm=stm)
+            return batch
+
+        wall, cpu = _timed(admit, repeats, min_time_s, spread)
+        out["prefill_s"][b], out["cpu_s"]["prefill"][b] = wall, cpu
+        batch = admit()
+        for _ in range(answer_tokens // 2):
+            batch.step()
+        wall, cpu = _timed(batch.step, repeats, min_time_s, spread)
+        out["decode_step_s"][b], out["cpu_s"]["decode_step"][b] = wall, cpu
+        queries = [q[: query_tokens] for q in _queries(model, b, query_tokens, seed + 1000 + b)]
+        answers = [q[: answer_tokens] for q in _queries(model, b, answer_tokens, seed + 2000 + b)]
+        wall, cpu = _timed(lambda: consolidate(model, stm, queries, answers), repeats, min_time_s, spread)
+        out["consolidate_s"][b], out["cpu_s"]["consolidate"][b] = wall, cpu
+    stm1 = model.initial_stm(1, torch.Generator().manual_seed(seed))
+    for t in lengths:
+        prompt = [prompt_ids(_queries(model, 1, t, seed + 3000 + t)[0])]
+        out["prefill_length_s"][t] = _timed(
+            lambda: DecodeBatch(model, eos_id=NO_STOP).admit([0], prompt, [sampling], stm=stm1),
+            repeats, min_time_s)[0]
+    out["timing_cv"] = statistics.median(spread) if spread else 0.0
+    return out
+
+
+def slowdown(model_profile: dict[str, Any]) -> float:
+    """Wall time over CPU time of the profiled model operations: ≥ 1, and larger the more the
+    machine's other load takes this process's core away."""
+    wall = sum(sum(model_profile[k].values()) for k in ("decode_step_s", "prefill_s", "consolidate_s"))
+    cpu = sum(sum(v.values()) for v in model_profile["cpu_s"].values())
+    return max(1.0, wall / cpu) if cpu > 0 else 1.0
+
+
+# -- stalls of a shared machine ----------------------------------------------------------------
+
+class StallProbe:
+    """A thread that sleeps 5 ms at a time and records every oversleep beyond
+    ``STALL_THRESHOLD_S``: the moments the machine's other load left no core for anyone
+    (negligible CPU of its own). Use as a context manager; :meth:`summary` afterwards."""
+
+    def __init__(self, period_s: float = 0.005) -> None:
+        import threading
+
+        self.period_s = period_s
+        self.stalls: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="stall-probe", daemon=True)
+        self.started = self.ended = 0.0
+
+    def _run(self) -> None:
+        from rxt_dist.eval.capacity import STALL_THRESHOLD_S
+
+        while not self._stop.is_set():
+            t0 = time.perf_counter()
+            time.sleep(self.period_s)
+            over = time.perf_counter() - t0 - self.period_s
+            if over > STALL_THRESHOLD_S:
+                self.stalls.append((t0 - self.started, over))
+
+    def __enter__(self) -> "StallProbe":
+        self.started = time.perf_counter()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.ended = time.perf_counter()
+
+    def summary(self) -> dict[str, Any]:
+        seconds = max(self.ended - self.started, 1e-9)
+        durations = [d for _, d in self.stalls]
+        return {"rate_per_s": len(durations) / seconds, "durations_s": durations, "seconds": seconds,
+                "stalled_share": sum(durations) / seconds}
+
+
+# -- session storage tiers --------------------------------------------------------------------
+
+def stm_bytes(model: RxTModel) -> dict[str, int]:
+    """Stored bytes of one session's STM (``stm_to_bytes``: safetensors header included), by
+    dtype."""
+    stm = model.initial_stm(1)[:, 0]  # (L, S, D)
+    return {name: len(stm_to_bytes(stm.to(dtype))) for name, dtype in
+            (("float32", torch.float32), ("bfloat16", torch.bfloat16))}
+
+
+def _fs_roundtrip(fs, root: str, data: bytes, repeats: int) -> dict[str, float]:
+    """Median write (temporary name + rename, as the store writes) and read of ``data``."""
+    fs.makedirs(root, exist_ok=True)
+    path = f"{root}/stm.safetensors"
+
+    def write() -> None:
+        tmp = f"{root}/.tmp-{uuid.uuid4().hex[:12]}"
+        with fs.open(tmp, "wb") as f:
+            f.write(data)
+        fs.mv(tmp, path)
+
+    def read() -> None:
+        with fs.open(path, "rb") as f:
+            f.read()
+
+    write_s = _timed(write, repeats, 0.1)[0]
+    read_s = _timed(read, repeats, 0.1)[0]
+    return {"write_s": write_s, "read_s": read_s, "bytes": len(data)}
+
+
+def profile_storage(sizes: dict[str, int], repeats: int = 20, disk_dir: str | None = None) -> dict[str, Any]:
+    """Write/read seconds of one STM of each size on the tiers available on this machine:
+    ``memory`` (a copy into the store actor's dict — the in-memory cache), ``local_disk``
+    (fsspec's local filesystem, page cache, no fsync — what the store does) and
+    ``local_disk_fsync`` (the same with fsync: a write that survives a power cut).
+    Object storage (S3/GCS) is not reachable here; its figures are assumptions
+    (``rxt_dist.eval.capacity.ASSUMED_OBJECT_STORE``)."""
+    import fsspec
+
+    out: dict[str, Any] = {}
+    local = fsspec.filesystem("file")
+    with tempfile.TemporaryDirectory(prefix="rxt-capacity-", dir=disk_dir) as root:
+        for name, size in sizes.items():
+            data = os.urandom(size)
+            cache: dict[str, bytes] = {}
+            mem_w = _timed(lambda: cache.__setitem__("s", bytes(bytearray(data))), repeats, 0.05)[0]
+            mem_r = _timed(lambda: bytes(bytearray(cache["s"])), repeats, 0.05)[0]
+            disk = _fs_roundtrip(local, f"{root}/{name}", data, repeats)
+            sync_w = _timed(lambda: _write_fsync(f"{root}/{name}/sync.bin", data), max(5, repeats // 4), 0.05)[0]
+            out[name] = {"bytes": size,
+                         "memory": {"write_s": mem_w, "read_s": mem_r},
+                         "local_disk": {"write_s": disk["write_s"], "read_s": disk["read_s"]},
+                         "local_disk_fsync": {"write_s": sync_w, "read_s": disk["read_s"]}}
+    return out
+
+
+def _write_fsync(path: str, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+# -- the serving path: CPU time of each process of a running application ----------------------
+
+PROCESS_ROLES = {"ProxyActor": "proxy", ":Ingress": "ingress", ":Generator": "generator",
+                 ":MemoryUpdater": "updater", "SessionStore": "store"}
+"""Substrings of a Ray worker's process title → the role it plays in the serving graph."""
+
+
+def serving_processes(root_pid: int) -> dict[str, list[int]]:
+    """PIDs of the serving graph's processes under ``root_pid`` (this cluster's raylet), by
+    role; other Ray clusters on the same machine are not descendants and are never counted."""
+    import psutil
+
+    roles: dict[str, list[int]] = {}
+    for proc in psutil.Process(root_pid).children(recursive=True):
+        try:
+            title = " ".join(proc.cmdline())
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        for needle, role in PROCESS_ROLES.items():
+            if needle in title:
+                roles.setdefault(role, []).append(proc.pid)
+    return roles
+
+
+def process_cpu(pids: dict[str, list[int]]) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by each role's processes."""
+    import psutil
+
+    out = {}
+    for role, group in pids.items():
+        total = 0.0
+        for pid in group:
+            try:
+                t = psutil.Process(pid).cpu_times()
+                total += t.user + t.system
+            except psutil.NoSuchProcess:
+                pass
+        out[role] = total
+    return out
+
+
+def fit_serving_path(model_profile: dict[str, Any], cpu_per_turn: dict[str, float], level: dict[str, Any],
+                     answer_steps: float, k: float, cores: int, batch_wait_s: float = 0.005) -> dict[str, float]:
+    """The serving path's costs (``ServingPath`` fields) from a calibration level played at
+    S = 1 with think time (no queueing, no wait for updates):
+
+    * each process's CPU seconds per turn × ``k`` (the slowdown: wall/CPU of the model
+      operations measured now) is its wall-time work per turn; the Generator's and
+      MemoryUpdater's share outside the model is what is left after the model operations' CPU;
+      the store shard's is split over its ``STORE_OPS_PER_TURN`` calls;
+    * how much of the client's, proxy's, Ingress's and Generator's work lies on the path to the
+      first token (``in_share``) and to the end of the answer (``out_share``) is what the
+      calibration's median TTFT and median first-token-to-end time leave after the model and
+      the store calls; what the work cannot explain is fixed latency, never negative;
+    * the machine's other load is what makes one busy thread get 1/k of a core."""
+    from rxt_dist.eval.capacity import STORE_OPS_PER_TURN
+
+    cpu = model_profile["cpu_s"]
+    model_gen_cpu = cpu["prefill"][1] + answer_steps * cpu["decode_step"][1]
+    path: dict[str, float] = {
+        "client_s": cpu_per_turn.get("client", 0.0) * k,
+        "proxy_s": cpu_per_turn.get("proxy", 0.0) * k,
+        "ingress_s": cpu_per_turn.get("ingress", 0.0) * k,
+        "store_op_s": cpu_per_turn.get("store", 0.0) * k / STORE_OPS_PER_TURN,
+        "generator_io_s": max(0.0, cpu_per_turn.get("generator", 0.0) - model_gen_cpu) * k,
+        "updater_item_s": max(0.0, cpu_per_turn.get("updater", 0.0) - cpu["consolidate"][1]) * k,
+        "cores": float(cores),
+        "other_load": max(0.0, cores * k - 1) if k > 1.05 else 0.0,
+    }
+    front = path["client_s"] + path["proxy_s"] + path["ingress_s"]
+    ttft, answer = level["ttft"]["excluding_wait"]["p50_s"], level["answer"]["p50_s"]
+    lag = level["update_lag"]["p50_s"]
+    to_first = max(0.0, ttft - path["store_op_s"] - model_profile["prefill_s"][1])
+    path["in_share"] = min(1.0, to_first / (front + path["generator_io_s"])) if front else 0.0
+    path["request_latency_s"] = max(0.0, to_first - path["in_share"] * (front + path["generator_io_s"]))
+    to_end = max(0.0, (answer - ttft) - answer_steps * model_profile["decode_step_s"][1] - path["store_op_s"])
+    path["out_share"] = min(1.0 - path["in_share"], to_end / front) if front else 0.0
+    path["stream_latency_s"] = max(0.0, to_end - path["out_share"] * front)
+    explained_lag = (batch_wait_s + 2 * path["store_op_s"] + model_profile["consolidate_s"][1]
+                     + path["updater_item_s"])
+    path["update_latency_s"] = max(0.0, lag - explained_lag)
+    return path

@@ -1,0 +1,559 @@
+"""Discrete-event simulation of the RxT serving graph, driven by a :class:`CostProfile`.
+
+What it plays, per session (closed loop, as the serving benchmark drives the app):
+
+1. the request passes the client, Serve's proxy and an Ingress replica (each a FIFO server
+   doing a third of its per-turn work), then a fixed request latency;
+2. the claim at the session's store shard (FIFO server) — **waiting first for the previous
+   turn's memory update to commit** (the ordering guarantee);
+3. the Generator replica (least loaded) takes the request through its Ray side (a FIFO
+   server), then its decode loop admits it: each loop iteration is one step of the running
+   sequences plus the prefill of the admitted ones (``DecodeLoop._tick``); every iteration
+   gives each sequence a token;
+4. the first token passes Ingress, proxy and client again: that is the TTFT;
+5. after the last token (an end-of-answer step for answers that stop by themselves) the turn
+   is recorded (store call), the rest of the answer passes the front, the client reads the
+   end: the answer time; the next turn starts after the think time;
+6. the update goes (after a fixed latency) to the least-loaded MemoryUpdater: a batch starts
+   when ``update_batch_size`` items wait or ``update_batch_wait_s`` after its first, reads each
+   item's input (store call), consolidates the batch, commits each item (store call); the
+   commit releases the session's next turn. The update lag is commit − end of answer.
+
+Every service time is multiplied by a log-normal jitter with the profile's ``timing_cv``
+(seeded). Plain Python with a heap; about a million events per ten seconds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+import itertools
+import math
+import random
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from rxt_dist.eval.capacity import CostProfile, Workload
+
+
+class Sim:
+    """The event queue, the clock, and the machine's CPU shared by every process."""
+
+    def __init__(self, seed: int, cv: float, speed: Callable[[int], float] = lambda busy: 1.0) -> None:
+        self.now = 0.0
+        self._heap: list = []
+        self._seq = itertools.count()
+        self.rng = random.Random(seed)
+        self.sigma = math.sqrt(math.log(1 + cv * cv)) if cv > 0 else 0.0
+        self.cpu = CPU(self, speed)
+
+    def at(self, t: float, fn: Callable[[], None]) -> None:
+        heapq.heappush(self._heap, (t, next(self._seq), fn))
+
+    def after(self, dt: float, fn: Callable[[], None]) -> None:
+        self.at(self.now + dt, fn)
+
+    def jitter(self, seconds: float) -> float:
+        """``seconds`` times a log-normal factor of mean 1 and the profile's spread."""
+        if self.sigma == 0 or seconds <= 0:
+            return seconds
+        return seconds * math.exp(self.rng.gauss(-self.sigma ** 2 / 2, self.sigma))
+
+    def run(self, until: float = math.inf) -> None:
+        while self._heap and self._heap[0][0] <= until:
+            self.now, _, fn = heapq.heappop(self._heap)
+            fn()
+
+
+class CPU:
+    """Processor sharing: every busy process advances at ``speed(busy)`` × its lone speed."""
+
+    def __init__(self, sim: Sim, speed: Callable[[int], float]) -> None:
+        self.sim, self.speed = sim, speed
+        self.jobs: dict[int, list] = {}  # id → [remaining seconds of lone work, callback]
+        self._ids = itertools.count()
+        self._last = 0.0
+        self._version = 0
+        self.frozen = False
+
+    def freeze(self, seconds: float) -> None:
+        """Nothing runs for ``seconds``: the machine's other load took every core (a stall)."""
+        if self.frozen:
+            return
+        self._advance()
+        self.frozen = True
+        self._version += 1  # no completion while frozen
+
+        def thaw() -> None:
+            self._advance()
+            self.frozen = False
+            self._schedule()
+
+        self.sim.after(seconds, thaw)
+
+    def run(self, seconds: float, then: Callable[[], None]) -> None:
+        if seconds <= 0:
+            self.sim.after(0.0, then)
+            return
+        self._advance()
+        self.jobs[next(self._ids)] = [seconds, then]
+        self._schedule()
+
+    def _advance(self) -> None:
+        if self.jobs and not self.frozen:
+            done = (self.sim.now - self._last) * self.speed(len(self.jobs))
+            for job in self.jobs.values():
+                job[0] -= done
+        self._last = self.sim.now
+
+    def _schedule(self) -> None:
+        self._version += 1
+        if self.jobs and not self.frozen:
+            left = min(job[0] for job in self.jobs.values())
+            version = self._version
+            self.sim.after(max(0.0, left) / self.speed(len(self.jobs)), lambda: self._finish(version))
+
+    def _finish(self, version: int) -> None:
+        if version != self._version:
+            return
+        self._advance()
+        finished = [k for k, job in self.jobs.items() if job[0] <= 1e-12]
+        callbacks = [self.jobs.pop(k)[1] for k in finished]
+        self._schedule()
+        for fn in callbacks:
+            fn()
+
+
+class Server:
+    """A process on the shared CPU. ``serial``: its jobs run one after another (one thread
+    does the work); otherwise they run side by side and only the CPU limits them (a Ray
+    process's per-request work is spread over its event loop and Ray's own threads)."""
+
+    def __init__(self, sim: Sim, serial: bool = True) -> None:
+        self.sim = sim
+        self.serial = serial
+        self.queue: deque = deque()
+        self.running = False
+        self.busy_s = 0.0
+
+    def do(self, seconds: float, then: Callable[[], None] = lambda: None) -> None:
+        seconds = self.sim.jitter(seconds)
+        if not self.serial:
+            self.busy_s += seconds
+            self.sim.cpu.run(seconds, then)
+            return
+        self.queue.append((seconds, then))
+        if not self.running:
+            self._next()
+
+    def _next(self) -> None:
+        if not self.queue:
+            self.running = False
+            return
+        self.running = True
+        seconds, then = self.queue.popleft()
+        self.busy_s += seconds
+
+        def done() -> None:
+            then()
+            self._next()
+
+        self.sim.cpu.run(seconds, done)
+
+
+@dataclass
+class _Seq:
+    turn: "_Turn"
+    tokens_left: int
+    first: bool = True
+
+
+class DecodeLoop:
+    """A Generator replica's continuous batch (``rxt_dist.serving.decode_loop``)."""
+
+    def __init__(self, sim: Sim, p: CostProfile, query_tokens: int) -> None:
+        self.sim, self.p, self.query_tokens = sim, p, query_tokens
+        self.io = Server(sim, serial=False)
+        """The replica's event loop (Ray calls, streaming), beside the decoding thread."""
+        self.waiting: deque[_Seq] = deque()
+        self.rows: list[_Seq] = []
+        self.running = False
+        self.ongoing = 0
+        self.busy_s = 0.0
+        self.row_s = 0.0
+        """Rows × seconds decoded: over wall time, the mean batch."""
+        self.max_rows = 0
+
+    def submit(self, seq: _Seq) -> None:
+        self.waiting.append(seq)
+        if not self.running:
+            self._iterate()
+
+    def _iterate(self) -> None:
+        if not self.waiting and not self.rows:
+            self.running = False
+            return
+        self.running = True
+        admit = []
+        while self.waiting and len(self.rows) + len(admit) < self.p.path.max_batch_size:
+            admit.append(self.waiting.popleft())
+        stepping = list(self.rows)
+        self.max_rows = max(self.max_rows, len(stepping) + len(admit))
+        seconds = self.sim.jitter(self.p.decode_step(len(stepping)) + self.p.prefill(len(admit), self.query_tokens))
+        self.busy_s += seconds
+        self.row_s += seconds * (len(stepping) + len(admit))
+        self.sim.cpu.run(seconds, lambda: self._emit(stepping, admit))
+
+    def _emit(self, stepping: list[_Seq], admit: list[_Seq]) -> None:
+        self.rows = [s for s in stepping + admit if s.tokens_left > 1]
+        for seq in stepping + admit:
+            seq.tokens_left -= 1
+            seq.turn.token(first=seq.first, last=seq.tokens_left == 0)
+            seq.first = False
+            if seq.tokens_left == 0:
+                self.ongoing -= 1
+        self._iterate()
+
+
+class Updater:
+    """A MemoryUpdater replica: ``@serve.batch`` batches, one at a time."""
+
+    def __init__(self, sim: Sim, p: CostProfile, store_of: Callable[[int], Server]) -> None:
+        self.sim, self.p, self.store_of = sim, p, store_of
+        self.queue: deque[_Turn] = deque()
+        self.loop = Server(sim)
+        self.busy = False
+        self.timer_armed = False
+        self.ongoing = 0
+        self.batches: list[int] = []
+        self.busy_s = 0.0
+        self._started = 0.0
+
+    def submit(self, turn: "_Turn") -> None:
+        """The update call's own work (Ray, the replica's event loop) is done on receipt, one
+        call after another; then the item waits for a batch."""
+        self.ongoing += 1
+        self.loop.do(self.p.path.updater_item_s, lambda: self._enqueue(turn))
+
+    def _enqueue(self, turn: "_Turn") -> None:
+        self.queue.append(turn)
+        self._maybe_start()
+
+    def _maybe_start(self) -> None:
+        if self.busy or not self.queue:
+            return
+        if len(self.queue) >= self.p.path.update_batch_size:
+            self._start()
+        elif not self.timer_armed:
+            self.timer_armed = True
+            self.sim.after(self.p.path.update_batch_wait_s, self._timer)
+
+    def _timer(self) -> None:
+        self.timer_armed = False
+        if not self.busy and self.queue:
+            self._start()
+
+    def _start(self) -> None:
+        self.busy = True
+        self._started = self.sim.now
+        batch = [self.queue.popleft() for _ in range(min(len(self.queue), self.p.path.update_batch_size))]
+        self.batches.append(len(batch))
+        pending = {"reads": len(batch)}
+
+        def read_done() -> None:
+            pending["reads"] -= 1
+            if pending["reads"] == 0:
+                self.sim.cpu.run(self.sim.jitter(self.p.consolidate(len(batch))), commit)
+
+        def commit() -> None:
+            pending["commits"] = len(batch)
+            for turn in batch:
+                self.store_of(turn.session.index).do(self.p.path.store_op_s, lambda t=turn: committed(t))
+
+        def committed(turn: "_Turn") -> None:
+            self.ongoing -= 1
+            turn.committed()
+            pending["commits"] -= 1
+            if pending["commits"] == 0:
+                self.busy = False
+                self.busy_s += self.sim.now - self._started
+                self._maybe_start()
+
+        for turn in batch:
+            self.store_of(turn.session.index).do(self.p.path.store_op_s, read_done)
+
+
+@dataclass
+class _Session:
+    index: int
+    turns_left: int
+    update_pending: bool = False
+    on_commit: Callable[[], None] | None = None
+
+
+@dataclass
+class TurnRecord:
+    """What the client saw of one simulated turn (seconds)."""
+
+    session: int
+    turn: int
+    ttft_s: float = math.nan
+    answer_s: float = math.nan
+    waited_s: float = 0.0
+    lag_s: float = math.nan
+    tokens: int = 0
+
+
+class _Turn:
+    """One turn's path through the graph (module docstring, steps 1–6)."""
+
+    def __init__(self, graph: "Graph", session: _Session, index: int, answer_tokens: int) -> None:
+        self.g, self.session, self.answer_tokens = graph, session, answer_tokens
+        self.record = TurnRecord(session.index, index, tokens=answer_tokens)
+        self.sent = graph.sim.now
+        self.ended = math.nan
+        self.commit_at = math.nan
+        client, proxy, ingress = graph.front_for(session.index)
+        path = graph.p.path
+        self.inward = [(client, path.client_s), (proxy, path.proxy_s), (ingress, path.ingress_s)]
+        self.generator = graph.generator_for()
+        self.generator.ongoing += 1
+        self._chain(self.inward, path.in_share / 2, lambda: graph.sim.after(path.request_latency_s, self._claim))
+
+    def _chain(self, stages: list[tuple[Server, float]], share: float, then: Callable[[], None]) -> None:
+        """``share`` of each stage's per-turn work, one stage after the other, then ``then``."""
+        chain = then
+        for server, seconds in reversed(stages):
+            chain = (lambda s=server, sec=seconds * share, nxt=chain: s.do(sec, nxt))
+        chain()
+
+    def _claim(self) -> None:
+        arrived = self.g.sim.now
+        session = self.session
+
+        def claim() -> None:
+            self.record.waited_s = self.g.sim.now - arrived
+            self.g.store_of(session.index).do(self.g.p.path.store_op_s, self._generate)
+
+        if session.update_pending:
+            session.on_commit = claim
+        else:
+            claim()
+
+    def _generate(self) -> None:
+        path = self.g.p.path
+        steps = self.answer_tokens + (1 if self.g.stops_early else 0)
+        self.generator.io.do(path.generator_io_s * path.in_share / 2,
+                             lambda: self.generator.submit(_Seq(self, steps)))
+
+    def token(self, first: bool, last: bool) -> None:
+        path = self.g.p.path
+        if first:
+            outward = [(self.generator.io, path.generator_io_s)] + self.inward[::-1]
+            self._chain(outward, path.in_share / 2, self._first_seen)
+        if last:
+            self.generator.io.do(path.generator_io_s * (1 - path.in_share))
+            self.g.store_of(self.session.index).do(path.store_op_s, self._recorded)
+
+    def _first_seen(self) -> None:
+        self.record.ttft_s = self.g.sim.now - self.sent
+
+    def _recorded(self) -> None:
+        """The turn is stored as pending; the Ingress sends the end of the answer, and once it
+        has handed the last byte over, dispatches the update (the proxy and the client carry
+        the end on meanwhile)."""
+        self.session.update_pending = True
+        path = self.g.p.path
+        (client, client_s), (proxy, proxy_s), (ingress, ingress_s) = self.inward
+
+        def handed_over() -> None:
+            self.g.sim.after(path.update_latency_s, lambda: self.g.updater_for().submit(self))
+            self.g.sim.after(path.stream_latency_s, lambda: self._chain(
+                [(proxy, proxy_s), (client, client_s)], path.out_share, self._ended))
+
+        ingress.do(ingress_s * path.out_share, handed_over)
+
+    def _ended(self) -> None:
+        self.ended = self.g.sim.now
+        self.record.answer_s = self.ended - self.sent
+        rest = 1 - self.g.p.path.in_share - self.g.p.path.out_share
+        for server, seconds in self.inward:
+            server.do(seconds * rest)
+        if not math.isnan(self.commit_at):
+            self.record.lag_s = self.commit_at - self.ended
+        self.g.turn_ended(self)
+
+    def committed(self) -> None:
+        self.commit_at = self.g.sim.now
+        if not math.isnan(self.ended):
+            self.record.lag_s = self.commit_at - self.ended
+        self.session.update_pending = False
+        waiting, self.session.on_commit = self.session.on_commit, None
+        if waiting is not None:
+            waiting()
+
+
+@dataclass
+class Replicas:
+    """How many of each part the simulated application runs."""
+
+    generators: int = 1
+    updaters: int = 1
+    ingress: int = 1
+    store_shards: int = 1
+
+
+class Graph:
+    """The whole application and its clients for one workload."""
+
+    def __init__(self, p: CostProfile, w: Workload, replicas: Replicas, seed: int = 0,
+                 answer_tokens: Sequence[int] | None = None, stops_early: bool = True,
+                 ramp_s: float = 0.0) -> None:
+        self.p, self.w, self.replicas = p, w, replicas
+        self.sim = Sim(seed, p.timing_cv, p.path.speed)
+        self.answer_choices = list(answer_tokens) if answer_tokens else [w.answer_tokens]
+        self.stops_early = stops_early
+        self.stores = [Server(self.sim, serial=False) for _ in range(replicas.store_shards)]
+        self.ingress = [Server(self.sim, serial=False) for _ in range(replicas.ingress)]
+        self.proxies = [Server(self.sim, serial=False) for _ in range(replicas.ingress)]
+        self.clients = [Server(self.sim, serial=False)]
+        self.generators = [DecodeLoop(self.sim, p, w.query_tokens) for _ in range(replicas.generators)]
+        self.updaters = [Updater(self.sim, p, self.store_of) for _ in range(replicas.updaters)]
+        self.records: list[TurnRecord] = []
+        self.sessions = [_Session(i, w.turns) for i in range(w.sessions)]
+        self.active = w.sessions
+        self.last_end = 0.0
+        self._stall_rate = p.stalls.get("rate_per_s", 0.0) if p.stalls.get("durations_s") else 0.0
+        if self._stall_rate > 0:
+            self._next_stall()
+        for s in self.sessions:
+            self.sim.at(ramp_s * s.index / w.sessions, lambda s=s: self._start_turn(s))
+
+    def store_of(self, session: int) -> Server:
+        return self.stores[session % len(self.stores)]
+
+    def front_for(self, session: int) -> tuple[Server, Server, Server]:
+        i = session % len(self.ingress)
+        return self.clients[0], self.proxies[i], self.ingress[i]
+
+    def generator_for(self) -> DecodeLoop:
+        return min(self.generators, key=lambda g: g.ongoing)
+
+    def updater_for(self) -> Updater:
+        return min(self.updaters, key=lambda u: u.ongoing)
+
+    def _start_turn(self, s: _Session) -> None:
+        s.turns_left -= 1
+        index = self.w.turns - s.turns_left
+        _Turn(self, s, index, self.sim.rng.choice(self.answer_choices))
+
+    def turn_ended(self, turn: _Turn) -> None:
+        self.records.append(turn.record)
+        self.last_end = max(self.last_end, self.sim.now)
+        if turn.session.turns_left > 0:
+            self.sim.after(self.w.think_time_s, lambda: self._start_turn(turn.session))
+        else:
+            self.active -= 1
+
+    def _next_stall(self) -> None:
+        """Stalls of the machine (the profile's measured rate and durations), while any
+        session plays."""
+        def stall() -> None:
+            if self.active > 0:
+                self.sim.cpu.freeze(self.sim.rng.choice(self.p.stalls["durations_s"]))
+                self._next_stall()
+
+        self.sim.after(self.sim.rng.expovariate(self._stall_rate), stall)
+
+    def run(self) -> dict[str, Any]:
+        self.sim.run()
+        return summarise(self.records, self.last_end, self)
+
+
+def _pct(values: Sequence[float], q: float) -> float | None:
+    values = [v for v in values if not math.isnan(v)]
+    return float(np.percentile(values, q)) if values else None
+
+
+def summarise(records: Sequence[TurnRecord], wall_s: float, graph: Graph | None = None) -> dict[str, Any]:
+    """The serving benchmark's headline figures for simulated turns."""
+    ttft = [r.ttft_s for r in records]
+    out = {
+        "turns": len(records),
+        "ttft_p50_s": _pct(ttft, 50), "ttft_p99_s": _pct(ttft, 99),
+        "answer_p50_s": _pct([r.answer_s for r in records], 50),
+        "update_lag_p50_s": _pct([r.lag_s for r in records], 50),
+        "update_lag_p99_s": _pct([r.lag_s for r in records], 99),
+        "waited_share": sum(r.waited_s > 0 for r in records) / len(records) if records else None,
+        "tokens_per_s": sum(r.tokens for r in records) / wall_s if wall_s else None,
+        "wall_s": wall_s,
+    }
+    if graph is not None and wall_s:
+        out["busy"] = {
+            "generator": [g.busy_s / wall_s for g in graph.generators],
+            "generator_occupancy": [g.row_s / wall_s / graph.p.path.max_batch_size for g in graph.generators],
+            "store": [s.busy_s / wall_s for s in graph.stores],
+            "ingress": [s.busy_s / wall_s for s in graph.ingress],
+            "client": graph.clients[0].busy_s / wall_s,
+            "updater": max(u.busy_s for u in graph.updaters) / wall_s,
+            "update_batch_mean": float(np.mean([b for u in graph.updaters for b in u.batches] or [0])),
+        }
+    return out
+
+
+def simulate(p: CostProfile, w: Workload, replicas: Replicas | None = None, seed: int = 0,
+             answer_tokens: Sequence[int] | None = None, stops_early: bool = True, rounds: int = 1,
+             ramp_s: float = 0.0) -> dict[str, Any]:
+    """Play ``w`` (``rounds`` times with fresh sessions, pooled) on ``replicas`` and return the
+    benchmark's figures (TTFT p50/p99, answer p50, update lag p50/p99, waited share, tokens/s).
+    ``answer_tokens``: answer lengths to draw from (default: the workload's, always);
+    ``stops_early``: answers end by an end-of-answer step (one step after the last token)."""
+    records, wall = [], 0.0
+    for r in range(rounds):
+        g = Graph(p, w, replicas or Replicas(), seed + r, answer_tokens, stops_early, ramp_s)
+        out = g.run()
+        records += g.records
+        wall += out["wall_s"]
+    result = summarise(records, wall, g)
+    return result
+
+
+def _bisect(f: Callable[[float], float], target: float, lo: float, hi: float, steps: int = 30) -> float:
+    """x in [lo, hi] with f(x) ≈ target for an increasing f (an end when out of range)."""
+    if f(hi) <= target:
+        return hi
+    if f(lo) >= target:
+        return lo
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if f(mid) < target else (lo, mid)
+    return (lo + hi) / 2
+
+
+def fit_to_calibration(p: CostProfile, w: Workload, ttft_s: float, answer_s: float, lag_s: float,
+                       answer_tokens: Sequence[int] | None = None) -> CostProfile:
+    """The profile with the serving path's shares and fixed latencies chosen so that simulating
+    the calibration workload ``w`` gives back its measured median TTFT, answer time and update
+    lag. (A closed-form fit misses what overlaps: the decoding thread keeps stepping while the
+    first token travels out, and both take the shared cores.)"""
+    path = dataclasses.replace(p.path, request_latency_s=0.0, stream_latency_s=0.0, update_latency_s=0.0)
+
+    def run(**changes) -> dict[str, Any]:
+        return simulate(dataclasses.replace(p, path=dataclasses.replace(path, **changes)), w,
+                        answer_tokens=answer_tokens, seed=0)
+
+    for _ in range(4):  # the shares and the update's latency interact a little (their work overlaps): refit each in turn
+        path = dataclasses.replace(path, request_latency_s=0.0, stream_latency_s=0.0)
+        path = dataclasses.replace(path, in_share=_bisect(
+            lambda x: run(in_share=x)["ttft_p50_s"], ttft_s, 0.0, 1.0 - path.out_share))
+        path = dataclasses.replace(path, request_latency_s=max(0.0, ttft_s - run()["ttft_p50_s"]))
+        path = dataclasses.replace(path, out_share=_bisect(
+            lambda x: run(out_share=x)["answer_p50_s"], answer_s, 0.0, 1.0 - path.in_share))
+        path = dataclasses.replace(path, stream_latency_s=max(0.0, answer_s - run()["answer_p50_s"]))
+        path = dataclasses.replace(path, update_latency_s=_bisect(
+            lambda x: run(update_latency_s=x)["update_lag_p50_s"], lag_s, 0.0, max(lag_s, 1e-3)))
+    return dataclasses.replace(p, path=path)

@@ -1,0 +1,159 @@
+"""The capacity model and the serving-graph simulation (no Ray, no model: synthetic profiles)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+
+from rxt_dist.eval.capacity import (
+    CostProfile,
+    ServingPath,
+    Workload,
+    bounds,
+    monotone,
+    storage_traffic,
+)
+from rxt_dist.eval.plan import Usage, daily_users_workload, plan, simulate_share
+from rxt_dist.eval.profile import fit_serving_path
+from rxt_dist.eval.simulate import Replicas, fit_to_calibration, simulate
+
+STEP, PREFILL, CONSOLIDATE = 0.004, 0.010, 0.020
+
+
+def profile(path: ServingPath | None = None, cv: float = 0.0, **tables) -> CostProfile:
+    """A deterministic profile: flat costs unless a table is given."""
+    return CostProfile(
+        source="test", model={}, query_tokens=48, answer_tokens=8,
+        decode_step_s=tables.get("decode_step_s", {1: STEP, 64: STEP}),
+        prefill_s=tables.get("prefill_s", {1: PREFILL, 64: PREFILL}),
+        prefill_length_s={16: 0.005, 48: 0.010, 256: 0.040},
+        consolidate_s=tables.get("consolidate_s", {1: CONSOLIDATE, 64: CONSOLIDATE}),
+        stm_bytes={"float32": 786_536, "bfloat16": 393_320},
+        path=path or ServingPath(update_batch_wait_s=0.0, cores=1e9), timing_cv=cv)
+
+
+def test_one_session_without_contention_ttft_is_prefill_plus_overhead():
+    path = ServingPath(request_latency_s=0.003, store_op_s=0.001, update_batch_wait_s=0.0, cores=1e9)
+    r = simulate(profile(path), Workload(sessions=1, think_time_s=5.0, answer_tokens=8, turns=4), stops_early=False)
+    assert r["ttft_p50_s"] == pytest.approx(0.003 + 0.001 + PREFILL, rel=1e-9)
+    assert r["ttft_p99_s"] == pytest.approx(r["ttft_p50_s"], rel=1e-9)
+    # 7 more tokens, one step each, then the turn is recorded (one store call)
+    assert r["answer_p50_s"] == pytest.approx(r["ttft_p50_s"] + 7 * STEP + 0.001, rel=1e-9)
+    assert r["waited_share"] == 0
+
+
+def test_next_turn_waits_for_the_previous_update():
+    """No think time: turn t+1 arrives as turn t's update starts and waits all of it."""
+    r = simulate(profile(), Workload(sessions=1, think_time_s=0.0, answer_tokens=4, turns=5), stops_early=False)
+    assert r["update_lag_p50_s"] == pytest.approx(CONSOLIDATE, rel=1e-9)
+    assert r["waited_share"] == pytest.approx(4 / 5)  # every turn but the first
+    assert r["ttft_p99_s"] == pytest.approx(CONSOLIDATE + PREFILL, rel=1e-9)
+
+
+def test_throughput_saturates_at_the_batch_cost_limit():
+    """Far more sessions than batch rows: tokens/s → max_batch_size / step time."""
+    path = ServingPath(update_batch_wait_s=0.0, cores=1e9, max_batch_size=16)
+    p = profile(path, prefill_s={1: 1e-6, 64: 1e-6}, consolidate_s={1: 1e-6, 64: 1e-6})
+    r = simulate(p, Workload(sessions=64, think_time_s=0.0, answer_tokens=32, turns=4), stops_early=False)
+    assert r["tokens_per_s"] == pytest.approx(16 / STEP, rel=0.03)
+
+
+def measured_like() -> CostProfile:
+    """Shaped like this machine's profile: costs that grow with the batch, a serving path that
+    costs more than the model, two shared cores."""
+    path = ServingPath(client_s=0.009, proxy_s=0.017, ingress_s=0.032, store_op_s=0.003, generator_io_s=0.013,
+                       updater_item_s=0.011, in_share=0.35, out_share=0.1, cores=2, other_load=1.0)
+    return profile(path, decode_step_s={1: 0.0013, 8: 0.0024, 32: 0.0047, 64: 0.0074},
+                   prefill_s={1: 0.006, 8: 0.034, 32: 0.13}, consolidate_s={1: 0.003, 16: 0.08})
+
+
+def test_more_sessions_wait_longer_for_their_first_token():
+    p = measured_like()
+    ttft = [simulate(p, Workload(sessions=s, answer_tokens=6, turns=6))["ttft_p50_s"] for s in (1, 8, 32)]
+    assert ttft[0] < ttft[1] < ttft[2]
+
+
+def test_jitter_is_seeded_and_widens_the_tail():
+    w = Workload(sessions=4, think_time_s=0.05, answer_tokens=6, turns=10)
+    a, b = simulate(profile(cv=0.5), w, seed=1), simulate(profile(cv=0.5), w, seed=1)
+    assert a == b
+    assert a["ttft_p99_s"] > simulate(profile(cv=0.0), w)["ttft_p99_s"]
+
+
+def test_more_generators_lower_the_ttft_of_a_busy_deployment():
+    p = dataclasses.replace(measured_like(), path=dataclasses.replace(measured_like().path, cores=1e9))
+    w = Workload(sessions=96, think_time_s=0.0, answer_tokens=6, turns=4)
+    one, three = simulate(p, w, Replicas(generators=1)), simulate(p, w, Replicas(generators=3, updaters=3))
+    assert three["ttft_p50_s"] < one["ttft_p50_s"]
+
+
+def test_plan_meets_the_slo_in_simulation_with_the_fewest_generators():
+    p = measured_like()
+    w = Workload(sessions=400, think_time_s=2.0, answer_tokens=16, turns=3)
+    out = plan(p, w, slo_ttft_p99_s=0.25)
+    assert out["feasible"]
+    assert out["ttft_p99_s"] <= 0.25
+    assert simulate_share(p, w, out["generators"])["ttft_p99_s"] <= 0.25
+    if out["generators"] > 1:
+        fewer = simulate_share(p, w, out["generators"] - 1)
+        assert fewer["ttft_p99_s"] > 0.25 or max(fewer["busy"]["generator_occupancy"]) > 0.7
+
+
+def test_plan_refuses_an_slo_below_one_unloaded_query():
+    out = plan(measured_like(), Workload(sessions=10, think_time_s=1.0), slo_ttft_p99_s=0.001)
+    assert not out["feasible"] and "alone" in out["reason"]
+
+
+def test_fitted_path_reproduces_its_calibration_run():
+    """The serving path fitted from a calibration level (S = 1, think time) gives back that
+    level's median TTFT and answer time when the calibration workload is simulated."""
+    p = measured_like()
+    model = {"decode_step_s": p.decode_step_s, "prefill_s": p.prefill_s, "consolidate_s": p.consolidate_s,
+             "cpu_s": {"prefill": {1: 0.004}, "decode_step": {1: 0.001}, "consolidate": {1: 0.002}}}
+    cpu = {"client": 0.008, "proxy": 0.014, "ingress": 0.027, "store": 0.010, "generator": 0.021, "updater": 0.011}
+    level = {"ttft": {"excluding_wait": {"p50_s": 0.040}}, "answer": {"p50_s": 0.060},
+             "update_lag": {"p50_s": 0.030}}
+    first = ServingPath(**fit_serving_path(model, cpu, level, answer_steps=7, k=1.2, cores=2))
+    assert first.other_load == pytest.approx(2 * 1.2 - 1)
+    w = Workload(sessions=1, think_time_s=0.3, answer_tokens=6, turns=6)
+    q = fit_to_calibration(dataclasses.replace(p, path=first), w, 0.040, 0.060, 0.030)
+    r = simulate(q, w)
+    assert r["ttft_p50_s"] == pytest.approx(0.040, rel=0.02)
+    assert r["answer_p50_s"] == pytest.approx(0.060, rel=0.02)
+    assert r["update_lag_p50_s"] == pytest.approx(0.030, rel=0.02)
+
+
+def test_tables_are_made_monotone_and_checked():
+    assert monotone({1: 5.0, 2: 9.0, 4: 3.0, 8: 4.0}) == {1: 3.0, 2: 3.0, 4: 3.0, 8: 4.0}
+    p = profile()
+    assert p.decode_step(0) == 0 and p.decode_step(100) == pytest.approx(STEP)
+    assert p.prefill(1, 16) == pytest.approx(PREFILL * 0.5)
+    with pytest.raises(ValueError, match="decode_step_s"):
+        profile(decode_step_s={})
+    with pytest.raises(ValueError, match="in_share"):
+        ServingPath(in_share=0.8, out_share=0.5)
+    assert CostProfile.from_dict(json_roundtrip(p.to_dict())) == p
+
+
+def json_roundtrip(d: dict) -> dict:
+    import json
+
+    return json.loads(json.dumps(d))
+
+
+def test_storage_traffic_counts_writes_and_ray_bytes():
+    t = storage_traffic(profile(), turns_per_s=100.0, stored_sessions=1000)
+    assert t["write_ops_per_s"] == 300 and t["delete_ops_per_s"] == 100
+    assert t["ray_object_store_bytes_per_turn"] == 4 * 786_536  # above Ray's inline limit
+    small = dataclasses.replace(profile(), stm_bytes={"float32": 32_888})
+    assert storage_traffic(small, 1.0, 1)["ray_object_store_bytes_per_turn"] == 0
+
+
+def test_daily_users_become_concurrent_sessions_by_littles_law():
+    w = daily_users_workload(86_400, Usage(conversations_per_user=1, turns=10, think_time_s=9.0, peak_to_mean=1.0),
+                             answer_s=1.0)
+    assert w.sessions == 100  # 86,400 conversations/day × 100 s each / 86,400 s
+    assert bounds(profile(), w)["turns_per_s"] == pytest.approx(w.sessions / (9.0 + bounds(profile(), w)["answer_unloaded_s"]))
+    assert math.isfinite(bounds(profile(), w)["max_tokens_per_s_per_generator"])
