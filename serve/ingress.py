@@ -142,6 +142,7 @@ class Ingress:
         self._updates: dict[tuple[str, int], asyncio.Task] = {}
         self._tasks: set[asyncio.Task] = set()
         self.metrics = IngressMetrics()
+        self._janitor: asyncio.Task | None = None
 
     # ---- routes ----------------------------------------------------------------------------
 
@@ -161,6 +162,7 @@ class Ingress:
             return await self._chat(request)
 
     async def _chat(self, request: Request):
+        self._ensure_janitor()
         owner = self._authorize(request)
         req = parse_chat_request(await _read_body(request))
         if req.model != self.model_id:
@@ -428,6 +430,28 @@ class Ingress:
             return  # this replica is already driving it
         self._updates[key] = self._spawn(self._drive_update(sid, base_version))
         self._updates[key].add_done_callback(lambda _: self._updates.pop(key, None))
+
+    async def check_health(self) -> None:
+        """Serve calls this every ``health_check_period_s``: it also keeps the janitor running."""
+        self._ensure_janitor()
+
+    def _ensure_janitor(self) -> None:
+        if self._janitor is None or self._janitor.done():
+            self._janitor = self._spawn(self._redispatch_stale_forever())
+
+    async def _redispatch_stale_forever(self) -> None:
+        """Dispatch updates left pending longer than ``update_stale_s`` (the Ingress that
+        recorded them died before dispatching): a session whose client never comes back must
+        not stay one turn behind. Every Ingress replica does it; duplicates are harmless."""
+        while True:
+            await asyncio.sleep(self.args.update_stale_s)
+            for shard in self.stores.handles:
+                try:
+                    stale = await shard.stale_pending.remote(self.args.update_stale_s)
+                except RayError:
+                    continue  # the shard is restarting: next round
+                for sid, version in stale:
+                    self._dispatch_update(sid, version)
 
     async def _drive_update(self, sid: str, base_version: int) -> None:
         """Call the updater until the update is applied (or found applied, or failed for good)."""

@@ -365,6 +365,9 @@ class SessionStore:
                     logger.warning("sweep: %s", exc)
                     continue
                 expired = meta is not None and self._expired(meta, now)
+                if meta is not None and meta.pending is not None and meta.pending.error is None:
+                    await self._entry(sid)  # in memory, where stale_pending finds it
+                    continue
             if expired and self._entries.get(sid) is entry:  # nobody loaded it meanwhile
                 await self._expire(sid, entry)
                 deleted += 1
@@ -493,6 +496,13 @@ class SessionStore:
         return _status(StoreStatus.OK, lease=lease, version=entry.meta.version, stm=entry.stm,
                        stm_shape=entry.meta.stm_shape, turns=entry.meta.turns,
                        committed=entry.meta.committed, waited_s=waited_s, transcript=entry.meta.transcript)
+
+    async def stale_pending(self, age_s: float) -> list[tuple[str, int]]:
+        """``(session, base_version)`` of the updates pending for at least ``age_s`` (their
+        dispatcher may have died; a re-dispatch is harmless: compare-and-set)."""
+        now = time.time()
+        return [(sid, e.meta.pending.base_version) for sid, e in self._entries.items()
+                if e.meta.pending is not None and e.meta.pending.error is None and now - e.meta.pending.since >= age_s]
 
     async def renew(self, sid: str, lease: str) -> dict:
         """Extend the claim ``lease`` holds by a whole turn lease (an answer still streaming)."""

@@ -363,3 +363,19 @@ def test_a_session_continues_only_from_the_transcript_it_stands_at(tmp_path):
         assert (await fresh.lookup(t1))["session_id"] == sid
         assert (await fresh.unlink(t1, new_session_id())) and (await fresh.lookup(t1))["session_id"] == sid
     run(scenario())
+
+
+def test_updates_pending_too_long_are_listed_for_a_new_dispatch(tmp_path):
+    async def scenario():
+        store = store_at(tmp_path)
+        old, new = new_session_id(), new_session_id()
+        for sid in (old, new):
+            await store.create(sid, b"s", SHAPE)
+            await store.begin_turn(sid, "a", 0.0)
+            await store.finish_turn(sid, "a", 0, [1], [2])
+            await asyncio.sleep(0.3) if sid == old else None
+        assert await store.stale_pending(0.25) == [(old, 0)]
+        fresh = store_at(tmp_path)  # a restarted shard finds them in storage at its sweep
+        await fresh.sweep()
+        assert sorted(await fresh.stale_pending(0.0)) == sorted([(old, 0), (new, 0)])
+    run(scenario())
