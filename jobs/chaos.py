@@ -1,8 +1,8 @@
 """The fault suite at full size: chaos (conversations while actors are killed) and the HTTP fuzz.
 
-    python jobs/chaos.py                                  # 32 sessions × 20 turns with faults, then 10,000 fuzz requests
+    python jobs/chaos.py                       # 32 sessions × 20 turns with faults, then 10,000 fuzz requests
     python jobs/chaos.py --sessions 64 --turns 40 --fuzz 0
-    python jobs/chaos.py --no-faults --fuzz 0             # the control: the same conversations, nothing killed
+    python jobs/chaos.py --no-faults --fuzz 0  # the control: the same conversations, nothing killed
     python jobs/chaos.py --out /tmp/chaos.json
 
 Starts a private local Ray (never an existing cluster) and the serving app on the random demo
@@ -28,6 +28,8 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+
+log = logging.getLogger("chaos")
 
 APP = "chaos"
 SHARDS = 2
@@ -106,7 +108,7 @@ def chaos(args: argparse.Namespace, url: str, app_args) -> dict:
     started = time.monotonic()
     torch.set_num_threads(1)  # a tiny model: a second OpenMP thread only waits on a busy machine
     expected = fault_free_answers(app_args.model_dir, texts, args.max_tokens, app_args.initial_stm_seed)
-    logging.info("fault-free answers of %d conversations in %.1fs", len(texts), time.monotonic() - started)
+    log.info("fault-free answers of %d conversations in %.1fs", len(texts), time.monotonic() - started)
     injector = None
     if not args.no_faults:
         shards = [store_actor_name(app_args.store_url, i, SHARDS) for i in range(SHARDS)]

@@ -115,7 +115,10 @@ class FuzzResult:
                             "oversized_cut_while_sending": self.oversized_cut,
                             "sessions_changed": len(self.sessions_changed), "healthy_after": self.healthy_after,
                             "answers_a_turn_after": self.answers_after,
-                            "cases": (self.server_errors + self.accepted + self.bad_shape + self.sessions_changed)[:20]}}
+                            "cases": self.cases()[:20]}}
+
+    def cases(self) -> list[str]:
+        return self.server_errors + self.accepted + self.bad_shape + self.sessions_changed
 
 
 class RequestFactory:
@@ -201,7 +204,8 @@ class RequestFactory:
             ("messages", "hello"), ("messages", {"role": "user"}), ("messages", 3), ("messages", [5]),
             ("messages", ["hello"]), ("messages", [{"role": "user", "content": 5}]),
             ("messages", [{"role": "user"}]), ("messages", [{"content": "hi"}]),
-            ("messages", [{"role": 1, "content": "hi"}]), ("messages", [{"role": "user", "content": [{"type": "image"}]}]),
+            ("messages", [{"role": 1, "content": "hi"}]),
+            ("messages", [{"role": "user", "content": [{"type": "image"}]}]),
             ("messages", [{"role": "user", "content": None}]), ("max_tokens", "5"), ("max_tokens", 5.5),
             ("max_tokens", True), ("max_tokens", [5]), ("temperature", "0"), ("temperature", [0]),
             ("stream", "yes"), ("stream", 1), ("stream", [True]), ("top_p", "1"), ("seed", "1"), ("seed", 1.5),
@@ -356,7 +360,8 @@ async def run_fuzz(cfg: FuzzConfig) -> FuzzResult:
         await asyncio.gather(*workers)
         result.seconds = time.monotonic() - started
         after = await _records(http, cfg, sids)
-        result.sessions_changed = [f"{sid}: {before[sid]} → {after[sid]}" for sid in sids if after[sid] != before[sid]]
+        result.sessions_changed = [f"{sid}: {before[sid]} → {after[sid]}"
+                                   for sid in sids if after[sid] != before[sid]]
         result.healthy_after = (await http.get("/healthz")).status_code == 200
         result.answers_after = await _one_turn(http, cfg, sids[0])
     return result

@@ -133,7 +133,7 @@ class FaultInjector:
         self._started = 0.0
         self.error: BaseException | None = None
 
-    def start(self) -> "FaultInjector":
+    def start(self) -> FaultInjector:
         self._started = time.monotonic()
         self._thread.start()
         return self
@@ -161,7 +161,7 @@ class FaultInjector:
                 if self._stop.wait(self._rng.uniform(*self.pause_s)):
                     return
                 self._inject(target)
-        except BaseException as exc:  # reported by stop()
+        except Exception as exc:  # noqa: BLE001 — any failure of the thread is raised again by stop()
             self.error = exc
 
     def _inject(self, target: Target) -> None:

@@ -21,7 +21,6 @@ from typing import Any
 
 from rxt_dist.chaos.client import SessionLog
 
-
 STRANDED = ("known gap: a pending update whose Ingress died after the client had its answer is "
             "re-dispatched only by the session's next turn or a retry of that turn (no GET, nothing in the "
             "background), so after a conversation's last turn it can stay pending")

@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 
 import httpx
-
 import pytest
 import ray
 from ray import serve
@@ -43,8 +42,8 @@ from .conftest import CORPUS
 pytestmark = pytest.mark.timeout(400)
 
 # 32 × 12 and 2,000 requests here (about 80 s on 2 busy cores); jobs/chaos.py plays the full size.
-SESSIONS, TURNS = int(os.environ.get("CHAOS_SESSIONS", 32)), int(os.environ.get("CHAOS_TURNS", 12))
-FUZZ_REQUESTS = int(os.environ.get("FUZZ_REQUESTS", 2000))
+SESSIONS, TURNS = int(os.environ.get("CHAOS_SESSIONS", "32")), int(os.environ.get("CHAOS_TURNS", "12"))
+FUZZ_REQUESTS = int(os.environ.get("FUZZ_REQUESTS", "2000"))
 KEY = "chaos-key"
 MAX_TOKENS = 6
 SHARDS = 2

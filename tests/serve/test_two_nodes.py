@@ -117,7 +117,7 @@ def two_nodes(model_dir, tmp_path_factory):
 
 
 def test_killing_the_node_of_a_store_shard_loses_no_turn(two_nodes, reference):
-    cluster, second, shard, url, args = two_nodes
+    cluster, second, shard, url, _ = two_nodes
     head = ray.get_runtime_context().get_node_id()
     assert _node_of(shard) == second.node_id
     placed = _replica_nodes("nodes")
