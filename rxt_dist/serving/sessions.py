@@ -235,6 +235,7 @@ class SessionStore:
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._stored: int | None = None  # sessions of this shard in storage, counted on first use
         self._sweeper: asyncio.Task | None = None
+        self._sweeping = asyncio.Lock()
         self._links: OrderedDict[str, str] = OrderedDict()  # recently used transcript index entries
         self.expired = self.evicted = 0
 
@@ -350,8 +351,13 @@ class SessionStore:
         return [n for n in names if is_session_id(n) and shard_of(n, self.num_shards) == self.shard]
 
     async def sweep(self) -> int:
-        """Delete the expired sessions of this shard from storage (and memory); recount what
-        is stored. Returns how many were deleted."""
+        """Delete the expired sessions of this shard from storage (and memory), load those
+        with a pending update, recount what is stored. Returns how many were deleted (one
+        sweep at a time)."""
+        async with self._sweeping:
+            return await self._sweep()
+
+    async def _sweep(self) -> int:
         ids = await asyncio.to_thread(self._own_ids)
         deleted, now = 0, time.time()
         for sid in ids:
@@ -379,12 +385,12 @@ class SessionStore:
             self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
 
     async def _sweep_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self.config.sweep_interval_s)
+        while True:  # first right away: a restarted shard finds its pending updates
             try:
                 await self.sweep()
             except Exception:  # storage hiccup: try again next time
                 logger.exception("sweeping expired sessions failed")
+            await asyncio.sleep(self.config.sweep_interval_s)
 
     async def _room_for_one_more(self) -> bool:
         cap = self.config.max_sessions
@@ -500,6 +506,7 @@ class SessionStore:
     async def stale_pending(self, age_s: float) -> list[tuple[str, int]]:
         """``(session, base_version)`` of the updates pending for at least ``age_s`` (their
         dispatcher may have died; a re-dispatch is harmless: compare-and-set)."""
+        self._ensure_sweeper()
         now = time.time()
         return [(sid, e.meta.pending.base_version) for sid, e in self._entries.items()
                 if e.meta.pending is not None and e.meta.pending.error is None and now - e.meta.pending.since >= age_s]
