@@ -23,10 +23,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from rxt_dist.eval.serving import SESSION_HEADER, VERSION_HEADER
-
-IDEMPOTENCY_HEADER = "Idempotency-Key"
-"""One key per logical turn, repeated on its retries (the IETF draft's header name)."""
+from rxt_dist.serving.protocol import IDEMPOTENCY_HEADER, SESSION_HEADER, VERSION_HEADER
 
 
 @dataclass

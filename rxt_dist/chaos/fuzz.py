@@ -25,8 +25,8 @@ from urllib.parse import quote
 
 import httpx
 
-from rxt_dist.chaos.client import IDEMPOTENCY_HEADER, ClientConfig, async_client, create_session
-from rxt_dist.eval.serving import SESSION_HEADER
+from rxt_dist.chaos.client import ClientConfig, async_client, create_session
+from rxt_dist.serving.protocol import IDEMPOTENCY_HEADER, SESSION_HEADER
 
 CHAT = "/v1/chat/completions"
 HTTP_LAYER_400 = b"Invalid HTTP request received."

@@ -32,6 +32,7 @@ from rxt_dist.chaos.fuzz import FuzzConfig, run_fuzz
 from rxt_dist.chaos.inject import FaultInjector, replica_target, store_target
 from rxt_dist.chaos.run import run_chaos
 from rxt_dist.chaos.verdict import STRANDED
+from rxt_dist.serving.protocol import IDEMPOTENCY_HEADER, REPLAYED_HEADER, SESSION_HEADER
 from rxt_dist.serving.sessions import shard_of
 from serve.app import build_app
 from serve.args import DEPLOYMENT_NAMES, AppArgs
@@ -135,8 +136,8 @@ def test_a_replayed_turn_gets_its_stranded_update_applied(app):
     # The client's retry of that turn (same key) is answered from the record...
     body = {"model": MODEL, "messages": [{"role": "user", "content": "my name is ada"}], "max_tokens": 2,
             "temperature": 0}
-    r = http.post("/v1/chat/completions", json=body, headers={"x-session-id": sid, "Idempotency-Key": key})
-    assert r.status_code == 200 and r.headers.get("x-idempotent-replay") == "true", r.text
+    r = http.post("/v1/chat/completions", json=body, headers={SESSION_HEADER: sid, IDEMPOTENCY_HEADER: key})
+    assert r.status_code == 200 and r.headers.get(REPLAYED_HEADER) == "true", r.text
     # ...and the turn it recorded must reach memory without waiting for another turn.
     deadline = time.monotonic() + 5 * args.update_stale_s
     while (info := http.get(f"/v1/sessions/{sid}").json())["pending_update"] and time.monotonic() < deadline:
