@@ -16,6 +16,7 @@ import contextlib
 import logging
 import os
 import sys
+import threading
 import warnings
 from collections.abc import Iterator
 
@@ -64,6 +65,7 @@ def init_ray(log_file: str | None = None) -> None:
     sink = _RaySink(log_file) if log_file else None
     if sink:
         sink.route_loggers()
+        sink.route_worker_output()
     if os.environ.get("RAY_ADDRESS"):
         ray.init(log_to_driver=True)
     else:
@@ -79,7 +81,6 @@ def init_ray(log_file: str | None = None) -> None:
     ctx.enable_progress_bars = False
     if sink:
         sink.route_loggers()  # loggers that ray.init and Ray Data configured
-        sink.route_worker_output()
 
 
 class _RaySink:
@@ -91,6 +92,7 @@ class _RaySink:
         self.handler = logging.FileHandler(path, encoding="utf-8")
         self.handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         self.stream = self.handler.stream
+        self._lock = threading.Lock()
         self._route_warnings()
 
     def route_loggers(self) -> None:
@@ -107,18 +109,19 @@ class _RaySink:
         logging.getLogger("ray").setLevel(logging.INFO)  # the file has room for what the terminal had not
 
     def route_worker_output(self) -> None:
-        """Replace the driver's printer of forwarded worker output (``log_to_driver``) with one
-        writing to the file. Ray has no public hook for this; on a Ray without this one the
-        output stays on the terminal, as with ``--verbose``."""
+        """Replace the driver's printer of Ray's processes' output — forwarded by
+        ``log_to_driver``, and the raylet's error messages — with one writing to the file. Ray has
+        no public hook for this; on a Ray without this printer the output stays on the terminal,
+        as with ``--verbose``. Called before ``ray.init``, which binds the printer."""
         try:
-            from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
-            from ray._private.worker import filter_autoscaler_events
+            import ray._private.worker as ray_worker
         except ImportError:
+            ray_worker = None
+        if not all(hasattr(ray_worker, f) for f in ("print_to_stdstream", "filter_autoscaler_events")):
             log.warning("this Ray cannot send its workers' output to a file: it stays on the terminal")
             return
-        self._autoscaler_events = filter_autoscaler_events
-        dispatcher.remove_handler("ray_print_logs")
-        dispatcher.add_handler("ray_print_logs", self._write_batch)  # the name ray.shutdown removes
+        self._autoscaler_events = ray_worker.filter_autoscaler_events
+        ray_worker.print_to_stdstream = lambda data, ignore_prefix=False: self._write_batch(data)
 
     def _write_batch(self, data: dict) -> None:
         name = data.get("actor_name") or data.get("task_name") or ""
@@ -127,9 +130,9 @@ class _RaySink:
         lines = data.get("lines", [])
         if data.get("pid") == "autoscaler":  # its status table every 5 s: Ray prints only its events
             lines = self._autoscaler_events(lines)
-        for line in lines:
-            self.stream.write(prefix + line + "\n")
-        self.stream.flush()
+        with self._lock:  # two of Ray's threads print: forwarded output and the raylet's errors
+            self.stream.write("".join(prefix + line + "\n" for line in lines))
+            self.stream.flush()
 
     def _route_warnings(self) -> None:
         import ray

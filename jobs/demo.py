@@ -101,8 +101,9 @@ def evaluate(cfg, conversations: int):
     from rxt_dist.train import export_url
 
     qcfg = QualityConfig(max_conversations=conversations, threads=2, batch_size=32)
+    # A bar only on a terminal: in a pipe or a file its redraws pile up on one line.
     return evaluate_models(cfg.data.url, export_url(cfg, "smat"), export_url(cfg, "baseline"), qcfg,
-                           progress=True, command="jobs/demo.py")
+                           progress=sys.stderr.isatty(), command="jobs/demo.py")
 
 
 def print_headline(report) -> None:

@@ -19,7 +19,7 @@ from rxt_dist.train.launcher import (
 )
 
 __all__ = [
-    "RXT_STAGES", "STAGES", "TrainConfig", "stage_name", "StageFailed", "StageResult", "build_trainer", "check_resources",
-    "export_url", "is_complete", "prepare_job", "run_curriculum", "run_stage",
+    "RXT_STAGES", "STAGES", "TrainConfig", "stage_name", "StageFailed", "StageResult", "build_trainer",
+    "check_resources", "export_url", "is_complete", "prepare_job", "run_curriculum", "run_stage",
     "rxt_stages",
 ]

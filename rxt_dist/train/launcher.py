@@ -310,5 +310,5 @@ def run_curriculum(cfg: TrainConfig, stages: list[str] | None = None, progress: 
     return [run_stage(cfg, s, skip_complete=True, progress=progress) for s in ordered]
 
 
-__all__ = ["StageResult", "StageFailed", "run_stage", "run_curriculum", "rxt_stages", "build_trainer", "prepare_job", "export_url",
-           "is_complete", "check_resources", "RXT_STAGES"]
+__all__ = ["StageResult", "StageFailed", "run_stage", "run_curriculum", "rxt_stages", "build_trainer", "prepare_job",
+           "export_url", "is_complete", "check_resources", "RXT_STAGES"]

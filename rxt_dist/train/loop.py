@@ -420,10 +420,10 @@ class StageLoop:
             return
         ds = self.cfg.deepspeed
         resuming = "" if self.resumed_from is None else f", resuming at step {self.resumed_from}"
-        self.writer.note(f"[{self.job.stage}] {self.world} workers, ZeRO-{ds.zero_stage}, {ds.precision}, micro-batch "
-                         f"{self.cfg.micro_batch(self.job.stage)} × accum {self.stage_cfg.grad_accum}, {total:,} params "
-                         f"({trainable:,} trainable), {self.total_steps} steps{resuming}",
-                         start_step=self.position.step)
+        micro, accum = self.cfg.micro_batch(self.job.stage), self.stage_cfg.grad_accum
+        self.writer.note(f"[{self.job.stage}] {self.world} workers, ZeRO-{ds.zero_stage}, {ds.precision}, "
+                         f"micro-batch {micro} × accum {accum}, {total:,} params ({trainable:,} trainable), "
+                         f"{self.total_steps} steps{resuming}", start_step=self.position.step)
 
 
 def _sizes(model: torch.nn.Module) -> tuple[int, int]:
