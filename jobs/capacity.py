@@ -70,10 +70,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     sim.add_argument("--generators", type=int, default=1)
     sim.add_argument("--updaters", type=int, default=1)
     pl = sub.add_parser("plan")
-    pl.add_argument("--profile", required=True)
+    pl.add_argument("--profile", nargs="+", default=["assumed:nano", "assumed:micro"],
+                    help="profile JSON files, or assumed:<preset> for the assumed L4 profile of a preset")
     pl.add_argument("--daily-users", type=int, nargs="+", default=[1_000, 100_000, 10_000_000])
     pl.add_argument("--slo-ttft-p99-s", type=float, default=0.5)
-    pl.add_argument("--out", default=None)
+    pl.add_argument("--turns-stateless", type=int, nargs="+", default=[8, 64, 256])
+    pl.add_argument("--out", default="docs/bench/capacity-plan.json")
     bf = sub.add_parser("bf16-recall")
     bf.add_argument("--rxt", required=True)
     bf.add_argument("--data", required=True)
@@ -103,20 +105,41 @@ def model_costs(model_dir: str, query_tokens: int, answer_tokens: int) -> tuple[
     return costs, sizes, profile_storage(sizes), described
 
 
-def calibrate(url: str, args: argparse.Namespace, idle_s: float = 4.0) -> tuple[dict, dict[str, float], int]:
-    """Play the calibration workload (one session, think time) and return its level report,
-    CPU seconds per turn of each serving process (and of this client), and the turns played.
-    Ray's processes work in the background too (health checks, metrics, long polls): their
-    CPU rate over ``idle_s`` seconds without requests is subtracted."""
+def _cpu_per_turn(pids, url: str, cfg, rate: dict[str, float]) -> tuple[dict, dict[str, float], dict[str, float]]:
+    """Play ``cfg``; its level report, each role's CPU seconds per turn (idle rate subtracted)
+    and the share of each role's CPU its busiest thread did."""
+    from rxt_dist.eval.profile import process_cpu, serial_shares, thread_cpu
+    from rxt_dist.eval.serving import run_serving
+
+    threads0 = thread_cpu(pids)
+    before, client0, w0 = process_cpu(pids), time.process_time(), time.perf_counter()
+    report = run_serving(cfg)
+    after, client1, w1 = process_cpu(pids), time.process_time(), time.perf_counter()
+    shares = serial_shares(threads0, thread_cpu(pids))
+    after["client"], before["client"] = client1, client0
+    level = report["levels"][0]
+    turns = level["requests"] + cfg.warmup_turns
+    per_turn = {role: max(0.0, after[role] - before[role] - rate[role] * (w1 - w0)) / turns for role in after}
+    return level, per_turn, shares
+
+
+def calibrate(url: str, args: argparse.Namespace, idle_s: float = 4.0) -> tuple[dict, dict[str, Any], int]:
+    """Play the calibration workloads and measure the serving processes' CPU per turn: level A,
+    one session with think time (no queueing: the latencies the profile is fitted to), and
+    level B, 16 sessions with ``MANY_THINK_S`` think time (several turns in each process at once: how much
+    of a turn's work is shared with the others, ``ServingPath.fixed_share``). Ray's processes
+    work in the background too (health checks, metrics, long polls): their CPU rate over
+    ``idle_s`` seconds without requests is subtracted."""
     import ray
 
     from rxt_dist.eval.profile import process_cpu, serving_processes
     from rxt_dist.eval.serving import ServingConfig, run_serving
 
-    cfg = ServingConfig(url=url, sessions=(1,), turns=args.calibration_turns, think_time_s=args.calibration_think_s,
-                        query_words=args.query_words, max_tokens=args.max_tokens, warmup_turns=2)
-    run_serving(ServingConfig(url=url, sessions=(1,), turns=2, query_words=args.query_words,
-                              max_tokens=args.max_tokens, warmup_turns=0))  # every process exists now
+    def config(sessions: int, turns: int, think: float, warmup: int) -> ServingConfig:
+        return ServingConfig(url=url, sessions=(sessions,), turns=turns, think_time_s=think,
+                             query_words=args.query_words, max_tokens=args.max_tokens, warmup_turns=warmup, seed=7)
+
+    run_serving(config(1, 2, 0.0, 0))  # every process exists now
     raylet = ray._private.worker._global_node.all_processes["raylet"][0].process.pid
     pids = serving_processes(raylet)
     idle0, client_idle0, t0 = process_cpu(pids), time.process_time(), time.perf_counter()
@@ -124,30 +147,51 @@ def calibrate(url: str, args: argparse.Namespace, idle_s: float = 4.0) -> tuple[
     idle1, client_idle1, t1 = process_cpu(pids), time.process_time(), time.perf_counter()
     rate = {role: (idle1[role] - idle0[role]) / (t1 - t0) for role in idle1}
     rate["client"] = (client_idle1 - client_idle0) / (t1 - t0)
-    before, client0, w0 = process_cpu(pids), time.process_time(), time.perf_counter()
-    report = run_serving(cfg)
-    after, client1, w1 = process_cpu(pids), time.process_time(), time.perf_counter()
-    after["client"], before["client"] = client1, client0
-    level = report["levels"][0]
-    turns = level["requests"] + cfg.warmup_turns
-    per_turn = {role: max(0.0, after[role] - before[role] - rate[role] * (w1 - w0)) / turns for role in after}
-    return level, {"per_turn": per_turn, "idle_rate": rate, "seconds": w1 - w0}, turns
+    level, per_turn, shares = _cpu_per_turn(pids, url, config(1, args.calibration_turns, args.calibration_think_s, 2),
+                                            rate)
+    many, many_per_turn, _ = _cpu_per_turn(pids, url, config(16, 6, MANY_THINK_S, 0), rate)
+    in_flight = many["requests"] / many["wall_s"] * many["answer"]["p50_s"]
+    fixed = {role: _fixed_share(per_turn[role], many_per_turn[role], in_flight) for role in per_turn}
+    turns = level["requests"] + 2
+    return level, {"per_turn": per_turn, "idle_rate": rate, "serial_share": shares, "fixed_share": fixed,
+                   "many": {"sessions": 16, "think_time_s": MANY_THINK_S, "per_turn": many_per_turn,
+                            "turns_in_flight": in_flight}}, turns
+
+
+MANY_THINK_S = 0.2
+"""Think time of the second calibration level: short enough that many turns are in each
+process at once, unlike the benchmark's levels (no think time)."""
+
+
+def _fixed_share(alone: float, together: float, in_flight: float) -> float:
+    """From CPU per turn one at a time and with ``in_flight`` turns at once: the share ``f`` with
+    together = alone × (f + (1 − f) / in_flight), between 0 and 1."""
+    if alone <= 0 or in_flight <= 1.2:
+        return 1.0
+    return min(1.0, max(0.0, (together / alone - 1 / in_flight) / (1 - 1 / in_flight)))
 
 
 def build_profile(args: argparse.Namespace, url: str) -> tuple[CostProfile, dict]:
-    from rxt_dist.eval.profile import StallProbe, fit_serving_path, slowdown
+    from rxt_dist.eval.profile import fit_serving_path, measure_environment, slowdown
 
     load_before = load_average()
-    with StallProbe() as probe:
-        level, cpu, turns = calibrate(url, args)
-        cpu_per_turn = cpu["per_turn"]
-        tokens = [int(x) for per_turn in level["samples"]["completion_tokens"] for x in per_turn]
-        answer_mean = sum(tokens) / len(tokens)
-        query_tokens = round(level["tokens"]["prompt_per_turn_mean"]) - 3  # [BOS][Q] … [A]
-        costs, sizes, storage, described = model_costs(args.model_dir, query_tokens, round(answer_mean))
+    env_before = measure_environment()
+    level, cpu, turns = calibrate(url, args)
+    cpu_per_turn = cpu["per_turn"]
+    tokens = [int(x) for per_turn in level["samples"]["completion_tokens"] for x in per_turn]
+    answer_mean = sum(tokens) / len(tokens)
+    query_tokens = round(level["tokens"]["prompt_per_turn_mean"]) - 3  # [BOS][Q] … [A]
+    costs, sizes, storage, described = model_costs(args.model_dir, query_tokens, round(answer_mean))
+    env_after = measure_environment()
+    stalls = {"rate_per_s": (env_before["stalls"]["rate_per_s"] + env_after["stalls"]["rate_per_s"]) / 2,
+              "durations_s": env_before["stalls"]["durations_s"] + env_after["stalls"]["durations_s"]}
     k = slowdown(costs)
     # +1: the end-of-answer step
     path = fit_serving_path(costs, cpu_per_turn, level, answer_mean + 1, k, machine_info()["logical_cpus"])
+    path["serial_share"] = cpu["serial_share"]
+    path["fixed_share"] = cpu["fixed_share"]
+    spin = (env_before["slowdown"] + env_after["slowdown"]) / 2  # the load as every later check measures it
+    path["other_load"] = max(0.0, spin - 1)
     first = CostProfile(
         source=f"measured on this machine ({machine_info()['cpu']}, {machine_info()['logical_cpus']} CPUs, "
                f"load average {load_before}) by jobs/capacity.py profile",
@@ -155,11 +199,14 @@ def build_profile(args: argparse.Namespace, url: str) -> tuple[CostProfile, dict
         decode_step_s=costs["decode_step_s"], prefill_s=costs["prefill_s"],
         prefill_length_s=costs["prefill_length_s"], consolidate_s=costs["consolidate_s"],
         stm_bytes=sizes, storage=storage, path=ServingPath(**path), timing_cv=costs["timing_cv"],
-        stalls=probe.summary(),
+        stalls=stalls,
         extra={"load_average_before": load_before, "load_average_after": load_average(), "slowdown": k,
+               "environment": {"slowdown": (env_before["slowdown"] + env_after["slowdown"]) / 2,
+                               "before": env_before, "after": env_after},
                "model_cpu_s": costs["cpu_s"], "calibration": {
                    "sessions": 1, "turns": turns, "think_time_s": args.calibration_think_s,
-                   "cpu_s_per_turn": cpu_per_turn, "cpu_idle_rate": cpu["idle_rate"], "seconds": cpu["seconds"], "answer_tokens": tokens,
+                   "cpu_s_per_turn": cpu_per_turn, "cpu_idle_rate": cpu["idle_rate"],
+                   "serial_share": cpu["serial_share"], "fixed_share": cpu["fixed_share"], "many": cpu["many"], "answer_tokens": tokens,
                    "ttft_p50_s": level["ttft"]["p50_s"], "answer_p50_s": level["answer"]["p50_s"],
                    "update_lag_p50_s": level["update_lag"]["p50_s"]}})
     calibration = Workload(sessions=1, think_time_s=args.calibration_think_s, query_tokens=query_tokens,
@@ -173,12 +220,14 @@ def build_profile(args: argparse.Namespace, url: str) -> tuple[CostProfile, dict
 # -- check: simulation vs the serving benchmark --------------------------------------------------
 
 def simulate_level(profile: CostProfile, level: dict, think_time_s: float = 0.0) -> dict[str, Any]:
-    """The simulation of one benchmark level: same sessions, turns, rounds, query length; answer
-    lengths drawn from the calibration run's (the model decides them, not the benchmark)."""
+    """The simulation of one benchmark level: same sessions, turns, rounds, query length, and the
+    same answer lengths (greedy answers to seeded queries: what was asked and answered, the
+    workload itself); lengths it lacks are drawn from the calibration run's."""
     w = Workload(sessions=level["sessions"], think_time_s=think_time_s, query_tokens=profile.query_tokens,
                  answer_tokens=profile.answer_tokens, turns=level["turns_played"])
     answers = profile.extra.get("calibration", {}).get("answer_tokens")
-    return simulate(profile, w, Replicas(), answer_tokens=answers, rounds=level["rounds"])
+    plan = level.get("samples", {}).get("completion_tokens")  # what the model answered, turn by turn
+    return simulate(profile, w, Replicas(), answer_tokens=answers, rounds=level["rounds"], answer_plan=plan)
 
 
 def measured_figures(level: dict) -> dict[str, float | None]:
@@ -189,15 +238,23 @@ def measured_figures(level: dict) -> dict[str, float | None]:
 
 
 def compare(profile: CostProfile, levels: list[dict]) -> list[dict[str, Any]]:
+    """Per level: the simulation with the profile moved to the load measured right before the
+    level (``CostProfile.in_environment``), against what the benchmark measured."""
     rows = []
+    base = profile.extra.get("environment", {}).get("slowdown", 1.0)
     for level in levels:
-        sim, real = simulate_level(profile, level), measured_figures(level)
+        env = level.get("environment")
+        here = profile if env is None else profile.in_environment(env["slowdown"], env["stalls"])
+        sim, real = simulate_level(here, level), measured_figures(level)
         errors = {key: (sim[key] / real[key] - 1) if real[key] else None for key, _ in CHECKED}
         rows.append({"sessions": level["sessions"], "measured": real,
                      "simulated": {k: sim[k] for k in (*real, "busy") if k in sim},
                      "relative_error": errors,
                      "within_tolerance": all(e is not None and abs(e) <= TOLERANCE for e in errors.values()),
-                     "load_average": [level["load_average_before"], level["load_average_after"]]})
+                     "load_average": [level["load_average_before"], level["load_average_after"]],
+                     "environment": {"slowdown": env["slowdown"] if env else None, "profiled_at": base,
+                                     "stall_rate_per_s": env["stalls"]["rate_per_s"] if env else None,
+                                     "stalled_share": env["stalls"]["stalled_share"] if env else None}})
     return rows
 
 
@@ -216,10 +273,7 @@ def check_table(rows: list[dict]) -> str:
 
 
 def run_profile_and_check(args: argparse.Namespace, check: bool) -> None:
-    from bench_serving import local_app, replica_counts
-
-    from rxt_dist.eval.profile import StallProbe
-    from rxt_dist.eval.serving import ServingConfig, run_serving
+    from bench_serving import local_app
 
     command = shlex.join(["python", "jobs/capacity.py", *sys.argv[1:]])
     with local_app(args.config, args.model_dir) as (url, server):
@@ -228,26 +282,56 @@ def run_profile_and_check(args: argparse.Namespace, check: bool) -> None:
         log.info("wrote %s", args.out)
         if not check:
             return
-        cfg = ServingConfig(url=url, sessions=tuple(args.sessions), turns=args.turns, rounds=args.rounds,
-                            query_words=args.query_words, max_tokens=args.max_tokens)
-        with StallProbe() as probe:
-            report = run_serving(cfg, progress=True, command=command, server=server,
-                                 describe_server=replica_counts)
-    report["stalls"] = probe.summary()
+        report = play_levels(url, server, args, command)
     write_json_atomic(args.bench_out, report)
     write_check(profile, report, args, command)
 
 
+def play_levels(url: str, server: dict, args: argparse.Namespace, command: str) -> dict[str, Any]:
+    """The serving benchmark one level at a time, each right after a measurement of the
+    machine's other load (``environment`` in the level's report)."""
+    from bench_serving import replica_counts
+
+    from rxt_dist.eval.profile import measure_environment
+    from rxt_dist.eval.serving import ServingConfig, judge_targets, run_serving
+
+    import ray
+
+    from rxt_dist.eval.profile import process_cpu, serving_processes
+
+    pids = serving_processes(ray._private.worker._global_node.all_processes["raylet"][0].process.pid)
+    report = None
+    for i, sessions in enumerate(args.sessions):
+        env = measure_environment()
+        cpu0, client0 = process_cpu(pids), time.process_time()
+        cfg = ServingConfig(url=url, sessions=(sessions,), turns=args.turns, rounds=args.rounds,
+                            query_words=args.query_words, max_tokens=args.max_tokens, warmup_turns=2 if i == 0 else 0)
+        one = run_serving(cfg, progress=True, command=command, server=server, describe_server=replica_counts)
+        cpu1, client1 = process_cpu(pids), time.process_time()
+        level = one["levels"][0]
+        level["environment"] = env
+        turns = max(1, level["requests"])
+        level["cpu_s_per_turn"] = {role: (cpu1[role] - cpu0[role]) / turns for role in cpu1}
+        level["cpu_s_per_turn"]["client"] = (client1 - client0) / turns
+        if report is None:
+            report = one
+        else:
+            report["levels"] += one["levels"]
+    report["config"]["sessions"] = list(args.sessions)
+    report["targets"] = judge_targets(report["levels"])
+    return report
+
+
 def write_check(profile: CostProfile, report: dict, args: argparse.Namespace, command: str) -> None:
     rows = compare(profile, report["levels"])
-    stalls = {"profile": {k: v for k, v in profile.stalls.items() if k != "durations_s"},
-              "benchmark": {k: v for k, v in report.get("stalls", {}).items() if k != "durations_s"}}
     write_json_atomic(args.check_out, {"command": command, "tolerance": TOLERANCE, "profile": args.out,
-                                       "benchmark": args.bench_out, "machine": machine_info(), "stalls": stalls,
-                                       "levels": rows,
+                                       "benchmark": args.bench_out, "machine": machine_info(), "levels": rows,
                                        "all_within_tolerance": all(r["within_tolerance"] for r in rows)})
     print(check_table(rows))
-    print(f"stalls (machine gave no core ≥ 30 ms): profile {stalls['profile']}, benchmark {stalls['benchmark']}")
+    for r in rows:
+        env = r["environment"]
+        print(f"S={r['sessions']}: slowdown {env['slowdown']:.2f} (profile {env['profiled_at']:.2f}), "
+              f"stalls {env['stall_rate_per_s']:.2f}/s, {env['stalled_share']:.1%} of the time")
     print(f"wrote {args.check_out}")
 
 
@@ -274,6 +358,81 @@ def run_simulate(args: argparse.Namespace) -> None:
               f"{r['update_lag_p50_s'] * 1e3:7.1f}ms {r['update_lag_p99_s'] * 1e3:7.1f}ms {r['tokens_per_s']:8.1f}")
 
 
+def run_plan(args: argparse.Namespace) -> None:
+    """Size a deployment for each profile × number of daily users (docs/scaling.md)."""
+    from rxt_dist.eval.plan import GPU_NODE, Usage, assumed_gpu_profile, daily_users_workload, plan, stateless_kv
+
+    usage = Usage()
+    out: dict[str, Any] = {"command": shlex.join(["python", "jobs/capacity.py", *sys.argv[1:]]),
+                           "usage": dataclasses.asdict(usage), "slo_ttft_p99_s": args.slo_ttft_p99_s,
+                           "gpu_node": GPU_NODE, "plans": []}
+    for name in args.profile:
+        preset = name.split(":", 1)[1] if name.startswith("assumed:") else None
+        profile = assumed_gpu_profile(preset) if preset else CostProfile.from_file(name)
+        tokens_per_turn = usage.query_tokens + usage.answer_tokens + 4
+        stateless = ({t: stateless_kv(preset, t, tokens_per_turn) for t in args.turns_stateless} if preset else {})
+        for users in args.daily_users:
+            w = daily_users_workload(users, usage)
+            started = time.perf_counter()
+            r = plan(profile, w, args.slo_ttft_p99_s)
+            r.update(profile=name, assumed=profile.assumed, source=profile.source, daily_users=users,
+                     stm_bytes=profile.stm_bytes, stateless=stateless, plan_seconds=time.perf_counter() - started)
+            out["plans"].append(r)
+            log.info("%s, %s daily users: %s concurrent sessions → %s Generator, %s MemoryUpdater replicas, "
+                     "%s path cores; TTFT p99 %.0f ms", name, f"{users:,}", f"{w.sessions:,}", r.get("generators"),
+                     r.get("updaters"), r.get("path_cpu_cores"), 1e3 * (r.get("ttft_p99_s") or math.nan))
+    from rxt_dist.eval.profile import profile_storage
+
+    sizes = {f"{p['profile'].split(':')[-1]} {dtype}": n for p in out["plans"] for dtype, n in p["stm_bytes"].items()}
+    out["storage_tiers_measured_here"] = profile_storage(sizes)
+    out["storage_tiers_assumed"] = ASSUMED_OBJECT_STORE
+    write_json_atomic(args.out, out)
+    print(plan_table(out["plans"]))
+    print(f"wrote {args.out}")
+
+
+ASSUMED_OBJECT_STORE = {
+    "source": "ASSUMED (not reachable from this machine): typical same-region S3/GCS latencies for objects "
+              "under 2 MB; replace with a measurement (`profile_storage` with an s3:// directory)",
+    "object_store": {"write_s": 0.030, "read_s": 0.015},
+}
+
+
+def plan_table(plans: list[dict]) -> str:
+    """Markdown: one row per profile × daily users."""
+    lines = ["| profile | daily users | concurrent sessions | Generator / MemoryUpdater replicas | path CPU cores "
+             "| TTFT p50 / p99 | update lag p50 | tokens/s | turns/s | STM bytes in use (fp32) "
+             "| store writes/s | object store per turn |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in plans:
+        if not r.get("feasible"):
+            lines.append(f"| {r['profile']} | {r['daily_users']:,} | — | infeasible: {r.get('reason')} |")
+            continue
+        t = r["traffic"]
+        lines.append(
+            f"| {r['profile']} | {r['daily_users']:,} | {r['sessions']:,} | {r['generators']} / {r['updaters']} "
+            f"| {r['path_cpu_cores']} | {r['ttft_p50_s'] * 1e3:.0f} / {r['ttft_p99_s'] * 1e3:.0f} ms "
+            f"| {r['update_lag_p50_s'] * 1e3:.0f} ms | {r['tokens_per_s']:,.0f} | {r['turns_per_s']:,.1f} "
+            f"| {t['stored_bytes'] / 1e9:,.2f} GB | {t['write_ops_per_s']:,.0f} "
+            f"| {t['ray_object_store_bytes_per_turn'] / 1e6:.2f} MB |")
+    return "\n".join(lines)
+
+
+def run_bf16_recall(args: argparse.Namespace) -> None:
+    from rxt_dist.eval.stm_dtype import recall_by_stm_dtype
+
+    command = shlex.join(["python", "jobs/capacity.py", *sys.argv[1:]])
+    load = load_average()
+    result = recall_by_stm_dtype(args.data, args.rxt, args.max_conversations, args.threads)
+    write_json_atomic(args.out, {"command": command, "machine": machine_info(), "load_average_before": load,
+                                 "load_average_after": load_average(), **result})
+    for name, arm in result["arms"].items():
+        print(f"STM {name:9}: recall new values {arm['recall_new_values']:.1%} (of {arm['recall_new_count']}), "
+              f"seen {arm['recall_seen_values']:.1%} (of {arm['recall_seen_count']}), answer PPL "
+              f"{arm['answer_perplexity']:.3f}, token accuracy {arm['token_accuracy']:.1%}")
+    print(f"wrote {args.out}")
+
+
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
@@ -286,12 +445,8 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "simulate":
         run_simulate(args)
     elif args.command == "plan":
-        from capacity_plan import run_plan  # noqa: PLC0415  (the scenarios of docs/scaling.md)
-
         run_plan(args)
     else:
-        from capacity_plan import run_bf16_recall  # noqa: PLC0415
-
         run_bf16_recall(args)
 
 

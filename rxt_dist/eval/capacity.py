@@ -90,11 +90,23 @@ class ServingPath:
     update_latency_s: float = 0.0
     """Fixed latency from the end of an answer to the MemoryUpdater receiving its update."""
     cores: float = 1.0
-    """CPU cores the machine has. The serving processes share them with each other and with
-    the machine's other load: each busy process gets min(1, cores / (busy + other)) of a core."""
+    """CPU cores the machine has, shared by the serving processes with each other and with the
+    machine's other load."""
     other_load: float = 0.0
-    """Runnable threads of other programs (from the slowdown measured with the profile:
-    a lone busy thread got 1/slowdown of a core). 0 on a machine of its own."""
+    """The other programs' load on each core, in busy threads of normal priority: a lone busy
+    thread got 1 / (1 + other_load) of a core when the profile was measured (slowdown − 1).
+    Niced programs weigh little, which is why this is measured and not read from the load
+    average. 0 on a machine of its own."""
+    serial_share: dict[str, float] = field(default_factory=dict)
+    """Per process role (client, proxy, ingress, store, generator, updater): the share of its
+    work its busiest thread does (one piece after another); the rest runs alongside on Ray's
+    own threads. Measured per thread in the calibration run; 1 (all serial) when missing."""
+    fixed_share: dict[str, float] = field(default_factory=dict)
+    """Per process role: the share of its per-turn work that stays when many turns are in the
+    process at once. The rest is per wake-up (an event loop that wakes for one message handles
+    several when they queue), so a turn's work is ``fixed + (1 − fixed) / in_flight`` of the
+    one-at-a-time figure. Fitted from a second calibration level with many sessions; 1 (no
+    sharing) when missing."""
     max_batch_size: int = 32
     """Sequences one Generator replica decodes together (``max_batch_size``)."""
     update_batch_size: int = 16
@@ -102,21 +114,31 @@ class ServingPath:
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
-            if getattr(self, f.name) < 0:
+            if f.name not in ("serial_share", "fixed_share") and getattr(self, f.name) < 0:
                 raise ValueError(f"{f.name}={getattr(self, f.name)}: must be ≥ 0")
+        for name in ("serial_share", "fixed_share"):
+            for role, share in getattr(self, name).items():
+                if not 0 <= share <= 1:
+                    raise ValueError(f"{name}[{role!r}]={share}: must be between 0 and 1")
         if self.in_share + self.out_share > 1 + 1e-9:
             raise ValueError(f"in_share={self.in_share} + out_share={self.out_share}: must be ≤ 1")
         if self.cores <= 0:
             raise ValueError(f"cores={self.cores}: must be > 0")
 
+    def serial(self, role: str) -> float:
+        return self.serial_share.get(role, 1.0)
+
+    def fixed(self, role: str) -> float:
+        return self.fixed_share.get(role, 1.0)
+
     def speed(self, busy: int) -> float:
         """Speed of each of ``busy`` busy processes relative to one busy alone (the profile's
-        wall times are those of one alone)."""
-        if busy <= 1:
+        wall times are those of one alone): up to one per core each runs as fast as alone;
+        beyond, they share the cores with each other and the other load (``1 / (busy / cores
+        + other_load)`` of a core each, against ``1 / (1 + other_load)`` alone)."""
+        if busy <= self.cores:
             return 1.0
-        share = min(1.0, self.cores / (busy + self.other_load))
-        alone = min(1.0, self.cores / (1 + self.other_load))
-        return share / alone
+        return (1 + self.other_load) / (busy / self.cores + self.other_load)
 
 
 @dataclass
@@ -159,6 +181,27 @@ class CostProfile:
                 raise ValueError(f"{name}={table}: needs ≥ 1 entry, keys ≥ 1, times ≥ 0")
             setattr(self, name, monotone(table))
 
+    def in_environment(self, slowdown: float, stalls: dict[str, Any] | None = None) -> "CostProfile":
+        """This profile on the same machine under another load: every time that is work (model
+        operations, the serving path's work and its fixed latencies) scaled from the slowdown
+        the profile was measured at to ``slowdown``, the other load and the stalls as measured
+        now (both slowdowns by :func:`rxt_dist.eval.profile.measure_environment`)."""
+        base = self.extra.get("environment", {}).get("slowdown", 1.0)
+        f = slowdown / base
+
+        def scaled(table: dict[int, float]) -> dict[int, float]:
+            return {k: v * f for k, v in table.items()}
+
+        work = {name: getattr(self.path, name) * f for name in (
+            "client_s", "proxy_s", "ingress_s", "store_op_s", "generator_io_s", "updater_item_s",
+            "request_latency_s", "stream_latency_s", "update_latency_s")}
+        path = dataclasses.replace(self.path, **work, other_load=max(0.0, slowdown - 1))
+        return dataclasses.replace(
+            self, decode_step_s=scaled(self.decode_step_s), prefill_s=scaled(self.prefill_s),
+            prefill_length_s=scaled(self.prefill_length_s), consolidate_s=scaled(self.consolidate_s), path=path,
+            stalls=stalls if stalls is not None else self.stalls,
+            extra={**self.extra, "environment": {"slowdown": slowdown}, "profiled_at_slowdown": base})
+
     def decode_step(self, batch: float) -> float:
         """One decoding step of ``batch`` sequences (0 for an empty batch)."""
         return _interp(self.decode_step_s, batch) if batch > 0 else 0.0
@@ -180,7 +223,10 @@ class CostProfile:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "CostProfile":
-        return cls(**data)
+        """From :meth:`to_dict`'s output (other top-level keys, such as the ``command`` a
+        profile file records, are ignored)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
 
     @classmethod
     def from_file(cls, path: str | Path) -> "CostProfile":

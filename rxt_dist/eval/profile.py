@@ -120,47 +120,43 @@ def slowdown(model_profile: dict[str, Any]) -> float:
     return max(1.0, wall / cpu) if cpu > 0 else 1.0
 
 
-# -- stalls of a shared machine ----------------------------------------------------------------
+# -- the machine's other load, right now --------------------------------------------------------
 
-class StallProbe:
-    """A thread that sleeps 5 ms at a time and records every oversleep beyond
-    ``STALL_THRESHOLD_S``: the moments the machine's other load left no core for anyone
-    (negligible CPU of its own). Use as a context manager; :meth:`summary` afterwards."""
+_SPINNER = """
+import sys, time
+seconds, chunk = float(sys.argv[1]), float(sys.argv[2])
+end = time.perf_counter() + seconds
+while time.perf_counter() < end:
+    w0, c0 = time.perf_counter(), time.process_time()
+    while time.process_time() - c0 < chunk:
+        pass
+    print(f"{time.perf_counter() - w0:.6f} {time.process_time() - c0:.6f}", flush=True)
+"""
 
-    def __init__(self, period_s: float = 0.005) -> None:
-        import threading
 
-        self.period_s = period_s
-        self.stalls: list[tuple[float, float]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="stall-probe", daemon=True)
-        self.started = self.ended = 0.0
+def measure_environment(seconds: float = 3.0, chunk_s: float = 0.005) -> dict[str, Any]:
+    """How much of a core a busy thread gets on this machine right now, and how often the
+    machine stops for it: a separate process (no GIL shared with the caller) burns CPU in
+    ``chunk_s`` pieces for ``seconds`` and times each piece. ``slowdown`` is wall over CPU time
+    of all pieces; a piece whose wall time exceeds its CPU time by more than
+    ``STALL_THRESHOLD_S`` is a stall of that length. Run it while the serving application is
+    idle: it measures the other programs' load, which the simulation adds to its own."""
+    import subprocess
+    import sys
 
-    def _run(self) -> None:
-        from rxt_dist.eval.capacity import STALL_THRESHOLD_S
+    from rxt_dist.eval.capacity import STALL_THRESHOLD_S
 
-        while not self._stop.is_set():
-            t0 = time.perf_counter()
-            time.sleep(self.period_s)
-            over = time.perf_counter() - t0 - self.period_s
-            if over > STALL_THRESHOLD_S:
-                self.stalls.append((t0 - self.started, over))
-
-    def __enter__(self) -> "StallProbe":
-        self.started = time.perf_counter()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.ended = time.perf_counter()
-
-    def summary(self) -> dict[str, Any]:
-        seconds = max(self.ended - self.started, 1e-9)
-        durations = [d for _, d in self.stalls]
-        return {"rate_per_s": len(durations) / seconds, "durations_s": durations, "seconds": seconds,
-                "stalled_share": sum(durations) / seconds}
+    out = subprocess.run([sys.executable, "-c", _SPINNER, str(seconds), str(chunk_s)], capture_output=True,
+                         text=True, check=True).stdout
+    pieces = [tuple(map(float, line.split())) for line in out.splitlines() if line.strip()]
+    wall, cpu = sum(w for w, _ in pieces), sum(c for _, c in pieces)
+    stalls = [w - c for w, c in pieces if w - c > STALL_THRESHOLD_S]
+    slow = [w / c for w, c in pieces if c > 0 and w - c <= STALL_THRESHOLD_S]
+    return {"slowdown": wall / cpu if cpu else 1.0,
+            "slowdown_without_stalls": (sum(slow) / len(slow)) if slow else 1.0,
+            "stalls": {"rate_per_s": len(stalls) / wall if wall else 0.0, "durations_s": stalls,
+                       "stalled_share": sum(stalls) / wall if wall else 0.0},
+            "seconds": wall}
 
 
 # -- session storage tiers --------------------------------------------------------------------
@@ -252,18 +248,35 @@ def serving_processes(root_pid: int) -> dict[str, list[int]]:
 
 def process_cpu(pids: dict[str, list[int]]) -> dict[str, float]:
     """CPU seconds (user + system) used so far by each role's processes."""
+    return {role: sum(threads.values()) for role, threads in thread_cpu(pids).items()}
+
+
+def thread_cpu(pids: dict[str, list[int]]) -> dict[str, dict[tuple[int, int], float]]:
+    """CPU seconds used so far by every thread of each role's processes, by (pid, thread id)."""
     import psutil
 
-    out = {}
+    out: dict[str, dict[tuple[int, int], float]] = {}
     for role, group in pids.items():
-        total = 0.0
+        threads: dict[tuple[int, int], float] = {}
         for pid in group:
             try:
-                t = psutil.Process(pid).cpu_times()
-                total += t.user + t.system
+                for t in psutil.Process(pid).threads():
+                    threads[(pid, t.id)] = t.user_time + t.system_time
             except psutil.NoSuchProcess:
                 pass
-        out[role] = total
+        out[role] = threads
+    return out
+
+
+def serial_shares(before: dict[str, dict], after: dict[str, dict]) -> dict[str, float]:
+    """Per role, the share of its CPU time that its busiest thread did between two
+    :func:`thread_cpu` readings: work one thread must do one piece after another (an event
+    loop), against what Ray's own threads do alongside."""
+    out = {}
+    for role, threads in after.items():
+        deltas = [cpu - before.get(role, {}).get(key, 0.0) for key, cpu in threads.items()]
+        total = sum(deltas)
+        out[role] = max(deltas) / total if total > 0 else 1.0
     return out
 
 
@@ -280,7 +293,8 @@ def fit_serving_path(model_profile: dict[str, Any], cpu_per_turn: dict[str, floa
       first token (``in_share``) and to the end of the answer (``out_share``) is what the
       calibration's median TTFT and median first-token-to-end time leave after the model and
       the store calls; what the work cannot explain is fixed latency, never negative;
-    * the machine's other load is what makes one busy thread get 1/k of a core."""
+    * the machine's other load is what makes one busy thread get 1/k of a core (k − 1 busy
+      threads per core)."""
     from rxt_dist.eval.capacity import STORE_OPS_PER_TURN
 
     cpu = model_profile["cpu_s"]
@@ -293,7 +307,7 @@ def fit_serving_path(model_profile: dict[str, Any], cpu_per_turn: dict[str, floa
         "generator_io_s": max(0.0, cpu_per_turn.get("generator", 0.0) - model_gen_cpu) * k,
         "updater_item_s": max(0.0, cpu_per_turn.get("updater", 0.0) - cpu["consolidate"][1]) * k,
         "cores": float(cores),
-        "other_load": max(0.0, cores * k - 1) if k > 1.05 else 0.0,
+        "other_load": max(0.0, k - 1),
     }
     front = path["client_s"] + path["proxy_s"] + path["ingress_s"]
     ttft, answer = level["ttft"]["excluding_wait"]["p50_s"], level["answer"]["p50_s"]

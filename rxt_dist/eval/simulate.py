@@ -14,7 +14,8 @@ What it plays, per session (closed loop, as the serving benchmark drives the app
 5. after the last token (an end-of-answer step for answers that stop by themselves) the turn
    is recorded (store call), the rest of the answer passes the front, the client reads the
    end: the answer time; the next turn starts after the think time;
-6. the update goes (after a fixed latency) to the least-loaded MemoryUpdater: a batch starts
+6. the update goes (after a fixed latency, from the end of the answer) to the least-loaded
+   MemoryUpdater, whose event loop takes the call (a FIFO server); a batch starts
    when ``update_batch_size`` items wait or ``update_batch_wait_s`` after its first, reads each
    item's input (store call), consolidates the batch, commits each item (store call); the
    commit releases the session's next turn. The update lag is commit − end of answer.
@@ -129,24 +130,38 @@ class CPU:
 
 
 class Server:
-    """A process on the shared CPU. ``serial``: its jobs run one after another (one thread
-    does the work); otherwise they run side by side and only the CPU limits them (a Ray
-    process's per-request work is spread over its event loop and Ray's own threads)."""
+    """A process on the shared CPU. A ``serial`` share of each job runs on its event-loop thread,
+    one job's piece after another; the rest runs alongside on Ray's own threads, limited only
+    by the CPU (the share is measured per thread, ``ServingPath.serial_share``)."""
 
-    def __init__(self, sim: Sim, serial: bool = True) -> None:
+    def __init__(self, sim: Sim, serial: float = 1.0, fixed: float = 1.0) -> None:
         self.sim = sim
         self.serial = serial
+        self.fixed = fixed
         self.queue: deque = deque()
         self.running = False
         self.busy_s = 0.0
+        self.in_flight = 0
 
     def do(self, seconds: float, then: Callable[[], None] = lambda: None) -> None:
-        seconds = self.sim.jitter(seconds)
-        if not self.serial:
-            self.busy_s += seconds
-            self.sim.cpu.run(seconds, then)
+        """Run ``seconds`` of this process's work (shared with the jobs already in it, see
+        ``ServingPath.fixed_share``), then ``then``."""
+        self.in_flight += 1
+        seconds = self.sim.jitter(seconds) * (self.fixed + (1 - self.fixed) / self.in_flight)
+        self.busy_s += seconds
+        alongside = seconds * (1 - self.serial)
+
+        def finished() -> None:
+            self.in_flight -= 1
+            then()
+
+        def rest() -> None:
+            self.sim.cpu.run(alongside, finished)
+
+        if self.serial <= 0:
+            rest()
             return
-        self.queue.append((seconds, then))
+        self.queue.append((seconds * self.serial, rest if alongside > 0 else finished))
         if not self.running:
             self._next()
 
@@ -156,7 +171,6 @@ class Server:
             return
         self.running = True
         seconds, then = self.queue.popleft()
-        self.busy_s += seconds
 
         def done() -> None:
             then()
@@ -177,7 +191,7 @@ class DecodeLoop:
 
     def __init__(self, sim: Sim, p: CostProfile, query_tokens: int) -> None:
         self.sim, self.p, self.query_tokens = sim, p, query_tokens
-        self.io = Server(sim, serial=False)
+        self.io = Server(sim, p.path.serial("generator"), p.path.fixed("generator"))
         """The replica's event loop (Ray calls, streaming), beside the decoding thread."""
         self.waiting: deque[_Seq] = deque()
         self.rows: list[_Seq] = []
@@ -225,7 +239,7 @@ class Updater:
     def __init__(self, sim: Sim, p: CostProfile, store_of: Callable[[int], Server]) -> None:
         self.sim, self.p, self.store_of = sim, p, store_of
         self.queue: deque[_Turn] = deque()
-        self.loop = Server(sim)
+        self.loop = Server(sim, p.path.serial("updater"), p.path.fixed("updater"))
         self.busy = False
         self.timer_armed = False
         self.ongoing = 0
@@ -363,28 +377,23 @@ class _Turn:
         self.record.ttft_s = self.g.sim.now - self.sent
 
     def _recorded(self) -> None:
-        """The turn is stored as pending; the Ingress sends the end of the answer, and once it
-        has handed the last byte over, dispatches the update (the proxy and the client carry
-        the end on meanwhile)."""
+        """The turn is stored as pending; the end of the answer goes out through Ingress, proxy
+        and client."""
         self.session.update_pending = True
         path = self.g.p.path
-        (client, client_s), (proxy, proxy_s), (ingress, ingress_s) = self.inward
-
-        def handed_over() -> None:
-            self.g.sim.after(path.update_latency_s, lambda: self.g.updater_for().submit(self))
-            self.g.sim.after(path.stream_latency_s, lambda: self._chain(
-                [(proxy, proxy_s), (client, client_s)], path.out_share, self._ended))
-
-        ingress.do(ingress_s * path.out_share, handed_over)
+        self.g.sim.after(path.stream_latency_s, lambda: self._chain(self.inward[::-1], path.out_share, self._ended))
 
     def _ended(self) -> None:
+        """The client has read the end. The Ingress dispatches the update once it has handed the
+        last byte over — about now; the update's own latency (Ray calls, scheduling) is the
+        profile's ``update_latency_s``, fitted to the measured lag."""
         self.ended = self.g.sim.now
         self.record.answer_s = self.ended - self.sent
-        rest = 1 - self.g.p.path.in_share - self.g.p.path.out_share
+        path = self.g.p.path
+        self.g.sim.after(path.update_latency_s, lambda: self.g.updater_for().submit(self))
+        rest = 1 - path.in_share - path.out_share
         for server, seconds in self.inward:
             server.do(seconds * rest)
-        if not math.isnan(self.commit_at):
-            self.record.lag_s = self.commit_at - self.ended
         self.g.turn_ended(self)
 
     def committed(self) -> None:
@@ -412,15 +421,17 @@ class Graph:
 
     def __init__(self, p: CostProfile, w: Workload, replicas: Replicas, seed: int = 0,
                  answer_tokens: Sequence[int] | None = None, stops_early: bool = True,
-                 ramp_s: float = 0.0) -> None:
+                 ramp_s: float = 0.0, answer_plan: Sequence[Sequence[int]] | None = None) -> None:
         self.p, self.w, self.replicas = p, w, replicas
         self.sim = Sim(seed, p.timing_cv, p.path.speed)
         self.answer_choices = list(answer_tokens) if answer_tokens else [w.answer_tokens]
         self.stops_early = stops_early
-        self.stores = [Server(self.sim, serial=False) for _ in range(replicas.store_shards)]
-        self.ingress = [Server(self.sim, serial=False) for _ in range(replicas.ingress)]
-        self.proxies = [Server(self.sim, serial=False) for _ in range(replicas.ingress)]
-        self.clients = [Server(self.sim, serial=False)]
+        self.answer_plan = answer_plan
+        path = p.path
+        self.stores = [Server(self.sim, path.serial("store"), path.fixed("store")) for _ in range(replicas.store_shards)]
+        self.ingress = [Server(self.sim, path.serial("ingress"), path.fixed("ingress")) for _ in range(replicas.ingress)]
+        self.proxies = [Server(self.sim, path.serial("proxy"), path.fixed("proxy")) for _ in range(replicas.ingress)]
+        self.clients = [Server(self.sim, path.serial("client"), path.fixed("client"))]
         self.generators = [DecodeLoop(self.sim, p, w.query_tokens) for _ in range(replicas.generators)]
         self.updaters = [Updater(self.sim, p, self.store_of) for _ in range(replicas.updaters)]
         self.records: list[TurnRecord] = []
@@ -449,7 +460,12 @@ class Graph:
     def _start_turn(self, s: _Session) -> None:
         s.turns_left -= 1
         index = self.w.turns - s.turns_left
-        _Turn(self, s, index, self.sim.rng.choice(self.answer_choices))
+        planned = self.answer_plan
+        if planned is not None and index - 1 < len(planned) and s.index < len(planned[index - 1]):
+            tokens = planned[index - 1][s.index]
+        else:
+            tokens = self.sim.rng.choice(self.answer_choices)
+        _Turn(self, s, index, max(1, int(tokens)))
 
     def turn_ended(self, turn: _Turn) -> None:
         self.records.append(turn.record)
@@ -507,14 +523,17 @@ def summarise(records: Sequence[TurnRecord], wall_s: float, graph: Graph | None 
 
 def simulate(p: CostProfile, w: Workload, replicas: Replicas | None = None, seed: int = 0,
              answer_tokens: Sequence[int] | None = None, stops_early: bool = True, rounds: int = 1,
-             ramp_s: float = 0.0) -> dict[str, Any]:
+             ramp_s: float = 0.0, answer_plan: Sequence[Sequence[int]] | None = None) -> dict[str, Any]:
     """Play ``w`` (``rounds`` times with fresh sessions, pooled) on ``replicas`` and return the
     benchmark's figures (TTFT p50/p99, answer p50, update lag p50/p99, waited share, tokens/s).
     ``answer_tokens``: answer lengths to draw from (default: the workload's, always);
-    ``stops_early``: answers end by an end-of-answer step (one step after the last token)."""
+    ``stops_early``: answers end by an end-of-answer step (one step after the last token);
+    ``answer_plan[turn - 1][round × sessions + session]``: the answer length of each turn when
+    known (the model's greedy answers to the benchmark's seeded queries)."""
     records, wall = [], 0.0
     for r in range(rounds):
-        g = Graph(p, w, replicas or Replicas(), seed + r, answer_tokens, stops_early, ramp_s)
+        plan = None if answer_plan is None else [row[r * w.sessions:(r + 1) * w.sessions] for row in answer_plan]
+        g = Graph(p, w, replicas or Replicas(), seed + r, answer_tokens, stops_early, ramp_s, plan)
         out = g.run()
         records += g.records
         wall += out["wall_s"]

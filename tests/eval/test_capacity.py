@@ -64,7 +64,9 @@ def measured_like() -> CostProfile:
     """Shaped like this machine's profile: costs that grow with the batch, a serving path that
     costs more than the model, two shared cores."""
     path = ServingPath(client_s=0.009, proxy_s=0.017, ingress_s=0.032, store_op_s=0.003, generator_io_s=0.013,
-                       updater_item_s=0.011, in_share=0.35, out_share=0.1, cores=2, other_load=1.0)
+                       updater_item_s=0.011, in_share=0.35, out_share=0.1, cores=2, other_load=0.5,
+                       serial_share={"client": 0.5, "proxy": 0.5, "ingress": 0.6, "store": 0.9, "generator": 0.5,
+                                     "updater": 0.6})
     return profile(path, decode_step_s={1: 0.0013, 8: 0.0024, 32: 0.0047, 64: 0.0074},
                    prefill_s={1: 0.006, 8: 0.034, 32: 0.13}, consolidate_s={1: 0.003, 16: 0.08})
 
@@ -82,10 +84,11 @@ def test_jitter_is_seeded_and_widens_the_tail():
     assert a["ttft_p99_s"] > simulate(profile(cv=0.0), w)["ttft_p99_s"]
 
 
-def test_more_generators_lower_the_ttft_of_a_busy_deployment():
+def test_more_replicas_lower_the_ttft_of_a_busy_deployment():
     p = dataclasses.replace(measured_like(), path=dataclasses.replace(measured_like().path, cores=1e9))
     w = Workload(sessions=96, think_time_s=0.0, answer_tokens=6, turns=4)
-    one, three = simulate(p, w, Replicas(generators=1)), simulate(p, w, Replicas(generators=3, updaters=3))
+    one = simulate(p, w, Replicas(generators=1))
+    three = simulate(p, w, Replicas(generators=3, updaters=3, ingress=3, store_shards=3))
     assert three["ttft_p50_s"] < one["ttft_p50_s"]
 
 
@@ -116,7 +119,7 @@ def test_fitted_path_reproduces_its_calibration_run():
     level = {"ttft": {"excluding_wait": {"p50_s": 0.040}}, "answer": {"p50_s": 0.060},
              "update_lag": {"p50_s": 0.030}}
     first = ServingPath(**fit_serving_path(model, cpu, level, answer_steps=7, k=1.2, cores=2))
-    assert first.other_load == pytest.approx(2 * 1.2 - 1)
+    assert first.other_load == pytest.approx(1.2 - 1)
     w = Workload(sessions=1, think_time_s=0.3, answer_tokens=6, turns=6)
     q = fit_to_calibration(dataclasses.replace(p, path=first), w, 0.040, 0.060, 0.030)
     r = simulate(q, w)
@@ -157,3 +160,26 @@ def test_daily_users_become_concurrent_sessions_by_littles_law():
     assert w.sessions == 100  # 86,400 conversations/day × 100 s each / 86,400 s
     assert bounds(profile(), w)["turns_per_s"] == pytest.approx(w.sessions / (9.0 + bounds(profile(), w)["answer_unloaded_s"]))
     assert math.isfinite(bounds(profile(), w)["max_tokens_per_s_per_generator"])
+
+
+def test_a_process_runs_its_serial_share_one_job_after_another_and_shares_the_cpu():
+    from rxt_dist.eval.simulate import Server, Sim
+
+    sim = Sim(seed=0, cv=0.0)
+    done: dict[str, float] = {}
+    serial, alongside, shared = Server(sim, serial=1.0), Server(sim, serial=0.0), Server(sim, serial=1.0, fixed=0.5)
+    for name, server in (("s1", serial), ("s2", serial), ("a1", alongside), ("a2", alongside),
+                         ("f1", shared), ("f2", shared)):
+        server.do(0.010, lambda n=name: done.setdefault(n, sim.now))
+    sim.run()
+    assert done["s1"] == pytest.approx(0.010) and done["s2"] == pytest.approx(0.020)
+    assert done["a1"] == pytest.approx(0.010) and done["a2"] == pytest.approx(0.010)
+    # the second job arrives while the first is in the process: half its work is shared
+    assert done["f2"] == pytest.approx(0.010 + 0.010 * (0.5 + 0.5 / 2))
+
+    one_core = Sim(seed=0, cv=0.0, speed=ServingPath(cores=1, other_load=0.0).speed)
+    ends: list[float] = []
+    for _ in range(2):
+        Server(one_core, serial=0.0).do(0.010, lambda: ends.append(one_core.now))
+    one_core.run()
+    assert ends == pytest.approx([0.020, 0.020])  # two busy jobs on one core: each at half speed
