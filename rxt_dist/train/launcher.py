@@ -251,8 +251,8 @@ def build_trainer(cfg: TrainConfig, stage: str, progress: Any = None):
 
 
 class StageFailed(RuntimeError):
-    """A stage's workers failed (after ``failure.max_failures`` restarts); the message holds
-    Ray Train's error, with the failing worker's traceback."""
+    """A stage did not finish: its workers failed (after ``failure.max_failures`` restarts) — the
+    message then holds Ray Train's error, with the failing worker's — or it exported no model."""
 
 
 def run_stage(cfg: TrainConfig, stage: str, skip_complete: bool = False, progress: bool = False) -> StageResult:

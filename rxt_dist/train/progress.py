@@ -81,7 +81,7 @@ class StageProgress:
         if self._bar is not None:
             self._bar.close()
         with contextlib.suppress(Exception):
-            self.queue.shutdown()
+            self.queue.shutdown(force=True)  # nothing left in it to wait for
         self._exit.close()
 
     # -- taking items off the queue --------------------------------------------------------
