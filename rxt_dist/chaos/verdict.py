@@ -21,11 +21,6 @@ from typing import Any
 
 from rxt_dist.chaos.client import SessionLog
 
-STRANDED = ("known gap: a pending update whose Ingress died after the client had its answer is "
-            "re-dispatched only by the session's next turn or a retry of that turn (no GET, nothing in the "
-            "background), so after a conversation's last turn it can stay pending")
-
-
 @dataclass
 class Verdict:
     """Counts over all sessions, and the first few cases of each kind of failure."""
@@ -51,8 +46,8 @@ class Verdict:
 
     @property
     def ok_but_pending(self) -> bool:
-        """Everything holds except that some sessions' last update is still pending (the
-        known gap :data:`STRANDED`); nothing lost, doubled or wrong."""
+        """Everything holds except that some sessions' last update is still pending; nothing
+        lost, doubled or wrong."""
         return not (self.lost or self.doubled or self.wrong_answers or self.wrong_versions or self.failed_sessions)
 
     def note(self, case: str, limit: int = 20) -> None:
