@@ -120,7 +120,7 @@ def logged(tmp_path, name, stage):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def test_a_run_resumed_after_a_worker_failure_reads_the_rows_an_uninterrupted_run_reads(tmp_path_factory):
+def test_a_run_resumed_after_a_worker_failure_ends_with_the_uninterrupted_weights(tmp_path_factory):
     # 40 training conversations in 5 shards, 20 per worker and epoch: micro-batches of 4 rows,
     # 5 steps an epoch. The failure at step 5 sends the run back to the step-3 checkpoint, in the
     # middle of epoch 0; it then redoes steps 4-5 and goes on into epoch 1.
@@ -145,6 +145,11 @@ def test_a_run_resumed_after_a_worker_failure_reads_the_rows_an_uninterrupted_ru
         # The same rows through the same weights: the same loss but for rounding.
         assert last[m["step"]]["loss"] == pytest.approx(m["loss"], rel=KERNEL["rtol"], abs=KERNEL["atol"])
     assert [m["epoch"] for m in expected] == [0, 0, 0, 0, 0, 1, 1]  # epoch 1 began after the 5th step
+    # Same rows, same order, same optimizer state: the final weights are the uninterrupted
+    # run's, up to the rounding of a different reduction order.
+    final = load_model_dir(export_url(whole, "baseline")).state_dict()
+    for name, tensor in load_model_dir(export_url(broken, "baseline")).state_dict().items():
+        torch.testing.assert_close(tensor, final[name], **KERNEL, msg=lambda m, n=name: f"{n}: {m}")
 
 
 def test_smat_recall_pair_warmup_then_whole_conversations(tmp_path, small_data):
