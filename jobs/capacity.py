@@ -47,7 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         s = sub.add_parser(name)
         s.add_argument("--model-dir", default="runs/tiny/models/smat")
         s.add_argument("--config", default="serve/config.yaml")
-        s.add_argument("--calibration-turns", type=int, default=16)
+        s.add_argument("--calibration-turns", type=int, default=32)
         s.add_argument("--calibration-think-s", type=float, default=0.3)
         s.add_argument("--query-words", type=int, default=24)
         s.add_argument("--max-tokens", type=int, default=32)
@@ -62,6 +62,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     cmp_.add_argument("--profile", default="docs/bench/capacity-profile-cpu.json")
     cmp_.add_argument("--benchmark", default="docs/bench/capacity-serving.json")
     cmp_.add_argument("--check-out", default="docs/bench/capacity-check.json")
+    cmp_.add_argument("--refit", action="store_true",
+                      help="fit the serving path to the profile's calibration again (after changing the simulation)")
     sim = sub.add_parser("simulate")
     sim.add_argument("--profile", required=True)
     sim.add_argument("--sessions", type=int, nargs="+", default=[1, 8, 32])
@@ -208,6 +210,7 @@ def build_profile(args: argparse.Namespace, url: str) -> tuple[CostProfile, dict
                    "cpu_s_per_turn": cpu_per_turn, "cpu_idle_rate": cpu["idle_rate"],
                    "serial_share": cpu["serial_share"], "fixed_share": cpu["fixed_share"], "many": cpu["many"], "answer_tokens": tokens,
                    "ttft_p50_s": level["ttft"]["p50_s"], "answer_p50_s": level["answer"]["p50_s"],
+                   "ttft_excluding_wait_p50_s": level["ttft"]["excluding_wait"]["p50_s"],
                    "update_lag_p50_s": level["update_lag"]["p50_s"]}})
     calibration = Workload(sessions=1, think_time_s=args.calibration_think_s, query_tokens=query_tokens,
                            answer_tokens=round(answer_mean), turns=args.calibration_turns)
@@ -335,9 +338,24 @@ def write_check(profile: CostProfile, report: dict, args: argparse.Namespace, co
     print(f"wrote {args.check_out}")
 
 
+def refit(profile: CostProfile) -> CostProfile:
+    """The profile's serving-path shares and latencies fitted again to its stored calibration
+    figures with the current simulation (after a change to the simulation, without measuring)."""
+    c = profile.extra["calibration"]
+    w = Workload(sessions=1, think_time_s=c["think_time_s"], query_tokens=profile.query_tokens,
+                 answer_tokens=profile.answer_tokens, turns=c["turns"] - 2)
+    ttft = c.get("ttft_excluding_wait_p50_s", c["ttft_p50_s"])  # the same with think time: nothing waits
+    return fit_to_calibration(profile, w, ttft, c["answer_p50_s"], c["update_lag_p50_s"], c["answer_tokens"])
+
+
 def run_compare(args: argparse.Namespace) -> None:
     """Simulate again from a stored profile and benchmark (no measuring)."""
     profile = CostProfile.from_file(args.profile)
+    if args.refit:
+        with open(args.profile, encoding="utf-8") as f:
+            measured_by = json.load(f).get("command")
+        profile = refit(profile)
+        write_json_atomic(args.profile, {"command": measured_by, **profile.to_dict()})
     with open(args.benchmark, encoding="utf-8") as f:
         report = json.load(f)
     args.out, args.bench_out = args.profile, args.benchmark

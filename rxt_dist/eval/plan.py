@@ -45,9 +45,16 @@ def daily_users_workload(users: int, usage: Usage, answer_s: float = 1.0) -> Wor
                     query_tokens=usage.query_tokens, answer_tokens=usage.answer_tokens, turns=usage.turns)
 
 
+FRONT = ("client", "proxy", "ingress", "store")
+"""Processes that scale out beside the Generators (users' clients, proxies and Ingress replicas
+on every node, store shards): sized by their CPU work, not queued in the share."""
+
+
 def _unconstrained(p: CostProfile) -> CostProfile:
-    """The profile with the CPU side provisioned: no shared cores, no other load, no stalls."""
-    path = dataclasses.replace(p.path, cores=1e9, other_load=0.0)
+    """The profile with the CPU side provisioned: no shared cores, no other load, no stalls,
+    and the front scaled out (its work runs alongside, never queued on one event loop)."""
+    serial = {**p.path.serial_share, **{role: 0.0 for role in FRONT}}
+    path = dataclasses.replace(p.path, cores=1e9, other_load=0.0, serial_share=serial)
     return dataclasses.replace(p, path=path, stalls={"rate_per_s": 0.0, "durations_s": []})
 
 
@@ -125,8 +132,9 @@ def assumed_gpu_profile(preset: str) -> CostProfile:
     ``assumed=True``): model costs from the launch-bound estimate above; the serving path's
     work per turn from this machine's measurement (docs/bench/capacity-profile-cpu.json: CPU
     seconds per turn) halved for a dedicated modern core, plus 0.1 ms per streamed token on
-    Ingress and proxy for 64-token answers. Run ``jobs/capacity.py profile`` on the node to
-    replace it."""
+    Ingress and proxy for 64-token answers; the Generator's and MemoryUpdater's event loops do
+    about a third of their processes' work, as measured here. Run ``jobs/capacity.py profile``
+    on the node to replace it."""
     from rxt_dist.model import build_model, count_parameters, from_name
 
     cfg = from_name(preset)
@@ -135,7 +143,7 @@ def assumed_gpu_profile(preset: str) -> CostProfile:
     path = ServingPath(client_s=0.0, proxy_s=0.007 + 0.0064, ingress_s=0.0135 + 0.0064, store_op_s=0.0012,
                        generator_io_s=0.005, updater_item_s=0.005, in_share=0.3, out_share=0.2,
                        cores=1e9, other_load=0.0, max_batch_size=128, update_batch_size=64,
-                       update_batch_wait_s=0.005)
+                       update_batch_wait_s=0.005, serial_share={"generator": 0.35, "updater": 0.35})
     header = 80  # safetensors header of one tensor with the format tag
     return CostProfile(
         source=f"ASSUMED (not measured): {preset} on {GPU_NODE}; see rxt_dist.eval.plan.assumed_gpu_profile",
