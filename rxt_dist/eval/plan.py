@@ -58,13 +58,13 @@ def _unconstrained(p: CostProfile) -> CostProfile:
     return dataclasses.replace(p, path=path, stalls={"rate_per_s": 0.0, "durations_s": []})
 
 
-def simulate_share(p: CostProfile, w: Workload, generators: int, sim_turns: int = 2, seed: int = 0
-                   ) -> dict[str, Any]:
+def simulate_share(p: CostProfile, w: Workload, generators: int, sim_turns: int = 2, seed: int = 0,
+                   updaters: int = 1) -> dict[str, Any]:
     """One Generator replica's share of ``w`` (its sessions, ramped in over one cycle so turns
-    arrive spread out as a day's traffic does), with its own MemoryUpdater."""
+    arrive spread out as a day's traffic does), with ``updaters`` MemoryUpdaters of its own."""
     share = dataclasses.replace(w, sessions=math.ceil(w.sessions / generators), turns=sim_turns)
     ramp = w.think_time_s + bounds(p, w)["answer_unloaded_s"]
-    return simulate(_unconstrained(p), share, Replicas(), seed=seed, ramp_s=ramp)
+    return simulate(_unconstrained(p), share, Replicas(updaters=updaters), seed=seed, ramp_s=ramp)
 
 
 def plan(p: CostProfile, w: Workload, slo_ttft_p99_s: float, max_busy: float = 0.7, dtype: str = "float32",
@@ -77,8 +77,12 @@ def plan(p: CostProfile, w: Workload, slo_ttft_p99_s: float, max_busy: float = 0
         return {"feasible": False, "bounds": b,
                 "reason": f"one query alone takes {b['ttft_unloaded_s'] * 1e3:.0f} ms to its first token"}
 
+    # MemoryUpdaters by the operational law (updates/s over what one gives at full batches);
+    # each Generator's share is simulated with its part of them, rounded up.
+    updaters = max(1, math.ceil(b["turns_per_s"] / (b["max_updates_per_s_per_updater"] * max_busy)))
+
     def meets(g: int) -> tuple[bool, dict[str, Any]]:
-        r = simulate_share(p, w, g, sim_turns)
+        r = simulate_share(p, w, g, sim_turns, updaters=math.ceil(updaters / g))
         return r["ttft_p99_s"] <= slo_ttft_p99_s and max(r["busy"]["generator_occupancy"]) <= max_busy, r
 
     low = max(1, math.floor(b["generators_at_full_busy"]))
@@ -96,7 +100,6 @@ def plan(p: CostProfile, w: Workload, slo_ttft_p99_s: float, max_busy: float = 0
     generators = high
     share = meets(generators)[1]
     turns_per_s = share["turns"] / share["wall_s"] * generators
-    updaters = max(1, math.ceil(generators * share["busy"]["updater"] / max_busy))
     return {
         "feasible": True, "generators": generators, "updaters": updaters,
         "path_cpu_cores": math.ceil(turns_per_s * path_cpu_per_turn(p) / max_busy),

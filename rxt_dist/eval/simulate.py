@@ -217,7 +217,8 @@ class DecodeLoop:
             admit.append(self.waiting.popleft())
         stepping = list(self.rows)
         self.max_rows = max(self.max_rows, len(stepping) + len(admit))
-        seconds = self.sim.jitter(self.p.decode_step(len(stepping)) + self.p.prefill(len(admit), self.query_tokens))
+        seconds = self.sim.jitter(self.p.decode_step(len(stepping)) + self.p.prefill(len(admit), self.query_tokens)
+                                  + (len(stepping) + len(admit)) * self.p.path.generator_chunk_s)
         self.busy_s += seconds
         self.row_s += seconds * (len(stepping) + len(admit))
         self.sim.cpu.run(seconds, lambda: self._emit(stepping, admit))
@@ -251,7 +252,10 @@ class Updater:
         """The update call's own work (Ray, the replica's event loop) is done on receipt, one
         call after another; then the item waits for a batch."""
         self.ongoing += 1
-        self.loop.do(self.p.path.updater_item_s, lambda: self._enqueue(turn))
+        if self.p.path.updater_in_batch:
+            self._enqueue(turn)
+        else:
+            self.loop.do(self.p.path.updater_item_s, lambda: self._enqueue(turn))
 
     def _enqueue(self, turn: "_Turn") -> None:
         self.queue.append(turn)
@@ -281,7 +285,10 @@ class Updater:
         def read_done() -> None:
             pending["reads"] -= 1
             if pending["reads"] == 0:
-                self.sim.cpu.run(self.sim.jitter(self.p.consolidate(len(batch))), commit)
+                work = self.p.consolidate(len(batch))
+                if self.p.path.updater_in_batch:
+                    work += len(batch) * self.p.path.updater_item_s
+                self.sim.cpu.run(self.sim.jitter(work), commit)
 
         def commit() -> None:
             pending["commits"] = len(batch)
