@@ -11,6 +11,7 @@ import torch
 from rxt_dist.data import read_manifest
 from rxt_dist.model import RxTModel, from_name, load_model_dir, save_model_dir
 from rxt_dist.train import TrainConfig, export_url, run_stage
+from rxt_dist.train.launcher import StageFailed
 
 from tests.ray_local import train_cluster
 from tests.tolerances import KERNEL
@@ -120,7 +121,7 @@ def logged(tmp_path, name, stage):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def test_a_run_resumed_after_a_worker_failure_ends_with_the_uninterrupted_weights(tmp_path_factory):
+def test_a_run_resumed_after_a_worker_failure_or_a_relaunch_ends_with_the_uninterrupted_weights(tmp_path_factory):
     # 40 training conversations in 5 shards, 20 per worker and epoch: micro-batches of 4 rows,
     # 5 steps an epoch. The failure at step 5 sends the run back to the step-3 checkpoint, in the
     # middle of epoch 0; it then redoes steps 4-5 and goes on into epoch 1.
@@ -145,11 +146,19 @@ def test_a_run_resumed_after_a_worker_failure_ends_with_the_uninterrupted_weight
         # The same rows through the same weights: the same loss but for rounding.
         assert last[m["step"]]["loss"] == pytest.approx(m["loss"], rel=KERNEL["rtol"], abs=KERNEL["atol"])
     assert [m["epoch"] for m in expected] == [0, 0, 0, 0, 0, 1, 1]  # epoch 1 began after the 5th step
-    # Same rows, same order, same optimizer state: the final weights are the uninterrupted
-    # run's, up to the rounding of a different reduction order.
+    # The whole job dies at step 5 (no restart allowed) and is launched again: it resumes from
+    # the step-3 checkpoint in storage.
+    killed = config(tmp_path, data, "killed", data=shuffled, checkpoint=checkpoints, stages=stages,
+                    failure={"max_failures": 0, "fail_once_at_step": 5})
+    with pytest.raises(StageFailed):
+        run_stage(killed, "baseline")
+    assert run_stage(killed, "baseline").metrics["resumed_from_step"] == 3
+    # Same rows, same order, same optimizer state: the final weights of both interrupted runs
+    # are the uninterrupted run's, up to the rounding of a different reduction order.
     final = load_model_dir(export_url(whole, "baseline")).state_dict()
-    for name, tensor in load_model_dir(export_url(broken, "baseline")).state_dict().items():
-        torch.testing.assert_close(tensor, final[name], **KERNEL, msg=lambda m, n=name: f"{n}: {m}")
+    for run in (broken, killed):
+        for name, tensor in load_model_dir(export_url(run, "baseline")).state_dict().items():
+            torch.testing.assert_close(tensor, final[name], **KERNEL, msg=lambda m, n=name: f"{n}: {m}")
 
 
 def test_smat_recall_pair_warmup_then_whole_conversations(tmp_path, small_data):
