@@ -29,15 +29,14 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_serving, next to this file
 
-from rxt_dist.eval.capacity import CostProfile, ServingPath, Workload  # noqa: E402
-from rxt_dist.eval.report import load_average, machine_info, write_json_atomic  # noqa: E402
-from rxt_dist.eval.simulate import Replicas, fit_to_calibration, simulate  # noqa: E402
+from rxt_dist.eval import simcheck
+from rxt_dist.eval.calibrate import fit_to_calibration
+from rxt_dist.eval.capacity import CostProfile, ServingPath, Workload
+from rxt_dist.eval.report import load_average, machine_info, write_json_atomic
+from rxt_dist.eval.simcheck import check_table, compare
+from rxt_dist.eval.simulate import Replicas, simulate
 
 log = logging.getLogger("capacity")
-TOLERANCE = 0.25
-"""Simulated figures must be within ±25% of measured ones (issue 16)."""
-CHECKED = (("ttft_p50_s", "TTFT p50"), ("ttft_p99_s", "TTFT p99"), ("tokens_per_s", "tokens/s"),
-           ("update_lag_p50_s", "update lag p50"))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -174,7 +173,8 @@ def _fixed_share(alone: float, together: float, in_flight: float) -> float:
 
 
 def build_profile(args: argparse.Namespace, url: str) -> tuple[CostProfile, dict]:
-    from rxt_dist.eval.profile import fit_serving_path, measure_environment, slowdown
+    from rxt_dist.eval.calibrate import fit_serving_path
+    from rxt_dist.eval.profile import measure_environment, slowdown
 
     load_before = load_average()
     env_before = measure_environment()
@@ -220,61 +220,6 @@ def build_profile(args: argparse.Namespace, url: str) -> tuple[CostProfile, dict
     return profile, level
 
 
-# -- check: simulation vs the serving benchmark --------------------------------------------------
-
-def simulate_level(profile: CostProfile, level: dict, think_time_s: float = 0.0) -> dict[str, Any]:
-    """The simulation of one benchmark level: same sessions, turns, rounds, query length, and the
-    same answer lengths (greedy answers to seeded queries: what was asked and answered, the
-    workload itself); lengths it lacks are drawn from the calibration run's."""
-    w = Workload(sessions=level["sessions"], think_time_s=think_time_s, query_tokens=profile.query_tokens,
-                 answer_tokens=profile.answer_tokens, turns=level["turns_played"])
-    answers = profile.extra.get("calibration", {}).get("answer_tokens")
-    plan = level.get("samples", {}).get("completion_tokens")  # what the model answered, turn by turn
-    return simulate(profile, w, Replicas(), answer_tokens=answers, rounds=level["rounds"], answer_plan=plan)
-
-
-def measured_figures(level: dict) -> dict[str, float | None]:
-    return {"ttft_p50_s": level["ttft"]["p50_s"], "ttft_p99_s": level["ttft"]["p99_s"],
-            "tokens_per_s": level["throughput"]["aggregate_tokens_per_s"],
-            "update_lag_p50_s": level["update_lag"]["p50_s"], "update_lag_p99_s": level["update_lag"]["p99_s"],
-            "answer_p50_s": level["answer"]["p50_s"], "waited_share": level["waited"]["share"]}
-
-
-def compare(profile: CostProfile, levels: list[dict]) -> list[dict[str, Any]]:
-    """Per level: the simulation with the profile moved to the load measured right before the
-    level (``CostProfile.in_environment``), against what the benchmark measured."""
-    rows = []
-    base = profile.extra.get("environment", {}).get("slowdown", 1.0)
-    for level in levels:
-        env = level.get("environment")
-        here = profile if env is None else profile.in_environment(env["slowdown"], env["stalls"])
-        sim, real = simulate_level(here, level), measured_figures(level)
-        errors = {key: (sim[key] / real[key] - 1) if real[key] else None for key, _ in CHECKED}
-        rows.append({"sessions": level["sessions"], "measured": real,
-                     "simulated": {k: sim[k] for k in (*real, "busy") if k in sim},
-                     "relative_error": errors,
-                     "within_tolerance": all(e is not None and abs(e) <= TOLERANCE for e in errors.values()),
-                     "load_average": [level["load_average_before"], level["load_average_after"]],
-                     "environment": {"slowdown": env["slowdown"] if env else None, "profiled_at": base,
-                                     "stall_rate_per_s": env["stalls"]["rate_per_s"] if env else None,
-                                     "stalled_share": env["stalls"]["stalled_share"] if env else None}})
-    return rows
-
-
-def check_table(rows: list[dict]) -> str:
-    head = f"{'S':>3} " + " ".join(f"{label + ' sim/meas':>27}" for _, label in CHECKED) + "  within ±25%"
-    lines = [head]
-    for r in rows:
-        cells = []
-        for key, _ in CHECKED:
-            sim, real, err = r["simulated"][key], r["measured"][key], r["relative_error"][key]
-            scale, unit = (1, "") if key == "tokens_per_s" else (1e3, "ms")
-            cells.append(f"{sim * scale:.0f}/{real * scale:.0f}{unit} ({err:+.0%})" if err is not None else "—")
-        lines.append(f"{r['sessions']:>3} " + " ".join(f"{c:>27}" for c in cells)
-                     + f"  {'yes' if r['within_tolerance'] else 'NO'}")
-    return "\n".join(lines)
-
-
 def run_profile_and_check(args: argparse.Namespace, check: bool) -> None:
     from bench_serving import local_app
 
@@ -293,14 +238,15 @@ def run_profile_and_check(args: argparse.Namespace, check: bool) -> None:
 def play_levels(url: str, server: dict, args: argparse.Namespace, command: str) -> dict[str, Any]:
     """The serving benchmark one level at a time, each right after a measurement of the
     machine's other load (``environment`` in the level's report)."""
+    import ray
     from bench_serving import replica_counts
 
-    from rxt_dist.eval.profile import measure_environment
+    from rxt_dist.eval.profile import (
+        measure_environment,
+        process_cpu,
+        serving_processes,
+    )
     from rxt_dist.eval.serving import ServingConfig, judge_targets, run_serving
-
-    import ray
-
-    from rxt_dist.eval.profile import process_cpu, serving_processes
 
     pids = serving_processes(ray._private.worker._global_node.all_processes["raylet"][0].process.pid)
     report = None
@@ -327,7 +273,7 @@ def play_levels(url: str, server: dict, args: argparse.Namespace, command: str) 
 
 def write_check(profile: CostProfile, report: dict, args: argparse.Namespace, command: str) -> None:
     rows = compare(profile, report["levels"])
-    write_json_atomic(args.check_out, {"command": command, "tolerance": TOLERANCE, "profile": args.out,
+    write_json_atomic(args.check_out, {"command": command, "tolerance": simcheck.TOLERANCE, "profile": args.out,
                                        "benchmark": args.bench_out, "machine": machine_info(), "levels": rows,
                                        "all_within_tolerance": all(r["within_tolerance"] for r in rows)})
     print(check_table(rows))
@@ -378,7 +324,14 @@ def run_simulate(args: argparse.Namespace) -> None:
 
 def run_plan(args: argparse.Namespace) -> None:
     """Size a deployment for each profile × number of daily users (docs/scaling.md)."""
-    from rxt_dist.eval.plan import GPU_NODE, Usage, assumed_gpu_profile, daily_users_workload, plan, stateless_kv
+    from rxt_dist.eval.plan import (
+        GPU_NODE,
+        Usage,
+        assumed_gpu_profile,
+        daily_users_workload,
+        plan,
+        stateless_kv,
+    )
 
     usage = Usage()
     out: dict[str, Any] = {"command": shlex.join(["python", "jobs/capacity.py", *sys.argv[1:]]),
@@ -418,9 +371,9 @@ ASSUMED_OBJECT_STORE = {
 
 def plan_table(plans: list[dict]) -> str:
     """Markdown: one row per profile × daily users."""
-    lines = ["| profile | daily users | concurrent sessions | Generator / MemoryUpdater replicas | path CPU cores "
-             "| TTFT p50 / p99 | update lag p50 | tokens/s | turns/s | STM bytes in use (fp32) "
-             "| store writes/s | object store per turn |",
+    lines = [("| profile | daily users | concurrent sessions | Generator / MemoryUpdater replicas | path CPU cores "
+              "| TTFT p50 / p99 | update lag p50 | tokens/s | turns/s | STMs of the sessions in use (fp32) "
+              "| store writes/s | object store per turn |"),
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in plans:
         if not r.get("feasible"):

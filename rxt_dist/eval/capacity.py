@@ -190,7 +190,7 @@ class CostProfile:
                 raise ValueError(f"{name}={table}: needs ≥ 1 entry, keys ≥ 1, times ≥ 0")
             setattr(self, name, monotone(table))
 
-    def in_environment(self, slowdown: float, stalls: dict[str, Any] | None = None) -> "CostProfile":
+    def in_environment(self, slowdown: float, stalls: dict[str, Any] | None = None) -> CostProfile:
         """This profile on the same machine under another load: every time that is work (model
         operations, the serving path's work and its fixed latencies) scaled from the slowdown
         the profile was measured at to ``slowdown``, the other load and the stalls as measured
@@ -231,14 +231,14 @@ class CostProfile:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "CostProfile":
+    def from_dict(cls, data: dict[str, Any]) -> CostProfile:
         """From :meth:`to_dict`'s output (other top-level keys, such as the ``command`` a
         profile file records, are ignored)."""
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
 
     @classmethod
-    def from_file(cls, path: str | Path) -> "CostProfile":
+    def from_file(cls, path: str | Path) -> CostProfile:
         try:
             return cls.from_dict(json.loads(Path(path).read_text()))
         except (TypeError, KeyError) as exc:

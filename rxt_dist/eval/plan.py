@@ -16,7 +16,14 @@ import dataclasses
 import math
 from typing import Any
 
-from rxt_dist.eval.capacity import CostProfile, ServingPath, Workload, bounds, path_cpu_per_turn, storage_traffic
+from rxt_dist.eval.capacity import (
+    CostProfile,
+    ServingPath,
+    Workload,
+    bounds,
+    path_cpu_per_turn,
+    storage_traffic,
+)
 from rxt_dist.eval.simulate import Replicas, simulate
 
 

@@ -12,9 +12,11 @@ Three kinds of cost, each measured where it can be measured:
 * **session storage** (:func:`profile_storage`): writing and reading one session's STM the
   way the store does (temporary name + rename; whole-file read) on each storage tier
   available here;
-* **the serving path** (:func:`process_cpu`, used by ``jobs/capacity.py profile``): the CPU
-  time per turn of each process of a running application (proxy, Ingress, Generator,
-  MemoryUpdater, store shard), read from the OS while a short calibration workload plays.
+* **the serving path** (:func:`process_cpu`, :func:`thread_cpu`, used by ``jobs/capacity.py
+  profile``): the CPU time per turn of each process (and thread) of a running application
+  (proxy, Ingress, Generator, MemoryUpdater, store shard), read from the OS while a short
+  calibration workload plays (``rxt_dist.eval.calibrate`` turns it into the profile's path);
+* **the machine's other load** (:func:`measure_environment`).
 
 Shape legend: L layers, B sequences, S memory slots, D model dim, T tokens.
 """
@@ -86,7 +88,7 @@ def profile_model(model: RxTModel, query_tokens: int = 48, answer_tokens: int = 
         prompts = [prompt_ids(q) for q in _queries(model, b, query_tokens, seed + b)]
         stm = model.initial_stm(b, torch.Generator().manual_seed(seed))  # (L, B, S, D)
 
-        def admit() -> DecodeBatch:
+        def admit(b: int = b, prompts: list = prompts, stm: torch.Tensor = stm) -> DecodeBatch:
             batch = DecodeBatch(model, eos_id=NO_STOP)
             batch.admit(list(range(b)), prompts, [sampling] * b, stm=stm)
             return batch
@@ -100,13 +102,14 @@ def profile_model(model: RxTModel, query_tokens: int = 48, answer_tokens: int = 
         out["decode_step_s"][b], out["cpu_s"]["decode_step"][b] = wall, cpu
         queries = [q[: query_tokens] for q in _queries(model, b, query_tokens, seed + 1000 + b)]
         answers = [q[: answer_tokens] for q in _queries(model, b, answer_tokens, seed + 2000 + b)]
-        wall, cpu = _timed(lambda: consolidate(model, stm, queries, answers), repeats, min_time_s, spread)
+        wall, cpu = _timed(lambda s=stm, q=queries, a=answers: consolidate(model, s, q, a), repeats, min_time_s,
+                           spread)
         out["consolidate_s"][b], out["cpu_s"]["consolidate"][b] = wall, cpu
     stm1 = model.initial_stm(1, torch.Generator().manual_seed(seed))
     for t in lengths:
         prompt = [prompt_ids(_queries(model, 1, t, seed + 3000 + t)[0])]
         out["prefill_length_s"][t] = _timed(
-            lambda: DecodeBatch(model, eos_id=NO_STOP).admit([0], prompt, [sampling], stm=stm1),
+            lambda p=prompt: DecodeBatch(model, eos_id=NO_STOP).admit([0], p, [sampling], stm=stm1),
             repeats, min_time_s)[0]
     out["timing_cv"] = statistics.median(spread) if spread else 0.0
     return out
@@ -204,10 +207,11 @@ def profile_storage(sizes: dict[str, int], repeats: int = 20, disk_dir: str | No
         for name, size in sizes.items():
             data = os.urandom(size)
             cache: dict[str, bytes] = {}
-            mem_w = _timed(lambda: cache.__setitem__("s", bytes(bytearray(data))), repeats, 0.05)[0]
-            mem_r = _timed(lambda: bytes(bytearray(cache["s"])), repeats, 0.05)[0]
+            mem_w = _timed(lambda c=cache, d=data: c.__setitem__("s", bytes(bytearray(d))), repeats, 0.05)[0]
+            mem_r = _timed(lambda c=cache: bytes(bytearray(c["s"])), repeats, 0.05)[0]
             disk = _fs_roundtrip(local, f"{root}/{name}", data, repeats)
-            sync_w = _timed(lambda: _write_fsync(f"{root}/{name}/sync.bin", data), max(5, repeats // 4), 0.05)[0]
+            sync_path = f"{root}/{name}/sync.bin"
+            sync_w = _timed(lambda d=data, f=sync_path: _write_fsync(f, d), max(5, repeats // 4), 0.05)[0]
             out[name] = {"bytes": size,
                          "memory": {"write_s": mem_w, "read_s": mem_r},
                          "local_disk": {"write_s": disk["write_s"], "read_s": disk["read_s"]},
@@ -278,47 +282,3 @@ def serial_shares(before: dict[str, dict], after: dict[str, dict]) -> dict[str, 
         total = sum(deltas)
         out[role] = max(deltas) / total if total > 0 else 1.0
     return out
-
-
-def fit_serving_path(model_profile: dict[str, Any], cpu_per_turn: dict[str, float], level: dict[str, Any],
-                     answer_steps: float, k: float, cores: int, batch_wait_s: float = 0.005) -> dict[str, float]:
-    """The serving path's costs (``ServingPath`` fields) from a calibration level played at
-    S = 1 with think time (no queueing, no wait for updates):
-
-    * each process's CPU seconds per turn × ``k`` (the slowdown: wall/CPU of the model
-      operations measured now) is its wall-time work per turn; the Generator's and
-      MemoryUpdater's share outside the model is what is left after the model operations' CPU;
-      the store shard's is split over its ``STORE_OPS_PER_TURN`` calls;
-    * how much of the client's, proxy's, Ingress's and Generator's work lies on the path to the
-      first token (``in_share``) and to the end of the answer (``out_share``) is what the
-      calibration's median TTFT and median first-token-to-end time leave after the model and
-      the store calls; what the work cannot explain is fixed latency, never negative;
-    * the machine's other load is what makes one busy thread get 1/k of a core (k − 1 busy
-      threads per core)."""
-    from rxt_dist.eval.capacity import STORE_OPS_PER_TURN
-
-    cpu = model_profile["cpu_s"]
-    model_gen_cpu = cpu["prefill"][1] + answer_steps * cpu["decode_step"][1]
-    path: dict[str, float] = {
-        "client_s": cpu_per_turn.get("client", 0.0) * k,
-        "proxy_s": cpu_per_turn.get("proxy", 0.0) * k,
-        "ingress_s": cpu_per_turn.get("ingress", 0.0) * k,
-        "store_op_s": cpu_per_turn.get("store", 0.0) * k / STORE_OPS_PER_TURN,
-        "generator_io_s": max(0.0, cpu_per_turn.get("generator", 0.0) - model_gen_cpu) * k,
-        "updater_item_s": max(0.0, cpu_per_turn.get("updater", 0.0) - cpu["consolidate"][1]) * k,
-        "cores": float(cores),
-        "other_load": max(0.0, k - 1),
-    }
-    front = path["client_s"] + path["proxy_s"] + path["ingress_s"]
-    ttft, answer = level["ttft"]["excluding_wait"]["p50_s"], level["answer"]["p50_s"]
-    lag = level["update_lag"]["p50_s"]
-    to_first = max(0.0, ttft - path["store_op_s"] - model_profile["prefill_s"][1])
-    path["in_share"] = min(1.0, to_first / (front + path["generator_io_s"])) if front else 0.0
-    path["request_latency_s"] = max(0.0, to_first - path["in_share"] * (front + path["generator_io_s"]))
-    to_end = max(0.0, (answer - ttft) - answer_steps * model_profile["decode_step_s"][1] - path["store_op_s"])
-    path["out_share"] = min(1.0 - path["in_share"], to_end / front) if front else 0.0
-    path["stream_latency_s"] = max(0.0, to_end - path["out_share"] * front)
-    explained_lag = (batch_wait_s + 2 * path["store_op_s"] + model_profile["consolidate_s"][1]
-                     + path["updater_item_s"])
-    path["update_latency_s"] = max(0.0, lag - explained_lag)
-    return path

@@ -2,186 +2,46 @@
 
 What it plays, per session (closed loop, as the serving benchmark drives the app):
 
-1. the request passes the client, Serve's proxy and an Ingress replica (each a FIFO server
-   doing a third of its per-turn work), then a fixed request latency;
-2. the claim at the session's store shard (FIFO server) — **waiting first for the previous
-   turn's memory update to commit** (the ordering guarantee);
-3. the Generator replica (least loaded) takes the request through its Ray side (a FIFO
-   server), then its decode loop admits it: each loop iteration is one step of the running
-   sequences plus the prefill of the admitted ones (``DecodeLoop._tick``); every iteration
-   gives each sequence a token;
-4. the first token passes Ingress, proxy and client again: that is the TTFT;
+1. the request passes the client, Serve's proxy and an Ingress replica (``in_share / 2`` of
+   each one's per-turn work), then a fixed request latency;
+2. the claim at the session's store shard — **waiting first for the previous turn's memory
+   update to commit** (the ordering guarantee);
+3. the Generator replica with the fewest ongoing requests takes it through its Ray side, then
+   its decode loop admits it: each loop iteration is one step of the running sequences plus
+   the prefill of the admitted ones (``DecodeLoop._tick``); every iteration gives each sequence
+   a token;
+4. the first token passes Generator, Ingress, proxy and client again: that is the TTFT;
 5. after the last token (an end-of-answer step for answers that stop by themselves) the turn
-   is recorded (store call), the rest of the answer passes the front, the client reads the
-   end: the answer time; the next turn starts after the think time;
-6. the update goes (after a fixed latency, from the end of the answer) to the least-loaded
-   MemoryUpdater, whose event loop takes the call (a FIFO server); a batch starts
-   when ``update_batch_size`` items wait or ``update_batch_wait_s`` after its first, reads each
-   item's input (store call), consolidates the batch, commits each item (store call); the
-   commit releases the session's next turn. The update lag is commit − end of answer.
+   is recorded (store call) and the end goes out (``out_share``): the answer time; the next
+   turn starts after the think time;
+6. from the end of the answer, after a fixed latency, the least-loaded MemoryUpdater: a batch
+   starts when ``update_batch_size`` items wait or ``update_batch_wait_s`` after its first,
+   reads each item's input (store call), consolidates the batch (with each item's own work,
+   ``updater_in_batch``), commits each item (store call); the commit releases the session's
+   next turn. The update lag is commit − end of answer.
 
+Each process is a :class:`~rxt_dist.eval.des.Server` on one shared CPU (:mod:`rxt_dist.eval.des`).
 Every service time is multiplied by a log-normal jitter with the profile's ``timing_cv``
 (seeded). Plain Python with a heap; about a million events per ten seconds.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import heapq
-import itertools
 import math
-import random
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from rxt_dist.eval.capacity import CostProfile, Workload
-
-
-class Sim:
-    """The event queue, the clock, and the machine's CPU shared by every process."""
-
-    def __init__(self, seed: int, cv: float, speed: Callable[[int], float] = lambda busy: 1.0) -> None:
-        self.now = 0.0
-        self._heap: list = []
-        self._seq = itertools.count()
-        self.rng = random.Random(seed)
-        self.sigma = math.sqrt(math.log(1 + cv * cv)) if cv > 0 else 0.0
-        self.cpu = CPU(self, speed)
-
-    def at(self, t: float, fn: Callable[[], None]) -> None:
-        heapq.heappush(self._heap, (t, next(self._seq), fn))
-
-    def after(self, dt: float, fn: Callable[[], None]) -> None:
-        self.at(self.now + dt, fn)
-
-    def jitter(self, seconds: float) -> float:
-        """``seconds`` times a log-normal factor of mean 1 and the profile's spread."""
-        if self.sigma == 0 or seconds <= 0:
-            return seconds
-        return seconds * math.exp(self.rng.gauss(-self.sigma ** 2 / 2, self.sigma))
-
-    def run(self, until: float = math.inf) -> None:
-        while self._heap and self._heap[0][0] <= until:
-            self.now, _, fn = heapq.heappop(self._heap)
-            fn()
-
-
-class CPU:
-    """Processor sharing: every busy process advances at ``speed(busy)`` × its lone speed."""
-
-    def __init__(self, sim: Sim, speed: Callable[[int], float]) -> None:
-        self.sim, self.speed = sim, speed
-        self.jobs: dict[int, list] = {}  # id → [remaining seconds of lone work, callback]
-        self._ids = itertools.count()
-        self._last = 0.0
-        self._version = 0
-        self.frozen = False
-
-    def freeze(self, seconds: float) -> None:
-        """Nothing runs for ``seconds``: the machine's other load took every core (a stall)."""
-        if self.frozen:
-            return
-        self._advance()
-        self.frozen = True
-        self._version += 1  # no completion while frozen
-
-        def thaw() -> None:
-            self._advance()
-            self.frozen = False
-            self._schedule()
-
-        self.sim.after(seconds, thaw)
-
-    def run(self, seconds: float, then: Callable[[], None]) -> None:
-        if seconds <= 0:
-            self.sim.after(0.0, then)
-            return
-        self._advance()
-        self.jobs[next(self._ids)] = [seconds, then]
-        self._schedule()
-
-    def _advance(self) -> None:
-        if self.jobs and not self.frozen:
-            done = (self.sim.now - self._last) * self.speed(len(self.jobs))
-            for job in self.jobs.values():
-                job[0] -= done
-        self._last = self.sim.now
-
-    def _schedule(self) -> None:
-        self._version += 1
-        if self.jobs and not self.frozen:
-            left = min(job[0] for job in self.jobs.values())
-            version = self._version
-            self.sim.after(max(0.0, left) / self.speed(len(self.jobs)), lambda: self._finish(version))
-
-    def _finish(self, version: int) -> None:
-        if version != self._version:
-            return
-        self._advance()
-        finished = [k for k, job in self.jobs.items() if job[0] <= 1e-12]
-        callbacks = [self.jobs.pop(k)[1] for k in finished]
-        self._schedule()
-        for fn in callbacks:
-            fn()
-
-
-class Server:
-    """A process on the shared CPU. A ``serial`` share of each job runs on its event-loop thread,
-    one job's piece after another; the rest runs alongside on Ray's own threads, limited only
-    by the CPU (the share is measured per thread, ``ServingPath.serial_share``)."""
-
-    def __init__(self, sim: Sim, serial: float = 1.0, fixed: float = 1.0) -> None:
-        self.sim = sim
-        self.serial = serial
-        self.fixed = fixed
-        self.queue: deque = deque()
-        self.running = False
-        self.busy_s = 0.0
-        self.in_flight = 0
-
-    def do(self, seconds: float, then: Callable[[], None] = lambda: None) -> None:
-        """Run ``seconds`` of this process's work (shared with the jobs already in it, see
-        ``ServingPath.fixed_share``), then ``then``."""
-        self.in_flight += 1
-        seconds = self.sim.jitter(seconds) * (self.fixed + (1 - self.fixed) / self.in_flight)
-        self.busy_s += seconds
-        alongside = seconds * (1 - self.serial)
-
-        def finished() -> None:
-            self.in_flight -= 1
-            then()
-
-        def rest() -> None:
-            self.sim.cpu.run(alongside, finished)
-
-        if self.serial <= 0:
-            rest()
-            return
-        self.queue.append((seconds * self.serial, rest if alongside > 0 else finished))
-        if not self.running:
-            self._next()
-
-    def _next(self) -> None:
-        if not self.queue:
-            self.running = False
-            return
-        self.running = True
-        seconds, then = self.queue.popleft()
-
-        def done() -> None:
-            then()
-            self._next()
-
-        self.sim.cpu.run(seconds, done)
+from rxt_dist.eval.des import Server, Sim
 
 
 @dataclass
 class _Seq:
-    turn: "_Turn"
+    turn: _Turn
     tokens_left: int
     first: bool = True
 
@@ -248,7 +108,7 @@ class Updater:
         self.busy_s = 0.0
         self._started = 0.0
 
-    def submit(self, turn: "_Turn") -> None:
+    def submit(self, turn: _Turn) -> None:
         """The update call's own work (Ray, the replica's event loop) is done on receipt, one
         call after another; then the item waits for a batch."""
         self.ongoing += 1
@@ -257,7 +117,7 @@ class Updater:
         else:
             self.loop.do(self.p.path.updater_item_s, lambda: self._enqueue(turn))
 
-    def _enqueue(self, turn: "_Turn") -> None:
+    def _enqueue(self, turn: _Turn) -> None:
         self.queue.append(turn)
         self._maybe_start()
 
@@ -295,7 +155,7 @@ class Updater:
             for turn in batch:
                 self.store_of(turn.session.index).do(self.p.path.store_op_s, lambda t=turn: committed(t))
 
-        def committed(turn: "_Turn") -> None:
+        def committed(turn: _Turn) -> None:
             self.ongoing -= 1
             turn.committed()
             pending["commits"] -= 1
@@ -332,7 +192,7 @@ class TurnRecord:
 class _Turn:
     """One turn's path through the graph (module docstring, steps 1–6)."""
 
-    def __init__(self, graph: "Graph", session: _Session, index: int, answer_tokens: int) -> None:
+    def __init__(self, graph: Graph, session: _Session, index: int, answer_tokens: int) -> None:
         self.g, self.session, self.answer_tokens = graph, session, answer_tokens
         self.record = TurnRecord(session.index, index, tokens=answer_tokens)
         self.sent = graph.sim.now
@@ -546,40 +406,3 @@ def simulate(p: CostProfile, w: Workload, replicas: Replicas | None = None, seed
         wall += out["wall_s"]
     result = summarise(records, wall, g)
     return result
-
-
-def _bisect(f: Callable[[float], float], target: float, lo: float, hi: float, steps: int = 30) -> float:
-    """x in [lo, hi] with f(x) ≈ target for an increasing f (an end when out of range)."""
-    if f(hi) <= target:
-        return hi
-    if f(lo) >= target:
-        return lo
-    for _ in range(steps):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if f(mid) < target else (lo, mid)
-    return (lo + hi) / 2
-
-
-def fit_to_calibration(p: CostProfile, w: Workload, ttft_s: float, answer_s: float, lag_s: float,
-                       answer_tokens: Sequence[int] | None = None) -> CostProfile:
-    """The profile with the serving path's shares and fixed latencies chosen so that simulating
-    the calibration workload ``w`` gives back its measured median TTFT, answer time and update
-    lag. (A closed-form fit misses what overlaps: the decoding thread keeps stepping while the
-    first token travels out, and both take the shared cores.)"""
-    path = dataclasses.replace(p.path, request_latency_s=0.0, stream_latency_s=0.0, update_latency_s=0.0)
-
-    def run(**changes) -> dict[str, Any]:
-        return simulate(dataclasses.replace(p, path=dataclasses.replace(path, **changes)), w,
-                        answer_tokens=answer_tokens, seed=0)
-
-    for _ in range(4):  # the shares and the update's latency interact a little (their work overlaps): refit each in turn
-        path = dataclasses.replace(path, request_latency_s=0.0, stream_latency_s=0.0)
-        path = dataclasses.replace(path, in_share=_bisect(
-            lambda x: run(in_share=x)["ttft_p50_s"], ttft_s, 0.0, 1.0 - path.out_share))
-        path = dataclasses.replace(path, request_latency_s=max(0.0, ttft_s - run()["ttft_p50_s"]))
-        path = dataclasses.replace(path, out_share=_bisect(
-            lambda x: run(out_share=x)["answer_p50_s"], answer_s, 0.0, 1.0 - path.in_share))
-        path = dataclasses.replace(path, stream_latency_s=max(0.0, answer_s - run()["answer_p50_s"]))
-        path = dataclasses.replace(path, update_latency_s=_bisect(
-            lambda x: run(update_latency_s=x)["update_lag_p50_s"], lag_s, 0.0, max(lag_s, 1e-3)))
-    return dataclasses.replace(p, path=path)

@@ -7,6 +7,7 @@ import math
 
 import pytest
 
+from rxt_dist.eval.calibrate import fit_serving_path, fit_to_calibration
 from rxt_dist.eval.capacity import (
     CostProfile,
     ServingPath,
@@ -16,8 +17,7 @@ from rxt_dist.eval.capacity import (
     storage_traffic,
 )
 from rxt_dist.eval.plan import Usage, daily_users_workload, plan, simulate_share
-from rxt_dist.eval.profile import fit_serving_path
-from rxt_dist.eval.simulate import Replicas, fit_to_calibration, simulate
+from rxt_dist.eval.simulate import Replicas, simulate
 
 STEP, PREFILL, CONSOLIDATE = 0.004, 0.010, 0.020
 
@@ -163,7 +163,7 @@ def test_daily_users_become_concurrent_sessions_by_littles_law():
 
 
 def test_a_process_runs_its_serial_share_one_job_after_another_and_shares_the_cpu():
-    from rxt_dist.eval.simulate import Server, Sim
+    from rxt_dist.eval.des import Server, Sim
 
     sim = Sim(seed=0, cv=0.0)
     done: dict[str, float] = {}

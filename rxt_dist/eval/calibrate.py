@@ -1,0 +1,93 @@
+"""Fitting the serving path to a calibration run: its work per turn from the processes' CPU
+time (:func:`fit_serving_path`), then its shares and latencies by simulating the calibration
+workload until it gives back what was measured (:func:`fit_to_calibration`)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from rxt_dist.eval.capacity import CostProfile, Workload
+from rxt_dist.eval.simulate import simulate
+
+
+def _bisect(f: Callable[[float], float], target: float, lo: float, hi: float, steps: int = 30) -> float:
+    """x in [lo, hi] with f(x) ≈ target for an increasing f (an end when out of range)."""
+    if f(hi) <= target:
+        return hi
+    if f(lo) >= target:
+        return lo
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if f(mid) < target else (lo, mid)
+    return (lo + hi) / 2
+
+
+def fit_to_calibration(p: CostProfile, w: Workload, ttft_s: float, answer_s: float, lag_s: float,
+                       answer_tokens: Sequence[int] | None = None) -> CostProfile:
+    """The profile with the serving path's shares and fixed latencies chosen so that simulating
+    the calibration workload ``w`` gives back its measured median TTFT, answer time and update
+    lag. (A closed-form fit misses what overlaps: the decoding thread keeps stepping while the
+    first token travels out, and both take the shared cores.)"""
+    path = dataclasses.replace(p.path, request_latency_s=0.0, stream_latency_s=0.0, update_latency_s=0.0)
+
+    def run(**changes) -> dict[str, Any]:
+        return simulate(dataclasses.replace(p, path=dataclasses.replace(path, **changes)), w,
+                        answer_tokens=answer_tokens, seed=0)
+
+    for _ in range(4):  # the shares and the update's latency interact a little (their work overlaps): refit each in turn
+        path = dataclasses.replace(path, request_latency_s=0.0, stream_latency_s=0.0)
+        path = dataclasses.replace(path, in_share=_bisect(
+            lambda x: run(in_share=x)["ttft_p50_s"], ttft_s, 0.0, 1.0 - path.out_share))
+        path = dataclasses.replace(path, request_latency_s=max(0.0, ttft_s - run()["ttft_p50_s"]))
+        path = dataclasses.replace(path, out_share=_bisect(
+            lambda x: run(out_share=x)["answer_p50_s"], answer_s, 0.0, 1.0 - path.in_share))
+        path = dataclasses.replace(path, stream_latency_s=max(0.0, answer_s - run()["answer_p50_s"]))
+        path = dataclasses.replace(path, update_latency_s=_bisect(
+            lambda x: run(update_latency_s=x)["update_lag_p50_s"], lag_s, 0.0, max(lag_s, 1e-3)))
+    return dataclasses.replace(p, path=path)
+
+
+def fit_serving_path(model_profile: dict[str, Any], cpu_per_turn: dict[str, float], level: dict[str, Any],
+                     answer_steps: float, k: float, cores: int, batch_wait_s: float = 0.005) -> dict[str, float]:
+    """The serving path's costs (``ServingPath`` fields) from a calibration level played at
+    S = 1 with think time (no queueing, no wait for updates):
+
+    * each process's CPU seconds per turn × ``k`` (the slowdown: wall/CPU of the model
+      operations measured now) is its wall-time work per turn; the Generator's and
+      MemoryUpdater's share outside the model is what is left after the model operations' CPU;
+      the store shard's is split over its ``STORE_OPS_PER_TURN`` calls;
+    * how much of the client's, proxy's, Ingress's and Generator's work lies on the path to the
+      first token (``in_share``) and to the end of the answer (``out_share``) is what the
+      calibration's median TTFT and median first-token-to-end time leave after the model and
+      the store calls; what the work cannot explain is fixed latency, never negative;
+    * the machine's other load is what makes one busy thread get 1/k of a core (k − 1 busy
+      threads per core)."""
+    from rxt_dist.eval.capacity import STORE_OPS_PER_TURN
+
+    cpu = model_profile["cpu_s"]
+    model_gen_cpu = cpu["prefill"][1] + answer_steps * cpu["decode_step"][1]
+    path: dict[str, float] = {
+        "client_s": cpu_per_turn.get("client", 0.0) * k,
+        "proxy_s": cpu_per_turn.get("proxy", 0.0) * k,
+        "ingress_s": cpu_per_turn.get("ingress", 0.0) * k,
+        "store_op_s": cpu_per_turn.get("store", 0.0) * k / STORE_OPS_PER_TURN,
+        "generator_io_s": max(0.0, cpu_per_turn.get("generator", 0.0) - model_gen_cpu) * k,
+        "updater_item_s": max(0.0, cpu_per_turn.get("updater", 0.0) - cpu["consolidate"][1]) * k,
+        "cores": float(cores),
+        "other_load": max(0.0, k - 1),
+    }
+    front = path["client_s"] + path["proxy_s"] + path["ingress_s"]
+    ttft, answer = level["ttft"]["excluding_wait"]["p50_s"], level["answer"]["p50_s"]
+    lag = level["update_lag"]["p50_s"]
+    to_first = max(0.0, ttft - path["store_op_s"] - model_profile["prefill_s"][1])
+    path["in_share"] = min(1.0, to_first / (front + path["generator_io_s"])) if front else 0.0
+    path["request_latency_s"] = max(0.0, to_first - path["in_share"] * (front + path["generator_io_s"]))
+    to_end = max(0.0, (answer - ttft) - answer_steps * model_profile["decode_step_s"][1] - path["store_op_s"])
+    path["out_share"] = min(1.0 - path["in_share"], to_end / front) if front else 0.0
+    path["stream_latency_s"] = max(0.0, to_end - path["out_share"] * front)
+    explained_lag = (batch_wait_s + 2 * path["store_op_s"] + model_profile["consolidate_s"][1]
+                     + path["updater_item_s"])
+    path["update_latency_s"] = max(0.0, lag - explained_lag)
+    return path

@@ -1,0 +1,150 @@
+"""The event engine under :mod:`rxt_dist.eval.simulate`: a clock with an event heap, one
+shared CPU (processor sharing, stalls) and processes on it (``Server``: an event-loop share run
+one piece after another, the rest alongside). Ray-free, plain Python."""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+import random
+from collections import deque
+from collections.abc import Callable
+
+
+class Sim:
+    """The event queue, the clock, and the machine's CPU shared by every process."""
+
+    def __init__(self, seed: int, cv: float, speed: Callable[[int], float] = lambda busy: 1.0) -> None:
+        self.now = 0.0
+        self._heap: list = []
+        self._seq = itertools.count()
+        self.rng = random.Random(seed)
+        self.sigma = math.sqrt(math.log(1 + cv * cv)) if cv > 0 else 0.0
+        self.cpu = CPU(self, speed)
+
+    def at(self, t: float, fn: Callable[[], None]) -> None:
+        heapq.heappush(self._heap, (t, next(self._seq), fn))
+
+    def after(self, dt: float, fn: Callable[[], None]) -> None:
+        self.at(self.now + dt, fn)
+
+    def jitter(self, seconds: float) -> float:
+        """``seconds`` times a log-normal factor of mean 1 and the profile's spread."""
+        if self.sigma == 0 or seconds <= 0:
+            return seconds
+        return seconds * math.exp(self.rng.gauss(-self.sigma ** 2 / 2, self.sigma))
+
+    def run(self, until: float = math.inf) -> None:
+        while self._heap and self._heap[0][0] <= until:
+            self.now, _, fn = heapq.heappop(self._heap)
+            fn()
+
+
+class CPU:
+    """Processor sharing: every busy process advances at ``speed(busy)`` × its lone speed."""
+
+    def __init__(self, sim: Sim, speed: Callable[[int], float]) -> None:
+        self.sim, self.speed = sim, speed
+        self.jobs: dict[int, list] = {}  # id → [remaining seconds of lone work, callback]
+        self._ids = itertools.count()
+        self._last = 0.0
+        self._version = 0
+        self.frozen = False
+
+    def freeze(self, seconds: float) -> None:
+        """Nothing runs for ``seconds``: the machine's other load took every core (a stall)."""
+        if self.frozen:
+            return
+        self._advance()
+        self.frozen = True
+        self._version += 1  # no completion while frozen
+
+        def thaw() -> None:
+            self._advance()
+            self.frozen = False
+            self._schedule()
+
+        self.sim.after(seconds, thaw)
+
+    def run(self, seconds: float, then: Callable[[], None]) -> None:
+        if seconds <= 0:
+            self.sim.after(0.0, then)
+            return
+        self._advance()
+        self.jobs[next(self._ids)] = [seconds, then]
+        self._schedule()
+
+    def _advance(self) -> None:
+        if self.jobs and not self.frozen:
+            done = (self.sim.now - self._last) * self.speed(len(self.jobs))
+            for job in self.jobs.values():
+                job[0] -= done
+        self._last = self.sim.now
+
+    def _schedule(self) -> None:
+        self._version += 1
+        if self.jobs and not self.frozen:
+            left = min(job[0] for job in self.jobs.values())
+            version = self._version
+            self.sim.after(max(0.0, left) / self.speed(len(self.jobs)), lambda: self._finish(version))
+
+    def _finish(self, version: int) -> None:
+        if version != self._version:
+            return
+        self._advance()
+        finished = [k for k, job in self.jobs.items() if job[0] <= 1e-12]
+        callbacks = [self.jobs.pop(k)[1] for k in finished]
+        self._schedule()
+        for fn in callbacks:
+            fn()
+
+
+class Server:
+    """A process on the shared CPU. A ``serial`` share of each job runs on its event-loop thread,
+    one job's piece after another; the rest runs alongside on Ray's own threads, limited only
+    by the CPU (the share is measured per thread, ``ServingPath.serial_share``)."""
+
+    def __init__(self, sim: Sim, serial: float = 1.0, fixed: float = 1.0) -> None:
+        self.sim = sim
+        self.serial = serial
+        self.fixed = fixed
+        self.queue: deque = deque()
+        self.running = False
+        self.busy_s = 0.0
+        self.in_flight = 0
+
+    def do(self, seconds: float, then: Callable[[], None] = lambda: None) -> None:
+        """Run ``seconds`` of this process's work (shared with the jobs already in it, see
+        ``ServingPath.fixed_share``), then ``then``."""
+        self.in_flight += 1
+        seconds = self.sim.jitter(seconds) * (self.fixed + (1 - self.fixed) / self.in_flight)
+        self.busy_s += seconds
+        alongside = seconds * (1 - self.serial)
+
+        def finished() -> None:
+            self.in_flight -= 1
+            then()
+
+        def rest() -> None:
+            self.sim.cpu.run(alongside, finished)
+
+        if self.serial <= 0:
+            rest()
+            return
+        self.queue.append((seconds * self.serial, rest if alongside > 0 else finished))
+        if not self.running:
+            self._next()
+
+    def _next(self) -> None:
+        if not self.queue:
+            self.running = False
+            return
+        self.running = True
+        seconds, then = self.queue.popleft()
+
+        def done() -> None:
+            then()
+            self._next()
+
+        self.sim.cpu.run(seconds, done)

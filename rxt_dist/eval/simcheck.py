@@ -1,0 +1,67 @@
+"""The capacity model's check: the simulation of each serving-benchmark level against what the
+benchmark measured (``jobs/capacity.py check`` / ``compare``; docs/BENCHMARKS.md)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rxt_dist.eval.capacity import CostProfile, Workload
+from rxt_dist.eval.simulate import Replicas, simulate
+
+TOLERANCE = 0.25
+"""Simulated figures must be within ±25% of measured ones (issue 16)."""
+CHECKED = (("ttft_p50_s", "TTFT p50"), ("ttft_p99_s", "TTFT p99"), ("tokens_per_s", "tokens/s"),
+           ("update_lag_p50_s", "update lag p50"))
+
+
+def simulate_level(profile: CostProfile, level: dict, think_time_s: float = 0.0) -> dict[str, Any]:
+    """The simulation of one benchmark level: same sessions, turns, rounds, query length, and the
+    same answer lengths (greedy answers to seeded queries: what was asked and answered, the
+    workload itself); lengths it lacks are drawn from the calibration run's."""
+    w = Workload(sessions=level["sessions"], think_time_s=think_time_s, query_tokens=profile.query_tokens,
+                 answer_tokens=profile.answer_tokens, turns=level["turns_played"])
+    answers = profile.extra.get("calibration", {}).get("answer_tokens")
+    plan = level.get("samples", {}).get("completion_tokens")  # what the model answered, turn by turn
+    return simulate(profile, w, Replicas(), answer_tokens=answers, rounds=level["rounds"], answer_plan=plan)
+
+
+def measured_figures(level: dict) -> dict[str, float | None]:
+    return {"ttft_p50_s": level["ttft"]["p50_s"], "ttft_p99_s": level["ttft"]["p99_s"],
+            "tokens_per_s": level["throughput"]["aggregate_tokens_per_s"],
+            "update_lag_p50_s": level["update_lag"]["p50_s"], "update_lag_p99_s": level["update_lag"]["p99_s"],
+            "answer_p50_s": level["answer"]["p50_s"], "waited_share": level["waited"]["share"]}
+
+
+def compare(profile: CostProfile, levels: list[dict]) -> list[dict[str, Any]]:
+    """Per level: the simulation with the profile moved to the load measured right before the
+    level (``CostProfile.in_environment``), against what the benchmark measured."""
+    rows = []
+    base = profile.extra.get("environment", {}).get("slowdown", 1.0)
+    for level in levels:
+        env = level.get("environment")
+        here = profile if env is None else profile.in_environment(env["slowdown"], env["stalls"])
+        sim, real = simulate_level(here, level), measured_figures(level)
+        errors = {key: (sim[key] / real[key] - 1) if real[key] else None for key, _ in CHECKED}
+        rows.append({"sessions": level["sessions"], "measured": real,
+                     "simulated": {k: sim[k] for k in (*real, "busy") if k in sim},
+                     "relative_error": errors,
+                     "within_tolerance": all(e is not None and abs(e) <= TOLERANCE for e in errors.values()),
+                     "load_average": [level["load_average_before"], level["load_average_after"]],
+                     "environment": {"slowdown": env["slowdown"] if env else None, "profiled_at": base,
+                                     "stall_rate_per_s": env["stalls"]["rate_per_s"] if env else None,
+                                     "stalled_share": env["stalls"]["stalled_share"] if env else None}})
+    return rows
+
+
+def check_table(rows: list[dict]) -> str:
+    head = f"{'S':>3} " + " ".join(f"{label + ' sim/meas':>27}" for _, label in CHECKED) + "  within ±25%"
+    lines = [head]
+    for r in rows:
+        cells = []
+        for key, _ in CHECKED:
+            sim, real, err = r["simulated"][key], r["measured"][key], r["relative_error"][key]
+            scale, unit = (1, "") if key == "tokens_per_s" else (1e3, "ms")
+            cells.append(f"{sim * scale:.0f}/{real * scale:.0f}{unit} ({err:+.0%})" if err is not None else "—")
+        lines.append(f"{r['sessions']:>3} " + " ".join(f"{c:>27}" for c in cells)
+                     + f"  {'yes' if r['within_tolerance'] else 'NO'}")
+    return "\n".join(lines)
