@@ -192,7 +192,7 @@ def build_profile(args: argparse.Namespace, url: str) -> tuple[CostProfile, dict
     path = fit_serving_path(costs, cpu_per_turn, level, answer_mean + 1, k, machine_info()["logical_cpus"])
     path["serial_share"] = cpu["serial_share"]
     path["fixed_share"] = cpu["fixed_share"]
-    spin = (env_before["slowdown"] + env_after["slowdown"]) / 2  # the load as every later check measures it
+    spin = env_after["slowdown"]  # the load as every later check measures it, right after the model timings
     path["other_load"] = max(0.0, spin - 1)
     first = CostProfile(
         source=f"measured on this machine ({machine_info()['cpu']}, {machine_info()['logical_cpus']} CPUs, "
@@ -203,8 +203,9 @@ def build_profile(args: argparse.Namespace, url: str) -> tuple[CostProfile, dict
         stm_bytes=sizes, storage=storage, path=ServingPath(**path), timing_cv=costs["timing_cv"],
         stalls=stalls,
         extra={"load_average_before": load_before, "load_average_after": load_average(), "slowdown": k,
-               "environment": {"slowdown": (env_before["slowdown"] + env_after["slowdown"]) / 2,
-                               "before": env_before, "after": env_after},
+               # the reference load: the one measured right after the model timings, which make up
+               # most of the profile's times (a burst before the calibration must not set it)
+               "environment": {"slowdown": env_after["slowdown"], "before": env_before, "after": env_after},
                "model_cpu_s": costs["cpu_s"], "calibration": {
                    "sessions": 1, "turns": turns, "think_time_s": args.calibration_think_s,
                    "cpu_s_per_turn": cpu_per_turn, "cpu_idle_rate": cpu["idle_rate"],
