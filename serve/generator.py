@@ -42,7 +42,8 @@ class Generator:
                 sample_forever(lambda: self.metrics.batch.set(len(self.loop.batch))))
         memory = stm_from_bytes(stm, self.model.cfg.stm_shape)  # (L, S, D)
         async for item in self.loop.stream(query_ids, memory, SamplingParams(**sampling)):
-            self.metrics.tokens.inc(len(item[0]))
+            if item[0]:  # Ray's counters refuse an increment of 0 (the last item may carry none)
+                self.metrics.tokens.inc(len(item[0]))
             yield item
 
     async def stats(self) -> dict:
