@@ -51,6 +51,7 @@ class StoreShards:
         if num_shards < 1:
             raise ValueError(f"store_shards={num_shards}: must be ≥ 1")
         self.config = config
+        self.configured = []  # the shards' answers to reconfigure (the settings that changed)
         self.handles = [self._get_or_create(i, num_shards) for i in range(num_shards)]
 
     def _get_or_create(self, shard: int, num_shards: int):
@@ -66,7 +67,7 @@ class StoreShards:
         # A detached shard outlives the deployment that created it: hand it this deployment's
         # settings (it logs the ones that changed). Calls from one handle run in order, so
         # every later call sees them.
-        handle.reconfigure.remote(self.config)
+        self.configured.append(handle.reconfigure.remote(self.config))
         return handle
 
     def for_session(self, session_id: str):
