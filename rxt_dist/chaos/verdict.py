@@ -44,12 +44,6 @@ class Verdict:
         return not (self.lost or self.doubled or self.wrong_answers or self.wrong_versions
                     or self.still_pending or self.failed_sessions)
 
-    @property
-    def ok_but_pending(self) -> bool:
-        """Everything holds except that some sessions' last update is still pending; nothing
-        lost, doubled or wrong."""
-        return not (self.lost or self.doubled or self.wrong_answers or self.wrong_versions or self.failed_sessions)
-
     def note(self, case: str, limit: int = 20) -> None:
         if len(self.cases) < limit:
             self.cases.append(case)
