@@ -54,6 +54,13 @@ class AppArgs(BaseModel):
 
     max_batch_size: int = 32
     """Sequences one Generator replica decodes together."""
+    compile_decode: bool = False
+    """Decode through the compiled step (``torch.compile``; the eager step is the fallback):
+    faster per token, but each Generator replica spends tens of seconds compiling at start."""
+    stream_interval_s: float = 0.0
+    """The Generator sends an answer's tokens to the Ingress at most this often (the tokens
+    decoded meanwhile go together in one message); the first token is never held back. 0: send
+    whatever is ready as soon as the Ingress takes it."""
     update_batch_size: int = 16
     """Memory updates one MemoryUpdater replica applies in one batch."""
     update_batch_wait_s: float = 0.005

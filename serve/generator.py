@@ -2,12 +2,13 @@
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from dataclasses import asdict
 
 from ray import serve
 
-from rxt_dist.inference import SamplingParams
+from rxt_dist.inference import CompiledDecoder, SamplingParams
 from rxt_dist.model import load_model_dir, stm_from_bytes
 from rxt_dist.serving.decode_loop import DecodeLoop
 from serve.args import AppArgs
@@ -27,7 +28,13 @@ class Generator:
     def __init__(self, args: AppArgs) -> None:
         route_library_logs()
         self.model = load_model_dir(args.model_dir, args.device).eval()
-        self.loop = DecodeLoop(self.model, args.max_batch_size)
+        compiled = None
+        if args.compile_decode:
+            started = time.perf_counter()
+            compiled = CompiledDecoder(self.model)
+            compiled.warm_up((1, 2))
+            logger.info("Generator: compiled the decoding step in %.1fs", time.perf_counter() - started)
+        self.loop = DecodeLoop(self.model, args.max_batch_size, compiled, args.stream_interval_s)
         self.metrics = GeneratorMetrics()
         self._sampler: asyncio.Task | None = None
         logger.info("Generator: loaded %s (%s), up to %d sequences per batch",

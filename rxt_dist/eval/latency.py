@@ -206,13 +206,10 @@ def timed_decode(
     return DecodeTiming(first - start, end - start, answer, steps, batch.kept_caches.pop(0))
 
 
-def _shallow_copy(cache: KVCache | None) -> KVCache | None:
-    """A cache object the next turn may advance without touching ``cache``: KVCache writes
-    build new tensors (out-of-place scatter/pad), so copying the lists is enough for a
-    repeat of the same turn to start from the same state."""
-    if cache is None:
-        return None
-    return KVCache(list(cache.keys), list(cache.values), cache.lengths.clone())
+def _copy(cache: KVCache | None) -> KVCache | None:
+    """A cache the next turn may advance without touching ``cache`` (writes are in place), so
+    a repeat of the same turn starts from the same state."""
+    return None if cache is None else cache.clone()
 
 
 class RxTSystem:
@@ -294,7 +291,7 @@ class PrefixCacheSystem:
         # full history, whatever way the previous answer ended.
         cached = int(cache.lengths[0]) if cache is not None else 0
         new_tokens = full[cached:]
-        d = timed_decode(self.model, new_tokens, self.answer_tokens, cache=_shallow_copy(cache))
+        d = timed_decode(self.model, new_tokens, self.answer_tokens, cache=_copy(cache))
         new_history = history + interaction_ids(query, d.answer)
         return TurnRun(d.prompt_s, d.turn_s, d.answer, tokens=len(new_tokens) + d.steps,
                        context=int(d.cache.lengths[0]), kv_cache_bytes=d.cache.nbytes(),

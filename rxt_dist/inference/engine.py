@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from rxt_dist.inference.compiled import CompiledDecoder
 from rxt_dist.inference.sampling import SamplingParams, sample_next
 from rxt_dist.model.io import Model
 from rxt_dist.model.kv_cache import KVCache
@@ -73,6 +74,8 @@ class DecodeBatch:
     memory_mask: Tensor | None = None
     last_tokens: Tensor | None = None
     kept_caches: dict[Hashable, KVCache] = field(default_factory=dict)
+    compiled: CompiledDecoder | None = None
+    """Decode steps through this compiled step (RxT only; the prefill stays eager)."""
 
     @property
     def is_rxt(self) -> bool:
@@ -140,12 +143,13 @@ class DecodeBatch:
         if not self.rows:
             return []
         ids = self.last_tokens[:, None]  # (B, 1)
-        ones = torch.ones_like(self.last_tokens)
-        if self.is_rxt:
-            logits, _ = self.model.decode(ids, ones, self.memory, self.memory_mask, self.cache)
+        if self.compiled is not None:
+            logits = self.compiled.step(ids, self.cache, self.memory, self.memory_mask)  # (B, V)
+        elif self.is_rxt:
+            logits = self.model.decode(ids, None, self.memory, self.memory_mask, self.cache)[0][:, -1]
         else:
-            logits, _ = self.model.decode(ids, ones, self.cache)
-        tokens = sample_next(logits[:, -1], [r.params for r in self.rows], [r.generator for r in self.rows])
+            logits = self.model.decode(ids, None, self.cache)[0][:, -1]
+        tokens = sample_next(logits, [r.params for r in self.rows], [r.generator for r in self.rows])
         return self._advance(tokens, first_row=0)
 
     def _advance(self, tokens: Tensor, first_row: int) -> list[TokenEvent]:
@@ -213,16 +217,18 @@ def respond(
     stm: Tensor,
     sampling: SamplingParams | Sequence[SamplingParams] = SamplingParams(),
     memory_mask: Tensor | None = None,
+    compiled: CompiledDecoder | None = None,
 ) -> Iterator[list[int | None]]:
     """Answer B queries (token lists without special tokens) from their STM (L, B, S, D).
 
     Yields, per decoding step, the new token of each conversation, or None for a
     conversation whose answer has ended; stops when all have ended. The STM keys/values
-    are projected once; self-attention uses a KV cache.
+    are projected once; self-attention uses a KV cache; with ``compiled`` the decoding steps
+    run through that compiled step.
     """
     if stm.shape[1] != len(query_ids):
         raise ValueError(f"stm holds {stm.shape[1]} conversations but {len(query_ids)} queries were given")
-    batch = DecodeBatch(model)
+    batch = DecodeBatch(model, compiled=compiled)
     params = _as_list(sampling, len(query_ids))
     yield from _drive(batch, batch.admit(list(range(len(query_ids))), [prompt_ids(q) for q in query_ids],
                                          params, stm=stm, memory_mask=memory_mask), len(query_ids))
@@ -268,9 +274,10 @@ def generate(
     stm: Tensor,
     sampling: SamplingParams | Sequence[SamplingParams] = SamplingParams(),
     memory_mask: Tensor | None = None,
+    compiled: CompiledDecoder | None = None,
 ) -> list[list[int]]:
     """:func:`respond`, collected into whole answers."""
-    return collect(respond(model, query_ids, stm, sampling, memory_mask), len(query_ids))
+    return collect(respond(model, query_ids, stm, sampling, memory_mask, compiled), len(query_ids))
 
 
 @torch.no_grad()

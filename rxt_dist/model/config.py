@@ -187,11 +187,22 @@ class MemoryAttentionConfig:
     compete for tokens, so equal slots cannot all take the same thing. ``competitive_keep``:
     the same, and each slot's gate is scaled by how much of the interaction it won, so a slot
     that wins nothing keeps what it holds exactly (old facts are not worn down by later turns)."""
+    write_sink: bool = False
+    """With a competitive write: one more learned query competes with the slots for every token
+    and what it wins is dropped, so a token need not be written anywhere (small talk can leave
+    the memory as it was; with ``competitive_keep`` slots that win nothing keep their content)."""
+    ed_positions: bool = False
+    """Add a fixed sinusoidal code of each token's position in the interaction to the normalised
+    encoded states before the keys *and values* are projected, so what a slot takes from a token
+    carries where the token stood (the order of a value's pieces). The STM has no positions of its
+    own: the code comes only with the content written into it."""
 
     def __post_init__(self) -> None:
         _require(self.variant in MEMORY_ATTENTION_VARIANTS,
                  f"variant={self.variant!r}: must be one of {MEMORY_ATTENTION_VARIANTS}")
         _require(self.write in MEMORY_WRITES, f"write={self.write!r}: must be one of {MEMORY_WRITES}")
+        _require(not self.write_sink or self.write != "attention",
+                 "write_sink=true needs a competitive write (write: competitive or competitive_keep)")
 
 
 @dataclass

@@ -16,12 +16,20 @@ from torch import Tensor
 
 
 class KVCache:
-    """Per-layer keys/values (B, Nkv, C, H) plus per-row valid lengths (B,)."""
+    """Per-layer keys/values (B, Nkv, C, H) plus per-row valid lengths (B,).
+
+    Writes go in place into preallocated tensors (capacity doubles when full). The lengths
+    are kept on the host too: when every row holds the same number of positions — always at
+    batch 1, and whenever a batch was admitted together — a write is a plain slice copy and
+    the decoder needs no mask for a one-token step.
+    """
 
     def __init__(self, keys: list[Tensor], values: list[Tensor], lengths: Tensor) -> None:
         self.keys = keys
         self.values = values
         self.lengths = lengths
+        self.host_lengths: list[int] = lengths.tolist()
+        self._write_index: tuple[int, Tensor] | None = None
 
     @classmethod
     def empty(
@@ -47,7 +55,20 @@ class KVCache:
     def capacity(self) -> int:
         return self.keys[0].shape[2]
 
-    def _grow(self, needed: int) -> None:
+    @property
+    def uniform_length(self) -> int | None:
+        """The number of cached positions when every row holds the same, else None."""
+        lens = self.host_lengths
+        if not lens:
+            return None
+        first = lens[0]
+        return first if all(n == first for n in lens) else None
+
+    def max_length(self) -> int:
+        return max(self.host_lengths, default=0)
+
+    def reserve(self, needed: int) -> None:
+        """Make room for ``needed`` positions per row (doubling, so growth is amortised)."""
         capacity = max(self.capacity, 1)
         while capacity < needed:
             capacity *= 2
@@ -59,19 +80,38 @@ class KVCache:
 
     def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Write T new keys/values (B, Nkv, T, H) of ``layer`` after each row's cached
-        positions; return the layer's keys/values up to the longest row (B, Nkv, K, H)."""
+        positions, in place; return the layer's keys/values up to the longest row
+        (B, Nkv, K, H)."""
         T = k.shape[2]
-        end = int(self.lengths.max()) + T
-        self._grow(end)
-        index = (self.lengths[:, None] + torch.arange(T, device=k.device)[None])  # (B, T)
-        index = index[:, None, :, None].expand_as(k)  # (B, Nkv, T, H)
-        self.keys[layer] = self.keys[layer].scatter(2, index, k)
-        self.values[layer] = self.values[layer].scatter(2, index, v)
-        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+        start = self.uniform_length
+        end = (start if start is not None else self.max_length()) + T
+        self.reserve(end)
+        keys, values = self.keys[layer], self.values[layer]
+        if start is not None:
+            keys[:, :, start:end].copy_(k)
+            values[:, :, start:end].copy_(v)
+        else:
+            index = self._index(T, k)
+            keys.scatter_(2, index, k)
+            values.scatter_(2, index, v)
+        return keys[:, :, :end], values[:, :, :end]
 
-    def advance(self, new_lens: Tensor) -> None:
-        """Mark ``new_lens`` (B,) more positions of each row as valid (after all layers ran)."""
+    def _index(self, T: int, like: Tensor) -> Tensor:
+        """Where each row's T new positions go (B, Nkv, T, H), built once per step."""
+        if self._write_index is None or self._write_index[0] != T:
+            index = self.lengths[:, None] + torch.arange(T, device=like.device)[None]  # (B, T)
+            self._write_index = (T, index[:, None, :, None].expand_as(like))
+        return self._write_index[1]
+
+    def advance(self, new_lens: Tensor | int) -> None:
+        """Mark ``new_lens`` (B,) — or the same int for every row — more positions of each
+        row as valid (after all layers ran)."""
+        if isinstance(new_lens, int):
+            self.host_lengths = [n + new_lens for n in self.host_lengths]
+        else:
+            self.host_lengths = [n + d for n, d in zip(self.host_lengths, new_lens.tolist())]
         self.lengths = self.lengths + new_lens
+        self._write_index = None
 
     def select(self, rows: Sequence[int] | Tensor) -> "KVCache":
         """A cache holding only ``rows``, in that order."""
@@ -82,12 +122,16 @@ class KVCache:
             self.lengths.index_select(0, idx),
         )
 
+    def clone(self) -> "KVCache":
+        """An independent copy (later writes to either leave the other unchanged)."""
+        return KVCache([k.clone() for k in self.keys], [v.clone() for v in self.values], self.lengths.clone())
+
     @staticmethod
     def cat(caches: Sequence["KVCache"]) -> "KVCache":
         """Stack the rows of several caches (capacities are padded to the largest)."""
         capacity = max(c.capacity for c in caches)
         for c in caches:
-            c._grow(capacity)
+            c.reserve(capacity)
         num_layers = len(caches[0].keys)
         return KVCache(
             [torch.cat([c.keys[i] for c in caches]) for i in range(num_layers)],

@@ -6,6 +6,8 @@ Nkv key/value heads, H head dim, S memory slots, E experts, V vocabulary.
 
 from __future__ import annotations
 
+import threading
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -26,18 +28,40 @@ CAUSAL = _Causal()
 Mask = Tensor | _Causal | None
 
 
+class _RopeTables(threading.local):
+    """The cos/sin of the last positions seen (per thread): every layer of one forward pass
+    gets the same positions tensor, so the tables are computed once per pass, not per layer."""
+
+    positions: Tensor | None = None
+    key: tuple | None = None
+    tables: tuple[Tensor, Tensor] | None = None
+
+
+_ROPE_TABLES = _RopeTables()
+
+
 class RotaryEmbedding(nn.Module):
     """Rotary position embedding computed for arbitrary per-row positions (no length limit)."""
 
     def __init__(self, head_dim: int, theta: float) -> None:
         super().__init__()
+        self.theta = float(theta)
         inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
         self.register_buffer("inv_freq", inv_freq, persistent=False)  # (H/2,)
 
+    def tables(self, positions: Tensor) -> tuple[Tensor, Tensor]:
+        """cos and sin (B, 1, T, H/2) of ``positions`` (B, T)."""
+        memo = _ROPE_TABLES
+        key = (self.inv_freq.shape[0], self.theta, self.inv_freq.device)
+        if memo.positions is positions and memo.key == key:
+            return memo.tables
+        angles = positions[:, None, :, None].float() * self.inv_freq  # (B, 1, T, H/2)
+        memo.positions, memo.key, memo.tables = positions, key, (angles.cos(), angles.sin())
+        return memo.tables
+
     def forward(self, x: Tensor, positions: Tensor) -> Tensor:
         """Rotate ``x`` (B, N, T, H) by ``positions`` (B, T)."""
-        angles = positions[:, None, :, None].float() * self.inv_freq  # (B, 1, T, H/2)
-        cos, sin = angles.cos(), angles.sin()
+        cos, sin = self.tables(positions)
         x1, x2 = x.float().chunk(2, dim=-1)  # (B, N, T, H/2) each
         rotated = torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)  # (B, N, T, H)
         return rotated.to(x.dtype)
@@ -140,14 +164,35 @@ class MoE(nn.Module):
         weights, chosen = probs.topk(self.top_k, dim=-1)  # (BT, k)
         weights = (weights / weights.sum(dim=-1, keepdim=True)).to(x.dtype)
         out = torch.zeros_like(flat)
-        for e, expert in enumerate(self.experts):
-            rows, slot = (chosen == e).nonzero(as_tuple=True)
-            contribution = expert(flat[rows]) * weights[rows, slot, None]  # (rows, D)
-            out = out.index_add(0, rows, contribution)
+        if torch.is_grad_enabled():
+            for e, expert in enumerate(self.experts):
+                rows, slot = (chosen == e).nonzero(as_tuple=True)
+                contribution = expert(flat[rows]) * weights[rows, slot, None]  # (rows, D)
+                out = out.index_add(0, rows, contribution)
+        else:
+            out = self._routed(flat, chosen, weights, out)
         num_experts = len(self.experts)
         routed = F.one_hot(chosen, num_experts).float().sum(dim=1).mean(dim=0) / self.top_k  # (E,)
         aux = num_experts * (routed * probs.mean(dim=0)).sum()
         return out.view(B, T, D), aux
+
+
+    def _routed(self, flat: Tensor, chosen: Tensor, weights: Tensor, out: Tensor) -> Tensor:
+        """Inference routing: only the chosen experts run, grouped with one host sync (a sort
+        of the choices) instead of one per expert; the same sums in the same order as the
+        training path."""
+        picks = chosen.flatten()  # (BT·k,)
+        order = picks.argsort(stable=True)  # token order kept within each expert
+        counts = torch.bincount(picks, minlength=len(self.experts)).tolist()
+        rows_of, flat_weights = order // self.top_k, weights.flatten()
+        start = 0
+        for e, count in enumerate(counts):
+            if count:
+                take = order[start:start + count]
+                rows = rows_of[start:start + count]
+                out = out.index_add(0, rows, self.experts[e](flat[rows]) * flat_weights[take, None])
+            start += count
+        return out
 
 
 def build_ffn(dim: int, cfg: FFNConfig) -> nn.Module:
@@ -241,17 +286,32 @@ def key_mask(lengths: Tensor, num_keys: int) -> Tensor:
 
 
 def prepare_tokens(
-    lengths: Tensor, num_new: int, cache: KVCache | None, causal: bool
-) -> tuple[Tensor, Tensor]:
+    lengths: Tensor | None, num_new: int, cache: KVCache | None, causal: bool, batch: int | None = None,
+    device: torch.device | None = None,
+) -> tuple[Tensor, Mask]:
     """Positions (B, T) and attention mask (B, 1, T, K) for ``num_new`` right-padded tokens
-    per row with ``lengths`` (B,) real ones, placed after whatever ``cache`` holds. Without
-    cache and padding the mask is :data:`CAUSAL` (or None when not causal)."""
-    starts = cache.lengths if cache is not None else torch.zeros_like(lengths)
-    positions = starts[:, None] + torch.arange(num_new, device=lengths.device)[None]  # (B, T)
-    if cache is None and bool((lengths == num_new).all()):
-        return positions, CAUSAL if causal else None
-    num_keys = (int(starts.max()) if cache is not None else 0) + num_new
-    return positions, token_mask(starts, lengths, num_new, num_keys, causal)
+    per row with ``lengths`` (B,) real ones (None: every row has ``num_new``, then ``batch``
+    and ``device`` say the shape), placed after whatever ``cache`` holds.
+
+    Without padding the mask is :data:`CAUSAL` for a fresh sequence and None for a one-token
+    step after a cache whose rows are all equally long (the step sees every cached key)."""
+    if lengths is not None:
+        batch, device = lengths.shape[0], lengths.device
+    steps = torch.arange(num_new, device=device)[None]  # (1, T)
+    uniform = cache.uniform_length if cache is not None else 0
+    if uniform is not None:
+        positions = (steps + uniform).expand(batch, num_new)  # (B, T)
+        if lengths is None or bool((lengths == num_new).all()):
+            if uniform == 0:
+                return positions, CAUSAL if causal else None
+            if num_new == 1:
+                return positions, None
+    else:
+        positions = cache.lengths[:, None] + steps  # (B, T)
+    starts = cache.lengths if cache is not None else torch.zeros(batch, dtype=torch.long, device=device)
+    new_lens = lengths if lengths is not None else torch.full((batch,), num_new, dtype=torch.long, device=device)
+    num_keys = (cache.max_length() if cache is not None else 0) + num_new
+    return positions, token_mask(starts, new_lens, num_new, num_keys, causal)
 
 
 def run_stack(

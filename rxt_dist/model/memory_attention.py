@@ -92,6 +92,14 @@ def competitive_attend(attn: Attention, q: Tensor, k: Tensor, v: Tensor, key_val
     return attn.o_proj(out.transpose(1, 2).reshape(B, S, attn.n_q * attn.head_dim)), won  # (B, S, D)
 
 
+def sinusoidal_code(positions: Tensor, dim: int) -> Tensor:
+    """The fixed sine/cosine position code (B, T, D) of ``positions`` (B, T)."""
+    freqs = torch.exp(torch.arange(0, dim, 2, device=positions.device, dtype=torch.float32)
+                      * (-torch.log(torch.tensor(10000.0)) / dim))  # (D/2,)
+    angles = positions.float().unsqueeze(-1) * freqs  # (B, T, D/2)
+    return torch.cat([angles.sin(), angles.cos()], dim=-1)  # (B, T, D)
+
+
 class MemoryAttentionLayer(nn.Module):
     """One layer of memory attention (see the module docstring and the config's variants)."""
 
@@ -117,6 +125,9 @@ class MemoryAttentionLayer(nn.Module):
         self.keep_unwon = ma.write == "competitive_keep"
         if ma.slot_ids:
             self.slot_id = nn.Parameter(torch.zeros(cfg.stm.num_slots, dim))  # (S, D)
+        self.ed_positions = ma.ed_positions
+        if ma.write_sink:
+            self.sink = nn.Parameter(torch.zeros(dim))  # (D,): the query of the dropped row
 
     def _self_step(self, state: Tensor) -> Tensor:
         normed = self.pre_norm(state)  # (B, S, D)
@@ -158,10 +169,18 @@ class MemoryAttentionLayer(nn.Module):
         if hasattr(self, "slot_id"):
             queries = queries + self.slot_id  # identity on the queries only, not in the STM
         q = self.attn.project_q(queries, None)  # (B, N, S, H)
-        k, v = self.attn.project_kv(self.ed_norm(ed_layer), ed_positions)  # (B, Nkv, T, H)
+        ed = self.ed_norm(ed_layer)  # (B, T, D)
+        if self.ed_positions:
+            ed = ed + sinusoidal_code(ed_positions, ed.shape[-1]).to(ed.dtype)
+        k, v = self.attn.project_kv(ed, ed_positions)  # (B, Nkv, T, H)
         scale = None
         if self.competitive:
-            update, won = competitive_attend(self.attn, q, k, v, ed_mask)  # (B, S, D), (B, S, 1)
+            S = q.shape[2]
+            if hasattr(self, "sink"):
+                sink = self.attn.project_q(self.sink.expand(q.shape[0], 1, -1), None)  # (B, N, 1, H)
+                q = torch.cat([q, sink], dim=2)  # (B, N, S + 1, H)
+            update, won = competitive_attend(self.attn, q, k, v, ed_mask)  # (B, S[+1], D), (B, S[+1], 1)
+            update, won = update[:, :S], won[:, :S]
             scale = won if self.keep_unwon else None
         else:
             update = self.attn.attend(q, k, v, ed_mask)  # (B, S, D)

@@ -118,28 +118,30 @@ class RxTModel(nn.Module):
     def decode_hidden(
         self,
         ids: Tensor,
-        lengths: Tensor,
+        lengths: Tensor | None,
         memory: MemoryKV,
         memory_mask: Tensor | None = None,
         cache: KVCache | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """Decoder pass over right-padded tokens (B, T) with ``lengths`` (B,) real ones,
+        """Decoder pass over right-padded tokens (B, T) with ``lengths`` (B,) real ones (None:
+        no padding),
         reading ``memory`` (see :meth:`project_memory`); ``memory_mask`` (B, S) marks readable
         slots. With a ``cache`` the tokens continue the cached ones and are appended to it.
         Returns the last layer's hidden states (B, T, D), before the head, and the MoE
         auxiliary loss."""
-        positions, mask = prepare_tokens(lengths, ids.shape[1], cache, causal=True)
+        positions, mask = prepare_tokens(lengths, ids.shape[1], cache, causal=True, batch=ids.shape[0],
+                                         device=ids.device)
         slot_mask = memory_mask[:, None, None, :] if memory_mask is not None else None  # (B, 1, 1, S)
         x = self.embed(ids)  # (B, T, D)
         x, aux, _ = run_stack(self.decoder, x, positions, mask, memory, slot_mask, cache)
         if cache is not None:
-            cache.advance(lengths)
+            cache.advance(lengths if lengths is not None else ids.shape[1])
         return x, aux
 
     def decode(
         self,
         ids: Tensor,
-        lengths: Tensor,
+        lengths: Tensor | None,
         memory: MemoryKV,
         memory_mask: Tensor | None = None,
         cache: KVCache | None = None,

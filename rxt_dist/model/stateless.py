@@ -35,18 +35,19 @@ class StatelessLM(nn.Module):
         """Hidden states (B, T, D) → next-token logits (B, T, V)."""
         return self.lm_head(self.decoder_norm(h))
 
-    def hidden(self, ids: Tensor, lengths: Tensor, cache: KVCache | None = None) -> tuple[Tensor, Tensor]:
-        """Causal pass over right-padded tokens (B, T) with ``lengths`` (B,) real ones,
-        continuing ``cache`` when given. Returns the last layer's hidden states (B, T, D),
+    def hidden(self, ids: Tensor, lengths: Tensor | None, cache: KVCache | None = None) -> tuple[Tensor, Tensor]:
+        """Causal pass over right-padded tokens (B, T) with ``lengths`` (B,) real ones
+        (None: no padding), continuing ``cache`` when given. Returns the last layer's hidden states (B, T, D),
         before the head, and the MoE auxiliary loss."""
-        positions, mask = prepare_tokens(lengths, ids.shape[1], cache, causal=True)
+        positions, mask = prepare_tokens(lengths, ids.shape[1], cache, causal=True, batch=ids.shape[0],
+                                         device=ids.device)
         x = self.embed(ids)  # (B, T, D)
         x, aux, _ = run_stack(self.decoder, x, positions, mask, cache=cache)
         if cache is not None:
-            cache.advance(lengths)
+            cache.advance(lengths if lengths is not None else ids.shape[1])
         return x, aux
 
-    def decode(self, ids: Tensor, lengths: Tensor, cache: KVCache | None = None) -> tuple[Tensor, Tensor]:
+    def decode(self, ids: Tensor, lengths: Tensor | None, cache: KVCache | None = None) -> tuple[Tensor, Tensor]:
         """:meth:`hidden` followed by the head: logits (B, T, V) and the aux loss."""
         x, aux = self.hidden(ids, lengths, cache)
         return self.lm_logits(x), aux

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from rxt_dist.inference import DecodeBatch, SamplingParams, TokenEvent
+from rxt_dist.inference import CompiledDecoder, DecodeBatch, SamplingParams, TokenEvent
 from rxt_dist.model import RxTModel, stack_stm
 from rxt_dist.tokens import prompt_ids
 
@@ -50,12 +50,17 @@ class LoopStats:
 class DecodeLoop:
     """Decode many answers of one RxT model together, admitting new ones between steps."""
 
-    def __init__(self, model: RxTModel, max_batch_size: int = 32) -> None:
+    def __init__(self, model: RxTModel, max_batch_size: int = 32, compiled: CompiledDecoder | None = None,
+                 stream_interval_s: float = 0.0) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size={max_batch_size}: must be ≥ 1")
+        if stream_interval_s < 0:
+            raise ValueError(f"stream_interval_s={stream_interval_s}: must be ≥ 0")
         self.model = model
         self.max_batch_size = max_batch_size
-        self.batch = DecodeBatch(model)
+        self.compiled = compiled
+        self.stream_interval_s = stream_interval_s
+        self.batch = DecodeBatch(model, compiled=compiled)
         self.waiting: deque[_Request] = deque()
         self.queues: dict[int, asyncio.Queue] = {}
         self.cancelled: set[int] = set()
@@ -79,8 +84,10 @@ class DecodeLoop:
         """Answer one query from its STM (L, S, D).
 
         Yields ``(new_tokens, finish_reason)``: the tokens decoded since the last yield and,
-        on the last item only, ``"stop"`` or ``"length"``. Closing the iterator early (the
-        client went away) removes the sequence from the batch.
+        on the last item only, ``"stop"`` or ``"length"``. The first item goes out as soon as
+        the first token is decoded; later ones at most every ``stream_interval_s`` (0: as
+        soon as the consumer asks). Closing the iterator early (the client went away) removes
+        the sequence from the batch.
         """
         self._ensure_running()
         key = next(self._keys)
@@ -88,13 +95,23 @@ class DecodeLoop:
         self.queues[key] = queue
         self.waiting.append(_Request(key, prompt_ids(query_ids), stm, params, queue))
         self._wake.set()
-        finished = False
+        finished, tokens, reason = False, [], None
+        clock = asyncio.get_running_loop().time
+        sent_at: float | None = None  # the first item goes out at once
         try:
             while not finished:
-                events = [await queue.get()]
+                wait = None if sent_at is None or not tokens else sent_at + self.stream_interval_s - clock()
+                if wait is not None and wait <= 0:
+                    events = []
+                elif wait is None:
+                    events = [await queue.get()]
+                else:
+                    try:
+                        events = [await asyncio.wait_for(queue.get(), wait)]
+                    except TimeoutError:
+                        events = []
                 while not queue.empty():
                     events.append(queue.get_nowait())
-                tokens, reason = [], None
                 for ev in events:
                     if isinstance(ev, BaseException):
                         raise ev
@@ -102,7 +119,10 @@ class DecodeLoop:
                         tokens.append(ev.token)
                     if ev.finished:
                         finished, reason = True, ev.finish_reason
-                yield tokens, reason
+                due = sent_at is None or finished or clock() >= sent_at + self.stream_interval_s
+                if due and (tokens or finished):
+                    yield tokens, reason
+                    tokens, sent_at = [], clock()
         finally:
             self.queues.pop(key, None)
             if not finished:
@@ -160,7 +180,7 @@ class DecodeLoop:
 
     def _fail_all(self, admit: list[_Request], exc: Exception) -> None:
         keys = [row.key for row in self.batch.rows] + [r.key for r in admit]
-        self.batch = DecodeBatch(self.model)
+        self.batch = DecodeBatch(self.model, compiled=self.compiled)
         for key in keys:
             queue = self.queues.get(key)
             if queue is not None:

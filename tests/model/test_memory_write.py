@@ -1,6 +1,8 @@
 """The memory write options that keep slots apart: slot identities on the queries, the
 competitive write, per-slot gate biases, a learned initial STM with noise, gate openness."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -99,14 +101,48 @@ def test_competitive_keep_scales_each_slots_gate_by_what_it_won():
     assert moved_keep < moved_plain  # every slot won less than a whole interaction: smaller steps
 
 
-@pytest.mark.parametrize("write", ["attention", "competitive", "competitive_keep"])
-def test_padding_tokens_write_nothing(write):
-    model = debug_rxt(memory_attention=MemoryAttentionConfig(slot_ids=True, write=write))
+@pytest.mark.parametrize("write, extra", [
+    ("attention", {}), ("competitive", {}), ("competitive_keep", {}),
+    ("competitive_keep", {"write_sink": True}), ("competitive", {"ed_positions": True}),
+])
+def test_padding_tokens_write_nothing(write, extra):
+    model = debug_rxt(memory_attention=MemoryAttentionConfig(slot_ids=True, write=write, **extra))
     stm = model.initial_stm(2, torch.Generator().manual_seed(0))
     ids = tokens(2, 11)
     padded = model.consolidate(stm, ids, torch.tensor([11, 6]))
     alone = model.consolidate(stm[:, 1:], ids[1:, :6], torch.tensor([6]))
     torch.testing.assert_close(padded[:, 1:], alone, **KERNEL)
+
+
+def test_a_write_sink_takes_a_share_of_every_token_so_kept_slots_move_less():
+    """The sink competes for every token (a zero query still gets exp(0) of each token's
+    softmax) and what it wins is written nowhere: under competitive_keep the slots then win
+    less and move less than the same weights without a sink."""
+    cfg = MemoryAttentionConfig(slot_ids=True, write="competitive_keep", write_sink=True,
+                                gate=GateConfig(kind="static", init_bias=0.0))
+    sink = debug_rxt(memory_attention=cfg)
+    plain = debug_rxt(memory_attention=dataclasses.replace(cfg, write_sink=False))
+    plain.load_state_dict({k: v for k, v in sink.state_dict().items() if not k.endswith(".sink")})
+    assert all(layer.sink.shape == (32,) for layer in sink.memory_attention.layers)
+    stm = sink.initial_stm(1, torch.Generator().manual_seed(0))
+    # 3 tokens over 8 slots: no slot wins a whole token's worth, so the keep scale is below 1
+    moved_sink = (consolidate(sink, stm, length=3) - stm).abs().mean()
+    moved_plain = (consolidate(plain, stm, length=3) - stm).abs().mean()
+    assert 0 < moved_sink < moved_plain
+
+
+def test_ed_positions_make_the_write_depend_on_where_tokens_stand():
+    """The position code reaches the values: the same tokens in another order write another
+    memory (without it, a slot query that ignores keys' rotation would not tell them apart)."""
+    model = debug_rxt(memory_attention=MemoryAttentionConfig(slot_ids=True, ed_positions=True))
+    assert model.memory_attention.layers[0].ed_positions
+    off = debug_rxt(memory_attention=MemoryAttentionConfig(slot_ids=True))
+    off.load_state_dict(model.state_dict())
+    stm = model.initial_stm(1, torch.Generator().manual_seed(0))
+    ed = torch.randn(2, 1, 6, 32)
+    with_code = model.update_memory(stm, ed, torch.tensor([6]))
+    without = off.update_memory(stm, ed, torch.tensor([6]))
+    assert (with_code - without).abs().max() > 1e-3
 
 
 def test_per_slot_gate_bias_lets_one_slot_keep_its_content():
@@ -158,6 +194,7 @@ def test_learned_initial_stm_with_noise_is_seeded_per_conversation():
     (lambda: STMConfig(init="normal", init_noise_std=0.1), "init_noise_std=0.1"),
     (lambda: MemoryAttentionConfig(write="softmax"), "write='softmax'"),
     (lambda: GateConfig(slot_bias_spread=1.0), "slot_bias_spread=1.0: needs per_slot_bias"),
+    (lambda: MemoryAttentionConfig(write_sink=True), "write_sink=true needs a competitive write"),
 ])
 def test_bad_memory_write_settings_name_the_field(bad, message):
     with pytest.raises(ValueError, match=message):

@@ -123,3 +123,28 @@ def test_a_request_that_leaves_while_waiting_for_a_slot_is_never_decoded(referen
     loop = asyncio.run(scenario())
     assert loop.stats.admitted == 1 and loop.stats.cancelled == 1
     assert not loop.waiting and len(loop.batch) == 0
+
+
+def test_stream_interval_groups_later_tokens_but_sends_the_first_at_once(reference):
+    """A time-sliced stream: the first token goes out alone, the rest in few messages; the
+    tokens are those of an unsliced answer."""
+    model = reference.model
+    stm = memories(model, 1)
+    params = SamplingParams(max_new_tokens=30)
+
+    async def scenario():
+        loop = DecodeLoop(model, max_batch_size=8, stream_interval_s=0.5)
+        return [item async for item in loop.stream(QUERIES[0], stm[:, 0], params)]
+
+    items = asyncio.run(scenario())
+    tokens = [t for new, _ in items for t in new]
+    assert tokens == alone(model, QUERIES[0], stm[:, 0], params)
+    assert len(items[0][0]) == 1 and items[-1][1] in ("stop", "length")
+    assert len(tokens) > 10 and len(items) <= len(tokens) // 3
+
+
+def test_a_negative_stream_interval_is_refused(reference):
+    import pytest
+
+    with pytest.raises(ValueError, match="stream_interval_s"):
+        DecodeLoop(reference.model, stream_interval_s=-1)
