@@ -22,10 +22,12 @@ import shutil
 import socket
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
+from rxt_dist.eval.plots import plot_scaling
 from rxt_dist.eval.report import write_json_atomic
 from rxt_dist.eval.serving import ServingConfig, plot_serving, run_serving, summary_table
 
@@ -47,6 +49,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model-dir", default=None,
                    help="with --start: serve this exported model (default: the config's model_dir, the "
                         f"model `make demo` exports); '{RANDOM}' serves a random debug model (timing only)")
+    p.add_argument("--set", action="append", default=[], metavar="ARG=VALUE", dest="app_set",
+                   help="with --start: override one of the config's application args (YAML value), "
+                        "e.g. --set stream_interval_s=0.05 --set compile_decode=true")
     p.add_argument("--sessions", type=int, nargs="+", default=[1, 8, 32], help="concurrency levels S")
     p.add_argument("--turns", type=int, default=32, help="turns N per session")
     p.add_argument("--rounds", type=int, default=1,
@@ -63,6 +68,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", default=None, help="model id to request (default: the server's)")
     p.add_argument("--api-key", default=os.environ.get("RXT_API_KEY"), help="bearer key (env RXT_API_KEY)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cooldown-s", type=float, default=0.0,
+                   help="with --start: after the last level, keep sampling replicas this long with no "
+                        "load (to see autoscaling remove what it added)")
+    p.add_argument("--scaling-plot", default="",
+                   help="with --start: PNG of replicas over time beside TTFT and update lag ('' for none)")
     p.add_argument("--out", default="docs/bench/serving.json")
     p.add_argument("--plot", default="docs/bench/serving.png", help="PNG path ('' for none)")
     return p.parse_args(argv)
@@ -118,6 +128,36 @@ def replica_counts() -> dict[str, Any]:
                          for name, d in app.deployments.items()}}
 
 
+class ReplicaSampler:
+    """Samples :func:`replica_counts` every ``interval_s`` in a background thread: the
+    replicas of each deployment over the run (what autoscaling did), with wall-clock times."""
+
+    def __init__(self, interval_s: float = 1.0) -> None:
+        self.interval_s = interval_s
+        self.samples: list[dict[str, Any]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="replica-sampler", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                replicas = replica_counts()["replicas"]
+            except Exception as exc:  # a status call failing mid-run is recorded, not fatal
+                self.samples.append({"at_unix": time.time(), "error": repr(exc), "running": {}})
+            else:
+                self.samples.append({"at_unix": time.time(), "replicas": replicas,
+                                     "running": {n: s.get("RUNNING", 0) for n, s in replicas.items()}})
+            self._stop.wait(self.interval_s)
+
+    def __enter__(self) -> "ReplicaSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def _wait_healthy(url: str, timeout_s: float = 120.0) -> None:
     import httpx
 
@@ -132,11 +172,25 @@ def _wait_healthy(url: str, timeout_s: float = 120.0) -> None:
     raise RuntimeError(f"{url}/healthz did not answer 200 within {timeout_s:.0f}s")
 
 
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``ARG=VALUE`` strings → application args (values parsed as YAML: numbers, true/false)."""
+    import yaml
+
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set {pair!r}: expected ARG=VALUE")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
 @contextlib.contextmanager
-def local_app(config_path: str, model_dir: str | None) -> Iterator[tuple[str, dict[str, Any]]]:
+def local_app(config_path: str, model_dir: str | None, overrides: dict[str, Any] | None = None
+              ) -> Iterator[tuple[str, dict[str, Any]]]:
     """Start a private local Ray (never an existing cluster), run the application of
-    ``config_path`` with sessions in a temporary directory, yield (url, server description);
-    stop everything afterwards."""
+    ``config_path`` (its args updated with ``overrides``) with sessions in a temporary
+    directory, yield (url, server description); stop everything afterwards."""
     import ray
     from ray import serve
 
@@ -145,6 +199,7 @@ def local_app(config_path: str, model_dir: str | None) -> Iterator[tuple[str, di
     from serve.store import stop_session_stores
 
     app_args, options = read_serve_config(config_path)
+    app_args.update(overrides or {})
     workdir = tempfile.mkdtemp(prefix="rxt-bench-serving-")
     if model_dir == RANDOM:
         app_args.update(model_dir=None, random_demo_model=True)
@@ -181,19 +236,33 @@ def main(argv: list[str] | None = None) -> None:
     command = shlex.join(["python", "jobs/bench_serving.py", *(sys.argv[1:] if argv is None else argv)])
     try:
         config(args, args.url or "http://127.0.0.1:8000")  # bad options fail before anything starts
+        overrides = parse_overrides(args.app_set)
+        if overrides and not args.start:
+            raise ValueError("--set changes the application --start runs; a running one (--url) keeps its args")
     except ValueError as exc:
         sys.exit(f"bench_serving: {exc}")
     with contextlib.ExitStack() as stack:
+        sampler = None
         if args.start:
-            url, server = stack.enter_context(local_app(args.config, args.model_dir))
+            url, server = stack.enter_context(local_app(args.config, args.model_dir, overrides))
             describe = replica_counts
+            sampler = stack.enter_context(ReplicaSampler())
         else:
             url, server, describe = args.url, {"started_by_benchmark": False}, None
         report = run_serving(config(args, url), progress=True, command=command, server=server,
                              describe_server=describe)
+        if sampler is not None:
+            if args.cooldown_s > 0:
+                print(f"no load for {args.cooldown_s:.0f}s, sampling replicas", flush=True)
+                time.sleep(args.cooldown_s)
+            sampler.__exit__(None, None, None)
+            report["replicas_over_time"] = sampler.samples
+            report["cooldown_s"] = args.cooldown_s
     write_json_atomic(args.out, report)
     if args.plot:
         plot_serving(report, args.plot)
+    if args.scaling_plot and report.get("replicas_over_time"):
+        plot_scaling(report, args.scaling_plot)
     print(summary_table(report), flush=True)
     print(f"wrote {args.out}" + (f" and {args.plot}" if args.plot else ""))
 

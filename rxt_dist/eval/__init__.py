@@ -12,7 +12,6 @@ from rxt_dist.eval.quality import (
 )
 
 __all__ = [
-    "SYSTEMS", "LatencyConfig", "latency_document", "run_latency",
-    "QUALITY_SYSTEMS", "QualityConfig", "QualityReport", "SystemQuality", "evaluate_conversations",
-    "evaluate_models", "recall_exact_match",
+    "QUALITY_SYSTEMS", "SYSTEMS", "LatencyConfig", "QualityConfig", "QualityReport", "SystemQuality",
+    "evaluate_conversations", "evaluate_models", "latency_document", "recall_exact_match", "run_latency",
 ]

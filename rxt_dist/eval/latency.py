@@ -24,30 +24,56 @@ from elsewhere on the machine falls on all of them alike at a given turn index. 
 is run several times from the same state (at least ``repeats``, more for cheap turns until
 ``min_turn_time_s`` is spent, at most ``max_repeats``); the median and the minimum are
 reported. After every run, turn 1 is replayed from the fresh state, so each turn also has
-a control measured under the same load: the paired ratio turn t / turn-1 replay is the
-turn-N / turn-1 ratio with the machine's changing load cancelled out. Times: ``prompt_s`` is the time to first token (prefill, for RxT including the
-once-per-turn STM projection, plus choosing the first token); ``turn_s`` runs until the last
-answer token.
+turn-N / turn-1 ratio with the machine's changing load cancelled out. Times: ``prompt_s`` is
+the time to first token (prefill, for RxT including the once-per-turn STM projection, plus
+choosing the first token); ``turn_s`` runs until the last answer token.
 
-Shape legend: L layers, S memory slots, D model dim, Nkv key/value heads, H head dim.
+The systems and the loop that plays them live in :mod:`rxt_dist.eval.latency_systems`, the
+summaries, ratios and targets in :mod:`rxt_dist.eval.latency_stats`; this module holds the
+config, builds the models and assembles the report.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import statistics
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from rxt_dist.eval.report import current_rss_bytes, load_average, machine_info, peak_rss_bytes
-from rxt_dist.inference import DecodeBatch, SamplingParams, consolidate
+from rxt_dist.eval.latency_stats import (
+    RXT_PROMPT_RATIO_TARGET,
+    compare_to_rxt,
+    summarise_runs,
+    tail_turns,
+    targets,
+)
+from rxt_dist.eval.latency_systems import (
+    ID_BYTES,
+    NO_STOP,
+    DecodeTiming,
+    FullHistorySystem,
+    HFGenerateSystem,
+    PrefixCacheSystem,
+    RxTSystem,
+    TurnRun,
+    TurnSamples,
+    make_queries,
+    play_conversation,
+    play_interleaved,
+    repeat_turn,
+    timed_decode,
+)
+from rxt_dist.eval.report import (
+    current_rss_bytes,
+    load_average,
+    machine_info,
+    peak_rss_bytes,
+)
 from rxt_dist.model import (
-    KVCache,
     PRESETS,
     RxTConfig,
     RxTModel,
@@ -58,15 +84,19 @@ from rxt_dist.model import (
     from_name,
     load_model_dir,
 )
-from rxt_dist.tokens import NUM_SPECIAL, interaction_ids, prompt_ids
+
+__all__ = [
+    "ID_BYTES", "NO_STOP", "RXT_PROMPT_RATIO_TARGET", "SYSTEMS", "DecodeTiming",
+    "FullHistorySystem", "HFGenerateSystem", "LatencyConfig", "PrefixCacheSystem", "RxTSystem",
+    "TurnRun", "TurnSamples", "build_baseline", "build_rxt", "build_systems", "compare_to_rxt",
+    "describe_model", "latency_document", "make_queries", "play_conversation", "play_interleaved",
+    "repeat_turn", "run_latency", "summarise_runs", "tail_turns", "targets", "timed_decode",
+    "token_formulas",
+]
 
 log = logging.getLogger(__name__)
 
 SYSTEMS: tuple[str, ...] = ("rxt", "stateless_full", "stateless_prefix", "hf_llama")
-NO_STOP = -1
-"""An end-of-answer id no token has: every answer runs to ``max_new_tokens``."""
-ID_BYTES = 8
-"""Bytes per token id held between turns (int64) by systems that keep the history as tokens."""
 
 
 @dataclass
@@ -143,316 +173,6 @@ def _check_preset(name: str, preset: str, kind: type) -> None:
     if not isinstance(from_name(preset), kind):
         wanted = "an RxT" if kind is RxTConfig else "a stateless (baseline-*)"
         raise ValueError(f"{name}={preset!r}: must name {wanted} preset")
-
-
-# -- one turn of each system ----------------------------------------------------------------
-
-@dataclass
-class TurnRun:
-    """One timed turn of one system and what the next turn starts from."""
-
-    prompt_s: float
-    turn_s: float
-    answer: list[int]
-    tokens: int
-    """Token positions run through a model this turn (decoder, plus encoder for RxT)."""
-    context: int
-    """Self-attention positions the last answer token attended to."""
-    kv_cache_bytes: int
-    """Attention state built for the turn: the self-attention KV cache (and, for RxT, the
-    STM keys/values projected for it)."""
-    carried_bytes: int
-    """State kept between turns: the STM (RxT), the KV cache (prefix caching) or the token
-    history (systems that re-read it)."""
-    state_bytes: int
-    """Attention state and carried state together at the end of the turn, each tensor once."""
-    state: Any
-    extra: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass
-class DecodeTiming:
-    """A single-sequence decode through :class:`DecodeBatch`."""
-
-    prompt_s: float
-    turn_s: float
-    answer: list[int]
-    steps: int
-    """Decoding steps after the prefill (each feeds one token)."""
-    cache: KVCache
-
-
-@torch.no_grad()
-def timed_decode(
-    model: RxTModel | StatelessLM,
-    prompt: Sequence[int],
-    answer_tokens: int,
-    stm: torch.Tensor | None = None,
-    cache: KVCache | None = None,
-) -> DecodeTiming:
-    """Greedy-decode exactly ``answer_tokens`` tokens after ``prompt`` (continuing ``cache``
-    when given), timing the first token and the whole answer; returns the sequence's cache."""
-    batch = DecodeBatch(model, eos_id=NO_STOP)
-    params = [SamplingParams(max_new_tokens=answer_tokens)]
-    start = time.perf_counter()
-    events = batch.admit([0], [list(prompt)], params, stm=stm, cache=cache, keep_cache=True)
-    first = time.perf_counter()
-    answer, steps = [events[0].token], 0
-    while not events[0].finished:
-        events = batch.step()
-        answer.append(events[0].token)
-        steps += 1
-    end = time.perf_counter()
-    return DecodeTiming(first - start, end - start, answer, steps, batch.kept_caches.pop(0))
-
-
-def _copy(cache: KVCache | None) -> KVCache | None:
-    """A cache the next turn may advance without touching ``cache`` (writes are in place), so
-    a repeat of the same turn starts from the same state."""
-    return None if cache is None else cache.clone()
-
-
-class RxTSystem:
-    """RxT: respond from the STM, then consolidate (timed separately)."""
-
-    name = "rxt"
-
-    def __init__(self, model: RxTModel, answer_tokens: int, seed: int) -> None:
-        self.model, self.answer_tokens, self.seed = model, answer_tokens, seed
-        cfg = model.cfg
-        att = cfg.memory_cross_attention
-        itemsize = model.embed.weight.element_size()
-        L, S, D = cfg.stm_shape
-        self.stm_bytes = L * S * D * itemsize
-        self.memory_kv_bytes = 2 * L * att.kv_heads * S * att.head_dim(D) * itemsize  # keys+values
-
-    def fresh(self) -> torch.Tensor:
-        return self.model.initial_stm(1, torch.Generator().manual_seed(self.seed))  # (L, 1, S, D)
-
-    @torch.no_grad()
-    def turn(self, stm: torch.Tensor, query: list[int]) -> TurnRun:
-        prompt = prompt_ids(query)
-        d = timed_decode(self.model, prompt, self.answer_tokens, stm=stm)
-        start = time.perf_counter()
-        new_stm = consolidate(self.model, stm, [query], [d.answer])  # (L, 1, S, D)
-        consolidate_s = time.perf_counter() - start
-        encoder_tokens = len(interaction_ids(query, d.answer))
-        return TurnRun(
-            d.prompt_s, d.turn_s, d.answer,
-            tokens=len(prompt) + d.steps + encoder_tokens,
-            context=int(d.cache.lengths[0]),
-            kv_cache_bytes=d.cache.nbytes() + self.memory_kv_bytes,
-            carried_bytes=self.stm_bytes,
-            state_bytes=d.cache.nbytes() + self.memory_kv_bytes + self.stm_bytes,
-            state=new_stm,
-            extra={"consolidate_s": consolidate_s, "decoder_tokens": len(prompt) + d.steps,
-                   "encoder_tokens": encoder_tokens},
-        )
-
-
-class FullHistorySystem:
-    """The stateless baseline re-reading the whole history each turn."""
-
-    name = "stateless_full"
-
-    def __init__(self, model: StatelessLM, answer_tokens: int) -> None:
-        self.model, self.answer_tokens = model, answer_tokens
-
-    def fresh(self) -> list[int]:
-        return []
-
-    def turn(self, history: list[int], query: list[int]) -> TurnRun:
-        prompt = history + prompt_ids(query)
-        d = timed_decode(self.model, prompt, self.answer_tokens)
-        new_history = history + interaction_ids(query, d.answer)
-        carried = len(new_history) * ID_BYTES
-        return TurnRun(d.prompt_s, d.turn_s, d.answer, tokens=len(prompt) + d.steps,
-                       context=int(d.cache.lengths[0]), kv_cache_bytes=d.cache.nbytes(),
-                       carried_bytes=carried, state_bytes=d.cache.nbytes() + carried,
-                       state=new_history)
-
-
-class PrefixCacheSystem:
-    """The stateless baseline keeping its KV cache across turns (prefix caching)."""
-
-    name = "stateless_prefix"
-
-    def __init__(self, model: StatelessLM, answer_tokens: int) -> None:
-        self.model, self.answer_tokens = model, answer_tokens
-
-    def fresh(self) -> tuple[list[int], KVCache | None]:
-        return [], None
-
-    def turn(self, state: tuple[list[int], KVCache | None], query: list[int]) -> TurnRun:
-        history, cache = state
-        full = history + prompt_ids(query)
-        # The cache lacks the last answer token (sampled, never fed) and the end-of-answer
-        # token; feeding everything past the cached positions makes the sequence equal the
-        # full history, whatever way the previous answer ended.
-        cached = int(cache.lengths[0]) if cache is not None else 0
-        new_tokens = full[cached:]
-        d = timed_decode(self.model, new_tokens, self.answer_tokens, cache=_copy(cache))
-        new_history = history + interaction_ids(query, d.answer)
-        return TurnRun(d.prompt_s, d.turn_s, d.answer, tokens=len(new_tokens) + d.steps,
-                       context=int(d.cache.lengths[0]), kv_cache_bytes=d.cache.nbytes(),
-                       carried_bytes=d.cache.nbytes(), state_bytes=d.cache.nbytes(),
-                       state=(new_history, d.cache))
-
-
-class HFGenerateSystem:
-    """Hugging Face ``LlamaForCausalLM.generate`` over the whole history."""
-
-    name = "hf_llama"
-
-    def __init__(self, model, answer_tokens: int) -> None:
-        self.model, self.answer_tokens = model, answer_tokens
-
-    def fresh(self) -> list[int]:
-        return []
-
-    def turn(self, history: list[int], query: list[int]) -> TurnRun:
-        from rxt_dist.eval.hf_peer import timed_generate
-
-        prompt = history + prompt_ids(query)
-        g = timed_generate(self.model, prompt, self.answer_tokens)
-        new_history = history + interaction_ids(query, g.answer)
-        carried = len(new_history) * ID_BYTES
-        return TurnRun(g.prompt_s, g.turn_s, g.answer, tokens=len(prompt) + len(g.answer) - 1,
-                       context=g.cache_positions, kv_cache_bytes=g.kv_cache_bytes,
-                       carried_bytes=carried, state_bytes=g.kv_cache_bytes + carried,
-                       state=new_history)
-
-
-# -- the conversation loop ------------------------------------------------------------------
-
-def make_queries(n: int, length: int, vocab_size: int, seed: int) -> list[list[int]]:
-    """``n`` random queries of ``length`` ordinary (non-special) token ids."""
-    gen = torch.Generator().manual_seed(seed)
-    ids = torch.randint(NUM_SPECIAL, vocab_size, (n, length), generator=gen)  # (n, length)
-    return ids.tolist()
-
-
-@dataclass
-class TurnSamples:
-    """The timed runs of one turn index and, interleaved with them, replays of turn 1."""
-
-    runs: list[TurnRun]
-    references: list[TurnRun]
-    """Turn 1 replayed from the fresh state right after each run: a control measured under
-    the same load, so ``run / reference`` cancels whatever else the machine was doing."""
-
-
-def repeat_turn(system, state, query: list[int], repeats: int = 1, max_repeats: int | None = None,
-                min_time_s: float = 0.0, reference: tuple[Any, list[int]] | None = None) -> TurnSamples:
-    """Run one turn from ``state`` at least ``repeats`` times, and more (up to ``max_repeats``)
-    until the runs' times add up to ``min_time_s``; after each run, replay ``reference``
-    (a (state, query) pair: the first turn) when given."""
-    max_repeats = repeats if max_repeats is None else max_repeats
-    out = TurnSamples([], [])
-    while len(out.runs) < repeats or (
-        len(out.runs) < max_repeats
-        and sum(r.turn_s + r.extra.get("consolidate_s", 0.0) for r in out.runs) < min_time_s
-    ):
-        out.runs.append(system.turn(state, query))
-        if reference is not None:
-            out.references.append(system.turn(*reference))
-    return out
-
-
-def play_conversation(system, queries: Sequence[list[int]], repeats: int = 1) -> list[TurnSamples]:
-    """Play ``queries`` through one ``system``; each turn runs ``repeats`` times from the same
-    state and the conversation continues from the last run."""
-    return play_interleaved([system], queries, repeats)[system.name]
-
-
-def play_interleaved(
-    systems: Sequence,
-    queries: Sequence[list[int]],
-    repeats: int = 1,
-    max_repeats: int | None = None,
-    min_time_s: float = 0.0,
-    paired: bool = False,
-    on_turn: Callable[[str], None] | None = None,
-) -> dict[str, list[TurnSamples]]:
-    """Play ``queries`` through every system, turn t of each before turn t+1 of any (see
-    :func:`repeat_turn` for the repeats; ``paired`` replays turn 1 after every run).
-    Returns, per system name, the samples of every turn."""
-    fresh = {s.name: s.fresh() for s in systems}
-    states = dict(fresh)
-    per_turn: dict[str, list[TurnSamples]] = {s.name: [] for s in systems}
-    for query in queries:
-        for system in systems:
-            reference = (fresh[system.name], queries[0]) if paired else None
-            samples = repeat_turn(system, states[system.name], query, repeats, max_repeats, min_time_s,
-                                  reference)
-            states[system.name] = samples.runs[-1].state
-            per_turn[system.name].append(samples)
-            if on_turn is not None:
-                on_turn(system.name)
-    return per_turn
-
-
-def _ratio(values: Sequence[float]) -> float:
-    return values[-1] / values[0] if values[0] > 0 else float("inf")
-
-
-def _median_ratio(a: Sequence[float], b: Sequence[float]) -> float:
-    return statistics.median(a) / statistics.median(b)
-
-
-def _timing_fields(name: str, samples: list[list[float]], references: list[list[float]]) -> dict[str, Any]:
-    """``<name>_s`` (per-turn medians), ``<name>_min_s``, the raw samples, the turn-N / turn-1
-    ratios of both, and with ``references`` the paired ratio per turn and at turn N."""
-    medians = [statistics.median(x) for x in samples]
-    minima = [min(x) for x in samples]
-    out: dict[str, Any] = {
-        f"{name}_s": medians,
-        f"{name}_min_s": minima,
-        f"{name}_samples_s": samples,
-        f"{name}_ratio_last_first": _ratio(medians),
-        f"{name}_ratio_last_first_min": _ratio(minima),
-    }
-    if all(references):
-        paired = [_median_ratio(x, ref) for x, ref in zip(samples, references)]
-        out[f"{name}_reference_s"] = [statistics.median(ref) for ref in references]
-        out[f"{name}_paired_ratio"] = paired
-        out[f"{name}_ratio_paired"] = paired[-1]
-        out[f"{name}_ratio_paired_tail"] = statistics.median(paired[-tail_turns(len(paired)):])
-    return out
-
-
-def tail_turns(turns: int) -> int:
-    """How many final turns ``*_ratio_paired_tail`` pools: the last quarter (at least one)."""
-    return max(1, turns // 4)
-
-
-def summarise_runs(per_turn: list[TurnSamples]) -> dict[str, Any]:
-    """Per-turn medians and minima, raw samples, ratios turn-N / turn-1 (endpoint and paired),
-    token and memory figures."""
-    last = [t.runs[-1] for t in per_turn]
-
-    def timing(name: str, get: Callable[[TurnRun], float]) -> dict[str, Any]:
-        return _timing_fields(name, [[get(r) for r in t.runs] for t in per_turn],
-                              [[get(r) for r in t.references] for t in per_turn])
-
-    out: dict[str, Any] = {
-        **timing("prompt", lambda r: r.prompt_s),
-        **timing("turn", lambda r: r.turn_s),
-        "repeats_per_turn": [len(t.runs) for t in per_turn],
-        "tokens_per_turn": [r.tokens for r in last],
-        "context_tokens": [r.context for r in last],
-        "kv_cache_bytes": [r.kv_cache_bytes for r in last],
-        "carried_bytes": [r.carried_bytes for r in last],
-        "state_bytes": [r.state_bytes for r in last],
-    }
-    out["tokens_total"] = sum(out["tokens_per_turn"])
-    out["peak_state_bytes"] = max(out["state_bytes"])
-    for key in last[0].extra:
-        if key.endswith("_s"):
-            out.update(timing(key[:-2], lambda r, key=key: r.extra[key]))
-        else:
-            out[f"{key}_per_turn"] = [r.extra[key] for r in last]
-    return out
 
 
 # -- models ---------------------------------------------------------------------------------
@@ -589,39 +309,6 @@ def _run(cfg: LatencyConfig, progress: bool, command: str | None) -> dict[str, A
                         "process after the run (current RSS and getrusage high-water mark), all "
                         "systems together, models included"),
     }
-
-
-def compare_to_rxt(results: dict[str, Any]) -> dict[str, Any]:
-    """Each other system's time at the last turn divided by RxT's (>1: slower than RxT)."""
-    if "rxt" not in results:
-        return {}
-    rxt = results["rxt"]
-    return {
-        name: {"prompt": r["prompt_s"][-1] / rxt["prompt_s"][-1],
-               "turn": r["turn_s"][-1] / rxt["turn_s"][-1],
-               "prompt_min": r["prompt_min_s"][-1] / rxt["prompt_min_s"][-1],
-               "turn_min": r["turn_min_s"][-1] / rxt["turn_min_s"][-1]}
-        for name, r in results.items() if name != "rxt"
-    }
-
-
-RXT_PROMPT_RATIO_TARGET = 1.15
-
-
-def targets(results: dict[str, Any]) -> dict[str, Any]:
-    """The issue's latency targets, evaluated on these results."""
-    out: dict[str, Any] = {}
-    if "rxt" in results:
-        for stat in ("last_first", "last_first_min", "paired", "paired_tail"):
-            ratio = results["rxt"][f"prompt_ratio_{stat}"]
-            out[f"rxt_prompt_ratio_{stat}"] = ratio
-            out[f"rxt_prompt_ratio_{stat}_met"] = ratio <= RXT_PROMPT_RATIO_TARGET
-        out["rxt_prompt_ratio_target"] = RXT_PROMPT_RATIO_TARGET
-        if "stateless_full" in results:
-            full = results["stateless_full"]["prompt_s"][-1] / results["rxt"]["prompt_s"][-1]
-            out["stateless_full_vs_rxt_prompt_last_turn"] = full
-            out["stateless_full_slower_than_rxt"] = full > 1.0
-    return out
 
 
 def latency_document(reports: Sequence[dict[str, Any]], command: str | None = None) -> dict[str, Any]:

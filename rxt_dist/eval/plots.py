@@ -102,3 +102,36 @@ def plot_learning_curves(studies: list[dict[str, Any]], path: str | Path) -> Pat
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
     return save_png(plt, fig, path)
+
+
+def plot_scaling(report: dict[str, Any], path: str | Path) -> Path:
+    """Replicas per deployment over the serving benchmark's run (``replicas_over_time``), with
+    each level's window shaded and its TTFT p50 and update-lag p50 beside it."""
+    plt = _pyplot()
+    samples = report["replicas_over_time"]
+    t0 = samples[0]["at_unix"]
+    fig, (ax, bx) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
+    names = sorted({k for s in samples for k in s["running"]})
+    for i, name in enumerate(names):  # a small offset each, so equal counts stay visible
+        ax.step([s["at_unix"] - t0 for s in samples], [s["running"].get(name, 0) + 0.04 * i for s in samples],
+                where="post", label=name)
+    for level in report["levels"]:
+        if level.get("started_at_unix") is None:
+            continue
+        a, b = level["started_at_unix"] - t0, level["ended_at_unix"] - t0
+        for axis in (ax, bx):
+            axis.axvspan(a, b, alpha=0.08, color="tab:gray")
+        ax.text((a + b) / 2, 0.1, f"S={level['sessions']}", ha="center")
+        ttft, lag = level["ttft"]["p50_s"], level["update_lag"]["p50_s"]
+        if ttft is not None:
+            bx.plot([a, b], [ttft * 1e3] * 2, color="tab:blue", label="TTFT p50" if level is report["levels"][0] else None)
+        if lag is not None:
+            bx.plot([a, b], [lag * 1e3] * 2, color="tab:orange", label="update lag p50" if level is report["levels"][0] else None)
+    ax.set_ylabel("running replicas")
+    ax.set_ylim(bottom=0)
+    ax.legend(loc="upper right")
+    bx.set_ylabel("ms")
+    bx.set_xlabel("seconds since the first sample")
+    bx.legend(loc="upper right")
+    ax.set_title("autoscaling under a load ramp (levels shaded), then idle")
+    return save_png(plt, fig, path)

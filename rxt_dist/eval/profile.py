@@ -40,7 +40,7 @@ from rxt_dist.tokens import NUM_SPECIAL, prompt_ids
 NO_STOP = -1
 """An end-of-answer id no token has: every profiled sequence keeps decoding."""
 BATCHES = (1, 2, 4, 8, 16, 32, 64)
-"""Batch sizes the model costs are measured at (the issue's 1…64)."""
+"""Batch sizes the model costs are measured at: powers of two from 1 to 64."""
 
 
 def _timed(fn: Callable[[], Any], repeats: int, min_time_s: float, spread: list[float] | None = None

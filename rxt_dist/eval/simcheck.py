@@ -9,7 +9,7 @@ from rxt_dist.eval.capacity import CostProfile, Workload
 from rxt_dist.eval.simulate import Replicas, simulate
 
 TOLERANCE = 0.25
-"""Simulated figures must be within ±25% of measured ones (issue 16)."""
+"""Simulated figures must be within ±25% of measured ones."""
 CHECKED = (("ttft_p50_s", "TTFT p50"), ("ttft_p99_s", "TTFT p99"), ("tokens_per_s", "tokens/s"),
            ("update_lag_p50_s", "update lag p50"))
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from rxt_dist.eval import quality
+from rxt_dist.eval import quality, quality_systems
 from rxt_dist.model import RxTModel
 
 
@@ -29,7 +29,7 @@ def stm_rounded_to(model: RxTModel, dtype: torch.dtype | None) -> Iterator[None]
     if dtype is None:
         yield
         return
-    consolidate, initial = quality._consolidate_tracked, model.initial_stm
+    consolidate, initial = quality_systems._consolidate_tracked, model.initial_stm
 
     def rounded_consolidate(m, stm, queries, answers, result):
         return consolidate(m, stm, queries, answers, result).to(dtype).to(stm.dtype)
@@ -38,12 +38,12 @@ def stm_rounded_to(model: RxTModel, dtype: torch.dtype | None) -> Iterator[None]
         stm = initial(*args, **kwargs)
         return stm.to(dtype).to(stm.dtype)
 
-    quality._consolidate_tracked = rounded_consolidate
+    quality_systems._consolidate_tracked = rounded_consolidate
     model.initial_stm = rounded_initial
     try:
         yield
     finally:
-        quality._consolidate_tracked = consolidate
+        quality_systems._consolidate_tracked = consolidate
         del model.initial_stm  # the class's method again
 
 

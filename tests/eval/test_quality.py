@@ -8,12 +8,11 @@ from rxt_dist.data import PrepareConfig, SyntheticConfig, TextCodec, iter_conver
 from rxt_dist.eval.quality import (
     QUALITY_SYSTEMS,
     QualityConfig,
-    _stale_values,
-    _value_positions,
     answer_positions,
     evaluate_models,
     recall_exact_match,
 )
+from rxt_dist.eval.quality_scoring import _stale_values, _value_positions
 from rxt_dist.model import build_model, from_name, save_model_dir
 from rxt_dist.tokens import EOS_ID, interaction_ids
 from tests.tolerances import KERNEL
