@@ -1,0 +1,254 @@
+"""The serving benchmark's HTTP side: its config, one turn's result, and the client that
+creates sessions, sends streamed turns, reads their SSE streams and polls for commits."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import time
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+SESSION_HEADER = "x-session-id"
+VERSION_HEADER = "x-memory-version"
+COMMITTED_HEADER = "x-memory-committed-at"
+WAITED_HEADER = "x-waited-for-update-ms"
+
+MAX_SESSIONS = 256
+"""Most concurrent sessions one level may open (the benchmark is bounded in count)."""
+MAX_TURNS = 1024
+"""Most turns one session may play."""
+
+
+def is_loopback_url(url: str) -> bool:
+    """Whether ``url`` names this machine (``localhost`` or a loopback IP)."""
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass
+class ServingConfig:
+    """What the serving benchmark sends, and its bounds."""
+
+    url: str = "http://127.0.0.1:8000"
+    """Base URL of the running application; must be a loopback address (the update lag
+    compares the client's clock with the server's)."""
+    sessions: tuple[int, ...] = (1, 8, 32)
+    """Concurrency levels S, run one after another."""
+    turns: int = 32
+    """Turns N per session."""
+    rounds: int = 1
+    """Times each level is played, with fresh sessions each time; the statistics pool the
+    rounds (S × rounds samples per turn index), which steadies them on a busy machine."""
+    query_words: int = 24
+    """Words per query (random ordinary words; the report has the resulting token count)."""
+    max_tokens: int = 32
+    """``max_tokens`` of every request (greedy decoding: ``temperature=0``)."""
+    think_time_s: float = 0.0
+    """Pause between the end of an answer and the session's next turn (0: right away)."""
+    ramp_s: float = 0.0
+    """Session i of S sends its first turn ``i / S × ramp_s`` after the level starts (0: all
+    at once, so turn 1 of every session arrives in one burst)."""
+    warmup_turns: int = 2
+    """Untimed turns of one session played before the first level (0: none)."""
+    max_level_s: float = 600.0
+    """A level (all its rounds) starts no new turn after this many seconds (its report says
+    ``truncated``)."""
+    request_timeout_s: float = 120.0
+    """HTTP timeout of one request (connect, and between two received chunks)."""
+    settle_timeout_s: float = 60.0
+    """How long to wait after a session's last turn for its memory update to commit."""
+    poll_interval_s: float = 0.05
+    """Polling interval of ``GET /v1/sessions/{id}`` while waiting for that last commit."""
+    model: str | None = None
+    """Model id to request; None asks ``GET /v1/models``."""
+    api_key: str | None = None
+    """Bearer key if the server requires one."""
+    seed: int = 0
+    """Seed of the queries."""
+
+    def __post_init__(self) -> None:
+        self.sessions = tuple(self.sessions)
+        if not is_loopback_url(self.url):
+            raise ValueError(f"url={self.url!r}: the serving benchmark only talks to this machine; "
+                             "use http://127.0.0.1:<port> (or localhost)")
+        if not self.sessions or any(not isinstance(s, int) or not 1 <= s <= MAX_SESSIONS for s in self.sessions):
+            raise ValueError(f"sessions={list(self.sessions)}: give one or more levels, each between 1 "
+                             f"and {MAX_SESSIONS}")
+        for name, high in (("turns", MAX_TURNS), ("rounds", 100), ("query_words", 512), ("max_tokens", 4096)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or not 1 <= value <= high:
+                raise ValueError(f"{name}={value!r}: must be an integer between 1 and {high}")
+        if not isinstance(self.warmup_turns, int) or self.warmup_turns < 0:
+            raise ValueError(f"warmup_turns={self.warmup_turns!r}: must be an integer ≥ 0 (0 skips warm-up)")
+        for name in ("think_time_s", "ramp_s"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)}: must be ≥ 0 seconds")
+        for name in ("max_level_s", "request_timeout_s", "settle_timeout_s", "poll_interval_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name}={getattr(self, name)}: must be > 0 seconds")
+
+
+# -- one turn ------------------------------------------------------------------------------
+
+@dataclass
+class TurnResult:
+    """What the client saw of one turn (times in seconds; None when the turn failed)."""
+
+    turn: int
+    """1-based turn index within the session."""
+    ok: bool = False
+    error: str | None = None
+    """``<status> <code>`` or the transport error's name when the turn failed."""
+    ttft_s: float | None = None
+    answer_s: float | None = None
+    completion_tokens: int = 0
+    prompt_tokens: int = 0
+    waited_ms: float | None = None
+    """``x-waited-for-update-ms``: this request's wait for the previous turn's update."""
+    version: int | None = None
+    """``x-memory-version``: the memory version the answer was generated from."""
+    read_committed_at: float | None = None
+    """``x-memory-committed-at``: when that version was committed (server clock)."""
+    ended_at: float | None = None
+    """Wall-clock time ``[DONE]`` was read (client clock)."""
+    lag_s: float | None = None
+    """End of this answer → commit of the version it produced. The update starts once the
+    Ingress has handed ``[DONE]`` to Serve's proxy, so under load it can commit before the
+    client reads ``[DONE]``: the lag is then negative."""
+
+
+class ServingClient:
+    """The HTTP calls the benchmark makes, on one ``httpx.AsyncClient``."""
+
+    def __init__(self, cfg: ServingConfig, connections: int) -> None:
+        import httpx
+
+        headers = {"authorization": f"Bearer {cfg.api_key}"} if cfg.api_key else {}
+        self.cfg = cfg
+        self.model = cfg.model
+        # trust_env=False: a proxy set for package registries must not intercept loopback calls.
+        self.http = httpx.AsyncClient(
+            base_url=cfg.url.rstrip("/"), headers=headers, trust_env=False,
+            timeout=httpx.Timeout(cfg.request_timeout_s),
+            limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections))
+        self.transport_errors = (httpx.TransportError,)
+
+    async def __aenter__(self) -> ServingClient:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.http.aclose()
+
+    async def model_id(self) -> str:
+        """The model id to send (``cfg.model``, else the server's one model)."""
+        if self.model is None:
+            r = await self.http.get("/v1/models")
+            _raise_for(r, "GET /v1/models")
+            self.model = r.json()["data"][0]["id"]
+        return self.model
+
+    async def create_session(self) -> str:
+        r = await self.http.post("/v1/sessions")
+        _raise_for(r, "POST /v1/sessions")
+        return r.headers[SESSION_HEADER]
+
+    async def session(self, sid: str) -> dict:
+        r = await self.http.get(f"/v1/sessions/{sid}")
+        _raise_for(r, f"GET /v1/sessions/{sid}")
+        return r.json()
+
+    async def delete_session(self, sid: str) -> None:
+        r = await self.http.delete(f"/v1/sessions/{sid}")
+        if r.status_code not in (200, 404):
+            _raise_for(r, f"DELETE /v1/sessions/{sid}")
+
+    async def turn(self, sid: str, index: int, text: str) -> TurnResult:
+        """Send one streamed, greedy turn and time it."""
+        result = TurnResult(turn=index)
+        body = {"model": await self.model_id(), "messages": [{"role": "user", "content": text}],
+                "stream": True, "stream_options": {"include_usage": True},
+                "max_tokens": self.cfg.max_tokens, "temperature": 0}
+        started = time.perf_counter()
+        try:
+            async with self.http.stream("POST", "/v1/chat/completions", json=body,
+                                        headers={SESSION_HEADER: sid}) as r:
+                if r.status_code != 200:
+                    await r.aread()
+                    result.error = f"{r.status_code} {_error_code(r)}"
+                    return result
+                _read_headers(result, r.headers)
+                await _read_stream(result, r.aiter_lines(), started)
+        except self.transport_errors as exc:
+            result.error = type(exc).__name__
+            return result
+        return result
+
+    async def committed_at(self, sid: str, version: int) -> float | None:
+        """When ``version`` of ``sid`` was committed, polling until it is (None after
+        ``settle_timeout_s``, or if the session has moved past it)."""
+        deadline = time.monotonic() + self.cfg.settle_timeout_s
+        while True:
+            info = await self.session(sid)
+            if info["memory_version"] == version:
+                return info.get("memory_committed_at")
+            if info["memory_version"] > version or time.monotonic() > deadline:
+                return None
+            await asyncio.sleep(self.cfg.poll_interval_s)
+
+
+def _raise_for(response, what: str) -> None:
+    if response.status_code >= 300:
+        raise RuntimeError(f"{what} answered {response.status_code}: {response.text[:300]}")
+
+
+def _error_code(response) -> str:
+    try:
+        return response.json()["error"]["code"] or ""
+    except (ValueError, KeyError, TypeError):
+        return ""
+
+
+def _read_headers(result: TurnResult, headers) -> None:
+    result.version = int(headers[VERSION_HEADER])
+    if WAITED_HEADER in headers:
+        result.waited_ms = float(headers[WAITED_HEADER])
+    if COMMITTED_HEADER in headers:
+        result.read_committed_at = float(headers[COMMITTED_HEADER])
+
+
+async def _read_stream(result: TurnResult, lines, started: float) -> None:
+    """Consume the SSE stream of one answer into ``result``."""
+    seen_role = False
+    async for line in lines:
+        if not line.startswith("data: "):
+            continue
+        data = line[len("data: "):]
+        if data == "[DONE]":
+            result.answer_s = time.perf_counter() - started
+            result.ended_at = time.time()
+            result.ok = result.ttft_s is not None
+            if not result.ok:
+                result.error = "no answer chunk before [DONE]"
+            return
+        event = json.loads(data)
+        if "error" in event:
+            result.error = f"stream {event['error'].get('code') or event['error'].get('type')}"
+            return
+        if "usage" in event and not event.get("choices"):
+            result.completion_tokens = event["usage"]["completion_tokens"]
+            result.prompt_tokens = event["usage"]["prompt_tokens"]
+            continue
+        choice = event["choices"][0]
+        if not seen_role and "role" in choice["delta"]:
+            seen_role = True  # sent before generation starts: not a token
+            continue
+        if result.ttft_s is None and (choice["delta"].get("content") or choice.get("finish_reason")):
+            result.ttft_s = time.perf_counter() - started
+    result.error = "stream ended without [DONE]"
