@@ -5,7 +5,8 @@ write); ``tiny`` trains on two CPU cores in minutes; ``nano`` and ``micro`` foll
 (12M) and Micro (26M); ``baseline-*`` are stateless decoder-only LMs of matching total size.
 
 ``tiny``, ``nano`` and ``micro`` write their memory the way that measured best (docs/memory.md):
-slot identities on the memory-attention queries, a competitive write, per-slot gate biases spread
+slot identities on the memory-attention queries, a competitive write with a sink (tokens the sink
+wins are written nowhere, and a slot's gate is scaled by what it won), per-slot gate biases spread
 over time scales, and a learned initial STM with a little per-conversation noise.
 """
 
@@ -38,7 +39,7 @@ class Preset:
 def _memory(attention: AttentionConfig, variant: str = "simple") -> MemoryAttentionConfig:
     """The measured memory write (see the module docstring; measured on ``tiny``)."""
     return MemoryAttentionConfig(
-        variant=variant, attention=attention, slot_ids=True, write="competitive",
+        variant=variant, attention=attention, slot_ids=True, write="competitive_keep", write_sink=True,
         gate=GateConfig(kind="linear", per_slot_bias=True, slot_bias_spread=2.0),
     )
 

@@ -45,7 +45,7 @@ def describe(name: str, cfg: ModelConfig, model: nn.Module) -> str:
 
 def _memory_write(cfg: RxTConfig) -> str:
     ma, gate = cfg.memory_attention, cfg.memory_attention.gate
-    parts = [ma.variant, f"{ma.write} write"]
+    parts = [ma.variant, f"{ma.write} write" + (" with a sink" if ma.write_sink else "")]
     if ma.slot_ids:
         parts.append("slot identities on queries")
     bias = f", per-slot bias ±{gate.slot_bias_spread:g}" if gate.per_slot_bias else ""
