@@ -1,6 +1,6 @@
 """``make bench``: reproduce every figure of docs/BENCHMARKS.md, one benchmark after another.
 
-    python jobs/bench_all.py                 # latency, training throughput, quality, serving
+    python jobs/bench_all.py                 # latency, decode, training throughput, quality, serving
     python jobs/bench_all.py --only latency serving
     python jobs/bench_all.py --with-statex   # also the StateX capacity study (long)
 
@@ -27,6 +27,7 @@ STATEX_DATA = "runs/statex/data"
 
 BENCHMARKS = {
     "latency": [PY, "jobs/bench_latency.py", "--preset", "tiny", "--repeats", "2", "--max-repeats", "6"],
+    "decode": [PY, "jobs/bench_decode.py"],
     "throughput": [PY, "jobs/bench_train.py", "--config", "configs/cpu-tiny.yaml", "--stage", "smat",
                    "--settings", "1x0", "2x0", "2x2", "2x3", "--set", "stages.smat.batch_size=32"],
     "quality": [PY, "jobs/evaluate.py", "--data", DATA, "--rxt", f"{MODELS}/smat",

@@ -599,3 +599,68 @@ def test_operators_metrics_are_on_the_prometheus_endpoint(main, slow):
         line for line in text.splitlines() if "rxt_requests" in line)
     tokens = [line for line in text.splitlines() if line.startswith("ray_rxt_generated_tokens_total{")]
     assert sum(float(line.rsplit(" ", 1)[1]) for line in tokens) >= 2 * MAX_TOKENS
+
+
+SCALING = {**FAST, "autoscaling_config": {
+    "min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 1, "metrics_interval_s": 0.5,
+    "look_back_period_s": 1.0, "upscale_delay_s": 0.5, "downscale_delay_s": 2.0}}
+
+
+def _running(app: str, deployment: str) -> int:
+    states = serve.status().applications[app].deployments[deployment].replica_states
+    return states.get("RUNNING", 0)
+
+
+def test_autoscaling_adds_a_generator_under_load_and_removes_it_after_without_a_failed_turn(
+        cluster, model_dir, reference, tmp_path):
+    """Load on a Generator with a target of one ongoing request adds a second replica; once the
+    load stops it is removed. Every turn during both answers as the model does alone."""
+    url, _ = cluster
+    args = app_args(model_dir, str(tmp_path / "sessions"), default_max_tokens=60)
+    args.deployment_options["Generator"] = SCALING
+    serve.run(build_app(args), name="scaling", route_prefix="/scaling")
+    server = Server(url, "/scaling")
+    server.wait_healthy()
+    texts = [A[i % 3] for i in range(200)]
+    stop, results, errors = threading.Event(), {}, []
+
+    def play(k: int) -> None:
+        sid, answers = None, []
+        try:
+            for text in texts:
+                if stop.is_set():
+                    break
+                r = server.http.post("/v1/chat/completions", headers={"x-session-id": sid} if sid else {},
+                                     json={"model": MODEL, "messages": [{"role": "user", "content": text}],
+                                           "max_tokens": 60, "temperature": 0})
+                if r.status_code != 200:
+                    errors.append(r.text)
+                    return
+                sid = r.headers["x-session-id"]
+                answers.append(r.json()["choices"][0]["message"]["content"])
+        except Exception as exc:  # noqa: BLE001 - recorded and asserted below
+            errors.append(repr(exc))
+        results[k] = answers
+
+    try:
+        players = [threading.Thread(target=play, args=(k,)) for k in range(4)]
+        for t in players:
+            t.start()
+        deadline, peak = time.monotonic() + 90, 1
+        while time.monotonic() < deadline and peak < 2 and not errors:
+            peak = max(peak, _running("scaling", "Generator"))
+            time.sleep(0.25)
+        stop.set()
+        for t in players:
+            t.join()
+        assert not errors, errors[:3]
+        assert peak == 2, "the Generator was not scaled up under load"
+        deadline = time.monotonic() + 90
+        while _running("scaling", "Generator") > 1:
+            assert time.monotonic() < deadline, "the added Generator replica was not removed after the load"
+            time.sleep(0.25)
+        expected = reference.conversation(texts[:max(len(a) for a in results.values())], 60)
+        for answers in results.values():  # every session said the same: the same answers as alone
+            assert answers and answers == expected[:len(answers)]
+    finally:
+        serve.delete("scaling")
