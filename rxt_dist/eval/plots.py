@@ -112,9 +112,13 @@ def plot_scaling(report: dict[str, Any], path: str | Path) -> Path:
     t0 = samples[0]["at_unix"]
     fig, (ax, bx) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
     names = sorted({k for s in samples for k in s["running"]})
+    times = [s["at_unix"] - t0 for s in samples]
     for i, name in enumerate(names):  # a small offset each, so equal counts stay visible
-        ax.step([s["at_unix"] - t0 for s in samples], [s["running"].get(name, 0) + 0.04 * i for s in samples],
-                where="post", label=name)
+        line, = ax.step(times, [s["running"].get(name, 0) + 0.04 * i for s in samples], where="post", label=name)
+        starting = [s.get("replicas", {}).get(name, {}).get("STARTING", 0) for s in samples]
+        if any(starting):  # asked for but not yet running (e.g. waiting for CPUs)
+            ax.step(times, [s["running"].get(name, 0) + n + 0.04 * i for s, n in zip(samples, starting)],
+                    where="post", linestyle="--", color=line.get_color(), label=f"{name} incl. starting")
     for level in report["levels"]:
         if level.get("started_at_unix") is None:
             continue
@@ -127,7 +131,7 @@ def plot_scaling(report: dict[str, Any], path: str | Path) -> Path:
             bx.plot([a, b], [ttft * 1e3] * 2, color="tab:blue", label="TTFT p50" if level is report["levels"][0] else None)
         if lag is not None:
             bx.plot([a, b], [lag * 1e3] * 2, color="tab:orange", label="update lag p50" if level is report["levels"][0] else None)
-    ax.set_ylabel("running replicas")
+    ax.set_ylabel("replicas")
     ax.set_ylim(bottom=0)
     ax.legend(loc="upper right")
     bx.set_ylabel("ms")

@@ -616,7 +616,7 @@ def test_autoscaling_adds_a_generator_under_load_and_removes_it_after_without_a_
     """Load on a Generator with a target of one ongoing request adds a second replica; once the
     load stops it is removed. Every turn during both answers as the model does alone."""
     url, _ = cluster
-    args = app_args(model_dir, str(tmp_path / "sessions"), default_max_tokens=60)
+    args = app_args(model_dir, str(tmp_path / "sessions"))
     args.deployment_options["Generator"] = SCALING
     serve.run(build_app(args), name="scaling", route_prefix="/scaling")
     server = Server(url, "/scaling")
