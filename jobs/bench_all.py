@@ -32,7 +32,8 @@ BENCHMARKS = {
                    "--settings", "1x0", "2x0", "2x2", "2x3", "--set", "stages.smat.batch_size=32"],
     "quality": [PY, "jobs/evaluate.py", "--data", DATA, "--rxt", f"{MODELS}/smat",
                 "--baseline", f"{MODELS}/baseline", "--threads", "2", "--out", "docs/bench/quality.json"],
-    "serving": [PY, "jobs/bench_serving.py", "--start", "--rounds", "3"],
+    "serving": [PY, "jobs/bench_serving.py", "--start", "--rounds", "2", "--cooldown-s", "90",
+                "--scaling-plot", "docs/bench/serving-scaling.png"],
     # the base model must be trained on the capacity corpus (docs/statex.md, steps 1–2)
     "statex": [PY, "jobs/statex.py", "--config", "configs/cpu-tiny.yaml", "--model", f"{STATEX_BASE}/smat",
                "--data", STATEX_DATA, "--factor", "2", "--steps", "150", "--lr", "1e-3",
