@@ -72,7 +72,7 @@ def decode_step(
     Returns the next-token logits (B, V)."""
     B, C = ids.shape[0], keys[0].shape[2]
     at = lengths[:, None, None, None].float()  # (B, 1, 1, 1)
-    tables = lambda attn: ((at * attn.rope.inv_freq).cos(), (at * attn.rope.inv_freq).sin())  # noqa: E731
+    tables = lambda attn: ((at * attn.rope.inv_freq).cos(), (at * attn.rope.inv_freq).sin())
     visible = (torch.arange(C, device=ids.device)[None] <= lengths[:, None])[:, None, None]  # (B, 1, 1, C)
     x = model.embed(ids)  # (B, 1, D)
     for i, block in enumerate(model.decoder):

@@ -41,7 +41,7 @@ class KVCache:
         capacity: int = 64,
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
-    ) -> "KVCache":
+    ) -> KVCache:
         shape = (batch, kv_heads, capacity, head_dim)
         keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
@@ -74,7 +74,7 @@ class KVCache:
             capacity *= 2
         pad = capacity - self.capacity
         if pad:
-            grow = lambda t: torch.nn.functional.pad(t, (0, 0, 0, pad))  # noqa: E731
+            grow = lambda t: torch.nn.functional.pad(t, (0, 0, 0, pad))
             self.keys = [grow(k) for k in self.keys]
             self.values = [grow(v) for v in self.values]
 
@@ -113,7 +113,7 @@ class KVCache:
         self.lengths = self.lengths + new_lens
         self._write_index = None
 
-    def select(self, rows: Sequence[int] | Tensor) -> "KVCache":
+    def select(self, rows: Sequence[int] | Tensor) -> KVCache:
         """A cache holding only ``rows``, in that order."""
         idx = torch.as_tensor(rows, dtype=torch.long, device=self.lengths.device)
         return KVCache(
@@ -122,12 +122,12 @@ class KVCache:
             self.lengths.index_select(0, idx),
         )
 
-    def clone(self) -> "KVCache":
+    def clone(self) -> KVCache:
         """An independent copy (later writes to either leave the other unchanged)."""
         return KVCache([k.clone() for k in self.keys], [v.clone() for v in self.values], self.lengths.clone())
 
     @staticmethod
-    def cat(caches: Sequence["KVCache"]) -> "KVCache":
+    def cat(caches: Sequence[KVCache]) -> KVCache:
         """Stack the rows of several caches (capacities are padded to the largest)."""
         capacity = max(c.capacity for c in caches)
         for c in caches:

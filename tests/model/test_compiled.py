@@ -12,7 +12,7 @@ from rxt_dist.inference import CompiledDecoder, DecodeBatch, SamplingParams, gen
 from rxt_dist.model import RxTModel, from_name
 from rxt_dist.model.config import FFNConfig
 from rxt_dist.tokens import prompt_ids
-from tests.model.conftest import debug_rxt
+from tests.model.conftest import admitted_midway, debug_rxt
 from tests.tolerances import KERNEL
 
 QUERIES = [[10, 11, 12], [20, 21, 22, 23, 24, 25, 26], [30], [40, 41]]
@@ -73,16 +73,7 @@ def test_compiled_step_logits_match_eager_and_write_the_same_cache(dense):
 def test_compiled_continuous_batching_admits_between_steps(dense):
     model, compiled = dense
     stm = stms(model, 2)
-    batch = DecodeBatch(model, compiled=compiled)
-    got = {0: [], 1: []}
-    events = batch.admit([0], [prompt_ids(QUERIES[0])], [GREEDY], stm=stm[:, :1])
-    for step in range(30):
-        if step == 3:
-            events += batch.admit([1], [prompt_ids(QUERIES[1])], [GREEDY], stm=stm[:, 1:])
-        for ev in events:
-            if ev.token is not None:
-                got[ev.key].append(ev.token)
-        events = batch.step()
+    got = admitted_midway(model, stm, QUERIES, GREEDY, compiled=compiled, steps=30)
     assert got[0] == generate(model, [QUERIES[0]], stm[:, :1], GREEDY)[0]
     assert got[1] == generate(model, [QUERIES[1]], stm[:, 1:], GREEDY)[0]
 

@@ -2,7 +2,6 @@ import pytest
 import torch
 
 from rxt_dist.inference import (
-    DecodeBatch,
     SamplingParams,
     consolidate,
     filter_logits,
@@ -13,6 +12,7 @@ from rxt_dist.inference import (
 )
 from rxt_dist.inference.engine import collect
 from rxt_dist.tokens import EOS_ID, history_ids, prompt_ids
+from tests.model.conftest import admitted_midway
 from tests.tolerances import KERNEL
 
 QUERIES = [[10, 11, 12], [20, 21, 22, 23, 24, 25, 26], [30], [40, 41]]
@@ -103,23 +103,14 @@ def test_respond_streams_one_token_per_step_then_none(rxt):
 def test_admitting_between_steps_gives_the_same_answers(rxt):
     """Continuous batching: a sequence joining a running batch decodes as if alone."""
     stm = stms(rxt, 2)
-    batch = DecodeBatch(rxt)
-    got = {0: [], 1: []}
-    events = batch.admit([0], [prompt_ids(QUERIES[0])], [GREEDY], stm=stm[:, :1])
-    for step in range(40):
-        if step == 3:
-            events += batch.admit([1], [prompt_ids(QUERIES[1])], [GREEDY], stm=stm[:, 1:])
-        for ev in events:
-            if ev.token is not None:
-                got[ev.key].append(ev.token)
-        events = batch.step()
+    got = admitted_midway(rxt, stm, QUERIES, GREEDY)
     assert got[0] == generate(rxt, [QUERIES[0]], stm[:, :1], GREEDY)[0]
     assert got[1] == generate(rxt, [QUERIES[1]], stm[:, 1:], GREEDY)[0]
 
 
 def test_same_seed_same_sample_and_different_seed_differs(rxt):
     stm = stms(rxt, 1)
-    s = lambda seed: SamplingParams(max_new_tokens=12, temperature=1.5, seed=seed)  # noqa: E731
+    s = lambda seed: SamplingParams(max_new_tokens=12, temperature=1.5, seed=seed)
     a = generate(rxt, [QUERIES[0]], stm, s(1))[0]
     assert generate(rxt, [QUERIES[0]], stm, s(1))[0] == a
     assert generate(rxt, [QUERIES[0]], stm, s(2))[0] != a
