@@ -117,7 +117,7 @@ class AppArgs(BaseModel):
             raise ValueError(f"{info.field_name}={value}: must be > 0 seconds")
         return value
 
-    @field_validator("update_delay_s", "update_batch_wait_s")
+    @field_validator("update_delay_s", "update_batch_wait_s", "stream_interval_s")
     @classmethod
     def _non_negative(cls, value: float, info) -> float:
         if value < 0:

@@ -92,6 +92,7 @@ def test_a_model_the_server_cannot_use_is_refused_at_build_time(tmp_path):
     ({"store_shards": 0}, "store_shards=0: must be ≥ 1"),
     ({"update_wait_timeout_s": 0}, "update_wait_timeout_s=0.0: must be > 0 seconds"),
     ({"update_delay_s": -1}, "update_delay_s=-1.0: must be ≥ 0 seconds"),
+    ({"stream_interval_s": -0.5}, "stream_interval_s=-0.5: must be ≥ 0 seconds"),
     ({"default_max_tokens": 600}, "default_max_tokens=600: must be ≤ max_tokens_limit=512"),
     ({"deployment_options": {"Decoder": {}}}, "deployment_options names ['Decoder']"),
     ({"api_key": "k", "api_key_env": "K"}, "api_key and api_key_env are both set"),
