@@ -206,6 +206,11 @@ class _Entry:
     def claimed_by_other(self, lease: str | None, now: float) -> bool:
         return self.claim is not None and self.claim.token != lease and self.claim.expires > now
 
+    def public(self, ttl_s: float | None) -> dict:
+        """The record the HTTP API shows, with whether a turn is being answered now (claimed)."""
+        answering = self.claim is not None and self.claim.expires > time.time()
+        return {**self.meta.public(ttl_s), "answering": answering}
+
     def in_use(self, now: float) -> bool:
         """Claimed (unexpired), waiting for its update, or being written: must stay in memory."""
         claimed = self.claim is not None and self.claim.expires > now
@@ -420,7 +425,7 @@ class SessionStore:
         if self._stored is not None:
             self._stored += 1
         self._evict(keep=sid)
-        return _status(StoreStatus.OK, session=meta.public(self.config.session_ttl_s))
+        return _status(StoreStatus.OK, session=self._entries[sid].public(self.config.session_ttl_s))
 
     async def _owned(self, sid: str, owner: str | None, admit: bool = False) -> _Entry | StoreStatus:
         """The entry of a session ``owner`` may use, or the status to answer."""
@@ -432,11 +437,12 @@ class SessionStore:
         return entry
 
     async def info(self, sid: str, owner: str | None = None) -> dict:
-        """The session's public record (turns, memory version, whether an update is pending)."""
+        """The session's public record (turns, memory version, whether an update is pending,
+        whether a turn is being answered now)."""
         entry = await self._owned(sid, owner)
         if isinstance(entry, StoreStatus):
             return _status(entry)
-        return _status(StoreStatus.OK, session=entry.meta.public(self.config.session_ttl_s),
+        return _status(StoreStatus.OK, session=entry.public(self.config.session_ttl_s),
                        stm_shape=entry.meta.stm_shape)
 
     async def begin_turn(self, sid: str, lease: str, wait_s: float, owner: str | None = None,
@@ -630,7 +636,7 @@ class SessionStore:
             await asyncio.to_thread(self._persist, new, None)
             entry.meta = new
             entry.settled.set()
-        return _status(StoreStatus.OK, session=entry.meta.public(self.config.session_ttl_s))
+        return _status(StoreStatus.OK, session=entry.public(self.config.session_ttl_s))
 
     async def delete(self, sid: str, owner: str | None = None) -> dict:
         """Remove the session and its stored memory; waiting requests see it gone."""

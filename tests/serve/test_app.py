@@ -85,9 +85,9 @@ class Server:
         return r.json()
 
     def settled(self, sid: str, timeout_s: float = 60) -> dict:
-        """The session once no update is pending."""
+        """The session once no turn is being answered and no update is pending."""
         deadline = time.monotonic() + timeout_s
-        while (info := self.session(sid))["pending_update"]:
+        while (info := self.session(sid))["pending_update"] or info["answering"]:
             assert time.monotonic() < deadline, f"update of {sid} still pending: {info}"
             time.sleep(0.05)
         return info
@@ -305,6 +305,7 @@ def test_a_second_request_on_a_busy_session_gets_409(main):
     with main.http.stream("POST", "/v1/chat/completions", json=body, headers={"x-session-id": sid}) as first:
         lines = first.iter_lines()
         next(line for line in lines if '"content"' in line and '"role"' not in line)  # mid-answer now
+        assert main.session(sid)["answering"]
         second = main.chat(A[2], sid)
         assert second.status_code == 409 and second.json()["error"]["code"] == "session_busy"
         assert second.headers["retry-after"] == "1"
