@@ -197,6 +197,12 @@ class MemoryAttentionConfig:
     carries where the token stood (the order of a value's pieces). The STM has no positions of its
     own: the code comes only with the content written into it."""
 
+    ed_previous: bool = False
+    """Add a learned projection (zero at the start) of each token's *previous* encoded state to
+    its own before the keys and values are projected, so what a slot takes from a token says
+    which token came before it — the order of a value's pieces (``2 3 8`` vs ``8 3 2``) as
+    content, not as a position. The STM stays free of positions."""
+
     def __post_init__(self) -> None:
         _require(self.variant in MEMORY_ATTENTION_VARIANTS,
                  f"variant={self.variant!r}: must be one of {MEMORY_ATTENTION_VARIANTS}")

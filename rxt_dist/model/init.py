@@ -3,7 +3,8 @@
 Linear and embedding weights draw from N(0, init_std); projections that write into the
 residual stream (attention outputs, FFN down-projections) are scaled by 1/sqrt(2·L) so the
 stream's variance does not grow with depth. Norms start at 1, biases at 0; gates and the
-learned initial STM take the values their configs name; slot identities start at unit scale.
+learned initial STM take the values their configs name; slot identities start at unit scale;
+the previous-token projection of the memory write starts at zero.
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ def _init_memory(model: nn.Module, cfg: RxTConfig) -> None:
         if hasattr(layer, "slot_id"):
             # unit scale, like the RMS-normalised state it is added to: distinct from the start
             nn.init.normal_(layer.slot_id, 0.0, 1.0)
+        if hasattr(layer, "ed_previous"):  # the write starts as it is without the previous token
+            nn.init.zeros_(layer.ed_previous.weight)
     if cfg.stm.init == "learned":
         nn.init.normal_(model.stm_init.weight, 0.0, cfg.stm.init_std)
 

@@ -14,6 +14,7 @@ competitive write in which each token's attention is a softmax over the slots (`
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rxt_dist.model.config import GateConfig, RxTConfig
@@ -126,6 +127,8 @@ class MemoryAttentionLayer(nn.Module):
         if ma.slot_ids:
             self.slot_id = nn.Parameter(torch.zeros(cfg.stm.num_slots, dim))  # (S, D)
         self.ed_positions = ma.ed_positions
+        if ma.ed_previous:
+            self.ed_previous = nn.Linear(dim, dim, bias=False)  # zero at the start (init.py)
         if ma.write_sink:
             self.sink = nn.Parameter(torch.zeros(dim))  # (D,): the query of the dropped row
 
@@ -172,6 +175,8 @@ class MemoryAttentionLayer(nn.Module):
         ed = self.ed_norm(ed_layer)  # (B, T, D)
         if self.ed_positions:
             ed = ed + sinusoidal_code(ed_positions, ed.shape[-1]).to(ed.dtype)
+        if hasattr(self, "ed_previous"):
+            ed = ed + self.ed_previous(F.pad(ed[:, :-1], (0, 0, 1, 0)))  # token t sees token t−1
         k, v = self.attn.project_kv(ed, ed_positions)  # (B, Nkv, T, H)
         scale = None
         if self.competitive:

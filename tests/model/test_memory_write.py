@@ -104,6 +104,7 @@ def test_competitive_keep_scales_each_slots_gate_by_what_it_won():
 @pytest.mark.parametrize("write, extra", [
     ("attention", {}), ("competitive", {}), ("competitive_keep", {}),
     ("competitive_keep", {"write_sink": True}), ("competitive", {"ed_positions": True}),
+    ("competitive_keep", {"write_sink": True, "ed_previous": True}),
 ])
 def test_padding_tokens_write_nothing(write, extra):
     model = debug_rxt(memory_attention=MemoryAttentionConfig(slot_ids=True, write=write, **extra))
@@ -143,6 +144,30 @@ def test_ed_positions_make_the_write_depend_on_where_tokens_stand():
     with_code = model.update_memory(stm, ed, torch.tensor([6]))
     without = off.update_memory(stm, ed, torch.tensor([6]))
     assert (with_code - without).abs().max() > 1e-3
+
+
+def test_ed_previous_starts_as_the_plain_write_and_makes_it_depend_on_order():
+    """Zero at the start (the same memory as without it); once trained, a token's write says
+    which token came before it: the same tokens in another order write another memory."""
+    cfg = MemoryAttentionConfig(slot_ids=True, write="competitive_keep", write_sink=True)
+    model = debug_rxt(memory_attention=dataclasses.replace(cfg, ed_previous=True))
+    off = debug_rxt(memory_attention=cfg)
+    off.load_state_dict(model.state_dict(), strict=False)
+    stm = model.initial_stm(1, torch.Generator().manual_seed(0))
+    ed = torch.randn(2, 1, 6, 32)
+    reordered = ed[:, :, [0, 2, 1, 3, 5, 4]]
+    torch.testing.assert_close(model.update_memory(stm, ed, torch.tensor([6])),
+                               off.update_memory(stm, ed, torch.tensor([6])))
+    # without the previous token a competitive write is blind to order up to the keys' rotation;
+    # compare how much reordering moves the memory with and without a trained projection
+    with torch.no_grad():
+        for layer in model.memory_attention.layers:
+            layer.ed_previous.weight.normal_(0.0, 0.5)
+    moved_with = (model.update_memory(stm, ed, torch.tensor([6]))
+                  - model.update_memory(stm, reordered, torch.tensor([6]))).abs().max()
+    moved_without = (off.update_memory(stm, ed, torch.tensor([6]))
+                     - off.update_memory(stm, reordered, torch.tensor([6]))).abs().max()
+    assert moved_with > moved_without + 1e-3
 
 
 def test_per_slot_gate_bias_lets_one_slot_keep_its_content():
