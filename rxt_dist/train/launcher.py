@@ -191,13 +191,18 @@ def _training_rows(cfg: TrainConfig, stage: str):
 def conversation_columns(cfg: TrainConfig, stage: str) -> list[str]:
     """The shard columns ``stage`` reads: ids, plus for stage 4 the recall metadata its warm-up
     and value loss need (required when asked for, read when present otherwise)."""
-    from rxt_dist.train.batches import ECHO_COLUMNS, RECALL_PAIR_COLUMNS, VALUE_COLUMNS
-
     columns = ["conversation_id", "query_ids", "answer_ids"]
     if stage != "smat":
         return columns
-    smat = cfg.stages.smat
-    present = _split_columns(cfg.data.url, "train")
+    return columns + smat_metadata_columns(cfg, _split_columns(cfg.data.url, "train"))
+
+
+def smat_metadata_columns(cfg: TrainConfig, present: set[str]) -> list[str]:
+    """The recall-metadata columns stage 4 reads from data holding ``present``: those its
+    options need (an error naming the option when one is missing), and any others present."""
+    from rxt_dist.train.batches import ECHO_COLUMNS, RECALL_PAIR_COLUMNS, VALUE_COLUMNS
+
+    smat, columns = cfg.stages.smat, []
     for option, value, needed in (("recall_pair_steps", smat.recall_pair_steps, RECALL_PAIR_COLUMNS),
                                   ("recall_loss_weight", smat.recall_loss_weight, VALUE_COLUMNS),
                                   ("echo_loss_weight", smat.echo_loss_weight, VALUE_COLUMNS + ECHO_COLUMNS)):

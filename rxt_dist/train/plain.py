@@ -54,9 +54,12 @@ class PlainLoop:
     the global batch, no gradient accumulation split across workers)."""
 
     def __init__(self, cfg: TrainConfig, stage: str, model: torch.nn.Module, rows: dict[str, list]) -> None:
+        from rxt_dist.train.launcher import smat_metadata_columns
         from rxt_dist.train.loop import collate_rows
 
         self.cfg, self.stage = cfg, stage_name(stage)
+        if self.stage == "smat":
+            smat_metadata_columns(cfg, set(rows))  # an option whose columns the data lacks is an error
         self.stage_cfg = cfg.stage(self.stage)
         self.rows = text_view(rows) if self.stage == "joint_lm" and self.stage_cfg.use_text else rows
         self.collate = lambda batch: collate_rows(cfg, self.stage, batch, self.step, world=1)

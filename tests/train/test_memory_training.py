@@ -15,8 +15,9 @@ from rxt_dist.train.launcher import conversation_columns
 from rxt_dist.train.loop import collate_rows
 from rxt_dist.train.objectives import StageObjective, _per_slot
 from rxt_dist.train.optim import base_schedule, budget_steps
-from rxt_dist.train.plain import read_rows
+from rxt_dist.train.plain import PlainLoop, read_rows
 
+from tests.model.conftest import debug_rxt
 from tests.train.steps import train_steps
 
 
@@ -173,6 +174,10 @@ def test_value_loss_on_data_without_recall_metadata_names_the_fix(dataset_withou
                                  source="c.yaml")
     with pytest.raises(ValueError, match=r"stages.smat.echo_loss_weight=1.0 needs the recall metadata"):
         conversation_columns(echo, "smat")
+    # the single-process loop (memory studies, the throughput benchmark) refuses it as well,
+    # instead of training without the term
+    with pytest.raises(ValueError, match=r"stages.smat.echo_loss_weight=1.0 needs the recall metadata"):
+        PlainLoop(echo, "smat", debug_rxt(), read_rows(str(data), "train"))
 
 
 def test_time_budget_fixes_the_step_count_and_the_schedule_ends_with_it():
