@@ -421,11 +421,11 @@ class SessionStore:
         meta = SessionMeta(id=sid, created=now, updated=now, stm_shape=list(stm_shape), turns=turns,
                            committed=now, owner=owner, transcript=transcript)
         await asyncio.to_thread(self._persist, meta, stm)
-        self._entries[sid] = _Entry(meta, stm)
+        entry = self._entries[sid] = _Entry(meta, stm)
         if self._stored is not None:
             self._stored += 1
         self._evict(keep=sid)
-        return _status(StoreStatus.OK, session=self._entries[sid].public(self.config.session_ttl_s))
+        return _status(StoreStatus.OK, session=entry.public(self.config.session_ttl_s))
 
     async def _owned(self, sid: str, owner: str | None, admit: bool = False) -> _Entry | StoreStatus:
         """The entry of a session ``owner`` may use, or the status to answer."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -19,6 +20,9 @@ from torch import Tensor
 from rxt_dist.data.schema import PER_TURN_COLUMNS
 from rxt_dist.inference.engine import pad_batch
 from rxt_dist.tokens import BOS_ID, EOS_ID, interaction_ids
+
+if TYPE_CHECKING:
+    from rxt_dist.train.config import TrainConfig
 
 
 @dataclass
@@ -148,6 +152,23 @@ VALUE_COLUMNS = ("recall_gold_start", "recall_gold_len")
 """Where each recall turn's gold value sits in its answer (see docs/data.md)."""
 ECHO_COLUMNS = ("value_start", "value_len")
 """Where each turn's stated value sits in its answer (see docs/data.md)."""
+
+
+def smat_metadata_columns(cfg: TrainConfig, present: set[str]) -> list[str]:
+    """The recall-metadata columns stage 4 reads from data holding ``present``: those its
+    options need (an error naming the option when one is missing), and any others present."""
+    smat, columns = cfg.stages.smat, []
+    for option, value, needed in (("recall_pair_steps", smat.recall_pair_steps, RECALL_PAIR_COLUMNS),
+                                  ("recall_loss_weight", smat.recall_loss_weight, VALUE_COLUMNS),
+                                  ("echo_loss_weight", smat.echo_loss_weight, VALUE_COLUMNS + ECHO_COLUMNS)):
+        missing = [c for c in needed if c not in present]
+        if value and missing:
+            raise ValueError(f"{cfg.source}: stages.smat.{option}={value} needs the recall metadata of "
+                             f"synthetic data, which {cfg.data.url} lacks (no column {missing[0]!r}); "
+                             f"set stages.smat.{option}=0")
+        if not missing:
+            columns += [c for c in needed if c not in columns]
+    return columns
 
 
 def _span_mask(start: int, size: int, length: int, answer_start: int, width: int) -> Tensor:

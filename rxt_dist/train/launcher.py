@@ -194,26 +194,9 @@ def conversation_columns(cfg: TrainConfig, stage: str) -> list[str]:
     columns = ["conversation_id", "query_ids", "answer_ids"]
     if stage != "smat":
         return columns
+    from rxt_dist.train.batches import smat_metadata_columns
+
     return columns + smat_metadata_columns(cfg, _split_columns(cfg.data.url, "train"))
-
-
-def smat_metadata_columns(cfg: TrainConfig, present: set[str]) -> list[str]:
-    """The recall-metadata columns stage 4 reads from data holding ``present``: those its
-    options need (an error naming the option when one is missing), and any others present."""
-    from rxt_dist.train.batches import ECHO_COLUMNS, RECALL_PAIR_COLUMNS, VALUE_COLUMNS
-
-    smat, columns = cfg.stages.smat, []
-    for option, value, needed in (("recall_pair_steps", smat.recall_pair_steps, RECALL_PAIR_COLUMNS),
-                                  ("recall_loss_weight", smat.recall_loss_weight, VALUE_COLUMNS),
-                                  ("echo_loss_weight", smat.echo_loss_weight, VALUE_COLUMNS + ECHO_COLUMNS)):
-        missing = [c for c in needed if c not in present]
-        if value and missing:
-            raise ValueError(f"{cfg.source}: stages.smat.{option}={value} needs the recall metadata of "
-                             f"synthetic data, which {cfg.data.url} lacks (no column {missing[0]!r}); "
-                             f"set stages.smat.{option}=0")
-        if not missing:
-            columns += [c for c in needed if c not in columns]
-    return columns
 
 
 def _split_columns(url: str, split: str) -> set[str]:

@@ -54,7 +54,7 @@ class PlainLoop:
     the global batch, no gradient accumulation split across workers)."""
 
     def __init__(self, cfg: TrainConfig, stage: str, model: torch.nn.Module, rows: dict[str, list]) -> None:
-        from rxt_dist.train.launcher import smat_metadata_columns
+        from rxt_dist.train.batches import smat_metadata_columns
         from rxt_dist.train.loop import collate_rows
 
         self.cfg, self.stage = cfg, stage_name(stage)
