@@ -41,7 +41,7 @@ $(BENCH_STAMP): $(STAMP)
 install: $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	PYTHONFAULTHANDLER=1 $(PY) -m pytest -q
 
 demo: $(STAMP)
 	$(PY) jobs/demo.py
