@@ -13,6 +13,7 @@ def pytest_configure(config):
 def pytest_sessionfinish(session, exitstatus):
     """Stop what a test may have left running in this process, while the interpreter is whole:
     a Ray connection, a torch.distributed group, inductor's compile-worker pool."""
+    session.config.stash[_SESSION] = session
     if "ray" in sys.modules:
         import ray
 
@@ -26,7 +27,6 @@ def pytest_sessionfinish(session, exitstatus):
     async_compile = sys.modules.get("torch._inductor.async_compile")
     if async_compile is not None:
         async_compile.shutdown_compile_workers()
-    session.config.stash[_SESSION] = session
 
 
 _SESSION = pytest.StashKey[pytest.Session]()
