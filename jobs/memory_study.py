@@ -139,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
                  on_window=on_window)
         spent += loop.train_seconds
         if last or spent >= budget:
-            evaluate(stage, loop.step, {"train_s": 0.0, "tokens": loop.tokens})
+            if not curve or (curve[-1]["stage"], curve[-1]["step"]) != (stage, loop.step):
+                evaluate(stage, loop.step, {"train_s": 0.0, "tokens": loop.tokens})  # unless just done
             break
     report = {"study": "memory", "arm": args.name, "plan": args.plan, "minutes": args.minutes,
               "command": "python jobs/memory_study.py " + " ".join(argv if argv is not None else sys.argv[1:]),
