@@ -199,9 +199,10 @@ async def create_session(http: httpx.AsyncClient, cfg: ClientConfig, deadline_s:
 
 
 async def play_session(http: httpx.AsyncClient, cfg: ClientConfig, texts: Sequence[str],
-                       rng: random.Random) -> SessionLog:
-    """Create a session and play ``texts`` in it, retrying each turn until it is answered."""
-    log = SessionLog(await create_session(http, cfg))
+                       rng: random.Random, session_id: str | None = None) -> SessionLog:
+    """Play ``texts`` in ``session_id`` (a new session when None), retrying each turn until it
+    is answered."""
+    log = SessionLog(session_id or await create_session(http, cfg))
     loop = asyncio.get_running_loop()
     for text in texts:
         turn = Turn(text, uuid.uuid4().hex)
@@ -232,11 +233,17 @@ def async_client(cfg: ClientConfig, connections: int = 64) -> httpx.AsyncClient:
                              limits=httpx.Limits(max_connections=connections))
 
 
-async def play_sessions(cfg: ClientConfig, texts: Sequence[Sequence[str]], seed: int = 0) -> list[SessionLog]:
-    """Play every conversation of ``texts`` at the same time, one session each."""
+async def play_sessions(cfg: ClientConfig, texts: Sequence[Sequence[str]], seed: int = 0,
+                        session_ids: Sequence[str] | None = None) -> list[SessionLog]:
+    """Play every conversation of ``texts`` at the same time, one session each: the sessions of
+    ``session_ids`` (created beforehand, no turns yet) or new ones."""
+    if session_ids is not None and len(session_ids) != len(texts):
+        raise ValueError(f"{len(session_ids)} session ids for {len(texts)} conversations")
+    sids = list(session_ids) if session_ids is not None else [None] * len(texts)
     rngs = [random.Random(f"{seed}-{i}") for i in range(len(texts))]
     async with async_client(cfg, connections=2 * len(texts) + 8) as http:
-        return list(await asyncio.gather(*(play_session(http, cfg, t, rng) for t, rng in zip(texts, rngs))))
+        return list(await asyncio.gather(*(play_session(http, cfg, t, rng, sid)
+                                           for t, rng, sid in zip(texts, rngs, sids))))
 
 
 async def settled_sessions(cfg: ClientConfig, sids: Sequence[str], timeout_s: float = 120.0) -> dict[str, dict]:

@@ -10,7 +10,12 @@ from typing import Any
 
 import torch
 
-from rxt_dist.chaos.client import ClientConfig, SessionLog, play_sessions, settled_sessions
+from rxt_dist.chaos.client import (
+    ClientConfig,
+    SessionLog,
+    play_sessions,
+    settled_sessions,
+)
 from rxt_dist.chaos.inject import Fault, FaultInjector, fault_summary
 from rxt_dist.chaos.verdict import Verdict, judge
 
@@ -28,14 +33,16 @@ class ChaosResult:
 
 
 def run_chaos(cfg: ClientConfig, texts: Sequence[Sequence[str]], expected: Sequence[Sequence[str]],
-              injector: FaultInjector | None, seed: int = 0, settle_timeout_s: float = 30.0) -> ChaosResult:
-    """Play ``texts`` (one session per conversation) while ``injector`` kills actors; stop it
-    when every conversation has ended, wait for the last updates, judge against ``expected``."""
+              injector: FaultInjector | None, seed: int = 0, settle_timeout_s: float = 30.0,
+              session_ids: Sequence[str] | None = None) -> ChaosResult:
+    """Play ``texts`` (one session per conversation: ``session_ids`` when given, else new ones)
+    while ``injector`` kills actors; stop it when every conversation has ended, wait for the
+    last updates, judge against ``expected``."""
     started = time.monotonic()
     if injector is not None:
         injector.start()
     try:
-        logs = asyncio.run(play_sessions(cfg, texts, seed))
+        logs = asyncio.run(play_sessions(cfg, texts, seed, session_ids))
     finally:
         faults = injector.stop() if injector is not None else []
     play_s = time.monotonic() - started

@@ -21,6 +21,7 @@ from typing import Any
 
 from rxt_dist.chaos.client import SessionLog
 
+
 @dataclass
 class Verdict:
     """Counts over all sessions, and the first few cases of each kind of failure."""

@@ -15,6 +15,7 @@ import random
 import socket
 import time
 
+import httpx
 import pytest
 import ray
 from ray import serve
@@ -24,6 +25,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from rxt_dist.chaos.client import ClientConfig, conversations
 from rxt_dist.chaos.inject import FaultInjector, Target, running_replicas
 from rxt_dist.chaos.run import run_chaos
+from rxt_dist.serving.protocol import SESSION_HEADER
 from rxt_dist.serving.sessions import SessionStore, shard_of
 from serve.app import build_app
 from serve.args import DEPLOYMENT_NAMES, AppArgs
@@ -87,6 +89,21 @@ def _shard_on(node_id: str, args: AppArgs):
     raise AssertionError(f"the store shard did not start on node {node_id}")
 
 
+def _sessions_on_both_shards(url: str) -> list[str]:
+    """SESSIONS new sessions, half owned by each shard (ids are random: with 8 left to chance,
+    none on node 2's shard one run in 256 — seen in CI). The extra ones are deleted."""
+    by_shard: dict[int, list[str]] = {0: [], 1: []}
+    with httpx.Client(base_url=url, timeout=60, trust_env=False) as http:
+        while min(len(v) for v in by_shard.values()) < SESSIONS // SHARDS:
+            r = http.post("/v1/sessions")
+            assert r.status_code == 201, r.text
+            sid = r.headers[SESSION_HEADER]
+            by_shard[shard_of(sid, SHARDS)].append(sid)
+        for sid in by_shard[0][SESSIONS // SHARDS:] + by_shard[1][SESSIONS // SHARDS:]:
+            assert http.delete(f"/v1/sessions/{sid}").status_code in (200, 204)
+    return [sid for pair in zip(by_shard[0], by_shard[1]) for sid in pair][:SESSIONS]
+
+
 @ray.remote(num_cpus=0)
 def _node() -> str:
     return ray.get_runtime_context().get_node_id()
@@ -122,7 +139,18 @@ def test_killing_the_node_of_a_store_shard_loses_no_turn(two_nodes, reference):
     placed = _replica_nodes("nodes")
     assert placed["Generator"] == placed["MemoryUpdater"] == {head, second.node_id}, placed  # spread
 
+    sids = _sessions_on_both_shards(url)
+    on_second = [sid for sid in sids if shard_of(sid, SHARDS) == 1]
+    turns_at_kill: list[int] = []
+
     def kill_node(rng) -> str:
+        # Mid-conversation: once a session of node 2's shard has answered 2 of its TURNS turns
+        # (a timed kill can land after the last turn: a fault-free play takes ~2 s here).
+        deadline = time.monotonic() + 60
+        while max(turns := [ray.get(shard.info.remote(sid))["session"]["turns"] for sid in on_second]) < 2:
+            assert time.monotonic() < deadline, "no turn reached node 2's shard"
+            time.sleep(0.05)
+        turns_at_kill.extend(turns)
         cluster.remove_node(second, allow_graceful=False)
         return second.node_id
 
@@ -136,15 +164,14 @@ def test_killing_the_node_of_a_store_shard_loses_no_turn(two_nodes, reference):
 
     texts = conversations(random.Random(2), WORDS, SESSIONS, TURNS)
     expected = [reference.conversation(t, MAX_TOKENS) for t in texts]
-    injector = FaultInjector([Target("node", kill_node, recovered)], pause_s=(2.0, 2.0), max_faults=1)
+    injector = FaultInjector([Target("node", kill_node, recovered)], pause_s=(0.0, 0.0), max_faults=1)
     cfg = ClientConfig(url=url, model=MODEL, max_tokens=MAX_TOKENS)
-    result = run_chaos(cfg, texts, expected, injector)
+    result = run_chaos(cfg, texts, expected, injector, session_ids=sids)
     summary = result.summary()
     print(json.dumps(summary, indent=1))
     (fault,) = result.faults
     assert fault.recovered_after_s is not None, "the shard or the replicas did not come back on the head"
-    on_second = [log.sid for log in result.logs if shard_of(log.sid, SHARDS) == 1]
-    assert on_second, "no session lived on node 2's shard"
+    assert min(turns_at_kill) < TURNS, f"node 2 was killed after its sessions ended: {turns_at_kill}"
     verdict = result.verdict
     assert verdict.turns_checked == SESSIONS * TURNS, verdict.cases
     assert (verdict.lost, verdict.doubled) == (0, 0), verdict.cases
