@@ -49,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval-every", type=float, default=60.0, help="seconds of training between evaluations")
     p.add_argument("--eval-conversations", type=int, default=300)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--workers", type=int, default=None,
+                   help="read the training rows in the order this many Ray Train workers read them "
+                        "(replays a distributed run's data order; default: a whole shuffle per epoch)")
     p.add_argument("--save", default=None, help="write the final model directory here")
     p.add_argument("--out", required=True)
     p.add_argument("--plot", nargs="+", metavar="JSON", help="only plot these study files' curves into --out (a .png)")
@@ -124,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         return spent + metrics.get("train_s", 0.0)
 
     for i, (stage, steps) in enumerate(plan):
-        loop = PlainLoop(cfg, stage, model, rows)
+        loop = PlainLoop(cfg, stage, model, rows, workers=args.workers)
         last = i == len(plan) - 1
 
         def on_window(step: int, metrics: dict, stage=stage) -> bool:

@@ -51,9 +51,15 @@ def text_view(rows: dict[str, list]) -> dict[str, list]:
 
 class PlainLoop:
     """Train ``model`` on ``stage`` of ``cfg`` in this process (one worker's view of the run:
-    the global batch, no gradient accumulation split across workers)."""
+    the global batch, no gradient accumulation split across workers).
 
-    def __init__(self, cfg: TrainConfig, stage: str, model: torch.nn.Module, rows: dict[str, list]) -> None:
+    ``workers``: None shuffles the rows whole every epoch; N reads them in the order N Ray Train
+    workers do (:mod:`rxt_dist.data.epochs`; each step's batch is worker 0's micro-batch, then
+    worker 1's, …), so that a study can replay the data order of a distributed run in one
+    process. ``rows`` must then be the whole ``train`` split as :func:`read_rows` gives it."""
+
+    def __init__(self, cfg: TrainConfig, stage: str, model: torch.nn.Module, rows: dict[str, list],
+                 workers: int | None = None) -> None:
         from rxt_dist.train.batches import smat_metadata_columns
         from rxt_dist.train.loop import collate_rows
 
@@ -71,7 +77,9 @@ class PlainLoop:
         self.scheduler = make_scheduler(self.optimizer, opt, self.stage_cfg)
         self.step = 0
         self.tokens = 0
-        self._batches = self._iterate()
+        if workers is not None and (workers < 1 or self.stage_cfg.grad_accum != 1):
+            raise ValueError(f"workers={workers}: needs workers >= 1 and stages.{self.stage}.grad_accum=1")
+        self._batches = self._iterate() if workers is None else self._worker_order(workers)
 
     @property
     def model(self) -> torch.nn.Module:
@@ -88,6 +96,33 @@ class PlainLoop:
                 picked = order[start:start + size]
                 yield {k: [v[i] for i in picked] for k, v in self.rows.items()}
             epoch += 1
+
+    def _worker_order(self, workers: int) -> Iterator[dict[str, list]]:
+        from rxt_dist.data import read_manifest
+        from rxt_dist.data.epochs import TrainingRows, TrainingShard, worker_rows
+
+        files = read_manifest(self.cfg.data.url).split("train").files
+        shards = TrainingRows(self.cfg.data.url, tuple(TrainingShard(f.path, f.rows) for f in files), ())
+        n = len(next(iter(self.rows.values())))
+        if shards.num_rows != n:
+            raise ValueError(f"workers={workers}: the rows given ({n}) are not the train split of "
+                             f"{self.cfg.data.url} ({shards.num_rows} rows)")
+        micro = self.stage_cfg.batch_size // workers
+        if micro < 1 or micro * workers != self.stage_cfg.batch_size:
+            raise ValueError(f"workers={workers}: stages.{self.stage}.batch_size={self.stage_cfg.batch_size} "
+                             "must be a multiple of it")
+
+        def replay() -> Iterator[dict[str, list]]:
+            epoch = 0
+            while True:
+                ids = [worker_rows(shards, self.cfg.run.seed, epoch, r, workers, self.cfg.data.shuffle_buffer)
+                       for r in range(workers)]
+                for start in range(0, len(ids[0]) - micro + 1, micro):
+                    picked = [int(i) for share in ids for i in share[start:start + micro]]
+                    yield {k: [v[i] for i in picked] for k, v in self.rows.items()}
+                epoch += 1
+
+        return replay()
 
     def train_step(self, window: WindowMetrics) -> None:
         """One optimizer step (``grad_accum`` micro-batches)."""

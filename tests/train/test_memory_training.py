@@ -206,3 +206,26 @@ def test_stage4_can_start_from_a_fresh_model_without_stage3(tmp_path, dataset):
         prepare_job(curriculum, "smat")
     with pytest.raises(ValueError, match="use one or the other"):
         SMATStage(start="fresh", init_model_url="runs/x")
+
+
+def test_plain_loop_replays_the_rows_two_ray_workers_read_step_by_step(dataset):
+    """``PlainLoop(workers=2)``: each step's batch is worker 0's micro-batch, then worker 1's,
+    as the Ray Train workers read them (the same rows in the same order, across epochs)."""
+    from rxt_dist.data.epochs import read_batches, training_rows, worker_rows
+
+    cfg = TrainConfig.from_dict({"data": {"url": dataset, "shuffle_buffer": 16}, "run": {"seed": 3},
+                                 "stages": {"smat": {"batch_size": 8}}})
+    loop = PlainLoop(cfg, "smat", debug_rxt(), read_rows(dataset, "train"), workers=2)
+    rows = training_rows(dataset, ["conversation_id"])
+    per_worker = rows.num_rows // 2 // 4  # micro-batches of 4 per worker and epoch
+    expected = []
+    for epoch in range(2):
+        shares = [list(read_batches(rows, worker_rows(rows, 3, epoch, r, 2, 16), 4)) for r in range(2)]
+        expected += [shares[0][i]["conversation_id"] + shares[1][i]["conversation_id"] for i in range(per_worker)]
+    got = [next(loop._batches)["conversation_id"] for _ in expected]
+    assert got == expected
+    assert len(set(got[0])) == 8 and got[0] != got[per_worker]  # a fresh order in epoch 1
+    whole = PlainLoop(cfg, "smat", debug_rxt(), read_rows(dataset, "train"))
+    assert next(whole._batches)["conversation_id"] != got[0]  # the default order is another one
+    with pytest.raises(ValueError, match=r"workers=3: stages.smat.batch_size=8 must be a multiple of it"):
+        PlainLoop(cfg, "smat", debug_rxt(), read_rows(dataset, "train"), workers=3)
