@@ -10,10 +10,7 @@ import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-SESSION_HEADER = "x-session-id"
-VERSION_HEADER = "x-memory-version"
-COMMITTED_HEADER = "x-memory-committed-at"
-WAITED_HEADER = "x-waited-for-update-ms"
+from rxt_dist.serving.protocol import COMMITTED_HEADER, SESSION_HEADER, VERSION_HEADER, WAITED_HEADER
 
 MAX_SESSIONS = 256
 """Most concurrent sessions one level may open (the benchmark is bounded in count)."""
