@@ -16,9 +16,7 @@ import urllib.request
 from collections.abc import Iterator
 from typing import TextIO
 
-# the same name as rxt_dist.serving.protocol.SESSION_HEADER (a test holds them equal): importing
-# it would pull the serving package, and with it torch, into a client that needs the standard library only
-SESSION_HEADER = "x-session-id"
+from rxt_dist.serving.protocol import SESSION_HEADER
 
 
 class ChatError(Exception):

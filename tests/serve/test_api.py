@@ -111,9 +111,3 @@ def test_limits_are_validated():
     with pytest.raises(ValueError, match="max_message_tokens=0"):
         RequestLimits(max_message_tokens=0)
 
-
-def test_the_chat_client_sends_the_session_header_the_server_reads():
-    # the terminal client keeps its own copy of the name (it imports nothing of the server)
-    from rxt_dist.serving import client, protocol
-
-    assert client.SESSION_HEADER == protocol.SESSION_HEADER
