@@ -110,4 +110,3 @@ def test_limits_are_validated():
         RequestLimits(default_max_tokens=600)
     with pytest.raises(ValueError, match="max_message_tokens=0"):
         RequestLimits(max_message_tokens=0)
-
