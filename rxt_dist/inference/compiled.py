@@ -37,13 +37,25 @@ def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).to(x.dtype)
 
 
-@torch.compiler.disable
 def _routed_moe(moe: MoE, x: Tensor) -> Tensor:
     """The MoE FFN of x (B, 1, D), run eagerly between two compiled regions: routing by index
     reads only the chosen experts' weights, which at decoding batch sizes costs far less than
     evaluating every expert in a compiled kernel (measured: 9.0 vs 6.9 ms per token on
     ``nano`` at batch 1 — the experts' weights are what a step reads from memory)."""
     return moe(x)[0]
+
+
+_eager_moe: Callable[[MoE, Tensor], Tensor] | None = None
+
+
+def _moe_outside_graph() -> Callable[[MoE, Tensor], Tensor]:
+    """:func:`_routed_moe` kept out of the compiled graph. Wrapped on first use, not at import:
+    ``torch.compiler.disable`` imports ``torch._dynamo`` (about 2 s of CPU), which every process
+    importing the training code (each Ray Train worker) would otherwise pay without compiling."""
+    global _eager_moe
+    if _eager_moe is None:
+        _eager_moe = torch.compiler.disable(_routed_moe)
+    return _eager_moe
 
 
 def _attend_one(attn: Attention, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
@@ -91,7 +103,7 @@ def decode_step(
         x = x + _attend_one(mem, mq, memory[i][0], memory[i][1], memory_mask)
         ffn = block.ffn
         h = block.ffn_norm(x)
-        x = x + (ffn(h) if isinstance(ffn, SwiGLU) else _routed_moe(ffn, h))
+        x = x + (ffn(h) if isinstance(ffn, SwiGLU) else _moe_outside_graph()(ffn, h))
     return model.lm_logits(x)[:, -1]  # (B, V)
 
 
@@ -107,6 +119,7 @@ class CompiledDecoder:
             raise TypeError(f"compiled decoding is implemented for RxT models, not {type(model).__name__}")
         self.model = model
         self._lock = threading.Lock()
+        _moe_outside_graph()  # wrapped before the first trace
         self._fn: StepFn = torch.compile(
             lambda ids, lengths, keys, values, memory, mask: decode_step(
                 model, ids, lengths, keys, values, memory, mask),
