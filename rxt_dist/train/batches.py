@@ -63,11 +63,15 @@ class TurnBatch:
     echo_mask: Tensor | None = None
     """(B, T) bool: the positions whose next token is the token of a value the same turn's query
     states (fact and update turns: the answer repeats it); None without value metadata."""
+    value_weight: Tensor | None = None
+    """(B, T) float: each ``value_mask`` position's weight in the value loss (0 elsewhere); None
+    when every recalled value weighs the same (``stages.smat.recall_weight_per_fact``)."""
 
     def to(self, device: torch.device) -> "TurnBatch":
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
         return TurnBatch(self.ids.to(device), self.lengths.to(device), self.loss_mask.to(device),
-                         self.active.to(device), move(self.value_mask), move(self.echo_mask))
+                         self.active.to(device), move(self.value_mask), move(self.echo_mask),
+                         move(self.value_weight))
 
     def active_part(self) -> tuple[Tensor, "TurnBatch"]:
         """The rows (K,) worth computing and this turn cut to them, padding columns trimmed:
@@ -80,7 +84,7 @@ class TurnBatch:
         width = int(lengths.max())
         cut = lambda t: None if t is None else t[rows, :width]  # noqa: E731
         part = TurnBatch(self.ids[rows, :width], lengths, self.loss_mask[rows, :width], self.active[rows],
-                         cut(self.value_mask), cut(self.echo_mask))
+                         cut(self.value_mask), cut(self.echo_mask), cut(self.value_weight))
         return rows, part
 
 
@@ -150,6 +154,8 @@ _PLACEHOLDER = interaction_ids([], [])
 
 VALUE_COLUMNS = ("recall_gold_start", "recall_gold_len")
 """Where each recall turn's gold value sits in its answer (see docs/data.md)."""
+FACTS_COLUMNS = ("recall_facts_held",)
+"""How many facts each recall turn's conversation holds (see docs/data.md)."""
 ECHO_COLUMNS = ("value_start", "value_len")
 """Where each turn's stated value sits in its answer (see docs/data.md)."""
 
@@ -160,6 +166,7 @@ def smat_metadata_columns(cfg: TrainConfig, present: set[str]) -> list[str]:
     smat, columns = cfg.stages.smat, []
     for option, value, needed in (("recall_pair_steps", smat.recall_pair_steps, RECALL_PAIR_COLUMNS),
                                   ("recall_loss_weight", smat.recall_loss_weight, VALUE_COLUMNS),
+                                  ("recall_weight_per_fact", smat.recall_weight_per_fact, FACTS_COLUMNS),
                                   ("echo_loss_weight", smat.echo_loss_weight, VALUE_COLUMNS + ECHO_COLUMNS)):
         missing = [c for c in needed if c not in present]
         if value and missing:
@@ -198,15 +205,18 @@ def _echo_mask(rows: Mapping[str, Sequence], conv: int, turn: int, length: int, 
 
 
 def conversation_batch(rows: Mapping[str, Sequence], max_turns: int, max_tokens: int,
-                       pad_turns: bool = False) -> ConversationBatch:
+                       pad_turns: bool = False, weight_per_fact: float = 0.0) -> ConversationBatch:
     """Stages 3 and 4: conversations aligned turn by turn. With ``pad_turns`` the batch always
     has ``max_turns`` turns (all-inactive ones at the end), so every worker runs the same number
     of forward passes — ZeRO-3 gathers parameters collectively in each one. When the rows hold
     :data:`VALUE_COLUMNS` (and :data:`ECHO_COLUMNS`), each turn also marks its recalled value's
-    positions (and those of a stated value its answer repeats)."""
+    positions (and those of a stated value its answer repeats); with ``weight_per_fact`` (and
+    :data:`FACTS_COLUMNS`) a recall turn holding f facts weighs 1 + weight_per_fact × (f − 1)."""
     convs = _conversations(rows, max_turns)
     with_values = all(c in rows for c in VALUE_COLUMNS)
     with_echoes = with_values and all(c in rows for c in ECHO_COLUMNS)
+    if weight_per_fact and not (with_values and all(c in rows for c in FACTS_COLUMNS)):
+        raise ValueError(f"weight_per_fact={weight_per_fact}: the rows lack {VALUE_COLUMNS + FACTS_COLUMNS}")
     turns = []
     for t in range(max_turns if pad_turns else max(len(c) for c in convs)):
         seqs, starts, active = [], [], []
@@ -230,9 +240,14 @@ def conversation_batch(rows: Mapping[str, Sequence], max_turns: int, max_tokens:
             return torch.stack([make(rows, i, t, int(n), s, width) if on else off
                                 for i, (n, s, on) in enumerate(zip(lengths, starts, active))]) & mask
 
-        turns.append(TurnBatch(ids, lengths, mask, torch.tensor(active),
-                               span(_value_mask) if with_values else None,
-                               span(_echo_mask) if with_echoes else None))
+        values = span(_value_mask) if with_values else None
+        weights = None
+        if weight_per_fact:
+            held = torch.tensor([max(1, int(rows["recall_facts_held"][i][t])) if on else 1
+                                 for i, on in enumerate(active)], dtype=torch.float32)
+            weights = values.float() * (1 + weight_per_fact * (held[:, None] - 1))
+        turns.append(TurnBatch(ids, lengths, mask, torch.tensor(active), values,
+                               span(_echo_mask) if with_echoes else None, weights))
     return ConversationBatch([str(k) for k in rows["conversation_id"]], turns)
 
 

@@ -317,6 +317,11 @@ class SMATStage(StageSection):
     """Extra loss on the tokens of recalled values (mean cross-entropy over those tokens, times
     this weight, added to the answer loss). Needs the ``recall_gold_*`` columns of synthetic data
     (0: no extra term; the value accuracy is still reported when the columns are there)."""
+    recall_weight_per_fact: float = Field(0.0, ge=0)
+    """Shifts the value loss (``recall_loss_weight``) toward turns that hold many facts: a recall
+    turn holding f facts weighs 1 + this × (f − 1) in that loss, which averages over these
+    weights (so its overall scale stays ``recall_loss_weight``). Needs the ``recall_facts_held``
+    column of synthetic data (0: every recalled value weighs the same)."""
     echo_loss_weight: float = Field(0.0, ge=0)
     """Extra loss on the tokens of a value the same turn states and its answer repeats ("my pet is
     called X" → "… your pet is called X"): the copy a model must get right before its own answers
@@ -345,6 +350,9 @@ class SMATStage(StageSection):
         _require(not self.curriculum_turns or 0 < self.curriculum_steps < self.steps,
                  f"curriculum_steps={self.curriculum_steps}: must be in [1, steps={self.steps}) when "
                  f"curriculum_turns={self.curriculum_turns} (the stage ends on whole conversations)")
+        _require(not self.recall_weight_per_fact or self.recall_loss_weight,
+                 f"recall_weight_per_fact={self.recall_weight_per_fact}: weighs the value loss, which "
+                 "recall_loss_weight=0 leaves out; set recall_loss_weight too")
         shorter = "curriculum_turns" if self.curriculum_turns else "recall_pair_steps" if self.recall_pair_steps else None
         _require(self.time_budget_s is None or shorter is None,
                  f"time_budget_s={self.time_budget_s}: cannot be combined with {shorter}="

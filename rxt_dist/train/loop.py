@@ -143,7 +143,8 @@ def collate_rows(cfg: TrainConfig, stage: str, rows, step: int, world: int):
         if turns < d.max_turns:
             rows = first_turns(rows, turns)
     return conversation_batch(rows, turns, d.max_interaction_tokens,
-                              pad_turns=cfg.deepspeed.zero_stage == 3 and world > 1)
+                              pad_turns=cfg.deepspeed.zero_stage == 3 and world > 1,
+                              weight_per_fact=stage_cfg.recall_weight_per_fact if stage == "smat" else 0.0)
 
 
 class StageLoop:

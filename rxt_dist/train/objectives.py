@@ -86,7 +86,7 @@ def token_losses(model: nn.Module, hidden: Tensor, ids: Tensor, loss_mask: Tenso
                  *subsets: Tensor | None) -> tuple[Tensor, Tensor, Tensor, list[Sums | None]]:
     """:func:`token_loss` plus, for each mask (N, T) in ``subsets`` (each a subset of
     ``loss_mask``, or None), the same (sum, count, correct) over its positions — e.g. the tokens
-    of recalled values."""
+    of recalled values. A float mask weighs its positions: (Σ w·loss, Σ w, Σ w·correct)."""
     mask = loss_mask[:, :-1]  # (N, T-1)
     pred = model.lm_logits(hidden[:, :-1][mask])  # (K, V)
     target = ids[:, 1:][mask]  # (K,)
@@ -98,8 +98,11 @@ def token_losses(model: nn.Module, hidden: Tensor, ids: Tensor, loss_mask: Tenso
         if subset is None:
             parts.append(None)
             continue
-        picked = subset[:, :-1][mask]  # (K,) which scored tokens belong to the subset
-        parts.append((per_token[picked].sum(), _count(picked.sum(), hidden), hit[picked].sum().float()))
+        picked = subset[:, :-1][mask]  # (K,) which scored tokens belong to the subset (or their weights)
+        if picked.is_floating_point():
+            parts.append(((per_token * picked).sum(), picked.sum(), (hit * picked).sum()))
+        else:
+            parts.append((per_token[picked].sum(), _count(picked.sum(), hidden), hit[picked].sum().float()))
     return per_token.sum(), count, hit.sum().float(), parts
 
 
@@ -245,6 +248,7 @@ def memory_aware(model: RxTModel, conv: ConversationBatch, cfg: SMATStage, seed:
     zero = stm.new_zeros(())
     ce, n, correct, aux = zero, zero, zero, zero
     value = [zero, zero, zero]  # recalled-value tokens: loss sum, count, correct
+    weighted = [zero, zero, zero]  # the same, each token weighted (recall_weight_per_fact)
     echo = [zero, zero, zero]  # tokens of a stated value the same turn's answer repeats
     health = MemoryHealth()
     memory_frozen = {"encoder", "memory_attention"} <= frozen
@@ -254,10 +258,13 @@ def memory_aware(model: RxTModel, conv: ConversationBatch, cfg: SMATStage, seed:
         rows, turn = full.active_part()  # only conversations that have turn t are computed
         old = stm[:, rows]  # (L, K, S, D)
         hidden, layer_aux = model.hidden(turn.ids, turn.lengths, old)  # (K, T, D)
-        s, c, k, (v, e) = token_losses(model, hidden, turn.ids, turn.loss_mask, turn.value_mask, turn.echo_mask)
+        s, c, k, (v, e, w) = token_losses(model, hidden, turn.ids, turn.loss_mask, turn.value_mask,
+                                          turn.echo_mask, turn.value_weight)
         ce, n, correct, aux = ce + s, n + c, correct + k, aux + layer_aux
         if v is not None:
             value = [a + b for a, b in zip(value, v)]
+        if w is not None:
+            weighted = [a + b for a, b in zip(weighted, w)]
         if e is not None:
             echo = [a + b for a, b in zip(echo, e)]
         if t == len(conv.turns) - 1:
@@ -270,7 +277,8 @@ def memory_aware(model: RxTModel, conv: ConversationBatch, cfg: SMATStage, seed:
     terms = {"ar": Term(ce, n), "aux": Term(aux / len(conv.turns), _count(1, aux), aux_weight)}
     metrics = {"acc": (float(correct), float(n)), **_health_metrics(health)}
     if conv.turns[0].value_mask is not None:
-        terms["value"] = Term(value[0], value[1], cfg.recall_loss_weight)
+        loss = weighted if conv.turns[0].value_weight is not None else value
+        terms["value"] = Term(loss[0], loss[1], cfg.recall_loss_weight)
         metrics["value_acc"] = (float(value[2]), float(value[1]))
     if conv.turns[0].echo_mask is not None:
         terms["echo"] = Term(echo[0], echo[1], cfg.echo_loss_weight)

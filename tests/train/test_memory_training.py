@@ -84,6 +84,39 @@ def test_value_term_scores_only_recalled_values_and_its_weight_is_the_config(dat
     assert 0 <= out.metrics["value_acc"][0] <= out.metrics["value_acc"][1] == values
 
 
+def test_weight_per_fact_weighs_each_recalled_value_by_the_facts_its_turn_holds(dataset):
+    rows = rows_of(dataset, 16)
+    plain = conversation_batch(rows, 8, 64)
+    weighted = conversation_batch(rows, 8, 64, weight_per_fact=0.5)
+    convs = list(itertools.islice(iter_conversations(dataset, "train"), 16))
+    held = set()
+    for t, (p, w) in enumerate(zip(plain.turns, weighted.turns)):
+        assert p.value_weight is None and torch.equal(w.value_mask, p.value_mask)
+        for b, c in enumerate(convs):
+            recall = c.turns[t].recall if t < len(c.turns) else None
+            expected = 1 + 0.5 * (recall.facts_held - 1) if recall is not None else 0.0
+            assert torch.equal(w.value_weight[b], p.value_mask[b].float() * expected)
+            held |= {recall.facts_held} if recall is not None else set()
+    assert len(held) >= 3  # the batch mixes turns holding different numbers of facts
+
+    model = debug_model(dataset)
+    cfg = SMATStage(recall_loss_weight=1.0, recall_weight_per_fact=0.5)
+    term = lambda batch: StageObjective(model, "smat", cfg, seed=0)(batch, torch.Generator()).terms["value"]  # noqa: E731
+    base, heavy = term(plain), term(weighted)
+    # the weighted mean over the value tokens: counts are the summed weights
+    assert float(heavy.count) == pytest.approx(sum(float(t.value_weight.sum()) for t in weighted.turns))
+    assert float(heavy.count) > float(base.count)
+    # weights of 1 are the unweighted term, and equal weights leave the mean as it was
+    for turn in weighted.turns:
+        turn.value_weight = turn.value_mask.float() * 3.0
+    same = term(weighted)
+    assert float(same.count) == 3 * float(base.count)
+    assert float(same.total) / float(same.count) == pytest.approx(float(base.total) / float(base.count), rel=1e-5)
+    with pytest.raises(ValueError, match="weight_per_fact=0.5: the rows lack"):
+        conversation_batch({k: rows[k] for k in ("conversation_id", "query_ids", "answer_ids")}, 8, 64,
+                           weight_per_fact=0.5)
+
+
 def test_smat_reports_memory_health_per_layer(dataset):
     model = debug_model(dataset)
     out = StageObjective(model, "smat", SMATStage(), seed=0)(conversation_batch(rows_of(dataset, 8), 8, 64),
@@ -174,6 +207,16 @@ def test_value_loss_on_data_without_recall_metadata_names_the_fix(dataset_withou
                                  source="c.yaml")
     with pytest.raises(ValueError, match=r"stages.smat.echo_loss_weight=1.0 needs the recall metadata"):
         conversation_columns(echo, "smat")
+    per_fact = TrainConfig.from_dict({"data": {"url": str(data)}, "stages": {"smat": {
+        "recall_loss_weight": 1.0, "recall_weight_per_fact": 0.5}}}, source="c.yaml")
+    with pytest.raises(ValueError, match=r"stages.smat.recall_loss_weight=1.0 needs the recall metadata"):
+        conversation_columns(per_fact, "smat")
+    assert "recall_facts_held" in conversation_columns(TrainConfig.from_dict(
+        {"data": {"url": dataset}, "stages": {"smat": {"recall_loss_weight": 1.0, "recall_weight_per_fact": 0.5}}}),
+        "smat")
+    with pytest.raises(ValueError, match=r"recall_weight_per_fact=0.5: weighs the value loss, which "
+                                         r"recall_loss_weight=0 leaves out"):
+        SMATStage(recall_weight_per_fact=0.5)
     # the single-process loop (memory studies, the throughput benchmark) refuses it as well,
     # instead of training without the term
     with pytest.raises(ValueError, match=r"stages.smat.echo_loss_weight=1.0 needs the recall metadata"):
