@@ -101,12 +101,16 @@ def test_weight_per_fact_weighs_each_recalled_value_by_the_facts_its_turn_holds(
 
     model = debug_model(dataset)
     cfg = SMATStage(recall_loss_weight=1.0, recall_weight_per_fact=0.5)
-    term = lambda batch: StageObjective(model, "smat", cfg, seed=0)(batch, torch.Generator()).terms["value"]  # noqa: E731
+
+    def term(batch):
+        with torch.no_grad():
+            return StageObjective(model, "smat", cfg, seed=0)(batch, torch.Generator()).terms["value"]
+
     base, heavy = term(plain), term(weighted)
     # the weighted mean over the value tokens: counts are the summed weights
     assert float(heavy.count) == pytest.approx(sum(float(t.value_weight.sum()) for t in weighted.turns))
     assert float(heavy.count) > float(base.count)
-    # weights of 1 are the unweighted term, and equal weights leave the mean as it was
+    # equal weights (3 on every value token) scale sum and count alike: the unweighted mean
     for turn in weighted.turns:
         turn.value_weight = turn.value_mask.float() * 3.0
     same = term(weighted)
