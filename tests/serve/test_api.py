@@ -1,4 +1,6 @@
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -110,3 +112,12 @@ def test_limits_are_validated():
         RequestLimits(default_max_tokens=600)
     with pytest.raises(ValueError, match="max_message_tokens=0"):
         RequestLimits(max_message_tokens=0)
+
+
+def test_the_chat_client_imports_the_session_header_without_loading_torch():
+    # one definition of the header (rxt_dist.serving.protocol); the package loads the rest lazily
+    code = ("import sys; from rxt_dist.serving import client, protocol; "
+            "assert client.SESSION_HEADER is protocol.SESSION_HEADER; "
+            "assert 'torch' not in sys.modules, 'torch was imported'")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
