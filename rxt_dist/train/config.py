@@ -38,7 +38,7 @@ STAGES = ("joint_lm", "sft", "memory_attention", "smat", "baseline")
 STAGE_ALIASES = {"1": "joint_lm", "2": "sft", "3": "memory_attention", "4": "smat"}
 RXT_STAGES = STAGES[:4]
 Precision = Literal["fp32", "bf16", "fp16"]
-Schedule = Literal["cosine", "linear", "constant"]
+Schedule = Literal["cosine", "linear", "constant", "wsd"]
 PRECISIONS = typing.get_args(Precision)
 SCHEDULES = typing.get_args(Schedule)
 
@@ -174,9 +174,12 @@ class OptimizerSection(_Section):
     warmup_steps: int = Field(20, ge=0)
     """Linear warm-up steps at the start of every stage."""
     schedule: Schedule = "cosine"
-    """Decay after warm-up: cosine, linear or constant."""
+    """Decay after warm-up: cosine, linear, constant, or wsd (warm-up, stable, decay: the peak
+    held, then a linear decay over the last ``decay_fraction`` of the steps)."""
     min_lr_ratio: float = Field(0.1, ge=0, le=1)
     """Final learning rate as a fraction of the peak."""
+    decay_fraction: float = Field(0.2, gt=0, le=1)
+    """``wsd`` only: the share of the steps after warm-up spent decaying."""
 
     @field_validator("betas", mode="before")
     @classmethod

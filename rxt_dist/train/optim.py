@@ -75,7 +75,7 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 def base_schedule(opt: OptimizerSection, stage: StageSection,
                   total_steps: Callable[[], int] | None = None) -> Callable[[int], float]:
-    """LR factor at optimizer step s: linear warm-up, then cosine/linear/constant decay to
+    """LR factor at optimizer step s: linear warm-up, then cosine/linear/constant/wsd decay to
     ``min_lr_ratio`` at the last step (``stage.steps``, or ``total_steps()`` when a time budget
     fixes the count during training)."""
     warmup = opt.warmup_steps if stage.warmup_steps is None else stage.warmup_steps
@@ -86,7 +86,11 @@ def base_schedule(opt: OptimizerSection, stage: StageSection,
             return (step + 1) / warmup
         if opt.schedule == "constant" or total <= warmup:
             return 1.0
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        if opt.schedule == "wsd":  # the peak, then linear decay over the last decay_fraction
+            decay = max(1, round(opt.decay_fraction * (total - warmup)))
+            progress = min(1.0, max(0.0, (step - (total - decay)) / decay))
+        else:
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
         shape = 0.5 * (1 + math.cos(math.pi * progress)) if opt.schedule == "cosine" else 1 - progress
         return opt.min_lr_ratio + (1 - opt.min_lr_ratio) * shape
 

@@ -241,6 +241,19 @@ def test_time_budget_fixes_the_step_count_and_the_schedule_ends_with_it():
     assert factor(60) == pytest.approx(0.5) and factor(120) == pytest.approx(0.0)
 
 
+def test_wsd_schedule_holds_the_peak_then_decays_linearly_over_the_last_fraction():
+    cfg = TrainConfig.from_dict({"optimizer": {"warmup_steps": 10, "schedule": "wsd", "decay_fraction": 0.25,
+                                               "min_lr_ratio": 0.1},
+                                 "stages": {"baseline": {"steps": 410}}})
+    factor = base_schedule(cfg.optimizer, cfg.stages.baseline)
+    assert factor(0) == pytest.approx(0.1) and factor(9) == pytest.approx(1.0)  # warm-up
+    assert factor(10) == factor(200) == factor(310) == 1.0  # held: 100 of the 400 steps after warm-up decay
+    assert factor(360) == pytest.approx(0.1 + 0.9 * 0.5)  # half way down
+    assert factor(410) == pytest.approx(0.1) and factor(500) == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="decay_fraction"):
+        TrainConfig.from_dict({"optimizer": {"schedule": "wsd", "decay_fraction": 0.0}})
+
+
 def test_stage4_can_start_from_a_fresh_model_without_stage3(tmp_path, dataset):
     from rxt_dist.train.launcher import prepare_job
 
