@@ -1,5 +1,5 @@
-"""Ray Train + DeepSpeed on a local 2-CPU cluster: equivalence across worker counts, ZeRO-3,
-checkpoint/resume after a worker failure and after a relaunch."""
+"""Ray Train + DeepSpeed on a local 2-CPU cluster: the same steps with one worker or two and with
+the optimizer offloaded; checkpoint/resume after a worker failure and after a relaunch at ZeRO-3."""
 
 import dataclasses
 import json
@@ -61,79 +61,81 @@ def seed_previous_stage(cfg, stage="memory_attention"):
     return model
 
 
-def test_one_worker_and_two_workers_zero2_take_the_same_first_step(tmp_path, small_data):
-    one = config(tmp_path, small_data, "one", scaling={"num_workers": 1, "cpus_per_worker": 1},
-                 deepspeed={"zero_stage": 0}, stages={"smat": {"steps": 1, "batch_size": 8}})
-    two = config(tmp_path, small_data, "two", stages={"smat": {"steps": 1, "batch_size": 8}})
-    start = seed_previous_stage(one)
-    seed_previous_stage(two)
-    run_stage(one, "smat")
-    run_stage(two, "smat")
-    a, b = load_model_dir(export_url(one, "smat")), load_model_dir(export_url(two, "smat"))
-    moved = 0.0
-    for (name, p0), pa, pb in zip(start.state_dict().items(), a.state_dict().values(), b.state_dict().values()):
-        # 1 vs 2 workers sum gradients in another order. Adam's first step moves each weight by
-        # about ±lr whatever its gradient's size, so those roundings show only where a gradient is
-        # within rounding of Adam's eps (measured: ≤ 7e-7); a step in another direction (a wrong
-        # shard, counts not all-reduced) moves a weight by up to 2·lr = 2e-2.
-        torch.testing.assert_close(pb - p0, pa - p0, rtol=KERNEL["rtol"], atol=LR / 50, msg=name)
-        moved = max(moved, (pa - p0).abs().max().item())
-    assert moved > 5e-3  # the step did change the weights (lr 1e-2)
-
-
-def test_optimizer_offload_takes_the_same_steps_as_zero2_without_it(tmp_path, small_data):
-    # DeepSpeed refused torch's AdamW with offload_optimizer until the loop set
-    # zero_force_ds_cpu_optimizer=false; two steps show the offloaded optimizer state carries over.
-    stages = {"baseline": {"steps": 2, "batch_size": 8}}
-    plain = config(tmp_path, small_data, "plain", stages=stages)
-    offload = config(tmp_path, small_data, "offload", deepspeed={"offload_optimizer": True}, stages=stages)
-    run_stage(plain, "baseline")
-    run_stage(offload, "baseline")
-    a, b = load_model_dir(export_url(plain, "baseline")), load_model_dir(export_url(offload, "baseline"))
-    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
-        # Offload reduces and clips the gradients in CPU buffers of its own, in another order:
-        # the same rounding argument (and bound) as one worker vs two above.
-        torch.testing.assert_close(pb, pa, rtol=KERNEL["rtol"], atol=LR / 50, msg=name)
-    log = [json.loads(line) for line in
-           (tmp_path / "runs" / "offload" / "logs" / "baseline" / "metrics.jsonl").read_text().splitlines()]
-    assert [m["step"] for m in log] == [1, 2] and log[1]["loss"] < log[0]["loss"]
-
-
-def test_zero3_trains_checkpoints_and_a_relaunch_resumes(tmp_path, small_data):
-    cfg = config(tmp_path, small_data, "z3", deepspeed={"zero_stage": 3},
-                 checkpoint={"every_steps": 1, "report_every_steps": 1},
-                 stages={"baseline": {"steps": 1, "batch_size": 8}})
-    first = run_stage(cfg, "baseline")
-    assert first.metrics["step"] == 1 and first.metrics["resumed_from_step"] == -1
-    ckpt_root = tmp_path / "runs" / "z3" / "checkpoints" / "z3-baseline"
-    checkpoints = sorted(p for p in ckpt_root.iterdir() if p.is_dir() and p.name.startswith("checkpoint_"))
-    assert checkpoints and any("optim_states" in f.name for f in checkpoints[-1].rglob("*"))
-    model = load_model_dir(export_url(cfg, "baseline"))
-    assert model.cfg.num_layers == from_name("baseline-debug").num_layers
-    longer = cfg.model_copy(deep=True)
-    longer.stages.baseline.steps = 2
-    again = run_stage(longer, "baseline")
-    assert again.metrics["resumed_from_step"] == 1 and again.metrics["step"] == 2
-
-
 def logged(tmp_path, name, stage):
     path = tmp_path / "runs" / name / "logs" / stage / "metrics.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def test_a_run_resumed_after_a_worker_failure_or_a_relaunch_ends_with_the_uninterrupted_weights(tmp_path_factory):
-    # 40 training conversations in 5 shards, 20 per worker and epoch: micro-batches of 4 rows,
-    # 5 steps an epoch. The failure at step 5 sends the run back to the step-3 checkpoint, in the
-    # middle of epoch 0; it then redoes steps 4-5 and goes on into epoch 1.
+def test_one_worker_and_two_workers_zero2_take_the_same_steps_recall_pairs_first(tmp_path, small_data):
+    # Four SMAT steps on the same 8 conversations (the whole training split): two on their
+    # fact→recall pairs, then two on whole conversations.
+    stages = {"smat": {"steps": 4, "batch_size": 8, "recall_pair_steps": 2}}
+    one = config(tmp_path, small_data, "one", scaling={"num_workers": 1, "cpus_per_worker": 1},
+                 deepspeed={"zero_stage": 0}, stages=stages)
+    two = config(tmp_path, small_data, "two", stages=stages)
+    start = seed_previous_stage(one)
+    seed_previous_stage(two)
+    assert run_stage(one, "smat").metrics["step"] == 4
+    assert run_stage(two, "smat").metrics["step"] == 4
+    a, b = load_model_dir(export_url(one, "smat")), load_model_dir(export_url(two, "smat"))
+    moved = 0.0
+    for (name, p0), pa, pb in zip(start.state_dict().items(), a.state_dict().values(), b.state_dict().values()):
+        # 1 vs 2 workers sum gradients in another order. Adam moves each weight by about ±lr a
+        # step whatever its gradient's size, so those roundings show only where a gradient is
+        # within rounding of Adam's eps (measured: ≤ 7e-7 after one step, ≤ 3e-6 after four); a
+        # step in another direction (a wrong shard, counts not all-reduced) moves a weight by up
+        # to 2·lr = 2e-2.
+        torch.testing.assert_close(pb - p0, pa - p0, rtol=KERNEL["rtol"], atol=LR / 50, msg=name)
+        moved = max(moved, (pa - p0).abs().max().item())
+    assert moved > 5e-3  # the steps did change the weights (lr 1e-2)
+    tokens = {name: [0] + [m["tokens"] for m in logged(tmp_path, name, "smat")] for name in ("one", "two")}
+    assert tokens["one"] == tokens["two"]  # the same rows, whatever the number of workers
+    per_step = [b - a for a, b in zip(tokens["two"], tokens["two"][1:])]
+    # the same 8 conversations every step: two turns each while warming up, then all their turns
+    assert per_step[0] == per_step[1] and per_step[2] == per_step[3]
+    assert 0 < per_step[1] < per_step[2] / 1.5, per_step
+
+
+STAGES = {"baseline": {"steps": 7, "batch_size": 8}}
+CHECKPOINTS = {"every_steps": 3, "report_every_steps": 3}
+SHUFFLED = {"shuffle_buffer": 16}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """A 7-step ZeRO-2 baseline run that nothing interrupts, which the runs below must match.
+    40 training conversations in 5 shards, 20 per worker and epoch: micro-batches of 4 rows,
+    5 steps an epoch."""
     data = make_dataset(tmp_path_factory.mktemp("d") / "data", 50, seed=5, shard_rows=8)
     tmp_path = tmp_path_factory.mktemp("runs")
-    stages = {"baseline": {"steps": 7, "batch_size": 8}}
-    checkpoints = {"every_steps": 3, "report_every_steps": 3}
-    shuffled = {"shuffle_buffer": 16}
-    whole = config(tmp_path, data, "whole", data=shuffled, checkpoint=checkpoints, stages=stages)
-    broken = config(tmp_path, data, "broken", data=shuffled, checkpoint=checkpoints, stages=stages,
+    whole = config(tmp_path, data, "whole", data=SHUFFLED, checkpoint=CHECKPOINTS, stages=STAGES)
+    result = run_stage(whole, "baseline")
+    assert result.metrics["step"] == 7 and result.metrics["resumed_from_step"] == -1
+    return tmp_path, data, whole
+
+
+def test_optimizer_offload_takes_the_same_steps_as_zero2_without_it(uninterrupted):
+    # DeepSpeed refused torch's AdamW with offload_optimizer until the loop set
+    # zero_force_ds_cpu_optimizer=false; seven steps show the offloaded optimizer state carries over.
+    tmp_path, data, whole = uninterrupted
+    offload = config(tmp_path, data, "offload", data=SHUFFLED, checkpoint=CHECKPOINTS, stages=STAGES,
+                     deepspeed={"offload_optimizer": True})
+    run_stage(offload, "baseline")
+    a, b = load_model_dir(export_url(whole, "baseline")), load_model_dir(export_url(offload, "baseline"))
+    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
+        # Offload reduces and clips the gradients in CPU buffers of its own, in another order:
+        # the same rounding argument (and bound) as one worker vs two above.
+        torch.testing.assert_close(pb, pa, rtol=KERNEL["rtol"], atol=LR / 50, msg=name)
+    log = logged(tmp_path, "offload", "baseline")
+    assert [m["step"] for m in log] == list(range(1, 8)) and log[-1]["loss"] < log[0]["loss"]
+
+
+def test_a_run_resumed_after_a_worker_failure_or_a_zero3_relaunch_ends_with_the_uninterrupted_weights(uninterrupted):
+    # The failure at step 5 sends the run back to the step-3 checkpoint, in the middle of epoch 0;
+    # it then redoes steps 4-5 and goes on into epoch 1.
+    tmp_path, data, whole = uninterrupted
+    broken = config(tmp_path, data, "broken", data=SHUFFLED, checkpoint=CHECKPOINTS, stages=STAGES,
                     failure={"max_failures": 1, "fail_once_at_step": 5})
-    run_stage(whole, "baseline")
     result = run_stage(broken, "baseline")
     assert result.metrics["step"] == 7 and result.metrics["resumed_from_step"] == 3
     expected, got = logged(tmp_path, "whole", "baseline"), logged(tmp_path, "broken", "baseline")
@@ -146,29 +148,22 @@ def test_a_run_resumed_after_a_worker_failure_or_a_relaunch_ends_with_the_uninte
         # The same rows through the same weights: the same loss but for rounding.
         assert last[m["step"]]["loss"] == pytest.approx(m["loss"], rel=KERNEL["rtol"], abs=KERNEL["atol"])
     assert [m["epoch"] for m in expected] == [0, 0, 0, 0, 0, 1, 1]  # epoch 1 began after the 5th step
-    # The whole job dies at step 5 (no restart allowed) and is launched again: it resumes from
-    # the step-3 checkpoint in storage.
-    killed = config(tmp_path, data, "killed", data=shuffled, checkpoint=checkpoints, stages=stages,
-                    failure={"max_failures": 0, "fail_once_at_step": 5})
+    # The whole job, at ZeRO-3 (parameters partitioned too), dies at step 5 (no restart allowed)
+    # and is launched again: it resumes from the step-3 checkpoint in storage.
+    killed = config(tmp_path, data, "killed", data=SHUFFLED, checkpoint=CHECKPOINTS, stages=STAGES,
+                    deepspeed={"zero_stage": 3}, failure={"max_failures": 0, "fail_once_at_step": 5})
     with pytest.raises(StageFailed):
         run_stage(killed, "baseline")
+    ckpt_root = tmp_path / "runs" / "killed" / "checkpoints" / "killed-baseline"
+    checkpoints = sorted(p for p in ckpt_root.iterdir() if p.is_dir() and p.name.startswith("checkpoint_"))
+    assert checkpoints and any("optim_states" in f.name for f in checkpoints[-1].rglob("*"))
     assert run_stage(killed, "baseline").metrics["resumed_from_step"] == 3
     # Same rows, same order, same optimizer state: the final weights of both interrupted runs
-    # are the uninterrupted run's, up to the rounding of a different reduction order.
+    # are the uninterrupted run's, up to the rounding of a different reduction order (ZeRO-3
+    # reduces and clips in partitions: the bound of one worker vs two above).
     final = load_model_dir(export_url(whole, "baseline")).state_dict()
-    for run in (broken, killed):
-        for name, tensor in load_model_dir(export_url(run, "baseline")).state_dict().items():
-            torch.testing.assert_close(tensor, final[name], **KERNEL, msg=lambda m, n=name: f"{n}: {m}")
-
-
-def test_smat_recall_pair_warmup_then_whole_conversations(tmp_path, small_data):
-    cfg = config(tmp_path, small_data, "pairs", stages={"smat": {"steps": 4, "batch_size": 8, "recall_pair_steps": 2}})
-    seed_previous_stage(cfg)
-    result = run_stage(cfg, "smat")
-    assert result.metrics["step"] == 4
-    log = tmp_path / "runs" / "pairs" / "logs" / "smat" / "metrics.jsonl"
-    tokens = [0] + [json.loads(line)["tokens"] for line in log.read_text().splitlines()]
-    per_step = [b - a for a, b in zip(tokens, tokens[1:])]
-    # the same 8 conversations every step: two turns each while warming up, then all their turns
-    assert per_step[0] == per_step[1] and per_step[2] == per_step[3]
-    assert 0 < per_step[1] < per_step[2] / 1.5, per_step
+    for run, tol in ((broken, KERNEL), (killed, {"rtol": KERNEL["rtol"], "atol": LR / 50})):
+        model = load_model_dir(export_url(run, "baseline"))
+        assert model.cfg.num_layers == from_name("baseline-debug").num_layers
+        for name, tensor in model.state_dict().items():
+            torch.testing.assert_close(tensor, final[name], **tol, msg=lambda m, n=name: f"{n}: {m}")
