@@ -3,6 +3,7 @@
     python jobs/memory_study.py --data runs/data --config configs/cpu-tiny.yaml --name smat-only \\
         --plan smat --minutes 8 --out docs/bench/study/smat-only.json
     python jobs/memory_study.py --plot docs/bench/study/*.json --out docs/bench/study/curves.png
+    python jobs/memory_study.py --data runs/data --probe a=DIR b=DIR --out docs/bench/study/probe.json
 
 Each arm of a study is one run of this command: a fresh model (``--model-set`` overrides its
 preset) or ``--init`` a model directory, trained stage after stage as ``--plan`` says
@@ -12,6 +13,11 @@ batches and optimizer as the Ray Train workers). Every ``--eval-every`` seconds 
 model answers ``--eval-conversations`` held-out conversations of the ``valid`` split (evaluation
 time is not counted in the budget). The JSON holds the curve: recall (exact match, own answers
 and gold-consolidated), memory health, loss, tokens and tokens/s against training minutes.
+
+``--probe NAME=DIR …`` only measures saved models (``--save``) on the facts-held probe in the
+corpus's own phrasing: f = 1…6 facts stated one per turn, then three of them asked back, and 5
+facts asked back 1, 3 and 5 turns later; values never seen in training; ``--probe-conversations``
+per point (up to three recall turns each).
 """
 
 from __future__ import annotations
@@ -55,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--save", default=None, help="write the final model directory here")
     p.add_argument("--out", required=True)
     p.add_argument("--plot", nargs="+", metavar="JSON", help="only plot these study files' curves into --out (a .png)")
+    p.add_argument("--probe", nargs="+", metavar="NAME=DIR", help="only run the facts-held probe on these models")
+    p.add_argument("--probe-conversations", type=int, default=100, help="probe conversations per point")
     args = p.parse_args(argv)
     if args.plot:
         from rxt_dist.eval.plots import plot_learning_curves
@@ -65,8 +73,13 @@ def main(argv: list[str] | None = None) -> int:
                 studies.append(json.load(f))
         print(f"wrote {plot_learning_curves(studies, args.out)}")
         return 0
+    if args.probe:
+        if not args.data:
+            p.error("--probe needs --data (the corpus whose tokenizer the models read)")
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+        return probe(args, p)
     if not (args.data and args.name):
-        p.error("--data and --name are required (unless --plot)")
+        p.error("--data and --name are required (unless --plot or --probe)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
     import torch
@@ -155,6 +168,30 @@ def main(argv: list[str] | None = None) -> int:
     final = curve[-1]
     print(f"{args.name}: recall {100 * (final['rxt']['exact_match'] or 0):.1f}% own answers, "
           f"{100 * (final['rxt_gold']['exact_match'] or 0):.1f}% gold-consolidated after {final['minutes']:.1f} min")
+    return 0
+
+
+def probe(args: argparse.Namespace, p: argparse.ArgumentParser) -> int:
+    """The facts-held probe (see the module's doc) on each NAME=DIR model; JSON to ``--out``."""
+    models = {}
+    for item in args.probe:
+        name, sep, path = item.partition("=")
+        if not (sep and name and path):
+            p.error(f"--probe {item!r}: expected NAME=DIR")
+        models[name] = path
+    import torch
+
+    from rxt_dist.data import TextCodec, load_tokenizer
+    from rxt_dist.eval.report import machine_info, write_json_atomic
+    from rxt_dist.memory.capacity import CapacityConfig, capacity_tables, evaluate_capacity_models
+
+    torch.set_num_threads(args.threads)
+    cfg = CapacityConfig(facts=(1, 2, 3, 4, 5, 6), recalls=3, distances=(1, 3, 5), distance_facts=5,
+                         conversations=args.probe_conversations, corpus_preset="default", seed=1)
+    report = evaluate_capacity_models(models, TextCodec(load_tokenizer(args.data)), cfg)
+    report.update(command="python jobs/memory_study.py " + " ".join(sys.argv[1:]), machine=machine_info())
+    write_json_atomic(args.out, report)
+    print(capacity_tables(report))
     return 0
 
 

@@ -88,3 +88,21 @@ def test_a_model_trained_on_other_token_ids_is_refused(tmp_path, data, models):
 def test_bad_capacity_configs_raise_clear_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):
         CapacityConfig(**kwargs)
+
+
+def test_memory_study_probe_measures_saved_models_in_the_corpus_phrasing(tmp_path, data, models, capsys):
+    from jobs.memory_study import main
+
+    out = tmp_path / "probe.json"
+    assert main(["--data", data, "--probe", f"m={models['original']}", "--probe-conversations", "2",
+                 "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["config"]["corpus_preset"] == "default" and report["config"]["distance_facts"] == 5
+    facts = report["models"]["m"]["results"]["facts"]
+    assert list(facts) == ["1", "2", "3", "4", "5", "6"]
+    assert [facts[k]["count"] for k in ("1", "2", "5")] == [2, 4, 6]  # min(3, f) recalls × 2 conversations
+    assert list(report["models"]["m"]["results"]["distance"]) == ["1", "3", "5"]
+    assert "| m (S=8) |" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["--data", data, "--probe", models["original"], "--out", str(out)])
+    assert "expected NAME=DIR" in capsys.readouterr().err
