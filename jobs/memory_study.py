@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.data:
             p.error("--probe needs --data (the corpus whose tokenizer the models read)")
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-        return probe(args, p)
+        return probe(args, p, argv if argv is not None else sys.argv[1:])
     if not (args.data and args.name):
         p.error("--data and --name are required (unless --plot or --probe)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def probe(args: argparse.Namespace, p: argparse.ArgumentParser) -> int:
+def probe(args: argparse.Namespace, p: argparse.ArgumentParser, argv: list[str]) -> int:
     """The facts-held probe (see the module's doc) on each NAME=DIR model; JSON to ``--out``."""
     models = {}
     for item in args.probe:
@@ -189,7 +189,7 @@ def probe(args: argparse.Namespace, p: argparse.ArgumentParser) -> int:
     cfg = CapacityConfig(facts=(1, 2, 3, 4, 5, 6), recalls=3, distances=(1, 3, 5), distance_facts=5,
                          conversations=args.probe_conversations, corpus_preset="default", seed=1)
     report = evaluate_capacity_models(models, TextCodec(load_tokenizer(args.data)), cfg)
-    report.update(command="python jobs/memory_study.py " + " ".join(sys.argv[1:]), machine=machine_info())
+    report.update(command="python jobs/memory_study.py " + " ".join(argv), machine=machine_info())
     write_json_atomic(args.out, report)
     print(capacity_tables(report))
     return 0

@@ -98,6 +98,7 @@ def test_memory_study_probe_measures_saved_models_in_the_corpus_phrasing(tmp_pat
                  "--out", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["config"]["corpus_preset"] == "default" and report["config"]["distance_facts"] == 5
+    assert report["command"].endswith("--probe-conversations 2 --out " + str(out))
     facts = report["models"]["m"]["results"]["facts"]
     assert list(facts) == ["1", "2", "3", "4", "5", "6"]
     assert [facts[k]["count"] for k in ("1", "2", "5")] == [2, 4, 6]  # min(3, f) recalls × 2 conversations
