@@ -96,9 +96,12 @@ def test_one_worker_and_two_workers_zero2_take_the_same_steps_recall_pairs_first
     assert 0 < per_step[1] < per_step[2] / 1.5, per_step
 
 
-STAGES = {"baseline": {"steps": 7, "batch_size": 8}}
-CHECKPOINTS = {"every_steps": 3, "report_every_steps": 3}
-SHUFFLED = {"shuffle_buffer": 16}
+def seven_steps(tmp_path, data, name, **sections):
+    """A 7-step ZeRO-2 baseline run on shuffled rows, checkpointed every 3 steps (``sections``
+    add to it): the runs the uninterrupted one below is compared with."""
+    return config(tmp_path, data, name, data={"shuffle_buffer": 16},
+                  checkpoint={"every_steps": 3, "report_every_steps": 3},
+                  stages={"baseline": {"steps": 7, "batch_size": 8}}, **sections)
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +111,7 @@ def uninterrupted(tmp_path_factory):
     5 steps an epoch."""
     data = make_dataset(tmp_path_factory.mktemp("d") / "data", 50, seed=5, shard_rows=8)
     tmp_path = tmp_path_factory.mktemp("runs")
-    whole = config(tmp_path, data, "whole", data=SHUFFLED, checkpoint=CHECKPOINTS, stages=STAGES)
+    whole = seven_steps(tmp_path, data, "whole")
     result = run_stage(whole, "baseline")
     assert result.metrics["step"] == 7 and result.metrics["resumed_from_step"] == -1
     return tmp_path, data, whole
@@ -118,8 +121,7 @@ def test_optimizer_offload_takes_the_same_steps_as_zero2_without_it(uninterrupte
     # DeepSpeed refused torch's AdamW with offload_optimizer until the loop set
     # zero_force_ds_cpu_optimizer=false; seven steps show the offloaded optimizer state carries over.
     tmp_path, data, whole = uninterrupted
-    offload = config(tmp_path, data, "offload", data=SHUFFLED, checkpoint=CHECKPOINTS, stages=STAGES,
-                     deepspeed={"offload_optimizer": True})
+    offload = seven_steps(tmp_path, data, "offload", deepspeed={"offload_optimizer": True})
     run_stage(offload, "baseline")
     a, b = load_model_dir(export_url(whole, "baseline")), load_model_dir(export_url(offload, "baseline"))
     for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
@@ -134,8 +136,7 @@ def test_a_run_resumed_after_a_worker_failure_or_a_zero3_relaunch_ends_with_the_
     # The failure at step 5 sends the run back to the step-3 checkpoint, in the middle of epoch 0;
     # it then redoes steps 4-5 and goes on into epoch 1.
     tmp_path, data, whole = uninterrupted
-    broken = config(tmp_path, data, "broken", data=SHUFFLED, checkpoint=CHECKPOINTS, stages=STAGES,
-                    failure={"max_failures": 1, "fail_once_at_step": 5})
+    broken = seven_steps(tmp_path, data, "broken", failure={"max_failures": 1, "fail_once_at_step": 5})
     result = run_stage(broken, "baseline")
     assert result.metrics["step"] == 7 and result.metrics["resumed_from_step"] == 3
     expected, got = logged(tmp_path, "whole", "baseline"), logged(tmp_path, "broken", "baseline")
@@ -150,8 +151,8 @@ def test_a_run_resumed_after_a_worker_failure_or_a_zero3_relaunch_ends_with_the_
     assert [m["epoch"] for m in expected] == [0, 0, 0, 0, 0, 1, 1]  # epoch 1 began after the 5th step
     # The whole job, at ZeRO-3 (parameters partitioned too), dies at step 5 (no restart allowed)
     # and is launched again: it resumes from the step-3 checkpoint in storage.
-    killed = config(tmp_path, data, "killed", data=SHUFFLED, checkpoint=CHECKPOINTS, stages=STAGES,
-                    deepspeed={"zero_stage": 3}, failure={"max_failures": 0, "fail_once_at_step": 5})
+    killed = seven_steps(tmp_path, data, "killed", deepspeed={"zero_stage": 3},
+                         failure={"max_failures": 0, "fail_once_at_step": 5})
     with pytest.raises(StageFailed):
         run_stage(killed, "baseline")
     ckpt_root = tmp_path / "runs" / "killed" / "checkpoints" / "killed-baseline"
