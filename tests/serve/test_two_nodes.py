@@ -116,20 +116,24 @@ def two_nodes(model_dir, tmp_path_factory):
         "num_cpus": 1, "include_dashboard": False, "_system_config": FAST_NODE_DEATH})
     second = cluster.add_node(num_cpus=1)
     ray.init(address=cluster.address, log_to_driver=False)
-    port = _free_port()
-    serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
-    args = AppArgs(model_dir=model_dir, store_url=str(tmp_path_factory.mktemp("two-nodes") / "sessions"),
-                   store_shards=SHARDS, turn_lease_s=3, update_stale_s=2, update_wait_timeout_s=60,
-                   max_message_tokens=40, max_tokens_limit=50, default_max_tokens=MAX_TOKENS,
-                   max_batch_size=1, update_batch_size=1,
-                   deployment_options={name: {**FAST, **SPREAD[name], "num_replicas": REPLICAS[name]}
-                                       for name in DEPLOYMENT_NAMES})
-    shard = _shard_on(second.node_id, args)
-    serve.run(build_app(args), name="nodes", route_prefix="/")
-    yield cluster, second, shard, f"http://127.0.0.1:{port}", args
-    serve.shutdown()
-    ray.shutdown()
-    cluster.shutdown()
+    # torn down however the set-up ends: a cluster left connected makes every later module's
+    # ray.init fail ("called ray.init twice")
+    try:
+        port = _free_port()
+        serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
+        args = AppArgs(model_dir=model_dir, store_url=str(tmp_path_factory.mktemp("two-nodes") / "sessions"),
+                       store_shards=SHARDS, turn_lease_s=3, update_stale_s=2, update_wait_timeout_s=60,
+                       max_message_tokens=40, max_tokens_limit=50, default_max_tokens=MAX_TOKENS,
+                       max_batch_size=1, update_batch_size=1,
+                       deployment_options={name: {**FAST, **SPREAD[name], "num_replicas": REPLICAS[name]}
+                                           for name in DEPLOYMENT_NAMES})
+        shard = _shard_on(second.node_id, args)
+        serve.run(build_app(args), name="nodes", route_prefix="/")
+        yield cluster, second, shard, f"http://127.0.0.1:{port}", args
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+        cluster.shutdown()
 
 
 def test_killing_the_node_of_a_store_shard_loses_no_turn(two_nodes, reference):
