@@ -21,6 +21,7 @@ from rxt_dist.model.io import (
     save_model_dir,
 )
 from rxt_dist.model.kv_cache import KVCache
+from rxt_dist.model.layers import compile_for_training
 from rxt_dist.model.presets import PRESETS, from_name, preset_names
 from rxt_dist.model.rxt import MemoryKV, RxTModel
 from rxt_dist.model.stateless import StatelessLM
@@ -31,6 +32,6 @@ __all__ = [
     "AttentionConfig", "FFNConfig", "GateConfig", "MemoryAttentionConfig", "ModelConfig",
     "RxTConfig", "STMConfig", "StatelessConfig", "config_from_dict",
     "Model", "build_model", "is_complete_dir", "load_config", "load_model_dir", "load_tokenizer", "save_model_dir",
-    "KVCache", "PRESETS", "from_name", "preset_names", "MemoryKV", "RxTModel", "StatelessLM",
+    "KVCache", "compile_for_training", "PRESETS", "from_name", "preset_names", "MemoryKV", "RxTModel", "StatelessLM",
     "split_stm", "stack_stm", "stm_from_bytes", "stm_to_bytes", "count_parameters", "describe",
 ]

@@ -51,13 +51,18 @@ class RotaryEmbedding(nn.Module):
 
     def tables(self, positions: Tensor) -> tuple[Tensor, Tensor]:
         """cos and sin (B, 1, T, H/2) of ``positions`` (B, T)."""
+        if torch.compiler.is_compiling():  # a compiled layer computes them in its fused graph
+            return self._cos_sin(positions)
         memo = _ROPE_TABLES
         key = (self.inv_freq.shape[0], self.theta, self.inv_freq.device)
         if memo.positions is positions and memo.key == key:
             return memo.tables
-        angles = positions[:, None, :, None].float() * self.inv_freq  # (B, 1, T, H/2)
-        memo.positions, memo.key, memo.tables = positions, key, (angles.cos(), angles.sin())
+        memo.positions, memo.key, memo.tables = positions, key, self._cos_sin(positions)
         return memo.tables
+
+    def _cos_sin(self, positions: Tensor) -> tuple[Tensor, Tensor]:
+        angles = positions[:, None, :, None].float() * self.inv_freq  # (B, 1, T, H/2)
+        return angles.cos(), angles.sin()
 
     def forward(self, x: Tensor, positions: Tensor) -> Tensor:
         """Rotate ``x`` (B, N, T, H) by ``positions`` (B, T)."""
@@ -239,6 +244,9 @@ class Block(nn.Module):
         turn and reused for every generated token."""
         return self.mem_attn.project_kv(self.stm_norm(stm_layer), positions=None)
 
+    compiled_training = False
+    """Set by :func:`compile_for_training`: passes with gradients and no KV cache run compiled."""
+
     def forward(
         self,
         x: Tensor,
@@ -251,6 +259,25 @@ class Block(nn.Module):
     ) -> tuple[Tensor, Tensor]:
         """x (B, T, D) → (x (B, T, D), aux loss). ``memory`` are this layer's projected STM
         keys/values, ``memory_mask`` (B, 1, 1, S) marks readable slots (None: all)."""
+        if (self.compiled_training and cache is None and torch.is_grad_enabled()
+                and isinstance(mask, Tensor) and x.shape[0] > 1):
+            # one row, or rows of equal length (a causal marker, positions broadcast), would each
+            # need a graph of their own; they are rare in training and stay eager
+            _mark_dynamic(x, positions, mask, memory, memory_mask)
+            return _compiled_layer()(self, x, positions, mask, memory, memory_mask)
+        return self.layer(x, positions, mask, memory, memory_mask, cache, layer)
+
+    def layer(
+        self,
+        x: Tensor,
+        positions: Tensor,
+        mask: Mask,
+        memory: tuple[Tensor, Tensor] | None = None,
+        memory_mask: Tensor | None = None,
+        cache: KVCache | None = None,
+        layer: int = 0,
+    ) -> tuple[Tensor, Tensor]:
+        """The layer's computation (see :meth:`forward`), eager."""
         x = x + self.attn(self.attn_norm(x), positions, mask, cache, layer)
         if self.has_memory:
             if memory is None:
@@ -259,6 +286,44 @@ class Block(nn.Module):
             x = x + self.mem_attn.attend(q, memory[0], memory[1], memory_mask)
         out, aux = run_ffn(self.ffn, self.ffn_norm(x))
         return x + out, aux
+
+
+_COMPILED_LAYER = None
+
+
+def _compiled_layer():
+    """:meth:`Block.layer` through ``torch.compile`` (inductor, dynamic shapes): one compiled
+    function for every block (a block's parameters are inputs of the graph, not constants),
+    built on first use — importing ``torch._dynamo`` costs seconds a process should not pay
+    unless it trains compiled."""
+    global _COMPILED_LAYER
+    if _COMPILED_LAYER is None:
+        _COMPILED_LAYER = torch.compile(Block.layer, dynamic=True)
+    return _COMPILED_LAYER
+
+
+def _mark_dynamic(x: Tensor, positions: Tensor, mask: Tensor, memory: tuple[Tensor, Tensor] | None,
+                  memory_mask: Tensor | None) -> None:
+    """Rows, tokens and (in stages 1–2, where encoder states stand in for the STM) memory
+    positions vary from batch to batch: the first compile is for any count, not for the first
+    batch's (which the second batch would then compile again)."""
+    marks = [(x, (0, 1)), (positions, (0, 1)), (mask, (0, 2, 3)), *((m, (0, 2)) for m in memory or ())]
+    if memory_mask is not None:
+        marks.append((memory_mask, (0, 3)))
+    for tensor, dims in marks:
+        for dim in dims:
+            torch._dynamo.maybe_mark_dynamic(tensor, dim)
+
+
+def compile_for_training(model: nn.Module) -> nn.Module:
+    """Train ``model``'s transformer layers compiled: every :class:`Block`'s passes with gradients
+    and without a KV cache go through ``torch.compile``, which fuses the norms, rotary embedding,
+    residuals and gated FFN around the matmuls (docs/training.md, "Compiled layers"). Inference
+    (no gradients, or a cache) stays eager, and the parameters and ``state_dict`` are unchanged."""
+    for module in model.modules():
+        if isinstance(module, Block):
+            module.compiled_training = True
+    return model
 
 
 def token_mask(

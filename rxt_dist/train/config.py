@@ -136,6 +136,11 @@ class ScalingSection(_Section):
     """One GPU per worker; the backend becomes NCCL."""
     torch_threads: int = Field(1, ge=1)
     """Intra-op threads per worker on CPU."""
+    compile: bool = False
+    """Train the transformer layers through ``torch.compile`` (inductor; needs a C/C++ compiler on
+    CPU): norms, rotary embedding, residuals and the gated FFN fuse around the matmuls. Each
+    worker compiles during its first steps (seconds to tens of seconds); inference and exported
+    models are unchanged (docs/training.md, "Compiled layers"). Needs deepspeed.zero_stage ≤ 2."""
 
 
 class DeepSpeedSection(_Section):
@@ -412,6 +417,10 @@ class TrainConfig(_Section):
     def _fits_the_hardware(self) -> TrainConfig:
         _require(self.deepspeed.precision != "fp16" or self.scaling.use_gpu,
                  "deepspeed.precision='fp16' needs scaling.use_gpu=true; use fp32 or bf16 on CPU")
+        _require(not self.scaling.compile or self.deepspeed.zero_stage <= 2,
+                 f"scaling.compile=true: needs deepspeed.zero_stage ≤ 2 (it is {self.deepspeed.zero_stage}: "
+                 "ZeRO-3 gathers parameters in module hooks that compiled layers are not tested with); "
+                 "set scaling.compile=false or a lower zero_stage")
         for name in STAGES:
             self.check_batch(name)
         return self

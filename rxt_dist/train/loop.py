@@ -192,13 +192,15 @@ class StageLoop:
         torch.manual_seed(self.cfg.run.seed)
 
     def _build_model(self) -> torch.nn.Module:
-        from rxt_dist.model import build_model, config_from_dict, load_model_dir
+        from rxt_dist.model import build_model, compile_for_training, config_from_dict, load_model_dir
 
         if self.job.init_model_url:
             model = load_model_dir(self.job.init_model_url)
         else:
             model = build_model(config_from_dict(self.job.model_config))
         freeze_for_stage(model, self.job.stage)
+        if self.cfg.scaling.compile:
+            compile_for_training(model)
         return model
 
     def _ds_config(self) -> dict[str, Any]:

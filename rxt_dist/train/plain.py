@@ -60,6 +60,7 @@ class PlainLoop:
 
     def __init__(self, cfg: TrainConfig, stage: str, model: torch.nn.Module, rows: dict[str, list],
                  workers: int | None = None) -> None:
+        from rxt_dist.model import compile_for_training
         from rxt_dist.train.batches import smat_metadata_columns
         from rxt_dist.train.loop import collate_rows
 
@@ -70,6 +71,8 @@ class PlainLoop:
         self.rows = text_view(rows) if self.stage == "joint_lm" and self.stage_cfg.use_text else rows
         self.collate = lambda batch: collate_rows(cfg, self.stage, batch, self.step, world=1)
         freeze_for_stage(model, self.stage)
+        if cfg.scaling.compile:
+            compile_for_training(model)
         self.objective = StageObjective(model, self.stage, self.stage_cfg, cfg.run.seed)
         opt = cfg.optimizer
         self.optimizer = torch.optim.AdamW(param_groups(model, opt.weight_decay),
