@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
@@ -84,8 +85,15 @@ def _storage(cfg: TrainConfig) -> tuple[str, Any]:
 
 
 def check_resources(cfg: TrainConfig, resources: dict[str, float]) -> None:
-    """Fail before any worker starts when the cluster cannot hold the workers."""
+    """Fail before any worker starts when the cluster cannot hold the workers, or when compiled
+    layers on CPU would find no C++ compiler (looked for on this machine, as inductor does: $CXX,
+    else g++)."""
     sc = cfg.scaling
+    if sc.compile and not sc.use_gpu:
+        cxx = os.environ.get("CXX", "g++")
+        if shutil.which(cxx) is None:
+            raise ValueError(f"{cfg.source}: scaling.compile=true builds C++ kernels on CPU, but the compiler "
+                             f"{cxx!r} ($CXX, else g++) is not on PATH; install one or set scaling.compile=false")
     cpus = resources.get("CPU", 0.0)
     need = sc.num_workers * sc.cpus_per_worker
     if need > cpus:

@@ -106,6 +106,14 @@ def test_more_workers_than_cpus_fails_before_any_worker_starts():
     check_resources(cfg, {"CPU": 8.0})
 
 
+def test_compiled_layers_without_a_cpp_compiler_fail_before_any_worker_starts(monkeypatch):
+    cfg = TrainConfig.from_dict({"scaling": {"compile": True}}, source="c.yaml")
+    monkeypatch.setenv("CXX", "no-such-cxx")
+    with pytest.raises(ValueError, match=r"c.yaml: scaling.compile=true .* 'no-such-cxx' .* set scaling.compile=false"):
+        check_resources(cfg, {"CPU": 8.0})
+    check_resources(TrainConfig.from_dict({"scaling": {"compile": False}}), {"CPU": 8.0})
+
+
 def test_unknown_model_override_is_named():
     cfg = TrainConfig.from_dict({"model": {"preset": "debug", "overrides": {"stm": {"slots": 4}}}}, "c.yaml")
     with pytest.raises(ValueError, match=r"model.overrides.stm.slots: unknown model field"):
