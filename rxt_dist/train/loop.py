@@ -32,8 +32,7 @@ from rxt_dist.train.config import TrainConfig
 from rxt_dist.train.metrics import MetricWriter, WindowMetrics
 from rxt_dist.train.objectives import StageObjective, StageOutput, combine, local_counts
 from rxt_dist.train.optim import (
-    BUDGET_CALIBRATION_STEPS,
-    BUDGET_WARMUP_STEPS,
+    BudgetClock,
     budget_steps,
     frozen_at,
     freeze_for_stage,
@@ -160,6 +159,7 @@ class StageLoop:
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
         self.position = Position()
         self.resumed_from: int | None = None
+        self._budget_clock = BudgetClock()
 
     # -- setup ----------------------------------------------------------------------------
     def run(self) -> None:
@@ -332,26 +332,25 @@ class StageLoop:
             self._after_step(window, started)
 
     def _maybe_fix_budget(self) -> None:
-        """With ``time_budget_s``: time the steps after the warm-up ones, then fix the step count
-        (the same on every rank: the slowest rank's times decide)."""
+        """With ``time_budget_s``: fix the step count when the budget clock says (after the
+        calibration steps, then again after the refining ones; see :class:`BudgetClock`), the
+        same on every rank: the slowest rank's times decide."""
         budget = self.stage_cfg.time_budget_s
-        if budget is None or self.position.total_steps is not None:
+        if budget is None:
             return
-        if self.position.step == BUDGET_WARMUP_STEPS:
-            self._warm_train_s = self.position.train_s
-        if self.position.step < BUDGET_CALIBRATION_STEPS:
+        pos = self.position
+        start = self._budget_clock.observe(pos.step, pos.train_s, fixed=pos.total_steps is not None)
+        if start is None:
             return
-        warm = getattr(self, "_warm_train_s", 0.0)  # a resume past the warm-up times from its start
-        times = torch.tensor([self.position.train_s, self.position.train_s - warm], dtype=torch.float64)
+        times = torch.tensor([pos.train_s, pos.train_s - start[1]], dtype=torch.float64)
         if self.world > 1:
             dist.all_reduce(times, op=dist.ReduceOp.MAX)
-        timed = self.position.step - (BUDGET_WARMUP_STEPS if warm else 0)
-        per_step = float(times[1]) / max(timed, 1)
-        self.position.total_steps = budget_steps(budget, float(times[0]), self.position.step, per_step,
-                                                 self.stage_cfg.steps)
+        per_step = float(times[1]) / max(pos.step - start[0], 1)
+        again = "again " if pos.total_steps is not None else ""
+        pos.total_steps = budget_steps(budget, float(times[0]), pos.step, per_step, self.stage_cfg.steps)
         if self.writer is not None:
-            self.writer.note(f"[{self.job.stage}] time budget {budget:.0f}s: {self.position.total_steps} steps "
-                             f"({per_step:.3f}s per step after the first {BUDGET_WARMUP_STEPS})")
+            self.writer.note(f"[{self.job.stage}] time budget {budget:.0f}s: {again}{pos.total_steps} steps "
+                             f"({per_step:.3f}s per step over steps {start[0]}–{pos.step})")
 
     def _after_step(self, window: WindowMetrics, started: float) -> None:
         step, ck = self.position.step, self.cfg.checkpoint

@@ -32,6 +32,31 @@ BUDGET_WARMUP_STEPS = 5
 """Steps of a time-budgeted stage not timed: their time holds the data pipeline's start-up."""
 BUDGET_CALIBRATION_STEPS = 20
 """Step at which a time-budgeted stage fixes its step count (timed from ``BUDGET_WARMUP_STEPS``)."""
+BUDGET_REFINE_STEPS = 100
+"""Step at which it fixes the count again, timed from ``BUDGET_CALIBRATION_STEPS``: a stall in the
+first steps (compiling, a worker late to the first all-reduce) no longer decides it."""
+
+
+class BudgetClock:
+    """When a time-budgeted stage fixes its step count, and from which step its timing starts:
+    at ``BUDGET_CALIBRATION_STEPS`` from the steps after ``BUDGET_WARMUP_STEPS``, then at
+    ``BUDGET_REFINE_STEPS`` from the steps after the calibration. A run resumed past a mark
+    times from its start and is not refined (its marks were in the lost process)."""
+
+    def __init__(self) -> None:
+        self.mark: tuple[int, float] = (0, 0.0)  # (step, training seconds) the timing starts from
+
+    def observe(self, step: int, train_s: float, fixed: bool) -> tuple[int, float] | None:
+        """After each step (``fixed``: a count is already set): the mark to time from when the
+        count is to be fixed now, else None."""
+        if step == BUDGET_WARMUP_STEPS and not fixed:
+            self.mark = (step, train_s)
+        first = not fixed and step >= BUDGET_CALIBRATION_STEPS
+        refine = fixed and step == BUDGET_REFINE_STEPS and self.mark[0] == BUDGET_CALIBRATION_STEPS
+        if not (first or refine):
+            return None
+        start, self.mark = self.mark, (step, train_s)
+        return start
 
 
 def budget_steps(budget_s: float, elapsed_s: float, steps_done: int, per_step_s: float, max_steps: int) -> int:

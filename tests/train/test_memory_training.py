@@ -289,3 +289,29 @@ def test_plain_loop_replays_the_rows_two_ray_workers_read_step_by_step(dataset):
     assert next(whole._batches)["conversation_id"] != got[0]  # the default order is another one
     with pytest.raises(ValueError, match=r"workers=3: stages.smat.batch_size=8 must be a multiple of it"):
         PlainLoop(cfg, "smat", debug_rxt(), read_rows(dataset, "train"), workers=3)
+
+
+def test_the_budget_clock_fixes_the_count_after_calibration_then_refines_it_past_a_stall():
+    from rxt_dist.train.optim import BUDGET_CALIBRATION_STEPS, BUDGET_REFINE_STEPS, BudgetClock
+
+    # 1 s per step, but steps 6–10 stall 2 s more each (a compile): the calibration over steps
+    # 5–20 sees them, the refinement over steps 20–100 does not
+    times, t = {}, 0.0
+    for step in range(1, 201):
+        t += 1.0 + (2.0 if 6 <= step <= 10 else 0.0)
+        times[step] = t
+    clock, fixes, fixed = BudgetClock(), {}, False
+    for step in range(1, 201):
+        start = clock.observe(step, times[step], fixed)
+        if start is not None:
+            fixes[step] = (times[step] - start[1]) / (step - start[0])
+            fixed = True
+    assert list(fixes) == [BUDGET_CALIBRATION_STEPS, BUDGET_REFINE_STEPS]
+    assert fixes[BUDGET_CALIBRATION_STEPS] == pytest.approx(25 / 15)  # 15 steps, 10 s of stall
+    assert fixes[BUDGET_REFINE_STEPS] == pytest.approx(1.0)
+    # a run resumed with its count fixed (the marks lost with the process) keeps that count
+    resumed = BudgetClock()
+    assert all(resumed.observe(step, times[step], fixed=True) is None for step in range(30, 201))
+    # a run resumed before its count was fixed times from its start
+    early = BudgetClock()
+    assert [early.observe(step, times[step], fixed=False) for step in (19, 20)] == [None, (0, 0.0)]
