@@ -259,25 +259,12 @@ class Block(nn.Module):
     ) -> tuple[Tensor, Tensor]:
         """x (B, T, D) → (x (B, T, D), aux loss). ``memory`` are this layer's projected STM
         keys/values, ``memory_mask`` (B, 1, 1, S) marks readable slots (None: all)."""
-        if (self.compiled_training and cache is None and torch.is_grad_enabled()
-                and isinstance(mask, Tensor) and x.shape[0] > 1):
+        if (self.compiled_training and not torch.compiler.is_compiling() and cache is None
+                and torch.is_grad_enabled() and isinstance(mask, Tensor) and x.shape[0] > 1):
             # one row, or rows of equal length (a causal marker, positions broadcast), would each
             # need a graph of their own; they are rare in training and stay eager
             _mark_dynamic(x, positions, mask, memory, memory_mask)
-            return _compiled_layer()(self, x, positions, mask, memory, memory_mask)
-        return self.layer(x, positions, mask, memory, memory_mask, cache, layer)
-
-    def layer(
-        self,
-        x: Tensor,
-        positions: Tensor,
-        mask: Mask,
-        memory: tuple[Tensor, Tensor] | None = None,
-        memory_mask: Tensor | None = None,
-        cache: KVCache | None = None,
-        layer: int = 0,
-    ) -> tuple[Tensor, Tensor]:
-        """The layer's computation (see :meth:`forward`), eager."""
+            return _compiled_forward()(self, x, positions, mask, memory, memory_mask)
         x = x + self.attn(self.attn_norm(x), positions, mask, cache, layer)
         if self.has_memory:
             if memory is None:
@@ -288,18 +275,18 @@ class Block(nn.Module):
         return x + out, aux
 
 
-_COMPILED_LAYER = None
+_COMPILED_FORWARD = None
 
 
-def _compiled_layer():
-    """:meth:`Block.layer` through ``torch.compile`` (inductor, dynamic shapes): one compiled
-    function for every block (a block's parameters are inputs of the graph, not constants),
-    built on first use — importing ``torch._dynamo`` costs seconds a process should not pay
-    unless it trains compiled."""
-    global _COMPILED_LAYER
-    if _COMPILED_LAYER is None:
-        _COMPILED_LAYER = torch.compile(Block.layer, dynamic=True)
-    return _COMPILED_LAYER
+def _compiled_forward():
+    """:meth:`Block.forward` through ``torch.compile`` (inductor, dynamic shapes; traced, it takes
+    the eager branch): one compiled function for every block (a block's parameters are inputs of
+    the graph, not constants), built on first use — importing ``torch._dynamo`` costs seconds a
+    process should not pay unless it trains compiled."""
+    global _COMPILED_FORWARD
+    if _COMPILED_FORWARD is None:
+        _COMPILED_FORWARD = torch.compile(Block.forward, dynamic=True)
+    return _COMPILED_FORWARD
 
 
 def _mark_dynamic(x: Tensor, positions: Tensor, mask: Tensor, memory: tuple[Tensor, Tensor] | None,
