@@ -100,7 +100,8 @@ def evaluate(cfg, conversations: int):
     from rxt_dist.eval.quality import QualityConfig, evaluate_models
     from rxt_dist.train import export_url
 
-    qcfg = QualityConfig(max_conversations=conversations, threads=2, batch_size=32)
+    # Two processes of one thread: this model is too small for two threads to share a matmul well.
+    qcfg = QualityConfig(max_conversations=conversations, threads=2, workers=2, batch_size=32)
     # A bar only on a terminal: in a pipe or a file its redraws pile up on one line.
     return evaluate_models(cfg.data.url, export_url(cfg, "smat"), export_url(cfg, "baseline"), qcfg,
                            progress=sys.stderr.isatty(), command="jobs/demo.py")

@@ -42,6 +42,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -99,7 +100,12 @@ class QualityConfig:
     seed: int = 0
     """Seed of each conversation's initial STM (conversation i uses ``seed + i``)."""
     threads: int | None = None
-    """``torch.set_num_threads`` during the run (``None``: leave it)."""
+    """``torch.set_num_threads`` during the run (``None``: leave it); with ``workers`` > 1, the
+    threads of all worker processes together (each gets ``threads // workers``, at least one)."""
+    workers: int = 1
+    """Processes that share the conversations (:func:`evaluate_models`), each playing a
+    contiguous run of whole batches; the merged result is the one a single process with each
+    worker's threads gives. Small models use a core better this way than with threads."""
     examples: int = 5
     """Recall answers kept verbatim per system in the report (failures first)."""
 
@@ -110,6 +116,8 @@ class QualityConfig:
         for name in ("batch_size", "max_new_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)}: must be ≥ 1")
+        if self.workers < 1:
+            raise ValueError(f"workers={self.workers}: must be ≥ 1")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads={self.threads}: must be ≥ 1 (or None to leave torch's setting)")
         if self.examples < 0:
@@ -160,9 +168,11 @@ def evaluate_conversations(
     baseline: StatelessLM | None = None,
     cfg: QualityConfig | None = None,
     progress: bool = False,
+    first_index: int = 0,
 ) -> dict[str, SystemQuality]:
     """Evaluate in-memory models on ``conversations`` (``codec`` decodes answers to text:
-    :class:`rxt_dist.data.TextCodec`). Systems whose model is None are skipped."""
+    :class:`rxt_dist.data.TextCodec`). Systems whose model is None are skipped.
+    ``first_index``: the split index of ``conversations[0]`` (it seeds their initial STMs)."""
     from tqdm.auto import tqdm
 
     cfg = cfg or QualityConfig()
@@ -179,7 +189,7 @@ def evaluate_conversations(
             bar.set_postfix_str(name)
             for start in range(0, len(conversations), cfg.batch_size):
                 batch = conversations[start:start + cfg.batch_size]
-                runners[name][1](batch, results[name], start)
+                runners[name][1](batch, results[name], first_index + start)
                 bar.update(len(batch))
     return results
 
@@ -194,25 +204,15 @@ def evaluate_models(
 ) -> QualityReport:
     """Evaluate the RxT model directory and/or the stateless baseline directory on the
     held-out split of the dataset at ``data_url``; see the module docstring."""
-    from rxt_dist.data import TextCodec, load_tokenizer, read_manifest
-
     cfg = cfg or QualityConfig()
     if rxt_dir is None and baseline_dir is None:
         raise ValueError("rxt_dir=None and baseline_dir=None: give at least one model directory")
-    manifest = read_manifest(data_url)
-    tokenizer = load_tokenizer(data_url)
-    rxt = _load_model(rxt_dir, RxTModel, "rxt_dir", manifest.vocab_size, tokenizer) if rxt_dir else None
-    baseline = (_load_model(baseline_dir, StatelessLM, "baseline_dir", manifest.vocab_size, tokenizer)
-                if baseline_dir else None)
     convs = load_conversations(data_url, cfg.split, cfg.max_conversations)
-    previous_threads = torch.get_num_threads()
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
     start = time.perf_counter()
-    try:
-        systems = evaluate_conversations(convs, TextCodec(tokenizer), rxt, baseline, cfg, progress)
-    finally:
-        torch.set_num_threads(previous_threads)
+    if cfg.workers == 1:
+        systems = _evaluate_share(data_url, rxt_dir, baseline_dir, cfg, convs, 0, progress)
+    else:
+        systems = _evaluate_in_workers(data_url, rxt_dir, baseline_dir, cfg, len(convs))
     report = QualityReport(
         data_url=data_url, split=cfg.split, conversations=len(convs),
         turns=sum(len(c.turns) for c in convs),
@@ -223,3 +223,51 @@ def evaluate_models(
     for name, s in systems.items():
         log.info("%s: recall exact match %s over %d recall turns", name, s.recall_exact_match, len(s.recalls))
     return report
+
+
+def _evaluate_share(data_url: str, rxt_dir: str | None, baseline_dir: str | None, cfg: QualityConfig,
+                    convs: Sequence | None, first_index: int, progress: bool = False,
+                    count: int | None = None) -> dict[str, SystemQuality]:
+    """Load the models and play ``convs`` (None: the ``count`` conversations of the split from
+    ``first_index`` on, read here) with ``cfg.threads`` threads."""
+    from rxt_dist.data import TextCodec, load_tokenizer, read_manifest
+
+    manifest = read_manifest(data_url)
+    tokenizer = load_tokenizer(data_url)
+    rxt = _load_model(rxt_dir, RxTModel, "rxt_dir", manifest.vocab_size, tokenizer) if rxt_dir else None
+    baseline = (_load_model(baseline_dir, StatelessLM, "baseline_dir", manifest.vocab_size, tokenizer)
+                if baseline_dir else None)
+    if convs is None:
+        convs = load_conversations(data_url, cfg.split, cfg.max_conversations)[first_index:first_index + count]
+    previous_threads = torch.get_num_threads()
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    try:
+        return evaluate_conversations(convs, TextCodec(tokenizer), rxt, baseline, cfg, progress, first_index)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _evaluate_in_workers(data_url: str, rxt_dir: str | None, baseline_dir: str | None, cfg: QualityConfig,
+                         total: int) -> dict[str, SystemQuality]:
+    """Split the split's first ``total`` conversations into ``cfg.workers`` runs of whole
+    batches, play each in its own process (spawned: no state of this one leaks in) and merge
+    the results in conversation order."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    batches = -(-total // cfg.batch_size)
+    per_worker = -(-batches // cfg.workers) * cfg.batch_size
+    shares = [(first, min(per_worker, total - first)) for first in range(0, total, per_worker)]
+    threads = max(1, (cfg.threads or torch.get_num_threads()) // cfg.workers)
+    worker_cfg = dataclasses.replace(cfg, workers=1, threads=threads)
+    log.info("quality: %d conversations in %d processes of %d thread(s)", total, len(shares), threads)
+    with ProcessPoolExecutor(len(shares), mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(_evaluate_share, data_url, rxt_dir, baseline_dir, worker_cfg, None, first,
+                               False, count) for first, count in shares]
+        parts = [f.result() for f in futures]
+    merged = parts[0]
+    for part in parts[1:]:
+        for name, system in part.items():
+            merged[name].merge(system)
+    return merged

@@ -77,6 +77,14 @@ class SystemQuality:
     the stated value, the value was seen in training) — the same-turn copy, which needs no
     memory (``rxt`` only)."""
 
+    def merge(self, other: SystemQuality) -> None:
+        """Append what ``other`` measured on later conversations of the same split."""
+        for turn, t in enumerate(other.per_turn):
+            self.tally(turn).add(t.nll, t.tokens, t.correct)
+        self.recalls.extend(other.recalls)
+        self.echoes.extend(other.echoes)
+        self.memory.merge(other.memory)
+
     def tally(self, turn: int) -> TokenTally:
         while len(self.per_turn) <= turn:
             self.per_turn.append(TokenTally())

@@ -70,6 +70,14 @@ class MemoryHealth:
         self.gate = _add(self.gate, openness.float().sum(dim=1).tolist())
         self.updates += openness.shape[1]
 
+    def merge(self, other: MemoryHealth) -> None:
+        """Add the sums of ``other`` (the same statistics over other STMs) to these."""
+        self.cosine = _add(self.cosine, other.cosine)
+        self.rank = _add(self.rank, other.rank)
+        self.gate = _add(self.gate, other.gate)
+        self.states += other.states
+        self.updates += other.updates
+
     def to_dict(self) -> dict[str, list[float] | int | None]:
         """``{"slot_cosine": [per layer], "effective_rank": [...], "gate_openness": [...] | None,
         "states": n, "updates": n}`` — means over everything added."""
@@ -93,4 +101,4 @@ class MemoryHealth:
 
 
 def _add(acc: list[float], values: list[float]) -> list[float]:
-    return [a + v for a, v in zip(acc, values)] if acc else list(values)
+    return [a + v for a, v in zip(acc, values, strict=True)] if acc and values else list(acc or values)

@@ -104,6 +104,26 @@ def test_batched_evaluation_equals_one_conversation_at_a_time(data_url, varied_d
     assert len(answers) > 1  # the recall answers differ, so their equality above means something
 
 
+def test_worker_processes_give_what_one_process_gives(data_url, varied_dirs):
+    """Two processes of one thread split the conversations into runs of whole batches: each
+    batch is computed exactly as in one process, so every record is equal; the sums differ at
+    most by the order of their additions. The initial STMs keep their split index."""
+    cfg = QualityConfig(**dict(FAST, max_conversations=7), batch_size=2)
+    one = evaluate_models(data_url, *varied_dirs, cfg)
+    two = evaluate_models(data_url, *varied_dirs, dataclasses.replace(cfg, workers=2, threads=2))
+    for name in QUALITY_SYSTEMS:
+        a, b = one.systems[name], two.systems[name]
+        assert a.recalls == b.recalls and a.echoes == b.echoes, name
+        for x, y in zip(a.per_turn, b.per_turn, strict=True):
+            assert (x.tokens, x.correct) == (y.tokens, y.correct)
+            assert x.nll == pytest.approx(y.nll, rel=1e-12)
+        assert (a.memory.states, a.memory.updates) == (b.memory.states, b.memory.updates), name
+        assert b.memory.cosine == pytest.approx(a.memory.cosine, rel=1e-12), name
+        assert b.memory.gate == pytest.approx(a.memory.gate, rel=1e-12), name
+    assert len({r.conversation_id for r in two.systems["rxt"].recalls}) > 1
+    assert len({r.answer for r in two.systems["rxt"].recalls}) > 1  # answers vary: the equality means something
+
+
 def test_rxt_consolidates_its_own_answers_and_rxt_gold_the_gold_ones(data_url, varied_dirs):
     """Both start from the same memory, so the first turn scores the same; later turns differ
     because one memory holds the model's (random) answers and the other the gold answers —
@@ -181,6 +201,7 @@ def test_model_whose_vocabulary_is_too_small_is_rejected(data_url, tmp_path_fact
     ({"max_conversations": 0}, "max_conversations=0"),
     ({"systems": ("rxt", "gpt")}, "systems="),
     ({"threads": 0}, "threads=0"),
+    ({"workers": 0}, "workers=0"),
 ])
 def test_bad_config_names_the_field(change, message):
     with pytest.raises(ValueError, match=message):

@@ -4,8 +4,8 @@ Both nodes run on this machine (``ray.cluster_utils.Cluster``); the HTTP proxy s
 head. Serve spreads the Generator and MemoryUpdater replicas over the nodes. The app has no
 option to place store shards, so the test creates shard 1 itself before the app starts —
 the same named, detached actor the app would create (it finds it with ``get_if_exists``) —
-with a *soft* affinity to node 2: it starts there, and when node 2 dies Ray restarts it on
-the head, where it reloads its sessions from storage. Node 2 is killed while conversations
+on node 2, restartable on the head: when node 2 dies Ray restarts it there, where it reloads
+its sessions from storage. Node 2 is killed while conversations
 are running; each must continue with nothing lost or doubled and the fault-free answers.
 """
 
@@ -69,24 +69,33 @@ def _replica_nodes(app: str) -> dict[str, set[str]]:
     return nodes
 
 
-def _shard_on(node_id: str, args: AppArgs):
-    """Shard 1 of the app's store, started on ``node_id`` and restartable anywhere.
+# Each node offers one unit of this resource and the shard needs it: so the shard fits on
+# either node, and can be made to start on node 2 by holding the head's unit while it starts.
+HOME = "store_home"
 
-    A *soft* affinity lets Ray restart it on another node when that node dies (a hard one
-    would leave it dead), but a soft placement sometimes lands on the head anyway (seen here
-    before the node has run anything): so warm the node up, then check and retry."""
-    ray.get(_node.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False)).remote())
-    for _ in range(5):
-        shard = ray.remote(SessionStore).options(
-            name=store_actor_name(args.store_url, 1, SHARDS), namespace=STORE_NAMESPACE, lifetime="detached",
-            get_if_exists=True, max_restarts=-1, num_cpus=0,
-            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=True, _spill_on_unavailable=False),
-        ).remote(args.store_config(), 1, SHARDS)
-        if _node_of(shard) == node_id:
-            return shard
-        ray.kill(shard, no_restart=True)
-        time.sleep(0.5)
-    raise AssertionError(f"the store shard did not start on node {node_id}")
+
+@ray.remote(num_cpus=0, resources={HOME: 1})
+class _Hold:
+    def node(self) -> str:
+        return ray.get_runtime_context().get_node_id()
+
+
+def _shard_on(node_id: str, head_id: str, args: AppArgs):
+    """Shard 1 of the app's store, started on ``node_id`` and restartable on the head.
+
+    A soft node affinity was used here before: it put the shard on the head now and then (five
+    tries in a row, twice in a few dozen runs). Now the shard needs the one unit of ``HOME``
+    each node has; while a placeholder holds the head's unit, node 2's is the only one left, so
+    the shard can start nowhere else. The placeholder then goes, and a restart finds the head's."""
+    hold = _Hold.options(scheduling_strategy=NodeAffinitySchedulingStrategy(head_id, soft=False)).remote()
+    assert ray.get(hold.node.remote(), timeout=30) == head_id
+    shard = ray.remote(SessionStore).options(
+        name=store_actor_name(args.store_url, 1, SHARDS), namespace=STORE_NAMESPACE, lifetime="detached",
+        get_if_exists=True, max_restarts=-1, num_cpus=0, resources={HOME: 1},
+    ).remote(args.store_config(), 1, SHARDS)
+    assert _node_of(shard) == node_id
+    ray.kill(hold)
+    return shard
 
 
 def _sessions_on_both_shards(url: str) -> list[str]:
@@ -104,17 +113,12 @@ def _sessions_on_both_shards(url: str) -> list[str]:
     return [sid for pair in zip(by_shard[0], by_shard[1]) for sid in pair][:SESSIONS]
 
 
-@ray.remote(num_cpus=0)
-def _node() -> str:
-    return ray.get_runtime_context().get_node_id()
-
-
 @pytest.fixture(scope="module")
 def two_nodes(model_dir, tmp_path_factory):
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 1, "include_dashboard": False, "_system_config": FAST_NODE_DEATH})
-    second = cluster.add_node(num_cpus=1)
+        "num_cpus": 1, "resources": {HOME: 1}, "include_dashboard": False, "_system_config": FAST_NODE_DEATH})
+    second = cluster.add_node(num_cpus=1, resources={HOME: 1})
     ray.init(address=cluster.address, log_to_driver=False)
     # torn down however the set-up ends: a cluster left connected makes every later module's
     # ray.init fail ("called ray.init twice")
@@ -127,7 +131,7 @@ def two_nodes(model_dir, tmp_path_factory):
                        max_batch_size=1, update_batch_size=1,
                        deployment_options={name: {**FAST, **SPREAD[name], "num_replicas": REPLICAS[name]}
                                            for name in DEPLOYMENT_NAMES})
-        shard = _shard_on(second.node_id, args)
+        shard = _shard_on(second.node_id, ray.get_runtime_context().get_node_id(), args)
         serve.run(build_app(args), name="nodes", route_prefix="/")
         yield cluster, second, shard, f"http://127.0.0.1:{port}", args
     finally:
