@@ -10,10 +10,11 @@ preallocated cache (capacity C, masked past each row's length) so no shape depen
 lengths, computes the rotary tables once, and lets inductor fuse the norms, rotations, masks and
 residuals into a few kernels. The batch and the capacity are dynamic dimensions, so one
 compilation serves every batch size above 1 (batch 1 gets its own). A mixture-of-experts FFN
-stays eager (its routing has data-dependent shapes): the step is then several compiled regions
-with the routed experts between them.
+is compiled too, from a stacked copy of its expert weights: one row indexes its chosen experts'
+weights; a batch runs every expert and keeps the chosen ones (:func:`_moe_step`).
 
-Same weights, same operations in the same order: greedy answers equal the eager path's (tests).
+Same weights and the same operations (the MoE's sums grouped differently): greedy answers
+equal the eager path's (tests).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from rxt_dist.model.kv_cache import KVCache
 from rxt_dist.model.layers import Attention, MoE, SwiGLU
 from rxt_dist.model.rxt import MemoryKV, RxTModel
 
-StepFn = Callable[[Tensor, Tensor, list[Tensor], list[Tensor], MemoryKV, Tensor | None], Tensor]
+StepFn = Callable[[Tensor, Tensor, list[Tensor], list[Tensor], MemoryKV, Tensor | None, list], Tensor]
 
 
 def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
@@ -37,25 +38,55 @@ def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).to(x.dtype)
 
 
-def _routed_moe(moe: MoE, x: Tensor) -> Tensor:
-    """The MoE FFN of x (B, 1, D), run eagerly between two compiled regions: routing by index
-    reads only the chosen experts' weights, which at decoding batch sizes costs far less than
-    evaluating every expert in a compiled kernel (measured: 9.0 vs 6.9 ms per token on
-    ``nano`` at batch 1 — the experts' weights are what a step reads from memory)."""
-    return moe(x)[0]
+class StackedExperts:
+    """The SwiGLU experts of one :class:`MoE`, their weights stacked (E, out, in) so a compiled
+    step can index them by the router's choices: a copy made once, renewed when any expert
+    weight changes (checked on every step from the tensors' version counters)."""
+
+    def __init__(self, moe: MoE) -> None:
+        if moe.experts[0].gate.bias is not None:
+            raise ValueError("compiled decoding of a mixture of experts with biases (decoder_ffn.bias: true) "
+                             "is not implemented; decode it eagerly (compile off)")
+        self.moe = moe
+        self._versions: tuple[int, ...] = ()
+        self.refresh()
+
+    def _weights(self) -> list[Tensor]:
+        return [w.weight for e in self.moe.experts for w in (e.gate, e.up, e.down)]
+
+    def refresh(self) -> None:
+        versions = tuple(w._version for w in self._weights())
+        if versions != self._versions:
+            with torch.no_grad():
+                experts = self.moe.experts
+                self.gate = torch.stack([e.gate.weight for e in experts])  # (E, F, D)
+                self.up = torch.stack([e.up.weight for e in experts])  # (E, F, D)
+                self.down = torch.stack([e.down.weight for e in experts])  # (E, D, F)
+            self._versions = versions
 
 
-_eager_moe: Callable[[MoE, Tensor], Tensor] | None = None
-
-
-def _moe_outside_graph() -> Callable[[MoE, Tensor], Tensor]:
-    """:func:`_routed_moe` kept out of the compiled graph. Wrapped on first use, not at import:
-    ``torch.compiler.disable`` imports ``torch._dynamo`` (about 2 s of CPU), which every process
-    importing the training code (each Ray Train worker) would otherwise pay without compiling."""
-    global _eager_moe
-    if _eager_moe is None:
-        _eager_moe = torch.compiler.disable(_routed_moe)
-    return _eager_moe
+def _moe_step(moe: MoE, gate: Tensor, up: Tensor, down: Tensor, x: Tensor) -> Tensor:
+    """The MoE FFN of x (B, 1, D) inside the compiled step, with the router's top-k weights as
+    :meth:`MoE.forward` computes them. One row reads only its chosen experts (indexed weights:
+    at batch 1 a step is bound by the weights it reads); a larger batch runs every expert on
+    every row and zeroes the unchosen ones (each expert's weights read once for all rows).
+    Expert biases are not supported here (the presets have none)."""
+    B, _, D = x.shape
+    flat = x[:, 0]  # (B, D)
+    probs = moe.router(flat).float().softmax(dim=-1)  # (B, E)
+    weights, chosen = probs.topk(moe.top_k, dim=-1)  # (B, k)
+    weights = (weights / weights.sum(dim=-1, keepdim=True)).to(x.dtype)
+    if B == 1:
+        pick = chosen[0]  # (k,)
+        g = torch.einsum("kfd,d->kf", gate[pick], flat[0])
+        u = torch.einsum("kfd,d->kf", up[pick], flat[0])
+        y = torch.einsum("kdf,kf->kd", down[pick], torch.nn.functional.silu(g) * u)  # (k, D)
+        return (y * weights[0, :, None]).sum(0).view(1, 1, D)
+    g = torch.einsum("efd,bd->bef", gate, flat)  # (B, E, F)
+    u = torch.einsum("efd,bd->bef", up, flat)
+    y = torch.einsum("edf,bef->bed", down, torch.nn.functional.silu(g) * u)  # (B, E, D)
+    dense = torch.zeros_like(probs, dtype=x.dtype).scatter(1, chosen, weights)  # (B, E)
+    return (y * dense[:, :, None]).sum(1).view(B, 1, D)
 
 
 def _attend_one(attn: Attention, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
@@ -76,11 +107,12 @@ def _attend_one(attn: Attention, q: Tensor, k: Tensor, v: Tensor, mask: Tensor |
 
 def decode_step(
     model: RxTModel, ids: Tensor, lengths: Tensor, keys: list[Tensor], values: list[Tensor],
-    memory: MemoryKV, memory_mask: Tensor | None,
+    memory: MemoryKV, memory_mask: Tensor | None, experts: list[tuple[Tensor, Tensor, Tensor] | None],
 ) -> Tensor:
     """One decoding step, written to compile: ``ids`` (B, 1) at positions ``lengths`` (B,) (the
     cached positions per row), the caches ``keys``/``values`` per layer (B, Nkv, C, H) written
-    in place at ``lengths``, ``memory`` the projected STM, ``memory_mask`` (B, 1, 1, S) or None.
+    in place at ``lengths``, ``memory`` the projected STM, ``memory_mask`` (B, 1, 1, S) or None,
+    ``experts`` per layer the stacked (gate, up, down) weights of a MoE FFN (None: dense).
     Returns the next-token logits (B, V)."""
     B, C = ids.shape[0], keys[0].shape[2]
     at = lengths[:, None, None, None].float()  # (B, 1, 1, 1)
@@ -103,7 +135,7 @@ def decode_step(
         x = x + _attend_one(mem, mq, memory[i][0], memory[i][1], memory_mask)
         ffn = block.ffn
         h = block.ffn_norm(x)
-        x = x + (ffn(h) if isinstance(ffn, SwiGLU) else _moe_outside_graph()(ffn, h))
+        x = x + (ffn(h) if isinstance(ffn, SwiGLU) else _moe_step(ffn, *experts[i], h))
     return model.lm_logits(x)[:, -1]  # (B, V)
 
 
@@ -119,10 +151,10 @@ class CompiledDecoder:
             raise TypeError(f"compiled decoding is implemented for RxT models, not {type(model).__name__}")
         self.model = model
         self._lock = threading.Lock()
-        _moe_outside_graph()  # wrapped before the first trace
+        self._experts = [StackedExperts(b.ffn) if isinstance(b.ffn, MoE) else None for b in model.decoder]
         self._fn: StepFn = torch.compile(
-            lambda ids, lengths, keys, values, memory, mask: decode_step(
-                model, ids, lengths, keys, values, memory, mask),
+            lambda ids, lengths, keys, values, memory, mask, experts: decode_step(
+                model, ids, lengths, keys, values, memory, mask, experts),
             dynamic=True,
         )
 
@@ -132,7 +164,12 @@ class CompiledDecoder:
         cache.reserve(cache.max_length() + 1)
         slot_mask = memory_mask[:, None, None, :] if memory_mask is not None else None  # (B, 1, 1, S)
         with self._lock:  # one compilation at a time
-            logits = self._fn(ids, cache.lengths, cache.keys, cache.values, memory, slot_mask)
+            experts = []
+            for stacked in self._experts:
+                if stacked is not None:
+                    stacked.refresh()
+                experts.append(None if stacked is None else (stacked.gate, stacked.up, stacked.down))
+            logits = self._fn(ids, cache.lengths, cache.keys, cache.values, memory, slot_mask, experts)
         cache.advance(1)
         return logits
 

@@ -79,11 +79,36 @@ def test_compiled_continuous_batching_admits_between_steps(dense):
 
 
 def test_compiled_mixture_of_experts_decoder_equals_eager(moe):
+    """Batch 1 indexes its chosen experts' stacked weights; a batch runs them all and keeps the
+    chosen ones: both answer as the eager routing does."""
     model, compiled = moe
     stm = stms(model, 3)
     eager = generate(model, QUERIES[:3], stm, GREEDY)
     assert generate(model, QUERIES[:3], stm, GREEDY, compiled=compiled) == eager
     assert len({tuple(a) for a in eager}) == 3
+    for i in range(3):
+        assert generate(model, QUERIES[i:i + 1], stm[:, i:i + 1], GREEDY, compiled=compiled) == [eager[i]]
+
+
+def test_compiled_mixture_of_experts_follows_new_expert_weights(moe):
+    """The stacked copy of the expert weights is renewed when a weight changes in place."""
+    model, compiled = moe
+    stm = stms(model, 1)
+    before = generate(model, QUERIES[:1], stm, GREEDY, compiled=compiled)
+    down = model.decoder[0].ffn.experts[0].down.weight
+    saved = down.detach().clone()
+    try:
+        with torch.no_grad():
+            for expert in model.decoder[0].ffn.experts:
+                expert.down.weight.mul_(-3.0)
+        eager = generate(model, QUERIES[:1], stm, GREEDY)
+        assert eager != before  # the change matters to the answer
+        assert generate(model, QUERIES[:1], stm, GREEDY, compiled=compiled) == eager
+    finally:
+        with torch.no_grad():
+            for expert in model.decoder[0].ffn.experts:
+                expert.down.weight.div_(-3.0)
+    assert torch.allclose(down, saved)
 
 
 def test_compiled_decoding_refuses_a_stateless_model():
