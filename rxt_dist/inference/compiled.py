@@ -131,9 +131,7 @@ def decode_step(
         values[i].scatter_(2, index, v)
         x = x + _attend_one(attn, q, keys[i], values[i], visible)
         mem = block.mem_attn
-        mq = mem._heads(mem.q_proj(block.mem_norm(x)), mem.n_q)
-        if mem.rope_q:
-            mq = _rotate(mq, *tables(mem))
+        mq = _rotate(mem._heads(mem.q_proj(block.mem_norm(x)), mem.n_q), *tables(mem))
         x = x + _attend_one(mem, mq, memory[i][0], memory[i][1], memory_mask)
         ffn = block.ffn
         h = block.ffn_norm(x)

@@ -303,11 +303,7 @@ class RxTConfig(_DictMixin):
     decoder_attention: AttentionConfig = field(default_factory=AttentionConfig)
     """Decoder causal self-attention."""
     memory_cross_attention: AttentionConfig = field(default_factory=AttentionConfig)
-    """Decoder memory cross-attention over the STM (RoPE on queries only, or none: below)."""
-    memory_read_rope: bool = True
-    """Rotate the memory cross-attention's queries by their positions, as the paper does (the
-    slots, its keys, have none); false: no positions in the memory read, so a query's content
-    addresses the same slots at every position."""
+    """Decoder memory cross-attention over the STM (RoPE on queries only)."""
     decoder_ffn: FFNConfig = field(default_factory=FFNConfig)
     """Decoder feed-forward (dense or MoE)."""
     encoder_attention: AttentionConfig = field(default_factory=AttentionConfig)
@@ -340,8 +336,6 @@ class RxTConfig(_DictMixin):
         if self.memory_attention.pre_attention is not None:
             attentions["memory_attention.pre_attention"] = self.memory_attention.pre_attention
         _check_dims(self.dim, self.num_layers, self.vocab_size, attentions)
-        for name in ("memory_read_rope", "tie_embeddings", "lm_head_bias", "decoder_final_norm"):
-            _require(isinstance(getattr(self, name), bool), f"{name}={getattr(self, name)!r}: must be true or false")
         _require(not (self.lm_head_bias and self.tie_embeddings),
                  "lm_head_bias=True: a biased head needs its own weight; set tie_embeddings=false")
         _require(self.encoder_ffn.kind == "dense",

@@ -215,8 +215,7 @@ class Block(nn.Module):
     """Pre-norm transformer layer: self-attention → (memory cross-attention) → FFN.
 
     With ``memory_cfg`` set this is a Generator-Decoder layer: the token stream attends to
-    one STM layer (keys/values from the normalised slots; RoPE on the queries only, or with
-    ``memory_rope`` false none).
+    one STM layer (keys/values from the normalised slots, RoPE on the queries only).
     Without it, it is a Memory Encoder layer or a stateless-baseline layer; causality is
     decided by the mask the caller passes.
     """
@@ -228,7 +227,6 @@ class Block(nn.Module):
         ffn: FFNConfig,
         norm_eps: float,
         memory_cfg: AttentionConfig | None = None,
-        memory_rope: bool = True,
     ) -> None:
         super().__init__()
         self.attn_norm = nn.RMSNorm(dim, eps=norm_eps)
@@ -237,7 +235,7 @@ class Block(nn.Module):
         if memory_cfg is not None:
             self.mem_norm = nn.RMSNorm(dim, eps=norm_eps)
             self.stm_norm = nn.RMSNorm(dim, eps=norm_eps)
-            self.mem_attn = Attention(dim, memory_cfg, rope_q=memory_rope, rope_k=False)
+            self.mem_attn = Attention(dim, memory_cfg, rope_q=True, rope_k=False)
         self.ffn_norm = nn.RMSNorm(dim, eps=norm_eps)
         self.ffn = build_ffn(dim, ffn)
 

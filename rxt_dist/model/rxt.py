@@ -45,8 +45,7 @@ class RxTModel(nn.Module):
         D, eps = cfg.dim, cfg.norm_eps
         self.embed = nn.Embedding(cfg.vocab_size, D)
         self.decoder = nn.ModuleList(
-            Block(D, cfg.decoder_attention, cfg.decoder_ffn, eps, memory_cfg=cfg.memory_cross_attention,
-                  memory_rope=cfg.memory_read_rope)
+            Block(D, cfg.decoder_attention, cfg.decoder_ffn, eps, memory_cfg=cfg.memory_cross_attention)
             for _ in range(cfg.num_layers)
         )
         self.decoder_norm = nn.RMSNorm(D, eps=eps) if cfg.decoder_final_norm else nn.Identity()

@@ -55,7 +55,6 @@ def test_config_round_trips_through_json(name):
          ["decoder_attention.num_heads=3", "dim=100"]),
         (lambda: RxTConfig(vocab_size=5), ["vocab_size=5", "special"]),
         (lambda: RxTConfig(encoder_ffn=FFNConfig(kind="moe", num_experts=2)), ["encoder_ffn.kind"]),
-        (lambda: RxTConfig(memory_read_rope="no"), ["memory_read_rope='no'", "true or false"]),
     ],
 )
 def test_bad_config_names_field_and_value(build, words):

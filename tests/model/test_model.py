@@ -70,21 +70,6 @@ def test_decoder_output_depends_on_stm(rxt):
     assert (a - b).abs().max() > 1e-2
 
 
-@pytest.mark.parametrize("rope", [True, False])
-def test_memory_read_rope_decides_whether_the_memory_read_depends_on_position(rope):
-    """The memory cross-attention's queries are rotated by position (the paper) or not: without
-    RoPE the same token content reads the STM the same way at every position."""
-    model = debug_rxt(memory_read_rope=rope)
-    attn = model.decoder[0].mem_attn
-    x = torch.randn(1, 2, model.cfg.dim, generator=torch.Generator().manual_seed(0))
-    same = x[:, :1].expand(1, 2, -1)  # one content at positions 0 and 7
-    q = attn.project_q(same, torch.tensor([[0, 7]]))  # (1, N, 2, H)
-    if rope:
-        assert (q[:, :, 0] - q[:, :, 1]).abs().max() > CHANGED
-    else:
-        torch.testing.assert_close(q[:, :, 0], q[:, :, 1], **EXACT)
-
-
 def test_encoder_returns_every_layer_and_is_bidirectional(rxt):
     ids = tokens(1, 10)
     ed, last = rxt.encode(ids, full(1, 10))
