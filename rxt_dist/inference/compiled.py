@@ -139,6 +139,23 @@ def decode_step(
     return model.lm_logits(x)[:, -1]  # (B, V)
 
 
+def _mark_batch_dynamic(ids: Tensor, cache: KVCache, memory: MemoryKV, slot_mask: Tensor | None) -> None:
+    """Mark the batch (and the cache capacity) dimension of every input dynamic before a call:
+    traced first at some batch size, the step would otherwise be specialised to it and compiled
+    again for the next size."""
+    mark = torch._dynamo.mark_dynamic
+    mark(ids, 0)
+    mark(cache.lengths, 0)
+    for t in (*cache.keys, *cache.values):
+        mark(t, 0)
+        mark(t, 2)
+    for k, v in memory:
+        mark(k, 0)
+        mark(v, 0)
+    if slot_mask is not None:
+        mark(slot_mask, 0)
+
+
 class CompiledDecoder:
     """The compiled :func:`decode_step` of one model, and the way a :class:`KVCache` feeds it.
 
@@ -163,6 +180,11 @@ class CompiledDecoder:
         """Decode ``ids`` (B, 1) after ``cache`` (advanced by one); returns logits (B, V)."""
         cache.reserve(cache.max_length() + 1)
         slot_mask = memory_mask[:, None, None, :] if memory_mask is not None else None  # (B, 1, 1, S)
+        # Memory keys/values arrive as projected (a transposed view) or merged into a batch
+        # (contiguous): one layout, so their strides never make a new graph.
+        memory = [(k.contiguous(), v.contiguous()) for k, v in memory]
+        if ids.shape[0] > 1:  # every batch above 1 shares one graph, whatever size came first
+            _mark_batch_dynamic(ids, cache, memory, slot_mask)
         with self._lock:  # one compilation at a time
             experts = []
             for stacked in self._experts:
