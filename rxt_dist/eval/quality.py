@@ -39,10 +39,10 @@ this module holds the config and the entry points.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Sequence
-import dataclasses
 from dataclasses import dataclass
 
 import torch

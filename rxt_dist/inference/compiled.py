@@ -180,8 +180,8 @@ class CompiledDecoder:
         """Decode ``ids`` (B, 1) after ``cache`` (advanced by one); returns logits (B, V)."""
         cache.reserve(cache.max_length() + 1)
         slot_mask = memory_mask[:, None, None, :] if memory_mask is not None else None  # (B, 1, 1, S)
-        # Memory keys/values arrive as projected (a transposed view) or merged into a batch
-        # (contiguous): one layout, so their strides never make a new graph.
+        # One memory layout, so strides never make a new graph: a batch's memory is contiguous
+        # already (DecodeBatch), the projection of a lone STM is a transposed view.
         memory = [(k.contiguous(), v.contiguous()) for k, v in memory]
         if ids.shape[0] > 1:  # every batch above 1 shares one graph, whatever size came first
             _mark_batch_dynamic(ids, cache, memory, slot_mask)

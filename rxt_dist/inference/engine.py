@@ -123,6 +123,8 @@ class DecodeBatch:
 
     def _merge(self, rows, cache, memory, memory_mask, tokens) -> None:
         if not self.rows:
+            if memory is not None:  # one layout for every batch (the projection is a transposed view)
+                memory = [(k.contiguous(), v.contiguous()) for k, v in memory]
             self.rows, self.cache, self.memory, self.last_tokens = rows, cache, memory, tokens
             self.memory_mask = memory_mask
             return
