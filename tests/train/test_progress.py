@@ -37,8 +37,8 @@ def ray_lines(output: str) -> list[str]:
             or any(noise in line for noise in RAY_NOISE)]
 
 
-def test_the_terminal_shows_progress_and_ray_logs_go_to_the_run(tmp_path, dataset):
-    proc = train(tmp_path, dataset, "quiet")
+def test_the_terminal_shows_progress_with_ray_output_under_verbose(tmp_path, dataset):
+    proc = train(tmp_path, dataset, "verbose", "--verbose")
     terminal = proc.stdout + proc.stderr
     assert proc.returncode == 0, terminal[-3000:]
     # Progress: the stage, its steps, loss and throughput, as whole lines (a pipe gets no bar).
@@ -47,34 +47,30 @@ def test_the_terminal_shows_progress_and_ray_logs_go_to_the_run(tmp_path, datase
     assert re.search(r"\[baseline\] done: 4 steps, loss \d+\.\d+", proc.stderr)
     assert "\r" not in terminal
     assert '"step": 4' in proc.stdout  # the result
-    assert ray_lines(terminal) == []
-    log = tmp_path / "runs" / "quiet" / "logs" / "ray.log"
-    assert f"Ray's own logs: {log}" in proc.stderr
-    held = log.read_text()
-    assert "(RayTrainWorker pid=" in held and "(TrainController pid=" in held
-    assert "Started a local Ray instance" in held
-    assert "[baseline] step 4/4" in held  # the rank-0 worker's own lines are kept there too
-
-    # --verbose: Ray's output on the terminal as before. The curriculum finds the stage complete
-    # and trains nothing, which keeps this short: Ray starts and says so.
-    proc = run_job(tmp_path, dataset, "curriculum", "quiet", "--stages", "baseline", "--verbose")
-    terminal = proc.stdout + proc.stderr
-    assert proc.returncode == 0, terminal[-3000:]
-    assert "[baseline] already complete" in proc.stderr
+    # --verbose: Ray's own output stays on the terminal and no log file is named.
     assert any("Started a local Ray instance" in line for line in ray_lines(terminal)), terminal[-3000:]
     assert "Ray's own logs" not in terminal
+    assert not (tmp_path / "runs" / "verbose" / "logs" / "ray.log").exists()
 
 
-def test_a_failed_stage_prints_its_error_and_where_the_logs_are(tmp_path, dataset):
-    proc = train(tmp_path, dataset, "failing", "--set", "failure.fail_once_at_step=1",
+def test_without_verbose_ray_logs_go_to_the_run_and_a_failed_stage_says_where(tmp_path, dataset):
+    # The worker dies at step 3, after the progress line of step 2.
+    proc = train(tmp_path, dataset, "failing", "--set", "failure.fail_once_at_step=3",
                  "--set", "failure.max_failures=0")
-    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    terminal = proc.stdout + proc.stderr
+    assert proc.returncode == 1, terminal[-4000:]
     log = tmp_path / "runs" / "failing" / "logs" / "ray.log"
+    assert f"Ray's own logs: {log}" in proc.stderr
+    assert re.search(r"\[baseline\] step 2/4 \(50%\) \| loss \d+\.\d+", proc.stderr), proc.stderr
     assert "error: stage baseline failed" in proc.stderr, proc.stderr[-3000:]
     assert "The actor died unexpectedly" in proc.stderr  # Ray Train's account of the worker
     assert f"Ray's own logs, with every worker's output: {log}" in proc.stderr
-    assert ray_lines(proc.stdout + proc.stderr) == []  # the raylet's report of the death is in the log
-    assert "exits abruptly at step 1" in log.read_text()  # the failing worker's last words
+    assert ray_lines(terminal) == []  # Ray's output, the raylet's report of the death included, is in the log
+    held = log.read_text()
+    assert "(RayTrainWorker pid=" in held and "(TrainController pid=" in held
+    assert "Started a local Ray instance" in held
+    assert "[baseline] step 2/4" in held  # the rank-0 worker's own lines are kept there too
+    assert "exits abruptly at step 3" in held  # the failing worker's last words
 
 
 def window(step: int, total: int, loss: float) -> dict:
