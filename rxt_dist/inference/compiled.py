@@ -96,12 +96,12 @@ def _attend_one(attn: Attention, q: Tensor, k: Tensor, v: Tensor, mask: Tensor |
     calling an attention kernel built for long query blocks. Returns (B, 1, D)."""
     B, N, _, H = q.shape
     group = N // attn.n_kv
-    qg = q.view(B, attn.n_kv, group, 1, H)  # head n = kv·group + j, as SDPA's enable_gqa
-    scores = (qg * k[:, :, None]).sum(-1) * H ** -0.5  # (B, Nkv, group, K)
+    qg = q.view(B, attn.n_kv, group, H)  # head n = kv·group + j, as SDPA's enable_gqa
+    scores = torch.matmul(qg, k.transpose(-1, -2)) * H ** -0.5  # (B, Nkv, group, K)
     if mask is not None:
-        scores = scores.masked_fill(~mask[:, :, None, 0], float("-inf"))  # mask (B, 1, 1, K)
+        scores = scores.masked_fill(~mask, float("-inf"))  # mask (B, 1, 1, K)
     weights = scores.float().softmax(dim=-1).to(q.dtype)
-    out = (weights[..., None] * v[:, :, None]).sum(-2)  # (B, Nkv, group, H)
+    out = torch.matmul(weights, v)  # (B, Nkv, group, H)
     return attn.o_proj(out.reshape(B, 1, N * H))
 
 
@@ -118,6 +118,7 @@ def decode_step(
     at = lengths[:, None, None, None].float()  # (B, 1, 1, 1)
     tables = lambda attn: ((at * attn.rope.inv_freq).cos(), (at * attn.rope.inv_freq).sin())
     visible = (torch.arange(C, device=ids.device)[None] <= lengths[:, None])[:, None, None]  # (B, 1, 1, C)
+    rows = torch.arange(B, device=ids.device)[:, None]  # (B, 1)
     x = model.embed(ids)  # (B, 1, D)
     for i, block in enumerate(model.decoder):
         attn = block.attn
@@ -126,9 +127,11 @@ def decode_step(
         q = _rotate(attn._heads(attn.q_proj(h), attn.n_q), cos, sin)  # (B, N, 1, H)
         k = _rotate(attn._heads(attn.k_proj(h), attn.n_kv), cos, sin)  # (B, Nkv, 1, H)
         v = attn._heads(attn.v_proj(h), attn.n_kv)
-        index = lengths[:, None, None, None].expand(B, attn.n_kv, 1, attn.head_dim)
-        keys[i].scatter_(2, index, k)
-        values[i].scatter_(2, index, v)
+        # index_put_ (not scatter_): inductor writes it in place; a scatter_ on a graph input
+        # became a copy of the whole cache, written and copied back, per layer and step
+        where = (rows, torch.arange(attn.n_kv, device=ids.device)[None], lengths[:, None])  # (B, Nkv) each
+        keys[i].index_put_(where, k[:, :, 0])
+        values[i].index_put_(where, v[:, :, 0])
         x = x + _attend_one(attn, q, keys[i], values[i], visible)
         mem = block.mem_attn
         mq = _rotate(mem._heads(mem.q_proj(block.mem_norm(x)), mem.n_q), *tables(mem))
