@@ -91,9 +91,10 @@ def _moe_step(moe: MoE, gate: Tensor, up: Tensor, down: Tensor, x: Tensor) -> Te
 
 def _attend_one(attn: Attention, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
     """Attention of one query per row, q (B, N, 1, H), over k/v (B, Nkv, K, H) with ``mask``
-    (B, 1, 1, K) or None, written as products and sums (query heads grouped over their key/value
-    head as SDPA's GQA does) so the compiler fuses it into a couple of reductions instead of
-    calling an attention kernel built for long query blocks. Returns (B, 1, D)."""
+    (B, 1, 1, K) or None, written as plain products over the query heads grouped by their
+    key/value head (as SDPA's GQA does); inductor turns these one-query products into a couple of
+    fused reductions instead of calling an attention kernel built for long query blocks.
+    Returns (B, 1, D)."""
     B, N, _, H = q.shape
     group = N // attn.n_kv
     qg = q.view(B, attn.n_kv, group, H)  # head n = kv·group + j, as SDPA's enable_gqa
