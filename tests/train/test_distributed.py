@@ -10,7 +10,7 @@ import torch
 
 from rxt_dist.data import read_manifest
 from rxt_dist.model import RxTModel, from_name, load_model_dir, save_model_dir
-from rxt_dist.train import TrainConfig, export_url, run_stage
+from rxt_dist.train import TrainConfig, export_url, run_curriculum, run_stage
 from rxt_dist.train.launcher import StageFailed
 
 from tests.ray_local import train_cluster
@@ -79,6 +79,11 @@ def test_one_worker_and_two_workers_zero2_offloaded_take_the_same_steps_recall_p
     seed_previous_stage(two)
     assert run_stage(one, "smat").metrics["step"] == 4
     assert run_stage(two, "smat").metrics["step"] == 4
+    # Launched again, a finished stage is skipped (no workers start; the export stays).
+    exported = (tmp_path / "runs" / "two" / "models" / "smat" / "model.safetensors").stat().st_mtime_ns
+    (again,) = run_curriculum(two, ["smat"])
+    assert again.skipped and again.export_url == export_url(two, "smat") and again.metrics == {}
+    assert (tmp_path / "runs" / "two" / "models" / "smat" / "model.safetensors").stat().st_mtime_ns == exported
     a, b = load_model_dir(export_url(one, "smat")), load_model_dir(export_url(two, "smat"))
     moved = 0.0
     for (name, p0), pa, pb in zip(start.state_dict().items(), a.state_dict().values(), b.state_dict().values()):
