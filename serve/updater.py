@@ -17,7 +17,7 @@ from ray import serve
 from rxt_dist.inference import consolidate, system_prompt_stm
 from rxt_dist.model import load_model_dir, stm_to_bytes
 from rxt_dist.serving.protocol import StoreStatus, status
-from rxt_dist.serving.updates import apply_updates
+from rxt_dist.serving.updates import UpdateBatcher, apply_updates
 from serve.args import AppArgs
 from serve.logs import route_library_logs
 from serve.metrics import UpdaterMetrics
@@ -38,8 +38,7 @@ class MemoryUpdater:
         self.stores = StoreShards(args.store_config(), args.store_shards)
         self.delay_s = args.update_delay_s
         self.seed = args.initial_stm_seed
-        self.apply.set_max_batch_size(args.update_batch_size)
-        self.apply.set_batch_wait_timeout_s(args.update_batch_wait_s)
+        self.batcher = UpdateBatcher(self.apply, args.update_batch_size, args.update_batch_wait_s)
         self.counters = {"batches": 0, "applied": 0, "max_batch": 0}
         self.metrics = UpdaterMetrics()
         if self.delay_s:
@@ -49,10 +48,10 @@ class MemoryUpdater:
     async def update(self, session_id: str, base_version: int) -> dict:
         """Apply the pending update of ``session_id`` on top of ``base_version``. Returns the
         store's answer: ``applied`` (new version), ``already_applied``, ``not_found``, …"""
-        return await self.apply((session_id, base_version))
+        return await self.batcher.submit((session_id, base_version))
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
     async def apply(self, items: list[tuple[str, int]]) -> list[dict]:
+        """One batch: consolidated in one forward pass, each item committed on its own."""
         results = await apply_updates(self.model, items, self._store_call, self.delay_s)
         applied = sum(status(r) == StoreStatus.APPLIED for r in results)
         self.metrics.batch.observe(len(items))

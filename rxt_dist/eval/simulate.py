@@ -95,7 +95,7 @@ class DecodeLoop:
 
 
 class Updater:
-    """A MemoryUpdater replica: ``@serve.batch`` batches, one at a time."""
+    """A MemoryUpdater replica: ``UpdateBatcher`` batches, one at a time."""
 
     def __init__(self, sim: Sim, p: CostProfile, store_of: Callable[[int], Server]) -> None:
         self.sim, self.p, self.store_of = sim, p, store_of

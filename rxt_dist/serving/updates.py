@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -97,3 +98,54 @@ async def apply_updates(model: RxTModel, items: list[tuple[str, int]], store_of:
         logger.warning("session %s: the update of version %d cannot apply: %s", log_id(items[i][0]), items[i][1],
                        results[i]["error"])
     return results
+
+
+class UpdateBatcher:
+    """Runs ``apply(items)`` on batches of submitted items, one batch at a time: items submitted
+    while a batch runs wait and go together in the next one (up to ``max_size``); a batch starts
+    ``wait_s`` after its first item, to let a few more arrive. Each caller gets its item's result.
+
+    Ray Serve's ``@serve.batch`` (2.60) forms a batch from what arrives within its wait and then
+    queues that batch behind the running one, so updates arriving during a batch went one per
+    batch; this batcher forms the next batch only when the previous one has finished.
+    """
+
+    def __init__(self, apply: Callable[[list[Any]], Awaitable[Sequence[Any]]], max_size: int,
+                 wait_s: float) -> None:
+        if max_size < 1:
+            raise ValueError(f"max_size={max_size}: must be ≥ 1")
+        self.apply, self.max_size, self.wait_s = apply, max_size, wait_s
+        self._pending: list[tuple[Any, asyncio.Future]] = []
+        self._work = asyncio.Event()
+        self._loop_task: asyncio.Task | None = None
+
+    async def submit(self, item: Any) -> Any:
+        """``item``'s result, once a batch holding it has run."""
+        future = asyncio.get_running_loop().create_future()
+        self._pending.append((item, future))
+        self._work.set()
+        if self._loop_task is None or self._loop_task.done():
+            self._loop_task = asyncio.get_running_loop().create_task(self._run())
+        return await future
+
+    async def _run(self) -> None:
+        while True:
+            await self._work.wait()
+            if self.wait_s > 0 and len(self._pending) < self.max_size:
+                await asyncio.sleep(self.wait_s)
+            batch, self._pending = self._pending[:self.max_size], self._pending[self.max_size:]
+            if not self._pending:
+                self._work.clear()
+            batch = [(item, f) for item, f in batch if not f.done()]  # callers that went away
+            if not batch:
+                continue
+            try:
+                results = await self.apply([item for item, _ in batch])
+            except Exception as exc:  # noqa: BLE001 - handed to every caller of the batch
+                for _, f in batch:
+                    if not f.done():
+                        f.set_exception(exc)
+                continue
+            for (_, f), result in zip(batch, results):
+                if not f.done():
+                    f.set_result(result)
