@@ -168,8 +168,18 @@ class DeepSpeedSection(_Section):
 
 
 class OptimizerSection(_Section):
-    """AdamW and its learning-rate schedule (per-stage ``lr`` overrides ``lr``)."""
+    """The optimizer and its learning-rate schedule (per-stage ``lr`` overrides ``lr``)."""
 
+    name: Literal["adamw", "muon"] = "adamw"
+    """``adamw``; or ``muon``: Muon (momentum orthogonalised by Newton–Schulz) for the weight
+    matrices of the layers' linear maps, AdamW for the rest (embedding and tied output head,
+    norms, gates, slot parameters, the initial STM); Muon's step is scaled to AdamW's update
+    size, so ``lr`` means the same for both. Needs ``deepspeed.zero_stage: 0`` (ZeRO's flat
+    partitions are not matrices)."""
+    muon_momentum: float = Field(0.95, ge=0, lt=1)
+    """Muon's momentum (Nesterov)."""
+    muon_lr_scale: float = Field(1.0, gt=0)
+    """Muon's learning rate as a multiple of the schedule's (AdamW's) rate."""
     lr: float = Field(1e-3, gt=0)
     """Peak learning rate of every stage that sets none."""
     weight_decay: float = Field(0.01, ge=0)
@@ -418,6 +428,9 @@ class TrainConfig(_Section):
     def _fits_the_hardware(self) -> TrainConfig:
         _require(self.deepspeed.precision != "fp16" or self.scaling.use_gpu,
                  "deepspeed.precision='fp16' needs scaling.use_gpu=true; use fp32 or bf16 on CPU")
+        _require(self.optimizer.name != "muon" or self.deepspeed.zero_stage == 0,
+                 f"optimizer.name=muon: needs deepspeed.zero_stage: 0 (it is {self.deepspeed.zero_stage}: "
+                 "ZeRO hands the optimizer flat partitions, and Muon works on whole matrices)")
         _require(not self.scaling.compile or self.deepspeed.zero_stage <= 2,
                  f"scaling.compile=true: needs deepspeed.zero_stage ≤ 2 (it is {self.deepspeed.zero_stage}: "
                  "ZeRO-3 gathers parameters in module hooks that compiled layers are not tested with); "

@@ -37,7 +37,7 @@ from rxt_dist.train.optim import (
     frozen_at,
     freeze_for_stage,
     make_scheduler,
-    param_groups,
+    build_optimizer,
 )
 from rxt_dist.train.progress import ProgressSender
 
@@ -233,7 +233,7 @@ class StageLoop:
         lr = self.stage_cfg.lr or opt.lr
         objective = StageObjective(model, self.job.stage, self.stage_cfg, self.cfg.run.seed)
         # A torch optimizer: DeepSpeed's own AdamW would JIT-compile a C++ op on first use.
-        optimizer = torch.optim.AdamW(param_groups(model, opt.weight_decay), lr=lr, betas=opt.betas)
+        optimizer = build_optimizer(model, opt, lr)
         scheduler = make_scheduler(optimizer, opt, self.stage_cfg, lambda: self.total_steps)
         engine, _, _, _ = deepspeed.initialize(
             model=objective, optimizer=optimizer, lr_scheduler=scheduler, config=self._ds_config()

@@ -98,6 +98,70 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
+def muon_eligible(model: nn.Module) -> set[int]:
+    """Ids of the parameters Muon steps: the 2-D weights of linear maps, except a weight an
+    embedding shares (the tied output head)."""
+    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    return {id(m.weight) for m in model.modules()
+            if isinstance(m, nn.Linear) and m.weight.dim() == 2 and id(m.weight) not in embeddings}
+
+
+class MuonAdamW(torch.optim.Optimizer):
+    """Muon for the groups marked ``muon``, AdamW for the others, as one optimizer: one list
+    of param groups (the schedule sets each group's ``lr``; DeepSpeed sees one optimizer) and
+    one ``state`` (so ``state_dict`` and ``load_state_dict`` are the base class's)."""
+
+    def __init__(self, groups: list[dict], lr: float, betas: tuple[float, float], momentum: float,
+                 muon_lr_scale: float = 1.0) -> None:
+        muon = [g for g in groups if g["muon"]]
+        adam = [g for g in groups if not g["muon"]]
+        if not muon:
+            raise ValueError("optimizer.name=muon: the model has no weight matrix for Muon to step")
+        self._muon = torch.optim.Muon(muon, lr=lr * muon_lr_scale, momentum=momentum, nesterov=True,
+                                      adjust_lr_fn="match_rms_adamw")
+        self._adam = torch.optim.AdamW(adam, lr=lr, betas=betas) if adam else None
+        super().__init__(self._muon.param_groups + (self._adam.param_groups if adam else []), {})
+        self._share()
+
+    def _share(self) -> None:
+        self._muon.param_groups = [g for g in self.param_groups if g["muon"]]
+        self._muon.state = self.state
+        if self._adam is not None:
+            self._adam.param_groups = [g for g in self.param_groups if not g["muon"]]
+            self._adam.state = self.state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)  # replaces the group dicts and the state
+        self._share()
+
+    @torch.no_grad()
+    def step(self, closure=None):  # noqa: ANN001 - torch's signature
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self._muon.step()
+        if self._adam is not None:
+            self._adam.step()
+        return loss
+
+
+def build_optimizer(model: nn.Module, opt: OptimizerSection, lr: float) -> torch.optim.Optimizer:
+    """The optimizer ``opt.name`` names over :func:`param_groups` (``muon``: each group split
+    into its Muon and AdamW halves)."""
+    groups = param_groups(model, opt.weight_decay)
+    if opt.name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, betas=opt.betas)
+    eligible = muon_eligible(model)
+    split = []
+    for g in groups:
+        for muon in (True, False):
+            params = [p for p in g["params"] if (id(p) in eligible) == muon]
+            if params:
+                split.append({**g, "params": params, "muon": muon})
+    return MuonAdamW(split, lr, opt.betas, opt.muon_momentum, opt.muon_lr_scale)
+
+
 def base_schedule(opt: OptimizerSection, stage: StageSection,
                   total_steps: Callable[[], int] | None = None) -> Callable[[int], float]:
     """LR factor at optimizer step s: linear warm-up, then cosine/linear/constant/wsd decay to

@@ -21,7 +21,7 @@ import torch
 from rxt_dist.train.config import TrainConfig, stage_name
 from rxt_dist.train.metrics import WindowMetrics
 from rxt_dist.train.objectives import StageObjective, combine, local_counts
-from rxt_dist.train.optim import frozen_at, freeze_for_stage, make_scheduler, param_groups
+from rxt_dist.train.optim import build_optimizer, frozen_at, freeze_for_stage, make_scheduler
 
 
 def read_rows(url: str, split: str, columns: list[str] | None = None) -> dict[str, list]:
@@ -75,8 +75,7 @@ class PlainLoop:
             compile_for_training(model)
         self.objective = StageObjective(model, self.stage, self.stage_cfg, cfg.run.seed)
         opt = cfg.optimizer
-        self.optimizer = torch.optim.AdamW(param_groups(model, opt.weight_decay),
-                                           lr=self.stage_cfg.lr or opt.lr, betas=opt.betas)
+        self.optimizer = build_optimizer(model, opt, self.stage_cfg.lr or opt.lr)
         self.scheduler = make_scheduler(self.optimizer, opt, self.stage_cfg)
         self.step = 0
         self.tokens = 0

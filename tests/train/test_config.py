@@ -40,6 +40,8 @@ def test_every_shipped_config_loads_and_builds_its_models(path):
     ({"scaling": {"num_workers": "two"}}, ["scaling.num_workers='two'", "integer"]),
     ({"scaling": {"compile": True}, "deepspeed": {"zero_stage": 3}},
      ["scaling.compile=true: needs deepspeed.zero_stage ≤ 2 (it is 3", "set scaling.compile=false"]),
+    ({"optimizer": {"name": "muon"}}, ["optimizer.name=muon: needs deepspeed.zero_stage: 0 (it is 2"]),
+    ({"optimizer": {"name": "lion"}}, ["optimizer.name"]),
     ({"stages": {"stage5": {}}}, ["unknown field(s) ['stage5']"]),
     ({"optimizer": {"betas": [0.9, 1.5]}}, ["optimizer.betas"]),
     ({"stages": {"joint_lm": {"mask_prob": 0}}}, ["stages.joint_lm", "mask_prob=0"]),
