@@ -128,6 +128,44 @@ def replica_counts() -> dict[str, Any]:
                          for name, d in app.deployments.items()}}
 
 
+STORE_COUNTERS = ("claims", "stm_sent", "stm_sent_bytes")
+
+
+def store_counters() -> dict[str, int]:
+    """Turns claimed and STMs (and bytes) the session-store shards handed out, summed over
+    the shards (cumulative)."""
+    import ray
+
+    from serve.store import STORE_NAMESPACE
+
+    shards = [ray.get_actor(a["name"], namespace=STORE_NAMESPACE)
+              for a in ray.util.list_named_actors(all_namespaces=True)
+              if a["namespace"] == STORE_NAMESPACE and a["name"].startswith("rxt-session-store-")]
+    stats = ray.get([shard.stats.remote() for shard in shards], timeout=30)
+    return {name: sum(s[name] for s in stats) for name in STORE_COUNTERS}
+
+
+def describe_server() -> dict[str, Any]:
+    """After each level: the replicas and the store's cumulative counters."""
+    return {**replica_counts(), "session_store": store_counters()}
+
+
+def stm_locality(levels: list[dict[str, Any]], start: dict[str, int]) -> None:
+    """Each level's ``stm_locality``: the share of its turns whose STM the Generator already
+    held, and the STM bytes the store handed out per turn (from the counters' differences)."""
+    before = start
+    for level in levels:
+        after = level["server_state"]["session_store"]
+        claims = after["claims"] - before["claims"]
+        sent = after["stm_sent"] - before["stm_sent"]
+        level["stm_locality"] = {
+            "turns_claimed": claims, "stm_reads": sent,
+            "hit_rate": (claims - sent) / claims if claims else None,
+            "stm_bytes_per_turn": (after["stm_sent_bytes"] - before["stm_sent_bytes"]) / claims if claims else None,
+        }
+        before = after
+
+
 class ReplicaSampler:
     """Samples :func:`replica_counts` every ``interval_s`` in a background thread: the
     replicas of each deployment over the run (what autoscaling did), with wall-clock times."""
@@ -245,8 +283,9 @@ def main(argv: list[str] | None = None) -> None:
         sampler = None
         if args.start:
             url, server = stack.enter_context(local_app(args.config, args.model_dir, overrides))
-            describe = replica_counts
+            describe = describe_server
             sampler = stack.enter_context(ReplicaSampler())
+            start = store_counters()
         else:
             url, server, describe = args.url, {"started_by_benchmark": False}, None
         report = run_serving(config(args, url), progress=True, command=command, server=server,
@@ -256,6 +295,7 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"no load for {args.cooldown_s:.0f}s, sampling replicas", flush=True)
                 time.sleep(args.cooldown_s)
             sampler.__exit__(None, None, None)
+            stm_locality(report["levels"], start)
             report["replicas_over_time"] = sampler.samples
             report["cooldown_s"] = args.cooldown_s
     write_json_atomic(args.out, report)
@@ -264,6 +304,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.scaling_plot and report.get("replicas_over_time"):
         plot_scaling(report, args.scaling_plot)
     print(summary_table(report), flush=True)
+    for level in report["levels"]:
+        if level.get("stm_locality", {}).get("turns_claimed"):
+            loc = level["stm_locality"]
+            print(f"S={level['sessions']}: STM found on the Generator for {loc['hit_rate']:.1%} of "
+                  f"{loc['turns_claimed']} turns; {loc['stm_bytes_per_turn']:.0f} STM bytes per turn from the store")
     print(f"wrote {args.out}" + (f" and {args.plot}" if args.plot else ""))
 
 

@@ -65,5 +65,5 @@ def build_app(args: AppArgs) -> Application:
                 args.store_url, args.store_shards)
     options = args.deployment_options
     generator = Generator.options(**options.get("Generator", {})).bind(args)
-    updater = MemoryUpdater.options(**options.get("MemoryUpdater", {})).bind(args)
+    updater = MemoryUpdater.options(**options.get("MemoryUpdater", {})).bind(args, generator)
     return Ingress.options(**options.get("Ingress", {})).bind(generator, updater, args, model_id)

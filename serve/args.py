@@ -61,6 +61,11 @@ class AppArgs(BaseModel):
     """The Generator sends an answer's tokens to the Ingress at most this often (the tokens
     decoded meanwhile go together in one message); the first token is never held back. 0: send
     whatever is ready as soon as the Ingress takes it."""
+    stm_cache_sessions: int = 4096
+    """STMs each Generator replica keeps (sessions, least recently used dropped first). A
+    session's turns go to one replica, which the MemoryUpdater sends each new STM to, so the
+    STM does not cross the object store on the response path; 0: every turn reads it from the
+    session store."""
     update_batch_size: int = 16
     """Memory updates one MemoryUpdater replica applies in one batch."""
     update_batch_wait_s: float = 0.005
@@ -122,6 +127,13 @@ class AppArgs(BaseModel):
     def _non_negative(cls, value: float, info) -> float:
         if value < 0:
             raise ValueError(f"{info.field_name}={value}: must be ≥ 0 seconds")
+        return value
+
+    @field_validator("stm_cache_sessions")
+    @classmethod
+    def _count(cls, value: int, info) -> int:
+        if value < 0:
+            raise ValueError(f"{info.field_name}={value}: must be ≥ 0 (0 turns the cache off)")
         return value
 
     @field_validator("deployment_options")

@@ -183,7 +183,8 @@ class Ingress:
             sid = await self._create_session(turn.system_ids, turn.history, owner, history or start)
         if claim is None:
             claim = await claim_session(self._store_call(sid), sid, self.policy, owner, key,
-                                        lambda version: self._dispatch_update(sid, version), self._spawn)
+                                        lambda version: self._dispatch_update(sid, version), self._spawn,
+                                        with_stm=False)
         self.metrics.claimed(claim["waited_s"])
         headers = {SESSION_HEADER: sid, VERSION_HEADER: str(claim["version"]),
                    WAITED_HEADER: f"{claim['waited_s'] * 1e3:.3f}"}
@@ -207,8 +208,10 @@ class Ingress:
                            f"served model's is {self.stm_shape}: it was made by another model",
                            param=SESSION_HEADER, code="session_incompatible")
         try:
+            # The Generator replica this session prefers keeps its STM (serve/routing.py):
+            # only the version travels; a replica without it reads it from the store.
             stream = self.generator.options(stream=True).generate.remote(
-                turn.query_ids, claim["stm"], asdict(turn.sampling))
+                turn.query_ids, asdict(turn.sampling), session=sid, version=claim["version"])
         except BaseException:
             self._spawn(self._store(sid).release.remote(sid, claim["lease"]))
             raise
@@ -387,7 +390,7 @@ class Ingress:
         try:
             claim = await claim_session(self._store_call(sid), sid, self.policy, owner, key,
                                         lambda version: self._dispatch_update(sid, version), self._spawn,
-                                        expect_transcript=transcript)
+                                        expect_transcript=transcript, with_stm=False)
         except ApiError as exc:
             if exc.code == "session_busy":  # another client is continuing it: this one diverges
                 return None, None

@@ -9,14 +9,16 @@ can never apply is recorded as failed on its session and the others commit.
 """
 
 import asyncio
+import contextvars
 import logging
 
 import torch
 from ray import serve
+from ray.serve.handle import DeploymentHandle
 
 from rxt_dist.inference import consolidate, system_prompt_stm
 from rxt_dist.model import load_model_dir, stm_to_bytes
-from rxt_dist.serving.protocol import StoreStatus, status
+from rxt_dist.serving.protocol import StoreStatus, log_id, status
 from rxt_dist.serving.updates import UpdateBatcher, apply_updates
 from serve.args import AppArgs
 from serve.logs import route_library_logs
@@ -25,13 +27,16 @@ from serve.store import StoreShards
 
 logger = logging.getLogger("ray.serve")
 
+SEND_AHEAD_TIMEOUT_S = 10.0
+"""A committed STM not handed to its Generator within this long is given up (that turn reads the store)."""
+
 
 @serve.deployment(max_ongoing_requests=128, ray_actor_options={"num_cpus": 0.5},
                   health_check_period_s=5)
 class MemoryUpdater:
     """Applies ``STM_t = consolidate(STM_{t-1}, query, answer)`` for many sessions at once."""
 
-    def __init__(self, args: AppArgs) -> None:
+    def __init__(self, args: AppArgs, generator: DeploymentHandle | None = None) -> None:
         route_library_logs()
         self.model = load_model_dir(args.model_dir, args.device).eval()
         self.stm_shape = self.model.cfg.stm_shape
@@ -39,6 +44,8 @@ class MemoryUpdater:
         self.delay_s = args.update_delay_s
         self.seed = args.initial_stm_seed
         self.batcher = UpdateBatcher(self.apply, args.update_batch_size, args.update_batch_wait_s)
+        self.generator = generator if args.stm_cache_sessions else None
+        self._sends: set[asyncio.Task] = set()
         self.counters = {"batches": 0, "applied": 0, "max_batch": 0}
         self.metrics = UpdaterMetrics()
         if self.delay_s:
@@ -52,7 +59,7 @@ class MemoryUpdater:
 
     async def apply(self, items: list[tuple[str, int]]) -> list[dict]:
         """One batch: consolidated in one forward pass, each item committed on its own."""
-        results = await apply_updates(self.model, items, self._store_call, self.delay_s)
+        results = await apply_updates(self.model, items, self._store_call, self.delay_s, self._send_ahead)
         applied = sum(status(r) == StoreStatus.APPLIED for r in results)
         self.metrics.batch.observe(len(items))
         for r in results:
@@ -61,6 +68,26 @@ class MemoryUpdater:
         self.counters["applied"] += applied
         self.counters["max_batch"] = max(self.counters["max_batch"], len(items))
         return results
+
+    def _send_ahead(self, sid: str, version: int, stm: bytes) -> None:
+        """Send a committed STM to the Generator replica the session's next turn goes to
+        (``serve/routing.py`` ranks the replicas the same way in every caller). Best effort:
+        a copy that does not arrive is a miss there, read from the store."""
+        if self.generator is None:
+            return
+        # A fresh context: a call made inside an update request would carry that request's
+        # id, and Serve's router matches a routed replica to its call by that id — the sends
+        # of one batch would share it, and all but one of them would never be routed.
+        task = contextvars.Context().run(asyncio.ensure_future, self._send(sid, version, stm))
+        self._sends.add(task)
+        task.add_done_callback(self._sends.discard)
+
+    async def _send(self, sid: str, version: int, stm: bytes) -> None:
+        try:
+            await asyncio.wait_for(self.generator.remember.remote(session=sid, version=version, stm=stm),
+                                   SEND_AHEAD_TIMEOUT_S)
+        except Exception as exc:  # a replica restarting or gone: its next turn reads the store
+            logger.debug("session %s: STM version %d not sent ahead: %r", log_id(sid), version, exc)
 
     def _store_call(self, sid: str):
         shard = self.stores.for_session(sid)
@@ -84,4 +111,4 @@ class MemoryUpdater:
         return stm_to_bytes(stm[:, 0].cpu())
 
     async def stats(self) -> dict:
-        return dict(self.counters)
+        return {**self.counters, "sending": len(self._sends)}

@@ -243,6 +243,7 @@ class SessionStore:
         self._sweeping = asyncio.Lock()
         self._links: OrderedDict[str, str] = OrderedDict()  # recently used transcript index entries
         self.expired = self.evicted = 0
+        self.claims = self.stm_sent = self.stm_sent_bytes = 0  # turns claimed; STMs handed out with them or by read_stm
 
     # ---- paths and persistence -------------------------------------------------------------
 
@@ -446,7 +447,8 @@ class SessionStore:
                        stm_shape=entry.meta.stm_shape)
 
     async def begin_turn(self, sid: str, lease: str, wait_s: float, owner: str | None = None,
-                         idempotency_key: str | None = None, expect_transcript: str | None = None) -> dict:
+                         idempotency_key: str | None = None, expect_transcript: str | None = None,
+                         with_stm: bool = True) -> dict:
         """Claim the session for one turn under ``lease`` (a token the caller made up), waiting
         up to ``wait_s`` for a pending update to commit.
 
@@ -460,7 +462,8 @@ class SessionStore:
         request holds the session. ``full``: the shard has no room to load it now. ``ok`` and
         ``pending`` carry ``waited_s``, how long this call waited (0.0 when nothing was pending).
         With ``expect_transcript`` (a stateless client continuing), ``diverged`` unless the
-        session stands exactly at that transcript; nothing is claimed then.
+        session stands exactly at that transcript; nothing is claimed then. ``with_stm=False``
+        leaves the STM bytes out of ``ok`` (the decoder reads them itself, see :meth:`read_stm`).
         """
         entry = await self._owned(sid, owner, admit=True)
         if isinstance(entry, StoreStatus):
@@ -505,9 +508,29 @@ class SessionStore:
             return _status(StoreStatus.UPDATE_FAILED, base_version=pending.base_version, error=pending.error)
         entry.claim = _Claim(lease, time.time() + self.config.turn_lease_s)
         waited_s = time.monotonic() - started if was_pending else 0.0
-        return _status(StoreStatus.OK, lease=lease, version=entry.meta.version, stm=entry.stm,
-                       stm_shape=entry.meta.stm_shape, turns=entry.meta.turns,
+        self.claims += 1
+        if with_stm:
+            self._sent(entry.stm)
+        return _status(StoreStatus.OK, lease=lease, version=entry.meta.version,
+                       stm=entry.stm if with_stm else None, stm_shape=entry.meta.stm_shape, turns=entry.meta.turns,
                        committed=entry.meta.committed, waited_s=waited_s, transcript=entry.meta.transcript)
+
+    async def read_stm(self, sid: str, version: int) -> dict:
+        """The STM of memory version ``version``: ``ok`` with ``stm`` while the session stands
+        at that version, else ``conflict`` (with the current ``version``) or ``not_found``. A
+        version's STM never changes once committed, so a copy keyed by (session, version) is
+        never stale."""
+        entry = await self._entry(sid)
+        if entry is None or entry.deleted:
+            return _status(StoreStatus.NOT_FOUND)
+        if entry.meta.version != version:
+            return _status(StoreStatus.CONFLICT, version=entry.meta.version)
+        self._sent(entry.stm)
+        return _status(StoreStatus.OK, stm=entry.stm, stm_shape=entry.meta.stm_shape)
+
+    def _sent(self, stm: bytes) -> None:
+        self.stm_sent += 1
+        self.stm_sent_bytes += len(stm)
 
     async def stale_pending(self, age_s: float) -> list[tuple[str, int]]:
         """``(session, base_version)`` of the updates pending for at least ``age_s`` (their
@@ -724,11 +747,14 @@ class SessionStore:
 
     def snapshot(self) -> dict:
         """Sessions in memory, in use, stored (at the last count), with pending updates, and
-        how many expired and were evicted so far."""
+        how many expired and were evicted so far; turns claimed, and the STMs (and bytes)
+        handed out for answering them (by ``begin_turn`` or ``read_stm``; a decoder that
+        holds the STM reads none)."""
         now = time.time()
         return {"cached": len(self._entries), "in_use": self._in_use(now), "stored": self._stored,
                 "pending": sum(e.meta.pending is not None for e in self._entries.values()),
-                "expired": self.expired, "evicted": self.evicted}
+                "expired": self.expired, "evicted": self.evicted, "claims": self.claims,
+                "stm_sent": self.stm_sent, "stm_sent_bytes": self.stm_sent_bytes}
 
     async def stats(self) -> dict:
         return self.snapshot()

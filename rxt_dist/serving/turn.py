@@ -68,18 +68,20 @@ class ClaimPolicy:
 
 async def claim_session(store: StoreCall, sid: str, policy: ClaimPolicy, owner: str | None,
                         idempotency_key: str | None, redispatch: Callable[[int], None],
-                        spawn: Callable[[Coroutine], Any], expect_transcript: str | None = None) -> dict:
+                        spawn: Callable[[Coroutine], Any], expect_transcript: str | None = None,
+                        with_stm: bool = True) -> dict:
     """Claim ``sid`` for one turn once its previous update has committed; the store's answer
-    (``ok`` with the STM, ``replay`` with a recorded answer, or — with ``expect_transcript`` —
-    ``diverged``). The claim's ``waited_s`` is the total time spent waiting for that update.
-    Refusals raise :class:`ApiError`."""
+    (``ok`` with the memory version — and its STM unless ``with_stm`` is false —, ``replay``
+    with a recorded answer, or — with ``expect_transcript`` — ``diverged``). The claim's
+    ``waited_s`` is the total time spent waiting for that update. Refusals raise
+    :class:`ApiError`."""
     lease = uuid.uuid4().hex
     deadline = time.monotonic() + policy.update_wait_timeout_s
     waited_s = 0.0
     while True:
         wait_s = max(0.0, min(deadline - time.monotonic(), policy.update_stale_s))
         call = asyncio.ensure_future(store("begin_turn", sid, lease, wait_s, owner, idempotency_key,
-                                           expect_transcript))
+                                           expect_transcript, with_stm))
         try:
             claim = await asyncio.shield(call)
         except asyncio.CancelledError:

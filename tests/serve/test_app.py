@@ -212,6 +212,28 @@ def test_concurrent_requests_are_decoded_together(main, reference):
     assert stats["max_rows"] >= 2
 
 
+def test_a_turn_finds_the_memory_the_updater_sent_ahead_and_a_miss_reads_the_store(main, reference):
+    generator = serve.get_deployment_handle("Generator", "main")
+
+    def stm_stats() -> dict:
+        return generator.stats.remote().result()["stm"]
+
+    before = stm_stats()
+    first, sid = main.answer(A[0])
+    assert main.settled(sid)["memory_version"] == 1
+    deadline = time.monotonic() + 30
+    while generator.stats.remote(session=sid).result()["stm_version"] != 1:  # sent ahead, on its way
+        assert time.monotonic() < deadline, "the updater did not send the new STM to the session's Generator"
+        time.sleep(0.05)
+    second, _ = main.answer(A[1], sid)
+    after = stm_stats()
+    assert [first, second] == reference.conversation(A[:2], MAX_TOKENS)
+    # Turn 1 read the new session's STM from the store; turn 2 found version 1 on the replica.
+    assert after["misses"] - before["misses"] == 1 and after["hits"] - before["hits"] == 1
+    stm_bytes = after["fetched_bytes"] - before["fetched_bytes"]
+    assert stm_bytes > 0 and after["pushed_bytes"] - before["pushed_bytes"] >= stm_bytes
+
+
 def test_the_openai_client_holds_a_conversation(main, reference):
     client = openai.OpenAI(base_url=main.url + "/v1", api_key="unused", max_retries=0)
     assert [m.id for m in client.models.list()] == [MODEL]
@@ -662,6 +684,11 @@ def test_autoscaling_adds_a_generator_under_load_and_removes_it_after_without_a_
         deadline = time.monotonic() + 90
         while _running("scaling", "Generator") > 1:
             assert time.monotonic() < deadline, "the added Generator replica was not removed after the load"
+            time.sleep(0.25)
+        # Every committed STM the updater sent ahead to a Generator arrived (none left routing).
+        updater = serve.get_deployment_handle("MemoryUpdater", "scaling")
+        while updater.stats.remote().result()["sending"]:
+            assert time.monotonic() < deadline, "STMs sent ahead to the Generators never arrived"
             time.sleep(0.25)
         expected = reference.conversation(texts[:max(len(a) for a in results.values())], 60)
         for answers in results.values():  # every session said the same: the same answers as alone
