@@ -1,8 +1,9 @@
 """The Generator deployment: decoder replicas that stream answers from (query, STM).
 
 A replica keeps the STMs of the sessions routed to it (``serve/routing.py``), keyed by
-(session, memory version): the STM the MemoryUpdater commits is sent here right away, so the
-session's next turn usually finds it; otherwise it is read from the session store."""
+(session, memory version, digest of the bytes): the MemoryUpdater sends each new STM here as
+it commits it, so the session's next turn usually finds it; otherwise it is read from the
+session store."""
 
 import asyncio
 import logging
@@ -51,22 +52,23 @@ class Generator:
         logger.info("Generator: loaded %s (%s), up to %d sequences per batch",
                     args.model_dir, args.device, args.max_batch_size)
 
-    async def generate(self, query_ids: list[int], sampling: dict, *, session: str, version: int
+    async def generate(self, query_ids: list[int], sampling: dict, *, session: str, version: int, digest: str
                        ) -> AsyncIterator[tuple[list[int], str | None]]:
         """Stream ``(new_tokens, finish_reason)`` for one query answered from memory version
-        ``version`` of ``session`` (claimed by the caller, so that version stands while the
-        answer is decoded); call with ``handle.options(stream=True)``."""
+        ``version`` of ``session``, whose STM bytes have ``digest`` (claimed by the caller, so
+        that version stands while the answer is decoded); call with
+        ``handle.options(stream=True)``."""
         if self._sampler is None:
             self._sampler = asyncio.get_running_loop().create_task(
                 sample_forever(lambda: self.metrics.batch.set(len(self.loop.batch))))
-        memory = await self._memory(session, version)  # (L, S, D)
+        memory = await self._memory(session, version, digest)  # (L, S, D)
         async for item in self.loop.stream(query_ids, memory, SamplingParams(**sampling)):
             if item[0]:  # Ray's counters refuse an increment of 0 (the last item may carry none)
                 self.metrics.tokens.inc(len(item[0]))
             yield item
 
-    async def _memory(self, session: str, version: int) -> torch.Tensor:
-        memory = self.stms.get(session, version)
+    async def _memory(self, session: str, version: int, digest: str) -> torch.Tensor:
+        memory = self.stms.get(session, version, digest)
         if memory is not None:
             return memory
         read = await self.stores.for_session(session).read_stm.remote(session, version)
@@ -76,15 +78,16 @@ class Generator:
                                f"({read['status']}, version {read.get('version')})")
         memory = stm_from_bytes(read["stm"], self.model.cfg.stm_shape)
         self.stms.stats.fetched_bytes += len(read["stm"])
-        self.stms.put(session, version, memory)
+        self.stms.put(session, version, read["stm_digest"], memory)
         return memory
 
-    async def remember(self, *, session: str, version: int, stm: bytes) -> None:
-        """Keep ``stm`` as ``session``'s memory version ``version`` (sent by the MemoryUpdater
-        when it commits one, to the replica the session's next turn is routed to)."""
+    async def remember(self, *, session: str, version: int, digest: str, stm: bytes) -> None:
+        """Keep ``stm`` (bytes with ``digest``) as ``session``'s memory version ``version``:
+        sent by the MemoryUpdater as it commits one, to the replica the session's next turn
+        is routed to."""
         self.stms.stats.pushes += 1
         self.stms.stats.pushed_bytes += len(stm)
-        self.stms.put(session, version, stm_from_bytes(stm, self.model.cfg.stm_shape))
+        self.stms.put(session, version, digest, stm_from_bytes(stm, self.model.cfg.stm_shape))
 
     async def stats(self, session: str | None = None) -> dict:
         """Batching counters of this replica (steps, admitted, most rows in one step) and

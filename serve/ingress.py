@@ -211,7 +211,8 @@ class Ingress:
             # The Generator replica this session prefers keeps its STM (serve/routing.py):
             # only the version travels; a replica without it reads it from the store.
             stream = self.generator.options(stream=True).generate.remote(
-                turn.query_ids, asdict(turn.sampling), session=sid, version=claim["version"])
+                turn.query_ids, asdict(turn.sampling), session=sid, version=claim["version"],
+                digest=claim["stm_digest"])
         except BaseException:
             self._spawn(self._store(sid).release.remote(sid, claim["lease"]))
             raise

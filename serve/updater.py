@@ -18,7 +18,7 @@ from ray.serve.handle import DeploymentHandle
 
 from rxt_dist.inference import consolidate, system_prompt_stm
 from rxt_dist.model import load_model_dir, stm_to_bytes
-from rxt_dist.serving.protocol import StoreStatus, log_id, status
+from rxt_dist.serving.protocol import StoreStatus, log_id, status, stm_digest
 from rxt_dist.serving.updates import UpdateBatcher, apply_updates
 from serve.args import AppArgs
 from serve.logs import route_library_logs
@@ -70,9 +70,12 @@ class MemoryUpdater:
         return results
 
     def _send_ahead(self, sid: str, version: int, stm: bytes) -> None:
-        """Send a committed STM to the Generator replica the session's next turn goes to
-        (``serve/routing.py`` ranks the replicas the same way in every caller). Best effort:
-        a copy that does not arrive is a miss there, read from the store."""
+        """Send a new STM, as its commit goes out, to the Generator replica the session's next
+        turn goes to (``serve/routing.py`` ranks the replicas the same way in every caller):
+        sent after the commit, it would race the next turn, which the commit releases. Tagged
+        with its digest, so a copy whose commit loses to another computation of the same
+        version is never used. Best effort: a copy that does not arrive is a miss there,
+        read from the store."""
         if self.generator is None:
             return
         # A fresh context: a call made inside an update request would carry that request's
@@ -84,7 +87,8 @@ class MemoryUpdater:
 
     async def _send(self, sid: str, version: int, stm: bytes) -> None:
         try:
-            await asyncio.wait_for(self.generator.remember.remote(session=sid, version=version, stm=stm),
+            await asyncio.wait_for(self.generator.remember.remote(session=sid, version=version,
+                                                                  digest=stm_digest(stm), stm=stm),
                                    SEND_AHEAD_TIMEOUT_S)
         except Exception as exc:  # a replica restarting or gone: its next turn reads the store
             logger.debug("session %s: STM version %d not sent ahead: %r", log_id(sid), version, exc)

@@ -117,3 +117,8 @@ def _digest(*parts: str) -> str:
 def transcript_shard(transcript: str, num_shards: int) -> int:
     """The store shard that indexes ``transcript``."""
     return int(transcript[:8], 16) % num_shards
+
+
+def stm_digest(stm: bytes) -> str:
+    """A short digest of an STM's bytes: tells two computations of one memory version apart."""
+    return hashlib.blake2b(stm, digest_size=12).hexdigest()

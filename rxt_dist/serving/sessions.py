@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 
 import fsspec
 
-from rxt_dist.serving.protocol import StoreStatus, log_id, status
+from rxt_dist.serving.protocol import StoreStatus, log_id, status, stm_digest
 
 logger = logging.getLogger(__name__)
 
@@ -198,10 +198,17 @@ class _Entry:
     settled: asyncio.Event = field(default_factory=asyncio.Event)
     """Set while no update is pending (or the pending one has failed for good)."""
     deleted: bool = False
+    _digest: tuple[int, str] | None = None
 
     def __post_init__(self) -> None:
         if self.meta.pending is None:
             self.settled.set()
+
+    def digest(self) -> str:
+        """:func:`stm_digest` of the current STM (computed once per version)."""
+        if self._digest is None or self._digest[0] != self.meta.version:
+            self._digest = (self.meta.version, stm_digest(self.stm))
+        return self._digest[1]
 
     def claimed_by_other(self, lease: str | None, now: float) -> bool:
         return self.claim is not None and self.claim.token != lease and self.claim.expires > now
@@ -463,7 +470,8 @@ class SessionStore:
         ``pending`` carry ``waited_s``, how long this call waited (0.0 when nothing was pending).
         With ``expect_transcript`` (a stateless client continuing), ``diverged`` unless the
         session stands exactly at that transcript; nothing is claimed then. ``with_stm=False``
-        leaves the STM bytes out of ``ok`` (the decoder reads them itself, see :meth:`read_stm`).
+        leaves the STM bytes out of ``ok`` (the decoder reads them itself, see :meth:`read_stm`);
+        ``stm_digest`` (:func:`~rxt_dist.serving.protocol.stm_digest`) names them either way.
         """
         entry = await self._owned(sid, owner, admit=True)
         if isinstance(entry, StoreStatus):
@@ -511,7 +519,7 @@ class SessionStore:
         self.claims += 1
         if with_stm:
             self._sent(entry.stm)
-        return _status(StoreStatus.OK, lease=lease, version=entry.meta.version,
+        return _status(StoreStatus.OK, lease=lease, version=entry.meta.version, stm_digest=entry.digest(),
                        stm=entry.stm if with_stm else None, stm_shape=entry.meta.stm_shape, turns=entry.meta.turns,
                        committed=entry.meta.committed, waited_s=waited_s, transcript=entry.meta.transcript)
 
@@ -526,7 +534,7 @@ class SessionStore:
         if entry.meta.version != version:
             return _status(StoreStatus.CONFLICT, version=entry.meta.version)
         self._sent(entry.stm)
-        return _status(StoreStatus.OK, stm=entry.stm, stm_shape=entry.meta.stm_shape)
+        return _status(StoreStatus.OK, stm=entry.stm, stm_shape=entry.meta.stm_shape, stm_digest=entry.digest())
 
     def _sent(self, stm: bytes) -> None:
         self.stm_sent += 1

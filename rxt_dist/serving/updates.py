@@ -52,14 +52,15 @@ def consolidate_each(model: RxTModel, memories: list[torch.Tensor], inputs: list
 
 
 async def apply_updates(model: RxTModel, items: list[tuple[str, int]], store_of: StoreOf,
-                        delay_s: float = 0.0, on_applied: Callable[[str, int, bytes], None] | None = None
+                        delay_s: float = 0.0, before_commit: Callable[[str, int, bytes], None] | None = None
                         ) -> list[dict]:
     """Apply the pending update of each ``(session, base_version)``; one result per item:
     the store's answer to the commit (``applied``, ``already_applied``, …), ``failed`` (with
     ``error``) when the update can never apply, or ``unavailable`` when a store call failed
     (the dispatcher retries those). ``delay_s`` (a test knob) waits between consolidating
-    and committing. ``on_applied(session, new_version, stm)`` is called for each commit that
-    this call made (not for one another updater made first)."""
+    and committing. ``before_commit(session, new_version, stm)`` is called for each new STM
+    just before its commit is sent (the commit may still lose to another computation of the
+    same version)."""
     stm_shape = model.cfg.stm_shape
     inputs = await asyncio.gather(*(store_of(sid)("update_input", sid, version) for sid, version in items),
                                   return_exceptions=True)
@@ -89,13 +90,14 @@ async def apply_updates(model: RxTModel, items: list[tuple[str, int]], store_of:
     commits = sorted(new_stms)
     if delay_s and commits:
         await asyncio.sleep(delay_s)
+    if before_commit is not None:
+        for i in commits:
+            before_commit(items[i][0], items[i][1] + 1, new_stms[i])
     outcomes = await asyncio.gather(*(store_of(items[i][0])("commit_update", items[i][0], items[i][1], new_stms[i])
                                       for i in commits), return_exceptions=True)
     for i, outcome in zip(commits, outcomes):
         results[i] = ({"status": StoreStatus.UNAVAILABLE, "error": repr(outcome)}
                       if isinstance(outcome, Exception) else outcome)
-        if on_applied is not None and status(results[i]) == StoreStatus.APPLIED:
-            on_applied(items[i][0], results[i]["version"], new_stms[i])
     await asyncio.gather(*(store_of(items[i][0])("fail_update", items[i][0], items[i][1], results[i]["error"])
                            for i in broken), return_exceptions=True)
     for i in broken:

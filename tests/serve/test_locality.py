@@ -38,37 +38,38 @@ def test_a_replica_leaving_or_joining_moves_only_the_sessions_it_held_or_wins():
     assert all(joined[s] == "r-e5" for s in moved) and 250 <= len(moved) <= 550  # 400 expected
 
 
-def test_cache_answers_only_the_version_it_holds():
+def test_cache_answers_only_the_version_and_digest_it_holds():
     cache = StmCache(capacity=4)
-    cache.put("s", 3, "stm3")
+    cache.put("s", 3, "d3", "stm3")
     assert cache.version("s") == 3 and cache.version("t") is None
-    assert cache.get("s", 3) == "stm3"
-    assert cache.get("s", 4) is None and cache.get("s", 2) is None and cache.get("t", 0) is None
+    assert cache.get("s", 3, "d3") == "stm3"
+    # Another version, another computation of this version (lost its commit), another session.
+    assert cache.get("s", 4, "d3") is None and cache.get("s", 3, "other") is None and cache.get("t", 0, "d3") is None
     assert (cache.stats.hits, cache.stats.misses) == (1, 3)
 
 
 def test_cache_keeps_the_newest_version_when_copies_arrive_out_of_order():
     cache = StmCache(capacity=4)
-    cache.put("s", 5, "stm5")
-    cache.put("s", 4, "stm4")  # a late copy of the version before
-    assert cache.get("s", 5) == "stm5" and cache.get("s", 4) is None
-    cache.put("s", 6, "stm6")
-    assert cache.get("s", 6) == "stm6" and len(cache) == 1
+    cache.put("s", 5, "d5", "stm5")
+    cache.put("s", 4, "d4", "stm4")  # a late copy of the version before
+    assert cache.get("s", 5, "d5") == "stm5" and cache.get("s", 4, "d4") is None
+    cache.put("s", 5, "d5b", "stm5b")  # the committed computation of version 5, read from the store
+    assert cache.get("s", 5, "d5b") == "stm5b" and len(cache) == 1
 
 
 def test_cache_drops_the_least_recently_used_session_first():
     cache = StmCache(capacity=2)
-    cache.put("a", 0, "A")
-    cache.put("b", 0, "B")
-    assert cache.get("a", 0) == "A"  # a is now the most recent
-    cache.put("c", 0, "C")
-    assert cache.get("b", 0) is None and cache.get("a", 0) == "A" and cache.get("c", 0) == "C"
+    cache.put("a", 0, "d", "A")
+    cache.put("b", 0, "d", "B")
+    assert cache.get("a", 0, "d") == "A"  # a is now the most recent
+    cache.put("c", 0, "d", "C")
+    assert cache.get("b", 0, "d") is None and cache.get("a", 0, "d") == "A" and cache.get("c", 0, "d") == "C"
     assert cache.stats.evictions == 1
 
 
 def test_a_cache_of_capacity_zero_keeps_nothing_and_a_negative_one_is_refused():
     cache = StmCache(capacity=0)
-    cache.put("s", 0, "stm")
-    assert cache.get("s", 0) is None and len(cache) == 0
+    cache.put("s", 0, "d", "stm")
+    assert cache.get("s", 0, "d") is None and len(cache) == 0
     with pytest.raises(ValueError, match="capacity=-1"):
         StmCache(capacity=-1)

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from rxt_dist.serving.protocol import transcript_start, transcript_step
+from rxt_dist.serving.protocol import stm_digest, transcript_start, transcript_step
 from rxt_dist.serving.sessions import (
     SessionStore,
     StoreConfig,
@@ -70,13 +70,16 @@ def test_a_claim_without_the_stm_and_the_stm_read_by_version(tmp_path):
         claim = await store.begin_turn(sid, "a", 1.0, with_stm=False)
         assert claim["status"] == "ok" and claim["version"] == 0 and claim["stm"] is None
         assert store.snapshot()["stm_sent"] == 0 and store.snapshot()["claims"] == 1
-        assert await store.read_stm(sid, 0) == {"status": "ok", "stm": b"stm0", "stm_shape": SHAPE}
+        assert claim["stm_digest"] == stm_digest(b"stm0")
+        assert await store.read_stm(sid, 0) == {"status": "ok", "stm": b"stm0", "stm_shape": SHAPE,
+                                                "stm_digest": stm_digest(b"stm0")}
         assert (store.snapshot()["stm_sent"], store.snapshot()["stm_sent_bytes"]) == (1, 4)
         await store.finish_turn(sid, "a", 0, [1], [2])
         await store.commit_update(sid, 0, b"stm1")
         # Only the version the session stands at is read; an older one is refused, never mixed up.
         assert await store.read_stm(sid, 0) == {"status": "conflict", "version": 1}
         assert (await store.read_stm(sid, 1))["stm"] == b"stm1"
+        assert (await store.begin_turn(sid, "b", 1.0))["stm_digest"] == stm_digest(b"stm1")
         assert (await store.read_stm(new_session_id(), 0))["status"] == "not_found"
         await store.delete(sid)
         assert (await store.read_stm(sid, 1))["status"] == "not_found"
