@@ -98,6 +98,3 @@ class StmCache(Generic[T]):
         while len(self._items) > self.capacity:
             self._items.popitem(last=False)
             self.stats.evictions += 1
-
-    def drop(self, session: str) -> None:
-        self._items.pop(session, None)
