@@ -80,10 +80,10 @@ class ServingPath:
     decode loop waits for it: the next step starts once the loop has forwarded the last one's
     tokens, so an iteration of B rows costs ``decode_step(B) + B × generator_chunk_s``."""
     updater_in_batch: bool = True
-    """Whether each update's ``updater_item_s`` is done inside its batch, one item after
-    another, as ``rxt_dist.serving.updates.apply_updates`` does (each item's STM read from the
-    store and deserialised, serialised and committed, within the batch), rather than on
-    receipt of the call."""
+    """Whether two thirds of each update's ``updater_item_s`` (its STM read and its commit) are
+    done inside its batch, as ``rxt_dist.serving.updates.apply_updates`` does — gathered with
+    the batch's other calls, through the replica's process — rather than all of it on receipt
+    of the call."""
     in_share: float = 1 / 3
     """Share of that per-turn work (client, proxy, Ingress, Generator's Ray side) on the path
     to the first token (half before the Generator, half carrying the first token back)."""

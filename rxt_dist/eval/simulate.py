@@ -14,11 +14,14 @@ What it plays, per session (closed loop, as the serving benchmark drives the app
 5. after the last token (an end-of-answer step for answers that stop by themselves) the turn
    is recorded (store call) and the end goes out (``out_share``): the answer time; the next
    turn starts after the think time;
-6. from the end of the answer, after a fixed latency, the least-loaded MemoryUpdater: a batch
-   starts when ``update_batch_size`` items wait or ``update_batch_wait_s`` after its first,
-   reads each item's input (store call), consolidates the batch (with each item's own work,
-   ``updater_in_batch``), commits each item (store call); the commit releases the session's
-   next turn. The update lag is commit − end of answer.
+6. from the end of the answer, after a fixed latency, the least-loaded MemoryUpdater: the
+   call's receipt on its event loop, then a batch starts when ``update_batch_size`` items wait
+   or ``update_batch_wait_s`` after its first; it reads every item's input at once (gathered
+   store calls), consolidates the batch, commits every item at once; the commit releases the
+   session's next turn. Each of the three calls carries a third of the update's work outside
+   the model (``updater_item_s``) through the replica's process (``Server``: its event-loop
+   share one call after another, the rest alongside), as ``apply_updates`` gathers them.
+   The update lag is commit − end of answer.
 
 Each process is a :class:`~rxt_dist.eval.des.Server` on one shared CPU (:mod:`rxt_dist.eval.des`).
 Every service time is multiplied by a log-normal jitter with the profile's ``timing_cv``
@@ -37,6 +40,10 @@ import numpy as np
 
 from rxt_dist.eval.capacity import CostProfile, Workload
 from rxt_dist.eval.des import Server, Sim
+
+UPDATER_CALLS = 3
+"""Ray calls per memory update in the MemoryUpdater: the call that submits it, its STM read, its
+commit (the STM sent ahead to a Generator goes out with the commit)."""
 
 
 @dataclass
@@ -107,15 +114,14 @@ class Updater:
         self.batches: list[int] = []
         self.busy_s = 0.0
         self._started = 0.0
+        self.call_s = p.path.updater_item_s / UPDATER_CALLS
+        """One of the update's Ray calls: its share of the update's work outside the model."""
 
     def submit(self, turn: _Turn) -> None:
-        """The update call's own work (Ray, the replica's event loop) is done on receipt, one
-        call after another; then the item waits for a batch."""
+        """The update call's share of the update's own work (Ray, the replica's event loop) is
+        done on receipt, alongside a running batch; then the item waits for a batch."""
         self.ongoing += 1
-        if self.p.path.updater_in_batch:
-            self._enqueue(turn)
-        else:
-            self.loop.do(self.p.path.updater_item_s, lambda: self._enqueue(turn))
+        self.loop.do(self.call_s * (1 if self.p.path.updater_in_batch else UPDATER_CALLS), lambda: self._enqueue(turn))
 
     def _enqueue(self, turn: _Turn) -> None:
         self.queue.append(turn)
@@ -142,18 +148,17 @@ class Updater:
         self.batches.append(len(batch))
         pending = {"reads": len(batch)}
 
+        in_batch = self.call_s if self.p.path.updater_in_batch else 0.0
+
         def read_done() -> None:
             pending["reads"] -= 1
             if pending["reads"] == 0:
-                work = self.p.consolidate(len(batch))
-                if self.p.path.updater_in_batch:
-                    work += len(batch) * self.p.path.updater_item_s
-                self.sim.cpu.run(self.sim.jitter(work), commit)
+                self.sim.cpu.run(self.sim.jitter(self.p.consolidate(len(batch))), commit)
 
         def commit() -> None:
             pending["commits"] = len(batch)
             for turn in batch:
-                self.store_of(turn.session.index).do(self.p.path.store_op_s, lambda t=turn: committed(t))
+                self._call(in_batch, turn, lambda t=turn: committed(t))
 
         def committed(turn: _Turn) -> None:
             self.ongoing -= 1
@@ -165,7 +170,13 @@ class Updater:
                 self._maybe_start()
 
         for turn in batch:
-            self.store_of(turn.session.index).do(self.p.path.store_op_s, read_done)
+            self._call(in_batch, turn, read_done)
+
+    def _call(self, seconds: float, turn: _Turn, then: Callable[[], None]) -> None:
+        """A store call gathered with the batch's others: the replica's side of it on its event
+        loop (shared with the calls in flight, ``Server``), then the shard's."""
+        store = self.store_of(turn.session.index)
+        self.loop.do(seconds, lambda: store.do(self.p.path.store_op_s, then))
 
 
 @dataclass

@@ -60,6 +60,23 @@ def test_throughput_saturates_at_the_batch_cost_limit():
     assert r["tokens_per_s"] == pytest.approx(16 / STEP, rel=0.03)
 
 
+def test_an_update_batch_gathers_its_store_calls():
+    """An update's work outside the model is its three Ray calls (receipt, read, commit); the
+    batch issues its reads together and its commits together, so the part of each call's work
+    off the replica's event loop overlaps the others' and only the part on it queues."""
+    def lag(sessions: int, serial: float) -> float:
+        path = ServingPath(updater_item_s=0.030, update_batch_wait_s=0.0, cores=1e9, serial_share={"updater": serial})
+        w = Workload(sessions=sessions, think_time_s=1.0, answer_tokens=4, turns=3)
+        return simulate(profile(path), w, stops_early=False)["update_lag_p50_s"]
+
+    assert lag(1, 1.0) == pytest.approx(0.030 + CONSOLIDATE, rel=1e-9)
+    # 8 and 16 sessions make batches of 4 and 8 updates (their answers end a step apart):
+    # with nothing on the event loop a batch of 8 takes as long as a batch of 4 ...
+    assert lag(16, 0.0) == pytest.approx(lag(8, 0.0), rel=1e-9)
+    # ... with everything on it, the calls of a batch queue one after another
+    assert lag(16, 1.0) > lag(8, 1.0) + 4 * 2 * 0.010
+
+
 def measured_like() -> CostProfile:
     """Shaped like this machine's profile: costs that grow with the batch, a serving path that
     costs more than the model, two shared cores."""
