@@ -43,8 +43,10 @@ install: $(STAMP)
 test: $(STAMP)
 	PYTHONFAULTHANDLER=1 $(PY) -m pytest -q
 
+# Extra arguments for the demo, e.g. make demo DEMO_ARGS="--set run.seed=1"
+DEMO_ARGS ?=
 demo: $(STAMP)
-	$(PY) jobs/demo.py
+	$(PY) jobs/demo.py $(DEMO_ARGS)
 
 bench: $(BENCH_STAMP)
 	$(PY) jobs/bench_all.py
