@@ -114,14 +114,16 @@ class Updater:
         self.batches: list[int] = []
         self.busy_s = 0.0
         self._started = 0.0
-        self.call_s = p.path.updater_item_s / UPDATER_CALLS
-        """One of the update's Ray calls: its share of the update's work outside the model."""
+        call_s = p.path.updater_item_s / UPDATER_CALLS  # one Ray call's share of the update's work
+        self.receipt_s = call_s if p.path.updater_in_batch else p.path.updater_item_s
+        self.in_batch_s = call_s if p.path.updater_in_batch else 0.0
+        """Each of the batch's calls (the read, the commit)."""
 
     def submit(self, turn: _Turn) -> None:
         """The update call's share of the update's own work (Ray, the replica's event loop) is
         done on receipt, alongside a running batch; then the item waits for a batch."""
         self.ongoing += 1
-        self.loop.do(self.call_s * (1 if self.p.path.updater_in_batch else UPDATER_CALLS), lambda: self._enqueue(turn))
+        self.loop.do(self.receipt_s, lambda: self._enqueue(turn))
 
     def _enqueue(self, turn: _Turn) -> None:
         self.queue.append(turn)
@@ -148,8 +150,6 @@ class Updater:
         self.batches.append(len(batch))
         pending = {"reads": len(batch)}
 
-        in_batch = self.call_s if self.p.path.updater_in_batch else 0.0
-
         def read_done() -> None:
             pending["reads"] -= 1
             if pending["reads"] == 0:
@@ -158,7 +158,7 @@ class Updater:
         def commit() -> None:
             pending["commits"] = len(batch)
             for turn in batch:
-                self._call(in_batch, turn, lambda t=turn: committed(t))
+                self._call(turn, lambda t=turn: committed(t))
 
         def committed(turn: _Turn) -> None:
             self.ongoing -= 1
@@ -170,13 +170,13 @@ class Updater:
                 self._maybe_start()
 
         for turn in batch:
-            self._call(in_batch, turn, read_done)
+            self._call(turn, read_done)
 
-    def _call(self, seconds: float, turn: _Turn, then: Callable[[], None]) -> None:
+    def _call(self, turn: _Turn, then: Callable[[], None]) -> None:
         """A store call gathered with the batch's others: the replica's side of it on its event
         loop (shared with the calls in flight, ``Server``), then the shard's."""
         store = self.store_of(turn.session.index)
-        self.loop.do(seconds, lambda: store.do(self.p.path.store_op_s, then))
+        self.loop.do(self.in_batch_s, lambda: store.do(self.p.path.store_op_s, then))
 
 
 @dataclass
