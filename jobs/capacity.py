@@ -128,7 +128,9 @@ def calibrate(url: str, args: argparse.Namespace, idle_s: float = 4.0) -> tuple[
     """Play the calibration workloads and measure the serving processes' CPU per turn: level A,
     one session with think time (no queueing: the latencies the profile is fitted to), and
     level B, 16 sessions with ``MANY_THINK_S`` think time (several turns in each process at once: how much
-    of a turn's work is shared with the others, ``ServingPath.fixed_share``). Ray's processes
+    of a turn's work is shared with the others, ``ServingPath.fixed_share``), and level C, level
+    A with answers capped at ``SHORT_MAX_TOKENS`` (what of a turn's work is per streamed chunk,
+    ``ServingPath.chunk_s``). Ray's processes
     work in the background too (health checks, metrics, long polls): their CPU rate over
     ``idle_s`` seconds without requests is subtracted."""
     import ray
@@ -136,9 +138,9 @@ def calibrate(url: str, args: argparse.Namespace, idle_s: float = 4.0) -> tuple[
     from rxt_dist.eval.profile import process_cpu, serving_processes
     from rxt_dist.eval.serving import ServingConfig, run_serving
 
-    def config(sessions: int, turns: int, think: float, warmup: int) -> ServingConfig:
+    def config(sessions: int, turns: int, think: float, warmup: int, max_tokens: int = args.max_tokens) -> ServingConfig:
         return ServingConfig(url=url, sessions=(sessions,), turns=turns, think_time_s=think,
-                             query_words=args.query_words, max_tokens=args.max_tokens, warmup_turns=warmup, seed=7)
+                             query_words=args.query_words, max_tokens=max_tokens, warmup_turns=warmup, seed=7)
 
     run_serving(config(1, 2, 0.0, 0))  # every process exists now
     raylet = ray._private.worker._global_node.all_processes["raylet"][0].process.pid
@@ -150,15 +152,28 @@ def calibrate(url: str, args: argparse.Namespace, idle_s: float = 4.0) -> tuple[
     rate["client"] = (client_idle1 - client_idle0) / (t1 - t0)
     level, per_turn, shares = _cpu_per_turn(pids, url, config(1, args.calibration_turns, args.calibration_think_s, 2),
                                             rate)
+    short, short_per_turn, _ = _cpu_per_turn(
+        pids, url, config(1, args.calibration_turns, args.calibration_think_s, 0, SHORT_MAX_TOKENS), rate)
+    short_tokens = [int(x) for per_turn in short["samples"]["completion_tokens"] for x in per_turn]
     many, many_per_turn, _ = _cpu_per_turn(pids, url, config(16, 6, MANY_THINK_S, 0), rate)
     in_flight = many["requests"] / many["wall_s"] * many["answer"]["p50_s"]
     fixed = {role: _fixed_share(per_turn[role], many_per_turn[role], in_flight) for role in per_turn}
     turns = level["requests"] + 2
     return level, {"per_turn": per_turn, "idle_rate": rate, "serial_share": shares, "fixed_share": fixed,
                    "many": {"sessions": 16, "think_time_s": MANY_THINK_S, "per_turn": many_per_turn,
-                            "turns_in_flight": in_flight}}, turns
+                            "turns_in_flight": in_flight},
+                   "short": {"max_tokens": SHORT_MAX_TOKENS, "cpu_per_turn": short_per_turn,
+                             "answer_tokens": sum(short_tokens) / len(short_tokens), "tokens": short_tokens,
+                             "chunks": short["tokens"]["chunks_per_turn_mean"],
+                             "long_chunks": level["tokens"]["chunks_per_turn_mean"],
+                             "answer_steps": sum(t + (t < SHORT_MAX_TOKENS) for t in short_tokens) / len(short_tokens),
+                             "ttft_p50_s": short["ttft"]["excluding_wait"]["p50_s"],
+                             "answer_p50_s": short["answer"]["p50_s"]}}, turns
 
 
+SHORT_MAX_TOKENS = 2
+"""Answer cap of the third calibration level: with the first level's (uncapped) answers it
+separates each process's work per streamed token from its work per turn."""
 MANY_THINK_S = 0.2
 """Think time of the second calibration level: short enough that many turns are in each
 process at once, unlike the benchmark's levels (no think time)."""
@@ -189,7 +204,8 @@ def build_profile(args: argparse.Namespace, url: str) -> tuple[CostProfile, dict
               "durations_s": env_before["stalls"]["durations_s"] + env_after["stalls"]["durations_s"]}
     k = slowdown(costs)
     # +1: the end-of-answer step
-    path = fit_serving_path(costs, cpu_per_turn, level, answer_mean + 1, k, machine_info()["logical_cpus"])
+    path = fit_serving_path(costs, cpu_per_turn, level, answer_mean + 1, k, machine_info()["logical_cpus"],
+                            short=cpu["short"])
     path["serial_share"] = cpu["serial_share"]
     path["fixed_share"] = cpu["fixed_share"]
     spin = env_after["slowdown"]  # the load as every later check measures it, right after the model timings
@@ -209,14 +225,16 @@ def build_profile(args: argparse.Namespace, url: str) -> tuple[CostProfile, dict
                "model_cpu_s": costs["cpu_s"], "calibration": {
                    "sessions": 1, "turns": turns, "think_time_s": args.calibration_think_s,
                    "cpu_s_per_turn": cpu_per_turn, "cpu_idle_rate": cpu["idle_rate"],
-                   "serial_share": cpu["serial_share"], "fixed_share": cpu["fixed_share"], "many": cpu["many"], "answer_tokens": tokens,
+                   "serial_share": cpu["serial_share"], "fixed_share": cpu["fixed_share"], "many": cpu["many"],
+                   "short": cpu["short"], "answer_tokens": tokens,
                    "ttft_p50_s": level["ttft"]["p50_s"], "answer_p50_s": level["answer"]["p50_s"],
                    "ttft_excluding_wait_p50_s": level["ttft"]["excluding_wait"]["p50_s"],
                    "update_lag_p50_s": level["update_lag"]["p50_s"]}})
     calibration = Workload(sessions=1, think_time_s=args.calibration_think_s, query_tokens=query_tokens,
                            answer_tokens=round(answer_mean), turns=args.calibration_turns)
     profile = fit_to_calibration(first, calibration, level["ttft"]["excluding_wait"]["p50_s"],
-                                 level["answer"]["p50_s"], level["update_lag"]["p50_s"], tokens)
+                                 level["answer"]["p50_s"], level["update_lag"]["p50_s"], tokens,
+                                 short_calibration(calibration, cpu["short"]))
     profile.extra["path_before_fit"] = dataclasses.asdict(first.path)
     return profile, level
 
@@ -240,7 +258,8 @@ def play_levels(url: str, server: dict, args: argparse.Namespace, command: str) 
     """The serving benchmark one level at a time, each right after a measurement of the
     machine's other load (``environment`` in the level's report)."""
     import ray
-    from bench_serving import replica_counts
+    from bench_serving import APP_NAME, replica_counts
+    from ray import serve
 
     from rxt_dist.eval.profile import (
         measure_environment,
@@ -250,15 +269,21 @@ def play_levels(url: str, server: dict, args: argparse.Namespace, command: str) 
     from rxt_dist.eval.serving import ServingConfig, judge_targets, run_serving
 
     pids = serving_processes(ray._private.worker._global_node.all_processes["raylet"][0].process.pid)
+    updater = serve.get_deployment_handle("MemoryUpdater", APP_NAME)
     report = None
     for i, sessions in enumerate(args.sessions):
         env = measure_environment()
         cpu0, client0 = process_cpu(pids), time.process_time()
+        batches0 = updater.stats.remote().result()
         cfg = ServingConfig(url=url, sessions=(sessions,), turns=args.turns, rounds=args.rounds,
                             query_words=args.query_words, max_tokens=args.max_tokens, warmup_turns=2 if i == 0 else 0)
         one = run_serving(cfg, progress=True, command=command, server=server, describe_server=replica_counts)
         cpu1, client1 = process_cpu(pids), time.process_time()
+        batches1 = updater.stats.remote().result()
         level = one["levels"][0]
+        batches, applied = batches1["batches"] - batches0["batches"], batches1["applied"] - batches0["applied"]
+        level["update_batches"] = {"batches": batches, "applied": applied,
+                                   "mean": applied / batches if batches else None}
         level["environment"] = env
         turns = max(1, level["requests"])
         level["cpu_s_per_turn"] = {role: (cpu1[role] - cpu0[role]) / turns for role in cpu1}
@@ -280,9 +305,21 @@ def write_check(profile: CostProfile, report: dict, args: argparse.Namespace, co
     print(check_table(rows))
     for r in rows:
         env = r["environment"]
+        batch = r["measured"].get("update_batch_mean")
         print(f"S={r['sessions']}: slowdown {env['slowdown']:.2f} (profile {env['profiled_at']:.2f}), "
-              f"stalls {env['stall_rate_per_s']:.2f}/s, {env['stalled_share']:.1%} of the time")
+              f"stalls {env['stall_rate_per_s']:.2f}/s, {env['stalled_share']:.1%} of the time; "
+              f"update batch mean sim {r['simulated']['update_batch_mean']:.1f} / measured "
+              + (f"{batch:.1f}" if batch else "—"))
     print(f"wrote {args.check_out}")
+
+
+def short_calibration(long: Workload, short: dict | None) -> tuple[Workload, float, list[int]] | None:
+    """The short-answer calibration level as :func:`fit_to_calibration` takes it (None for a
+    profile measured before it existed)."""
+    if not short or "tokens" not in short:
+        return None
+    w = dataclasses.replace(long, answer_tokens=max(1, round(short["answer_tokens"])))
+    return w, short["answer_p50_s"], short["tokens"]
 
 
 def refit(profile: CostProfile) -> CostProfile:
@@ -292,7 +329,8 @@ def refit(profile: CostProfile) -> CostProfile:
     w = Workload(sessions=1, think_time_s=c["think_time_s"], query_tokens=profile.query_tokens,
                  answer_tokens=profile.answer_tokens, turns=c["turns"] - 2)
     ttft = c.get("ttft_excluding_wait_p50_s", c["ttft_p50_s"])  # the same with think time: nothing waits
-    return fit_to_calibration(profile, w, ttft, c["answer_p50_s"], c["update_lag_p50_s"], c["answer_tokens"])
+    return fit_to_calibration(profile, w, ttft, c["answer_p50_s"], c["update_lag_p50_s"], c["answer_tokens"],
+                              short_calibration(w, c.get("short")))
 
 
 def run_compare(args: argparse.Namespace) -> None:

@@ -25,32 +25,76 @@ def _bisect(f: Callable[[float], float], target: float, lo: float, hi: float, st
 
 
 def fit_to_calibration(p: CostProfile, w: Workload, ttft_s: float, answer_s: float, lag_s: float,
-                       answer_tokens: Sequence[int] | None = None) -> CostProfile:
+                       answer_tokens: Sequence[int] | None = None,
+                       short: tuple[Workload, float, Sequence[int]] | None = None) -> CostProfile:
     """The profile with the serving path's shares and fixed latencies chosen so that simulating
     the calibration workload ``w`` gives back its measured median TTFT, answer time and update
     lag. (A closed-form fit misses what overlaps: the decoding thread keeps stepping while the
-    first token travels out, and both take the shared cores.)"""
-    path = dataclasses.replace(p.path, request_latency_s=0.0, stream_latency_s=0.0, update_latency_s=0.0)
+    first token travels out, and both take the shared cores.) With ``short`` — the same
+    workload with answers capped short, its measured median answer time and its answer
+    lengths — the end-of-answer share and latency are fitted to the short answers and the
+    latency per chunk to the long ones: what a turn costs apart from its length, and what each
+    streamed token adds."""
+    path = dataclasses.replace(p.path, request_latency_s=0.0, stream_latency_s=0.0, chunk_latency_s=0.0,
+                               update_latency_s=0.0)
 
     def run(**changes) -> dict[str, Any]:
         return simulate(dataclasses.replace(p, path=dataclasses.replace(path, **changes)), w,
                         answer_tokens=answer_tokens, seed=0)
 
-    for _ in range(4):  # the shares and the update's latency interact a little (their work overlaps): refit each in turn
+    def run_short(**changes) -> dict[str, Any]:
+        return simulate(dataclasses.replace(p, path=dataclasses.replace(path, **changes)), short[0],
+                        answer_tokens=short[2], seed=0)
+
+    for _ in range(4):  # the shares and latencies interact a little (their work overlaps): refit each in turn
         path = dataclasses.replace(path, request_latency_s=0.0, stream_latency_s=0.0)
         path = dataclasses.replace(path, in_share=_bisect(
             lambda x: run(in_share=x)["ttft_p50_s"], ttft_s, 0.0, 1.0 - path.out_share))
         path = dataclasses.replace(path, request_latency_s=max(0.0, ttft_s - run()["ttft_p50_s"]))
-        path = dataclasses.replace(path, out_share=_bisect(
-            lambda x: run(out_share=x)["answer_p50_s"], answer_s, 0.0, 1.0 - path.in_share))
-        path = dataclasses.replace(path, stream_latency_s=max(0.0, answer_s - run()["answer_p50_s"]))
+        if short is None:
+            path = dataclasses.replace(path, out_share=_bisect(
+                lambda x: run(out_share=x)["answer_p50_s"], answer_s, 0.0, 1.0 - path.in_share))
+            path = dataclasses.replace(path, stream_latency_s=max(0.0, answer_s - run()["answer_p50_s"]))
+        else:
+            short_answer_s = short[1]
+            path = dataclasses.replace(path, out_share=_bisect(
+                lambda x: run_short(out_share=x)["answer_p50_s"], short_answer_s, 0.0, 1.0 - path.in_share))
+            path = dataclasses.replace(path, stream_latency_s=max(
+                0.0, short_answer_s - run_short()["answer_p50_s"]))
+            path = dataclasses.replace(path, chunk_latency_s=_bisect(
+                lambda x: run(chunk_latency_s=x)["answer_p50_s"], answer_s, 0.0, max(answer_s, 1e-3)))
         path = dataclasses.replace(path, update_latency_s=_bisect(
             lambda x: run(update_latency_s=x)["update_lag_p50_s"], lag_s, 0.0, max(lag_s, 1e-3)))
     return dataclasses.replace(p, path=path)
 
 
+STREAM_ROLES = ("generator", "ingress", "proxy", "client")
+"""The processes every streamed token passes."""
+
+
+def split_per_chunk(long: dict[str, float], short: dict[str, float], long_chunks: float,
+                    short_chunks: float) -> tuple[dict[str, float], dict[str, float]]:
+    """Each streaming role's CPU seconds per turn split into a part per turn and a part per
+    streamed chunk, from two calibration levels whose answers came in ``long_chunks`` and
+    ``short_chunks`` chunks on average: the slope between them is the per-chunk part (never
+    negative), and the per-turn part is what is left of the long level's figure (so the long
+    level is reproduced exactly; never negative). Roles off the stream keep their long-level
+    figure."""
+    if long_chunks - short_chunks < 1:
+        raise ValueError(f"calibration answers of {long_chunks:.1f} and {short_chunks:.1f} chunks: "
+                         "need at least one chunk between them to tell per-chunk from per-turn work")
+    per_turn, per_chunk = dict(long), {}
+    for role in STREAM_ROLES:
+        if role in long and role in short:
+            slope = max(0.0, (long[role] - short[role]) / (long_chunks - short_chunks))
+            per_chunk[role] = min(slope, long[role] / long_chunks)
+            per_turn[role] = long[role] - per_chunk[role] * long_chunks
+    return per_turn, per_chunk
+
+
 def fit_serving_path(model_profile: dict[str, Any], cpu_per_turn: dict[str, float], level: dict[str, Any],
-                     answer_steps: float, k: float, cores: int, batch_wait_s: float = 0.005) -> dict[str, float]:
+                     answer_steps: float, k: float, cores: int, batch_wait_s: float = 0.005,
+                     short: dict[str, Any] | None = None) -> dict[str, Any]:
     """The serving path's costs (``ServingPath`` fields) from a calibration level played at
     S = 1 with think time (no queueing, no wait for updates):
 
@@ -62,26 +106,41 @@ def fit_serving_path(model_profile: dict[str, Any], cpu_per_turn: dict[str, floa
       first token (``in_share``) and to the end of the answer (``out_share``) is what the
       calibration's median TTFT and median first-token-to-end time leave after the model and
       the store calls; what the work cannot explain is fixed latency, never negative;
+    * with ``short`` (a second level's ``cpu_per_turn``, ``chunks`` and ``answer_steps``, its
+      answers capped short) each streaming role's work is split into a part per turn and a
+      part per streamed chunk (:func:`split_per_chunk`, the Generator's after taking the model's
+      operations out of each level), the latter × ``k`` being ``chunk_s``;
     * the machine's other load is what makes one busy thread get 1/k of a core (k − 1 busy
       threads per core)."""
     from rxt_dist.eval.capacity import STORE_OPS_PER_TURN
 
     cpu = model_profile["cpu_s"]
-    model_gen_cpu = cpu["prefill"][1] + answer_steps * cpu["decode_step"][1]
-    path: dict[str, float] = {
+
+    def outside_model(cpu_s: dict[str, float], steps: float) -> dict[str, float]:
+        generator = cpu_s.get("generator", 0.0) - cpu["prefill"][1] - steps * cpu["decode_step"][1]
+        return {**cpu_s, "generator": max(0.0, generator)}
+
+    cpu_per_turn, chunk_s = outside_model(cpu_per_turn, answer_steps), {}
+    if short is not None:
+        cpu_per_turn, per_chunk = split_per_chunk(
+            cpu_per_turn, outside_model(short["cpu_per_turn"], short["answer_steps"]),
+            level["tokens"]["chunks_per_turn_mean"], short["chunks"])
+        chunk_s = {role: v * k for role, v in per_chunk.items()}
+    path: dict[str, Any] = {
         "client_s": cpu_per_turn.get("client", 0.0) * k,
         "proxy_s": cpu_per_turn.get("proxy", 0.0) * k,
         "ingress_s": cpu_per_turn.get("ingress", 0.0) * k,
         "store_op_s": cpu_per_turn.get("store", 0.0) * k / STORE_OPS_PER_TURN,
-        "generator_io_s": max(0.0, cpu_per_turn.get("generator", 0.0) - model_gen_cpu) * k,
+        "generator_io_s": cpu_per_turn.get("generator", 0.0) * k,
         "updater_item_s": max(0.0, cpu_per_turn.get("updater", 0.0) - cpu["consolidate"][1]) * k,
         "cores": float(cores),
         "other_load": max(0.0, k - 1),
     }
+    path["chunk_s"] = chunk_s
     front = path["client_s"] + path["proxy_s"] + path["ingress_s"]
     ttft, answer = level["ttft"]["excluding_wait"]["p50_s"], level["answer"]["p50_s"]
     lag = level["update_lag"]["p50_s"]
-    to_first = max(0.0, ttft - path["store_op_s"] - model_profile["prefill_s"][1])
+    to_first = max(0.0, ttft - path["store_op_s"] - model_profile["prefill_s"][1] - sum(chunk_s.values()))
     path["in_share"] = min(1.0, to_first / (front + path["generator_io_s"])) if front else 0.0
     path["request_latency_s"] = max(0.0, to_first - path["in_share"] * (front + path["generator_io_s"]))
     to_end = max(0.0, (answer - ttft) - answer_steps * model_profile["decode_step_s"][1] - path["store_op_s"])

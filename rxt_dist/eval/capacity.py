@@ -79,6 +79,14 @@ class ServingPath:
     """The Generator's event-loop work per streamed token (handing it to Ray's stream). The
     decode loop waits for it: the next step starts once the loop has forwarded the last one's
     tokens, so an iteration of B rows costs ``decode_step(B) + B × generator_chunk_s``."""
+    chunk_s: dict[str, float] = field(default_factory=dict)
+    """Per process role on the answer's stream (generator, ingress, proxy, client): its work per
+    streamed chunk — the Generator hands one item of tokens to Ray's stream, the Ingress makes
+    it a server-sent event, the proxy forwards it, the client parses it — beside the per-turn
+    work above. A chunk carries the tokens decoded since the Generator's stream sent the last
+    one: one token each while the stream keeps up with decoding, several when it falls behind.
+    Fitted from two calibration levels whose answers differ in length; empty: all of a turn's
+    work counts per turn, whatever its length."""
     updater_in_batch: bool = True
     """Whether two thirds of each update's ``updater_item_s`` (its STM read and its commit) are
     done inside its batch, as ``rxt_dist.serving.updates.apply_updates`` does — gathered with
@@ -96,6 +104,10 @@ class ServingPath:
     calibration's TTFT shows that the work does not explain)."""
     stream_latency_s: float = 0.0
     """Fixed latency from the last token to the client's end of answer, likewise."""
+    chunk_latency_s: float = 0.0
+    """Fixed latency per streamed chunk beyond its work: the Ingress sends an answer's events one
+    after another, each once the last has gone out (fitted, with ``chunk_s``, to the
+    calibration's answer time at two answer lengths)."""
     update_latency_s: float = 0.0
     """Fixed latency from the end of an answer to the MemoryUpdater receiving its update."""
     cores: float = 1.0
@@ -123,12 +135,15 @@ class ServingPath:
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
-            if f.name not in ("serial_share", "fixed_share") and getattr(self, f.name) < 0:
+            if f.name not in ("serial_share", "fixed_share", "chunk_s") and getattr(self, f.name) < 0:
                 raise ValueError(f"{f.name}={getattr(self, f.name)}: must be ≥ 0")
         for name in ("serial_share", "fixed_share"):
             for role, share in getattr(self, name).items():
                 if not 0 <= share <= 1:
                     raise ValueError(f"{name}[{role!r}]={share}: must be between 0 and 1")
+        for role, seconds in self.chunk_s.items():
+            if seconds < 0:
+                raise ValueError(f"chunk_s[{role!r}]={seconds}: must be ≥ 0")
         if self.in_share + self.out_share > 1 + 1e-9:
             raise ValueError(f"in_share={self.in_share} + out_share={self.out_share}: must be ≤ 1")
         if self.cores <= 0:
@@ -139,6 +154,15 @@ class ServingPath:
 
     def fixed(self, role: str) -> float:
         return self.fixed_share.get(role, 1.0)
+
+    def chunk(self, role: str) -> float:
+        return self.chunk_s.get(role, 0.0)
+
+    def front_per_turn(self, answer_tokens: float) -> float:
+        """Client, proxy and Ingress work of one turn of ``answer_tokens`` tokens, streamed one per
+        chunk (the most it costs)."""
+        return (self.client_s + self.proxy_s + self.ingress_s
+                + answer_tokens * sum(self.chunk(r) for r in ("client", "proxy", "ingress")))
 
     def speed(self, busy: int) -> float:
         """Speed of each of ``busy`` busy processes relative to one busy alone (the profile's
@@ -203,8 +227,9 @@ class CostProfile:
 
         work = {name: getattr(self.path, name) * f for name in (
             "client_s", "proxy_s", "ingress_s", "store_op_s", "generator_io_s", "updater_item_s",
-            "request_latency_s", "stream_latency_s", "update_latency_s")}
-        path = dataclasses.replace(self.path, **work, other_load=max(0.0, slowdown - 1))
+            "request_latency_s", "stream_latency_s", "chunk_latency_s", "update_latency_s")}
+        path = dataclasses.replace(self.path, **work, chunk_s={r: v * f for r, v in self.path.chunk_s.items()},
+                                   other_load=max(0.0, slowdown - 1))
         return dataclasses.replace(
             self, decode_step_s=scaled(self.decode_step_s), prefill_s=scaled(self.prefill_s),
             prefill_length_s=scaled(self.prefill_length_s), consolidate_s=scaled(self.consolidate_s), path=path,
@@ -270,11 +295,13 @@ class Workload:
 
 # -- closed-form bounds (operational laws) ---------------------------------------------------------
 
-def path_cpu_per_turn(p: CostProfile) -> float:
-    """Seconds of the serving path's own work per turn (client excluded: users bring their own)."""
+def path_cpu_per_turn(p: CostProfile, answer_tokens: float) -> float:
+    """Seconds of the serving path's own work per turn of ``answer_tokens`` streamed tokens
+    (client excluded: users bring their own)."""
     path = p.path
-    return (path.proxy_s + path.ingress_s + STORE_OPS_PER_TURN * path.store_op_s + path.generator_io_s
-            + path.updater_item_s)
+    return (path.front_per_turn(answer_tokens) - path.client_s - answer_tokens * path.chunk("client")
+            + STORE_OPS_PER_TURN * path.store_op_s + path.generator_io_s
+            + answer_tokens * path.chunk("generator") + path.updater_item_s)
 
 
 def bounds(p: CostProfile, w: Workload) -> dict[str, float]:
@@ -283,8 +310,9 @@ def bounds(p: CostProfile, w: Workload) -> dict[str, float]:
     give (full batches), and the replicas that rate needs at 100% busy."""
     path = p.path
     front = path.client_s + path.proxy_s + path.ingress_s
+    first_token = sum(path.chunk(r) for r in ("generator", "ingress", "proxy", "client"))
     ttft = (path.in_share * (front + path.generator_io_s) + path.request_latency_s + path.store_op_s
-            + p.prefill(1, w.query_tokens))
+            + p.prefill(1, w.query_tokens) + first_token)
     answer = ttft + w.answer_tokens * p.decode_step(1) + path.store_op_s + path.out_share * front
     cycle = w.think_time_s + answer
     turns_per_s = w.sessions / cycle
@@ -297,7 +325,7 @@ def bounds(p: CostProfile, w: Workload) -> dict[str, float]:
             "max_updates_per_s_per_updater": updates_per_replica,
             "generators_at_full_busy": turns_per_s * w.answer_tokens / tokens_per_replica,
             "updaters_at_full_busy": turns_per_s / updates_per_replica,
-            "path_cpu_cores": turns_per_s * path_cpu_per_turn(p)}
+            "path_cpu_cores": turns_per_s * path_cpu_per_turn(p, w.answer_tokens)}
 
 
 # -- bytes and operations -----------------------------------------------------------------------

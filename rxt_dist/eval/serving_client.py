@@ -107,6 +107,8 @@ class TurnResult:
     answer_s: float | None = None
     completion_tokens: int = 0
     prompt_tokens: int = 0
+    chunks: int = 0
+    """Server-sent events that carried answer text (the server may put several tokens in one)."""
     waited_ms: float | None = None
     """``x-waited-for-update-ms``: this request's wait for the previous turn's update."""
     version: int | None = None
@@ -248,4 +250,6 @@ async def _read_stream(result: TurnResult, lines, started: float) -> None:
             continue
         if result.ttft_s is None and (choice["delta"].get("content") or choice.get("finish_reason")):
             result.ttft_s = time.perf_counter() - started
+        if choice["delta"].get("content"):
+            result.chunks += 1
     result.error = "stream ended without [DONE]"

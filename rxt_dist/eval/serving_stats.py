@@ -109,6 +109,7 @@ def _token_summary(run: LevelRun, done: list[TurnResult], max_tokens: int) -> di
             "completion_total": total,
             "completion_per_turn_mean": float(np.mean([r.completion_tokens for r in done])) if done else None,
             "prompt_per_turn_mean": float(np.mean([r.prompt_tokens for r in done])) if done else None,
+            "chunks_per_turn_mean": float(np.mean([r.chunks for r in done])) if done else None,
             "max_tokens": max_tokens,
         },
         "throughput": {
@@ -128,6 +129,7 @@ def summarise_level(run: LevelRun, cfg: ServingConfig) -> dict[str, Any]:
     lag = _by_turn(run, n, lambda r: r.lag_s)
     waited = _by_turn(run, n, lambda r: r.waited_ms if r.ok else None)
     tokens = _by_turn(run, n, lambda r: float(r.completion_tokens) if r.ok else None)
+    chunks = _by_turn(run, n, lambda r: float(r.chunks) if r.ok else None)
     played = max((len(s) for s in run.turns), default=0)
     lag_p50, answer_p50 = percentile(_flat(lag), 50), percentile(_flat(answer), 50)
     return {
@@ -155,7 +157,7 @@ def summarise_level(run: LevelRun, cfg: ServingConfig) -> dict[str, Any]:
         **_token_summary(run, done, cfg.max_tokens),
         "lag_below_median_answer": lag_p50 < answer_p50 if lag_p50 is not None and answer_p50 else None,
         "samples": {"ttft_s": ttft, "answer_s": answer, "update_lag_s": lag, "waited_ms": waited,
-                    "completion_tokens": tokens},
+                    "completion_tokens": tokens, "chunks": chunks},
         "server_state": run.server_state,
     }
 

@@ -29,7 +29,8 @@ def measured_figures(level: dict) -> dict[str, float | None]:
     return {"ttft_p50_s": level["ttft"]["p50_s"], "ttft_p99_s": level["ttft"]["p99_s"],
             "tokens_per_s": level["throughput"]["aggregate_tokens_per_s"],
             "update_lag_p50_s": level["update_lag"]["p50_s"], "update_lag_p99_s": level["update_lag"]["p99_s"],
-            "answer_p50_s": level["answer"]["p50_s"], "waited_share": level["waited"]["share"]}
+            "answer_p50_s": level["answer"]["p50_s"], "waited_share": level["waited"]["share"],
+            "update_batch_mean": (level.get("update_batches") or {}).get("mean")}
 
 
 def compare(profile: CostProfile, levels: list[dict]) -> list[dict[str, Any]]:
@@ -43,7 +44,8 @@ def compare(profile: CostProfile, levels: list[dict]) -> list[dict[str, Any]]:
         sim, real = simulate_level(here, level), measured_figures(level)
         errors = {key: (sim[key] / real[key] - 1) if real[key] else None for key, _ in CHECKED}
         rows.append({"sessions": level["sessions"], "measured": real,
-                     "simulated": {k: sim[k] for k in (*real, "busy") if k in sim},
+                     "simulated": {**{k: sim[k] for k in (*real, "busy") if k in sim},
+                                   "update_batch_mean": sim["busy"]["update_batch_mean"]},
                      "relative_error": errors,
                      "within_tolerance": all(e is not None and abs(e) <= TOLERANCE for e in errors.values()),
                      "load_average": [level["load_average_before"], level["load_average_after"]],

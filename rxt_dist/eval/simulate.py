@@ -10,10 +10,14 @@ What it plays, per session (closed loop, as the serving benchmark drives the app
    its decode loop admits it: each loop iteration is one step of the running sequences plus
    the prefill of the admitted ones (``DecodeLoop._tick``); every iteration gives each sequence
    a token;
-4. the first token passes Generator, Ingress, proxy and client again: that is the TTFT;
-5. after the last token (an end-of-answer step for answers that stop by themselves) the turn
-   is recorded (store call) and the end goes out (``out_share``): the answer time; the next
-   turn starts after the think time;
+4. each token goes out through the Generator's event loop (``chunk_s``) to the Ingress, which
+   streams the answer one event at a time: a chunk passes Ingress, proxy and client
+   (``chunk_s`` at each) and ``chunk_latency_s`` later the next follows (tokens wait their
+   turn, none merged — as measured: chunks per answer equal tokens per answer at every load);
+   the first chunk, with ``in_share / 2`` of the per-turn work, is the TTFT;
+5. after the last step (an end-of-answer step for answers that stop by themselves) the end
+   follows the last chunk; the Ingress records the turn (store call) and sends the end out
+   (``out_share``): the answer time; the next turn starts after the think time;
 6. from the end of the answer, after a fixed latency, the least-loaded MemoryUpdater: the
    call's receipt on its event loop, then a batch starts when ``update_batch_size`` items wait
    or ``update_batch_wait_s`` after its first; it reads every item's input at once (gathered
@@ -209,18 +213,29 @@ class _Turn:
         self.sent = graph.sim.now
         self.ended = math.nan
         self.commit_at = math.nan
+        self.steps_seen = 0
+        self.front_queue: deque[int] = deque()
+        """Chunks (1, 2, …) and the end (0) that reached the Ingress, not yet streamed on."""
+        self.front_busy = False
         client, proxy, ingress = graph.front_for(session.index)
         path = graph.p.path
         self.inward = [(client, path.client_s), (proxy, path.proxy_s), (ingress, path.ingress_s)]
         self.generator = graph.generator_for()
         self.generator.ongoing += 1
+        self.outward = [(self.generator.io, path.generator_io_s)] + self.inward[::-1]
+        self.chunk_s = [path.chunk(role) for role in ("generator", "ingress", "proxy", "client")]
+        """Per streamed chunk, each stage of ``outward``."""
         self._chain(self.inward, path.in_share / 2, lambda: graph.sim.after(path.request_latency_s, self._claim))
 
-    def _chain(self, stages: list[tuple[Server, float]], share: float, then: Callable[[], None]) -> None:
-        """``share`` of each stage's per-turn work, one stage after the other, then ``then``."""
+    def _chain(self, stages: list[tuple[Server, float]], share: float, then: Callable[[], None],
+               extra: Sequence[float] = ()) -> None:
+        """``share`` of each stage's per-turn work (plus its ``extra`` seconds), one stage after
+        the other, then ``then``."""
         chain = then
-        for server, seconds in reversed(stages):
-            chain = (lambda s=server, sec=seconds * share, nxt=chain: s.do(sec, nxt))
+        for i in reversed(range(len(stages))):
+            server, seconds = stages[i]
+            work = seconds * share + (extra[i] if i < len(extra) else 0.0)
+            chain = (lambda s=server, sec=work, nxt=chain: s.do(sec, nxt))
         chain()
 
     def _claim(self) -> None:
@@ -243,32 +258,70 @@ class _Turn:
                              lambda: self.generator.submit(_Seq(self, steps)))
 
     def token(self, first: bool, last: bool) -> None:
+        """A decoding step of this turn ended: its token (the end-of-answer step has none) goes out
+        through the Generator's event loop (``chunk_s``, and ``in_share / 2`` of the per-turn
+        work with the first) to the Ingress's queue for this answer; after the last step the end
+        follows it."""
         path = self.g.p.path
-        if first:
-            outward = [(self.generator.io, path.generator_io_s)] + self.inward[::-1]
-            self._chain(outward, path.in_share / 2, self._first_seen)
+        self.steps_seen += 1
+        if self.steps_seen <= self.answer_tokens:
+            share = path.in_share / 2 if self.steps_seen == 1 else 0.0
+            self.generator.io.do(path.generator_io_s * share + self.chunk_s[0],
+                                 lambda n=self.steps_seen: self._arrive(n))
         if last:
             self.generator.io.do(path.generator_io_s * (1 - path.in_share))
-            self.g.store_of(self.session.index).do(path.store_op_s, self._recorded)
+            self.generator.io.do(0.0, lambda: self._arrive(0))
 
-    def _first_seen(self) -> None:
-        self.record.ttft_s = self.g.sim.now - self.sent
+    def _arrive(self, chunk: int) -> None:
+        self.front_queue.append(chunk)
+        if not self.front_busy:
+            self._pump()
+
+    def _pump(self) -> None:
+        """The Ingress streams this answer one event at a time: a chunk goes through Ingress,
+        proxy and client (``chunk_s`` at each) and, ``chunk_latency_s`` later, the next one
+        follows (the stream waits for each send; tokens wait their turn, none merged). The
+        first chunk, with ``in_share / 2`` of the per-turn work, is the TTFT. The end (0) makes
+        the Ingress record the turn (store call) and send the end of the answer out."""
+        if not self.front_queue:
+            self.front_busy = False
+            return
+        self.front_busy = True
+        chunk = self.front_queue.popleft()
+        path = self.g.p.path
+        if chunk == 0:
+            ingress = self.outward[1][0]
+            ingress.do(0.0, lambda: self.g.store_of(self.session.index).do(path.store_op_s, self._recorded))
+            return
+        share = path.in_share / 2 if chunk == 1 else 0.0
+
+        def read() -> None:
+            if chunk == 1:
+                self.record.ttft_s = self.g.sim.now - self.sent
+            self.g.sim.after(path.chunk_latency_s, self._pump)
+
+        self._chain(self.outward[1:], share, read, self.chunk_s[1:])
 
     def _recorded(self) -> None:
         """The turn is stored as pending; the end of the answer goes out through Ingress, proxy
         and client."""
         self.session.update_pending = True
         path = self.g.p.path
-        self.g.sim.after(path.stream_latency_s, lambda: self._chain(self.inward[::-1], path.out_share, self._ended))
+        ingress, out = self.inward[-1], self.inward[-2::-1]
+
+        def handed_over() -> None:
+            self.g.sim.after(path.update_latency_s, lambda: self.g.updater_for().submit(self))
+            self._chain(out, path.out_share, self._ended)
+
+        self.g.sim.after(path.stream_latency_s, lambda: self._chain([ingress], path.out_share, handed_over))
 
     def _ended(self) -> None:
-        """The client has read the end. The Ingress dispatches the update once it has handed the
-        last byte over — about now; the update's own latency (Ray calls, scheduling) is the
-        profile's ``update_latency_s``, fitted to the measured lag."""
+        """The client has read the end (after every chunk before it)."""
         self.ended = self.g.sim.now
         self.record.answer_s = self.ended - self.sent
+        if not math.isnan(self.commit_at):  # the update committed before the end reached the client
+            self.record.lag_s = self.commit_at - self.ended
         path = self.g.p.path
-        self.g.sim.after(path.update_latency_s, lambda: self.g.updater_for().submit(self))
         rest = 1 - path.in_share - path.out_share
         for server, seconds in self.inward:
             server.do(seconds * rest)

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from rxt_dist.eval.calibrate import fit_serving_path, fit_to_calibration
+from rxt_dist.eval.calibrate import fit_serving_path, fit_to_calibration, split_per_chunk
 from rxt_dist.eval.capacity import (
     CostProfile,
     ServingPath,
@@ -145,6 +145,62 @@ def test_fitted_path_reproduces_its_calibration_run():
     assert r["update_lag_p50_s"] == pytest.approx(0.030, rel=0.02)
 
 
+def test_an_answer_streams_one_chunk_at_a_time():
+    """Chunks whose way out (Ingress, proxy, client) costs more than a decoding step set the
+    answer's pace: each waits for the one before it, the first is the TTFT."""
+    front = {"ingress": 0.005, "proxy": 0.003, "client": 0.002}
+    path = ServingPath(update_batch_wait_s=0.0, cores=1e9, chunk_s={"generator": 0.001, **front})
+    r = simulate(profile(path), Workload(sessions=1, think_time_s=5.0, answer_tokens=8, turns=3), stops_early=False)
+    assert r["ttft_p50_s"] == pytest.approx(PREFILL + 0.001 + 0.010, rel=1e-9)
+    assert r["answer_p50_s"] == pytest.approx(r["ttft_p50_s"] + 7 * 0.010, rel=1e-9)
+    slow = dataclasses.replace(path, chunk_latency_s=0.002)
+    r2 = simulate(profile(slow), Workload(sessions=1, think_time_s=5.0, answer_tokens=8, turns=3), stops_early=False)
+    # each chunk, and the end behind the last, waits the latency after the one before it
+    assert r2["answer_p50_s"] == pytest.approx(r["answer_p50_s"] + 8 * 0.002, rel=1e-9)
+
+
+def test_two_answer_lengths_tell_per_chunk_from_per_turn_work():
+    per_turn = {"client": 0.004, "proxy": 0.008, "ingress": 0.015, "generator": 0.010, "store": 0.012}
+    per_chunk = {"client": 0.0004, "proxy": 0.0009, "ingress": 0.0015, "generator": 0.002}
+    long = {r: v + 28 * per_chunk.get(r, 0.0) for r, v in per_turn.items()}
+    short = {r: v + 2 * per_chunk.get(r, 0.0) for r, v in per_turn.items()}
+    turn, chunk = split_per_chunk(long, short, 28, 2)
+    assert chunk == pytest.approx(per_chunk)
+    assert turn == pytest.approx(per_turn)  # the store is off the stream: its figure stays whole
+    with pytest.raises(ValueError, match="chunks"):
+        split_per_chunk(long, short, 2.5, 2)
+
+
+def test_fitted_path_gives_back_both_calibration_lengths():
+    """With a short-answer level the fit reproduces the long level's TTFT, answer time and lag
+    and the short level's answer time; the Generator's per-chunk work excludes the model's step."""
+    p = measured_like()
+    step_cpu = 0.001
+    model = {"decode_step_s": p.decode_step_s, "prefill_s": p.prefill_s, "consolidate_s": p.consolidate_s,
+             "cpu_s": {"prefill": {1: 0.004}, "decode_step": {1: step_cpu}, "consolidate": {1: 0.002}}}
+    model_turn = {tokens: 0.004 + (tokens + 1) * step_cpu for tokens in (24, 2)}
+    cpu_long = {"client": 0.012, "proxy": 0.030, "ingress": 0.060, "store": 0.010, "updater": 0.011,
+                "generator": 0.010 + 24 * 0.002 + model_turn[24]}
+    cpu_short = {"client": 0.006, "proxy": 0.012, "ingress": 0.024, "store": 0.010, "updater": 0.011,
+                 "generator": 0.010 + 2 * 0.002 + model_turn[2]}
+    level = {"ttft": {"excluding_wait": {"p50_s": 0.040}}, "answer": {"p50_s": 0.200},
+             "update_lag": {"p50_s": 0.030}, "tokens": {"chunks_per_turn_mean": 24}}
+    short = {"cpu_per_turn": cpu_short, "chunks": 2, "answer_steps": 3}
+    first = ServingPath(**fit_serving_path(model, cpu_long, level, answer_steps=25, k=1.0, cores=2, short=short))
+    assert first.chunk_s["generator"] == pytest.approx(0.002)
+    assert first.chunk_s["ingress"] == pytest.approx(0.036 / 22)
+    assert first.generator_io_s == pytest.approx(0.010)
+    w = Workload(sessions=1, think_time_s=0.3, answer_tokens=24, turns=6)
+    w_short = dataclasses.replace(w, answer_tokens=2)
+    q = fit_to_calibration(dataclasses.replace(p, path=first), w, 0.040, 0.200, 0.030, short=(w_short, 0.070, [2]))
+    long_run, short_run = simulate(q, w), simulate(q, w_short)
+    assert long_run["ttft_p50_s"] == pytest.approx(0.040, rel=0.02)
+    assert long_run["answer_p50_s"] == pytest.approx(0.200, rel=0.02)
+    assert long_run["update_lag_p50_s"] == pytest.approx(0.030, rel=0.02)
+    assert short_run["answer_p50_s"] == pytest.approx(0.070, rel=0.05)
+    assert q.path.chunk_latency_s > 0
+
+
 def test_tables_are_made_monotone_and_checked():
     assert monotone({1: 5.0, 2: 9.0, 4: 3.0, 8: 4.0}) == {1: 3.0, 2: 3.0, 4: 3.0, 8: 4.0}
     p = profile()
@@ -200,3 +256,12 @@ def test_a_process_runs_its_serial_share_one_job_after_another_and_shares_the_cp
         Server(one_core, serial=0.0).do(0.010, lambda: ends.append(one_core.now))
     one_core.run()
     assert ends == pytest.approx([0.020, 0.020])  # two busy jobs on one core: each at half speed
+
+
+def test_every_serving_process_has_a_role():
+    """The profile reads each role's CPU from the Ray workers' process titles (``ray::<class>``)."""
+    from rxt_dist.eval.profile import PROCESS_ROLES
+    from serve.store import StoreShard
+
+    for cls in ("Ingress", "Generator", "MemoryUpdater", StoreShard.__name__):
+        assert any(needle in f"ray::{cls}.method" for needle in PROCESS_ROLES), cls
