@@ -155,13 +155,15 @@ def calibrate(url: str, args: argparse.Namespace, idle_s: float = 4.0) -> tuple[
     short, short_per_turn, _ = _cpu_per_turn(
         pids, url, config(1, args.calibration_turns, args.calibration_think_s, 0, SHORT_MAX_TOKENS), rate)
     short_tokens = [int(x) for per_turn in short["samples"]["completion_tokens"] for x in per_turn]
-    many, many_per_turn, _ = _cpu_per_turn(pids, url, config(16, 6, MANY_THINK_S, 0), rate)
+    many, many_per_turn, _ = _cpu_per_turn(pids, url, config(16, MANY_TURNS, MANY_THINK_S, 0), rate)
     in_flight = many["requests"] / many["wall_s"] * many["answer"]["p50_s"]
     fixed = {role: _fixed_share(per_turn[role], many_per_turn[role], in_flight) for role in per_turn}
     turns = level["requests"] + 2
     return level, {"per_turn": per_turn, "idle_rate": rate, "serial_share": shares, "fixed_share": fixed,
-                   "many": {"sessions": 16, "think_time_s": MANY_THINK_S, "per_turn": many_per_turn,
-                            "turns_in_flight": in_flight},
+                   "many": {"sessions": 16, "turns": MANY_TURNS, "think_time_s": MANY_THINK_S,
+                            "per_turn": many_per_turn, "turns_in_flight": in_flight,
+                            "update_lag_p50_s": many["update_lag"]["p50_s"],
+                            "tokens": [int(x) for per_turn in many["samples"]["completion_tokens"] for x in per_turn]},
                    "short": {"max_tokens": SHORT_MAX_TOKENS, "cpu_per_turn": short_per_turn,
                              "answer_tokens": sum(short_tokens) / len(short_tokens), "tokens": short_tokens,
                              "chunks": short["tokens"]["chunks_per_turn_mean"],
@@ -174,6 +176,7 @@ def calibrate(url: str, args: argparse.Namespace, idle_s: float = 4.0) -> tuple[
 SHORT_MAX_TOKENS = 2
 """Answer cap of the third calibration level: with the first level's (uncapped) answers it
 separates each process's work per streamed token from its work per turn."""
+MANY_TURNS = 6
 MANY_THINK_S = 0.2
 """Think time of the second calibration level: short enough that many turns are in each
 process at once, unlike the benchmark's levels (no think time)."""

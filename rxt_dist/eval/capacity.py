@@ -83,10 +83,9 @@ class ServingPath:
     """Per process role on the answer's stream (generator, ingress, proxy, client): its work per
     streamed chunk — the Generator hands one item of tokens to Ray's stream, the Ingress makes
     it a server-sent event, the proxy forwards it, the client parses it — beside the per-turn
-    work above. A chunk carries the tokens decoded since the Generator's stream sent the last
-    one: one token each while the stream keeps up with decoding, several when it falls behind.
-    Fitted from two calibration levels whose answers differ in length; empty: all of a turn's
-    work counts per turn, whatever its length."""
+    work above. Each token is one chunk (measured: the served answers' chunks equal their
+    tokens at every load). Fitted from two calibration levels whose answers differ in length;
+    empty: all of a turn's work counts per turn, whatever its length."""
     updater_in_batch: bool = True
     """Whether two thirds of each update's ``updater_item_s`` (its STM read and its commit) are
     done inside its batch, as ``rxt_dist.serving.updates.apply_updates`` does — gathered with
