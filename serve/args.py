@@ -57,10 +57,11 @@ class AppArgs(BaseModel):
     compile_decode: bool = False
     """Decode through the compiled step (``torch.compile``; the eager step is the fallback):
     faster per token, but each Generator replica spends tens of seconds compiling at start."""
-    stream_interval_s: float = 0.0
+    stream_interval_s: float = 0.05
     """The Generator sends an answer's tokens to the Ingress at most this often (the tokens
-    decoded meanwhile go together in one message); the first token is never held back. 0: send
-    whatever is ready as soon as the Ingress takes it."""
+    decoded meanwhile go together in one message, and one server-sent event); the first token
+    is never held back. 0: send whatever is ready as soon as the Ingress takes it — one event
+    per token, each costing ~5 ms of CPU across the serving processes (docs/BENCHMARKS.md)."""
     stm_cache_sessions: int = 4096
     """STMs each Generator replica keeps (sessions, least recently used dropped first). A
     session's turns go to one replica, which the MemoryUpdater sends each new STM to, so the

@@ -83,9 +83,13 @@ class ServingPath:
     """Per process role on the answer's stream (generator, ingress, proxy, client): its work per
     streamed chunk — the Generator hands one item of tokens to Ray's stream, the Ingress makes
     it a server-sent event, the proxy forwards it, the client parses it — beside the per-turn
-    work above. Each token is one chunk (measured: the served answers' chunks equal their
-    tokens at every load). Fitted from two calibration levels whose answers differ in length;
+    work above. With ``stream_interval_s`` 0 each token is one chunk (measured: the answers'
+    chunks equal their tokens at every load); with time slicing the Generator's part stays per
+    token (its stream wakes for every decoded token) and the others' is per chunk. Fitted from two calibration levels whose answers differ in length;
     empty: all of a turn's work counts per turn, whatever its length."""
+    stream_interval_s: float = 0.0
+    """The application's ``stream_interval_s``: after an answer's first token the Generator sends
+    the tokens decoded meanwhile at most this often, in one chunk (0: one chunk per token)."""
     updater_in_batch: bool = True
     """Whether two thirds of each update's ``updater_item_s`` (its STM read and its commit) are
     done inside its batch, as ``rxt_dist.serving.updates.apply_updates`` does — gathered with

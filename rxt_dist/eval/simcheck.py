@@ -3,6 +3,7 @@ benchmark measured (``jobs/capacity.py check`` / ``compare``; docs/BENCHMARKS.md
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from rxt_dist.eval.capacity import CostProfile, Workload
@@ -33,11 +34,16 @@ def measured_figures(level: dict) -> dict[str, float | None]:
             "update_batch_mean": (level.get("update_batches") or {}).get("mean")}
 
 
-def compare(profile: CostProfile, levels: list[dict]) -> list[dict[str, Any]]:
+def compare(profile: CostProfile, levels: list[dict], stream_interval_s: float | None = None
+            ) -> list[dict[str, Any]]:
     """Per level: the simulation with the profile moved to the load measured right before the
-    level (``CostProfile.in_environment``), against what the benchmark measured."""
+    level (``CostProfile.in_environment``) and streaming as the measured application did
+    (``stream_interval_s``; None: the profile's), against what the benchmark measured."""
     rows = []
     base = profile.extra.get("environment", {}).get("slowdown", 1.0)
+    if stream_interval_s is not None:
+        profile = dataclasses.replace(profile, path=dataclasses.replace(profile.path,
+                                                                        stream_interval_s=stream_interval_s))
     for level in levels:
         env = level.get("environment")
         here = profile if env is None else profile.in_environment(env["slowdown"], env["stalls"])

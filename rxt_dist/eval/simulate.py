@@ -10,11 +10,12 @@ What it plays, per session (closed loop, as the serving benchmark drives the app
    its decode loop admits it: each loop iteration is one step of the running sequences plus
    the prefill of the admitted ones (``DecodeLoop._tick``); every iteration gives each sequence
    a token;
-4. each token goes out through the Generator's event loop (``chunk_s``) to the Ingress, which
-   streams the answer one event at a time: a chunk passes Ingress, proxy and client
-   (``chunk_s`` at each) and ``chunk_latency_s`` later the next follows (tokens wait their
-   turn, none merged — as measured: chunks per answer equal tokens per answer at every load);
-   the first chunk, with ``in_share / 2`` of the per-turn work, is the TTFT;
+4. the Generator sends the first token at once and later ones at most every
+   ``stream_interval_s``, the tokens decoded meanwhile in one chunk (0: one chunk per token),
+   through its event loop (``chunk_s``) to the Ingress, which streams the answer one event at
+   a time: a chunk passes Ingress, proxy and client (``chunk_s`` at each) and
+   ``chunk_latency_s`` later the next follows; the first chunk, with ``in_share / 2`` of the
+   per-turn work, is the TTFT;
 5. after the last step (an end-of-answer step for answers that stop by themselves) the end
    follows the last chunk; the Ingress records the turn (store call) and sends the end out
    (``out_share``): the answer time; the next turn starts after the think time;
@@ -214,6 +215,13 @@ class _Turn:
         self.ended = math.nan
         self.commit_at = math.nan
         self.steps_seen = 0
+        self.unsent = 0
+        """Tokens decoded and not yet sent by the Generator's stream."""
+        self.sent_at: float | None = None
+        self.chunks_sent = 0
+        self.timer_armed = False
+        self.decoded = False
+        self.end_sent = False
         self.front_queue: deque[int] = deque()
         """Chunks (1, 2, …) and the end (0) that reached the Ingress, not yet streamed on."""
         self.front_busy = False
@@ -258,19 +266,44 @@ class _Turn:
                              lambda: self.generator.submit(_Seq(self, steps)))
 
     def token(self, first: bool, last: bool) -> None:
-        """A decoding step of this turn ended: its token (the end-of-answer step has none) goes out
-        through the Generator's event loop (``chunk_s``, and ``in_share / 2`` of the per-turn
-        work with the first) to the Ingress's queue for this answer; after the last step the end
-        follows it."""
+        """A decoding step of this turn ended: its token (the end-of-answer step has none) waits
+        for the Generator's stream, and after the last step the end does too."""
         path = self.g.p.path
         self.steps_seen += 1
         if self.steps_seen <= self.answer_tokens:
-            share = path.in_share / 2 if self.steps_seen == 1 else 0.0
-            self.generator.io.do(path.generator_io_s * share + self.chunk_s[0],
-                                 lambda n=self.steps_seen: self._arrive(n))
+            self.unsent += 1
         if last:
+            self.decoded = True
             self.generator.io.do(path.generator_io_s * (1 - path.in_share))
+        self._stream()
+
+    def _stream(self) -> None:
+        """The Generator's stream (``DecodeLoop.stream``): the first token goes at once, later
+        ones at most every ``stream_interval_s``, the tokens decoded meanwhile in one chunk, and
+        whatever is left when decoding ends. Each chunk goes through the Generator's event loop
+        (its ``chunk_s`` once per token in the chunk: the stream wakes for every decoded token,
+        merged or not; and ``in_share / 2`` of the per-turn work with the first) to the
+        Ingress's queue for this answer; the end follows the last one."""
+        path = self.g.p.path
+        now = self.g.sim.now
+        due = self.sent_at is None or self.decoded or now >= self.sent_at + path.stream_interval_s - 1e-12
+        if not due:
+            if self.unsent and not self.timer_armed:
+                self.timer_armed = True
+                self.g.sim.at(self.sent_at + path.stream_interval_s, self._timer)
+            return
+        if self.unsent:
+            self.chunks_sent += 1
+            chunk, share = self.chunks_sent, (path.in_share / 2 if self.chunks_sent == 1 else 0.0)
+            tokens, self.unsent, self.sent_at = self.unsent, 0, now
+            self.generator.io.do(path.generator_io_s * share + self.chunk_s[0] * tokens, lambda: self._arrive(chunk))
+        if self.decoded and not self.end_sent:
+            self.end_sent = True
             self.generator.io.do(0.0, lambda: self._arrive(0))
+
+    def _timer(self) -> None:
+        self.timer_armed = False
+        self._stream()
 
     def _arrive(self, chunk: int) -> None:
         self.front_queue.append(chunk)

@@ -159,6 +159,25 @@ def test_an_answer_streams_one_chunk_at_a_time():
     assert r2["answer_p50_s"] == pytest.approx(r["answer_p50_s"] + 8 * 0.002, rel=1e-9)
 
 
+def test_a_time_sliced_stream_sends_fewer_chunks_and_the_first_at_once():
+    """``stream_interval_s``: the first token goes at once (same TTFT), the tokens decoded in
+    each interval go together, so an answer whose chunks cost more than its steps ends sooner."""
+    front = {"ingress": 0.005, "proxy": 0.003, "client": 0.002}
+    path = ServingPath(update_batch_wait_s=0.0, cores=1e9, chunk_s={"generator": 0.001, **front})
+    w = Workload(sessions=1, think_time_s=5.0, answer_tokens=8, turns=3)
+    per_token = simulate(profile(path), w, stops_early=False)
+    sliced = simulate(profile(dataclasses.replace(path, stream_interval_s=0.012)), w, stops_early=False)
+    assert sliced["ttft_p50_s"] == pytest.approx(per_token["ttft_p50_s"], rel=1e-9)
+    # the first token at 10 ms (prefill) leaves at once: read at 21 (1 ms Generator, 10 ms out);
+    # steps end every 4 ms; chunks of 3, 3 and 1 tokens leave at 22 and 34 (the interval) and 38
+    # (the last step), reach the Ingress at 25, 37, 39 (1 ms a token in the Generator) and go
+    # out once the one before is read: read at 35, 47, 57 ms
+    assert sliced["ttft_p50_s"] == pytest.approx(0.021, rel=1e-9)
+    assert sliced["answer_p50_s"] == pytest.approx(0.057, rel=1e-9)
+    assert per_token["answer_p50_s"] == pytest.approx(0.021 + 7 * 0.010, rel=1e-9)
+    assert sliced["answer_p50_s"] < per_token["answer_p50_s"]
+
+
 def test_two_answer_lengths_tell_per_chunk_from_per_turn_work():
     per_turn = {"client": 0.004, "proxy": 0.008, "ingress": 0.015, "generator": 0.010, "store": 0.012}
     per_chunk = {"client": 0.0004, "proxy": 0.0009, "ingress": 0.0015, "generator": 0.002}

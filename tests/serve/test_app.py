@@ -45,7 +45,9 @@ B = ["the cat sat on the mat", "where do i live?", "remember my favourite colour
 def app_args(model_dir: str, store_url: str, **changes) -> AppArgs:
     return AppArgs(model_dir=model_dir, store_url=store_url, max_message_tokens=40, max_tokens_limit=200,
                    default_max_tokens=MAX_TOKENS, update_wait_timeout_s=60, update_stale_s=5,
-                   deployment_options={name: FAST for name in DEPLOYMENT_NAMES}, **changes)
+                   deployment_options={name: FAST for name in DEPLOYMENT_NAMES},
+                   # one event per token: the disconnect tests count tokens by the events they read
+                   **{"stream_interval_s": 0.0, **changes})
 
 
 class Server:
