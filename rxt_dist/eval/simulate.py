@@ -19,7 +19,8 @@ What it plays, per session (closed loop, as the serving benchmark drives the app
 5. after the last step (an end-of-answer step for answers that stop by themselves) the end
    follows the last chunk; the Ingress records the turn (store call) and sends the end out
    (``out_share``): the answer time; the next turn starts after the think time;
-6. from the end of the answer, after a fixed latency, the least-loaded MemoryUpdater: the
+6. once the Ingress has sent the end on (to the proxy), after a fixed latency, the
+   least-loaded MemoryUpdater: the
    call's receipt on its event loop, then a batch starts when ``update_batch_size`` items wait
    or ``update_batch_wait_s`` after its first; it reads every item's input at once (gathered
    store calls), consolidates the batch, commits every item at once; the commit releases the
@@ -313,7 +314,7 @@ class _Turn:
     def _pump(self) -> None:
         """The Ingress streams this answer one event at a time: a chunk goes through Ingress,
         proxy and client (``chunk_s`` at each) and, ``chunk_latency_s`` later, the next one
-        follows (the stream waits for each send; tokens wait their turn, none merged). The
+        follows (the stream waits for each send). The
         first chunk, with ``in_share / 2`` of the per-turn work, is the TTFT. The end (0) makes
         the Ingress record the turn (store call) and send the end of the answer out."""
         if not self.front_queue:
