@@ -134,6 +134,8 @@ def calibrate(url: str, args: argparse.Namespace, idle_s: float = 4.0) -> tuple[
     work in the background too (health checks, metrics, long polls): their CPU rate over
     ``idle_s`` seconds without requests is subtracted."""
     import ray
+    from bench_serving import APP_NAME
+    from ray import serve
 
     from rxt_dist.eval.profile import process_cpu, serving_processes
     from rxt_dist.eval.serving import ServingConfig, run_serving
@@ -155,7 +157,11 @@ def calibrate(url: str, args: argparse.Namespace, idle_s: float = 4.0) -> tuple[
     short, short_per_turn, _ = _cpu_per_turn(
         pids, url, config(1, args.calibration_turns, args.calibration_think_s, 0, SHORT_MAX_TOKENS), rate)
     short_tokens = [int(x) for per_turn in short["samples"]["completion_tokens"] for x in per_turn]
+    updater = serve.get_deployment_handle("MemoryUpdater", APP_NAME)
+    counters0 = updater.stats.remote().result()
     many, many_per_turn, _ = _cpu_per_turn(pids, url, config(16, MANY_TURNS, MANY_THINK_S, 0), rate)
+    counters1 = updater.stats.remote().result()
+    batches = counters1["batches"] - counters0["batches"]
     in_flight = many["requests"] / many["wall_s"] * many["answer"]["p50_s"]
     fixed = {role: _fixed_share(per_turn[role], many_per_turn[role], in_flight) for role in per_turn}
     turns = level["requests"] + 2
@@ -163,6 +169,8 @@ def calibrate(url: str, args: argparse.Namespace, idle_s: float = 4.0) -> tuple[
                    "many": {"sessions": 16, "turns": MANY_TURNS, "think_time_s": MANY_THINK_S,
                             "per_turn": many_per_turn, "turns_in_flight": in_flight,
                             "update_lag_p50_s": many["update_lag"]["p50_s"],
+                            "update_batch_mean": (counters1["applied"] - counters0["applied"]) / batches
+                            if batches else None,
                             "tokens": [int(x) for per_turn in many["samples"]["completion_tokens"] for x in per_turn]},
                    "short": {"max_tokens": SHORT_MAX_TOKENS, "cpu_per_turn": short_per_turn,
                              "answer_tokens": sum(short_tokens) / len(short_tokens), "tokens": short_tokens,
@@ -208,7 +216,7 @@ def build_profile(args: argparse.Namespace, url: str) -> tuple[CostProfile, dict
     k = slowdown(costs)
     # +1: the end-of-answer step
     path = fit_serving_path(costs, cpu_per_turn, level, answer_mean + 1, k, machine_info()["logical_cpus"],
-                            short=cpu["short"])
+                            short=cpu["short"], many=cpu["many"])
     path["serial_share"] = cpu["serial_share"]
     path["fixed_share"] = cpu["fixed_share"]
     spin = env_after["slowdown"]  # the load as every later check measures it, right after the model timings

@@ -8,7 +8,7 @@ import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from rxt_dist.eval.capacity import CostProfile, Workload
+from rxt_dist.eval.capacity import CostProfile, Workload, _interp
 from rxt_dist.eval.simulate import simulate
 
 
@@ -92,9 +92,20 @@ def split_per_chunk(long: dict[str, float], short: dict[str, float], long_chunks
     return per_turn, per_chunk
 
 
+def split_per_batch(alone: float, batched: float, batch_mean: float) -> tuple[float, float]:
+    """The MemoryUpdater's work outside the model per update (``alone``, one update per batch;
+    ``batched``, batches of ``batch_mean`` on average) split into a part per update and a part
+    per batch: ``alone = item + batch`` and ``batched = item + batch / batch_mean``, neither
+    negative. With batches of about one the two cannot be told apart: all of it per update."""
+    if batch_mean < 1.2:
+        return alone, 0.0
+    batch = min(alone, max(0.0, (alone - batched) / (1 - 1 / batch_mean)))
+    return alone - batch, batch
+
+
 def fit_serving_path(model_profile: dict[str, Any], cpu_per_turn: dict[str, float], level: dict[str, Any],
                      answer_steps: float, k: float, cores: int, batch_wait_s: float = 0.005,
-                     short: dict[str, Any] | None = None) -> dict[str, Any]:
+                     short: dict[str, Any] | None = None, many: dict[str, Any] | None = None) -> dict[str, Any]:
     """The serving path's costs (``ServingPath`` fields) from a calibration level played at
     S = 1 with think time (no queueing, no wait for updates):
 
@@ -110,6 +121,9 @@ def fit_serving_path(model_profile: dict[str, Any], cpu_per_turn: dict[str, floa
       answers capped short) each streaming role's work is split into a part per turn and a
       part per streamed chunk (:func:`split_per_chunk`, the Generator's after taking the model's
       operations out of each level), the latter × ``k`` being ``chunk_s``;
+    * with ``many`` (a level with many sessions: its ``per_turn`` CPU and its measured
+      ``update_batch_mean``) the MemoryUpdater's work outside the model is split into a part per
+      update and a part per batch (:func:`split_per_batch`);
     * the machine's other load is what makes one busy thread get 1/k of a core (k − 1 busy
       threads per core)."""
     from rxt_dist.eval.capacity import STORE_OPS_PER_TURN
@@ -133,10 +147,17 @@ def fit_serving_path(model_profile: dict[str, Any], cpu_per_turn: dict[str, floa
         "store_op_s": cpu_per_turn.get("store", 0.0) * k / STORE_OPS_PER_TURN,
         "generator_io_s": cpu_per_turn.get("generator", 0.0) * k,
         "updater_item_s": max(0.0, cpu_per_turn.get("updater", 0.0) - cpu["consolidate"][1]) * k,
+        "updater_batch_s": 0.0,
         "cores": float(cores),
         "other_load": max(0.0, k - 1),
     }
     path["chunk_s"] = chunk_s
+    if many is not None and many.get("update_batch_mean"):
+        b = many["update_batch_mean"]
+        consolidate_cpu = {int(key): v for key, v in cpu["consolidate"].items()}
+        batched = max(0.0, many["per_turn"].get("updater", 0.0) - _interp(consolidate_cpu, b) / b)
+        item, batch = split_per_batch(path["updater_item_s"] / k, batched, b)
+        path["updater_item_s"], path["updater_batch_s"] = item * k, batch * k
     front = path["client_s"] + path["proxy_s"] + path["ingress_s"]
     ttft, answer = level["ttft"]["excluding_wait"]["p50_s"], level["answer"]["p50_s"]
     lag = level["update_lag"]["p50_s"]
@@ -147,6 +168,6 @@ def fit_serving_path(model_profile: dict[str, Any], cpu_per_turn: dict[str, floa
     path["out_share"] = min(1.0 - path["in_share"], to_end / front) if front else 0.0
     path["stream_latency_s"] = max(0.0, to_end - path["out_share"] * front)
     explained_lag = (batch_wait_s + 2 * path["store_op_s"] + model_profile["consolidate_s"][1]
-                     + path["updater_item_s"])
+                     + path["updater_item_s"] + path["updater_batch_s"])
     path["update_latency_s"] = max(0.0, lag - explained_lag)
     return path

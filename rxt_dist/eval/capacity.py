@@ -90,6 +90,12 @@ class ServingPath:
     stream_interval_s: float = 0.0
     """The application's ``stream_interval_s``: after an answer's first token the Generator sends
     the tokens decoded meanwhile at most this often, in one chunk (0: one chunk per token)."""
+    updater_batch_s: float = 0.0
+    """The MemoryUpdater's work outside the model per *batch* (gathering its calls, handing the
+    batch to the consolidating thread), half before its reads and half before its commits.
+    When set, ``updater_item_s`` is each update's own work, all of it on receipt of the call,
+    and the updater's work is not also shared through ``fixed_share``. Fitted from the CPU per
+    update at two batch sizes (calibration levels A and B, with the updater's batch counters)."""
     updater_in_batch: bool = True
     """Whether two thirds of each update's ``updater_item_s`` (its STM read and its commit) are
     done inside its batch, as ``rxt_dist.serving.updates.apply_updates`` does — gathered with
@@ -229,7 +235,7 @@ class CostProfile:
             return {k: v * f for k, v in table.items()}
 
         work = {name: getattr(self.path, name) * f for name in (
-            "client_s", "proxy_s", "ingress_s", "store_op_s", "generator_io_s", "updater_item_s",
+            "client_s", "proxy_s", "ingress_s", "store_op_s", "generator_io_s", "updater_item_s", "updater_batch_s",
             "request_latency_s", "stream_latency_s", "chunk_latency_s", "update_latency_s")}
         path = dataclasses.replace(self.path, **work, chunk_s={r: v * f for r, v in self.path.chunk_s.items()},
                                    other_load=max(0.0, slowdown - 1))

@@ -113,7 +113,8 @@ class Updater:
     def __init__(self, sim: Sim, p: CostProfile, store_of: Callable[[int], Server]) -> None:
         self.sim, self.p, self.store_of = sim, p, store_of
         self.queue: deque[_Turn] = deque()
-        self.loop = Server(sim, p.path.serial("updater"), p.path.fixed("updater"))
+        per_batch = p.path.updater_batch_s > 0
+        self.loop = Server(sim, p.path.serial("updater"), 1.0 if per_batch else p.path.fixed("updater"))
         self.busy = False
         self.timer_armed = False
         self.ongoing = 0
@@ -121,8 +122,9 @@ class Updater:
         self.busy_s = 0.0
         self._started = 0.0
         call_s = p.path.updater_item_s / UPDATER_CALLS  # one Ray call's share of the update's work
-        self.receipt_s = call_s if p.path.updater_in_batch else p.path.updater_item_s
-        self.in_batch_s = call_s if p.path.updater_in_batch else 0.0
+        in_batch = p.path.updater_in_batch and not per_batch
+        self.receipt_s = call_s if in_batch else p.path.updater_item_s
+        self.in_batch_s = call_s if in_batch else 0.0
         """Each of the batch's calls (the read, the commit)."""
 
     def submit(self, turn: _Turn) -> None:
@@ -156,10 +158,20 @@ class Updater:
         self.batches.append(len(batch))
         pending = {"reads": len(batch)}
 
+        half_batch_s = self.p.path.updater_batch_s / 2
+
+        def loop_then(then: Callable[[], None]) -> None:
+            """The batch's own work on the replica's process, then ``then``."""
+            if half_batch_s > 0:
+                self.loop.do(half_batch_s, then)
+            else:
+                then()
+
         def read_done() -> None:
             pending["reads"] -= 1
             if pending["reads"] == 0:
-                self.sim.cpu.run(self.sim.jitter(self.p.consolidate(len(batch))), commit)
+                self.sim.cpu.run(self.sim.jitter(self.p.consolidate(len(batch))),
+                                 lambda: loop_then(commit))
 
         def commit() -> None:
             pending["commits"] = len(batch)
@@ -175,8 +187,11 @@ class Updater:
                 self.busy_s += self.sim.now - self._started
                 self._maybe_start()
 
-        for turn in batch:
-            self._call(turn, read_done)
+        def read() -> None:
+            for turn in batch:
+                self._call(turn, read_done)
+
+        loop_then(read)
 
     def _call(self, turn: _Turn, then: Callable[[], None]) -> None:
         """A store call gathered with the batch's others: the replica's side of it on its event

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from rxt_dist.eval.calibrate import fit_serving_path, fit_to_calibration, split_per_chunk
+from rxt_dist.eval.calibrate import fit_serving_path, fit_to_calibration, split_per_batch, split_per_chunk
 from rxt_dist.eval.capacity import (
     CostProfile,
     ServingPath,
@@ -176,6 +176,17 @@ def test_a_time_sliced_stream_sends_fewer_chunks_and_the_first_at_once():
     assert sliced["answer_p50_s"] == pytest.approx(0.057, rel=1e-9)
     assert per_token["answer_p50_s"] == pytest.approx(0.021 + 7 * 0.010, rel=1e-9)
     assert sliced["answer_p50_s"] < per_token["answer_p50_s"]
+
+
+def test_an_update_batch_pays_its_own_work_once():
+    """``updater_batch_s`` is paid once per batch (half before the reads, half before the
+    commits), ``updater_item_s`` once per update on receipt; two batch sizes tell them apart."""
+    path = ServingPath(update_batch_wait_s=0.0, cores=1e9, updater_item_s=0.002, updater_batch_s=0.006)
+    r = simulate(profile(path), Workload(sessions=1, think_time_s=0.5, answer_tokens=4, turns=3), stops_early=False)
+    assert r["update_lag_p50_s"] == pytest.approx(0.002 + 0.006 + CONSOLIDATE, rel=1e-9)
+    item, batch = split_per_batch(0.008, 0.002 + 0.006 / 4, 4)
+    assert (item, batch) == (pytest.approx(0.002), pytest.approx(0.006))
+    assert split_per_batch(0.008, 0.0079, 1.05) == (0.008, 0.0)  # batches of one: all per update
 
 
 def test_two_answer_lengths_tell_per_chunk_from_per_turn_work():
