@@ -283,20 +283,22 @@ def play_levels(url: str, server: dict, args: argparse.Namespace, command: str) 
 
     pids = serving_processes(ray._private.worker._global_node.all_processes["raylet"][0].process.pid)
     updater = serve.get_deployment_handle("MemoryUpdater", APP_NAME)
+    generator = serve.get_deployment_handle("Generator", APP_NAME)
     report = None
     for i, sessions in enumerate(args.sessions):
         env = measure_environment()
         cpu0, client0 = process_cpu(pids), time.process_time()
-        batches0 = updater.stats.remote().result()
+        batches0, steps0 = updater.stats.remote().result(), generator.stats.remote().result()["steps"]
         cfg = ServingConfig(url=url, sessions=(sessions,), turns=args.turns, rounds=args.rounds,
                             query_words=args.query_words, max_tokens=args.max_tokens, warmup_turns=2 if i == 0 else 0)
         one = run_serving(cfg, progress=True, command=command, server=server, describe_server=replica_counts)
         cpu1, client1 = process_cpu(pids), time.process_time()
-        batches1 = updater.stats.remote().result()
+        batches1, steps1 = updater.stats.remote().result(), generator.stats.remote().result()["steps"]
         level = one["levels"][0]
         batches, applied = batches1["batches"] - batches0["batches"], batches1["applied"] - batches0["applied"]
         level["update_batches"] = {"batches": batches, "applied": applied,
                                    "mean": applied / batches if batches else None}
+        level["decode_steps"] = steps1 - steps0  # one Generator replica (the check's app runs one)
         level["environment"] = env
         turns = max(1, level["requests"])
         level["cpu_s_per_turn"] = {role: (cpu1[role] - cpu0[role]) / turns for role in cpu1}
@@ -323,7 +325,8 @@ def write_check(profile: CostProfile, report: dict, args: argparse.Namespace, co
         print(f"S={r['sessions']}: slowdown {env['slowdown']:.2f} (profile {env['profiled_at']:.2f}), "
               f"stalls {env['stall_rate_per_s']:.2f}/s, {env['stalled_share']:.1%} of the time; "
               f"update batch mean sim {r['simulated']['update_batch_mean']:.1f} / measured "
-              + (f"{batch:.1f}" if batch else "—"))
+              + (f"{batch:.1f}" if batch else "—")
+              + f"; decode steps sim {r['simulated']['decode_iterations']} / measured {r['measured'].get('decode_steps') or '—'}")
     print(f"wrote {args.check_out}")
 
 

@@ -31,7 +31,8 @@ def measured_figures(level: dict) -> dict[str, float | None]:
             "tokens_per_s": level["throughput"]["aggregate_tokens_per_s"],
             "update_lag_p50_s": level["update_lag"]["p50_s"], "update_lag_p99_s": level["update_lag"]["p99_s"],
             "answer_p50_s": level["answer"]["p50_s"], "waited_share": level["waited"]["share"],
-            "update_batch_mean": (level.get("update_batches") or {}).get("mean")}
+            "update_batch_mean": (level.get("update_batches") or {}).get("mean"),
+            "decode_steps": level.get("decode_steps")}
 
 
 def compare(profile: CostProfile, levels: list[dict], stream_interval_s: float | None = None
@@ -51,7 +52,8 @@ def compare(profile: CostProfile, levels: list[dict], stream_interval_s: float |
         errors = {key: (sim[key] / real[key] - 1) if real[key] else None for key, _ in CHECKED}
         rows.append({"sessions": level["sessions"], "measured": real,
                      "simulated": {**{k: sim[k] for k in (*real, "busy") if k in sim},
-                                   "update_batch_mean": sim["busy"]["update_batch_mean"]},
+                                   "update_batch_mean": sim["busy"]["update_batch_mean"],
+                                   "decode_iterations": sim["busy"]["decode_iterations"]},
                      "relative_error": errors,
                      "within_tolerance": all(e is not None and abs(e) <= TOLERANCE for e in errors.values()),
                      "load_average": [level["load_average_before"], level["load_average_after"]],

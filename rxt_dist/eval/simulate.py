@@ -74,6 +74,7 @@ class DecodeLoop:
         self.row_s = 0.0
         """Rows × seconds decoded: over wall time, the mean batch."""
         self.max_rows = 0
+        self.iterations = 0
 
     def submit(self, seq: _Seq) -> None:
         self.waiting.append(seq)
@@ -93,8 +94,10 @@ class DecodeLoop:
         seconds = self.sim.jitter(self.p.decode_step(len(stepping)) + self.p.prefill(len(admit), self.query_tokens)
                                   + (len(stepping) + len(admit)) * self.p.path.generator_chunk_s)
         self.busy_s += seconds
+        self.iterations += 1
         self.row_s += seconds * (len(stepping) + len(admit))
-        self.sim.cpu.run(seconds, lambda: self._emit(stepping, admit))
+        # the step's tokens are handed over on the replica's event loop, behind what waits there
+        self.sim.cpu.run(seconds, lambda: self.io.do(0.0, lambda: self._emit(stepping, admit)))
 
     def _emit(self, stepping: list[_Seq], admit: list[_Seq]) -> None:
         self.rows = [s for s in stepping + admit if s.tokens_left > 1]
@@ -497,6 +500,7 @@ def summarise(records: Sequence[TurnRecord], wall_s: float, graph: Graph | None 
             "client": graph.clients[0].busy_s / wall_s,
             "updater": max(u.busy_s for u in graph.updaters) / wall_s,
             "update_batch_mean": float(np.mean([b for u in graph.updaters for b in u.batches] or [0])),
+            "decode_iterations": sum(g.iterations for g in graph.generators),
         }
     return out
 
@@ -510,12 +514,14 @@ def simulate(p: CostProfile, w: Workload, replicas: Replicas | None = None, seed
     ``stops_early``: answers end by an end-of-answer step (one step after the last token);
     ``answer_plan[turn - 1][round × sessions + session]``: the answer length of each turn when
     known (the model's greedy answers to the benchmark's seeded queries)."""
-    records, wall = [], 0.0
+    records, wall, iterations = [], 0.0, 0
     for r in range(rounds):
         plan = None if answer_plan is None else [row[r * w.sessions:(r + 1) * w.sessions] for row in answer_plan]
         g = Graph(p, w, replicas or Replicas(), seed + r, answer_tokens, stops_early, ramp_s, plan)
         out = g.run()
         records += g.records
         wall += out["wall_s"]
+        iterations += out["busy"]["decode_iterations"]
     result = summarise(records, wall, g)
+    result["busy"]["decode_iterations"] = iterations  # every round's (the other busy figures: the last's)
     return result
