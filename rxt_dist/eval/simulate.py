@@ -9,7 +9,7 @@ What it plays, per session (closed loop, as the serving benchmark drives the app
 3. the Generator replica with the fewest ongoing requests takes it through its Ray side, then
    its decode loop admits it: each loop iteration is one step of the running sequences plus
    the prefill of the admitted ones (``DecodeLoop._tick``); every iteration gives each sequence
-   a token;
+   a token, handed over on the replica's event loop (behind what waits there) before the next;
 4. the Generator sends the first token at once and later ones at most every
    ``stream_interval_s``, the tokens decoded meanwhile in one chunk (0: one chunk per token),
    through its event loop (``chunk_s``) to the Ingress, which streams the answer one event at
