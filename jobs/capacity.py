@@ -215,8 +215,14 @@ def build_profile(args: argparse.Namespace, url: str) -> tuple[CostProfile, dict
               "durations_s": env_before["stalls"]["durations_s"] + env_after["stalls"]["durations_s"]}
     k = slowdown(costs)
     # +1: the end-of-answer step
+    short = cpu["short"]
+    if level["tokens"]["chunks_per_turn_mean"] - short["chunks"] < 1:
+        log.warning("the calibration's answers came in %.1f chunks, the capped ones in %.1f: too close to tell "
+                    "per-chunk from per-turn work; all of it counts per turn", level["tokens"]["chunks_per_turn_mean"],
+                    short["chunks"])
+        short = None
     path = fit_serving_path(costs, cpu_per_turn, level, answer_mean + 1, k, machine_info()["logical_cpus"],
-                            short=cpu["short"], many=cpu["many"])
+                            short=short, many=cpu["many"])
     path["serial_share"] = cpu["serial_share"]
     path["fixed_share"] = cpu["fixed_share"]
     spin = env_after["slowdown"]  # the load as every later check measures it, right after the model timings
@@ -245,7 +251,7 @@ def build_profile(args: argparse.Namespace, url: str) -> tuple[CostProfile, dict
                            answer_tokens=round(answer_mean), turns=args.calibration_turns)
     profile = fit_to_calibration(first, calibration, level["ttft"]["excluding_wait"]["p50_s"],
                                  level["answer"]["p50_s"], level["update_lag"]["p50_s"], tokens,
-                                 short_calibration(calibration, cpu["short"]))
+                                 short_calibration(calibration, cpu["short"]) if short else None)
     profile.extra["path_before_fit"] = dataclasses.asdict(first.path)
     return profile, level
 
