@@ -8,10 +8,10 @@
     python jobs/capacity.py bf16-recall --rxt runs/tiny/models/smat --data runs/data --max-conversations 300
 
 ``profile`` times the model in this process, the session-storage tiers, and the serving path
-(the application of serve/config.yaml started on a private local Ray, a calibration workload
-of one session with think time, CPU time of each process). ``check`` does that and, in the same
-application right after, the serving benchmark (S = 1, 8, 32), then simulates each level with
-the profile and prints predicted vs measured. docs/scaling.md explains the model.
+(the application of serve/config.yaml started on a private local Ray with one streamed chunk
+per token, three calibration workloads, CPU time of each process). ``check`` does that and
+then, on the application as configured, the serving benchmark (S = 1, 8, 32), simulates each
+level with the profile and prints predicted vs measured. docs/scaling.md explains the model.
 """
 
 from __future__ import annotations
@@ -183,7 +183,7 @@ def calibrate(url: str, args: argparse.Namespace, idle_s: float = 4.0) -> tuple[
 
 SHORT_MAX_TOKENS = 2
 """Answer cap of the third calibration level: with the first level's (uncapped) answers it
-separates each process's work per streamed token from its work per turn."""
+separates each process's work per streamed chunk from its work per turn."""
 MANY_TURNS = 6
 MANY_THINK_S = 0.2
 """Think time of the second calibration level: short enough that many turns are in each
