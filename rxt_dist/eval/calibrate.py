@@ -8,7 +8,7 @@ import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from rxt_dist.eval.capacity import CostProfile, Workload, _interp
+from rxt_dist.eval.capacity import STREAM_ROLES, CostProfile, Workload, _interp
 from rxt_dist.eval.simulate import simulate
 
 
@@ -66,10 +66,6 @@ def fit_to_calibration(p: CostProfile, w: Workload, ttft_s: float, answer_s: flo
         path = dataclasses.replace(path, update_latency_s=_bisect(
             lambda x: run(update_latency_s=x)["update_lag_p50_s"], lag_s, 0.0, max(lag_s, 1e-3)))
     return dataclasses.replace(p, path=path)
-
-
-STREAM_ROLES = ("generator", "ingress", "proxy", "client")
-"""The processes every streamed token passes."""
 
 
 def split_per_chunk(long: dict[str, float], short: dict[str, float], long_chunks: float,

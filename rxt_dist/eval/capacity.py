@@ -30,6 +30,8 @@ STALL_THRESHOLD_S = 0.03
 META_BYTES = 700
 """A session's ``meta.json`` with a pending turn (ids of a ~50-token query and a short
 answer); measured on the store's files, rounded up."""
+STREAM_ROLES = ("generator", "ingress", "proxy", "client")
+"""The processes every streamed chunk passes, in order."""
 STORE_OPS_PER_TURN = 4
 """Store-shard calls a turn makes: claim, finish_turn, update_input, commit_update."""
 
@@ -85,8 +87,9 @@ class ServingPath:
     it a server-sent event, the proxy forwards it, the client parses it — beside the per-turn
     work above. With ``stream_interval_s`` 0 each token is one chunk (measured: the answers'
     chunks equal their tokens at every load); with time slicing the Generator's part stays per
-    token (its stream wakes for every decoded token) and the others' is per chunk. Fitted from two calibration levels whose answers differ in length;
-    empty: all of a turn's work counts per turn, whatever its length."""
+    token (its stream wakes for every decoded token) and the others' is per chunk. Fitted from
+    two calibration levels whose answers differ in length; empty: all of a turn's work counts
+    per turn, whatever its length."""
     stream_interval_s: float = 0.0
     """The application's ``stream_interval_s``: after an answer's first token the Generator sends
     the tokens decoded meanwhile at most this often, in one chunk (0: one chunk per token)."""
@@ -166,12 +169,6 @@ class ServingPath:
 
     def chunk(self, role: str) -> float:
         return self.chunk_s.get(role, 0.0)
-
-    def front_per_turn(self, answer_tokens: float) -> float:
-        """Client, proxy and Ingress work of one turn of ``answer_tokens`` tokens, streamed one per
-        chunk (the most it costs)."""
-        return (self.client_s + self.proxy_s + self.ingress_s
-                + answer_tokens * sum(self.chunk(r) for r in ("client", "proxy", "ingress")))
 
     def speed(self, busy: int) -> float:
         """Speed of each of ``busy`` busy processes relative to one busy alone (the profile's
@@ -308,9 +305,9 @@ def path_cpu_per_turn(p: CostProfile, answer_tokens: float) -> float:
     """Seconds of the serving path's own work per turn of ``answer_tokens`` streamed tokens
     (client excluded: users bring their own)."""
     path = p.path
-    return (path.front_per_turn(answer_tokens) - path.client_s - answer_tokens * path.chunk("client")
-            + STORE_OPS_PER_TURN * path.store_op_s + path.generator_io_s
-            + answer_tokens * path.chunk("generator") + path.updater_item_s)
+    per_chunk = sum(path.chunk(role) for role in STREAM_ROLES if role != "client")
+    return (path.proxy_s + path.ingress_s + STORE_OPS_PER_TURN * path.store_op_s + path.generator_io_s
+            + path.updater_item_s + answer_tokens * per_chunk)
 
 
 def bounds(p: CostProfile, w: Workload) -> dict[str, float]:
@@ -319,7 +316,7 @@ def bounds(p: CostProfile, w: Workload) -> dict[str, float]:
     give (full batches), and the replicas that rate needs at 100% busy."""
     path = p.path
     front = path.client_s + path.proxy_s + path.ingress_s
-    first_token = sum(path.chunk(r) for r in ("generator", "ingress", "proxy", "client"))
+    first_token = sum(path.chunk(role) for role in STREAM_ROLES)
     ttft = (path.in_share * (front + path.generator_io_s) + path.request_latency_s + path.store_op_s
             + p.prefill(1, w.query_tokens) + first_token)
     answer = ttft + w.answer_tokens * p.decode_step(1) + path.store_op_s + path.out_share * front

@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from rxt_dist.eval.capacity import CostProfile, Workload
+from rxt_dist.eval.capacity import STREAM_ROLES, CostProfile, Workload
 from rxt_dist.eval.des import Server, Sim
 
 UPDATER_CALLS = 3
@@ -250,7 +250,7 @@ class _Turn:
         self.generator = graph.generator_for()
         self.generator.ongoing += 1
         self.outward = [(self.generator.io, path.generator_io_s)] + self.inward[::-1]
-        self.chunk_s = [path.chunk(role) for role in ("generator", "ingress", "proxy", "client")]
+        self.chunk_s = [path.chunk(role) for role in STREAM_ROLES]
         """Per streamed chunk, each stage of ``outward``."""
         self._chain(self.inward, path.in_share / 2, lambda: graph.sim.after(path.request_latency_s, self._claim))
 
