@@ -161,7 +161,6 @@ def calibrate(url: str, args: argparse.Namespace, idle_s: float = 4.0) -> tuple[
     counters0 = updater.stats.remote().result()
     many, many_per_turn, _ = _cpu_per_turn(pids, url, config(16, MANY_TURNS, MANY_THINK_S, 0), rate)
     counters1 = updater.stats.remote().result()
-    batches = counters1["batches"] - counters0["batches"]
     in_flight = many["requests"] / many["wall_s"] * many["answer"]["p50_s"]
     fixed = {role: _fixed_share(per_turn[role], many_per_turn[role], in_flight) for role in per_turn}
     turns = level["requests"] + 2
@@ -169,8 +168,7 @@ def calibrate(url: str, args: argparse.Namespace, idle_s: float = 4.0) -> tuple[
                    "many": {"sessions": 16, "turns": MANY_TURNS, "think_time_s": MANY_THINK_S,
                             "per_turn": many_per_turn, "turns_in_flight": in_flight,
                             "update_lag_p50_s": many["update_lag"]["p50_s"],
-                            "update_batch_mean": (counters1["applied"] - counters0["applied"]) / batches
-                            if batches else None,
+                            "update_batch_mean": update_batches(counters0, counters1)["mean"],
                             "tokens": [int(x) for per_turn in many["samples"]["completion_tokens"] for x in per_turn]},
                    "short": {"max_tokens": SHORT_MAX_TOKENS, "cpu_per_turn": short_per_turn,
                              "answer_tokens": sum(short_tokens) / len(short_tokens), "tokens": short_tokens,
@@ -184,6 +182,13 @@ def calibrate(url: str, args: argparse.Namespace, idle_s: float = 4.0) -> tuple[
 SHORT_MAX_TOKENS = 2
 """Answer cap of the third calibration level: with the first level's (uncapped) answers it
 separates each process's work per streamed chunk from its work per turn."""
+def update_batches(before: dict, after: dict) -> dict[str, Any]:
+    """The MemoryUpdater's batches and updates between two reads of its counters, and the mean
+    batch (None without a batch)."""
+    batches, applied = after["batches"] - before["batches"], after["applied"] - before["applied"]
+    return {"batches": batches, "applied": applied, "mean": applied / batches if batches else None}
+
+
 MANY_TURNS = 6
 MANY_THINK_S = 0.2
 """Think time of the second calibration level: short enough that many turns are in each
@@ -301,9 +306,7 @@ def play_levels(url: str, server: dict, args: argparse.Namespace, command: str) 
         cpu1, client1 = process_cpu(pids), time.process_time()
         batches1, steps1 = updater.stats.remote().result(), generator.stats.remote().result()["steps"]
         level = one["levels"][0]
-        batches, applied = batches1["batches"] - batches0["batches"], batches1["applied"] - batches0["applied"]
-        level["update_batches"] = {"batches": batches, "applied": applied,
-                                   "mean": applied / batches if batches else None}
+        level["update_batches"] = update_batches(batches0, batches1)
         level["decode_steps"] = steps1 - steps0  # one Generator replica (the check's app runs one)
         level["environment"] = env
         turns = max(1, level["requests"])
