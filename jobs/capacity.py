@@ -183,10 +183,15 @@ SHORT_MAX_TOKENS = 2
 """Answer cap of the third calibration level: with the first level's (uncapped) answers it
 separates each process's work per streamed chunk from its work per turn."""
 def update_batches(before: dict, after: dict) -> dict[str, Any]:
-    """The MemoryUpdater's batches and updates between two reads of its counters, and the mean
-    batch (None without a batch)."""
+    """The MemoryUpdater's batches and updates between two reads of its counters, the mean
+    batch (None without a batch), and a batch's mean duration and phases (``batch_mean_s``,
+    ``read_mean_s``, …)."""
     batches, applied = after["batches"] - before["batches"], after["applied"] - before["applied"]
-    return {"batches": batches, "applied": applied, "mean": applied / batches if batches else None}
+    out = {"batches": batches, "applied": applied, "mean": applied / batches if batches else None}
+    for key in ("batch_s", "read_s", "consolidate_s", "commit_s"):  # absent before 2026-12-02
+        if key in after and batches:
+            out[f"{key[:-2]}_mean_s"] = (after[key] - before.get(key, 0.0)) / batches
+    return out
 
 
 MANY_TURNS = 6
@@ -336,6 +341,11 @@ def write_check(profile: CostProfile, report: dict, args: argparse.Namespace, co
               f"update batch mean sim {r['simulated']['update_batch_mean']:.1f} / measured "
               + (f"{batch:.1f}" if batch else "—")
               + f"; decode steps sim {r['simulated']['decode_iterations']} / measured {r['measured'].get('decode_steps') or '—'}")
+        phases = [f"{phase} {r['simulated'][key] * 1e3:.1f}/{r['measured'][key] * 1e3:.1f}"
+                  for phase in ("batch", "read", "consolidate", "commit")
+                  if (key := f"update_{phase}_s") in r["measured"] and key in r["simulated"]]
+        if phases:
+            print(f"      update batch ms sim/measured: {', '.join(phases)}")
     print(f"wrote {args.check_out}")
 
 

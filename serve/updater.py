@@ -11,6 +11,7 @@ can never apply is recorded as failed on its session and the others commit.
 import asyncio
 import contextvars
 import logging
+import time
 
 import torch
 from ray import serve
@@ -46,7 +47,10 @@ class MemoryUpdater:
         self.batcher = UpdateBatcher(self.apply, args.update_batch_size, args.update_batch_wait_s)
         self.generator = generator if args.stm_cache_sessions else None
         self._sends: set[asyncio.Task] = set()
-        self.counters = {"batches": 0, "applied": 0, "max_batch": 0}
+        self.counters = {"batches": 0, "applied": 0, "max_batch": 0, "batch_s": 0.0,
+                         "read_s": 0.0, "consolidate_s": 0.0, "commit_s": 0.0}
+        """Batches, updates applied, the largest batch, and the seconds (wall) spent in batches
+        and in each of their phases (``apply_updates``)."""
         self.metrics = UpdaterMetrics()
         if self.delay_s:
             logger.warning("MemoryUpdater: update_delay_s=%.2f — every update is slowed on purpose "
@@ -59,7 +63,10 @@ class MemoryUpdater:
 
     async def apply(self, items: list[tuple[str, int]]) -> list[dict]:
         """One batch: consolidated in one forward pass, each item committed on its own."""
-        results = await apply_updates(self.model, items, self._store_call, self.delay_s, self._send_ahead)
+        started = time.perf_counter()
+        results = await apply_updates(self.model, items, self._store_call, self.delay_s, self._send_ahead,
+                                      timings=self.counters)
+        self.counters["batch_s"] += time.perf_counter() - started
         applied = sum(status(r) == StoreStatus.APPLIED for r in results)
         self.metrics.batch.observe(len(items))
         for r in results:

@@ -32,6 +32,8 @@ def measured_figures(level: dict) -> dict[str, float | None]:
             "update_lag_p50_s": level["update_lag"]["p50_s"], "update_lag_p99_s": level["update_lag"]["p99_s"],
             "answer_p50_s": level["answer"]["p50_s"], "waited_share": level["waited"]["share"],
             "update_batch_mean": (level.get("update_batches") or {}).get("mean"),
+            **{f"update_{k[:-len('_mean_s')]}_s": v for k, v in (level.get("update_batches") or {}).items()
+               if k.endswith("_mean_s")},
             "decode_steps": level.get("decode_steps")}
 
 
@@ -52,7 +54,7 @@ def compare(profile: CostProfile, levels: list[dict], stream_interval_s: float |
         errors = {key: (sim[key] / real[key] - 1) if real[key] else None for key, _ in CHECKED}
         rows.append({"sessions": level["sessions"], "measured": real,
                      "simulated": {**{k: sim[k] for k in (*real, "busy") if k in sim},
-                                   "update_batch_mean": sim["busy"]["update_batch_mean"],
+                                   **{k: v for k, v in sim["busy"].items() if k.startswith("update_")},
                                    "decode_iterations": sim["busy"]["decode_iterations"]},
                      "relative_error": errors,
                      "within_tolerance": all(e is not None and abs(e) <= TOLERANCE for e in errors.values()),

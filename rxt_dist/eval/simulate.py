@@ -123,6 +123,8 @@ class Updater:
         self.ongoing = 0
         self.batches: list[int] = []
         self.busy_s = 0.0
+        self.phase_s = {"read": 0.0, "consolidate": 0.0, "commit": 0.0}
+        """Seconds in each phase of a batch, as ``apply_updates`` times them."""
         self._started = 0.0
         call_s = p.path.updater_item_s / UPDATER_CALLS  # one Ray call's share of the update's work
         in_batch = p.path.updater_in_batch and not per_batch
@@ -170,13 +172,19 @@ class Updater:
             else:
                 then()
 
+        def lap(phase: str) -> None:
+            self.phase_s[phase] += self.sim.now - pending.get("since", self._started)
+            pending["since"] = self.sim.now
+
         def read_done() -> None:
             pending["reads"] -= 1
             if pending["reads"] == 0:
+                lap("read")
                 self.sim.cpu.run(self.sim.jitter(self.p.consolidate(len(batch))),
                                  lambda: loop_then(commit))
 
         def commit() -> None:
+            lap("consolidate")
             pending["commits"] = len(batch)
             for turn in batch:
                 self._call(turn, lambda t=turn: committed(t))
@@ -186,6 +194,7 @@ class Updater:
             turn.committed()
             pending["commits"] -= 1
             if pending["commits"] == 0:
+                lap("commit")
                 self.busy = False
                 self.busy_s += self.sim.now - self._started
                 self._maybe_start()
@@ -500,8 +509,20 @@ def summarise(records: Sequence[TurnRecord], wall_s: float, graph: Graph | None 
             "client": graph.clients[0].busy_s / wall_s,
             "updater": max(u.busy_s for u in graph.updaters) / wall_s,
             "update_batch_mean": float(np.mean([b for u in graph.updaters for b in u.batches] or [0])),
+            **_batch_phases(graph.updaters),
             "decode_iterations": sum(g.iterations for g in graph.generators),
         }
+    return out
+
+
+def _batch_phases(updaters: Sequence[Updater]) -> dict[str, float]:
+    """A batch's mean duration and phases over the updaters (``update_batch_s``, …)."""
+    batches = sum(len(u.batches) for u in updaters)
+    if not batches:
+        return {}
+    out = {f"update_{phase}_s": sum(u.phase_s[phase] for u in updaters) / batches
+           for phase in ("read", "consolidate", "commit")}
+    out["update_batch_s"] = sum(u.busy_s for u in updaters) / batches
     return out
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -52,16 +53,19 @@ def consolidate_each(model: RxTModel, memories: list[torch.Tensor], inputs: list
 
 
 async def apply_updates(model: RxTModel, items: list[tuple[str, int]], store_of: StoreOf,
-                        delay_s: float = 0.0, before_commit: Callable[[str, int, bytes], None] | None = None
-                        ) -> list[dict]:
+                        delay_s: float = 0.0, before_commit: Callable[[str, int, bytes], None] | None = None,
+                        timings: dict[str, float] | None = None) -> list[dict]:
     """Apply the pending update of each ``(session, base_version)``; one result per item:
     the store's answer to the commit (``applied``, ``already_applied``, …), ``failed`` (with
     ``error``) when the update can never apply, or ``unavailable`` when a store call failed
     (the dispatcher retries those). ``delay_s`` (a test knob) waits between consolidating
     and committing. ``before_commit(session, new_version, stm)`` is called for each new STM
     just before its commit is sent (the commit may still lose to another computation of the
-    same version)."""
+    same version). ``timings``, if given, accumulates the seconds (wall) of the batch's three
+    phases: ``read_s`` (the gathered input reads), ``consolidate_s``, ``commit_s`` (the gathered
+    commits)."""
     stm_shape = model.cfg.stm_shape
+    clock = time.perf_counter()
     inputs = await asyncio.gather(*(store_of(sid)("update_input", sid, version) for sid, version in items),
                                   return_exceptions=True)
     results: list[dict] = [{} for _ in items]
@@ -78,6 +82,7 @@ async def apply_updates(model: RxTModel, items: list[tuple[str, int]], store_of:
             except ValueError as exc:  # a session written by a model with another memory size
                 results[i] = {"status": StoreStatus.INCOMPATIBLE, "error": str(exc)}
                 broken.append(i)
+    clock = _lap(timings, "read_s", clock)
     new_stms: dict[int, bytes] = {}
     if todo:
         stms = await asyncio.to_thread(consolidate_each, model, memories, [inputs[i] for i in todo])
@@ -88,6 +93,7 @@ async def apply_updates(model: RxTModel, items: list[tuple[str, int]], store_of:
             else:
                 new_stms[i] = stm
     commits = sorted(new_stms)
+    clock = _lap(timings, "consolidate_s", clock)
     if delay_s and commits:
         await asyncio.sleep(delay_s)
     if before_commit is not None:
@@ -98,12 +104,21 @@ async def apply_updates(model: RxTModel, items: list[tuple[str, int]], store_of:
     for i, outcome in zip(commits, outcomes):
         results[i] = ({"status": StoreStatus.UNAVAILABLE, "error": repr(outcome)}
                       if isinstance(outcome, Exception) else outcome)
+    _lap(timings, "commit_s", clock)
     await asyncio.gather(*(store_of(items[i][0])("fail_update", items[i][0], items[i][1], results[i]["error"])
                            for i in broken), return_exceptions=True)
     for i in broken:
         logger.warning("session %s: the update of version %d cannot apply: %s", log_id(items[i][0]), items[i][1],
                        results[i]["error"])
     return results
+
+
+def _lap(timings: dict[str, float] | None, phase: str, since: float) -> float:
+    """Add the seconds since ``since`` to ``timings[phase]``; the time now."""
+    now = time.perf_counter()
+    if timings is not None:
+        timings[phase] = timings.get(phase, 0.0) + now - since
+    return now
 
 
 class UpdateBatcher:

@@ -162,14 +162,19 @@ def test_one_bad_update_does_not_fail_its_batch_and_can_be_dropped(reference, tm
         inputs = [await server.store.update_input(sid, 0) for sid in (good, bad)]
         with pytest.raises(IndexError):  # consolidated together, the bad item fails the batch
             _consolidate(reference.model, [stm, stm], inputs)
-        results = await apply_updates(reference.model, [(good, 0), (bad, 0)], server.store_of)
+        timings = {}
+        results = await apply_updates(reference.model, [(good, 0), (bad, 0)], server.store_of, delay_s=0.05,
+                                      timings=timings)
         with pytest.raises(ApiError) as refused:
             await claim_session(server.call, bad, ClaimPolicy(), None, None, lambda v: None, server.spawn)
         dropped = await server.store.drop_pending(bad)
         again = await claim_session(server.call, bad, ClaimPolicy(), None, None, lambda v: None, server.spawn)
-        return results, refused.value, dropped, again, (await server.store.info(good))["session"]
+        return results, refused.value, dropped, again, (await server.store.info(good))["session"], timings
 
-    results, refused, dropped, again, good_info = asyncio.run(scenario())
+    results, refused, dropped, again, good_info, timings = asyncio.run(scenario())
+    # the batch's phases timed, the slowed commit (delay_s) in its own
+    assert set(timings) == {"read_s", "consolidate_s", "commit_s"} and min(timings.values()) >= 0
+    assert timings["commit_s"] >= 0.05
     assert results[0]["status"] == "applied" and good_info["memory_version"] == 1
     assert results[1]["status"] == "failed" and "IndexError" in results[1]["error"]
     assert refused.status == 409 and refused.code == "memory_update_failed"
