@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_serving, next 
 
 from rxt_dist.eval import simcheck
 from rxt_dist.eval.calibrate import fit_to_calibration
-from rxt_dist.eval.capacity import CostProfile, ServingPath, Workload
+from rxt_dist.eval.capacity import STORE_CALLS, CostProfile, ServingPath, Workload
 from rxt_dist.eval.report import load_average, machine_info, write_json_atomic
 from rxt_dist.eval.simcheck import check_table, compare
 from rxt_dist.eval.simulate import Replicas, simulate
@@ -161,10 +161,12 @@ def calibrate(url: str, args: argparse.Namespace, idle_s: float = 4.0) -> tuple[
     counters0 = updater.stats.remote().result()
     many, many_per_turn, _ = _cpu_per_turn(pids, url, config(16, MANY_TURNS, MANY_THINK_S, 0), rate)
     counters1 = updater.stats.remote().result()
+    store_calls = store_call_costs(url, pids)
     in_flight = many["requests"] / many["wall_s"] * many["answer"]["p50_s"]
     fixed = {role: _fixed_share(per_turn[role], many_per_turn[role], in_flight) for role in per_turn}
     turns = level["requests"] + 2
     return level, {"per_turn": per_turn, "idle_rate": rate, "serial_share": shares, "fixed_share": fixed,
+                   "store_calls": store_calls,
                    "many": {"sessions": 16, "turns": MANY_TURNS, "think_time_s": MANY_THINK_S,
                             "per_turn": many_per_turn, "turns_in_flight": in_flight,
                             "update_lag_p50_s": many["update_lag"]["p50_s"],
@@ -182,6 +184,47 @@ def calibrate(url: str, args: argparse.Namespace, idle_s: float = 4.0) -> tuple[
 SHORT_MAX_TOKENS = 2
 """Answer cap of the third calibration level: with the first level's (uncapped) answers it
 separates each process's work per streamed chunk from its work per turn."""
+def store_call_costs(url: str, pids: dict[str, list[int]], cycles: int = 200) -> dict[str, float]:
+    """The store shard's CPU seconds per call of each kind a turn makes, measured on a session of
+    its own: ``cycles`` times claim (``begin_turn``), record (``finish_turn``), read
+    (``update_input``) and commit (``commit_update``), each call alone, the shard process's CPU
+    read around it (clock-tick resolution: averaged over many calls)."""
+    import httpx
+    import ray
+
+    from rxt_dist.eval.profile import process_cpu
+    from rxt_dist.serving.protocol import SESSION_HEADER
+    from rxt_dist.serving.sessions import shard_of
+    from serve.store import STORE_NAMESPACE
+
+    r = httpx.post(f"{url}/v1/sessions", timeout=30.0)
+    r.raise_for_status()
+    sid = r.headers[SESSION_HEADER]
+    shards = {}  # index → actor name (rxt-session-store-<digest>-<i>-of-<n>): one store in this cluster
+    for actor in ray.util.list_named_actors(all_namespaces=True):
+        if actor["namespace"] == STORE_NAMESPACE and actor["name"].startswith("rxt-session-store-"):
+            shards[int(actor["name"].rsplit("-", 3)[1])] = actor["name"]
+    shard = ray.get_actor(shards[shard_of(sid, len(shards))], namespace=STORE_NAMESPACE)
+    store = {"store": pids["store"]}
+    spent = dict.fromkeys(STORE_CALLS, 0.0)
+
+    def timed(kind: str, call):
+        before = process_cpu(store)["store"]
+        out = ray.get(call)
+        spent[kind] += process_cpu(store)["store"] - before
+        return out
+
+    for _ in range(cycles):
+        lease = f"capacity-{time.monotonic_ns()}"
+        claim = timed("claim", shard.begin_turn.remote(sid, lease, 5.0))
+        version = claim["version"]
+        timed("record", shard.finish_turn.remote(sid, lease, version, [5] * 24, [6] * 6))
+        data = timed("read", shard.update_input.remote(sid, version))
+        timed("commit", shard.commit_update.remote(sid, version, data["stm"]))
+    httpx.delete(f"{url}/v1/sessions/{sid}", timeout=30.0)
+    return {kind: v / cycles for kind, v in spent.items()}
+
+
 def update_batches(before: dict, after: dict) -> dict[str, Any]:
     """The MemoryUpdater's batches and updates between two reads of its counters, the mean
     batch (None without a batch), and a batch's mean duration and phases (``batch_mean_s``,
@@ -232,7 +275,7 @@ def build_profile(args: argparse.Namespace, url: str) -> tuple[CostProfile, dict
                     short["chunks"])
         short = None
     path = fit_serving_path(costs, cpu_per_turn, level, answer_mean + 1, k, machine_info()["logical_cpus"],
-                            short=short, many=cpu["many"])
+                            short=short, many=cpu["many"], store_calls=cpu["store_calls"])
     path["serial_share"] = cpu["serial_share"]
     path["fixed_share"] = cpu["fixed_share"]
     spin = env_after["slowdown"]  # the load as every later check measures it, right after the model timings
@@ -253,6 +296,7 @@ def build_profile(args: argparse.Namespace, url: str) -> tuple[CostProfile, dict
                    "sessions": 1, "turns": turns, "think_time_s": args.calibration_think_s,
                    "cpu_s_per_turn": cpu_per_turn, "cpu_idle_rate": cpu["idle_rate"],
                    "serial_share": cpu["serial_share"], "fixed_share": cpu["fixed_share"], "many": cpu["many"],
+                   "store_call_cpu_s": cpu["store_calls"],
                    "short": cpu["short"], "answer_tokens": tokens,
                    "ttft_p50_s": level["ttft"]["p50_s"], "answer_p50_s": level["answer"]["p50_s"],
                    "ttft_excluding_wait_p50_s": level["ttft"]["excluding_wait"]["p50_s"],

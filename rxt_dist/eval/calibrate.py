@@ -99,16 +99,32 @@ def split_per_batch(alone: float, batched: float, batch_mean: float) -> tuple[fl
     return alone - batch, batch
 
 
+def store_call_weights(store_calls: dict[str, float] | None) -> dict[str, float]:
+    """Each store call's cost relative to the mean of a turn's calls (``STORE_CALLS``), from
+    their CPU seconds timed alone; empty (equal costs) without them or when they measured
+    nothing."""
+    from rxt_dist.eval.capacity import STORE_CALLS
+
+    if not store_calls or any(call not in store_calls for call in STORE_CALLS):
+        return {}
+    mean = sum(store_calls[call] for call in STORE_CALLS) / len(STORE_CALLS)
+    if mean <= 0:
+        return {}
+    return {call: max(0.0, store_calls[call]) / mean for call in STORE_CALLS}
+
+
 def fit_serving_path(model_profile: dict[str, Any], cpu_per_turn: dict[str, float], level: dict[str, Any],
                      answer_steps: float, k: float, cores: int, batch_wait_s: float = 0.005,
-                     short: dict[str, Any] | None = None, many: dict[str, Any] | None = None) -> dict[str, Any]:
+                     short: dict[str, Any] | None = None, many: dict[str, Any] | None = None,
+                     store_calls: dict[str, float] | None = None) -> dict[str, Any]:
     """The serving path's costs (``ServingPath`` fields) from a calibration level played at
     S = 1 with think time (no queueing, no wait for updates):
 
     * each process's CPU seconds per turn × ``k`` (the slowdown: wall/CPU of the model
       operations measured now) is its wall-time work per turn; the Generator's and
       MemoryUpdater's share outside the model is what is left after the model operations' CPU;
-      the store shard's is split over its ``STORE_OPS_PER_TURN`` calls;
+      the store shard's is split over its ``STORE_OPS_PER_TURN`` calls, in proportion to
+      ``store_calls`` (each kind's CPU seconds timed alone) when given, evenly otherwise;
     * how much of the client's, proxy's, Ingress's and Generator's work lies on the path to the
       first token (``in_share``) and to the end of the answer (``out_share``) is what the
       calibration's median TTFT and median first-token-to-end time leave after the model and
@@ -148,6 +164,7 @@ def fit_serving_path(model_profile: dict[str, Any], cpu_per_turn: dict[str, floa
         "other_load": max(0.0, k - 1),
     }
     path["chunk_s"] = chunk_s
+    path["store_call_weight"] = store_call_weights(store_calls)
     if many is not None and many.get("update_batch_mean"):
         b = many["update_batch_mean"]
         consolidate_cpu = {int(key): v for key, v in cpu["consolidate"].items()}
@@ -157,13 +174,16 @@ def fit_serving_path(model_profile: dict[str, Any], cpu_per_turn: dict[str, floa
     front = path["client_s"] + path["proxy_s"] + path["ingress_s"]
     ttft, answer = level["ttft"]["excluding_wait"]["p50_s"], level["answer"]["p50_s"]
     lag = level["update_lag"]["p50_s"]
-    to_first = max(0.0, ttft - path["store_op_s"] - model_profile["prefill_s"][1] - sum(chunk_s.values()))
+    def store_call(call: str) -> float:
+        return path["store_op_s"] * path["store_call_weight"].get(call, 1.0)
+
+    to_first = max(0.0, ttft - store_call("claim") - model_profile["prefill_s"][1] - sum(chunk_s.values()))
     path["in_share"] = min(1.0, to_first / (front + path["generator_io_s"])) if front else 0.0
     path["request_latency_s"] = max(0.0, to_first - path["in_share"] * (front + path["generator_io_s"]))
-    to_end = max(0.0, (answer - ttft) - answer_steps * model_profile["decode_step_s"][1] - path["store_op_s"])
+    to_end = max(0.0, (answer - ttft) - answer_steps * model_profile["decode_step_s"][1] - store_call("record"))
     path["out_share"] = min(1.0 - path["in_share"], to_end / front) if front else 0.0
     path["stream_latency_s"] = max(0.0, to_end - path["out_share"] * front)
-    explained_lag = (batch_wait_s + 2 * path["store_op_s"] + model_profile["consolidate_s"][1]
+    explained_lag = (batch_wait_s + store_call("read") + store_call("commit") + model_profile["consolidate_s"][1]
                      + path["updater_item_s"] + path["updater_batch_s"])
     path["update_latency_s"] = max(0.0, lag - explained_lag)
     return path

@@ -34,6 +34,8 @@ STREAM_ROLES = ("generator", "ingress", "proxy", "client")
 """The processes every streamed chunk passes, in order."""
 STORE_OPS_PER_TURN = 4
 """Store-shard calls a turn makes: claim, finish_turn, update_input, commit_update."""
+STORE_CALLS = ("claim", "record", "read", "commit")
+"""Those calls' names in ``ServingPath.store_call_weight``."""
 
 
 def _interp(table: dict[int, float], x: float) -> float:
@@ -72,7 +74,11 @@ class ServingPath:
     ingress_s: float = 0.0
     """The Ingress replica (parse, tokenize, claim, stream SSE, record), per turn."""
     store_op_s: float = 0.0
-    """One store-shard call (``STORE_OPS_PER_TURN`` per turn), persistence included."""
+    """One store-shard call on average (``STORE_OPS_PER_TURN`` per turn), persistence included."""
+    store_call_weight: dict[str, float] = field(default_factory=dict)
+    """Per store call of a turn (``STORE_CALLS``): its cost relative to ``store_op_s`` (mean 1),
+    measured by timing each kind of call alone (a claim and a read only read memory; a record
+    and a commit write the session to storage); empty: every call costs ``store_op_s``."""
     generator_io_s: float = 0.0
     """The Generator replica's work outside the model per turn (Ray call, STM bytes, streaming)."""
     updater_item_s: float = 0.0
@@ -147,12 +153,15 @@ class ServingPath:
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
-            if f.name not in ("serial_share", "fixed_share", "chunk_s") and getattr(self, f.name) < 0:
+            if f.name not in ("serial_share", "fixed_share", "chunk_s", "store_call_weight") and getattr(self, f.name) < 0:
                 raise ValueError(f"{f.name}={getattr(self, f.name)}: must be ≥ 0")
         for name in ("serial_share", "fixed_share"):
             for role, share in getattr(self, name).items():
                 if not 0 <= share <= 1:
                     raise ValueError(f"{name}[{role!r}]={share}: must be between 0 and 1")
+        for call, weight in self.store_call_weight.items():
+            if call not in STORE_CALLS or weight < 0:
+                raise ValueError(f"store_call_weight[{call!r}]={weight}: calls are {STORE_CALLS}, weights ≥ 0")
         for role, seconds in self.chunk_s.items():
             if seconds < 0:
                 raise ValueError(f"chunk_s[{role!r}]={seconds}: must be ≥ 0")
@@ -169,6 +178,10 @@ class ServingPath:
 
     def chunk(self, role: str) -> float:
         return self.chunk_s.get(role, 0.0)
+
+    def store_call(self, call: str) -> float:
+        """Seconds of one store call of kind ``call`` (``STORE_CALLS``)."""
+        return self.store_op_s * self.store_call_weight.get(call, 1.0)
 
     def speed(self, busy: int) -> float:
         """Speed of each of ``busy`` busy processes relative to one busy alone (the profile's
@@ -317,9 +330,9 @@ def bounds(p: CostProfile, w: Workload) -> dict[str, float]:
     path = p.path
     front = path.client_s + path.proxy_s + path.ingress_s
     first_token = sum(path.chunk(role) for role in STREAM_ROLES)
-    ttft = (path.in_share * (front + path.generator_io_s) + path.request_latency_s + path.store_op_s
+    ttft = (path.in_share * (front + path.generator_io_s) + path.request_latency_s + path.store_call("claim")
             + p.prefill(1, w.query_tokens) + first_token)
-    answer = ttft + w.answer_tokens * p.decode_step(1) + path.store_op_s + path.out_share * front
+    answer = ttft + w.answer_tokens * p.decode_step(1) + path.store_call("record") + path.out_share * front
     cycle = w.think_time_s + answer
     turns_per_s = w.sessions / cycle
     b, u = path.max_batch_size, path.update_batch_size

@@ -187,7 +187,7 @@ class Updater:
             lap("consolidate")
             pending["commits"] = len(batch)
             for turn in batch:
-                self._call(turn, lambda t=turn: committed(t))
+                self._call(turn, "commit", lambda t=turn: committed(t))
 
         def committed(turn: _Turn) -> None:
             self.ongoing -= 1
@@ -201,15 +201,15 @@ class Updater:
 
         def read() -> None:
             for turn in batch:
-                self._call(turn, read_done)
+                self._call(turn, "read", read_done)
 
         loop_then(read)
 
-    def _call(self, turn: _Turn, then: Callable[[], None]) -> None:
+    def _call(self, turn: _Turn, call: str, then: Callable[[], None]) -> None:
         """A store call gathered with the batch's others: the replica's side of it on its event
         loop (shared with the calls in flight, ``Server``), then the shard's."""
         store = self.store_of(turn.session.index)
-        self.loop.do(self.in_batch_s, lambda: store.do(self.p.path.store_op_s, then))
+        self.loop.do(self.in_batch_s, lambda: store.do(self.p.path.store_call(call), then))
 
 
 @dataclass
@@ -280,7 +280,7 @@ class _Turn:
 
         def claim() -> None:
             self.record.waited_s = self.g.sim.now - arrived
-            self.g.store_of(session.index).do(self.g.p.path.store_op_s, self._generate)
+            self.g.store_of(session.index).do(self.g.p.path.store_call("claim"), self._generate)
 
         if session.update_pending:
             session.on_commit = claim
@@ -352,7 +352,7 @@ class _Turn:
         path = self.g.p.path
         if chunk == 0:
             ingress = self.outward[1][0]
-            ingress.do(0.0, lambda: self.g.store_of(self.session.index).do(path.store_op_s, self._recorded))
+            ingress.do(0.0, lambda: self.g.store_of(self.session.index).do(path.store_call("record"), self._recorded))
             return
         share = path.in_share / 2 if chunk == 1 else 0.0
 

@@ -7,7 +7,13 @@ import math
 
 import pytest
 
-from rxt_dist.eval.calibrate import fit_serving_path, fit_to_calibration, split_per_batch, split_per_chunk
+from rxt_dist.eval.calibrate import (
+    fit_serving_path,
+    fit_to_calibration,
+    split_per_batch,
+    split_per_chunk,
+    store_call_weights,
+)
 from rxt_dist.eval.capacity import (
     CostProfile,
     ServingPath,
@@ -42,6 +48,24 @@ def test_one_session_without_contention_ttft_is_prefill_plus_overhead():
     # 7 more tokens, one step each, then the turn is recorded (one store call)
     assert r["answer_p50_s"] == pytest.approx(r["ttft_p50_s"] + 7 * STEP + 0.001, rel=1e-9)
     assert r["waited_share"] == 0
+
+
+def test_each_store_call_costs_its_measured_weight():
+    """A claim on the way to the first token, a record before the end, a read and a commit in
+    the update: each at ``store_op_s`` × its weight (from their CPU timed alone, mean 1)."""
+    weights = store_call_weights({"claim": 0.001, "record": 0.003, "read": 0.001, "commit": 0.003})
+    assert weights == pytest.approx({"claim": 0.5, "record": 1.5, "read": 0.5, "commit": 1.5})
+    assert store_call_weights({"claim": 0.001}) == {}  # incomplete: equal costs
+
+    def run(weight: dict[str, float]) -> dict:
+        path = ServingPath(store_op_s=0.004, store_call_weight=weight, update_batch_wait_s=0.0, cores=1e9)
+        return simulate(profile(path), Workload(sessions=1, think_time_s=5.0, answer_tokens=8, turns=4),
+                        stops_early=False)
+
+    even, weighted = run({}), run(weights)
+    assert weighted["ttft_p50_s"] == pytest.approx(even["ttft_p50_s"] - 0.002, rel=1e-9)
+    assert weighted["answer_p50_s"] == pytest.approx(even["answer_p50_s"], rel=1e-9)  # −0.002 + 0.002
+    assert weighted["update_lag_p50_s"] == pytest.approx(even["update_lag_p50_s"], rel=1e-9)
 
 
 def test_next_turn_waits_for_the_previous_update():
