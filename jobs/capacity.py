@@ -358,7 +358,7 @@ def play_levels(url: str, server: dict, args: argparse.Namespace, command: str) 
         level["update_batches"] = update_batches(batches0, batches1)
         level["decode_steps"] = steps1 - steps0  # one Generator replica (the check's app runs one)
         level["environment"] = env
-        turns = max(1, level["requests"])
+        turns = max(1, level["requests"] + cfg.warmup_turns)  # the warm-up's CPU is in the window too
         level["cpu_s_per_turn"] = {role: (cpu1[role] - cpu0[role]) / turns for role in cpu1}
         level["cpu_s_per_turn"]["client"] = (client1 - client0) / turns
         if report is None:
@@ -390,6 +390,11 @@ def write_check(profile: CostProfile, report: dict, args: argparse.Namespace, co
                   if (key := f"update_{phase}_s") in r["measured"] and key in r["simulated"]]
         if phases:
             print(f"      update batch ms sim/measured: {', '.join(phases)}")
+        cpu = r["measured"].get("cpu_s_per_turn")
+        if cpu:
+            sim_cpu = r["simulated"]["cpu_s_per_turn"]
+            print("      CPU ms per turn sim/measured: " + ", ".join(
+                f"{role} {sim_cpu[role] * 1e3:.1f}/{cpu[role] * 1e3:.1f}" for role in sim_cpu if role in cpu))
     print(f"wrote {args.check_out}")
 
 

@@ -34,7 +34,7 @@ def measured_figures(level: dict) -> dict[str, float | None]:
             "update_batch_mean": (level.get("update_batches") or {}).get("mean"),
             **{f"update_{k[:-len('_mean_s')]}_s": v for k, v in (level.get("update_batches") or {}).items()
                if k.endswith("_mean_s")},
-            "decode_steps": level.get("decode_steps")}
+            "decode_steps": level.get("decode_steps"), "cpu_s_per_turn": level.get("cpu_s_per_turn")}
 
 
 def compare(profile: CostProfile, levels: list[dict], stream_interval_s: float | None = None
@@ -55,6 +55,7 @@ def compare(profile: CostProfile, levels: list[dict], stream_interval_s: float |
         rows.append({"sessions": level["sessions"], "measured": real,
                      "simulated": {**{k: sim[k] for k in (*real, "busy") if k in sim},
                                    **{k: v for k, v in sim["busy"].items() if k.startswith("update_")},
+                                   "cpu_s_per_turn": sim["cpu_s_per_turn"],
                                    "decode_iterations": sim["busy"]["decode_iterations"]},
                      "relative_error": errors,
                      "within_tolerance": all(e is not None and abs(e) <= TOLERANCE for e in errors.values()),

@@ -123,6 +123,8 @@ class Updater:
         self.ongoing = 0
         self.batches: list[int] = []
         self.busy_s = 0.0
+        self.model_s = 0.0
+        """Seconds of consolidation (the model's work, beside the process's own in ``loop``)."""
         self.phase_s = {"read": 0.0, "consolidate": 0.0, "commit": 0.0}
         """Seconds in each phase of a batch, as ``apply_updates`` times them."""
         self._started = 0.0
@@ -180,8 +182,9 @@ class Updater:
             pending["reads"] -= 1
             if pending["reads"] == 0:
                 lap("read")
-                self.sim.cpu.run(self.sim.jitter(self.p.consolidate(len(batch))),
-                                 lambda: loop_then(commit))
+                seconds = self.sim.jitter(self.p.consolidate(len(batch)))
+                self.model_s += seconds
+                self.sim.cpu.run(seconds, lambda: loop_then(commit))
 
         def commit() -> None:
             lap("consolidate")
@@ -512,7 +515,19 @@ def summarise(records: Sequence[TurnRecord], wall_s: float, graph: Graph | None 
             **_batch_phases(graph.updaters),
             "decode_iterations": sum(g.iterations for g in graph.generators),
         }
+        out["cpu_s_per_turn"] = _cpu_per_turn(graph)
     return out
+
+
+def _cpu_per_turn(graph: Graph) -> dict[str, float]:
+    """Each role's work (seconds at the profile's speed) per turn played, as the check reads the
+    real processes' CPU time per turn; model work included (decoding, consolidating)."""
+    turns = max(1, len(graph.records))
+    work = {"client": sum(s.busy_s for s in graph.clients), "proxy": sum(s.busy_s for s in graph.proxies),
+            "ingress": sum(s.busy_s for s in graph.ingress), "store": sum(s.busy_s for s in graph.stores),
+            "generator": sum(g.io.busy_s + g.busy_s for g in graph.generators),
+            "updater": sum(u.loop.busy_s + u.model_s for u in graph.updaters)}
+    return {role: seconds / turns for role, seconds in work.items()}
 
 
 def _batch_phases(updaters: Sequence[Updater]) -> dict[str, float]:

@@ -48,6 +48,12 @@ def test_one_session_without_contention_ttft_is_prefill_plus_overhead():
     # 7 more tokens, one step each, then the turn is recorded (one store call)
     assert r["answer_p50_s"] == pytest.approx(r["ttft_p50_s"] + 7 * STEP + 0.001, rel=1e-9)
     assert r["waited_share"] == 0
+    # each process's work per turn, as the check compares it with the real processes' CPU time:
+    # the store's four calls, the Generator's prefill and steps, the updater's consolidation
+    cpu = r["cpu_s_per_turn"]
+    assert cpu["store"] == pytest.approx(4 * 0.001, rel=1e-9)
+    assert cpu["generator"] == pytest.approx(PREFILL + 7 * STEP, rel=1e-9)
+    assert cpu["updater"] == pytest.approx(CONSOLIDATE, rel=1e-9)
 
 
 def test_each_store_call_costs_its_measured_weight():
