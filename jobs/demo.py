@@ -196,6 +196,9 @@ def main(argv: list[str] | None = None) -> int:
             rows = train(cfg, progress=not args.verbose)
         except StageFailed as exc:
             return report_failure(exc, ray_log)
+        except ValueError as exc:  # e.g. a stage already trained with other settings
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     print_training(rows)
     report = evaluate(cfg, args.eval_conversations)
     print("\n" + report.summary_table())

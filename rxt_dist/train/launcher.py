@@ -8,6 +8,7 @@ functions.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -62,6 +63,53 @@ def log_dir(cfg: TrainConfig) -> str:
     if _is_local(cfg.run.storage):
         return f"{run_root(cfg)}/logs"
     return os.path.abspath(f"runs/{cfg.run.name}/logs")
+
+
+def stage_settings(cfg: TrainConfig, stage: str) -> dict[str, Any]:
+    """What a stage's trained model depends on: the seed, the data, the model, the optimizer
+    and DeepSpeed settings, the number of workers (it orders the data), and the settings of
+    this stage and of the RxT stages it starts from. Recorded in the export's metadata, so a
+    run that finds the stage already trained can tell whether it was trained this way."""
+    dump = cfg.model_dump(mode="json")
+    if stage == "baseline":
+        model, stages = dump["baseline"], ["baseline"]
+    else:
+        model = dump["model"]
+        fresh = stage == "smat" and cfg.stages.smat.start != "previous"
+        stages = [stage] if fresh else list(RXT_STAGES[:RXT_STAGES.index(stage) + 1])
+    return {"seed": dump["run"]["seed"], "data": dump["data"], "model": model, "optimizer": dump["optimizer"],
+            "deepspeed": dump["deepspeed"], "num_workers": dump["scaling"]["num_workers"],
+            "stages": {name: dump["stages"][name] for name in stages}}
+
+
+def settings_changed(trained: dict[str, Any], now: dict[str, Any], prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ between two :func:`stage_settings`."""
+    changed = []
+    for key in sorted(set(trained) | set(now)):
+        a, b = trained.get(key), now.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            changed += settings_changed(a, b, f"{prefix}{key}.")
+        elif a != b:
+            changed.append(f"{prefix}{key}: {a!r} → {b!r}")
+    return changed
+
+
+def check_trained_settings(cfg: TrainConfig, stage: str) -> None:
+    """Raise ``ValueError`` naming what changed when the complete export of ``stage`` was
+    trained with other settings than ``cfg``'s (exports from before the settings were recorded
+    pass)."""
+    from rxt_dist.memory import read_metadata
+
+    url = export_url(cfg, stage)
+    recorded = read_metadata(url).get("settings")
+    if recorded is None:
+        return
+    changed = settings_changed(json.loads(recorded), stage_settings(cfg, stage))
+    if changed:
+        shown = "; ".join(changed[:6]) + (f"; and {len(changed) - 6} more" if len(changed) > 6 else "")
+        raise ValueError(f"stage {stage} of run {cfg.run.name!r} is already trained at {url}, with other settings "
+                         f"({shown}): train it again with --fresh (deletes this run's models and checkpoints), "
+                         "or give the new settings their own run (--set run.name=…)")
 
 
 def is_complete(cfg: TrainConfig, stage: str) -> bool:
@@ -264,6 +312,7 @@ def run_stage(cfg: TrainConfig, stage: str, skip_complete: bool = False, progres
 
     stage = stage_name(stage)
     if skip_complete and is_complete(cfg, stage):
+        check_trained_settings(cfg, stage)
         log.info("[%s] already complete at %s: skipped", stage, export_url(cfg, stage))
         return StageResult(stage, export_url(cfg, stage), skipped=True)
     check_resources(cfg, ray.cluster_resources())

@@ -8,6 +8,7 @@ to the stage's step count and exports the model directory.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
@@ -398,8 +399,11 @@ class StageLoop:
     def _export(self) -> None:
         from rxt_dist.model import save_model_dir
 
+        from rxt_dist.train.launcher import stage_settings
+
         metadata = {"stage": self.job.stage, "steps": str(self.position.step),
-                    "train_s": f"{self.position.train_s:.1f}"}
+                    "train_s": f"{self.position.train_s:.1f}",
+                    "settings": json.dumps(stage_settings(self.cfg, self.job.stage), sort_keys=True)}
         with self._gathered():
             if self.rank == 0:
                 save_model_dir(self.model, self.job.export_url, self.job.tokenizer_json, metadata)

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from rxt_dist.data import read_manifest
+from rxt_dist.memory import read_metadata
 from rxt_dist.model import RxTModel, from_name, load_model_dir, save_model_dir
 from rxt_dist.train import TrainConfig, export_url, run_curriculum, run_stage
 from rxt_dist.train.launcher import StageFailed
@@ -83,6 +84,8 @@ def test_one_worker_and_two_workers_zero2_offloaded_take_the_same_steps_recall_p
     exported = (tmp_path / "runs" / "two" / "models" / "smat" / "model.safetensors").stat().st_mtime_ns
     (again,) = run_curriculum(two, ["smat"])
     assert again.skipped and again.export_url == export_url(two, "smat") and again.metrics == {}
+    # skipped because it was trained with these very settings (the export records them)
+    assert json.loads(read_metadata(export_url(two, "smat"))["settings"])["num_workers"] == 2
     assert (tmp_path / "runs" / "two" / "models" / "smat" / "model.safetensors").stat().st_mtime_ns == exported
     a, b = load_model_dir(export_url(one, "smat")), load_model_dir(export_url(two, "smat"))
     moved = 0.0

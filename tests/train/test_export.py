@@ -64,3 +64,37 @@ def test_an_export_missing_its_marker_or_with_a_file_cut_short_is_not_complete(t
     save_model_dir(RxTModel(from_name("debug")), url, TOKENIZER)
     (weights.parent / "complete.json").unlink()
     assert not is_complete(cfg, "baseline")
+
+
+def test_a_stage_already_trained_with_other_settings_is_refused_with_what_changed(tmp_path):
+    """A run that finds a stage trained skips it only if it was trained with the same settings:
+    a new seed (or data, model, optimizer, stage settings) names what changed and the way out;
+    settings that do not shape the model (checkpoints, another stage's) change nothing."""
+    import json
+
+    from rxt_dist.train import run_stage
+    from rxt_dist.train.launcher import stage_settings
+
+    storage = str(tmp_path / "runs")
+
+    def cfg(**sets):
+        return TrainConfig.from_dict({"run": {"name": "r", "storage": storage, "seed": sets.pop("seed", 0)},
+                                      "stages": {"smat": {"start": "fresh"}, **sets}}, source="test")
+
+    trained = cfg()
+    url = export_url(trained, "smat")
+    save_model_dir(RxTModel(from_name("debug")), url, TOKENIZER,
+                   {"stage": "smat", "settings": json.dumps(stage_settings(trained, "smat"))})
+    assert run_stage(trained, "smat", skip_complete=True).skipped
+    unrelated = TrainConfig.from_dict({**trained.model_dump(mode="json"), "checkpoint": {"every_steps": 7},
+                                       "stages": {"smat": {"start": "fresh"}, "baseline": {"steps": 9}}}, source="test")
+    assert run_stage(unrelated, "smat", skip_complete=True).skipped
+    with pytest.raises(ValueError) as refused:
+        run_stage(cfg(seed=2), "smat", skip_complete=True)
+    assert "already trained" in str(refused.value) and "seed: 0 → 2" in str(refused.value)
+    assert "--fresh" in str(refused.value) and "run.name" in str(refused.value)
+    with pytest.raises(ValueError, match=r"stages\.smat\.steps: 100 → 5"):
+        run_stage(cfg(smat={"start": "fresh", "steps": 5}), "smat", skip_complete=True)
+    # an export from before the settings were recorded is taken as it is
+    save_model_dir(RxTModel(from_name("debug")), url, TOKENIZER, {"stage": "smat"})
+    assert run_stage(cfg(seed=2), "smat", skip_complete=True).skipped
