@@ -184,6 +184,8 @@ def calibrate(url: str, args: argparse.Namespace, idle_s: float = 4.0) -> tuple[
 SHORT_MAX_TOKENS = 2
 """Answer cap of the third calibration level: with the first level's (uncapped) answers it
 separates each process's work per streamed chunk from its work per turn."""
+
+
 def store_call_costs(url: str, pids: dict[str, list[int]], cycles: int = 200) -> dict[str, float]:
     """The store shard's CPU seconds per call of each kind a turn makes, measured on a session of
     its own: ``cycles`` times claim (``begin_turn``), record (``finish_turn``), read

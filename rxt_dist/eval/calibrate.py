@@ -174,7 +174,8 @@ def fit_serving_path(model_profile: dict[str, Any], cpu_per_turn: dict[str, floa
     front = path["client_s"] + path["proxy_s"] + path["ingress_s"]
     ttft, answer = level["ttft"]["excluding_wait"]["p50_s"], level["answer"]["p50_s"]
     lag = level["update_lag"]["p50_s"]
-    def store_call(call: str) -> float:
+
+    def store_call(call: str) -> float:  # ServingPath.store_call on the fields fitted so far
         return path["store_op_s"] * path["store_call_weight"].get(call, 1.0)
 
     to_first = max(0.0, ttft - store_call("claim") - model_profile["prefill_s"][1] - sum(chunk_s.values()))

@@ -153,7 +153,8 @@ class ServingPath:
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
-            if f.name not in ("serial_share", "fixed_share", "chunk_s", "store_call_weight") and getattr(self, f.name) < 0:
+            tables = ("serial_share", "fixed_share", "chunk_s", "store_call_weight")
+            if f.name not in tables and getattr(self, f.name) < 0:
                 raise ValueError(f"{f.name}={getattr(self, f.name)}: must be ≥ 0")
         for name in ("serial_share", "fixed_share"):
             for role, share in getattr(self, name).items():
