@@ -55,7 +55,6 @@ def compare(profile: CostProfile, levels: list[dict], stream_interval_s: float |
         rows.append({"sessions": level["sessions"], "measured": real,
                      "simulated": {**{k: sim[k] for k in (*real, "busy") if k in sim},
                                    **{k: v for k, v in sim["busy"].items() if k.startswith("update_")},
-                                   "cpu_s_per_turn": sim["cpu_s_per_turn"],
                                    "decode_iterations": sim["busy"]["decode_iterations"]},
                      "relative_error": errors,
                      "within_tolerance": all(e is not None and abs(e) <= TOLERANCE for e in errors.values()),

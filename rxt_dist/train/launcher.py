@@ -108,7 +108,7 @@ def check_trained_settings(cfg: TrainConfig, stage: str) -> None:
     if changed:
         shown = "; ".join(changed[:6]) + (f"; and {len(changed) - 6} more" if len(changed) > 6 else "")
         raise ValueError(f"stage {stage} of run {cfg.run.name!r} is already trained at {url}, with other settings "
-                         f"({shown}): train it again with --fresh (deletes this run's models and checkpoints), "
+                         f"({shown}): train it again from scratch (jobs/demo.py --fresh, or delete {run_root(cfg)}), "
                          "or give the new settings their own run (--set run.name=…)")
 
 
