@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--save", default=None, help="write the final model directory here")
     p.add_argument("--out", required=True)
     p.add_argument("--plot", nargs="+", metavar="JSON", help="only plot these study files' curves into --out (a .png)")
-    p.add_argument("--probe", nargs="+", metavar="NAME=DIR", help="only run the facts-held probe on these models")
+    p.add_argument("--probe", nargs="+", action="extend", metavar="NAME=DIR", help="only run the facts-held probe on these models")
     p.add_argument("--probe-conversations", type=int, default=100, help="probe conversations per point")
     args = p.parse_args(argv)
     if args.plot:
