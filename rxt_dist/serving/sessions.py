@@ -578,6 +578,8 @@ class SessionStore:
         if entry is None or entry.deleted:
             return _status(StoreStatus.NOT_FOUND)
         async with entry.lock:
+            if entry.deleted:  # deleted while this call waited for the lock
+                return _status(StoreStatus.NOT_FOUND)
             meta, pending = entry.meta, entry.meta.pending
             if pending is not None and pending.lease == lease and pending.base_version == version:
                 return _status(StoreStatus.OK, base_version=version)  # a repeated call: already recorded
@@ -620,6 +622,8 @@ class SessionStore:
         if entry is None or entry.deleted:
             return _status(StoreStatus.NOT_FOUND)
         async with entry.lock:
+            if entry.deleted:  # deleted while this call waited for the lock
+                return _status(StoreStatus.NOT_FOUND)
             meta = entry.meta
             if meta.version > base_version:
                 return _status(StoreStatus.ALREADY_APPLIED, version=meta.version)
@@ -639,6 +643,8 @@ class SessionStore:
         if entry is None or entry.deleted:
             return _status(StoreStatus.NOT_FOUND)
         async with entry.lock:
+            if entry.deleted:  # deleted while this call waited for the lock
+                return _status(StoreStatus.NOT_FOUND)
             pending = entry.meta.pending
             if pending is None or pending.base_version != base_version:
                 return _status(StoreStatus.CONFLICT, version=entry.meta.version)
@@ -657,6 +663,8 @@ class SessionStore:
         if isinstance(entry, StoreStatus):
             return _status(entry)
         async with entry.lock:
+            if entry.deleted:  # deleted while this call waited for the lock
+                return _status(StoreStatus.NOT_FOUND)
             pending = entry.meta.pending
             if pending is None:
                 return _status(StoreStatus.NOTHING_PENDING, version=entry.meta.version)
@@ -675,12 +683,20 @@ class SessionStore:
         if isinstance(entry, StoreStatus):
             return _status(entry)
         async with entry.lock:
+            if entry.deleted:  # a concurrent delete won
+                return _status(StoreStatus.NOT_FOUND)
+            # Marked deleted but kept in the cache until its files are gone: a call arriving
+            # meanwhile finds this entry (and answers not_found) instead of loading the
+            # half-removed session from storage and writing into the directory being removed.
             entry.deleted = True
-            self._entries.pop(sid, None)
-            await asyncio.to_thread(self._remove, sid)
+            try:
+                await asyncio.to_thread(self._remove, sid)
+            finally:
+                if self._entries.get(sid) is entry:
+                    self._entries.pop(sid)
+                entry.settled.set()
             if self._stored is not None:
                 self._stored = max(0, self._stored - 1)
-            entry.settled.set()
         return _status(StoreStatus.OK)
 
     # ---- the transcript index ---------------------------------------------------------------

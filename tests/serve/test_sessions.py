@@ -171,6 +171,28 @@ def test_deleted_sessions_are_gone_for_waiters_and_storage(tmp_path):
     run(scenario())
 
 
+def test_an_update_committed_while_its_session_is_being_deleted_is_refused_and_writes_nothing(tmp_path):
+    # The memory update of a turn can arrive while the client deletes the session: it must
+    # neither write into the directory being removed (the delete then failed with an OSError)
+    # nor bring the session back.
+    async def scenario():
+        store = store_at(tmp_path)
+        sid = new_session_id()
+        await store.create(sid, b"s", SHAPE)
+        await store.begin_turn(sid, "a", 1.0)
+        await store.finish_turn(sid, "a", 0, [1], [2])
+        remove = store._remove
+        store._remove = lambda s: (time.sleep(0.3), remove(s))  # a slow storage backend
+        deleting = asyncio.create_task(store.delete(sid))
+        await asyncio.sleep(0.05)  # the delete holds the session and is removing its files
+        assert (await store.commit_update(sid, 0, b"stm1"))["status"] == "not_found"
+        assert (await store.info(sid))["status"] == "not_found"
+        assert (await deleting)["status"] == "ok"
+        assert not (tmp_path / sid).exists()
+        assert (await SessionStore(store.config).info(sid))["status"] == "not_found"
+    run(scenario())
+
+
 def test_an_abandoned_claim_expires(tmp_path):
     async def scenario():
         store = store_at(tmp_path, turn_lease_s=0.2)
