@@ -24,6 +24,15 @@ def store_at(path, **kw) -> SessionStore:
     return SessionStore(StoreConfig(url=str(path), **kw))
 
 
+async def session_with_pending_update(store: SessionStore) -> str:
+    """A new session with one turn recorded (under lease "a") and its memory update pending."""
+    sid = new_session_id()
+    await store.create(sid, b"s", SHAPE)
+    await store.begin_turn(sid, "a", 1.0)
+    await store.finish_turn(sid, "a", 0, [1], [2])
+    return sid
+
+
 def test_session_ids_are_random_128_bit_and_shard_evenly():
     ids = {new_session_id() for _ in range(2000)}
     assert len(ids) == 2000 and all(is_session_id(s) and len(s) == len("sess_") + 32 for s in ids)
@@ -156,10 +165,7 @@ def test_any_fsspec_url_works(tmp_path):
 def test_deleted_sessions_are_gone_for_waiters_and_storage(tmp_path):
     async def scenario():
         store = store_at(tmp_path)
-        sid = new_session_id()
-        await store.create(sid, b"s", SHAPE)
-        await store.begin_turn(sid, "a", 1.0)
-        await store.finish_turn(sid, "a", 0, [1], [2])
+        sid = await session_with_pending_update(store)
         waiter = asyncio.create_task(store.begin_turn(sid, "b", 5.0))
         await asyncio.sleep(0.05)
         assert (await store.delete(sid))["status"] == "ok"
@@ -177,10 +183,7 @@ def test_an_update_committed_while_its_session_is_being_deleted_is_refused_and_w
     # nor bring the session back.
     async def scenario():
         store = store_at(tmp_path)
-        sid = new_session_id()
-        await store.create(sid, b"s", SHAPE)
-        await store.begin_turn(sid, "a", 1.0)
-        await store.finish_turn(sid, "a", 0, [1], [2])
+        sid = await session_with_pending_update(store)
         remove = store._remove
         store._remove = lambda s: (time.sleep(0.3), remove(s))  # a slow storage backend
         deleting = asyncio.create_task(store.delete(sid))
@@ -357,10 +360,7 @@ def test_a_streaming_answer_keeps_its_claim_by_renewing_it(tmp_path):
 def test_an_update_that_cannot_apply_is_reported_and_can_be_dropped(tmp_path):
     async def scenario():
         store = store_at(tmp_path)
-        sid = new_session_id()
-        await store.create(sid, b"s", SHAPE)
-        await store.begin_turn(sid, "a", 1.0)
-        await store.finish_turn(sid, "a", 0, [1], [2])
+        sid = await session_with_pending_update(store)
         assert (await store.drop_pending(sid))["status"] == "pending"  # may still apply: refused
         waiter = asyncio.create_task(store.begin_turn(sid, "b", 5.0))
         await asyncio.sleep(0.05)
