@@ -11,7 +11,8 @@ lengths, computes the rotary tables once, and lets inductor fuse the norms, rota
 residuals into a few kernels. The batch and the capacity are dynamic dimensions, so one
 compilation serves every batch size above 1 (batch 1 gets its own). A mixture-of-experts FFN
 is compiled too, from a stacked copy of its expert weights: one row indexes its chosen experts'
-weights; a batch runs every expert and keeps the chosen ones (:func:`_moe_step`).
+weights; a batch runs each expert on the rows that chose it only, through one opaque operator
+(:func:`routed_experts`) that inductor calls as it is (:func:`_moe_step`).
 
 Same weights and the same operations (the MoE's sums grouped differently): greedy answers
 equal the eager path's (tests).
@@ -65,12 +66,60 @@ class StackedExperts:
             self._versions = versions
 
 
+@torch.library.custom_op("rxt_dist::routed_experts", mutates_args=())
+def routed_experts(flat: Tensor, chosen: Tensor, weights: Tensor, gate: Tensor, up: Tensor, down: Tensor) -> Tensor:
+    """The top-k SwiGLU experts of rows ``flat`` (B, D): row b goes through experts
+    ``chosen[b]`` (k,) with ``weights[b]`` (k,); stacked weights gate/up (E, F, D), down (E, D, F).
+    Returns (B, D), each row's contributions added in expert order as :meth:`MoE._routed` does.
+
+    The choices are sorted by expert so each expert multiplies only the rows that chose it, in
+    one grouped matrix product per weight where torch has one for this device (CPU), else one
+    product per expert. An operator of its own because the grouping has data-dependent shapes
+    the compiler cannot trace; inside a compiled step it is a single call."""
+    E, k = gate.shape[0], chosen.shape[1]
+    picks = chosen.flatten()  # (B·k,)
+    order = picks.argsort(stable=True)  # row order kept within each expert
+    rows = order // k
+    xs = flat[rows]  # (B·k, D), grouped by expert
+    counts = torch.bincount(picks, minlength=E)
+    grouped = flat.device.type == "cpu" and hasattr(torch.nn.functional, "grouped_mm")
+    y = (_grouped_swiglu if grouped else _looped_swiglu)(xs, counts, gate, up, down)  # (B·k, D)
+    y = y * weights.flatten()[order, None]
+    return torch.zeros_like(flat).index_add_(0, rows, y)
+
+
+def _grouped_swiglu(xs: Tensor, counts: Tensor, gate: Tensor, up: Tensor, down: Tensor) -> Tensor:
+    """SwiGLU experts of rows ``xs`` grouped by expert (``counts`` (E,) rows each), one grouped
+    matrix product per weight."""
+    ends = counts.cumsum(0).to(torch.int32)
+    product = lambda a, w: torch.nn.functional.grouped_mm(a, w.transpose(1, 2), offs=ends)
+    return product(torch.nn.functional.silu(product(xs, gate)) * product(xs, up), down)
+
+
+def _looped_swiglu(xs: Tensor, counts: Tensor, gate: Tensor, up: Tensor, down: Tensor) -> Tensor:
+    """:func:`_grouped_swiglu` as one product per expert (torch without a grouped product for
+    this device)."""
+    y = torch.empty_like(xs)
+    start = 0
+    for e, n in enumerate(counts.tolist()):
+        if n:
+            part = xs[start:start + n]
+            y[start:start + n] = (torch.nn.functional.silu(part @ gate[e].T) * (part @ up[e].T)) @ down[e].T
+        start += n
+    return y
+
+
+@routed_experts.register_fake
+def _(flat: Tensor, chosen: Tensor, weights: Tensor, gate: Tensor, up: Tensor, down: Tensor) -> Tensor:
+    return torch.empty_like(flat)
+
+
 def _moe_step(moe: MoE, gate: Tensor, up: Tensor, down: Tensor, x: Tensor) -> Tensor:
     """The MoE FFN of x (B, 1, D) inside the compiled step, with the router's top-k weights as
     :meth:`MoE.forward` computes them. One row reads only its chosen experts (indexed weights:
-    at batch 1 a step is bound by the weights it reads); a larger batch runs every expert on
-    every row and zeroes the unchosen ones (each expert's weights read once for all rows).
-    Expert biases are not supported here (the presets have none)."""
+    at batch 1 a step is bound by the weights it reads); a larger batch runs each expert on the
+    rows that chose it (:func:`routed_experts`). Expert biases are not supported here (the
+    presets have none)."""
     B, _, D = x.shape
     flat = x[:, 0]  # (B, D)
     probs = moe.router(flat).float().softmax(dim=-1)  # (B, E)
@@ -82,11 +131,7 @@ def _moe_step(moe: MoE, gate: Tensor, up: Tensor, down: Tensor, x: Tensor) -> Te
         u = torch.einsum("kfd,d->kf", up[pick], flat[0])
         y = torch.einsum("kdf,kf->kd", down[pick], torch.nn.functional.silu(g) * u)  # (k, D)
         return (y * weights[0, :, None]).sum(0).view(1, 1, D)
-    g = torch.einsum("efd,bd->bef", gate, flat)  # (B, E, F)
-    u = torch.einsum("efd,bd->bef", up, flat)
-    y = torch.einsum("edf,bef->bed", down, torch.nn.functional.silu(g) * u)  # (B, E, D)
-    dense = torch.zeros_like(probs, dtype=x.dtype).scatter(1, chosen, weights)  # (B, E)
-    return (y * dense[:, :, None]).sum(1).view(B, 1, D)
+    return routed_experts(flat, chosen, weights, gate, up, down).view(B, 1, D)
 
 
 def _attend_one(attn: Attention, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:

@@ -79,8 +79,8 @@ def test_compiled_continuous_batching_admits_between_steps(dense):
 
 
 def test_compiled_mixture_of_experts_decoder_equals_eager(moe):
-    """Batch 1 indexes its chosen experts' stacked weights; a batch runs them all and keeps the
-    chosen ones: both answer as the eager routing does."""
+    """Batch 1 indexes its chosen experts' stacked weights; a batch runs each expert on the rows
+    that chose it: both answer as the eager routing does."""
     model, compiled = moe
     stm = stms(model, 3)
     eager = generate(model, QUERIES[:3], stm, GREEDY)
@@ -88,6 +88,32 @@ def test_compiled_mixture_of_experts_decoder_equals_eager(moe):
     assert len({tuple(a) for a in eager}) == 3
     for i in range(3):
         assert generate(model, QUERIES[i:i + 1], stm[:, i:i + 1], GREEDY, compiled=compiled) == [eager[i]]
+
+
+@pytest.mark.parametrize("grouped", [True, False], ids=["grouped-product", "one-product-per-expert"])
+def test_routed_experts_give_the_eager_mixture_of_experts_output(moe, grouped, monkeypatch):
+    """The operator behind a compiled batch's MoE, in both its forms (a grouped product where
+    torch has one for the device, else a product per expert), equals the eager routing, also
+    when some expert is chosen by no row."""
+    from rxt_dist.inference import compiled as compiled_module
+
+    if grouped and not hasattr(torch.nn.functional, "grouped_mm"):
+        pytest.skip("this torch has no grouped matrix product")
+    if not grouped:
+        monkeypatch.setattr(compiled_module, "_grouped_swiglu", compiled_module._looped_swiglu)
+    model, compiled = moe
+    ffn = model.decoder[0].ffn
+    stacked = compiled._experts[0]
+    for rows in (1, 9):  # one row leaves two of the four experts without rows
+        x = torch.randn(rows, 1, model.cfg.dim, generator=torch.Generator().manual_seed(rows))
+        with torch.no_grad():
+            eager, _ = ffn(x)
+            probs = ffn.router(x[:, 0]).softmax(dim=-1)
+            weights, chosen = probs.topk(ffn.top_k, dim=-1)
+            weights = weights / weights.sum(dim=-1, keepdim=True)
+            got = compiled_module.routed_experts(x[:, 0], chosen, weights, stacked.gate, stacked.up, stacked.down)
+        torch.testing.assert_close(got, eager[:, 0], **KERNEL)
+    assert eager.abs().max() > 1e-2  # the outputs compared are not zeros
 
 
 def test_compiled_mixture_of_experts_follows_new_expert_weights(moe):
