@@ -40,9 +40,11 @@ def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 
 class StackedExperts:
-    """The SwiGLU experts of one :class:`MoE`, their weights stacked (E, out, in) so a compiled
-    step can index them by the router's choices: a copy made once, renewed when any expert
-    weight changes (checked on every step from the tensors' version counters)."""
+    """The SwiGLU experts of one :class:`MoE`, their weights stacked so a compiled step can
+    index them by the router's choices: ``gate_up`` (E, 2F, D) (each expert's gate and up
+    projections stacked) and ``down`` (E, F, D) (transposed: the layouts that measured fastest
+    for one row and for grouped rows alike, docs/BENCHMARKS.md). A copy made once, renewed when any expert weight changes (checked
+    on every step from the tensors' version counters)."""
 
     def __init__(self, moe: MoE) -> None:
         if moe.experts[0].gate.bias is not None:
@@ -60,66 +62,70 @@ class StackedExperts:
         if versions != self._versions:
             with torch.no_grad():
                 experts = self.moe.experts
-                self.gate = torch.stack([e.gate.weight for e in experts])  # (E, F, D)
-                self.up = torch.stack([e.up.weight for e in experts])  # (E, F, D)
-                self.down = torch.stack([e.down.weight for e in experts])  # (E, D, F)
+                self.gate_up = torch.stack([torch.cat([e.gate.weight, e.up.weight]) for e in experts])
+                self.down = torch.stack([e.down.weight.T for e in experts]).contiguous()  # (E, F, D)
             self._versions = versions
 
 
 @torch.library.custom_op("rxt_dist::routed_experts", mutates_args=())
-def routed_experts(flat: Tensor, chosen: Tensor, weights: Tensor, gate: Tensor, up: Tensor, down: Tensor) -> Tensor:
+def routed_experts(flat: Tensor, chosen: Tensor, weights: Tensor, gate_up: Tensor, down: Tensor) -> Tensor:
     """The top-k SwiGLU experts of rows ``flat`` (B, D): row b goes through experts
-    ``chosen[b]`` (k,) with ``weights[b]`` (k,); stacked weights gate/up (E, F, D), down (E, D, F).
-    Returns (B, D), each row's contributions added in expert order as :meth:`MoE._routed` does.
+    ``chosen[b]`` (k,) with ``weights[b]`` (k,); stacked weights as :class:`StackedExperts`
+    holds them. Returns (B, D), each row's contributions added in expert order as
+    :meth:`MoE._routed` does.
 
     The choices are sorted by expert so each expert multiplies only the rows that chose it, in
     one grouped matrix product per weight where torch has one for this device (CPU), else one
     product per expert. An operator of its own because the grouping has data-dependent shapes
     the compiler cannot trace; inside a compiled step it is a single call."""
-    E, k = gate.shape[0], chosen.shape[1]
+    E, k = gate_up.shape[0], chosen.shape[1]
     picks = chosen.flatten()  # (B·k,)
     order = picks.argsort(stable=True)  # row order kept within each expert
     rows = order // k
     xs = flat[rows]  # (B·k, D), grouped by expert
     counts = torch.bincount(picks, minlength=E)
     grouped = flat.device.type == "cpu" and hasattr(torch.nn.functional, "grouped_mm")
-    y = (_grouped_swiglu if grouped else _looped_swiglu)(xs, counts, gate, up, down)  # (B·k, D)
+    y = (_grouped_swiglu if grouped else _looped_swiglu)(xs, counts, gate_up, down)  # (B·k, D)
     y = y * weights.flatten()[order, None]
     return torch.zeros_like(flat).index_add_(0, rows, y)
 
 
-def _grouped_swiglu(xs: Tensor, counts: Tensor, gate: Tensor, up: Tensor, down: Tensor) -> Tensor:
+def _swiglu(gate_up: Tensor) -> Tensor:
+    gate, up = gate_up.chunk(2, dim=-1)
+    return torch.nn.functional.silu(gate) * up
+
+
+def _grouped_swiglu(xs: Tensor, counts: Tensor, gate_up: Tensor, down: Tensor) -> Tensor:
     """SwiGLU experts of rows ``xs`` grouped by expert (``counts`` (E,) rows each), one grouped
     matrix product per weight."""
     ends = counts.cumsum(0).to(torch.int32)
-    product = lambda a, w: torch.nn.functional.grouped_mm(a, w.transpose(1, 2), offs=ends)
-    return product(torch.nn.functional.silu(product(xs, gate)) * product(xs, up), down)
+    product = lambda a, w: torch.nn.functional.grouped_mm(a, w, offs=ends)
+    return product(_swiglu(product(xs, gate_up.transpose(1, 2))), down)
 
 
-def _looped_swiglu(xs: Tensor, counts: Tensor, gate: Tensor, up: Tensor, down: Tensor) -> Tensor:
+def _looped_swiglu(xs: Tensor, counts: Tensor, gate_up: Tensor, down: Tensor) -> Tensor:
     """:func:`_grouped_swiglu` as one product per expert (torch without a grouped product for
     this device)."""
     y = torch.empty_like(xs)
     start = 0
     for e, n in enumerate(counts.tolist()):
         if n:
-            part = xs[start:start + n]
-            y[start:start + n] = (torch.nn.functional.silu(part @ gate[e].T) * (part @ up[e].T)) @ down[e].T
+            y[start:start + n] = _swiglu(xs[start:start + n] @ gate_up[e].T) @ down[e]
         start += n
     return y
 
 
 @routed_experts.register_fake
-def _(flat: Tensor, chosen: Tensor, weights: Tensor, gate: Tensor, up: Tensor, down: Tensor) -> Tensor:
+def _(flat: Tensor, chosen: Tensor, weights: Tensor, gate_up: Tensor, down: Tensor) -> Tensor:
     return torch.empty_like(flat)
 
 
-def _moe_step(moe: MoE, gate: Tensor, up: Tensor, down: Tensor, x: Tensor) -> Tensor:
+def _moe_step(moe: MoE, gate_up: Tensor, down: Tensor, x: Tensor) -> Tensor:
     """The MoE FFN of x (B, 1, D) inside the compiled step, with the router's top-k weights as
-    :meth:`MoE.forward` computes them. One row reads only its chosen experts (indexed weights:
-    at batch 1 a step is bound by the weights it reads); a larger batch runs each expert on the
-    rows that chose it (:func:`routed_experts`). Expert biases are not supported here (the
-    presets have none)."""
+    :meth:`MoE.forward` computes them. One row reads only its chosen experts (indexed weights,
+    fused by inductor: at batch 1 a step is bound by the weights it reads); a larger batch runs
+    each expert on the rows that chose it (:func:`routed_experts`). Expert biases are not
+    supported here (the presets have none)."""
     B, _, D = x.shape
     flat = x[:, 0]  # (B, D)
     probs = moe.router(flat).float().softmax(dim=-1)  # (B, E)
@@ -127,11 +133,10 @@ def _moe_step(moe: MoE, gate: Tensor, up: Tensor, down: Tensor, x: Tensor) -> Te
     weights = (weights / weights.sum(dim=-1, keepdim=True)).to(x.dtype)
     if B == 1:
         pick = chosen[0]  # (k,)
-        g = torch.einsum("kfd,d->kf", gate[pick], flat[0])
-        u = torch.einsum("kfd,d->kf", up[pick], flat[0])
-        y = torch.einsum("kdf,kf->kd", down[pick], torch.nn.functional.silu(g) * u)  # (k, D)
+        h = _swiglu(torch.einsum("kfd,d->kf", gate_up[pick], flat[0]))  # (k, F)
+        y = torch.einsum("kf,kfd->kd", h, down[pick])  # (k, D)
         return (y * weights[0, :, None]).sum(0).view(1, 1, D)
-    return routed_experts(flat, chosen, weights, gate, up, down).view(B, 1, D)
+    return routed_experts(flat, chosen, weights, gate_up, down).view(B, 1, D)
 
 
 def _attend_one(attn: Attention, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
@@ -153,12 +158,12 @@ def _attend_one(attn: Attention, q: Tensor, k: Tensor, v: Tensor, mask: Tensor |
 
 def decode_step(
     model: RxTModel, ids: Tensor, lengths: Tensor, keys: list[Tensor], values: list[Tensor],
-    memory: MemoryKV, memory_mask: Tensor | None, experts: list[tuple[Tensor, Tensor, Tensor] | None],
+    memory: MemoryKV, memory_mask: Tensor | None, experts: list[tuple[Tensor, Tensor] | None],
 ) -> Tensor:
     """One decoding step, written to compile: ``ids`` (B, 1) at positions ``lengths`` (B,) (the
     cached positions per row), the caches ``keys``/``values`` per layer (B, Nkv, C, H) written
     in place at ``lengths``, ``memory`` the projected STM, ``memory_mask`` (B, 1, 1, S) or None,
-    ``experts`` per layer the stacked (gate, up, down) weights of a MoE FFN (None: dense).
+    ``experts`` per layer the stacked (gate_up, down) weights of a MoE FFN (None: dense).
     Returns the next-token logits (B, V)."""
     B, C = ids.shape[0], keys[0].shape[2]
     at = lengths[:, None, None, None].float()  # (B, 1, 1, 1)
@@ -239,7 +244,7 @@ class CompiledDecoder:
             for stacked in self._experts:
                 if stacked is not None:
                     stacked.refresh()
-                experts.append(None if stacked is None else (stacked.gate, stacked.up, stacked.down))
+                experts.append(None if stacked is None else (stacked.gate_up, stacked.down))
             logits = self._fn(ids, cache.lengths, cache.keys, cache.values, memory, slot_mask, experts)
         cache.advance(1)
         return logits
