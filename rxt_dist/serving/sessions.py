@@ -248,6 +248,7 @@ class SessionStore:
         self._stored: int | None = None  # sessions of this shard in storage, counted on first use
         self._sweeper: asyncio.Task | None = None
         self._sweeping = asyncio.Lock()
+        self._expiring: set[str] = set()  # expired sessions whose files are being removed
         self._links: OrderedDict[str, str] = OrderedDict()  # recently used transcript index entries
         self.expired = self.evicted = 0
         self.claims = self.stm_sent = self.stm_sent_bytes = 0  # turns claimed; STMs handed out with them or by read_stm
@@ -319,6 +320,8 @@ class SessionStore:
         (or has expired: then it is deleted). With ``admit``, :attr:`StoreStatus.FULL` when
         loading it would need the room of a session in use."""
         self._ensure_sweeper()
+        if sid in self._expiring:  # gone already; its files are on their way out
+            return None
         entry = self._entries.get(sid)
         if entry is None:
             if admit and self._in_use(time.time()) >= self.config.cache_sessions:
@@ -348,11 +351,17 @@ class SessionStore:
             self.evicted += 1
 
     async def _expire(self, sid: str, entry: _Entry | None) -> None:
+        """Delete an expired session; calls arriving while its files are removed find it gone
+        (rather than loading it again and expiring it a second time)."""
+        self._expiring.add(sid)
         if entry is not None:
             entry.deleted = True
             entry.settled.set()
             self._entries.pop(sid, None)
-        await asyncio.to_thread(self._remove, sid)
+        try:
+            await asyncio.to_thread(self._remove, sid)
+        finally:
+            self._expiring.discard(sid)
         self.expired += 1
         if self._stored is not None:
             self._stored = max(0, self._stored - 1)

@@ -196,6 +196,30 @@ def test_an_update_committed_while_its_session_is_being_deleted_is_refused_and_w
     run(scenario())
 
 
+@pytest.mark.parametrize("cached", [True, False], ids=["in-memory", "only-in-storage"])
+def test_a_turn_arriving_while_its_expired_session_is_removed_finds_it_gone(tmp_path, cached):
+    # The sweeper removes an expired session's files while its user comes back: the turn finds
+    # the session gone, and the session is expired (counted, and taken off the shard's count of
+    # stored sessions) once — loading it again meanwhile expired it a second time.
+    async def scenario():
+        store = store_at(tmp_path, session_ttl_s=0.2, sweep_interval_s=3600)
+        sid = new_session_id()
+        await store.create(sid, b"s", SHAPE)
+        if not cached:
+            store = store_at(tmp_path, session_ttl_s=0.2, sweep_interval_s=3600)
+        await asyncio.sleep(0.3)
+        remove = store._remove
+        store._remove = lambda s: (time.sleep(0.3), remove(s))  # a slow storage backend
+        sweeping = asyncio.create_task(store.sweep())
+        await asyncio.sleep(0.05)  # the sweeper is removing the session's files
+        assert (await store.begin_turn(sid, "late", 1.0))["status"] == "not_found"
+        assert await sweeping == 1
+        assert store.expired == 1  # counted once
+        assert not (tmp_path / sid).exists()
+        assert (await store.info(sid))["status"] == "not_found"
+    run(scenario())
+
+
 def test_an_abandoned_claim_expires(tmp_path):
     async def scenario():
         store = store_at(tmp_path, turn_lease_s=0.2)
