@@ -43,8 +43,8 @@ class StackedExperts:
     """The SwiGLU experts of one :class:`MoE`, their weights stacked so a compiled step can
     index them by the router's choices: ``gate_up`` (E, 2F, D) (each expert's gate and up
     projections stacked) and ``down`` (E, F, D) (transposed: the layouts that measured fastest
-    for one row and for grouped rows alike, docs/BENCHMARKS.md). A copy made once, renewed when any expert weight changes (checked
-    on every step from the tensors' version counters)."""
+    for one row and for grouped rows alike, docs/BENCHMARKS.md). A copy made once, renewed
+    when any expert weight changes (checked on every step from the tensors' version counters)."""
 
     def __init__(self, moe: MoE) -> None:
         if moe.experts[0].gate.bias is not None:
