@@ -244,7 +244,7 @@ class StageSection(_Section):
     time_budget_s: float | None = Field(None, gt=0)
     """Train for this many seconds (training time, start-up excluded) instead of ``steps``:
     after ``BUDGET_CALIBRATION_STEPS`` steps the step count is fixed from the measured step time,
-    and fixed again after ``BUDGET_REFINE_STEPS`` from the steps since (``rxt_dist.train.optim``),
+    and fixed again at each of ``BUDGET_REFINE_STEPS`` from the steps since (``rxt_dist.train.optim``),
     so the learning-rate schedule still ends with the budget; ``steps`` stays an
     upper bound. (How the demo gives the baseline the RxT stages' training time.) Not with stage 4's
     length curriculum or recall-pair warm-up, whose first steps are shorter than the rest."""

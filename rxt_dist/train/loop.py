@@ -340,7 +340,8 @@ class StageLoop:
         if budget is None:
             return
         pos = self.position
-        start = self._budget_clock.observe(pos.step, pos.train_s, fixed=pos.total_steps is not None)
+        start = self._budget_clock.observe(pos.step, pos.train_s, fixed=pos.total_steps is not None,
+                                           total=pos.total_steps)
         if start is None:
             return
         times = torch.tensor([pos.train_s, pos.train_s - start[1]], dtype=torch.float64)

@@ -32,27 +32,33 @@ BUDGET_WARMUP_STEPS = 5
 """Steps of a time-budgeted stage not timed: their time holds the data pipeline's start-up."""
 BUDGET_CALIBRATION_STEPS = 20
 """Step at which a time-budgeted stage fixes its step count (timed from ``BUDGET_WARMUP_STEPS``)."""
-BUDGET_REFINE_STEPS = 100
-"""Step at which it fixes the count again, timed from ``BUDGET_CALIBRATION_STEPS``: a stall in the
-first steps (compiling, a worker late to the first all-reduce) no longer decides it."""
+BUDGET_REFINE_STEPS = (100, 300)
+"""Steps at which it fixes the count again, each timed from the mark before: at 100 a stall in
+the first steps (compiling, a worker late to the first all-reduce) no longer decides it; at 300
+a slow stretch in steps 20–100 does not either (a demo baseline stopped 70 s short of its 550 s
+budget when its steps sped up from 0.445 to 0.39 s after step 100). A later mark is skipped
+when it falls past the first half of the count fixed so far, so a schedule's decay is not moved
+once it may have begun."""
 
 
 class BudgetClock:
     """When a time-budgeted stage fixes its step count, and from which step its timing starts:
-    at ``BUDGET_CALIBRATION_STEPS`` from the steps after ``BUDGET_WARMUP_STEPS``, then at
-    ``BUDGET_REFINE_STEPS`` from the steps after the calibration. A run resumed past a mark
-    times from its start and is not refined (its marks were in the lost process)."""
+    at ``BUDGET_CALIBRATION_STEPS`` from the steps after ``BUDGET_WARMUP_STEPS``, then at each of
+    ``BUDGET_REFINE_STEPS`` from the mark before. A run resumed past a mark times from its start
+    and is not refined (its marks were in the lost process)."""
 
     def __init__(self) -> None:
         self.mark: tuple[int, float] = (0, 0.0)  # (step, training seconds) the timing starts from
 
-    def observe(self, step: int, train_s: float, fixed: bool) -> tuple[int, float] | None:
-        """After each step (``fixed``: a count is already set): the mark to time from when the
-        count is to be fixed now, else None."""
+    def observe(self, step: int, train_s: float, fixed: bool, total: int | None = None) -> tuple[int, float] | None:
+        """After each step (``fixed``: a count is already set, ``total``: that count): the mark to
+        time from when the count is to be fixed now, else None."""
         if step == BUDGET_WARMUP_STEPS and not fixed:
             self.mark = (step, train_s)
         first = not fixed and step >= BUDGET_CALIBRATION_STEPS
-        refine = fixed and step == BUDGET_REFINE_STEPS and self.mark[0] == BUDGET_CALIBRATION_STEPS
+        marks = (BUDGET_CALIBRATION_STEPS, *BUDGET_REFINE_STEPS)
+        refine = (fixed and step in marks[1:] and self.mark[0] == marks[marks.index(step) - 1]
+                  and (step == marks[1] or total is None or 2 * step <= total))
         if not (first or refine):
             return None
         start, self.mark = self.mark, (step, train_s)

@@ -294,24 +294,32 @@ def test_plain_loop_replays_the_rows_two_ray_workers_read_step_by_step(dataset):
 def test_the_budget_clock_fixes_the_count_after_calibration_then_refines_it_past_a_stall():
     from rxt_dist.train.optim import BUDGET_CALIBRATION_STEPS, BUDGET_REFINE_STEPS, BudgetClock
 
-    # 1 s per step, but steps 6–10 stall 2 s more each (a compile): the calibration over steps
-    # 5–20 sees them, the refinement over steps 20–100 does not
+    # 1 s per step, but steps 6–10 stall 2 s more each (a compile) and steps 21–100 take 1.5 s
+    # (a slow stretch): the calibration over steps 5–20 sees the stall, the first refinement
+    # (20–100) the slow stretch, the second (100–300) neither
     times, t = {}, 0.0
-    for step in range(1, 201):
-        t += 1.0 + (2.0 if 6 <= step <= 10 else 0.0)
+    for step in range(1, 701):
+        t += 1.0 + (2.0 if 6 <= step <= 10 else 0.0) + (0.5 if 21 <= step <= 100 else 0.0)
         times[step] = t
     clock, fixes, fixed = BudgetClock(), {}, False
-    for step in range(1, 201):
-        start = clock.observe(step, times[step], fixed)
+    for step in range(1, 701):
+        start = clock.observe(step, times[step], fixed, total=700)
         if start is not None:
             fixes[step] = (times[step] - start[1]) / (step - start[0])
             fixed = True
-    assert list(fixes) == [BUDGET_CALIBRATION_STEPS, BUDGET_REFINE_STEPS]
+    assert list(fixes) == [BUDGET_CALIBRATION_STEPS, *BUDGET_REFINE_STEPS]
     assert fixes[BUDGET_CALIBRATION_STEPS] == pytest.approx(25 / 15)  # 15 steps, 10 s of stall
-    assert fixes[BUDGET_REFINE_STEPS] == pytest.approx(1.0)
+    assert fixes[BUDGET_REFINE_STEPS[0]] == pytest.approx(1.5)
+    assert fixes[BUDGET_REFINE_STEPS[1]] == pytest.approx(1.0)
+    # a count whose first half ends before the last mark is not moved there (its decay may run)
+    short, fixed = BudgetClock(), False
+    for step in range(1, 701):
+        if short.observe(step, times[step], fixed, total=2 * BUDGET_REFINE_STEPS[1] - 1) is not None:
+            fixed = True
+            assert step != BUDGET_REFINE_STEPS[1]
     # a run resumed with its count fixed (the marks lost with the process) keeps that count
     resumed = BudgetClock()
-    assert all(resumed.observe(step, times[step], fixed=True) is None for step in range(30, 201))
+    assert all(resumed.observe(step, times[step], fixed=True) is None for step in range(30, 701))
     # a run resumed before its count was fixed times from its start
     early = BudgetClock()
     assert [early.observe(step, times[step], fixed=False) for step in (19, 20)] == [None, (0, 0.0)]
