@@ -248,7 +248,7 @@ class SessionStore:
         self._stored: int | None = None  # sessions of this shard in storage, counted on first use
         self._sweeper: asyncio.Task | None = None
         self._sweeping = asyncio.Lock()
-        self._expiring: set[str] = set()  # expired sessions whose files are being removed
+        self._removing: set[str] = set()  # sessions (deleted or expired) whose files are being removed
         self._links: OrderedDict[str, str] = OrderedDict()  # recently used transcript index entries
         self.expired = self.evicted = 0
         self.claims = self.stm_sent = self.stm_sent_bytes = 0  # turns claimed; STMs handed out with them or by read_stm
@@ -320,7 +320,7 @@ class SessionStore:
         (or has expired: then it is deleted). With ``admit``, :attr:`StoreStatus.FULL` when
         loading it would need the room of a session in use."""
         self._ensure_sweeper()
-        if sid in self._expiring:  # gone already; its files are on their way out
+        if sid in self._removing:  # gone already; its files are on their way out
             return None
         entry = self._entries.get(sid)
         if entry is None:
@@ -350,21 +350,28 @@ class SessionStore:
             del self._entries[sid]
             self.evicted += 1
 
-    async def _expire(self, sid: str, entry: _Entry | None) -> None:
-        """Delete an expired session; calls arriving while its files are removed find it gone
-        (rather than loading it again and expiring it a second time)."""
-        self._expiring.add(sid)
+    async def _remove_session(self, sid: str, entry: _Entry | None) -> None:
+        """Remove a session (its cached ``entry`` too, if any). Calls arriving while its files
+        are removed find it gone instead of loading the half-removed session from storage
+        (and writing into the directory being removed, or expiring it a second time); calls
+        that already hold the entry see it ``deleted``."""
+        self._removing.add(sid)
         if entry is not None:
             entry.deleted = True
-            entry.settled.set()
-            self._entries.pop(sid, None)
+            if self._entries.get(sid) is entry:
+                self._entries.pop(sid)
         try:
             await asyncio.to_thread(self._remove, sid)
         finally:
-            self._expiring.discard(sid)
-        self.expired += 1
+            self._removing.discard(sid)
+            if entry is not None:
+                entry.settled.set()
         if self._stored is not None:
             self._stored = max(0, self._stored - 1)
+
+    async def _expire(self, sid: str, entry: _Entry | None) -> None:
+        await self._remove_session(sid, entry)
+        self.expired += 1
         logger.info("session %s expired after %.0fs idle", log_id(sid), self.config.session_ttl_s)
 
     def _own_ids(self) -> list[str]:
@@ -694,18 +701,7 @@ class SessionStore:
         async with entry.lock:
             if entry.deleted:  # a concurrent delete won
                 return _status(StoreStatus.NOT_FOUND)
-            # Marked deleted but kept in the cache until its files are gone: a call arriving
-            # meanwhile finds this entry (and answers not_found) instead of loading the
-            # half-removed session from storage and writing into the directory being removed.
-            entry.deleted = True
-            try:
-                await asyncio.to_thread(self._remove, sid)
-            finally:
-                if self._entries.get(sid) is entry:
-                    self._entries.pop(sid)
-                entry.settled.set()
-            if self._stored is not None:
-                self._stored = max(0, self._stored - 1)
+            await self._remove_session(sid, entry)
         return _status(StoreStatus.OK)
 
     # ---- the transcript index ---------------------------------------------------------------
