@@ -70,6 +70,10 @@ class QualityReport:
             if echo:
                 lines.append(f"{name}: same-turn echo of a stated value (no memory needed): new values "
                              f"{_pct(echo['unseen'], 6).strip()}, seen values {_pct(echo['seen'], 6).strip()}")
+                wrong = s.recall_summary(0)["by_echoed"].get("false")
+                if wrong:
+                    lines.append(f"{name}: recall of new values whose statement its answer misquoted: "
+                                 f"{_pct(wrong['exact_match'], 6).strip()} of {wrong['count']}")
         seen = self._only_seen()
         which = " — seen values (the dataset has no unseen ones)" if seen else ""
         lines += self._breakdown_table(f"recall EM by distance (turns since stated){which}", "by_distance", seen)

@@ -55,6 +55,10 @@ class RecallRecord:
     exact_match: bool
     value_accuracy: bool
     """Teacher-forced: every gold value token was the argmax at its position."""
+    echoed: bool | None = None
+    """Whether the model's own answer to the turn that stated the value repeated it (so the
+    memory was fed a right copy as well as the query's); None when the gold answers were
+    consolidated."""
 
     @property
     def value_kind(self) -> str:
@@ -126,6 +130,7 @@ class SystemQuality:
             "by_facts_held_and_distance": _breakdown(records, "facts_and_distance"),
             "by_updated": _breakdown(records, "updated"),
             "by_value_kind": _breakdown(records, "value_kind"),
+            "by_echoed": _breakdown([r for r in records if r.echoed is not None], "echoed"),
             "examples": [asdict(r) for r in shown],
         }
 

@@ -48,7 +48,7 @@ class _Pending:
     value_ok: bool
 
 
-def _record(p: _Pending, answer_ids: list[int], codec) -> RecallRecord:
+def _record(p: _Pending, answer_ids: list[int], codec, echoed: dict[tuple[str, int], bool] | None = None) -> RecallRecord:
     rec = p.conv.turns[p.turn].recall
     text = codec.decode(answer_ids)
     return RecallRecord(
@@ -58,6 +58,7 @@ def _record(p: _Pending, answer_ids: list[int], codec) -> RecallRecord:
         answer=text,
         exact_match=recall_exact_match(text, rec.gold, _stale_values(p.conv, p.turn)),
         value_accuracy=p.value_ok,
+        echoed=echoed.get((p.conv.conversation_id, p.turn - rec.distance)) if echoed is not None else None,
     )
 
 
@@ -72,6 +73,7 @@ def evaluate_rxt_batch(model: RxTModel, convs: Sequence, codec, result: SystemQu
     sampling = SamplingParams(max_new_tokens=cfg.max_new_tokens)
     # whether a stated value was seen in training is known from the recalls that ask for it
     seen_values = {t.recall.gold: getattr(t.recall, "seen", True) for c in convs for _, t in c.recall_turns}
+    echoed: dict[tuple[str, int], bool] = {}  # (conversation, fact/update turn) → its answer repeated the value
     for t in range(max(len(c.turns) for c in convs)):
         rows = [i for i, c in enumerate(convs) if t < len(c.turns)]
         turns = [convs[i].turns[t] for i in rows]
@@ -90,10 +92,13 @@ def evaluate_rxt_batch(model: RxTModel, convs: Sequence, codec, result: SystemQu
         answered = list(range(len(turns))) if own_answers else [r for r, _ in pending]
         answers = dict(zip(answered, generate(model, [turns[r].query_ids for r in answered],
                                               sub[:, answered], sampling))) if answered else {}
-        result.recalls.extend(_record(p, answers[r], codec) for r, p in pending)
+        result.recalls.extend(_record(p, answers[r], codec, echoed) for r, p in pending)
         if own_answers:
-            result.echoes.extend(_echo(x, answers[r], codec, seen_values) for r, x in enumerate(turns)
-                                 if x.kind in (FACT, UPDATE) and x.value in seen_values)
+            for r, (i, x) in enumerate(zip(rows, turns)):
+                if x.kind in (FACT, UPDATE) and x.value in seen_values:
+                    hit = _echo(x, answers[r], codec, seen_values)
+                    result.echoes.append(hit)
+                    echoed[(convs[i].conversation_id, t)] = hit[0]
         consolidated = [answers[r] if own_answers else x.answer_ids for r, x in enumerate(turns)]
         stm[:, rows] = _consolidate_tracked(model, sub, [x.query_ids for x in turns], consolidated, result)
 

@@ -167,7 +167,8 @@ def smat_metadata_columns(cfg: TrainConfig, present: set[str]) -> list[str]:
     for option, value, needed in (("recall_pair_steps", smat.recall_pair_steps, RECALL_PAIR_COLUMNS),
                                   ("recall_loss_weight", smat.recall_loss_weight, VALUE_COLUMNS),
                                   ("recall_weight_per_fact", smat.recall_weight_per_fact, FACTS_COLUMNS),
-                                  ("echo_loss_weight", smat.echo_loss_weight, VALUE_COLUMNS + ECHO_COLUMNS)):
+                                  ("echo_loss_weight", smat.echo_loss_weight, VALUE_COLUMNS + ECHO_COLUMNS),
+                                  ("echo_noise", smat.echo_noise, VALUE_COLUMNS + ECHO_COLUMNS)):
         missing = [c for c in needed if c not in present]
         if value and missing:
             raise ValueError(f"{cfg.source}: stages.smat.{option}={value} needs the recall metadata of "

@@ -345,6 +345,12 @@ class SMATStage(StageSection):
     """Extra loss on the tokens of a value the same turn states and its answer repeats ("my pet is
     called X" → "… your pet is called X"): the copy a model must get right before its own answers
     can carry X into memory. Needs the ``value_start``/``value_len`` columns (0: no extra term)."""
+    echo_noise: float = Field(0.0, ge=0, le=1)
+    """Share of the turns that state a value whose answer's copy of it is garbled (two tokens
+    swapped, or one replaced) in the interaction consolidated into memory — the answer itself
+    is still trained on the gold. Serving consolidates the model's own answers, whose echo can
+    err; this teaches the memory to keep what the user said. Needs the ``value_start``/
+    ``value_len`` columns (0: memory consolidates the gold interactions only)."""
     curriculum_turns: int = Field(0, ge=0)
     """Curriculum over conversation length: at step 0 conversations are cut to this many turns
     (fewer facts held, shorter distances), growing linearly to ``data.max_turns`` at step

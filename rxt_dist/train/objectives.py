@@ -10,6 +10,7 @@ global batch gives the same gradient however it is split across workers.
 
 from __future__ import annotations
 
+import dataclasses
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -238,12 +239,44 @@ def _health_metrics(health: MemoryHealth) -> dict[str, tuple[float, float]]:
     return out
 
 
+def misquote(ids: Tensor, echo_mask: Tensor, prob: float, generator: torch.Generator) -> Tensor:
+    """``ids`` (K, T) where each row whose answer repeats a stated value (``echo_mask``, the
+    positions predicting that copy's tokens) has, with probability ``prob``, the copy garbled
+    the way a model's own echo goes wrong: two neighbouring tokens swapped, or one token
+    replaced by a token of another row's copy (or the same row's, when it is alone).
+    The query's statement is never touched. Out of place."""
+    copy = F.pad(echo_mask[:, :-1], (1, 0))  # (K, T): the copy's own token positions
+    rows = copy.any(dim=1).nonzero().squeeze(1).tolist()
+    if not rows or prob <= 0:
+        return ids
+    pool = ids[copy]  # every copied token of the batch
+    out = ids.clone()
+    draws = torch.rand(len(rows), 3, generator=generator).tolist()
+    for row, (pick, how, where) in zip(rows, draws):
+        if pick >= prob:
+            continue
+        pos = copy[row].nonzero().squeeze(1)
+        if len(pos) >= 2 and how < 0.5:
+            i = int(where * (len(pos) - 1))
+            a, b = int(pos[i]), int(pos[i + 1])
+            out[row, a], out[row, b] = ids[row, b], ids[row, a]
+        else:
+            at = int(pos[int(where * len(pos))])
+            others = pool[pool != ids[row, at]]
+            if len(others):
+                out[row, at] = others[int(torch.randint(len(others), (1,), generator=generator))]
+    return out
+
+
 def memory_aware(model: RxTModel, conv: ConversationBatch, cfg: SMATStage, seed: int,
-                 frozen: set[str], aux_weight: float) -> StageOutput:
+                 frozen: set[str], aux_weight: float, generator: torch.Generator | None = None) -> StageOutput:
     """Stage 4: answer each turn from the STM the earlier turns built, then consolidate the
     turn into it; cross-entropy on answers. Backprop through memory is cut every
     ``bptt_turns`` turns. Consolidation skips the autograd graph while both memory
-    components are frozen."""
+    components are frozen. With ``echo_noise`` (and a ``generator``) a turn that states a
+    value is consolidated, in training, with its answer's copy of it garbled (:func:`misquote`):
+    the memory learns to keep what the query said, as it must when serving consolidates the
+    model's own answers."""
     stm = conversation_stm(model, conv.keys, seed)  # (L, B, S, D)
     zero = stm.new_zeros(())
     ce, n, correct, aux = zero, zero, zero, zero
@@ -269,8 +302,11 @@ def memory_aware(model: RxTModel, conv: ConversationBatch, cfg: SMATStage, seed:
             echo = [a + b for a, b in zip(echo, e)]
         if t == len(conv.turns) - 1:
             break
+        written = turn
+        if cfg.echo_noise and generator is not None and model.training and turn.echo_mask is not None:
+            written = dataclasses.replace(turn, ids=misquote(turn.ids, turn.echo_mask, cfg.echo_noise, generator))
         with torch.set_grad_enabled(torch.is_grad_enabled() and not memory_frozen):
-            new, gates = _consolidate(model, old, turn, encoder_frozen="encoder" in frozen)
+            new, gates = _consolidate(model, old, written, encoder_frozen="encoder" in frozen)
         health.add_gates(gates[:, turn.active].detach() if gates is not None else None)
         stm = _write_rows(stm, rows, turn.active, old, new)
     health.add_state(stm.detach())
@@ -326,5 +362,5 @@ class StageObjective(nn.Module):
         if self.stage == "memory_attention":
             return memory_attention_selfsup(self.model, batch, self.cfg, generator, self.seed)
         if self.stage == "smat":
-            return memory_aware(self.model, batch, self.cfg, self.seed, self.frozen, self.aux_weight)
+            return memory_aware(self.model, batch, self.cfg, self.seed, self.frozen, self.aux_weight, generator)
         return stateless_lm(self.model, batch, self.cfg, self.aux_weight)

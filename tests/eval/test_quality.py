@@ -71,6 +71,10 @@ def test_report_has_every_system_and_counts_every_recall_turn(data_url, model_di
         assert ("echo" in s) == (name == "rxt")  # only the own-answer system answers fact turns
         if name == "rxt":
             assert s["echo"]["count"] > 0 and 0 <= s["echo"]["unseen"] <= 1
+            # each recall knows whether its fact's statement was echoed right by the model's own answer
+            assert sum(b["count"] for b in s["recall"]["by_echoed"].values()) == unseen
+        else:
+            assert s["recall"]["by_echoed"] == {}, name
         if name.startswith("rxt"):
             memory = s["memory"]  # slot statistics per layer, after every update
             assert len(memory["slot_cosine"]) == len(memory["effective_rank"]) == len(memory["gate_openness"]) == 2

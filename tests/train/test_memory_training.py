@@ -13,7 +13,7 @@ from rxt_dist.train.batches import ECHO_COLUMNS, VALUE_COLUMNS, conversation_bat
 from rxt_dist.train.config import MemoryAttentionStage, SMATStage, TrainConfig
 from rxt_dist.train.launcher import conversation_columns
 from rxt_dist.train.loop import collate_rows
-from rxt_dist.train.objectives import StageObjective, _per_slot
+from rxt_dist.train.objectives import StageObjective, _per_slot, misquote
 from rxt_dist.train.optim import base_schedule, budget_steps
 from rxt_dist.train.plain import PlainLoop, read_rows
 
@@ -71,6 +71,49 @@ def test_echo_mask_marks_the_stated_value_the_answer_repeats(dataset):
     out = StageObjective(debug_model(dataset), "smat", SMATStage(echo_loss_weight=0.5), seed=0)(conv, torch.Generator())
     assert out.terms["echo"].weight == 0.5 and float(out.terms["echo"].count) == sum(
         int(t.echo_mask.sum()) for t in conv.turns)
+
+
+def test_misquote_garbles_only_the_answers_copy_of_a_stated_value(dataset):
+    conv = conversation_batch(rows_of(dataset, 16), 8, 64)
+    garbled = kept = 0
+    for turn in conv.turns:
+        copy = torch.nn.functional.pad(turn.echo_mask[:, :-1], (1, 0))
+        out = misquote(turn.ids, turn.echo_mask, 1.0, torch.Generator().manual_seed(0))
+        assert torch.equal(out[~copy], turn.ids[~copy])  # queries, templates and padding untouched
+        for b in copy.any(dim=1).nonzero().squeeze(1).tolist():
+            if torch.equal(out[b], turn.ids[b]):
+                kept += 1  # two equal neighbours swapped
+            else:
+                garbled += 1
+                assert sorted(out[b][copy[b]].tolist()) != sorted(turn.ids[b][copy[b]].tolist()) or \
+                    out[b][copy[b]].tolist() != turn.ids[b][copy[b]].tolist()
+        assert torch.equal(misquote(turn.ids, turn.echo_mask, 0.0, torch.Generator()), turn.ids)
+    assert garbled > 0 and kept <= garbled // 4
+
+
+def test_echo_noise_changes_what_memory_keeps_not_what_the_answer_learns(dataset):
+    """Training with echo_noise encodes garbled copies into memory while the answers are
+    scored on the gold interactions; evaluation consolidates the gold interactions."""
+    conv = conversation_batch(first_turns(rows_of(dataset, 8), 2), 2, 64)
+    first = conv.turns[0]
+    copy = torch.nn.functional.pad(first.echo_mask[:, :-1], (1, 0))
+    assert copy.any()
+    model = debug_model(dataset)
+    encode, hidden = model.encode, model.hidden
+    encoded, decoded = [], []
+    model.encode = lambda ids, lengths: encoded.append(ids) or encode(ids, lengths)
+    model.hidden = lambda ids, *rest: decoded.append(ids) or hidden(ids, *rest)
+
+    def written(noise, train=True):
+        encoded.clear(), decoded.clear()
+        StageObjective(model, "smat", SMATStage(echo_noise=noise), seed=0).train(train)(
+            conv, torch.Generator().manual_seed(1))
+        assert torch.equal(decoded[0], first.ids)  # the answer is read and scored on the gold turn
+        return encoded[0]
+
+    garbled = written(1.0)
+    assert not torch.equal(garbled, first.ids) and torch.equal(garbled[~copy], first.ids[~copy])
+    assert torch.equal(written(0.0), first.ids) and torch.equal(written(1.0, train=False), first.ids)
 
 
 def test_value_term_scores_only_recalled_values_and_its_weight_is_the_config(dataset):
