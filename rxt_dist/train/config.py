@@ -336,6 +336,10 @@ class SMATStage(StageSection):
     """Extra loss on the tokens of recalled values (mean cross-entropy over those tokens, times
     this weight, added to the answer loss). Needs the ``recall_gold_*`` columns of synthetic data
     (0: no extra term; the value accuracy is still reported when the columns are there)."""
+    recall_loss_end: bool = False
+    """The value loss (``recall_loss_weight``) also scores the token after each recalled value,
+    the one that ends it: a memory that kept ``424``'s digits but not where it ends answers
+    ``4244``."""
     recall_weight_per_fact: float = Field(0.0, ge=0)
     """Shifts the value loss (``recall_loss_weight``) toward turns that hold many facts: a recall
     turn holding f facts weighs 1 + this × (f − 1) in that loss, which averages over these

@@ -268,6 +268,16 @@ def misquote(ids: Tensor, echo_mask: Tensor, prob: float, generator: torch.Gener
     return out
 
 
+def with_value_end(scored: Tensor, value_mask: Tensor, loss_mask: Tensor) -> Tensor:
+    """``scored`` (a value mask, or its weights) plus the position after each value's last
+    token — the one predicting what ends the value (" ." after ``424``) — with the weight of
+    the token before it. Exact match needs the end as much as the digits."""
+    end = F.pad(value_mask[:, :-1], (1, 0)) & ~value_mask & loss_mask  # (K, T)
+    if scored.is_floating_point():
+        return scored + F.pad(scored[:, :-1], (1, 0)) * end
+    return scored | end
+
+
 def memory_aware(model: RxTModel, conv: ConversationBatch, cfg: SMATStage, seed: int,
                  frozen: set[str], aux_weight: float, generator: torch.Generator | None = None) -> StageOutput:
     """Stage 4: answer each turn from the STM the earlier turns built, then consolidate the
@@ -281,7 +291,7 @@ def memory_aware(model: RxTModel, conv: ConversationBatch, cfg: SMATStage, seed:
     zero = stm.new_zeros(())
     ce, n, correct, aux = zero, zero, zero, zero
     value = [zero, zero, zero]  # recalled-value tokens: loss sum, count, correct
-    weighted = [zero, zero, zero]  # the same, each token weighted (recall_weight_per_fact)
+    weighted = [zero, zero, zero]  # what the value loss scores: those tokens, weighted, with their end
     echo = [zero, zero, zero]  # tokens of a stated value the same turn's answer repeats
     health = MemoryHealth()
     memory_frozen = {"encoder", "memory_attention"} <= frozen
@@ -291,8 +301,11 @@ def memory_aware(model: RxTModel, conv: ConversationBatch, cfg: SMATStage, seed:
         rows, turn = full.active_part()  # only conversations that have turn t are computed
         old = stm[:, rows]  # (L, K, S, D)
         hidden, layer_aux = model.hidden(turn.ids, turn.lengths, old)  # (K, T, D)
+        scored = turn.value_weight if turn.value_weight is not None else turn.value_mask  # the value loss's tokens
+        if cfg.recall_loss_end and scored is not None:
+            scored = with_value_end(scored, turn.value_mask, turn.loss_mask)
         s, c, k, (v, e, w) = token_losses(model, hidden, turn.ids, turn.loss_mask, turn.value_mask,
-                                          turn.echo_mask, turn.value_weight)
+                                          turn.echo_mask, scored)
         ce, n, correct, aux = ce + s, n + c, correct + k, aux + layer_aux
         if v is not None:
             value = [a + b for a, b in zip(value, v)]
@@ -313,8 +326,7 @@ def memory_aware(model: RxTModel, conv: ConversationBatch, cfg: SMATStage, seed:
     terms = {"ar": Term(ce, n), "aux": Term(aux / len(conv.turns), _count(1, aux), aux_weight)}
     metrics = {"acc": (float(correct), float(n)), **_health_metrics(health)}
     if conv.turns[0].value_mask is not None:
-        loss = weighted if conv.turns[0].value_weight is not None else value
-        terms["value"] = Term(loss[0], loss[1], cfg.recall_loss_weight)
+        terms["value"] = Term(weighted[0], weighted[1], cfg.recall_loss_weight)
         metrics["value_acc"] = (float(value[2]), float(value[1]))
     if conv.turns[0].echo_mask is not None:
         terms["echo"] = Term(echo[0], echo[1], cfg.echo_loss_weight)

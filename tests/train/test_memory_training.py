@@ -13,7 +13,7 @@ from rxt_dist.train.batches import ECHO_COLUMNS, VALUE_COLUMNS, conversation_bat
 from rxt_dist.train.config import MemoryAttentionStage, SMATStage, TrainConfig
 from rxt_dist.train.launcher import conversation_columns
 from rxt_dist.train.loop import collate_rows
-from rxt_dist.train.objectives import StageObjective, _per_slot, misquote
+from rxt_dist.train.objectives import StageObjective, _per_slot, misquote, with_value_end
 from rxt_dist.train.optim import base_schedule, budget_steps
 from rxt_dist.train.plain import PlainLoop, read_rows
 
@@ -114,6 +114,32 @@ def test_echo_noise_changes_what_memory_keeps_not_what_the_answer_learns(dataset
     garbled = written(1.0)
     assert not torch.equal(garbled, first.ids) and torch.equal(garbled[~copy], first.ids[~copy])
     assert torch.equal(written(0.0), first.ids) and torch.equal(written(1.0, train=False), first.ids)
+
+
+def test_recall_loss_end_adds_the_token_that_ends_each_value(dataset):
+    batch = conversation_batch(rows_of(dataset, 16), 8, 64, weight_per_fact=0.5)
+    codec = TextCodec.load(dataset)
+    ends = 0
+    for turn in batch.turns:
+        scored = with_value_end(turn.value_mask, turn.value_mask, turn.loss_mask)
+        added = scored & ~turn.value_mask
+        assert added.sum() == turn.value_mask.any(dim=1).sum()  # one position per recalled value
+        for b in added.any(dim=1).nonzero().squeeze(1).tolist():
+            p = int(added[b].nonzero())
+            assert turn.value_mask[b, p - 1] and codec.decode([int(turn.ids[b, p + 1])]).strip() == "."
+            ends += 1
+        weights = with_value_end(turn.value_weight, turn.value_mask, turn.loss_mask)
+        assert torch.equal(weights[added], turn.value_weight[:, :-1][added[:, 1:]])  # the weight of the value it ends
+        assert torch.equal(weights[~added], turn.value_weight[~added])
+    assert ends > 0
+    model = debug_model(dataset)
+    plain, with_end = (StageObjective(model, "smat", SMATStage(recall_loss_weight=1.0, recall_loss_end=end), seed=0)(
+        batch, torch.Generator()) for end in (False, True))
+    added_weight = sum(float((with_value_end(t.value_weight, t.value_mask, t.loss_mask) - t.value_weight).sum())
+                       for t in batch.turns)  # each end weighs as its value's tokens
+    assert float(with_end.terms["value"].count) == pytest.approx(float(plain.terms["value"].count) + added_weight)
+    assert float(with_end.terms["value"].total) > float(plain.terms["value"].total)
+    assert with_end.metrics["value_acc"] == plain.metrics["value_acc"]  # the metric still reads the values alone
 
 
 def test_value_term_scores_only_recalled_values_and_its_weight_is_the_config(dataset):
