@@ -339,7 +339,7 @@ class SMATStage(StageSection):
     recall_loss_end: bool = False
     """The value loss (``recall_loss_weight``) also scores the token after each recalled value,
     the one that ends it: a memory that kept ``424``'s digits but not where it ends answers
-    ``4244``."""
+    ``4244``. Measured once on the demo: stage 4 then never left its plateau (docs/memory.md §25)."""
     recall_weight_per_fact: float = Field(0.0, ge=0)
     """Shifts the value loss (``recall_loss_weight``) toward turns that hold many facts: a recall
     turn holding f facts weighs 1 + this × (f − 1) in that loss, which averages over these
@@ -354,7 +354,8 @@ class SMATStage(StageSection):
     swapped, or one replaced) in the interaction consolidated into memory — the answer itself
     is still trained on the gold. Serving consolidates the model's own answers, whose echo can
     err; this teaches the memory to keep what the user said. Needs the ``value_start``/
-    ``value_len`` columns (0: memory consolidates the gold interactions only)."""
+    ``value_len`` columns (0: memory consolidates the gold interactions only). Measured on the
+    demo at 0.25: recall after a misquote 36% → 83%, but less recall overall (docs/memory.md §25)."""
     curriculum_turns: int = Field(0, ge=0)
     """Curriculum over conversation length: at step 0 conversations are cut to this many turns
     (fewer facts held, shorter distances), growing linearly to ``data.max_turns`` at step
