@@ -66,11 +66,12 @@ class QualityReport:
                          f"{_pct(r['value_accuracy'], 10)}  {s.description}")
         lines.append("(recall EM: values never seen in training; seen EM: values that were)")
         for name, s in self.systems.items():
-            echo = s.to_dict(0).get("echo")
+            d = s.to_dict(0)
+            echo = d.get("echo")
             if echo:
                 lines.append(f"{name}: same-turn echo of a stated value (no memory needed): new values "
                              f"{_pct(echo['unseen'], 6).strip()}, seen values {_pct(echo['seen'], 6).strip()}")
-                wrong = s.recall_summary(0)["by_echoed"].get("false")
+                wrong = d["recall"]["by_echoed"].get("false")
                 if wrong:
                     lines.append(f"{name}: recall of new values whose statement its answer misquoted: "
                                  f"{_pct(wrong['exact_match'], 6).strip()} of {wrong['count']}")
