@@ -339,7 +339,11 @@ class SMATStage(StageSection):
     recall_loss_end: bool = False
     """The value loss (``recall_loss_weight``) also scores the token after each recalled value,
     the one that ends it: a memory that kept ``424``'s digits but not where it ends answers
-    ``4244``. Measured once on the demo: stage 4 then never left its plateau (docs/memory.md §25)."""
+    ``4244``. Measured once on the demo from step 0: stage 4 then never left its plateau
+    (docs/memory.md §25); hence ``recall_loss_end_from``."""
+    recall_loss_end_from: int = Field(0, ge=0)
+    """Step from which ``recall_loss_end`` applies (0: from the start): the end term joins the
+    value loss once the memory path has left its plateau."""
     recall_weight_per_fact: float = Field(0.0, ge=0)
     """Shifts the value loss (``recall_loss_weight``) toward turns that hold many facts: a recall
     turn holding f facts weighs 1 + this × (f − 1) in that loss, which averages over these

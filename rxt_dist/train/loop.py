@@ -323,6 +323,7 @@ class StageLoop:
         started = time.perf_counter() - self.position.train_s
         while self.position.step < self.total_steps:
             self.engine.module.frozen = frozen_at(self.stage_cfg, self.position.step)
+            self.engine.module.step = self.position.step
             self.engine.train()
             for micro in range(self.stage_cfg.grad_accum):
                 self._micro_step(next(batches), micro, window)

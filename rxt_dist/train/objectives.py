@@ -279,7 +279,8 @@ def with_value_end(scored: Tensor, value_mask: Tensor, loss_mask: Tensor) -> Ten
 
 
 def memory_aware(model: RxTModel, conv: ConversationBatch, cfg: SMATStage, seed: int,
-                 frozen: set[str], aux_weight: float, generator: torch.Generator | None = None) -> StageOutput:
+                 frozen: set[str], aux_weight: float, generator: torch.Generator | None = None,
+                 step: int = 0) -> StageOutput:
     """Stage 4: answer each turn from the STM the earlier turns built, then consolidate the
     turn into it; cross-entropy on answers. Backprop through memory is cut every
     ``bptt_turns`` turns. Consolidation skips the autograd graph while both memory
@@ -302,7 +303,7 @@ def memory_aware(model: RxTModel, conv: ConversationBatch, cfg: SMATStage, seed:
         old = stm[:, rows]  # (L, K, S, D)
         hidden, layer_aux = model.hidden(turn.ids, turn.lengths, old)  # (K, T, D)
         scored = turn.value_weight if turn.value_weight is not None else turn.value_mask  # the value loss's tokens
-        if cfg.recall_loss_end and scored is not None:
+        if cfg.recall_loss_end and step >= cfg.recall_loss_end_from and scored is not None:
             scored = with_value_end(scored, turn.value_mask, turn.loss_mask)
         s, c, k, (v, e, w) = token_losses(model, hidden, turn.ids, turn.loss_mask, turn.value_mask,
                                           turn.echo_mask, scored)
@@ -365,6 +366,7 @@ class StageObjective(nn.Module):
         self.cfg = cfg
         self.seed = seed
         self.frozen: set[str] = set()
+        self.step = 0  # the optimizer step being taken; the trainers set it with ``frozen``
         ffn = getattr(model.cfg, "decoder_ffn", None) or getattr(model.cfg, "ffn", None)
         self.aux_weight = ffn.aux_loss_weight if ffn is not None and ffn.kind == "moe" else 0.0
 
@@ -374,5 +376,6 @@ class StageObjective(nn.Module):
         if self.stage == "memory_attention":
             return memory_attention_selfsup(self.model, batch, self.cfg, generator, self.seed)
         if self.stage == "smat":
-            return memory_aware(self.model, batch, self.cfg, self.seed, self.frozen, self.aux_weight, generator)
+            return memory_aware(self.model, batch, self.cfg, self.seed, self.frozen, self.aux_weight, generator,
+                                self.step)
         return stateless_lm(self.model, batch, self.cfg, self.aux_weight)

@@ -129,6 +129,7 @@ class PlainLoop:
     def train_step(self, window: WindowMetrics) -> None:
         """One optimizer step (``grad_accum`` micro-batches)."""
         self.objective.frozen = frozen_at(self.stage_cfg, self.step)
+        self.objective.step = self.step
         self.objective.train()
         self.optimizer.zero_grad(set_to_none=True)
         for micro in range(self.stage_cfg.grad_accum):

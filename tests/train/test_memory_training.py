@@ -140,6 +140,11 @@ def test_recall_loss_end_adds_the_token_that_ends_each_value(dataset):
     assert float(with_end.terms["value"].count) == pytest.approx(float(plain.terms["value"].count) + added_weight)
     assert float(with_end.terms["value"].total) > float(plain.terms["value"].total)
     assert with_end.metrics["value_acc"] == plain.metrics["value_acc"]  # the metric still reads the values alone
+    late = StageObjective(model, "smat", SMATStage(recall_loss_weight=1.0, recall_loss_end=True,
+                                                   recall_loss_end_from=300), seed=0)
+    for step, expected in ((299, plain), (300, with_end)):  # the end term joins at its step
+        late.step = step
+        assert float(late(batch, torch.Generator()).terms["value"].count) == float(expected.terms["value"].count)
 
 
 def test_value_term_scores_only_recalled_values_and_its_weight_is_the_config(dataset):
