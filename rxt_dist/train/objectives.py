@@ -287,7 +287,8 @@ def memory_aware(model: RxTModel, conv: ConversationBatch, cfg: SMATStage, seed:
     components are frozen. With ``echo_noise`` (and a ``generator``) a turn that states a
     value is consolidated, in training, with its answer's copy of it garbled (:func:`misquote`):
     the memory learns to keep what the query said, as it must when serving consolidates the
-    model's own answers."""
+    model's own answers. ``step``, the optimizer step, starts the value-end term
+    (``recall_loss_end_from``)."""
     stm = conversation_stm(model, conv.keys, seed)  # (L, B, S, D)
     zero = stm.new_zeros(())
     ce, n, correct, aux = zero, zero, zero, zero
