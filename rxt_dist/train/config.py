@@ -352,7 +352,11 @@ class SMATStage(StageSection):
     echo_loss_weight: float = Field(0.0, ge=0)
     """Extra loss on the tokens of a value the same turn states and its answer repeats ("my pet is
     called X" → "… your pet is called X"): the copy a model must get right before its own answers
-    can carry X into memory. Needs the ``value_start``/``value_len`` columns (0: no extra term)."""
+    can carry X into memory. Needs the ``value_start``/``value_len`` columns (0: no extra term).
+    From step 0 it slowed the memory path (docs/memory.md §8); hence ``echo_loss_from``."""
+    echo_loss_from: int = Field(0, ge=0)
+    """Step from which ``echo_loss_weight`` applies (0: from the start): the echo term joins once
+    the memory path has left its plateau."""
     echo_noise: float = Field(0.0, ge=0, le=1)
     """Share of the turns that state a value whose answer's copy of it is garbled (two tokens
     swapped, or one replaced) in the interaction consolidated into memory — the answer itself

@@ -288,7 +288,7 @@ def memory_aware(model: RxTModel, conv: ConversationBatch, cfg: SMATStage, seed:
     value is consolidated, in training, with its answer's copy of it garbled (:func:`misquote`):
     the memory learns to keep what the query said, as it must when serving consolidates the
     model's own answers. ``step``, the optimizer step, starts the value-end term
-    (``recall_loss_end_from``)."""
+    (``recall_loss_end_from``) and the echo term (``echo_loss_from``)."""
     stm = conversation_stm(model, conv.keys, seed)  # (L, B, S, D)
     zero = stm.new_zeros(())
     ce, n, correct, aux = zero, zero, zero, zero
@@ -331,7 +331,7 @@ def memory_aware(model: RxTModel, conv: ConversationBatch, cfg: SMATStage, seed:
         terms["value"] = Term(weighted[0], weighted[1], cfg.recall_loss_weight)
         metrics["value_acc"] = (float(value[2]), float(value[1]))
     if conv.turns[0].echo_mask is not None:
-        terms["echo"] = Term(echo[0], echo[1], cfg.echo_loss_weight)
+        terms["echo"] = Term(echo[0], echo[1], cfg.echo_loss_weight if step >= cfg.echo_loss_from else 0.0)
         metrics["echo_acc"] = (float(echo[2]), float(echo[1]))
     return StageOutput(terms=terms, metrics=metrics)
 

@@ -71,6 +71,10 @@ def test_echo_mask_marks_the_stated_value_the_answer_repeats(dataset):
     out = StageObjective(debug_model(dataset), "smat", SMATStage(echo_loss_weight=0.5), seed=0)(conv, torch.Generator())
     assert out.terms["echo"].weight == 0.5 and float(out.terms["echo"].count) == sum(
         int(t.echo_mask.sum()) for t in conv.turns)
+    late = StageObjective(debug_model(dataset), "smat", SMATStage(echo_loss_weight=0.5, echo_loss_from=300), seed=0)
+    for step, weight in ((299, 0.0), (300, 0.5)):  # the echo term joins at its step
+        late.step = step
+        assert late(conv, torch.Generator()).terms["echo"].weight == weight
 
 
 def test_misquote_garbles_only_the_answers_copy_of_a_stated_value(dataset):
