@@ -221,10 +221,14 @@ class Ingress:
         def transcript_after(answer: list[int]) -> str | None:
             return None if before is None else transcript_step(before, query_text, self.codec.decode_answer(answer))
 
-        def relink() -> None:  # the index follows the session to its new transcript
+        def relink(recorded: dict) -> None:
+            """The index follows the session to its new transcript: the store's shard of
+            the session moved the entries it owns as it recorded the turn, here the rest."""
             after = transcript_after(run.answer)
-            if after is not None:
-                self._spawn(self._relink(sid, before, after))
+            done = recorded.get("indexed", {})
+            if after is not None and not (done.get("linked") and done.get("unlinked")):
+                self._spawn(self._relink(sid, None if done.get("unlinked") else before,
+                                         None if done.get("linked") else after))
 
         run = Turn(store=self._store_call(sid), sid=sid, claim=claim, query_ids=turn.query_ids, stream=stream,
                    cancel_stream=stream.cancel, dispatch=lambda: self._dispatch_update(sid, claim["version"]),
@@ -403,10 +407,12 @@ class Ingress:
             return None, None
         return sid, claim
 
-    async def _relink(self, sid: str, before: str | None, after: str) -> None:
+    async def _relink(self, sid: str, before: str | None, after: str | None) -> None:
         """Index ``sid`` under its new transcript and drop the old entry (best effort: a lost
-        entry only means the next stateless request migrates its history again)."""
-        await self._call(self._index(after).link.remote(after, sid), "the session store")
+        entry only means the next stateless request migrates its history again); None: that
+        move is already made."""
+        if after is not None:
+            await self._call(self._index(after).link.remote(after, sid), "the session store")
         if before is not None:
             await self._call(self._index(before).unlink.remote(before, sid), "the session store")
 

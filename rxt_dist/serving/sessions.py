@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 
 import fsspec
 
-from rxt_dist.serving.protocol import StoreStatus, log_id, status, stm_digest
+from rxt_dist.serving.protocol import StoreStatus, log_id, status, stm_digest, transcript_shard
 
 logger = logging.getLogger(__name__)
 
@@ -589,6 +589,11 @@ class SessionStore:
         stays exactly as it was (claimed by ``lease``) and the error propagates. Once this
         answers ``ok``, a later request waits for the update (or re-dispatches it) instead of
         reading memory version ``version``.
+
+        With ``transcript`` (the session's transcript after this turn), the transcript index
+        follows the session within the same call wherever this shard owns the entries: the
+        answer's ``indexed`` says which moves were done here (``linked``: the new entry,
+        ``unlinked``: the old one's removal); the caller makes the others on their shards.
         """
         entry = await self._entry(sid)
         if entry is None or entry.deleted:
@@ -613,7 +618,10 @@ class SessionStore:
             entry.meta = new
             entry.settled.clear()
             entry.claim = None
-        return _status(StoreStatus.OK, base_version=version)
+        indexed = {"linked": False, "unlinked": meta.transcript is None}
+        if transcript is not None:
+            indexed = await self._move_index(sid, meta.transcript, transcript)
+        return _status(StoreStatus.OK, base_version=version, indexed=indexed)
 
     async def update_input(self, sid: str, base_version: int) -> dict:
         """What an updater needs to apply the pending update of ``base_version``: the STM and
@@ -716,6 +724,25 @@ class SessionStore:
         self._remember_link(transcript, sid)
         await asyncio.to_thread(self._write_link, transcript, sid)
         return _status(StoreStatus.OK)
+
+    def _owns_transcript(self, transcript: str) -> bool:
+        return transcript_shard(transcript, self.num_shards) == self.shard
+
+    async def _move_index(self, sid: str, before: str | None, after: str) -> dict:
+        """Index ``sid`` under ``after`` and drop ``before`` where this shard owns those
+        entries (best effort, as the index is: a missing entry only makes a stateless client's
+        next request migrate its history). Which of the two moves were made here."""
+        done = {"linked": False, "unlinked": before is None}
+        try:
+            if self._owns_transcript(after):
+                await self.link(after, sid)
+                done["linked"] = True
+            if before is not None and self._owns_transcript(before):
+                await self.unlink(before, sid)
+                done["unlinked"] = True
+        except Exception as exc:  # the turn is recorded whatever happens to its index entry
+            logger.warning("session %s: moving its transcript index entry failed: %r", log_id(sid), exc)
+        return done
 
     def _remember_link(self, transcript: str, sid: str) -> None:
         self._links[transcript] = sid

@@ -135,7 +135,7 @@ class Turn:
                  spawn: Callable[[Coroutine], asyncio.Task], lease_s: float,
                  idempotency_key: str | None = None,
                  transcript_after: Callable[[list[int]], str | None] | None = None,
-                 on_recorded: Callable[[], None] | None = None) -> None:
+                 on_recorded: Callable[[dict], None] | None = None) -> None:
         self.store, self.sid, self.query_ids, self.stream = store, sid, query_ids, stream
         self.cancel_stream, self._dispatch, self.spawn = cancel_stream, dispatch, spawn
         self.lease, self.version = claim["lease"], claim["version"]
@@ -183,7 +183,7 @@ class Turn:
         self.recorded = True
         self._renewer.cancel()
         if self.on_recorded is not None:
-            self.on_recorded()
+            self.on_recorded(result)
 
     def dispatch(self) -> None:
         if not self.dispatched:

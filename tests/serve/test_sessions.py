@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from rxt_dist.serving.protocol import stm_digest, transcript_start, transcript_step
+from rxt_dist.serving.protocol import stm_digest, transcript_shard, transcript_start, transcript_step
 from rxt_dist.serving.sessions import (
     SessionStore,
     StoreConfig,
@@ -422,16 +422,38 @@ def test_a_session_continues_only_from_the_transcript_it_stands_at(tmp_path):
         assert (await store.lookup(t0)) == {"status": "ok", "session_id": sid}
         claim = await store.begin_turn(sid, "a", 0.0, expect_transcript=t0)
         assert claim["status"] == "ok" and claim["transcript"] == t0
-        await store.finish_turn(sid, "a", 0, [1], [2], transcript=t1)
+        finished = await store.finish_turn(sid, "a", 0, [1], [2], transcript=t1)
+        # One shard owns every index entry: recording the turn moved the session's entry.
+        assert finished["indexed"] == {"linked": True, "unlinked": True}
+        assert (await store.lookup(t1))["session_id"] == sid and (await store.lookup(t0))["status"] == "not_found"
         # The old transcript no longer continues it; the new one does, and waits for the update.
         assert (await store.begin_turn(sid, "b", 0.0, expect_transcript=t0))["status"] == "diverged"
         assert (await store.begin_turn(sid, "b", 0.0, expect_transcript=t1))["status"] == "pending"
-        await store.link(t1, sid)
+        await store.link(t1, sid)  # moving it again (a retried call) changes nothing
         await store.unlink(t0, sid)
         fresh = store_at(tmp_path)  # the index is in storage
         assert (await fresh.lookup(t0))["status"] == "not_found"
         assert (await fresh.lookup(t1))["session_id"] == sid
         assert (await fresh.unlink(t1, new_session_id())) and (await fresh.lookup(t1))["session_id"] == sid
+    run(scenario())
+
+
+def test_recording_a_turn_moves_only_the_index_entries_its_shard_owns(tmp_path):
+    async def scenario():
+        t0 = transcript_start(None, None)
+        steps = [transcript_step(t0, f"turn {i}", "ok") for i in range(40)]
+        t1 = next(t for t in steps if transcript_shard(t, 2) != transcript_shard(t0, 2))
+        sid = new_session_id()
+        home = transcript_shard(t0, 2)  # this shard indexes t0, the other one t1
+        store = SessionStore(StoreConfig(url=str(tmp_path)), home, 2)
+        await store.create(sid, b"s", SHAPE, transcript=t0)
+        await store.link(t0, sid)
+        await store.begin_turn(sid, "a", 0.0)
+        finished = await store.finish_turn(sid, "a", 0, [1], [2], transcript=t1)
+        assert finished["status"] == "ok" and finished["indexed"] == {"linked": False, "unlinked": True}
+        assert (await store.lookup(t0))["status"] == "not_found"
+        other = SessionStore(StoreConfig(url=str(tmp_path)), 1 - home, 2)
+        assert (await other.lookup(t1))["status"] == "not_found"  # left to the caller
     run(scenario())
 
 
