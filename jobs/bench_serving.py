@@ -128,7 +128,7 @@ def replica_counts() -> dict[str, Any]:
                          for name, d in app.deployments.items()}}
 
 
-STORE_COUNTERS = ("claims", "stm_sent", "stm_sent_bytes")
+STORE_COUNTERS = ("claims", "stm_sent", "stm_sent_bytes", "update_reads", "update_read_bytes")
 
 
 def store_counters() -> dict[str, int]:
@@ -152,7 +152,8 @@ def describe_server() -> dict[str, Any]:
 
 def stm_locality(levels: list[dict[str, Any]], start: dict[str, int]) -> None:
     """Each level's ``stm_locality``: the share of its turns whose STM the Generator already
-    held, and the STM bytes the store handed out per turn (from the counters' differences)."""
+    held, and the STM bytes the store handed out per turn (from the counters' differences) —
+    to the Generator and, for the memory update, to the MemoryUpdater."""
     before = start
     for level in levels:
         after = level["server_state"]["session_store"]
@@ -162,6 +163,9 @@ def stm_locality(levels: list[dict[str, Any]], start: dict[str, int]) -> None:
             "turns_claimed": claims, "stm_reads": sent,
             "hit_rate": (claims - sent) / claims if claims else None,
             "stm_bytes_per_turn": (after["stm_sent_bytes"] - before["stm_sent_bytes"]) / claims if claims else None,
+            "updater_stm_reads": after["update_reads"] - before["update_reads"],
+            "updater_stm_bytes_per_turn":
+                (after["update_read_bytes"] - before["update_read_bytes"]) / claims if claims else None,
         }
         before = after
 
@@ -308,7 +312,9 @@ def main(argv: list[str] | None = None) -> None:
         if level.get("stm_locality", {}).get("turns_claimed"):
             loc = level["stm_locality"]
             print(f"S={level['sessions']}: STM found on the Generator for {loc['hit_rate']:.1%} of "
-                  f"{loc['turns_claimed']} turns; {loc['stm_bytes_per_turn']:.0f} STM bytes per turn from the store")
+                  f"{loc['turns_claimed']} turns; {loc['stm_bytes_per_turn']:.0f} STM bytes per turn from the store; "
+                  f"the MemoryUpdater read {loc['updater_stm_reads']} STMs "
+                  f"({loc['updater_stm_bytes_per_turn']:.0f} bytes per turn)")
     print(f"wrote {args.out}" + (f" and {args.plot}" if args.plot else ""))
 
 

@@ -65,8 +65,9 @@ class AppArgs(BaseModel):
     stm_cache_sessions: int = 4096
     """STMs each Generator replica keeps (sessions, least recently used dropped first). A
     session's turns go to one replica, which the MemoryUpdater sends each new STM to, so the
-    STM does not cross the object store on the response path; 0: every turn reads it from the
-    session store."""
+    STM does not cross the object store on the response path; each MemoryUpdater replica keeps
+    as many of the STMs it computed, for the session's next update. 0: every turn reads it
+    from the session store."""
     update_batch_size: int = 16
     """Memory updates one MemoryUpdater replica applies in one batch."""
     update_batch_wait_s: float = 0.005

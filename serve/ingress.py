@@ -60,6 +60,7 @@ from rxt_dist.serving.protocol import (
 )
 from rxt_dist.serving.sessions import is_session_id, new_session_id
 from rxt_dist.serving.text import TextCodec
+from rxt_dist.serving.updates import recorded_turn
 from rxt_dist.serving.turn import (
     ClaimPolicy,
     Turn,
@@ -230,8 +231,12 @@ class Ingress:
                 self._spawn(self._relink(sid, None if done.get("unlinked") else before,
                                          None if done.get("linked") else after))
 
+        def dispatch() -> None:  # the recorded turn travels with the update (serve/updater.py)
+            recorded = recorded_turn(turn.query_ids, run.recorded_answer, claim["lease"], claim["stm_digest"])
+            self._dispatch_update(sid, claim["version"], recorded)
+
         run = Turn(store=self._store_call(sid), sid=sid, claim=claim, query_ids=turn.query_ids, stream=stream,
-                   cancel_stream=stream.cancel, dispatch=lambda: self._dispatch_update(sid, claim["version"]),
+                   cancel_stream=stream.cancel, dispatch=dispatch,
                    spawn=self._spawn, lease_s=self.args.turn_lease_s, idempotency_key=key,
                    transcript_after=transcript_after, on_recorded=relink)
         if turn.stream:
@@ -434,11 +439,13 @@ class Ingress:
         if not task.cancelled() and task.exception() is not None:
             logger.warning("background task failed: %r", task.exception())
 
-    def _dispatch_update(self, sid: str, base_version: int) -> None:
+    def _dispatch_update(self, sid: str, base_version: int, turn: dict | None = None) -> None:
+        """Drive the update of ``base_version`` to its end (``turn``: the turn as this replica
+        recorded it, which spares the updater a read; without it the updater reads the store)."""
         key = (sid, base_version)
         if key in self._updates:
             return  # this replica is already driving it
-        self._updates[key] = self._spawn(self._drive_update(sid, base_version))
+        self._updates[key] = self._spawn(self._drive_update(sid, base_version, turn))
         self._updates[key].add_done_callback(lambda _: self._updates.pop(key, None))
 
     async def check_health(self) -> None:
@@ -463,14 +470,14 @@ class Ingress:
                 for sid, version in stale:
                     self._dispatch_update(sid, version)
 
-    async def _drive_update(self, sid: str, base_version: int) -> None:
+    async def _drive_update(self, sid: str, base_version: int, turn: dict | None = None) -> None:
         """Call the updater until the update is applied (or found applied, or failed for good)."""
         started = time.monotonic()
         deadline = started + self.args.update_retry_s
         backoff = 0.1
         while True:
             try:
-                result = await self.updater.update.remote(sid, base_version)
+                result = await self.updater.update.remote(sid, base_version, turn)
                 retry = status(result) == StoreStatus.UNAVAILABLE
                 failure = result.get("error", "") if retry else None
             except Exception as exc:  # the replica died, was restarted, or is unreachable

@@ -3,7 +3,8 @@
 An update names a session and the memory version it applies to; the replica reads that
 version's STM and the recorded interaction from the session store, consolidates all the
 updates of a batch in one forward pass, and commits each result with a compare-and-set on
-the version. Re-running an update that already committed (a retry after a replica died)
+the version. The replica keeps the STMs it computed, keyed by (session, version, digest): an
+update sent with its recorded turn whose STM is kept here reads nothing from the store. Re-running an update that already committed (a retry after a replica died)
 changes nothing. Items of a batch are independent (:mod:`rxt_dist.serving.updates`): one that
 can never apply is recorded as failed on its session and the others commit.
 """
@@ -12,6 +13,7 @@ import asyncio
 import contextvars
 import logging
 import time
+from dataclasses import asdict
 
 import torch
 from ray import serve
@@ -19,6 +21,7 @@ from ray.serve.handle import DeploymentHandle
 
 from rxt_dist.inference import consolidate, system_prompt_stm
 from rxt_dist.model import load_model_dir, stm_to_bytes
+from rxt_dist.serving.locality import StmCache
 from rxt_dist.serving.protocol import StoreStatus, log_id, status, stm_digest
 from rxt_dist.serving.updates import UpdateBatcher, apply_updates
 from serve.args import AppArgs
@@ -46,6 +49,8 @@ class MemoryUpdater:
         self.seed = args.initial_stm_seed
         self.batcher = UpdateBatcher(self.apply, args.update_batch_size, args.update_batch_wait_s)
         self.generator = generator if args.stm_cache_sessions else None
+        self.known: StmCache[bytes] = StmCache(args.stm_cache_sessions)
+        """The STMs this replica computed: the next update of their session starts from them."""
         self._sends: set[asyncio.Task] = set()
         self.counters = {"batches": 0, "applied": 0, "max_batch": 0, "batch_s": 0.0,
                          "read_s": 0.0, "consolidate_s": 0.0, "commit_s": 0.0}
@@ -56,16 +61,17 @@ class MemoryUpdater:
             logger.warning("MemoryUpdater: update_delay_s=%.2f — every update is slowed on purpose "
                            "(a test knob)", self.delay_s)
 
-    async def update(self, session_id: str, base_version: int) -> dict:
-        """Apply the pending update of ``session_id`` on top of ``base_version``. Returns the
-        store's answer: ``applied`` (new version), ``already_applied``, ``not_found``, …"""
-        return await self.batcher.submit((session_id, base_version))
+    async def update(self, session_id: str, base_version: int, turn: dict | None = None) -> dict:
+        """Apply the pending update of ``session_id`` on top of ``base_version`` (``turn``: the
+        turn as its dispatcher recorded it, :func:`~rxt_dist.serving.updates.recorded_turn`).
+        Returns the store's answer: ``applied`` (new version), ``already_applied``, ``not_found``, …"""
+        return await self.batcher.submit((session_id, base_version, turn))
 
-    async def apply(self, items: list[tuple[str, int]]) -> list[dict]:
+    async def apply(self, items: list[tuple[str, int, dict | None]]) -> list[dict]:
         """One batch: consolidated in one forward pass, each item committed on its own."""
         started = time.perf_counter()
-        results = await apply_updates(self.model, items, self._store_call, self.delay_s, self._send_ahead,
-                                      timings=self.counters)
+        results = await apply_updates(self.model, items, self._store_call, self.delay_s, self._before_commit,
+                                      timings=self.counters, known=self._known)
         self.counters["batch_s"] += time.perf_counter() - started
         applied = sum(status(r) == StoreStatus.APPLIED for r in results)
         self.metrics.batch.observe(len(items))
@@ -76,7 +82,17 @@ class MemoryUpdater:
         self.counters["max_batch"] = max(self.counters["max_batch"], len(items))
         return results
 
-    def _send_ahead(self, sid: str, version: int, stm: bytes) -> None:
+    def _known(self, sid: str, version: int, digest: str) -> bytes | None:
+        return self.known.get(sid, version, digest)
+
+    def _before_commit(self, sid: str, version: int, stm: bytes) -> None:
+        """Keep a new STM for the session's next update (under its digest: a computation
+        whose commit loses is never the one a claim names) and send it ahead."""
+        digest = stm_digest(stm)
+        self.known.put(sid, version, digest, stm)
+        self._send_ahead(sid, version, digest, stm)
+
+    def _send_ahead(self, sid: str, version: int, digest: str, stm: bytes) -> None:
         """Send a new STM, as its commit goes out, to the Generator replica the session's next
         turn goes to (``serve/routing.py`` ranks the replicas the same way in every caller):
         sent after the commit, it would race the next turn, which the commit releases. Tagged
@@ -88,14 +104,14 @@ class MemoryUpdater:
         # A fresh context: a call made inside an update request would carry that request's
         # id, and Serve's router matches a routed replica to its call by that id — the sends
         # of one batch would share it, and all but one of them would never be routed.
-        task = contextvars.Context().run(asyncio.ensure_future, self._send(sid, version, stm))
+        task = contextvars.Context().run(asyncio.ensure_future, self._send(sid, version, digest, stm))
         self._sends.add(task)
         task.add_done_callback(self._sends.discard)
 
-    async def _send(self, sid: str, version: int, stm: bytes) -> None:
+    async def _send(self, sid: str, version: int, digest: str, stm: bytes) -> None:
         try:
             await asyncio.wait_for(self.generator.remember.remote(session=sid, version=version,
-                                                                  digest=stm_digest(stm), stm=stm),
+                                                                  digest=digest, stm=stm),
                                    SEND_AHEAD_TIMEOUT_S)
         except Exception as exc:  # a replica restarting or gone: its next turn reads the store
             logger.debug("session %s: STM version %d not sent ahead: %r", log_id(sid), version, exc)
@@ -122,4 +138,7 @@ class MemoryUpdater:
         return stm_to_bytes(stm[:, 0].cpu())
 
     async def stats(self) -> dict:
-        return {**self.counters, "sending": len(self._sends)}
+        """Batch counters, STMs being sent ahead, and ``stm``: how often an update found its
+        STM here (``hits``) or read it from the store (``misses``)."""
+        return {**self.counters, "sending": len(self._sends),
+                "stm": {**asdict(self.known.stats), "sessions": len(self.known)}}

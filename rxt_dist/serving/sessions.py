@@ -252,6 +252,7 @@ class SessionStore:
         self._links: OrderedDict[str, str] = OrderedDict()  # recently used transcript index entries
         self.expired = self.evicted = 0
         self.claims = self.stm_sent = self.stm_sent_bytes = 0  # turns claimed; STMs handed out with them or by read_stm
+        self.update_reads = self.update_read_bytes = 0  # STMs (and bytes) handed out to updaters by update_input
 
     # ---- paths and persistence -------------------------------------------------------------
 
@@ -636,12 +637,16 @@ class SessionStore:
             return _status(StoreStatus.NOTHING_PENDING, version=meta.version)
         if meta.pending.error is not None:
             return _status(StoreStatus.FAILED, version=meta.version, error=meta.pending.error)
+        self.update_reads += 1
+        self.update_read_bytes += len(entry.stm)
         return _status(StoreStatus.OK, stm=entry.stm, stm_shape=meta.stm_shape,
                        query_ids=meta.pending.query_ids, answer_ids=meta.pending.answer_ids)
 
-    async def commit_update(self, sid: str, base_version: int, stm: bytes) -> dict:
+    async def commit_update(self, sid: str, base_version: int, stm: bytes, lease: str | None = None) -> dict:
         """Compare-and-set: store ``stm`` as version ``base_version + 1`` if the session is at
-        ``base_version`` with that update pending; otherwise change nothing."""
+        ``base_version`` with that update pending — and, with ``lease``, recorded under that
+        lease (the updater consolidated the turn its dispatcher sent, not one it read here);
+        otherwise change nothing."""
         entry = await self._entry(sid)
         if entry is None or entry.deleted:
             return _status(StoreStatus.NOT_FOUND)
@@ -651,7 +656,9 @@ class SessionStore:
             meta = entry.meta
             if meta.version > base_version:
                 return _status(StoreStatus.ALREADY_APPLIED, version=meta.version)
-            if meta.pending is None or meta.pending.base_version != base_version or meta.pending.error:
+            pending = meta.pending
+            if (pending is None or pending.base_version != base_version or pending.error
+                    or (lease is not None and pending.lease != lease)):
                 return _status(StoreStatus.CONFLICT, version=meta.version)
             now = time.time()
             new = replace(meta, updated=now, version=base_version + 1, pending=None, committed=now)
@@ -805,12 +812,14 @@ class SessionStore:
         """Sessions in memory, in use, stored (at the last count), with pending updates, and
         how many expired and were evicted so far; turns claimed, and the STMs (and bytes)
         handed out for answering them (by ``begin_turn`` or ``read_stm``; a decoder that
-        holds the STM reads none)."""
+        holds the STM reads none), and to updaters (``update_reads``; an updater that computed
+        the STM reads none)."""
         now = time.time()
         return {"cached": len(self._entries), "in_use": self._in_use(now), "stored": self._stored,
                 "pending": sum(e.meta.pending is not None for e in self._entries.values()),
                 "expired": self.expired, "evicted": self.evicted, "claims": self.claims,
-                "stm_sent": self.stm_sent, "stm_sent_bytes": self.stm_sent_bytes}
+                "stm_sent": self.stm_sent, "stm_sent_bytes": self.stm_sent_bytes,
+                "update_reads": self.update_reads, "update_read_bytes": self.update_read_bytes}
 
     async def stats(self) -> dict:
         return self.snapshot()

@@ -142,6 +142,8 @@ class Turn:
         self.idempotency_key = idempotency_key
         self.transcript_after, self.on_recorded = transcript_after, on_recorded
         self.answer: list[int] = []
+        self.recorded_answer: list[int] | None = None
+        """The answer as recorded (the pending update's), once it is."""
         self.finish_reason = "stop"
         self.finished = self.recorded = self.dispatched = self.closed = False
         self._moved = time.monotonic()
@@ -171,16 +173,17 @@ class Turn:
 
     async def record(self) -> None:
         """Make the turn the session's pending update (written to storage) and release the claim."""
-        transcript = None if self.transcript_after is None else self.transcript_after(self.answer)
+        answer = list(self.answer)
+        transcript = None if self.transcript_after is None else self.transcript_after(answer)
         result = await self.store("finish_turn", self.sid, self.lease, self.version, self.query_ids,
-                                  self.answer, self.idempotency_key, self.finish_reason, transcript)
+                                  answer, self.idempotency_key, self.finish_reason, transcript)
         if status(result) == StoreStatus.NOT_FOUND:
             raise ApiError(404, f"session '{self.sid}' was deleted while answering; the turn is not kept",
                            param=SESSION_HEADER, code="session_not_found")
         if status(result) != StoreStatus.OK:
             raise ApiError(409, f"session '{self.sid}': this turn's claim expired and another turn went "
                            "ahead; the turn is not kept", param=SESSION_HEADER, code="session_busy")
-        self.recorded = True
+        self.recorded, self.recorded_answer = True, answer
         self._renewer.cancel()
         if self.on_recorded is not None:
             self.on_recorded(result)

@@ -26,6 +26,8 @@ logger = logging.getLogger(__name__)
 
 StoreOf = Callable[[str], Callable[..., Awaitable[dict]]]
 """``store_of(sid)(method, *args)``: one call to the shard that owns ``sid``."""
+KnownStm = Callable[[str, int, str], bytes | None]
+"""``known(sid, version, digest)``: the bytes of that STM if the caller holds them, else None."""
 
 
 def _consolidate(model: RxTModel, memories: list[torch.Tensor], inputs: list[dict]) -> list[bytes]:
@@ -52,9 +54,9 @@ def consolidate_each(model: RxTModel, memories: list[torch.Tensor], inputs: list
     return results
 
 
-async def apply_updates(model: RxTModel, items: list[tuple[str, int]], store_of: StoreOf,
+async def apply_updates(model: RxTModel, items: list[tuple], store_of: StoreOf,
                         delay_s: float = 0.0, before_commit: Callable[[str, int, bytes], None] | None = None,
-                        timings: dict[str, float] | None = None) -> list[dict]:
+                        timings: dict[str, float] | None = None, known: KnownStm | None = None) -> list[dict]:
     """Apply the pending update of each ``(session, base_version)``; one result per item:
     the store's answer to the commit (``applied``, ``already_applied``, …), ``failed`` (with
     ``error``) when the update can never apply, or ``unavailable`` when a store call failed
@@ -63,10 +65,16 @@ async def apply_updates(model: RxTModel, items: list[tuple[str, int]], store_of:
     just before its commit is sent (the commit may still lose to another computation of the
     same version). ``timings``, if given, accumulates the seconds (wall) of the batch's three
     phases: ``read_s`` (the gathered input reads), ``consolidate_s``, ``commit_s`` (the gathered
-    commits)."""
+    commits).
+
+    An item may carry a third element, the turn as its dispatcher recorded it (:func:`recorded_turn`:
+    its tokens, the lease it was recorded under, the digest of the STM it was answered from).
+    When ``known`` holds that STM, the item is not read from the store, and its commit applies
+    only while the pending update is still the one recorded under that lease."""
     stm_shape = model.cfg.stm_shape
     clock = time.perf_counter()
-    inputs = await asyncio.gather(*(store_of(sid)("update_input", sid, version) for sid, version in items),
+    given = [_known_input(item, known) for item in items]
+    inputs = await asyncio.gather(*(_input(item, local, store_of) for item, local in zip(items, given)),
                                   return_exceptions=True)
     results: list[dict] = [{} for _ in items]
     todo, memories, broken = [], [], []
@@ -99,7 +107,8 @@ async def apply_updates(model: RxTModel, items: list[tuple[str, int]], store_of:
     if before_commit is not None:
         for i in commits:
             before_commit(items[i][0], items[i][1] + 1, new_stms[i])
-    outcomes = await asyncio.gather(*(store_of(items[i][0])("commit_update", items[i][0], items[i][1], new_stms[i])
+    outcomes = await asyncio.gather(*(store_of(items[i][0])("commit_update", items[i][0], items[i][1], new_stms[i],
+                                                            None if given[i] is None else given[i]["lease"])
                                       for i in commits), return_exceptions=True)
     for i, outcome in zip(commits, outcomes):
         results[i] = ({"status": StoreStatus.UNAVAILABLE, "error": repr(outcome)}
@@ -111,6 +120,25 @@ async def apply_updates(model: RxTModel, items: list[tuple[str, int]], store_of:
         logger.warning("session %s: the update of version %d cannot apply: %s", log_id(items[i][0]), items[i][1],
                        results[i]["error"])
     return results
+
+
+def recorded_turn(query_ids: list[int], answer_ids: list[int], lease: str, stm_digest: str) -> dict:
+    """What a dispatcher knows of the turn it recorded, sent along with its update."""
+    return {"query_ids": list(query_ids), "answer_ids": list(answer_ids), "lease": lease, "stm_digest": stm_digest}
+
+
+def _known_input(item: tuple, known: KnownStm | None) -> dict | None:
+    """The update's input without reading the store: the recorded turn sent with it and the
+    STM it was answered from, if ``known`` holds exactly that STM (version and digest)."""
+    turn = item[2] if len(item) > 2 else None
+    if turn is None or known is None:
+        return None
+    stm = known(item[0], item[1], turn["stm_digest"])
+    return None if stm is None else {"status": StoreStatus.OK, "stm": stm, **turn}
+
+
+async def _input(item: tuple, local: dict | None, store_of: StoreOf) -> dict:
+    return local if local is not None else await store_of(item[0])("update_input", item[0], item[1])
 
 
 def _lap(timings: dict[str, float] | None, phase: str, since: float) -> float:

@@ -13,7 +13,8 @@ from rxt_dist.serving.api import ApiError, read_limited
 from rxt_dist.serving.decode_loop import DecodeLoop
 from rxt_dist.serving.sessions import SessionStore, StoreConfig, new_session_id
 from rxt_dist.serving.turn import ClaimPolicy, Outcome, Turn, claim_session, complete, stream_events
-from rxt_dist.serving.updates import _consolidate, apply_updates
+from rxt_dist.serving.protocol import stm_digest
+from rxt_dist.serving.updates import _consolidate, apply_updates, recorded_turn
 from tests.tolerances import KERNEL
 
 
@@ -180,6 +181,43 @@ def test_one_bad_update_does_not_fail_its_batch_and_can_be_dropped(reference, tm
     assert refused.status == 409 and refused.code == "memory_update_failed"
     assert "DELETE /v1/sessions/" in refused.message and "/pending" in refused.message
     assert dropped["status"] == "ok" and again["status"] == "ok" and again["version"] == 0
+
+
+def test_an_update_sent_with_its_turn_and_a_kept_stm_reads_nothing_and_commits_the_same_memory(reference, tmp_path):
+    """The MemoryUpdater keeps the STMs it computed; the Ingress sends the turn it recorded with
+    the update. Then the store is not read, the new memory is the one a read would have given,
+    and a turn recorded under another lease (or a kept STM of another digest) is never mixed in."""
+    async def scenario():
+        server = Server(reference, tmp_path)
+        stm = stm_to_bytes(reference.new_stm()[:, 0])
+        calls = []
+
+        def store_of(sid):
+            def call(method, *args):
+                calls.append((sid, method))
+                return server.call(method, *args)
+            return call
+
+        sids = [await server.new_session(reference.new_stm()[:, 0]) for _ in range(4)]
+        for sid in sids:
+            await server.store.begin_turn(sid, "l", 0.0)
+            await server.store.finish_turn(sid, "l", 0, [30, 31, 32], [40, 41])
+        read, kept, stale, other = sids
+        turn = recorded_turn([30, 31, 32], [40, 41], "l", stm_digest(stm))
+        known = {(sid, 0, stm_digest(stm)): stm for sid in sids if sid != other}
+        await apply_updates(reference.model, [(read, 0)], store_of)
+        results = await apply_updates(reference.model, [(kept, 0, turn), (stale, 0, {**turn, "lease": "x"}),
+                                                        (other, 0, turn)], store_of, known=lambda *k: known.get(k))
+        infos = [(await server.store.info(sid))["session"] for sid in sids]
+        return results, calls, {sid: server.store._entries[sid].stm for sid in sids}, infos, sids
+
+    results, calls, stms, infos, (read, kept, stale, other) = asyncio.run(scenario())
+    assert [r["status"] for r in results] == ["applied", "conflict", "applied"]
+    reads = {sid for sid, method in calls if method == "update_input"}
+    assert reads == {read, other}  # the kept STMs were not read; a digest not kept was
+    assert stms[kept] == stms[read] == stms[other]  # the same computation, the same bytes
+    assert infos[2]["memory_version"] == 0 and infos[2]["pending_update"]  # another lease: left pending
+    assert [i["memory_version"] for i in infos] == [1, 1, 0, 1]
 
 
 def test_a_body_is_refused_as_soon_as_it_passes_the_limit():
