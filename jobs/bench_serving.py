@@ -52,6 +52,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--set", action="append", default=[], metavar="ARG=VALUE", dest="app_set",
                    help="with --start: override one of the config's application args (YAML value), "
                         "e.g. --set stream_interval_s=0.05 --set compile_decode=true")
+    p.add_argument("--fixed-replicas", type=int, default=None, metavar="N",
+                   help="with --start: N replicas of every deployment, autoscaling off (on a small machine a "
+                        "replica started mid-level takes CPU from the level it measures)")
     p.add_argument("--sessions", type=int, nargs="+", default=[1, 8, 32], help="concurrency levels S")
     p.add_argument("--turns", type=int, default=32, help="turns N per session")
     p.add_argument("--rounds", type=int, default=1,
@@ -227,12 +230,19 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
+def pinned(options: dict[str, dict[str, Any]], replicas: int) -> dict[str, dict[str, Any]]:
+    """``deployment_options`` with ``replicas`` replicas of every deployment and no autoscaling."""
+    return {name: {**{k: v for k, v in o.items() if k != "autoscaling_config"}, "num_replicas": replicas}
+            for name, o in options.items()}
+
+
 @contextlib.contextmanager
-def local_app(config_path: str, model_dir: str | None, overrides: dict[str, Any] | None = None
-              ) -> Iterator[tuple[str, dict[str, Any]]]:
+def local_app(config_path: str, model_dir: str | None, overrides: dict[str, Any] | None = None,
+              replicas: int | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
     """Start a private local Ray (never an existing cluster), run the application of
-    ``config_path`` (its args updated with ``overrides``) with sessions in a temporary
-    directory, yield (url, server description); stop everything afterwards."""
+    ``config_path`` (its args updated with ``overrides``; with ``replicas``, that many of each
+    deployment instead of its autoscaling) with sessions in a temporary directory, yield
+    (url, server description); stop everything afterwards."""
     import ray
     from ray import serve
 
@@ -241,6 +251,8 @@ def local_app(config_path: str, model_dir: str | None, overrides: dict[str, Any]
     from serve.store import stop_session_stores
 
     app_args, options = read_serve_config(config_path)
+    if replicas is not None:
+        options = pinned(options, replicas)
     app_args.update(overrides or {})
     workdir = tempfile.mkdtemp(prefix="rxt-bench-serving-")
     if model_dir == RANDOM:
@@ -281,12 +293,15 @@ def main(argv: list[str] | None = None) -> None:
         overrides = parse_overrides(args.app_set)
         if overrides and not args.start:
             raise ValueError("--set changes the application --start runs; a running one (--url) keeps its args")
+        if args.fixed_replicas is not None and (not args.start or args.fixed_replicas < 1):
+            raise ValueError(f"--fixed-replicas {args.fixed_replicas}: a number ≥ 1 of replicas for the "
+                             "application --start runs")
     except ValueError as exc:
         sys.exit(f"bench_serving: {exc}")
     with contextlib.ExitStack() as stack:
         sampler = None
         if args.start:
-            url, server = stack.enter_context(local_app(args.config, args.model_dir, overrides))
+            url, server = stack.enter_context(local_app(args.config, args.model_dir, overrides, args.fixed_replicas))
             describe = describe_server
             sampler = stack.enter_context(ReplicaSampler())
             start = store_counters()

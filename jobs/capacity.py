@@ -152,12 +152,14 @@ def calibrate(url: str, args: argparse.Namespace, idle_s: float = 4.0) -> tuple[
     idle1, client_idle1, t1 = process_cpu(pids), time.process_time(), time.perf_counter()
     rate = {role: (idle1[role] - idle0[role]) / (t1 - t0) for role in idle1}
     rate["client"] = (client_idle1 - client_idle0) / (t1 - t0)
+    updater = serve.get_deployment_handle("MemoryUpdater", APP_NAME)
+    held0 = updater.stats.remote().result().get("stm", {})
     level, per_turn, shares = _cpu_per_turn(pids, url, config(1, args.calibration_turns, args.calibration_think_s, 2),
                                             rate)
+    held1 = updater.stats.remote().result().get("stm", {})
     short, short_per_turn, _ = _cpu_per_turn(
         pids, url, config(1, args.calibration_turns, args.calibration_think_s, 0, SHORT_MAX_TOKENS), rate)
     short_tokens = [int(x) for per_turn in short["samples"]["completion_tokens"] for x in per_turn]
-    updater = serve.get_deployment_handle("MemoryUpdater", APP_NAME)
     counters0 = updater.stats.remote().result()
     many, many_per_turn, _ = _cpu_per_turn(pids, url, config(16, MANY_TURNS, MANY_THINK_S, 0), rate)
     counters1 = updater.stats.remote().result()
@@ -166,7 +168,7 @@ def calibrate(url: str, args: argparse.Namespace, idle_s: float = 4.0) -> tuple[
     fixed = {role: _fixed_share(per_turn[role], many_per_turn[role], in_flight) for role in per_turn}
     turns = level["requests"] + 2
     return level, {"per_turn": per_turn, "idle_rate": rate, "serial_share": shares, "fixed_share": fixed,
-                   "store_calls": store_calls,
+                   "store_calls": store_calls, "updater_read_share": read_share(held0, held1),
                    "many": {"sessions": 16, "turns": MANY_TURNS, "think_time_s": MANY_THINK_S,
                             "per_turn": many_per_turn, "turns_in_flight": in_flight,
                             "update_lag_p50_s": many["update_lag"]["p50_s"],
@@ -188,14 +190,15 @@ separates each process's work per streamed chunk from its work per turn."""
 
 def store_call_costs(url: str, pids: dict[str, list[int]], cycles: int = 200) -> dict[str, float]:
     """The store shard's CPU seconds per call of each kind a turn makes, measured on a session of
-    its own: ``cycles`` times claim (``begin_turn``), record (``finish_turn``), read
+    its own: ``cycles`` times claim (``begin_turn``), record (``finish_turn``, moving the
+    session's transcript index entry as a turn does), read
     (``update_input``) and commit (``commit_update``), each call alone, the shard process's CPU
     read around it (clock-tick resolution: averaged over many calls)."""
     import httpx
     import ray
 
     from rxt_dist.eval.profile import process_cpu
-    from rxt_dist.serving.protocol import SESSION_HEADER
+    from rxt_dist.serving.protocol import SESSION_HEADER, transcript_start, transcript_step
     from rxt_dist.serving.sessions import shard_of
     from serve.store import STORE_NAMESPACE
 
@@ -209,6 +212,7 @@ def store_call_costs(url: str, pids: dict[str, list[int]], cycles: int = 200) ->
     shard = ray.get_actor(shards[shard_of(sid, len(shards))], namespace=STORE_NAMESPACE)
     store = {"store": pids["store"]}
     spent = dict.fromkeys(STORE_CALLS, 0.0)
+    transcript = transcript_start(None, None)  # the new session's, as the Ingress indexes it
 
     def timed(kind: str, call):
         before = process_cpu(store)["store"]
@@ -220,11 +224,21 @@ def store_call_costs(url: str, pids: dict[str, list[int]], cycles: int = 200) ->
         lease = f"capacity-{time.monotonic_ns()}"
         claim = timed("claim", shard.begin_turn.remote(sid, lease, 5.0))
         version = claim["version"]
-        timed("record", shard.finish_turn.remote(sid, lease, version, [5] * 24, [6] * 6))
+        transcript = transcript_step(transcript, "query", "answer")  # the index entry moves, as in a turn
+        timed("record", shard.finish_turn.remote(sid, lease, version, [5] * 24, [6] * 6, None, "stop", transcript))
         data = timed("read", shard.update_input.remote(sid, version))
         timed("commit", shard.commit_update.remote(sid, version, data["stm"]))
     httpx.delete(f"{url}/v1/sessions/{sid}", timeout=30.0)
     return {kind: v / cycles for kind, v in spent.items()}
+
+
+def read_share(before: dict, after: dict) -> float:
+    """The share of updates between two reads of the MemoryUpdater's STM counters (``stats()["stm"]``)
+    whose STM it read from the store; 1 when it counted none (an application whose updaters
+    keep no STMs, or one from before they did)."""
+    hits = after.get("hits", 0) - before.get("hits", 0)
+    misses = after.get("misses", 0) - before.get("misses", 0)
+    return misses / (hits + misses) if hits + misses and after.get("sessions") is not None else 1.0
 
 
 def update_batches(before: dict, after: dict) -> dict[str, Any]:
@@ -277,7 +291,8 @@ def build_profile(args: argparse.Namespace, url: str) -> tuple[CostProfile, dict
                     short["chunks"])
         short = None
     path = fit_serving_path(costs, cpu_per_turn, level, answer_mean + 1, k, machine_info()["logical_cpus"],
-                            short=short, many=cpu["many"], store_calls=cpu["store_calls"])
+                            short=short, many=cpu["many"], store_calls=cpu["store_calls"],
+                            read_share=cpu["updater_read_share"])
     path["serial_share"] = cpu["serial_share"]
     path["fixed_share"] = cpu["fixed_share"]
     spin = env_after["slowdown"]  # the load as every later check measures it, right after the model timings

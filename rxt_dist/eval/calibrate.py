@@ -116,15 +116,17 @@ def store_call_weights(store_calls: dict[str, float] | None) -> dict[str, float]
 def fit_serving_path(model_profile: dict[str, Any], cpu_per_turn: dict[str, float], level: dict[str, Any],
                      answer_steps: float, k: float, cores: int, batch_wait_s: float = 0.005,
                      short: dict[str, Any] | None = None, many: dict[str, Any] | None = None,
-                     store_calls: dict[str, float] | None = None) -> dict[str, Any]:
+                     store_calls: dict[str, float] | None = None, read_share: float = 1.0) -> dict[str, Any]:
     """The serving path's costs (``ServingPath`` fields) from a calibration level played at
     S = 1 with think time (no queueing, no wait for updates):
 
     * each process's CPU seconds per turn × ``k`` (the slowdown: wall/CPU of the model
       operations measured now) is its wall-time work per turn; the Generator's and
       MemoryUpdater's share outside the model is what is left after the model operations' CPU;
-      the store shard's is split over its ``STORE_OPS_PER_TURN`` calls, in proportion to
-      ``store_calls`` (each kind's CPU seconds timed alone) when given, evenly otherwise;
+      the store shard's is split over its calls per turn (claim, record, commit, and the
+      MemoryUpdater's read on ``read_share`` of the updates — the share the calibration level
+      measured), in proportion to ``store_calls`` (each kind's CPU seconds timed alone) when
+      given, evenly otherwise;
     * how much of the client's, proxy's, Ingress's and Generator's work lies on the path to the
       first token (``in_share``) and to the end of the answer (``out_share``) is what the
       calibration's median TTFT and median first-token-to-end time leave after the model and
@@ -138,7 +140,7 @@ def fit_serving_path(model_profile: dict[str, Any], cpu_per_turn: dict[str, floa
       update and a part per batch (:func:`split_per_batch`);
     * the machine's other load is what makes one busy thread get 1/k of a core (k − 1 busy
       threads per core)."""
-    from rxt_dist.eval.capacity import STORE_OPS_PER_TURN
+    from rxt_dist.eval.capacity import ServingPath
 
     cpu = model_profile["cpu_s"]
 
@@ -156,7 +158,9 @@ def fit_serving_path(model_profile: dict[str, Any], cpu_per_turn: dict[str, floa
         "client_s": cpu_per_turn.get("client", 0.0) * k,
         "proxy_s": cpu_per_turn.get("proxy", 0.0) * k,
         "ingress_s": cpu_per_turn.get("ingress", 0.0) * k,
-        "store_op_s": cpu_per_turn.get("store", 0.0) * k / STORE_OPS_PER_TURN,
+        "store_op_s": cpu_per_turn.get("store", 0.0) * k / ServingPath(
+            store_call_weight=store_call_weights(store_calls)).store_calls_per_turn(read_share),
+        "updater_read_share": read_share,
         "generator_io_s": cpu_per_turn.get("generator", 0.0) * k,
         "updater_item_s": max(0.0, cpu_per_turn.get("updater", 0.0) - cpu["consolidate"][1]) * k,
         "updater_batch_s": 0.0,
@@ -184,7 +188,7 @@ def fit_serving_path(model_profile: dict[str, Any], cpu_per_turn: dict[str, floa
     to_end = max(0.0, (answer - ttft) - answer_steps * model_profile["decode_step_s"][1] - store_call("record"))
     path["out_share"] = min(1.0 - path["in_share"], to_end / front) if front else 0.0
     path["stream_latency_s"] = max(0.0, to_end - path["out_share"] * front)
-    explained_lag = (batch_wait_s + store_call("read") + store_call("commit") + model_profile["consolidate_s"][1]
-                     + path["updater_item_s"] + path["updater_batch_s"])
+    explained_lag = (batch_wait_s + read_share * store_call("read") + store_call("commit")
+                     + model_profile["consolidate_s"][1] + path["updater_item_s"] + path["updater_batch_s"])
     path["update_latency_s"] = max(0.0, lag - explained_lag)
     return path

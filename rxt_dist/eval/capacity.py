@@ -32,10 +32,11 @@ META_BYTES = 700
 answer); measured on the store's files, rounded up."""
 STREAM_ROLES = ("generator", "ingress", "proxy", "client")
 """The processes every streamed chunk passes, in order."""
-STORE_OPS_PER_TURN = 4
-"""Store-shard calls a turn makes: claim, finish_turn, update_input, commit_update."""
 STORE_CALLS = ("claim", "record", "read", "commit")
-"""Those calls' names in ``ServingPath.store_call_weight``."""
+"""The store-shard calls of a turn (``begin_turn``, ``finish_turn`` with the move of the
+transcript index entry, ``update_input``, ``commit_update``), by their names in
+``ServingPath.store_call_weight``; the read only when the MemoryUpdater does not hold the
+session's STM (``ServingPath.updater_read_share``)."""
 
 
 def _interp(table: dict[int, float], x: float) -> float:
@@ -74,7 +75,7 @@ class ServingPath:
     ingress_s: float = 0.0
     """The Ingress replica (parse, tokenize, claim, stream SSE, record), per turn."""
     store_op_s: float = 0.0
-    """One store-shard call on average (``STORE_OPS_PER_TURN`` per turn), persistence included."""
+    """One store-shard call on average (of ``STORE_CALLS``), persistence included."""
     store_call_weight: dict[str, float] = field(default_factory=dict)
     """Per store call of a turn (``STORE_CALLS``): its cost relative to ``store_op_s`` (mean 1),
     measured by timing each kind of call alone (a claim and a read only read memory; a record
@@ -105,6 +106,12 @@ class ServingPath:
     When set, ``updater_item_s`` is each update's own work, all of it on receipt of the call,
     and the updater's work is not also shared through ``fixed_share``. Fitted from the CPU per
     update at two batch sizes (calibration levels A and B, with the updater's batch counters)."""
+    updater_read_share: float = 1.0
+    """The share of updates for which the MemoryUpdater read the session's STM and turn from the
+    store (``update_input``) in the calibration the path was fitted on; the others it held (it
+    computed that STM, and the Ingress sent the turn with the update). 1: the application's
+    updaters keep no STMs and read on every update, and so does the simulation; below 1 a
+    simulated updater replica reads only for the sessions it does not hold."""
     updater_in_batch: bool = True
     """Whether two thirds of each update's ``updater_item_s`` (its STM read and its commit) are
     done inside its batch, as ``rxt_dist.serving.updates.apply_updates`` does — gathered with
@@ -166,6 +173,8 @@ class ServingPath:
         for role, seconds in self.chunk_s.items():
             if seconds < 0:
                 raise ValueError(f"chunk_s[{role!r}]={seconds}: must be ≥ 0")
+        if self.updater_read_share > 1:
+            raise ValueError(f"updater_read_share={self.updater_read_share}: a share, at most 1")
         if self.in_share + self.out_share > 1 + 1e-9:
             raise ValueError(f"in_share={self.in_share} + out_share={self.out_share}: must be ≤ 1")
         if self.cores <= 0:
@@ -183,6 +192,22 @@ class ServingPath:
     def store_call(self, call: str) -> float:
         """Seconds of one store call of kind ``call`` (``STORE_CALLS``)."""
         return self.store_op_s * self.store_call_weight.get(call, 1.0)
+
+    @property
+    def updater_keeps_stms(self) -> bool:
+        return self.updater_read_share < 1.0
+
+    def store_calls_per_turn(self, read_share: float) -> float:
+        """A turn's store calls in units of ``store_op_s``: claim, record and commit, and the
+        read for a share ``read_share`` of the updates."""
+        weight = self.store_call_weight.get
+        return weight("claim", 1.0) + weight("record", 1.0) + weight("commit", 1.0) + read_share * weight("read", 1.0)
+
+    def updater_calls_per_update(self) -> float:
+        """The Ray calls an update makes at the MemoryUpdater in the calibration (its receipt,
+        its commit, and the read on ``updater_read_share`` of them): ``updater_item_s`` is
+        split over these."""
+        return 2.0 + self.updater_read_share
 
     def speed(self, busy: int) -> float:
         """Speed of each of ``busy`` busy processes relative to one busy alone (the profile's
@@ -315,13 +340,21 @@ class Workload:
 
 # -- closed-form bounds (operational laws) ---------------------------------------------------------
 
-def path_cpu_per_turn(p: CostProfile, answer_tokens: float) -> float:
+def reads_per_update(p: CostProfile, w: "Workload") -> float:
+    """The share of ``w``'s updates that read the store: each session's first one where the
+    MemoryUpdater keeps the STMs it computed (one replica), else all."""
+    return 1.0 / w.turns if p.path.updater_keeps_stms else 1.0
+
+
+def path_cpu_per_turn(p: CostProfile, answer_tokens: float, read_share: float = 1.0) -> float:
     """Seconds of the serving path's own work per turn of ``answer_tokens`` streamed tokens
-    (client excluded: users bring their own)."""
+    (client excluded: users bring their own), with the updater reading the store for a share
+    ``read_share`` of the updates."""
     path = p.path
     per_chunk = sum(path.chunk(role) for role in STREAM_ROLES if role != "client")
-    return (path.proxy_s + path.ingress_s + STORE_OPS_PER_TURN * path.store_op_s + path.generator_io_s
-            + path.updater_item_s + answer_tokens * per_chunk)
+    updater = path.updater_item_s * (2.0 + read_share) / path.updater_calls_per_update()
+    return (path.proxy_s + path.ingress_s + path.store_calls_per_turn(read_share) * path.store_op_s
+            + path.generator_io_s + updater + answer_tokens * per_chunk)
 
 
 def bounds(p: CostProfile, w: Workload) -> dict[str, float]:
@@ -345,7 +378,7 @@ def bounds(p: CostProfile, w: Workload) -> dict[str, float]:
             "max_updates_per_s_per_updater": updates_per_replica,
             "generators_at_full_busy": turns_per_s * w.answer_tokens / tokens_per_replica,
             "updaters_at_full_busy": turns_per_s / updates_per_replica,
-            "path_cpu_cores": turns_per_s * path_cpu_per_turn(p, w.answer_tokens)}
+            "path_cpu_cores": turns_per_s * path_cpu_per_turn(p, w.answer_tokens, reads_per_update(p, w))}
 
 
 # -- bytes and operations -----------------------------------------------------------------------

@@ -22,6 +22,7 @@ from rxt_dist.eval.capacity import (
     Workload,
     bounds,
     path_cpu_per_turn,
+    reads_per_update,
     storage_traffic,
 )
 from rxt_dist.eval.simulate import Replicas, simulate
@@ -109,7 +110,8 @@ def plan(p: CostProfile, w: Workload, slo_ttft_p99_s: float, max_busy: float = 0
     turns_per_s = share["turns"] / share["wall_s"] * generators
     return {
         "feasible": True, "generators": generators, "updaters": updaters,
-        "path_cpu_cores": math.ceil(turns_per_s * path_cpu_per_turn(p, w.answer_tokens) / max_busy),
+        "path_cpu_cores": math.ceil(turns_per_s * path_cpu_per_turn(p, w.answer_tokens, reads_per_update(p, w))
+                                    / max_busy),
         "sessions": w.sessions, "sessions_per_generator": math.ceil(w.sessions / generators),
         "turns_per_s": turns_per_s, "tokens_per_s": share["tokens_per_s"] * generators,
         "ttft_p50_s": share["ttft_p50_s"], "ttft_p99_s": share["ttft_p99_s"],

@@ -47,9 +47,6 @@ import numpy as np
 from rxt_dist.eval.capacity import STREAM_ROLES, CostProfile, Workload
 from rxt_dist.eval.des import Server, Sim
 
-UPDATER_CALLS = 3
-"""Ray calls per memory update in the MemoryUpdater: the call that submits it, its STM read, its
-commit (the STM sent ahead to a Generator goes out with the commit)."""
 
 
 @dataclass
@@ -128,11 +125,14 @@ class Updater:
         self.phase_s = {"read": 0.0, "consolidate": 0.0, "commit": 0.0}
         """Seconds in each phase of a batch, as ``apply_updates`` times them."""
         self._started = 0.0
-        call_s = p.path.updater_item_s / UPDATER_CALLS  # one Ray call's share of the update's work
+        call_s = p.path.updater_item_s / p.path.updater_calls_per_update()  # one Ray call's share of it
         in_batch = p.path.updater_in_batch and not per_batch
         self.receipt_s = call_s if in_batch else p.path.updater_item_s
         self.in_batch_s = call_s if in_batch else 0.0
         """Each of the batch's calls (the read, the commit)."""
+        self.held: set[int] = set()
+        """Sessions whose STM this replica computed: their next update reads nothing (when the
+        application's updaters keep STMs, ``ServingPath.updater_keeps_stms``)."""
 
     def submit(self, turn: _Turn) -> None:
         """The update call's share of the update's own work (Ray, the replica's event loop) is
@@ -163,7 +163,8 @@ class Updater:
         self._started = self.sim.now
         batch = [self.queue.popleft() for _ in range(min(len(self.queue), self.p.path.update_batch_size))]
         self.batches.append(len(batch))
-        pending = {"reads": len(batch)}
+        reads = [t for t in batch if t.session.index not in self.held]
+        pending = {"reads": len(reads)}
 
         half_batch_s = self.p.path.updater_batch_s / 2
 
@@ -194,6 +195,8 @@ class Updater:
 
         def committed(turn: _Turn) -> None:
             self.ongoing -= 1
+            if self.p.path.updater_keeps_stms:
+                self.held.add(turn.session.index)
             turn.committed()
             pending["commits"] -= 1
             if pending["commits"] == 0:
@@ -203,7 +206,10 @@ class Updater:
                 self._maybe_start()
 
         def read() -> None:
-            for turn in batch:
+            if not reads:
+                pending["reads"] = 1
+                read_done()
+            for turn in reads:
                 self._call(turn, "read", read_done)
 
         loop_then(read)

@@ -107,6 +107,25 @@ def test_an_update_batch_gathers_its_store_calls():
     assert lag(16, 1.0) > lag(8, 1.0) + 4 * 2 * 0.010
 
 
+def test_an_updater_that_keeps_its_stms_reads_each_session_once():
+    """With ``updater_read_share`` below 1 (the calibration saw the updater hold most STMs), a
+    simulated updater reads the store only for a session it does not hold: its first update.
+    ``updater_item_s`` is then split over 2 + that share calls, and a held update skips one."""
+    def run(share: float) -> dict:
+        path = ServingPath(store_op_s=0.001, updater_item_s=0.030, updater_read_share=share, update_batch_wait_s=0.0,
+                           cores=1e9)
+        return simulate(profile(path), Workload(sessions=1, think_time_s=5.0, answer_tokens=8, turns=4),
+                        stops_early=False)
+
+    reads_all, keeps = run(1.0), run(0.25)
+    assert reads_all["cpu_s_per_turn"]["store"] == pytest.approx(4 * 0.001, rel=1e-9)
+    assert keeps["cpu_s_per_turn"]["store"] == pytest.approx((4 * 3 + 1) * 0.001 / 4, rel=1e-9)
+    assert reads_all["update_lag_p50_s"] == pytest.approx(0.030 + 2 * 0.001 + CONSOLIDATE, rel=1e-9)
+    assert keeps["update_lag_p50_s"] == pytest.approx(2 * 0.030 / 2.25 + 0.001 + CONSOLIDATE, rel=1e-9)
+    with pytest.raises(ValueError, match="updater_read_share"):
+        ServingPath(updater_read_share=1.5)
+
+
 def measured_like() -> CostProfile:
     """Shaped like this machine's profile: costs that grow with the batch, a serving path that
     costs more than the model, two shared cores."""

@@ -14,7 +14,7 @@ import ray
 from ray import serve
 
 from jobs.bench_serving import main as bench_main
-from jobs.bench_serving import read_serve_config
+from jobs.bench_serving import pinned, read_serve_config
 from rxt_dist.eval.serving import ServingConfig, is_loopback_url
 from rxt_dist.serving.demo import write_demo_model_dir
 from serve.app import build_app
@@ -163,3 +163,14 @@ def test_start_reads_the_shipped_serve_config():
     args, options = read_serve_config("serve/config.yaml")
     AppArgs.model_validate({**args, "deployment_options": options})
     assert set(options) == set(DEPLOYMENT_NAMES)
+    fixed = pinned(options, 1)  # --fixed-replicas 1
+    AppArgs.model_validate({**args, "deployment_options": fixed})
+    assert all(o["num_replicas"] == 1 and "autoscaling_config" not in o for o in fixed.values())
+    assert fixed["Generator"]["max_ongoing_requests"] == options["Generator"]["max_ongoing_requests"]
+
+
+@pytest.mark.parametrize("argv", [["--url", "http://127.0.0.1:8000", "--fixed-replicas", "1"],
+                                  ["--start", "--fixed-replicas", "0"]])
+def test_fixed_replicas_needs_an_app_the_benchmark_starts(argv):
+    with pytest.raises(SystemExit, match="--fixed-replicas"):
+        bench_main(argv)
