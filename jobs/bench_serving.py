@@ -265,6 +265,7 @@ def local_app(config_path: str, model_dir: str | None, overrides: dict[str, Any]
                   "store_url": "(a temporary directory, removed afterwards)"}
     server = {"started_by_benchmark": True, "serve_config": config_path, "deployments": options,
               "app_args": shown_args, "stream_interval_s": args.stream_interval_s,
+              "stream_chunks_per_s": args.stream_chunks_per_s,
               **describe_model(resolved.model_dir, model_id, demo=args.random_demo_model)}
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     ray.init(address="local", include_dashboard=False, log_to_driver=False)

@@ -332,7 +332,7 @@ def run_profile_and_check(args: argparse.Namespace, check: bool) -> None:
 
     command = shlex.join(["python", "jobs/capacity.py", *sys.argv[1:]])
     # calibrated with one chunk per token, so that answer lengths tell per-chunk from per-turn work
-    with local_app(args.config, args.model_dir, {"stream_interval_s": 0.0}) as (url, _):
+    with local_app(args.config, args.model_dir, {"stream_interval_s": 0.0, "stream_chunks_per_s": 0.0}) as (url, _):
         profile, _ = build_profile(args, url)
     write_json_atomic(args.out, {"command": command, **profile.to_dict()})
     log.info("wrote %s", args.out)
@@ -389,7 +389,9 @@ def play_levels(url: str, server: dict, args: argparse.Namespace, command: str) 
 
 def write_check(profile: CostProfile, report: dict, args: argparse.Namespace, command: str) -> None:
     # the benchmark's own streaming interval (reports from before it was recorded ran with 0)
-    rows = compare(profile, report["levels"], report.get("server", {}).get("stream_interval_s", 0.0))
+    server = report.get("server", {})
+    rows = compare(profile, report["levels"], server.get("stream_interval_s", 0.0),
+                   server.get("stream_chunks_per_s", 0.0))  # absent from reports before the budget: none
     write_json_atomic(args.check_out, {"command": command, "tolerance": simcheck.TOLERANCE, "profile": args.out,
                                        "benchmark": args.bench_out, "machine": machine_info(), "levels": rows,
                                        "all_within_tolerance": all(r["within_tolerance"] for r in rows)})

@@ -62,6 +62,12 @@ class AppArgs(BaseModel):
     decoded meanwhile go together in one message, and one server-sent event); the first token
     is never held back. 0: send whatever is ready as soon as the Ingress takes it — one event
     per token, each costing ~5 ms of CPU across the serving processes (docs/BENCHMARKS.md)."""
+    stream_chunks_per_s: float = 200.0
+    """The most chunks (server-sent events) one Generator replica's answers send per second
+    together: with more than ``stream_chunks_per_s × stream_interval_s`` answers streaming
+    from a replica, each answer's interval stretches to share this budget (32 answers at 200:
+    one chunk per 0.16 s each), so the serving path's per-chunk cost stays bounded under load.
+    The first token and the end of an answer are never held back. 0: no budget."""
     stm_cache_sessions: int = 4096
     """STMs each Generator replica keeps (sessions, least recently used dropped first). A
     session's turns go to one replica, which the MemoryUpdater sends each new STM to, so the
@@ -129,6 +135,13 @@ class AppArgs(BaseModel):
     def _non_negative(cls, value: float, info) -> float:
         if value < 0:
             raise ValueError(f"{info.field_name}={value}: must be ≥ 0 seconds")
+        return value
+
+    @field_validator("stream_chunks_per_s")
+    @classmethod
+    def _rate(cls, value: float, info) -> float:
+        if value < 0:
+            raise ValueError(f"{info.field_name}={value}: must be ≥ 0 chunks a second (0: no budget)")
         return value
 
     @field_validator("stm_cache_sessions")

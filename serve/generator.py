@@ -44,7 +44,8 @@ class Generator:
             compiled = CompiledDecoder(self.model)
             compiled.warm_up((1, 2))
             logger.info("Generator: compiled the decoding step in %.1fs", time.perf_counter() - started)
-        self.loop = DecodeLoop(self.model, args.max_batch_size, compiled, args.stream_interval_s)
+        self.loop = DecodeLoop(self.model, args.max_batch_size, compiled, args.stream_interval_s,
+                               args.stream_chunks_per_s)
         self.stms: StmCache[torch.Tensor] = StmCache(args.stm_cache_sessions)
         self.stores = StoreShards(args.store_config(), args.store_shards)
         self.metrics = GeneratorMetrics()

@@ -4,8 +4,8 @@ An update names a session and the memory version it applies to; the replica read
 version's STM and the recorded interaction from the session store, consolidates all the
 updates of a batch in one forward pass, and commits each result with a compare-and-set on
 the version. The replica keeps the STMs it computed, keyed by (session, version, digest): an
-update sent with its recorded turn whose STM is kept here reads nothing from the store. Re-running an update that already committed (a retry after a replica died)
-changes nothing. Items of a batch are independent (:mod:`rxt_dist.serving.updates`): one that
+update sent with its recorded turn whose STM is kept here reads nothing from the store.
+Re-running an update that already committed (a retry after a replica died) changes nothing. Items of a batch are independent (:mod:`rxt_dist.serving.updates`): one that
 can never apply is recorded as failed on its session and the others commit.
 """
 

@@ -100,6 +100,10 @@ class ServingPath:
     stream_interval_s: float = 0.0
     """The application's ``stream_interval_s``: after an answer's first token the Generator sends
     the tokens decoded meanwhile at most this often, in one chunk (0: one chunk per token)."""
+    stream_chunks_per_s: float = 0.0
+    """The application's ``stream_chunks_per_s``: a Generator replica's open answers share this
+    many chunks a second, each answer's interval stretched to ``streams / stream_chunks_per_s``
+    when that is longer (0: no budget)."""
     updater_batch_s: float = 0.0
     """The MemoryUpdater's work outside the model per *batch* (gathering its calls, handing the
     batch to the consolidating thread), half before its reads and half before its commits.
@@ -192,6 +196,13 @@ class ServingPath:
     def store_call(self, call: str) -> float:
         """Seconds of one store call of kind ``call`` (``STORE_CALLS``)."""
         return self.store_op_s * self.store_call_weight.get(call, 1.0)
+
+    def stream_interval(self, streams: int) -> float:
+        """The least time between two chunks of an answer while ``streams`` answers stream from
+        its Generator replica (``DecodeLoop.interval_s``)."""
+        if not self.stream_chunks_per_s:
+            return self.stream_interval_s
+        return max(self.stream_interval_s, streams / self.stream_chunks_per_s)
 
     @property
     def updater_keeps_stms(self) -> bool:

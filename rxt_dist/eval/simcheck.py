@@ -37,16 +37,18 @@ def measured_figures(level: dict) -> dict[str, float | None]:
             "decode_steps": level.get("decode_steps"), "cpu_s_per_turn": level.get("cpu_s_per_turn")}
 
 
-def compare(profile: CostProfile, levels: list[dict], stream_interval_s: float | None = None
-            ) -> list[dict[str, Any]]:
+def compare(profile: CostProfile, levels: list[dict], stream_interval_s: float | None = None,
+            stream_chunks_per_s: float | None = None) -> list[dict[str, Any]]:
     """Per level: the simulation with the profile moved to the load measured right before the
     level (``CostProfile.in_environment``) and streaming as the measured application did
-    (``stream_interval_s``; None: the profile's), against what the benchmark measured."""
+    (``stream_interval_s``, ``stream_chunks_per_s``; None: the profile's), against what the
+    benchmark measured."""
     rows = []
     base = profile.extra.get("environment", {}).get("slowdown", 1.0)
-    if stream_interval_s is not None:
-        profile = dataclasses.replace(profile, path=dataclasses.replace(profile.path,
-                                                                        stream_interval_s=stream_interval_s))
+    streaming = {k: v for k, v in (("stream_interval_s", stream_interval_s),
+                                   ("stream_chunks_per_s", stream_chunks_per_s)) if v is not None}
+    if streaming:
+        profile = dataclasses.replace(profile, path=dataclasses.replace(profile.path, **streaming))
     for level in levels:
         env = level.get("environment")
         here = profile if env is None else profile.in_environment(env["slowdown"], env["stalls"])

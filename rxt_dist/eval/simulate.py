@@ -316,18 +316,20 @@ class _Turn:
 
     def _stream(self) -> None:
         """The Generator's stream (``DecodeLoop.stream``): the first token goes at once, later
-        ones at most every ``stream_interval_s``, the tokens decoded meanwhile in one chunk, and
+        ones at most every ``stream_interval_s`` (stretched to share ``stream_chunks_per_s``
+        among the replica's open answers), the tokens decoded meanwhile in one chunk, and
         whatever is left when decoding ends. Each chunk goes through the Generator's event loop
         (its ``chunk_s`` once per token in the chunk: the stream wakes for every decoded token,
         merged or not; and ``in_share / 2`` of the per-turn work with the first) to the
         Ingress's queue for this answer; the end follows the last one."""
         path = self.g.p.path
         now = self.g.sim.now
-        due = self.sent_at is None or self.decoded or now >= self.sent_at + path.stream_interval_s - 1e-12
+        interval = path.stream_interval(self.generator.ongoing)
+        due = self.sent_at is None or self.decoded or now >= self.sent_at + interval - 1e-12
         if not due:
             if self.unsent and not self.timer_armed:
                 self.timer_armed = True
-                self.g.sim.at(self.sent_at + path.stream_interval_s, self._timer)
+                self.g.sim.at(self.sent_at + interval, self._timer)
             return
         if self.unsent:
             self.chunks_sent += 1

@@ -51,15 +51,18 @@ class DecodeLoop:
     """Decode many answers of one RxT model together, admitting new ones between steps."""
 
     def __init__(self, model: RxTModel, max_batch_size: int = 32, compiled: CompiledDecoder | None = None,
-                 stream_interval_s: float = 0.0) -> None:
+                 stream_interval_s: float = 0.0, stream_chunks_per_s: float = 0.0) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size={max_batch_size}: must be ≥ 1")
         if stream_interval_s < 0:
             raise ValueError(f"stream_interval_s={stream_interval_s}: must be ≥ 0")
+        if stream_chunks_per_s < 0:
+            raise ValueError(f"stream_chunks_per_s={stream_chunks_per_s}: must be ≥ 0 (0: no budget)")
         self.model = model
         self.max_batch_size = max_batch_size
         self.compiled = compiled
         self.stream_interval_s = stream_interval_s
+        self.stream_chunks_per_s = stream_chunks_per_s
         self.batch = DecodeBatch(model, compiled=compiled)
         self.waiting: deque[_Request] = deque()
         self.queues: dict[int, asyncio.Queue] = {}
@@ -74,6 +77,14 @@ class DecodeLoop:
         """False once the background task has died (the replica should be replaced)."""
         return self._task is None or not self._task.done()
 
+    def interval_s(self) -> float:
+        """The least time between two chunks of an answer now: ``stream_interval_s``, stretched
+        so that this loop's open streams together send at most ``stream_chunks_per_s`` chunks
+        a second (every chunk costs the serving path the same whatever tokens it carries)."""
+        if not self.stream_chunks_per_s:
+            return self.stream_interval_s
+        return max(self.stream_interval_s, len(self.queues) / self.stream_chunks_per_s)
+
     def _ensure_running(self) -> None:
         if self._task is None:
             self._wake = asyncio.Event()
@@ -85,9 +96,9 @@ class DecodeLoop:
 
         Yields ``(new_tokens, finish_reason)``: the tokens decoded since the last yield and,
         on the last item only, ``"stop"`` or ``"length"``. The first item goes out as soon as
-        the first token is decoded; later ones at most every ``stream_interval_s`` (0: as
-        soon as the consumer asks). Closing the iterator early (the client went away) removes
-        the sequence from the batch.
+        the first token is decoded; later ones at most every :meth:`interval_s` (0: as soon as
+        the consumer asks), the last one as soon as decoding ends. Closing the iterator early
+        (the client went away) removes the sequence from the batch.
         """
         self._ensure_running()
         key = next(self._keys)
@@ -100,7 +111,8 @@ class DecodeLoop:
         sent_at: float | None = None  # the first item goes out at once
         try:
             while not finished:
-                wait = None if sent_at is None or not tokens else sent_at + self.stream_interval_s - clock()
+                interval = self.interval_s()
+                wait = None if sent_at is None or not tokens else sent_at + interval - clock()
                 if wait is not None and wait <= 0:
                     events = []
                 elif wait is None:
@@ -119,7 +131,7 @@ class DecodeLoop:
                         tokens.append(ev.token)
                     if ev.finished:
                         finished, reason = True, ev.finish_reason
-                due = sent_at is None or finished or clock() >= sent_at + self.stream_interval_s
+                due = sent_at is None or finished or clock() >= sent_at + interval
                 if due and (tokens or finished):
                     yield tokens, reason
                     tokens, sent_at = [], clock()

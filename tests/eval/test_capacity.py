@@ -225,6 +225,12 @@ def test_a_time_sliced_stream_sends_fewer_chunks_and_the_first_at_once():
     assert sliced["answer_p50_s"] == pytest.approx(0.057, rel=1e-9)
     assert per_token["answer_p50_s"] == pytest.approx(0.021 + 7 * 0.010, rel=1e-9)
     assert sliced["answer_p50_s"] < per_token["answer_p50_s"]
+    # a chunk budget of 1 / 0.012 a second, one answer open: the same 0.012 s interval; two
+    # answers sharing it: 0.024 s each, fewer chunks, the first token still at once
+    budget = dataclasses.replace(path, stream_chunks_per_s=1 / 0.012)
+    alone = simulate(profile(budget), w, stops_early=False)
+    assert alone["answer_p50_s"] == pytest.approx(sliced["answer_p50_s"], rel=1e-9)
+    assert budget.stream_interval(2) == pytest.approx(0.024) and budget.stream_interval(0) == 0.0
 
 
 def test_an_update_batch_pays_its_own_work_once():

@@ -1,5 +1,6 @@
 import asyncio
 
+import pytest
 import torch
 
 from rxt_dist.inference import SamplingParams, generate
@@ -141,6 +142,31 @@ def test_stream_interval_groups_later_tokens_but_sends_the_first_at_once(referen
     assert tokens == alone(model, QUERIES[0], stm[:, 0], params)
     assert len(items[0][0]) == 1 and items[-1][1] in ("stop", "length")
     assert len(tokens) > 10 and len(items) <= len(tokens) // 3
+
+
+def test_a_chunk_budget_stretches_the_interval_of_many_streams_and_changes_no_token(reference):
+    """``stream_chunks_per_s``: a replica's open answers share that many chunks a second. Four
+    answers at 8 chunks a second send one chunk per 0.5 s each — after the first token, which
+    never waits — and their tokens are those each gets alone."""
+    model = reference.model
+    stm = memories(model, 4)
+    params = SamplingParams(max_new_tokens=30)
+
+    async def scenario():
+        loop = DecodeLoop(model, max_batch_size=8, stream_interval_s=0.0, stream_chunks_per_s=8.0)
+        assert loop.interval_s() == 0.0  # no stream open
+        async def answer(i):
+            return [item async for item in loop.stream(QUERIES[i], stm[:, i], params)]
+
+        return await asyncio.gather(*(answer(i) for i in range(4))), loop
+
+    items, loop = asyncio.run(scenario())
+    for i, answer in enumerate(items):
+        tokens = [t for new, _ in answer for t in new]
+        assert tokens == alone(model, QUERIES[i], stm[:, i], params)
+        assert len(answer[0][0]) == 1 and len(tokens) > 10 and len(answer) <= len(tokens) // 3
+    with pytest.raises(ValueError, match="stream_chunks_per_s"):
+        DecodeLoop(model, stream_chunks_per_s=-1)
 
 
 def test_a_negative_stream_interval_is_refused(reference):
