@@ -60,7 +60,6 @@ from rxt_dist.serving.protocol import (
 )
 from rxt_dist.serving.sessions import is_session_id, new_session_id
 from rxt_dist.serving.text import TextCodec
-from rxt_dist.serving.updates import recorded_turn
 from rxt_dist.serving.turn import (
     ClaimPolicy,
     Turn,
@@ -73,6 +72,7 @@ from rxt_dist.serving.turn import (
     retry_later,
     stream_events,
 )
+from rxt_dist.serving.updates import recorded_turn
 from serve.args import AppArgs
 from serve.logs import route_library_logs
 from serve.metrics import IngressMetrics
@@ -232,7 +232,9 @@ class Ingress:
                                          None if done.get("linked") else after))
 
         def dispatch() -> None:  # the recorded turn travels with the update (serve/updater.py)
-            recorded = recorded_turn(turn.query_ids, run.recorded_answer, claim["lease"], claim["stm_digest"])
+            recorded = None
+            if run.recorded_answer is not None and claim.get("stm_digest"):
+                recorded = recorded_turn(turn.query_ids, run.recorded_answer, claim["lease"], claim["stm_digest"])
             self._dispatch_update(sid, claim["version"], recorded)
 
         run = Turn(store=self._store_call(sid), sid=sid, claim=claim, query_ids=turn.query_ids, stream=stream,
