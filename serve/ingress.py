@@ -479,7 +479,7 @@ class Ingress:
         backoff = 0.1
         while True:
             try:
-                result = await self.updater.update.remote(sid, base_version, turn)
+                result = await self.updater.update.remote(session=sid, base_version=base_version, turn=turn)
                 retry = status(result) == StoreStatus.UNAVAILABLE
                 failure = result.get("error", "") if retry else None
             except Exception as exc:  # the replica died, was restarted, or is unreachable

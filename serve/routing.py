@@ -1,8 +1,9 @@
-"""Session-keyed routing of Generator calls: a session's turns go to the replica that holds its STM.
+"""Session-keyed routing: a session's calls go to the replica that holds its STM.
 
-Used as the Generator's request router (``request_router_config`` in ``serve/app.py``). It runs
-in every process that calls the Generator (the Ingress for answers, the MemoryUpdater for the
-STMs it sends ahead), and all of them rank the running replicas the same way for a session
+Used as the Generator's and the MemoryUpdater's request router (``request_router_config`` on
+their deployments). It runs in every process that calls them (the Ingress for answers and
+updates, the MemoryUpdater for the STMs it sends ahead), and all of them rank the running
+replicas the same way for a session
 (:func:`rxt_dist.serving.locality.rank_by_affinity`). Serve sends a call to the first replica
 of the ranking that accepts it; a replica at ``max_ongoing_requests`` passes the call on to the
 next, where its STM is a miss read from the store — load is never refused for locality's sake.
@@ -39,4 +40,4 @@ class SessionAffinityRouter(RequestRouter):
 
 
 SESSION_AFFINITY = RequestRouterConfig(request_router_class="serve.routing:SessionAffinityRouter")
-"""The Generator's ``request_router_config``."""
+"""The Generator's and the MemoryUpdater's ``request_router_config``."""

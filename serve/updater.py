@@ -4,9 +4,11 @@ An update names a session and the memory version it applies to; the replica read
 version's STM and the recorded interaction from the session store, consolidates all the
 updates of a batch in one forward pass, and commits each result with a compare-and-set on
 the version. The replica keeps the STMs it computed, keyed by (session, version, digest): an
-update sent with its recorded turn whose STM is kept here reads nothing from the store.
-Re-running an update that already committed (a retry after a replica died) changes nothing. Items of a batch are independent (:mod:`rxt_dist.serving.updates`): one that
-can never apply is recorded as failed on its session and the others commit.
+update sent with its recorded turn whose STM is kept here reads nothing from the store (a
+session's updates are routed to one replica, ``serve/routing.py``). Re-running an update that
+already committed (a retry after a replica died) changes nothing. Items of a batch are
+independent (:mod:`rxt_dist.serving.updates`): one that can never apply is recorded as failed
+on its session and the others commit.
 """
 
 import asyncio
@@ -27,6 +29,7 @@ from rxt_dist.serving.updates import UpdateBatcher, apply_updates
 from serve.args import AppArgs
 from serve.logs import route_library_logs
 from serve.metrics import UpdaterMetrics
+from serve.routing import SESSION_AFFINITY
 from serve.store import StoreShards
 
 logger = logging.getLogger("ray.serve")
@@ -36,7 +39,7 @@ SEND_AHEAD_TIMEOUT_S = 10.0
 
 
 @serve.deployment(max_ongoing_requests=128, ray_actor_options={"num_cpus": 0.5},
-                  health_check_period_s=5)
+                  health_check_period_s=5, request_router_config=SESSION_AFFINITY)
 class MemoryUpdater:
     """Applies ``STM_t = consolidate(STM_{t-1}, query, answer)`` for many sessions at once."""
 
@@ -61,11 +64,13 @@ class MemoryUpdater:
             logger.warning("MemoryUpdater: update_delay_s=%.2f — every update is slowed on purpose "
                            "(a test knob)", self.delay_s)
 
-    async def update(self, session_id: str, base_version: int, turn: dict | None = None) -> dict:
-        """Apply the pending update of ``session_id`` on top of ``base_version`` (``turn``: the
+    async def update(self, session: str, base_version: int, turn: dict | None = None) -> dict:
+        """Apply the pending update of ``session`` on top of ``base_version`` (``turn``: the
         turn as its dispatcher recorded it, :func:`~rxt_dist.serving.updates.recorded_turn`).
-        Returns the store's answer: ``applied`` (new version), ``already_applied``, ``not_found``, …"""
-        return await self.batcher.submit((session_id, base_version, turn))
+        Returns the store's answer: ``applied`` (new version), ``already_applied``, ``not_found``, …
+        Called with ``session`` as a keyword, a session's updates go to one replica
+        (``serve/routing.py``), the one that holds the STM its last update computed."""
+        return await self.batcher.submit((session, base_version, turn))
 
     async def apply(self, items: list[tuple[str, int, dict | None]]) -> list[dict]:
         """One batch: consolidated in one forward pass, each item committed on its own."""

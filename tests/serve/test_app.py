@@ -47,7 +47,7 @@ def app_args(model_dir: str, store_url: str, **changes) -> AppArgs:
                    default_max_tokens=MAX_TOKENS, update_wait_timeout_s=60, update_stale_s=5,
                    deployment_options={name: FAST for name in DEPLOYMENT_NAMES},
                    # one event per token: the disconnect tests count tokens by the events they read
-                   **{"stream_interval_s": 0.0, **changes})
+                   **{"stream_interval_s": 0.0, "stream_chunks_per_s": 0.0, **changes})
 
 
 class Server:
@@ -227,6 +227,8 @@ def test_a_turn_finds_the_memory_the_updater_sent_ahead_and_a_miss_reads_the_sto
     while generator.stats.remote(session=sid).result()["stm_version"] != 1:  # sent ahead, on its way
         assert time.monotonic() < deadline, "the updater did not send the new STM to the session's Generator"
         time.sleep(0.05)
+    updater = serve.get_deployment_handle("MemoryUpdater", "main")
+    updates_before = updater.stats.remote().result()["stm"]
     second, _ = main.answer(A[1], sid)
     after = stm_stats()
     assert [first, second] == reference.conversation(A[:2], MAX_TOKENS)
@@ -234,6 +236,10 @@ def test_a_turn_finds_the_memory_the_updater_sent_ahead_and_a_miss_reads_the_sto
     assert after["misses"] - before["misses"] == 1 and after["hits"] - before["hits"] == 1
     stm_bytes = after["fetched_bytes"] - before["fetched_bytes"]
     assert stm_bytes > 0 and after["pushed_bytes"] - before["pushed_bytes"] >= stm_bytes
+    # Turn 2's update started from the STM the updater computed for turn 1: no store read.
+    assert main.settled(sid)["memory_version"] == 2
+    updates_after = updater.stats.remote().result()["stm"]
+    assert updates_after["hits"] - updates_before["hits"] == 1 and updates_after["misses"] == updates_before["misses"]
 
 
 def test_the_openai_client_holds_a_conversation(main, reference):
