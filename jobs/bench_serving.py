@@ -236,6 +236,18 @@ def pinned(options: dict[str, dict[str, Any]], replicas: int) -> dict[str, dict[
             for name, o in options.items()}
 
 
+def pinned_cpus(options: dict[str, dict[str, Any]]) -> float:
+    """The CPUs the replicas of :func:`pinned` ``options`` ask for (a deployment's own
+    ``ray_actor_options`` where the options give none)."""
+    from serve.generator import Generator
+    from serve.ingress import Ingress
+    from serve.updater import MemoryUpdater
+
+    defaults = {d.name: d.ray_actor_options for d in (Generator, Ingress, MemoryUpdater)}
+    return sum(o.get("num_replicas", 1) * (o.get("ray_actor_options") or defaults.get(name) or {}).get("num_cpus", 1)
+               for name, o in options.items())
+
+
 @contextlib.contextmanager
 def local_app(config_path: str, model_dir: str | None, overrides: dict[str, Any] | None = None,
               replicas: int | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -270,6 +282,11 @@ def local_app(config_path: str, model_dir: str | None, overrides: dict[str, Any]
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     ray.init(address="local", include_dashboard=False, log_to_driver=False)
     try:
+        if replicas is not None:
+            needed, available = pinned_cpus(options), ray.cluster_resources().get("CPU", 0.0)
+            if needed > available:  # Serve would wait for ever for a replica that cannot start
+                raise SystemExit(f"bench_serving: --fixed-replicas {replicas}: the deployments ask for {needed:g} "
+                                 f"CPUs and this machine's Ray has {available:g}; use fewer replicas")
         port = _free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(build_app(args), name=APP_NAME, route_prefix="/")

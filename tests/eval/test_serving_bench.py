@@ -14,7 +14,7 @@ import ray
 from ray import serve
 
 from jobs.bench_serving import main as bench_main
-from jobs.bench_serving import pinned, read_serve_config
+from jobs.bench_serving import pinned, pinned_cpus, read_serve_config
 from rxt_dist.eval.serving import ServingConfig, is_loopback_url
 from rxt_dist.serving.demo import write_demo_model_dir
 from serve.app import build_app
@@ -167,6 +167,8 @@ def test_start_reads_the_shipped_serve_config():
     AppArgs.model_validate({**args, "deployment_options": fixed})
     assert all(o["num_replicas"] == 1 and "autoscaling_config" not in o for o in fixed.values())
     assert fixed["Generator"]["max_ongoing_requests"] == options["Generator"]["max_ongoing_requests"]
+    # what the pinned replicas ask of Ray, checked before starting (2 × 0.5 + 2 × 0.5 + 2 × 0.1)
+    assert pinned_cpus(pinned(options, 2)) == pytest.approx(2.2)
 
 
 @pytest.mark.parametrize("argv", [["--url", "http://127.0.0.1:8000", "--fixed-replicas", "1"],
