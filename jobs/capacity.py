@@ -30,7 +30,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_serving, next to this file
 
 from rxt_dist.eval import simcheck
-from rxt_dist.eval.calibrate import fit_to_calibration
+from rxt_dist.eval.calibrate import fit_fixed_shares, fit_to_calibration
 from rxt_dist.eval.capacity import STORE_CALLS, CostProfile, ServingPath, Workload
 from rxt_dist.eval.report import load_average, machine_info, write_json_atomic
 from rxt_dist.eval.simcheck import check_table, compare
@@ -324,7 +324,7 @@ def build_profile(args: argparse.Namespace, url: str) -> tuple[CostProfile, dict
                                  level["answer"]["p50_s"], level["update_lag"]["p50_s"], tokens,
                                  short_calibration(calibration, cpu["short"]) if short else None)
     profile.extra["path_before_fit"] = dataclasses.asdict(first.path)
-    return profile, level
+    return fit_sharing(profile), level
 
 
 def run_profile_and_check(args: argparse.Namespace, check: bool) -> None:
@@ -426,6 +426,19 @@ def short_calibration(long: Workload, short: dict | None) -> tuple[Workload, flo
     return w, short["answer_p50_s"], short["tokens"]
 
 
+def fit_sharing(profile: CostProfile) -> CostProfile:
+    """The profile with each process's ``fixed_share`` fitted by simulating calibration level B
+    (:func:`~rxt_dist.eval.calibrate.fit_fixed_shares`); as it was for a profile measured
+    before level B recorded its answers."""
+    many = profile.extra.get("calibration", {}).get("many") or {}
+    if not many.get("tokens") or not many.get("per_turn"):
+        return profile
+    w = Workload(sessions=many["sessions"], think_time_s=many["think_time_s"], query_tokens=profile.query_tokens,
+                 answer_tokens=profile.answer_tokens, turns=many["turns"])
+    shares = fit_fixed_shares(profile, w, many["tokens"], many["per_turn"], profile.extra.get("slowdown", 1.0))
+    return dataclasses.replace(profile, path=dataclasses.replace(profile.path, fixed_share=shares))
+
+
 def refit(profile: CostProfile) -> CostProfile:
     """The profile's serving-path shares and latencies fitted again to its stored calibration
     figures with the current simulation (after a change to the simulation, without measuring)."""
@@ -433,8 +446,8 @@ def refit(profile: CostProfile) -> CostProfile:
     w = Workload(sessions=1, think_time_s=c["think_time_s"], query_tokens=profile.query_tokens,
                  answer_tokens=profile.answer_tokens, turns=c["turns"] - 2)
     ttft = c.get("ttft_excluding_wait_p50_s", c["ttft_p50_s"])  # the same with think time: nothing waits
-    return fit_to_calibration(profile, w, ttft, c["answer_p50_s"], c["update_lag_p50_s"], c["answer_tokens"],
-                              short_calibration(w, c.get("short")))
+    return fit_sharing(fit_to_calibration(profile, w, ttft, c["answer_p50_s"], c["update_lag_p50_s"],
+                                          c["answer_tokens"], short_calibration(w, c.get("short"))))
 
 
 def run_compare(args: argparse.Namespace) -> None:

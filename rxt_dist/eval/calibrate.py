@@ -68,6 +68,36 @@ def fit_to_calibration(p: CostProfile, w: Workload, ttft_s: float, answer_s: flo
     return dataclasses.replace(p, path=path)
 
 
+FIXED_SHARE_ROLES = ("client", "proxy", "ingress", "generator", "store", "updater")
+"""Processes whose per-wake-up sharing (``ServingPath.fixed_share``) :func:`fit_fixed_shares` fits."""
+
+
+def fit_fixed_shares(p: CostProfile, many: Workload, answer_tokens: Sequence[int], measured: dict[str, float],
+                     slowdown: float = 1.0, rounds: int = 3, passes: int = 2) -> dict[str, float]:
+    """Each process's ``fixed_share`` chosen so that simulating calibration level B (``many``:
+    several sessions at once, with ``answer_tokens`` its answers' lengths) gives back the CPU
+    seconds per turn measured there (``measured``, by role; times ``slowdown``, the profile's
+    speed). Fitted by simulation rather than from the two levels' ratio: the simulated
+    sharing counts the turns inside each process, not in the whole graph, and level B's
+    answers are not as long as level A's (fewer chunks, less work per turn before any
+    sharing). The Generator's share applies to its work outside the model, fitted against
+    its whole CPU time (its simulated decoding and prefill included). The MemoryUpdater's is left alone when its work is
+    split per batch (``updater_batch_s``), which already accounts for its sharing."""
+    roles = [r for r in FIXED_SHARE_ROLES if r in measured and not (r == "updater" and p.path.updater_batch_s > 0)]
+    shares = {**p.path.fixed_share, **{r: 1.0 for r in roles}}
+
+    def per_turn(role: str, fixed: dict[str, float]) -> float:
+        out = simulate(dataclasses.replace(p, path=dataclasses.replace(p.path, fixed_share=fixed)), many,
+                       answer_tokens=answer_tokens, rounds=rounds, seed=0)
+        return out["cpu_s_per_turn"][role]  # the Generator's with its simulated decoding and prefill
+
+    for _ in range(passes):  # the processes' timings interact a little: fit each in turn, twice
+        for role in roles:
+            shares[role] = _bisect(lambda x: per_turn(role, {**shares, role: x}), measured[role] * slowdown,
+                                   0.0, 1.0, steps=12)
+    return shares
+
+
 def split_per_chunk(long: dict[str, float], short: dict[str, float], long_chunks: float,
                     short_chunks: float) -> tuple[dict[str, float], dict[str, float]]:
     """Each streaming role's CPU seconds per turn split into a part per turn and a part per

@@ -103,7 +103,12 @@ class CPU:
 class Server:
     """A process on the shared CPU. A ``serial`` share of each job runs on its event-loop thread,
     one job's piece after another; the rest runs alongside on Ray's own threads, limited only
-    by the CPU (the share is measured per thread, ``ServingPath.serial_share``)."""
+    by the CPU (the share is measured per thread, ``ServingPath.serial_share``).
+
+    A job may name the turn it works for (``owner``): the per-wake-up sharing of ``fixed``
+    (``ServingPath.fixed_share``) counts the *turns* in the process at once, as its calibration
+    does, so several jobs of one turn (a stream's chunks) do not share a wake-up among
+    themselves. A job without an owner counts as a turn of its own."""
 
     def __init__(self, sim: Sim, serial: float = 1.0, fixed: float = 1.0) -> None:
         self.sim = sim
@@ -113,17 +118,25 @@ class Server:
         self.running = False
         self.busy_s = 0.0
         self.in_flight = 0
+        self._owners: dict[object, int] = {}
 
-    def do(self, seconds: float, then: Callable[[], None] = lambda: None) -> None:
-        """Run ``seconds`` of this process's work (shared with the jobs already in it, see
+    def do(self, seconds: float, then: Callable[[], None] = lambda: None, owner: object = None) -> None:
+        """Run ``seconds`` of this process's work (shared with the turns already in it, see
         ``ServingPath.fixed_share``), then ``then``."""
+        owner = object() if owner is None else owner
+        self._owners[owner] = self._owners.get(owner, 0) + 1
         self.in_flight += 1
-        seconds = self.sim.jitter(seconds) * (self.fixed + (1 - self.fixed) / self.in_flight)
+        seconds = self.sim.jitter(seconds) * (self.fixed + (1 - self.fixed) / len(self._owners))
         self.busy_s += seconds
         alongside = seconds * (1 - self.serial)
 
         def finished() -> None:
             self.in_flight -= 1
+            left = self._owners[owner] - 1
+            if left:
+                self._owners[owner] = left
+            else:
+                del self._owners[owner]
             then()
 
         def rest() -> None:

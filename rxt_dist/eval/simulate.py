@@ -138,7 +138,7 @@ class Updater:
         """The update call's share of the update's own work (Ray, the replica's event loop) is
         done on receipt, alongside a running batch; then the item waits for a batch."""
         self.ongoing += 1
-        self.loop.do(self.receipt_s, lambda: self._enqueue(turn))
+        self.loop.do(self.receipt_s, lambda: self._enqueue(turn), turn)
 
     def _enqueue(self, turn: _Turn) -> None:
         self.queue.append(turn)
@@ -218,7 +218,7 @@ class Updater:
         """A store call gathered with the batch's others: the replica's side of it on its event
         loop (shared with the calls in flight, ``Server``), then the shard's."""
         store = self.store_of(turn.session.index)
-        self.loop.do(self.in_batch_s, lambda: store.do(self.p.path.store_call(call), then))
+        self.loop.do(self.in_batch_s, lambda: store.do(self.p.path.store_call(call), then, turn), turn)
 
 
 @dataclass
@@ -280,7 +280,7 @@ class _Turn:
         for i in reversed(range(len(stages))):
             server, seconds = stages[i]
             work = seconds * share + (extra[i] if i < len(extra) else 0.0)
-            chain = (lambda s=server, sec=work, nxt=chain: s.do(sec, nxt))
+            chain = (lambda s=server, sec=work, nxt=chain: s.do(sec, nxt, self))
         chain()
 
     def _claim(self) -> None:
@@ -289,7 +289,7 @@ class _Turn:
 
         def claim() -> None:
             self.record.waited_s = self.g.sim.now - arrived
-            self.g.store_of(session.index).do(self.g.p.path.store_call("claim"), self._generate)
+            self.g.store_of(session.index).do(self.g.p.path.store_call("claim"), self._generate, self)
 
         if session.update_pending:
             session.on_commit = claim
@@ -300,7 +300,7 @@ class _Turn:
         path = self.g.p.path
         steps = self.answer_tokens + (1 if self.g.stops_early else 0)
         self.generator.io.do(path.generator_io_s * path.in_share / 2,
-                             lambda: self.generator.submit(_Seq(self, steps)))
+                             lambda: self.generator.submit(_Seq(self, steps)), self)
 
     def token(self, first: bool, last: bool) -> None:
         """A decoding step of this turn ended: its token (the end-of-answer step has none) waits
@@ -311,7 +311,7 @@ class _Turn:
             self.unsent += 1
         if last:
             self.decoded = True
-            self.generator.io.do(path.generator_io_s * (1 - path.in_share))
+            self.generator.io.do(path.generator_io_s * (1 - path.in_share), owner=self)
         self._stream()
 
     def _stream(self) -> None:
@@ -335,10 +335,11 @@ class _Turn:
             self.chunks_sent += 1
             chunk, share = self.chunks_sent, (path.in_share / 2 if self.chunks_sent == 1 else 0.0)
             tokens, self.unsent, self.sent_at = self.unsent, 0, now
-            self.generator.io.do(path.generator_io_s * share + self.chunk_s[0] * tokens, lambda: self._arrive(chunk))
+            self.generator.io.do(path.generator_io_s * share + self.chunk_s[0] * tokens, lambda: self._arrive(chunk),
+                                 self)
         if self.decoded and not self.end_sent:
             self.end_sent = True
-            self.generator.io.do(0.0, lambda: self._arrive(0))
+            self.generator.io.do(0.0, lambda: self._arrive(0), self)
 
     def _timer(self) -> None:
         self.timer_armed = False
@@ -363,7 +364,8 @@ class _Turn:
         path = self.g.p.path
         if chunk == 0:
             ingress = self.outward[1][0]
-            ingress.do(0.0, lambda: self.g.store_of(self.session.index).do(path.store_call("record"), self._recorded))
+            ingress.do(0.0, lambda: self.g.store_of(self.session.index).do(path.store_call("record"), self._recorded,
+                                                                           self), self)
             return
         share = path.in_share / 2 if chunk == 1 else 0.0
 
@@ -396,7 +398,7 @@ class _Turn:
         path = self.g.p.path
         rest = 1 - path.in_share - path.out_share
         for server, seconds in self.inward:
-            server.do(seconds * rest)
+            server.do(seconds * rest, owner=self)
         self.g.turn_ended(self)
 
     def committed(self) -> None:

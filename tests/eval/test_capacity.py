@@ -8,6 +8,7 @@ import math
 import pytest
 
 from rxt_dist.eval.calibrate import (
+    fit_fixed_shares,
     fit_serving_path,
     fit_to_calibration,
     split_per_batch,
@@ -341,6 +342,45 @@ def test_a_process_runs_its_serial_share_one_job_after_another_and_shares_the_cp
         Server(one_core, serial=0.0).do(0.010, lambda: ends.append(one_core.now))
     one_core.run()
     assert ends == pytest.approx([0.020, 0.020])  # two busy jobs on one core: each at half speed
+
+
+def test_jobs_of_one_turn_share_no_wake_up_and_jobs_of_two_turns_do():
+    """``fixed_share`` is a sharing between turns: a stream's chunks (jobs of one turn in the
+    process at once) each cost their whole work; a second turn's job shares the wake-up."""
+    from rxt_dist.eval.des import Server, Sim
+
+    done: dict[str, float] = {}
+    for name, owners in (("one turn", ("t", "t")), ("two turns", ("t", "u"))):
+        sim = Sim(seed=0, cv=0.0)
+        server = Server(sim, serial=1.0, fixed=0.5)
+        for owner in owners:
+            server.do(0.010, lambda n=name: done.__setitem__(n, sim.now), owner)
+        sim.run()
+    assert done["one turn"] == pytest.approx(0.020)
+    assert done["two turns"] == pytest.approx(0.010 + 0.010 * (0.5 + 0.5 / 2))
+
+
+def test_fitted_sharing_gives_back_the_cpu_per_turn_of_the_busy_calibration_level():
+    """``fit_fixed_shares`` finds the shares with which the busy calibration level (many sessions
+    at once) simulates to its measured CPU per turn: the shares a profile was simulated with
+    come back, and a process measured at its one-at-a-time cost shares nothing."""
+    true = {"client": 0.6, "proxy": 0.4, "ingress": 0.3, "store": 0.8, "generator": 0.5, "updater": 0.7}
+    base = measured_like()
+    p = dataclasses.replace(base, path=dataclasses.replace(base.path, fixed_share=true))
+    many = Workload(sessions=8, think_time_s=0.05, answer_tokens=6, turns=4)
+    answers = [4, 6, 8]
+    measured = simulate(p, many, answer_tokens=answers)["cpu_s_per_turn"]
+    fitted = fit_fixed_shares(base, many, answers, measured, rounds=1)
+    assert set(fitted) == set(true)
+    for role, share in true.items():
+        assert fitted[role] == pytest.approx(share, abs=0.12), role  # a few turns overlap: loosely identified
+    again = dataclasses.replace(base, path=dataclasses.replace(base.path, fixed_share=fitted))
+    got = simulate(again, many, answer_tokens=answers)["cpu_s_per_turn"]
+    for role in true:
+        assert got[role] == pytest.approx(measured[role], rel=0.05), role
+    alone = simulate(dataclasses.replace(base, path=dataclasses.replace(base.path, fixed_share={r: 1.0 for r in true})),
+                     many, answer_tokens=answers)["cpu_s_per_turn"]
+    assert fit_fixed_shares(base, many, answers, alone, rounds=1)["ingress"] == pytest.approx(1.0, abs=0.01)
 
 
 def test_every_serving_process_has_a_role():
