@@ -30,7 +30,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_serving, next to this file
 
 from rxt_dist.eval import simcheck
-from rxt_dist.eval.calibrate import fit_fixed_shares, fit_to_calibration
+from rxt_dist.eval.calibrate import fit_fixed_shares, fit_timing_cv, fit_to_calibration
 from rxt_dist.eval.capacity import STORE_CALLS, CostProfile, ServingPath, Workload
 from rxt_dist.eval.report import load_average, machine_info, write_json_atomic
 from rxt_dist.eval.simcheck import check_table, compare
@@ -254,7 +254,7 @@ def update_batches(before: dict, after: dict) -> dict[str, Any]:
 
 
 MANY_TURNS = 6
-MANY_THINK_S = 0.2
+MANY_THINK_S = 0.0
 """Think time of the second calibration level: short enough that many turns are in each
 process at once, unlike the benchmark's levels (no think time)."""
 
@@ -316,6 +316,7 @@ def build_profile(args: argparse.Namespace, url: str) -> tuple[CostProfile, dict
                    "store_call_cpu_s": cpu["store_calls"],
                    "short": cpu["short"], "answer_tokens": tokens,
                    "ttft_p50_s": level["ttft"]["p50_s"], "answer_p50_s": level["answer"]["p50_s"],
+                   "ttft_s": [float(x) for per_turn in level["samples"]["ttft_s"] for x in per_turn if x is not None],
                    "ttft_excluding_wait_p50_s": level["ttft"]["excluding_wait"]["p50_s"],
                    "update_lag_p50_s": level["update_lag"]["p50_s"]}})
     calibration = Workload(sessions=1, think_time_s=args.calibration_think_s, query_tokens=query_tokens,
@@ -324,7 +325,7 @@ def build_profile(args: argparse.Namespace, url: str) -> tuple[CostProfile, dict
                                  level["answer"]["p50_s"], level["update_lag"]["p50_s"], tokens,
                                  short_calibration(calibration, cpu["short"]) if short else None)
     profile.extra["path_before_fit"] = dataclasses.asdict(first.path)
-    return fit_sharing(profile), level
+    return fit_sharing(fit_spread(profile)), level
 
 
 def run_profile_and_check(args: argparse.Namespace, check: bool) -> None:
@@ -332,13 +333,15 @@ def run_profile_and_check(args: argparse.Namespace, check: bool) -> None:
 
     command = shlex.join(["python", "jobs/capacity.py", *sys.argv[1:]])
     # calibrated with one chunk per token, so that answer lengths tell per-chunk from per-turn work
-    with local_app(args.config, args.model_dir, {"stream_interval_s": 0.0, "stream_chunks_per_s": 0.0}) as (url, _):
+    # one replica of each deployment, as the check simulates: autoscaling must not add one mid-level
+    with local_app(args.config, args.model_dir, {"stream_interval_s": 0.0, "stream_chunks_per_s": 0.0},
+                   replicas=1) as (url, _):
         profile, _ = build_profile(args, url)
     write_json_atomic(args.out, {"command": command, **profile.to_dict()})
     log.info("wrote %s", args.out)
     if not check:
         return
-    with local_app(args.config, args.model_dir) as (url, server):  # the application as configured
+    with local_app(args.config, args.model_dir, replicas=1) as (url, server):  # as configured, one replica each
         report = play_levels(url, server, args, command)
     write_json_atomic(args.bench_out, report)
     write_check(profile, report, args, command)
@@ -426,6 +429,20 @@ def short_calibration(long: Workload, short: dict | None) -> tuple[Workload, flo
     return w, short["answer_p50_s"], short["tokens"]
 
 
+def fit_spread(profile: CostProfile) -> CostProfile:
+    """The profile with its jitter (``timing_cv``) fitted to the spread of calibration level A's
+    times to first token (:func:`~rxt_dist.eval.calibrate.fit_timing_cv`); as it was for a
+    profile measured before level A recorded them."""
+    c = profile.extra.get("calibration", {})
+    if not c.get("ttft_s"):
+        return profile
+    w = Workload(sessions=1, think_time_s=c["think_time_s"], query_tokens=profile.query_tokens,
+                 answer_tokens=profile.answer_tokens, turns=c["turns"] - 2)
+    cv = fit_timing_cv(profile, w, c["answer_tokens"], c["ttft_s"])
+    profile.extra["model_timing_cv"] = profile.extra.get("model_timing_cv", profile.timing_cv)
+    return dataclasses.replace(profile, timing_cv=cv)
+
+
 def fit_sharing(profile: CostProfile) -> CostProfile:
     """The profile with each process's ``fixed_share`` fitted by simulating calibration level B
     (:func:`~rxt_dist.eval.calibrate.fit_fixed_shares`); as it was for a profile measured
@@ -446,8 +463,8 @@ def refit(profile: CostProfile) -> CostProfile:
     w = Workload(sessions=1, think_time_s=c["think_time_s"], query_tokens=profile.query_tokens,
                  answer_tokens=profile.answer_tokens, turns=c["turns"] - 2)
     ttft = c.get("ttft_excluding_wait_p50_s", c["ttft_p50_s"])  # the same with think time: nothing waits
-    return fit_sharing(fit_to_calibration(profile, w, ttft, c["answer_p50_s"], c["update_lag_p50_s"],
-                                          c["answer_tokens"], short_calibration(w, c.get("short"))))
+    return fit_sharing(fit_spread(fit_to_calibration(profile, w, ttft, c["answer_p50_s"], c["update_lag_p50_s"],
+                                                     c["answer_tokens"], short_calibration(w, c.get("short")))))
 
 
 def run_compare(args: argparse.Namespace) -> None:

@@ -8,6 +8,8 @@ import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
+
 from rxt_dist.eval.capacity import STREAM_ROLES, CostProfile, Workload, _interp
 from rxt_dist.eval.simulate import simulate
 
@@ -96,6 +98,30 @@ def fit_fixed_shares(p: CostProfile, many: Workload, answer_tokens: Sequence[int
             shares[role] = _bisect(lambda x: per_turn(role, {**shares, role: x}), measured[role] * slowdown,
                                    0.0, 1.0, steps=12)
     return shares
+
+
+def spread(values: Sequence[float]) -> float:
+    """How far the slow end of ``values`` lies above their middle: p90 / p50 − 1."""
+    ordered = sorted(values)
+    if not ordered or ordered[len(ordered) // 2] <= 0:
+        return 0.0
+    return float(np.percentile(ordered, 90) / np.percentile(ordered, 50) - 1)
+
+
+def fit_timing_cv(p: CostProfile, w: Workload, answer_tokens: Sequence[int], ttft_samples: Sequence[float],
+                  rounds: int = 8) -> float:
+    """The jitter (``timing_cv``) with which calibration level A (``w``: one session at a
+    time, nothing queues) simulates to the measured spread of its times to first token
+    (:func:`spread`). The model's own step timings give a smaller spread than a turn through
+    the serving processes shows; under load every job's variation queues, so the tail of a
+    busy level follows from it."""
+    target = spread(ttft_samples)
+
+    def simulated(cv: float) -> float:
+        out = simulate(dataclasses.replace(p, timing_cv=cv), w, answer_tokens=answer_tokens, rounds=rounds, seed=0)
+        return out["ttft_p90_s"] / out["ttft_p50_s"] - 1
+
+    return _bisect(simulated, target, 0.0, 2.0, steps=12)
 
 
 def split_per_chunk(long: dict[str, float], short: dict[str, float], long_chunks: float,

@@ -505,7 +505,7 @@ def summarise(records: Sequence[TurnRecord], wall_s: float, graph: Graph | None 
     ttft = [r.ttft_s for r in records]
     out = {
         "turns": len(records),
-        "ttft_p50_s": _pct(ttft, 50), "ttft_p99_s": _pct(ttft, 99),
+        "ttft_p50_s": _pct(ttft, 50), "ttft_p90_s": _pct(ttft, 90), "ttft_p99_s": _pct(ttft, 99),
         "answer_p50_s": _pct([r.answer_s for r in records], 50),
         "update_lag_p50_s": _pct([r.lag_s for r in records], 50),
         "update_lag_p99_s": _pct([r.lag_s for r in records], 99),
