@@ -10,6 +10,7 @@ import pytest
 from rxt_dist.eval.calibrate import (
     fit_fixed_shares,
     fit_serving_path,
+    fit_timing_cv,
     fit_to_calibration,
     split_per_batch,
     split_per_chunk,
@@ -381,6 +382,23 @@ def test_fitted_sharing_gives_back_the_cpu_per_turn_of_the_busy_calibration_leve
     alone = simulate(dataclasses.replace(base, path=dataclasses.replace(base.path, fixed_share={r: 1.0 for r in true})),
                      many, answer_tokens=answers)["cpu_s_per_turn"]
     assert fit_fixed_shares(base, many, answers, alone, rounds=1)["ingress"] == pytest.approx(1.0, abs=0.01)
+
+
+def test_the_jitter_fitted_to_a_quiet_level_gives_back_its_spread_of_first_tokens():
+    """``fit_timing_cv`` finds the jitter with which one session's turns spread as measured:
+    a profile simulated with a jitter of 0.5 yields TTFTs from which about 0.5 is fitted, and
+    identical TTFTs fit no jitter at all."""
+    from rxt_dist.eval.simulate import Graph
+
+    p = measured_like()
+    w = Workload(sessions=1, think_time_s=0.3, answer_tokens=6, turns=32)
+    samples = []
+    for seed in range(4):
+        g = Graph(dataclasses.replace(p, timing_cv=0.5), w, Replicas(), seed=seed)
+        g.run()
+        samples += [r.ttft_s for r in g.records]
+    assert fit_timing_cv(p, w, [6], samples) == pytest.approx(0.5, abs=0.15)
+    assert fit_timing_cv(p, w, [6], [0.05] * 32) == pytest.approx(0.0, abs=0.01)
 
 
 def test_every_serving_process_has_a_role():
