@@ -255,8 +255,9 @@ def update_batches(before: dict, after: dict) -> dict[str, Any]:
 
 MANY_TURNS = 6
 MANY_THINK_S = 0.0
-"""Think time of the second calibration level: short enough that many turns are in each
-process at once, unlike the benchmark's levels (no think time)."""
+"""Think time of the second calibration level: none, so that several turns are in each process
+at once and the per-wake-up sharing (``fit_fixed_shares``) shows, as under the benchmark's busy
+levels (0.2 s until 2026-12-04)."""
 
 
 def _fixed_share(alone: float, together: float, in_flight: float) -> float:
