@@ -395,7 +395,8 @@ def write_check(profile: CostProfile, report: dict, args: argparse.Namespace, co
     # the benchmark's own streaming interval (reports from before it was recorded ran with 0)
     server = report.get("server", {})
     rows = compare(profile, report["levels"], server.get("stream_interval_s", 0.0),
-                   server.get("stream_chunks_per_s", 0.0))  # absent from reports before the budget: none
+                   server.get("stream_chunks_per_s", 0.0),  # absent from reports before the budget: none
+                   report.get("config", {}).get("poll_interval_s", 0.0))  # each round's last commit, polled
     write_json_atomic(args.check_out, {"command": command, "tolerance": simcheck.TOLERANCE, "profile": args.out,
                                        "benchmark": args.bench_out, "machine": machine_info(), "levels": rows,
                                        "all_within_tolerance": all(r["within_tolerance"] for r in rows)})

@@ -15,15 +15,19 @@ CHECKED = (("ttft_p50_s", "TTFT p50"), ("ttft_p99_s", "TTFT p99"), ("tokens_per_
            ("update_lag_p50_s", "update lag p50"))
 
 
-def simulate_level(profile: CostProfile, level: dict, think_time_s: float = 0.0) -> dict[str, Any]:
+def simulate_level(profile: CostProfile, level: dict, think_time_s: float = 0.0,
+                   settle_poll_s: float = 0.0) -> dict[str, Any]:
     """The simulation of one benchmark level: same sessions, turns, rounds, query length, and the
     same answer lengths (greedy answers to seeded queries: what was asked and answered, the
-    workload itself); lengths it lacks are drawn from the calibration run's."""
+    workload itself); lengths it lacks are drawn from the calibration run's. Each round ends
+    when every session's last update is seen committed, polled every ``settle_poll_s`` (the
+    benchmark's ``poll_interval_s``; 0: when the last answer ends)."""
     w = Workload(sessions=level["sessions"], think_time_s=think_time_s, query_tokens=profile.query_tokens,
                  answer_tokens=profile.answer_tokens, turns=level["turns_played"])
     answers = profile.extra.get("calibration", {}).get("answer_tokens")
     plan = level.get("samples", {}).get("completion_tokens")  # what the model answered, turn by turn
-    return simulate(profile, w, Replicas(), answer_tokens=answers, rounds=level["rounds"], answer_plan=plan)
+    return simulate(profile, w, Replicas(), answer_tokens=answers, rounds=level["rounds"], answer_plan=plan,
+                    settle_poll_s=settle_poll_s)
 
 
 def measured_figures(level: dict) -> dict[str, float | None]:
@@ -38,11 +42,12 @@ def measured_figures(level: dict) -> dict[str, float | None]:
 
 
 def compare(profile: CostProfile, levels: list[dict], stream_interval_s: float | None = None,
-            stream_chunks_per_s: float | None = None) -> list[dict[str, Any]]:
+            stream_chunks_per_s: float | None = None, settle_poll_s: float = 0.0) -> list[dict[str, Any]]:
     """Per level: the simulation with the profile moved to the load measured right before the
     level (``CostProfile.in_environment``) and streaming as the measured application did
-    (``stream_interval_s``, ``stream_chunks_per_s``; None: the profile's), against what the
-    benchmark measured."""
+    (``stream_interval_s``, ``stream_chunks_per_s``; None: the profile's), its rounds ending as
+    the benchmark's do (``settle_poll_s``, :func:`simulate_level`), against what the benchmark
+    measured."""
     rows = []
     base = profile.extra.get("environment", {}).get("slowdown", 1.0)
     streaming = {k: v for k, v in (("stream_interval_s", stream_interval_s),
@@ -52,7 +57,7 @@ def compare(profile: CostProfile, levels: list[dict], stream_interval_s: float |
     for level in levels:
         env = level.get("environment")
         here = profile if env is None else profile.in_environment(env["slowdown"], env["stalls"])
-        sim, real = simulate_level(here, level), measured_figures(level)
+        sim, real = simulate_level(here, level, settle_poll_s=settle_poll_s), measured_figures(level)
         errors = {key: (sim[key] / real[key] - 1) if real[key] else None for key, _ in CHECKED}
         rows.append({"sessions": level["sessions"], "measured": real,
                      "simulated": {**{k: sim[k] for k in (*real, "busy") if k in sim},

@@ -426,8 +426,12 @@ class Graph:
 
     def __init__(self, p: CostProfile, w: Workload, replicas: Replicas, seed: int = 0,
                  answer_tokens: Sequence[int] | None = None, stops_early: bool = True,
-                 ramp_s: float = 0.0, answer_plan: Sequence[Sequence[int]] | None = None) -> None:
+                 ramp_s: float = 0.0, answer_plan: Sequence[Sequence[int]] | None = None,
+                 settle_poll_s: float = 0.0) -> None:
         self.p, self.w, self.replicas = p, w, replicas
+        self.settle_poll_s = settle_poll_s
+        """With a poll interval, a session ends once its last update is seen committed, as the
+        serving benchmark's client does (it polls the session at once, then every interval)."""
         self.sim = Sim(seed, p.timing_cv, p.path.speed)
         self.answer_choices = list(answer_tokens) if answer_tokens else [w.answer_tokens]
         self.stops_early = stops_early
@@ -477,8 +481,18 @@ class Graph:
         self.last_end = max(self.last_end, self.sim.now)
         if turn.session.turns_left > 0:
             self.sim.after(self.w.think_time_s, lambda: self._start_turn(turn.session))
+        elif self.settle_poll_s > 0:
+            self._settle(turn.session)
         else:
             self.active -= 1
+
+    def _settle(self, session: _Session) -> None:
+        """The client polls until the session's last update has committed; then it is done."""
+        if session.update_pending:
+            self.sim.after(self.settle_poll_s, lambda: self._settle(session))
+            return
+        self.active -= 1
+        self.last_end = max(self.last_end, self.sim.now)
 
     def _next_stall(self) -> None:
         """Stalls of the machine (the profile's measured rate and durations), while any
@@ -553,17 +567,20 @@ def _batch_phases(updaters: Sequence[Updater]) -> dict[str, float]:
 
 def simulate(p: CostProfile, w: Workload, replicas: Replicas | None = None, seed: int = 0,
              answer_tokens: Sequence[int] | None = None, stops_early: bool = True, rounds: int = 1,
-             ramp_s: float = 0.0, answer_plan: Sequence[Sequence[int]] | None = None) -> dict[str, Any]:
+             ramp_s: float = 0.0, answer_plan: Sequence[Sequence[int]] | None = None,
+             settle_poll_s: float = 0.0) -> dict[str, Any]:
     """Play ``w`` (``rounds`` times with fresh sessions, pooled) on ``replicas`` and return the
     benchmark's figures (TTFT p50/p99, answer p50, update lag p50/p99, waited share, tokens/s).
     ``answer_tokens``: answer lengths to draw from (default: the workload's, always);
     ``stops_early``: answers end by an end-of-answer step (one step after the last token);
     ``answer_plan[turn - 1][round × sessions + session]``: the answer length of each turn when
-    known (the model's greedy answers to the benchmark's seeded queries)."""
+    known (the model's greedy answers to the benchmark's seeded queries); ``settle_poll_s``: each
+    session ends when its last update is seen committed, polled at that interval (the serving
+    benchmark's rounds end so), else when its last answer ends."""
     records, wall, iterations = [], 0.0, 0
     for r in range(rounds):
         plan = None if answer_plan is None else [row[r * w.sessions:(r + 1) * w.sessions] for row in answer_plan]
-        g = Graph(p, w, replicas or Replicas(), seed + r, answer_tokens, stops_early, ramp_s, plan)
+        g = Graph(p, w, replicas or Replicas(), seed + r, answer_tokens, stops_early, ramp_s, plan, settle_poll_s)
         out = g.run()
         records += g.records
         wall += out["wall_s"]

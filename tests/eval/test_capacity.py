@@ -401,6 +401,19 @@ def test_the_jitter_fitted_to_a_quiet_level_gives_back_its_spread_of_first_token
     assert fit_timing_cv(p, w, [6], [0.05] * 32) == pytest.approx(0.0, abs=0.01)
 
 
+def test_a_round_ends_when_its_last_update_is_seen_committed():
+    """The serving benchmark's client polls each session after its last turn until the update
+    commits (at once, then every poll interval): a simulated round ends at that poll, one
+    interval after the last answer when the update was still pending then."""
+    p = measured_like()
+    w = Workload(sessions=1, answer_tokens=6, turns=3)
+    plain, polled = simulate(p, w), simulate(p, w, settle_poll_s=0.05)
+    assert 0 < plain["update_lag_p50_s"] < 0.05
+    assert polled["wall_s"] == pytest.approx(plain["wall_s"] + 0.05)
+    assert polled["tokens_per_s"] < plain["tokens_per_s"]
+    assert polled["ttft_p50_s"] == plain["ttft_p50_s"]
+
+
 def test_every_serving_process_has_a_role():
     """The profile reads each role's CPU from the Ray workers' process titles (``ray::<class>``)."""
     from rxt_dist.eval.profile import PROCESS_ROLES
