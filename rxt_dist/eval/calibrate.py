@@ -83,8 +83,9 @@ def fit_fixed_shares(p: CostProfile, many: Workload, answer_tokens: Sequence[int
     sharing counts the turns inside each process, not in the whole graph, and level B's
     answers are not as long as level A's (fewer chunks, less work per turn before any
     sharing). The Generator's share applies to its work outside the model, fitted against
-    its whole CPU time (its simulated decoding and prefill included). The MemoryUpdater's is left alone when its work is
-    split per batch (``updater_batch_s``), which already accounts for its sharing."""
+    its whole CPU time (its simulated decoding and prefill included). The MemoryUpdater's is
+    left alone when its work is split per batch (``updater_batch_s``), which already accounts
+    for its sharing."""
     roles = [r for r in FIXED_SHARE_ROLES if r in measured and not (r == "updater" and p.path.updater_batch_s > 0)]
     shares = {**p.path.fixed_share, **{r: 1.0 for r in roles}}
 
@@ -102,10 +103,10 @@ def fit_fixed_shares(p: CostProfile, many: Workload, answer_tokens: Sequence[int
 
 def spread(values: Sequence[float]) -> float:
     """How far the slow end of ``values`` lies above their middle: p90 / p50 − 1."""
-    ordered = sorted(values)
-    if not ordered or ordered[len(ordered) // 2] <= 0:
+    if len(values) == 0:
         return 0.0
-    return float(np.percentile(ordered, 90) / np.percentile(ordered, 50) - 1)
+    middle = np.percentile(values, 50)
+    return float(np.percentile(values, 90) / middle - 1) if middle > 0 else 0.0
 
 
 def fit_timing_cv(p: CostProfile, w: Workload, answer_tokens: Sequence[int], ttft_samples: Sequence[float],

@@ -154,9 +154,10 @@ class ServingPath:
     fixed_share: dict[str, float] = field(default_factory=dict)
     """Per process role: the share of its per-turn work that stays when many turns are in the
     process at once. The rest is per wake-up (an event loop that wakes for one message handles
-    several when they queue), so a turn's work is ``fixed + (1 − fixed) / in_flight`` of the
-    one-at-a-time figure. Fitted from a second calibration level with many sessions; 1 (no
-    sharing) when missing."""
+    several when they queue), so a turn's job costs ``fixed + (1 − fixed) / turns`` of the
+    one-at-a-time figure, ``turns`` counting the turns with a job in the process. Fitted by
+    simulating a second calibration level with many sessions until it gives back that level's
+    CPU per turn (``rxt_dist.eval.calibrate.fit_fixed_shares``); 1 (no sharing) when missing."""
     max_batch_size: int = 32
     """Sequences one Generator replica decodes together (``max_batch_size``)."""
     update_batch_size: int = 16

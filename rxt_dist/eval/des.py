@@ -117,21 +117,19 @@ class Server:
         self.queue: deque = deque()
         self.running = False
         self.busy_s = 0.0
-        self.in_flight = 0
         self._owners: dict[object, int] = {}
+        """Turns with a job in this process, and how many jobs each has here."""
 
     def do(self, seconds: float, then: Callable[[], None] = lambda: None, owner: object = None) -> None:
         """Run ``seconds`` of this process's work (shared with the turns already in it, see
         ``ServingPath.fixed_share``), then ``then``."""
         owner = object() if owner is None else owner
         self._owners[owner] = self._owners.get(owner, 0) + 1
-        self.in_flight += 1
         seconds = self.sim.jitter(seconds) * (self.fixed + (1 - self.fixed) / len(self._owners))
         self.busy_s += seconds
         alongside = seconds * (1 - self.serial)
 
         def finished() -> None:
-            self.in_flight -= 1
             left = self._owners[owner] - 1
             if left:
                 self._owners[owner] = left
