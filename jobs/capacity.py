@@ -55,6 +55,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     check.add_argument("--sessions", type=int, nargs="+", default=[1, 8, 32])
     check.add_argument("--turns", type=int, default=8)
     check.add_argument("--rounds", type=int, default=2)
+    check.add_argument("--min-level-turns", type=int, default=256,
+                       help="more rounds for a level with fewer turns than this (a p99 of 16 turns is their maximum)")
     check.add_argument("--bench-out", default="docs/bench/capacity-serving.json")
     check.add_argument("--check-out", default="docs/bench/capacity-check.json")
     cmp_ = sub.add_parser("compare")
@@ -370,7 +372,7 @@ def play_levels(url: str, server: dict, args: argparse.Namespace, command: str) 
         env = measure_environment()
         cpu0, client0 = process_cpu(pids), time.process_time()
         batches0, steps0 = updater.stats.remote().result(), generator.stats.remote().result()["steps"]
-        cfg = ServingConfig(url=url, sessions=(sessions,), turns=args.turns, rounds=args.rounds,
+        cfg = ServingConfig(url=url, sessions=(sessions,), turns=args.turns, rounds=level_rounds(args, sessions),
                             query_words=args.query_words, max_tokens=args.max_tokens, warmup_turns=2 if i == 0 else 0)
         one = run_serving(cfg, progress=True, command=command, server=server, describe_server=replica_counts)
         cpu1, client1 = process_cpu(pids), time.process_time()
@@ -389,6 +391,11 @@ def play_levels(url: str, server: dict, args: argparse.Namespace, command: str) 
     report["config"]["sessions"] = list(args.sessions)
     report["targets"] = judge_targets(report["levels"])
     return report
+
+
+def level_rounds(args: argparse.Namespace, sessions: int) -> int:
+    """Rounds of a benchmark level: ``--rounds``, or enough for ``--min-level-turns`` turns."""
+    return max(args.rounds, math.ceil(args.min_level_turns / (sessions * max(1, args.turns))))
 
 
 def write_check(profile: CostProfile, report: dict, args: argparse.Namespace, command: str) -> None:
