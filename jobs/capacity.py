@@ -448,8 +448,8 @@ def fit_spread(profile: CostProfile) -> CostProfile:
     w = Workload(sessions=1, think_time_s=c["think_time_s"], query_tokens=profile.query_tokens,
                  answer_tokens=profile.answer_tokens, turns=c["turns"] - 2)
     cv = fit_timing_cv(profile, w, c["answer_tokens"], c["ttft_s"])
-    profile.extra["model_timing_cv"] = profile.extra.get("model_timing_cv", profile.timing_cv)
-    return dataclasses.replace(profile, timing_cv=cv)
+    extra = {**profile.extra, "model_timing_cv": profile.extra.get("model_timing_cv", profile.timing_cv)}
+    return dataclasses.replace(profile, timing_cv=cv, extra=extra)
 
 
 def fit_sharing(profile: CostProfile) -> CostProfile:
