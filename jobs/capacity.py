@@ -438,6 +438,14 @@ def short_calibration(long: Workload, short: dict | None) -> tuple[Workload, flo
     return w, short["answer_p50_s"], short["tokens"]
 
 
+def level_a_workload(profile: CostProfile) -> Workload:
+    """Calibration level A as the simulation plays it: one session, its think time, its timed
+    turns (the two warm-up turns left out)."""
+    c = profile.extra["calibration"]
+    return Workload(sessions=1, think_time_s=c["think_time_s"], query_tokens=profile.query_tokens,
+                    answer_tokens=profile.answer_tokens, turns=c["turns"] - 2)
+
+
 def fit_spread(profile: CostProfile) -> CostProfile:
     """The profile with its jitter (``timing_cv``) fitted to the spread of calibration level A's
     times to first token (:func:`~rxt_dist.eval.calibrate.fit_timing_cv`); as it was for a
@@ -445,9 +453,7 @@ def fit_spread(profile: CostProfile) -> CostProfile:
     c = profile.extra.get("calibration", {})
     if not c.get("ttft_s"):
         return profile
-    w = Workload(sessions=1, think_time_s=c["think_time_s"], query_tokens=profile.query_tokens,
-                 answer_tokens=profile.answer_tokens, turns=c["turns"] - 2)
-    cv = fit_timing_cv(profile, w, c["answer_tokens"], c["ttft_s"])
+    cv = fit_timing_cv(profile, level_a_workload(profile), c["answer_tokens"], c["ttft_s"])
     extra = {**profile.extra, "model_timing_cv": profile.extra.get("model_timing_cv", profile.timing_cv)}
     return dataclasses.replace(profile, timing_cv=cv, extra=extra)
 
@@ -469,8 +475,7 @@ def refit(profile: CostProfile) -> CostProfile:
     """The profile's serving-path shares and latencies fitted again to its stored calibration
     figures with the current simulation (after a change to the simulation, without measuring)."""
     c = profile.extra["calibration"]
-    w = Workload(sessions=1, think_time_s=c["think_time_s"], query_tokens=profile.query_tokens,
-                 answer_tokens=profile.answer_tokens, turns=c["turns"] - 2)
+    w = level_a_workload(profile)
     ttft = c.get("ttft_excluding_wait_p50_s", c["ttft_p50_s"])  # the same with think time: nothing waits
     return fit_sharing(fit_spread(fit_to_calibration(profile, w, ttft, c["answer_p50_s"], c["update_lag_p50_s"],
                                                      c["answer_tokens"], short_calibration(w, c.get("short")))))
