@@ -139,7 +139,7 @@ def calibrate(url: str, args: argparse.Namespace, idle_s: float = 4.0) -> tuple[
     from bench_serving import APP_NAME
     from ray import serve
 
-    from rxt_dist.eval.profile import process_cpu, serving_processes
+    from rxt_dist.eval.profile import SpeedProbe, process_cpu, serving_processes
     from rxt_dist.eval.serving import ServingConfig, run_serving
 
     def config(sessions: int, turns: int, think: float, warmup: int, max_tokens: int = args.max_tokens) -> ServingConfig:
@@ -156,20 +156,21 @@ def calibrate(url: str, args: argparse.Namespace, idle_s: float = 4.0) -> tuple[
     rate["client"] = (client_idle1 - client_idle0) / (t1 - t0)
     updater = serve.get_deployment_handle("MemoryUpdater", APP_NAME)
     held0 = updater.stats.remote().result().get("stm", {})
-    level, per_turn, shares = _cpu_per_turn(pids, url, config(1, args.calibration_turns, args.calibration_think_s, 2),
-                                            rate)
-    held1 = updater.stats.remote().result().get("stm", {})
-    short, short_per_turn, _ = _cpu_per_turn(
-        pids, url, config(1, args.calibration_turns, args.calibration_think_s, 0, SHORT_MAX_TOKENS), rate)
-    short_tokens = [int(x) for per_turn in short["samples"]["completion_tokens"] for x in per_turn]
-    counters0 = updater.stats.remote().result()
-    many, many_per_turn, _ = _cpu_per_turn(pids, url, config(16, MANY_TURNS, MANY_THINK_S, 0), rate)
-    counters1 = updater.stats.remote().result()
+    with SpeedProbe() as probe:  # the machine's speed while the path's costs are measured
+        level, per_turn, shares = _cpu_per_turn(
+            pids, url, config(1, args.calibration_turns, args.calibration_think_s, 2), rate)
+        held1 = updater.stats.remote().result().get("stm", {})
+        short, short_per_turn, _ = _cpu_per_turn(
+            pids, url, config(1, args.calibration_turns, args.calibration_think_s, 0, SHORT_MAX_TOKENS), rate)
+        short_tokens = [int(x) for per_turn in short["samples"]["completion_tokens"] for x in per_turn]
+        counters0 = updater.stats.remote().result()
+        many, many_per_turn, _ = _cpu_per_turn(pids, url, config(16, MANY_TURNS, MANY_THINK_S, 0), rate)
+        counters1 = updater.stats.remote().result()
     store_calls = store_call_costs(url, pids)
     in_flight = many["requests"] / many["wall_s"] * many["answer"]["p50_s"]
     fixed = {role: _fixed_share(per_turn[role], many_per_turn[role], in_flight) for role in per_turn}
     turns = level["requests"] + 2
-    return level, {"per_turn": per_turn, "idle_rate": rate, "serial_share": shares, "fixed_share": fixed,
+    return level, {"per_turn": per_turn, "idle_rate": rate, "speed_probe_s": probe.median_s, "serial_share": shares, "fixed_share": fixed,
                    "store_calls": store_calls, "updater_read_share": read_share(held0, held1),
                    "many": {"sessions": 16, "turns": MANY_TURNS, "think_time_s": MANY_THINK_S,
                             "per_turn": many_per_turn, "turns_in_flight": in_flight,
@@ -311,7 +312,8 @@ def build_profile(args: argparse.Namespace, url: str) -> tuple[CostProfile, dict
         extra={"load_average_before": load_before, "load_average_after": load_average(), "slowdown": k,
                # the reference load: the one measured right after the model timings, which make up
                # most of the profile's times (a burst before the calibration must not set it)
-               "environment": {"slowdown": env_after["slowdown"], "before": env_before, "after": env_after},
+               "environment": {"slowdown": env_after["slowdown"], "before": env_before, "after": env_after,
+                               "speed_probe_s": cpu["speed_probe_s"]},
                "model_cpu_s": costs["cpu_s"], "calibration": {
                    "sessions": 1, "turns": turns, "think_time_s": args.calibration_think_s,
                    "cpu_s_per_turn": cpu_per_turn, "cpu_idle_rate": cpu["idle_rate"],
@@ -358,6 +360,7 @@ def play_levels(url: str, server: dict, args: argparse.Namespace, command: str) 
     from ray import serve
 
     from rxt_dist.eval.profile import (
+        SpeedProbe,
         measure_environment,
         process_cpu,
         serving_processes,
@@ -374,13 +377,14 @@ def play_levels(url: str, server: dict, args: argparse.Namespace, command: str) 
         batches0, steps0 = updater.stats.remote().result(), generator.stats.remote().result()["steps"]
         cfg = ServingConfig(url=url, sessions=(sessions,), turns=args.turns, rounds=level_rounds(args, sessions),
                             query_words=args.query_words, max_tokens=args.max_tokens, warmup_turns=2 if i == 0 else 0)
-        one = run_serving(cfg, progress=True, command=command, server=server, describe_server=replica_counts)
+        with SpeedProbe() as probe:
+            one = run_serving(cfg, progress=True, command=command, server=server, describe_server=replica_counts)
         cpu1, client1 = process_cpu(pids), time.process_time()
         batches1, steps1 = updater.stats.remote().result(), generator.stats.remote().result()["steps"]
         level = one["levels"][0]
         level["update_batches"] = update_batches(batches0, batches1)
         level["decode_steps"] = steps1 - steps0  # one Generator replica (the check's app runs one)
-        level["environment"] = env
+        level["environment"] = {**env, "speed_probe_s": probe.median_s}
         turns = max(1, level["requests"] + cfg.warmup_turns)  # the warm-up's CPU is in the window too
         level["cpu_s_per_turn"] = {role: (cpu1[role] - cpu0[role]) / turns for role in cpu1}
         level["cpu_s_per_turn"]["client"] = (client1 - client0) / turns
@@ -411,7 +415,9 @@ def write_check(profile: CostProfile, report: dict, args: argparse.Namespace, co
     for r in rows:
         env = r["environment"]
         batch = r["measured"].get("update_batch_mean")
-        print(f"S={r['sessions']}: slowdown {env['slowdown']:.2f} (profile {env['profiled_at']:.2f}), "
+        probe, probed = env.get("speed_probe_s"), env.get("profiled_speed_probe_s")
+        speed = f", speed probe {probe * 1e3:.2f} ms (profile {probed * 1e3:.2f})" if probe and probed else ""
+        print(f"S={r['sessions']}: slowdown {env['slowdown']:.2f} (profile {env['profiled_at']:.2f}){speed}, "
               f"stalls {env['stall_rate_per_s']:.2f}/s, {env['stalled_share']:.1%} of the time; "
               f"update batch mean sim {r['simulated']['update_batch_mean']:.1f} / measured "
               + (f"{batch:.1f}" if batch else "—")

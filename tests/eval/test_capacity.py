@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 
 import pytest
 
@@ -421,3 +422,34 @@ def test_every_serving_process_has_a_role():
 
     for cls in ("Ingress", "Generator", "MemoryUpdater", StoreShard.__name__):
         assert any(needle in f"ray::{cls}.method" for needle in PROCESS_ROLES), cls
+
+
+def test_a_slower_machine_read_by_the_speed_probe_scales_every_work_time():
+    """The check moves the profile to each level's measured speed: a probe piece that took 1.5×
+    the CPU time it took at profiling scales every work time by 1.5, the other load stays the
+    spin loop's; without a probe reading on either side nothing moves."""
+    p = dataclasses.replace(measured_like(), extra={"environment": {"slowdown": 1.0, "speed_probe_s": 0.002}})
+    slower = p.in_environment(1.0, speed_probe_s=0.003)
+    assert slower.decode_step(1) == pytest.approx(1.5 * p.decode_step(1))
+    assert slower.consolidate(4) == pytest.approx(1.5 * p.consolidate(4))
+    assert slower.path.ingress_s == pytest.approx(1.5 * p.path.ingress_s)
+    assert slower.path.chunk("proxy") == pytest.approx(1.5 * p.path.chunk("proxy"))
+    assert slower.path.other_load == 0.0
+    assert p.in_environment(1.0).decode_step(1) == pytest.approx(p.decode_step(1))
+    unprobed = dataclasses.replace(p, extra={"environment": {"slowdown": 1.0}})
+    assert unprobed.in_environment(1.0, speed_probe_s=0.003).decode_step(1) == pytest.approx(p.decode_step(1))
+    w = Workload(sessions=4, answer_tokens=6, turns=3)
+    assert simulate(slower, w)["ttft_p50_s"] > simulate(p, w)["ttft_p50_s"]
+
+
+def test_the_speed_probe_times_its_pieces_while_the_block_runs_and_then_stops():
+    from rxt_dist.eval.profile import SpeedProbe
+
+    with SpeedProbe(period_s=0.02) as probe:
+        deadline = time.monotonic() + 0.5
+        while time.monotonic() < deadline:  # some work of this process meanwhile
+            sum(i * i for i in range(1000))
+    assert len(probe.pieces) >= 5
+    assert all(0 < piece < 1.0 for piece in probe.pieces)
+    assert min(probe.pieces) <= probe.median_s <= max(probe.pieces)
+    assert probe._proc.poll() is not None  # the probe process has ended
