@@ -162,7 +162,6 @@ def measure_environment(seconds: float = 3.0, chunk_s: float = 0.005) -> dict[st
             "seconds": wall}
 
 
-
 _PROBE = """
 import json, select, sys, time
 def work():

@@ -44,8 +44,9 @@ def measured_figures(level: dict) -> dict[str, float | None]:
 def compare(profile: CostProfile, levels: list[dict], stream_interval_s: float | None = None,
             stream_chunks_per_s: float | None = None, settle_poll_s: float = 0.0) -> list[dict[str, Any]]:
     """Per level: the simulation with the profile moved to the load measured right before the
-    level and the machine's speed measured during it (``CostProfile.in_environment``) and streaming as the measured application did
-    (``stream_interval_s``, ``stream_chunks_per_s``; None: the profile's), its rounds ending as
+    level and the machine's speed measured during it (``CostProfile.in_environment``),
+    streaming as the measured application did (``stream_interval_s``,
+    ``stream_chunks_per_s``; None: the profile's), its rounds ending as
     the benchmark's do (``settle_poll_s``, :func:`simulate_level`), against what the benchmark
     measured."""
     rows = []
