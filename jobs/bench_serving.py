@@ -19,7 +19,6 @@ import logging
 import os
 import shlex
 import shutil
-import socket
 import sys
 import tempfile
 import threading
@@ -30,6 +29,7 @@ from typing import Any
 from rxt_dist.eval.plots import plot_scaling
 from rxt_dist.eval.report import write_json_atomic
 from rxt_dist.eval.serving import ServingConfig, plot_serving, run_serving, summary_table
+from rxt_dist.ports import free_port
 
 APP_NAME = "rxt-bench"
 
@@ -114,12 +114,6 @@ def describe_model(model_dir: str, model_id: str, demo: bool) -> dict[str, Any]:
               if demo else f"model directory {model_dir}")
     return {"model_dir": model_dir, "model_source": source, "model_id": model_id, "random_demo_model": demo,
             "dim": cfg.dim, "layers": cfg.num_layers, "stm_slots": cfg.stm.num_slots, "vocab_size": cfg.vocab_size}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def replica_counts() -> dict[str, Any]:
@@ -287,7 +281,7 @@ def local_app(config_path: str, model_dir: str | None, overrides: dict[str, Any]
             if needed > available:  # Serve would wait for ever for a replica that cannot start
                 raise SystemExit(f"bench_serving: --fixed-replicas {replicas}: the deployments ask for {needed:g} "
                                  f"CPUs and this machine's Ray has {available:g}; use fewer replicas")
-        port = _free_port()
+        port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(build_app(args), name=APP_NAME, route_prefix="/")
         url = f"http://127.0.0.1:{port}"

@@ -23,11 +23,12 @@ import os
 import random
 import shlex
 import shutil
-import socket
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
+
+from rxt_dist.ports import free_port
 
 log = logging.getLogger("chaos")
 
@@ -56,12 +57,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def local_app(workdir: str, cli: argparse.Namespace) -> Iterator[tuple[str, object]]:
     """A private Ray and the app on the demo model; yields (url, resolved AppArgs)."""
@@ -84,7 +79,7 @@ def local_app(workdir: str, cli: argparse.Namespace) -> Iterator[tuple[str, obje
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     ray.init(address="local", include_dashboard=False, log_to_driver=False)
     try:
-        port = _free_port()
+        port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(build_app(args), name=APP, route_prefix="/")
         yield f"http://127.0.0.1:{port}", resolve_args(args)[0]

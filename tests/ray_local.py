@@ -2,16 +2,11 @@
 
 import contextlib
 import os
-import socket
 from collections.abc import Iterator
 
 import ray
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from rxt_dist.ports import free_port
 
 
 @contextlib.contextmanager

@@ -5,7 +5,6 @@ predictable enough to assert. No test asserts a benchmark figure beyond that."""
 
 import json
 import os
-import socket
 import time
 
 import httpx
@@ -16,6 +15,7 @@ from ray import serve
 from jobs.bench_serving import main as bench_main
 from jobs.bench_serving import pinned, pinned_cpus, read_serve_config
 from rxt_dist.eval.serving import ServingConfig, is_loopback_url
+from rxt_dist.ports import free_port
 from rxt_dist.serving.demo import write_demo_model_dir
 from serve.app import build_app
 from serve.args import DEPLOYMENT_NAMES, AppArgs
@@ -30,12 +30,6 @@ FAST = {"graceful_shutdown_timeout_s": 0.1, "graceful_shutdown_wait_loop_s": 0.1
 MODEL = "bench-test"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -43,7 +37,7 @@ def app(tmp_path_factory):
     model_dir = write_demo_model_dir(str(root / "model"))
     # address="local": a private cluster even when another one runs on this machine.
     ray.init(address="local", num_cpus=2, include_dashboard=False)
-    port = _free_port()
+    port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     args = AppArgs(model_dir=model_dir, model_name=MODEL, store_url=str(root / "sessions"),
                    update_delay_s=UPDATE_DELAY_S, update_wait_timeout_s=60,

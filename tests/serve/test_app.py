@@ -10,7 +10,6 @@ greedy decoding).
 import io
 import json
 import os
-import socket
 import threading
 import time
 
@@ -21,6 +20,7 @@ import ray
 from ray import serve
 from ray.serve import RunTarget
 
+from rxt_dist.ports import free_port
 from rxt_dist.serving.client import main as chat_main
 from rxt_dist.serving.sessions import StoreConfig, is_session_id
 from serve.app import build_app
@@ -111,13 +111,7 @@ def _event(line: str):
     return data if data == "[DONE]" else json.loads(data)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-METRICS_PORT = _free_port()
+METRICS_PORT = free_port()
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +119,7 @@ def cluster(model_dir, tmp_path_factory):
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_metrics_report_interval_ms", "1000")  # metrics on the endpoint within ~1 s
     ray.init(address="local", num_cpus=2, include_dashboard=False, _metrics_export_port=METRICS_PORT)
-    port = _free_port()
+    port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     root = tmp_path_factory.mktemp("serve")
     (root / "keys").write_text(f"# tenants\n{KEY}\n{OTHER_KEY}  # the second one\n")

@@ -18,7 +18,6 @@ import asyncio
 import json
 import os
 import random
-import socket
 import time
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from rxt_dist.chaos.fuzz import FuzzConfig, run_fuzz
 from rxt_dist.chaos.inject import FaultInjector, replica_target, store_target
 from rxt_dist.chaos.run import run_chaos
 from rxt_dist.serving.protocol import IDEMPOTENCY_HEADER, REPLAYED_HEADER, SESSION_HEADER
+from rxt_dist.ports import free_port
 from rxt_dist.serving.sessions import shard_of
 from serve.app import build_app
 from serve.args import DEPLOYMENT_NAMES, AppArgs
@@ -55,17 +55,11 @@ FAST = {"graceful_shutdown_timeout_s": 0.1, "graceful_shutdown_wait_loop_s": 0.1
 WORDS = sorted({w.strip("?") for line in CORPUS for w in line.split()})
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def app(model_dir, tmp_path_factory):
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    port = _free_port()
+    port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     # A claim held by a request that died with its Ingress is freed after turn_lease_s, and a
     # pending update whose dispatcher died is re-sent after update_stale_s: both short here.

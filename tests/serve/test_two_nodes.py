@@ -12,7 +12,6 @@ are running; each must continue with nothing lost or doubled and the fault-free 
 import json
 import os
 import random
-import socket
 import time
 
 import httpx
@@ -25,6 +24,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from rxt_dist.chaos.client import ClientConfig, conversations
 from rxt_dist.chaos.inject import FaultInjector, Target, running_replicas
 from rxt_dist.chaos.run import run_chaos
+from rxt_dist.ports import free_port
 from rxt_dist.serving.protocol import SESSION_HEADER
 from rxt_dist.serving.sessions import SessionStore, shard_of
 from serve.app import build_app
@@ -48,12 +48,6 @@ WORDS = sorted({w.strip("?") for line in CORPUS for w in line.split()})
 # The head notices a dead node within ~1.5 s instead of the default ~15 s.
 FAST_NODE_DEATH = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 500,
                    "health_check_timeout_ms": 500, "health_check_failure_threshold": 3}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _node_of(actor) -> str:
@@ -123,7 +117,7 @@ def two_nodes(model_dir, tmp_path_factory):
     # torn down however the set-up ends: a cluster left connected makes every later module's
     # ray.init fail ("called ray.init twice")
     try:
-        port = _free_port()
+        port = free_port()
         serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
         args = AppArgs(model_dir=model_dir, store_url=str(tmp_path_factory.mktemp("two-nodes") / "sessions"),
                        store_shards=SHARDS, turn_lease_s=3, update_stale_s=2, update_wait_timeout_s=60,
