@@ -313,6 +313,13 @@ class CostProfile:
             scale = _interp(self.prefill_length_s, query_tokens) / _interp(self.prefill_length_s, self.query_tokens)
         return _interp(self.prefill_s, batch) * scale
 
+    def persist_s(self, dtype: str = "float32") -> float:
+        """Seconds of the store's write of a committed version (after its commit time is
+        stamped): the STM and the meta that names it, each written to a temporary name and
+        renamed, taken as two STM writes of the local-disk tier (``storage``; 0 when not
+        measured)."""
+        return 2 * self.storage.get(dtype, {}).get("local_disk", {}).get("write_s", 0.0)
+
     def consolidate(self, batch: float) -> float:
         return _interp(self.consolidate_s, batch) if batch > 0 else 0.0
 

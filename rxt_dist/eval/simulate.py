@@ -27,7 +27,9 @@ What it plays, per session (closed loop, as the serving benchmark drives the app
    session's next turn. Each of the three calls carries a third of the update's work outside
    the model (``updater_item_s``) through the replica's process (``Server``: its event-loop
    share one call after another, the rest alongside), as ``apply_updates`` gathers them.
-   The update lag is commit − end of answer.
+   The store stamps a commit before it writes the new version (``CostProfile.persist_s``);
+   the write's end releases the session's next turn. The update lag is stamp − end of answer,
+   as the benchmark measures it (the version's ``memory_committed_at``).
 
 Each process is a :class:`~rxt_dist.eval.des.Server` on one shared CPU (:mod:`rxt_dist.eval.des`).
 Every service time is multiplied by a log-normal jitter with the profile's ``timing_cv``
@@ -191,7 +193,7 @@ class Updater:
             lap("consolidate")
             pending["commits"] = len(batch)
             for turn in batch:
-                self._call(turn, "commit", lambda t=turn: committed(t))
+                self._call(turn, "commit", lambda t=turn: committed(t), stamped=turn.stamped)
 
         def committed(turn: _Turn) -> None:
             self.ongoing -= 1
@@ -214,11 +216,25 @@ class Updater:
 
         loop_then(read)
 
-    def _call(self, turn: _Turn, call: str, then: Callable[[], None]) -> None:
+    def _call(self, turn: _Turn, call: str, then: Callable[[], None],
+              stamped: Callable[[], None] | None = None) -> None:
         """A store call gathered with the batch's others: the replica's side of it on its event
-        loop (shared with the calls in flight, ``Server``), then the shard's."""
+        loop (shared with the calls in flight, ``Server``), then the shard's. A commit
+        (``stamped`` given) is stamped before the shard writes the new version
+        (``CostProfile.persist_s``): the stamp is the commit time the benchmark's update lag
+        ends at; the write's end releases the session's next turn."""
         store = self.store_of(turn.session.index)
-        self.loop.do(self.in_batch_s, lambda: store.do(self.p.path.store_call(call), then, turn), turn)
+        seconds = self.p.path.store_call(call)
+        if stamped is None:
+            self.loop.do(self.in_batch_s, lambda: store.do(seconds, then, turn), turn)
+            return
+        persist = min(seconds, self.p.persist_s())
+
+        def stamp() -> None:
+            stamped()
+            store.do(persist, then, turn)
+
+        self.loop.do(self.in_batch_s, lambda: store.do(seconds - persist, stamp, turn), turn)
 
 
 @dataclass
@@ -401,10 +417,14 @@ class _Turn:
             server.do(seconds * rest, owner=self)
         self.g.turn_ended(self)
 
-    def committed(self) -> None:
+    def stamped(self) -> None:
+        """The store stamped the new version's commit time (the update lag's end)."""
         self.commit_at = self.g.sim.now
         if not math.isnan(self.ended):
             self.record.lag_s = self.commit_at - self.ended
+
+    def committed(self) -> None:
+        """The new version is written and visible: the session's next turn may claim it."""
         self.session.update_pending = False
         waiting, self.session.on_commit = self.session.on_commit, None
         if waiting is not None:

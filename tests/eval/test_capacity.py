@@ -453,3 +453,18 @@ def test_the_speed_probe_times_its_pieces_while_the_block_runs_and_then_stops():
     assert all(0 < piece < 1.0 for piece in probe.pieces)
     assert min(probe.pieces) <= probe.median_s <= max(probe.pieces)
     assert probe._proc.poll() is not None  # the probe process has ended
+
+
+def test_the_update_lag_ends_at_the_commit_stamp_and_the_next_turn_waits_for_the_write():
+    """The store stamps a commit's time before it writes the version (STM, then the meta that
+    names it): the benchmark's update lag ends at the stamp, the session's next turn at the
+    write's end."""
+    path = ServingPath(store_op_s=0.004, update_batch_wait_s=0.0, cores=1e9)
+    w = Workload(sessions=1, think_time_s=0.0, answer_tokens=4, turns=5)
+    unmeasured = profile(path)
+    measured = dataclasses.replace(unmeasured, storage={"float32": {"local_disk": {"write_s": 0.001}}})
+    assert unmeasured.persist_s() == 0.0 and measured.persist_s() == pytest.approx(0.002)
+    before, after = simulate(unmeasured, w, stops_early=False), simulate(measured, w, stops_early=False)
+    assert after["update_lag_p50_s"] == pytest.approx(before["update_lag_p50_s"] - 0.002, rel=1e-9)
+    assert after["ttft_p99_s"] == pytest.approx(before["ttft_p99_s"], rel=1e-9)  # waits for the whole commit
+    assert after["waited_share"] == pytest.approx(4 / 5)
