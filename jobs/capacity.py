@@ -171,7 +171,8 @@ def calibrate(url: str, args: argparse.Namespace, idle_s: float = 4.0) -> tuple[
     fixed = {role: _fixed_share(per_turn[role], many_per_turn[role], in_flight) for role in per_turn}
     turns = level["requests"] + 2
     return level, {"per_turn": per_turn, "idle_rate": rate, "speed_probe_s": probe.median_s,
-                   "serial_share": shares, "fixed_share": fixed, "store_calls": store_calls, "updater_read_share": read_share(held0, held1),
+                   "serial_share": shares, "fixed_share": fixed, "store_calls": store_calls,
+                   "updater_read_share": read_share(held0, held1),
                    "many": {"sessions": 16, "turns": MANY_TURNS, "think_time_s": MANY_THINK_S,
                             "per_turn": many_per_turn, "turns_in_flight": in_flight,
                             "update_lag_p50_s": many["update_lag"]["p50_s"],

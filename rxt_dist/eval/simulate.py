@@ -225,16 +225,14 @@ class Updater:
         ends at; the write's end releases the session's next turn."""
         store = self.store_of(turn.session.index)
         seconds = self.p.path.store_call(call)
-        if stamped is None:
-            self.loop.do(self.in_batch_s, lambda: store.do(seconds, then, turn), turn)
-            return
-        persist = min(seconds, self.p.persist_s())
+        persist = 0.0 if stamped is None else min(seconds, self.p.persist_s())
 
         def stamp() -> None:
             stamped()
             store.do(persist, then, turn)
 
-        self.loop.do(self.in_batch_s, lambda: store.do(seconds - persist, stamp, turn), turn)
+        self.loop.do(self.in_batch_s, lambda: store.do(seconds - persist, then if stamped is None else stamp, turn),
+                     turn)
 
 
 @dataclass
