@@ -254,6 +254,7 @@ def local_app(config_path: str, model_dir: str | None, overrides: dict[str, Any]
 
     from serve.app import build_app, resolve_args
     from serve.args import AppArgs
+    from serve.ray_env import use_high_throughput_serve
     from serve.store import stop_session_stores
 
     app_args, options = read_serve_config(config_path)
@@ -274,6 +275,7 @@ def local_app(config_path: str, model_dir: str | None, overrides: dict[str, Any]
               "stream_chunks_per_s": args.stream_chunks_per_s,
               **describe_model(resolved.model_dir, model_id, demo=args.random_demo_model)}
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    use_high_throughput_serve(drain_s=1)  # as the shipped cluster files run Serve
     ray.init(address="local", include_dashboard=False, log_to_driver=False)
     try:
         if replicas is not None:

@@ -66,6 +66,7 @@ def local_app(workdir: str, cli: argparse.Namespace) -> Iterator[tuple[str, obje
     from rxt_dist.serving.demo import write_demo_model_dir
     from serve.app import build_app, resolve_args
     from serve.args import DEPLOYMENT_NAMES, AppArgs
+    from serve.ray_env import use_high_throughput_serve
 
     fast = {"graceful_shutdown_timeout_s": 0.1, "graceful_shutdown_wait_loop_s": 0.1, "health_check_period_s": 1,
             "logging_config": {"enable_access_log": False, "log_level": "ERROR"}}
@@ -77,6 +78,7 @@ def local_app(workdir: str, cli: argparse.Namespace) -> Iterator[tuple[str, obje
                    update_batch_size=cli.update_batch, api_key=API_KEY, model_name=MODEL,
                    deployment_options={name: fast for name in DEPLOYMENT_NAMES})
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    use_high_throughput_serve(drain_s=1)
     ray.init(address="local", include_dashboard=False, log_to_driver=False)
     try:
         port = free_port()

@@ -19,6 +19,7 @@ from rxt_dist.ports import free_port
 from rxt_dist.serving.demo import write_demo_model_dir
 from serve.app import build_app
 from serve.args import DEPLOYMENT_NAMES, AppArgs
+from serve.ray_env import use_high_throughput_serve
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -33,6 +34,7 @@ MODEL = "bench-test"
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    use_high_throughput_serve(drain_s=0.5)
     root = tmp_path_factory.mktemp("serving-bench")
     model_dir = write_demo_model_dir(str(root / "model"))
     # address="local": a private cluster even when another one runs on this machine.

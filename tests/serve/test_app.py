@@ -15,6 +15,7 @@ import time
 
 import httpx
 import openai
+import psutil
 import pytest
 import ray
 from ray import serve
@@ -25,6 +26,7 @@ from rxt_dist.serving.client import main as chat_main
 from rxt_dist.serving.sessions import StoreConfig, is_session_id
 from serve.app import build_app
 from serve.args import DEPLOYMENT_NAMES, AppArgs
+from serve.ray_env import use_high_throughput_serve
 from serve.store import StoreShards, stop_session_stores
 
 pytestmark = pytest.mark.timeout(300)
@@ -118,6 +120,7 @@ METRICS_PORT = free_port()
 def cluster(model_dir, tmp_path_factory):
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_metrics_report_interval_ms", "1000")  # metrics on the endpoint within ~1 s
+    use_high_throughput_serve(drain_s=0.5)
     ray.init(address="local", num_cpus=2, include_dashboard=False, _metrics_export_port=METRICS_PORT)
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -604,6 +607,15 @@ def test_session_ids_do_not_appear_in_the_logs(main):
 
 
 # ---- what an operator watches ----------------------------------------------------------------
+
+def test_the_http_port_is_served_by_haproxy_in_serves_high_throughput_mode(main):
+    """serve/ray_env.py: HAProxy, not Serve's Python proxy, holds the application's HTTP port
+    (and the answers above came through it)."""
+    port = httpx.URL(main.url).port
+    owners = {c.pid for c in psutil.net_connections("tcp")
+              if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port}
+    assert owners and {psutil.Process(pid).name() for pid in owners} == {"haproxy"}
+
 
 def test_operators_metrics_are_on_the_prometheus_endpoint(main, slow):
     """After the module's traffic (answers, busy sessions, waits for updates), every metric

@@ -14,6 +14,7 @@ from ray.serve.schema import ServeDeploySchema
 from rxt_dist.model import RxTModel, StatelessLM, from_name, save_model_dir
 from serve.app import DEMO_MODEL_ID, build_app, resolve_args
 from serve.args import DEPLOYMENT_NAMES, AppArgs
+from serve.ray_env import HIGH_THROUGHPUT, use_high_throughput_serve
 
 ROOT = Path(__file__).resolve().parents[2]
 # Values a cluster legitimately sets differently from the local config.
@@ -47,6 +48,30 @@ def test_the_rayservice_embeds_the_same_application():
     assert set(local["args"]) == set(cluster["args"])
     differing = {k for k in local["args"] if local["args"][k] != cluster["args"][k]}
     assert differing <= CLUSTER_SPECIFIC_ARGS
+
+
+def test_the_cluster_files_start_every_serving_node_in_serves_high_throughput_mode():
+    manifest = yaml.safe_load((ROOT / "infra" / "rayservice.yaml").read_text())
+    spec = manifest["spec"]["rayClusterConfig"]
+    pods = [spec["headGroupSpec"], *spec["workerGroupSpecs"]]
+    for pod in pods:
+        env = {e["name"]: e.get("value") for c in pod["template"]["spec"]["containers"] for e in c.get("env", [])}
+        assert HIGH_THROUGHPUT.items() <= env.items()
+    launcher = yaml.safe_load((ROOT / "infra" / "ray-cluster-gpu.yaml").read_text())
+    starts = [c for c in launcher["head_start_ray_commands"] + launcher["worker_start_ray_commands"] if "ray start" in c]
+    assert len(starts) == 2
+    for command in starts:
+        assert all(f"{name}={value} " in command for name, value in HIGH_THROUGHPUT.items())
+
+
+def test_the_high_throughput_mode_keeps_what_the_environment_already_says():
+    environ = {"RAY_SERVE_ENABLE_HA_PROXY": "0"}
+    use_high_throughput_serve(drain_s=0.5, environ=environ)
+    assert environ["RAY_SERVE_ENABLE_HA_PROXY"] == "0"  # an operator's choice stands
+    assert environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
+    assert environ["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] == "0.5"
+    with pytest.raises(ValueError, match="drain_s=-1"):
+        use_high_throughput_serve(drain_s=-1, environ={})
 
 
 def test_the_shipped_config_serves_the_model_make_demo_exports(tmp_path, monkeypatch):

@@ -35,6 +35,7 @@ from rxt_dist.ports import free_port
 from rxt_dist.serving.sessions import shard_of
 from serve.app import build_app
 from serve.args import DEPLOYMENT_NAMES, AppArgs
+from serve.ray_env import use_high_throughput_serve
 from serve.store import STORE_NAMESPACE, store_actor_name
 
 from .conftest import CORPUS
@@ -58,6 +59,7 @@ WORDS = sorted({w.strip("?") for line in CORPUS for w in line.split()})
 @pytest.fixture(scope="module")
 def app(model_dir, tmp_path_factory):
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    use_high_throughput_serve(drain_s=0.5)
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})

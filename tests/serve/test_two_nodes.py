@@ -29,6 +29,7 @@ from rxt_dist.serving.protocol import SESSION_HEADER
 from rxt_dist.serving.sessions import SessionStore, shard_of
 from serve.app import build_app
 from serve.args import DEPLOYMENT_NAMES, AppArgs
+from serve.ray_env import use_high_throughput_serve
 from serve.store import STORE_NAMESPACE, store_actor_name
 
 from .conftest import CORPUS
@@ -110,6 +111,7 @@ def _sessions_on_both_shards(url: str) -> list[str]:
 @pytest.fixture(scope="module")
 def two_nodes(model_dir, tmp_path_factory):
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    use_high_throughput_serve(drain_s=0.5)
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 1, "resources": {HOME: 1}, "include_dashboard": False, "_system_config": FAST_NODE_DEATH})
     second = cluster.add_node(num_cpus=1, resources={HOME: 1})
