@@ -204,8 +204,12 @@ def main(argv: list[str] | None = None) -> int:
     print("\n" + report.summary_table())
     print_headline(report)
     converse(cfg)
+    from serve.ray_env import HIGH_THROUGHPUT
+
+    serve_env = " ".join(f"{name}={value}" for name, value in HIGH_THROUGHPUT.items())
     print(f"\nDone in {(time.perf_counter() - started) / 60:.1f} min. Serve the trained model with:\n"
-          f"  .venv/bin/serve run serve.app:build_app model_dir={run_root(cfg)}/models/smat model_name=rxt\n"
+          f"  {serve_env} \\\n    .venv/bin/serve run serve.app:build_app model_dir={run_root(cfg)}/models/smat "
+          f"model_name=rxt\n"
           f"and chat with it: .venv/bin/rxt chat   (see docs/serving.md)")
     return 0
 
