@@ -143,8 +143,9 @@ def assumed_gpu_profile(preset: str) -> CostProfile:
     """An **assumed** cost profile of one RxT preset on :data:`GPU_NODE` (marked
     ``assumed=True``): model costs from the launch-bound estimate above; the serving path's
     work per turn from this machine's measurement (docs/bench/capacity-profile-cpu.json: CPU
-    seconds per turn) halved for a dedicated modern core, plus 0.1 ms per streamed token on
-    Ingress and proxy for 64-token answers; the Generator's and MemoryUpdater's event loops do
+    seconds per turn; the proxy's and Ingress's from the application in Serve's high-throughput
+    mode, docs/bench/study/capacity-profile-ht1.json) halved for a dedicated modern core, plus
+    0.1 ms per streamed token on Ingress and proxy for 64-token answers; the Generator's and MemoryUpdater's event loops do
     about a third of their processes' work, as measured here. Run ``jobs/capacity.py profile``
     on the node to replace it."""
     from rxt_dist.model import build_model, count_parameters, from_name
@@ -152,7 +153,9 @@ def assumed_gpu_profile(preset: str) -> CostProfile:
     cfg = from_name(preset)
     decode, prefill, consolidate = (_ms_to_s(t) for t in _ASSUMED_MODEL_MS[preset])
     L, S, D = cfg.stm_shape
-    path = ServingPath(client_s=0.0, proxy_s=0.007 + 0.0064, ingress_s=0.0135 + 0.0064, store_op_s=0.0012,
+    # proxy and Ingress per turn: Serve's high-throughput mode as measured here (HAProxy 0.7 ms,
+    # Ingress 14 ms: docs/bench/study/capacity-profile-ht1.json), halved; per token as before
+    path = ServingPath(client_s=0.0, proxy_s=0.00035 + 0.0064, ingress_s=0.007 + 0.0064, store_op_s=0.0012,
                        generator_io_s=0.005, updater_item_s=0.005, in_share=0.3, out_share=0.2,
                        cores=1e9, other_load=0.0, max_batch_size=128, update_batch_size=64,
                        update_batch_wait_s=0.005, serial_share={"generator": 0.35, "updater": 0.35})
