@@ -1,18 +1,18 @@
 """The Ray Serve mode this application runs in: Serve's high-throughput mode.
 
-Two environment variables of the Ray cluster (Ray ≥ 2.56), read by Serve's controller, proxy
-and replicas when they start — so they belong in the environment of ``ray start`` /
-``serve run`` (infra/ sets them), not in the application's config:
+Environment variables of the Ray cluster (Ray ≥ 2.56), read by Serve's controller, proxy and
+replicas when they start — so they belong in the environment of ``ray start`` / ``serve run``
+(infra/ sets them), not in the application's config:
 
 * ``RAY_SERVE_ENABLE_HA_PROXY=1``: HAProxy (the C load balancer, shipped with Ray) takes the
   HTTP port instead of Serve's Python proxy, and forwards each request straight to an
   Ingress replica's own HTTP server.
 * ``RAY_SERVE_THROUGHPUT_OPTIMIZED=1``: calls between deployments over gRPC, user code and
-  request routers on the replica's own event loop (no thread hop per call), request logs
-  buffered.
+  request routers on the replica's own event loop (no thread hop per call); it would also buffer
+  request logs, which ``RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE=1`` undoes.
 
 Measured on this project's app (docs/BENCHMARKS.md, "Serve's high-throughput mode"): about a
-third less CPU per turn and 1.5–1.7× the turns per second at 32 sessions. Any of these
+third less CPU per turn and about 1.5× the turns per second at 32 sessions. Any of these
 variables already set (e.g. ``RAY_SERVE_ENABLE_HA_PROXY=0``) is left as it is.
 """
 

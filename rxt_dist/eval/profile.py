@@ -293,8 +293,9 @@ def _write_fsync(path: str, data: bytes) -> None:
 
 # -- the serving path: CPU time of each process of a running application ----------------------
 
-PROCESS_ROLES = {"ProxyActor": "proxy", "bin/haproxy": "proxy", ":Ingress": "ingress", ":Generator": "generator",
-                 ":MemoryUpdater": "updater", "StoreShard": "store", "SessionStore": "store"}
+PROCESS_ROLES = {"ProxyActor": "proxy", "bin/haproxy": "proxy", ":Ingress": "ingress",
+                 ":Generator": "generator", ":MemoryUpdater": "updater", "StoreShard": "store",
+                 "SessionStore": "store"}
 """Substrings of a Ray worker's process title → the role it plays in the serving graph."""
 
 
