@@ -146,8 +146,8 @@ def assumed_gpu_profile(preset: str) -> CostProfile:
     seconds per turn; the proxy's and Ingress's from the application in Serve's high-throughput
     mode, docs/bench/study/capacity-profile-ht1.json) halved for a dedicated modern core, plus
     0.1 ms per streamed token on Ingress and proxy for 64-token answers; the Generator's and
-    MemoryUpdater's event loops do about a third of their processes' work, as measured here. Run ``jobs/capacity.py profile``
-    on the node to replace it."""
+    MemoryUpdater's event loops do about a third of their processes' work, as measured here.
+    Run ``jobs/capacity.py profile`` on the node to replace it."""
     from rxt_dist.model import build_model, count_parameters, from_name
 
     cfg = from_name(preset)

@@ -58,7 +58,8 @@ def test_the_cluster_files_start_every_serving_node_in_serves_high_throughput_mo
         env = {e["name"]: e.get("value") for c in pod["template"]["spec"]["containers"] for e in c.get("env", [])}
         assert HIGH_THROUGHPUT.items() <= env.items()
     launcher = yaml.safe_load((ROOT / "infra" / "ray-cluster-gpu.yaml").read_text())
-    starts = [c for c in launcher["head_start_ray_commands"] + launcher["worker_start_ray_commands"] if "ray start" in c]
+    commands = launcher["head_start_ray_commands"] + launcher["worker_start_ray_commands"]
+    starts = [c for c in commands if "ray start" in c]
     assert len(starts) == 2
     for command in starts:
         assert all(f"{name}={value} " in command for name, value in HIGH_THROUGHPUT.items())
