@@ -1,0 +1,26 @@
+"""per level: sim mean/median (claim arrival - prev turn end), lag, waited share."""
+import json, sys, dataclasses
+import numpy as np
+from rxt_dist.eval import simulate as S
+from rxt_dist.eval.capacity import CostProfile
+from rxt_dist.eval.simcheck import simulate_level
+prof = CostProfile.from_file(sys.argv[1]); bench = json.load(open(sys.argv[2]))
+srv = bench.get("server", {})
+prof = dataclasses.replace(prof, path=dataclasses.replace(prof.path, stream_interval_s=srv.get("stream_interval_s", 0.0), stream_chunks_per_s=srv.get("stream_chunks_per_s", 0.0)))
+last_end = {}; gaps = []; sent_gap = []
+o_claim, o_ended, o_init = S._Turn._claim, S._Turn._ended, S._Turn.__init__
+def init(self, graph, session, index, answer_tokens):
+    o_init(self, graph, session, index, answer_tokens)
+    if session.index in last_end: sent_gap.append(graph.sim.now - last_end[session.index])
+def claim(self):
+    if self.session.index in last_end: gaps.append(self.g.sim.now - last_end[self.session.index])
+    o_claim(self)
+def ended(self):
+    last_end[self.session.index] = self.g.sim.now; o_ended(self)
+S._Turn._claim, S._Turn._ended, S._Turn.__init__ = claim, ended, init
+for lv in bench["levels"]:
+    gaps.clear(); last_end.clear(); sent_gap.clear()
+    env = lv.get("environment")
+    here = prof.in_environment(env["slowdown"], env["stalls"], env.get("speed_probe_s")) if env else prof
+    out = simulate_level(here, lv, settle_poll_s=bench.get("config", {}).get("poll_interval_s", 0.0))
+    print(f"S={lv['sessions']:>2} end→sent {np.median(sent_gap)*1e3:6.1f} end→claim p50 {np.median(gaps)*1e3:6.1f} mean {np.mean(gaps)*1e3:6.1f} | sim lag {out['update_lag_p50_s']*1e3:6.1f} waited {out['waited_share']:.2f} | meas lag {lv['update_lag']['p50_s']*1e3:6.1f} waited p50 {lv['waited']['p50_ms']} share {lv['waited']['share']:.2f}")

@@ -1,0 +1,33 @@
+"""per level: per server role, jobs per turn, mean sojourn (ms) and mean requested work (ms)."""
+import json, sys, dataclasses, collections
+import numpy as np
+from rxt_dist.eval import simulate as S, des
+from rxt_dist.eval.capacity import CostProfile
+from rxt_dist.eval.simcheck import simulate_level
+prof = CostProfile.from_file(sys.argv[1]); bench = json.load(open(sys.argv[2]))
+srv = bench.get("server", {})
+prof = dataclasses.replace(prof, path=dataclasses.replace(prof.path, stream_interval_s=srv.get("stream_interval_s", 0.0), stream_chunks_per_s=srv.get("stream_chunks_per_s", 0.0)))
+stats = collections.defaultdict(list)
+o_init = S.Graph.__init__
+def ginit(self, *a, **k):
+    o_init(self, *a, **k)
+    for name in ("stores", "ingress", "proxies", "clients"):
+        for s in getattr(self, name): s.role = name
+    for g in self.generators: g.io.role = "gen_io"
+    for u in self.updaters: u.loop.role = "upd_loop"
+S.Graph.__init__ = ginit
+o_do = des.Server.do
+def do(self, seconds, then=lambda: None, owner=None):
+    t0 = self.sim.now
+    def wrapped():
+        stats[getattr(self, "role", "?")].append((self.sim.now - t0, seconds))
+        then()
+    o_do(self, seconds, wrapped, owner)
+des.Server.do = do
+for lv in bench["levels"]:
+    stats.clear()
+    env = lv.get("environment")
+    here = prof.in_environment(env["slowdown"], env["stalls"], env.get("speed_probe_s")) if env else prof
+    out = simulate_level(here, lv, settle_poll_s=bench.get("config", {}).get("poll_interval_s", 0.0))
+    turns = len(out.get("records", [])) or 1
+    print(f"S={lv['sessions']}: " + "; ".join(f"{r} n={len(v)} soj {np.mean([a for a,_ in v])*1e3:.1f} work {np.mean([b for _,b in v])*1e3:.2f}" for r, v in sorted(stats.items())))
