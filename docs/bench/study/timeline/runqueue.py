@@ -1,3 +1,5 @@
+"""Sample /proc/loadavg's count of runnable threads every 20 ms (it counts itself) and write
+"unix-time count" lines. Usage: python runqueue.py OUT.txt SECONDS"""
 import time, sys
 out = open(sys.argv[1], "w")
 end = time.time() + float(sys.argv[2])

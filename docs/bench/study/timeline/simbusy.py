@@ -1,4 +1,6 @@
-"""per level: time-averaged number of jobs on the simulated CPU (runnable tasks)."""
+"""Per level of a stored (profile, benchmark) pair, simulated: the time-averaged number of jobs
+on the simulated CPU (its runnable tasks), beside the level's measured load averages.
+Usage: python simbusy.py PROFILE.json SERVING.json"""
 import json, sys, dataclasses
 from rxt_dist.eval import des
 from rxt_dist.eval.capacity import CostProfile

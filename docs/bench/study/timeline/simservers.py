@@ -1,4 +1,6 @@
-"""per level: per server role, jobs per turn, mean sojourn (ms) and mean requested work (ms)."""
+"""Per level of a stored (profile, benchmark) pair, simulated: for each process role the jobs
+it ran, their mean stay (queue and work, ms) and mean work asked (ms).
+Usage: python simservers.py PROFILE.json SERVING.json"""
 import json, sys, dataclasses, collections
 import numpy as np
 from rxt_dist.eval import simulate as S, des
