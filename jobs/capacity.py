@@ -164,7 +164,7 @@ def calibrate(url: str, args: argparse.Namespace, idle_s: float = 4.0) -> tuple[
             pids, url, config(1, args.calibration_turns, args.calibration_think_s, 0, SHORT_MAX_TOKENS), rate)
         short_tokens = [int(x) for per_turn in short["samples"]["completion_tokens"] for x in per_turn]
         counters0 = updater.stats.remote().result()
-        many, many_per_turn, _ = _cpu_per_turn(pids, url, config(16, MANY_TURNS, MANY_THINK_S, 0), rate)
+        many, many_per_turn, many_shares = _cpu_per_turn(pids, url, config(16, MANY_TURNS, MANY_THINK_S, 0), rate)
         counters1 = updater.stats.remote().result()
     store_calls = store_call_costs(url, pids)
     in_flight = many["requests"] / many["wall_s"] * many["answer"]["p50_s"]
@@ -174,7 +174,7 @@ def calibrate(url: str, args: argparse.Namespace, idle_s: float = 4.0) -> tuple[
                    "serial_share": shares, "fixed_share": fixed, "store_calls": store_calls,
                    "updater_read_share": read_share(held0, held1),
                    "many": {"sessions": 16, "turns": MANY_TURNS, "think_time_s": MANY_THINK_S,
-                            "per_turn": many_per_turn, "turns_in_flight": in_flight,
+                            "per_turn": many_per_turn, "serial_share": many_shares, "turns_in_flight": in_flight,
                             "update_lag_p50_s": many["update_lag"]["p50_s"],
                             "update_batch_mean": update_batches(counters0, counters1)["mean"],
                             "tokens": [int(x) for per_turn in many["samples"]["completion_tokens"] for x in per_turn]},
