@@ -1,14 +1,9 @@
 """The simulated update timeline per benchmark level (means): the end after the dispatch,
 receipt, wait for the batch, batch start → commit done."""
-import json, sys
+import sys
 import numpy as np
 from rxt_dist.eval import simulate as S
-from rxt_dist.eval.capacity import CostProfile
-from rxt_dist.eval.simcheck import simulate_level
-import dataclasses
-prof = CostProfile.from_file(sys.argv[1]); bench = json.load(open(sys.argv[2]))
-srv = bench.get("server", {})
-prof = dataclasses.replace(prof, path=dataclasses.replace(prof.path, stream_interval_s=srv.get("stream_interval_s", 0.0), stream_chunks_per_s=srv.get("stream_chunks_per_s", 0.0)))
+from studylevels import simulated_levels
 marks = {}
 o_submit, o_enqueue, o_start = S.Updater.submit, S.Updater._enqueue, S.Updater._start
 def submit(self, turn):
@@ -20,11 +15,7 @@ def start(self):
         marks[id(t)]["start"] = self.sim.now
     o_start(self)
 S.Updater.submit, S.Updater._enqueue, S.Updater._start = submit, enqueue, start
-for lv in bench["levels"]:
-    marks.clear()
-    env = lv.get("environment")
-    here = prof.in_environment(env["slowdown"], env["stalls"], env.get("speed_probe_s")) if env else prof
-    out = simulate_level(here, lv, settle_poll_s=bench.get("config", {}).get("poll_interval_s", 0.0))
+for lv, out in simulated_levels(sys.argv[1:], marks.clear):
     rows = [m for m in marks.values() if "start" in m and not np.isnan(m["t"].commit_at) and not np.isnan(m["t"].ended)]
     f = lambda k: np.mean([k(m) for m in rows]) * 1e3
     print(f"S={lv['sessions']:>2} lag p50 sim {out['update_lag_p50_s']*1e3:6.1f} meas {lv['update_lag']['p50_s']*1e3:6.1f} | means: end after dispatch {f(lambda m: m['t'].ended - m['submit']):5.1f}"

@@ -1,14 +1,10 @@
 """Per level of a stored (profile, benchmark) pair, simulated: the median time from a turn's end
 to its session's next claim at the store, the lag and the share of turns that waited, beside
 the measured lag and waits. Usage: python simgap.py PROFILE.json SERVING.json"""
-import json, sys, dataclasses
+import sys
 import numpy as np
 from rxt_dist.eval import simulate as S
-from rxt_dist.eval.capacity import CostProfile
-from rxt_dist.eval.simcheck import simulate_level
-prof = CostProfile.from_file(sys.argv[1]); bench = json.load(open(sys.argv[2]))
-srv = bench.get("server", {})
-prof = dataclasses.replace(prof, path=dataclasses.replace(prof.path, stream_interval_s=srv.get("stream_interval_s", 0.0), stream_chunks_per_s=srv.get("stream_chunks_per_s", 0.0)))
+from studylevels import simulated_levels
 last_end = {}; gaps = []; sent_gap = []
 o_claim, o_ended, o_init = S._Turn._claim, S._Turn._ended, S._Turn.__init__
 def init(self, graph, session, index, answer_tokens):
@@ -20,9 +16,5 @@ def claim(self):
 def ended(self):
     last_end[self.session.index] = self.g.sim.now; o_ended(self)
 S._Turn._claim, S._Turn._ended, S._Turn.__init__ = claim, ended, init
-for lv in bench["levels"]:
-    gaps.clear(); last_end.clear(); sent_gap.clear()
-    env = lv.get("environment")
-    here = prof.in_environment(env["slowdown"], env["stalls"], env.get("speed_probe_s")) if env else prof
-    out = simulate_level(here, lv, settle_poll_s=bench.get("config", {}).get("poll_interval_s", 0.0))
+for lv, out in simulated_levels(sys.argv[1:], lambda: (gaps.clear(), last_end.clear(), sent_gap.clear())):
     print(f"S={lv['sessions']:>2} end→sent {np.median(sent_gap)*1e3:6.1f} end→claim p50 {np.median(gaps)*1e3:6.1f} | sim lag {out['update_lag_p50_s']*1e3:6.1f} waited {out['waited_share']:.2f} | meas lag {lv['update_lag']['p50_s']*1e3:6.1f} waited p50 {lv['waited']['p50_ms']} share {lv['waited']['share']:.2f}")

@@ -1,14 +1,10 @@
 """Per level of a stored (profile, benchmark) pair, simulated: for each process role the jobs
 it ran, their mean stay (queue and work, ms) and mean work asked (ms).
 Usage: python simservers.py PROFILE.json SERVING.json"""
-import json, sys, dataclasses, collections
+import collections, sys
 import numpy as np
 from rxt_dist.eval import simulate as S, des
-from rxt_dist.eval.capacity import CostProfile
-from rxt_dist.eval.simcheck import simulate_level
-prof = CostProfile.from_file(sys.argv[1]); bench = json.load(open(sys.argv[2]))
-srv = bench.get("server", {})
-prof = dataclasses.replace(prof, path=dataclasses.replace(prof.path, stream_interval_s=srv.get("stream_interval_s", 0.0), stream_chunks_per_s=srv.get("stream_chunks_per_s", 0.0)))
+from studylevels import simulated_levels
 stats = collections.defaultdict(list)
 o_init = S.Graph.__init__
 def ginit(self, *a, **k):
@@ -26,10 +22,5 @@ def do(self, seconds, then=lambda: None, owner=None):
         then()
     o_do(self, seconds, wrapped, owner)
 des.Server.do = do
-for lv in bench["levels"]:
-    stats.clear()
-    env = lv.get("environment")
-    here = prof.in_environment(env["slowdown"], env["stalls"], env.get("speed_probe_s")) if env else prof
-    out = simulate_level(here, lv, settle_poll_s=bench.get("config", {}).get("poll_interval_s", 0.0))
-    turns = len(out.get("records", [])) or 1
+for lv, out in simulated_levels(sys.argv[1:], stats.clear):
     print(f"S={lv['sessions']}: " + "; ".join(f"{r} n={len(v)} soj {np.mean([a for a,_ in v])*1e3:.1f} work {np.mean([b for _,b in v])*1e3:.2f}" for r, v in sorted(stats.items())))

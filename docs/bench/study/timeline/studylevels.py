@@ -1,0 +1,26 @@
+"""What the study scripts share: each level of a stored (profile, benchmark) pair simulated as
+``jobs/capacity.py compare`` does (the benchmark's streaming settings, the profile moved to the
+level's measured environment). Usage from a script: ``for lv, out in simulated_levels(argv, reset)``;
+``reset`` runs right before each level's simulation (clear what the script's hooks collect)."""
+import dataclasses
+import json
+from collections.abc import Callable, Iterator
+
+from rxt_dist.eval.capacity import CostProfile
+from rxt_dist.eval.simcheck import simulate_level
+
+
+def simulated_levels(argv: list[str], reset: Callable[[], None] = lambda: None) -> Iterator[tuple[dict, dict]]:
+    """(measured level, simulated figures) per level; argv: [PROFILE.json, SERVING.json]."""
+    prof = CostProfile.from_file(argv[0])
+    with open(argv[1], encoding="utf-8") as f:
+        bench = json.load(f)
+    srv = bench.get("server", {})
+    prof = dataclasses.replace(prof, path=dataclasses.replace(
+        prof.path, stream_interval_s=srv.get("stream_interval_s", 0.0),
+        stream_chunks_per_s=srv.get("stream_chunks_per_s", 0.0)))
+    for lv in bench["levels"]:
+        env = lv.get("environment")
+        here = prof.in_environment(env["slowdown"], env["stalls"], env.get("speed_probe_s")) if env else prof
+        reset()
+        yield lv, simulate_level(here, lv, settle_poll_s=bench.get("config", {}).get("poll_interval_s", 0.0))
