@@ -46,6 +46,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-faults", action="store_true", help="play the conversations without killing anything")
     p.add_argument("--pause-s", type=float, nargs=2, default=(0.5, 3.0),
                    help="a fault comes this long (uniform) after the previous one recovered")
+    p.add_argument("--faults-during-play", type=int, default=4,
+                   help="hold the last turns until this many faults were injected (4: every kind once; 0: no pacing)")
     p.add_argument("--fuzz", type=int, default=10_000, help="fuzz requests after the chaos run (0: none)")
     p.add_argument("--fuzz-concurrency", type=int, default=32)
     p.add_argument("--decode-batch", type=int, default=1,
@@ -113,7 +115,7 @@ def chaos(args: argparse.Namespace, url: str, app_args) -> dict:
         targets.append(store_target(shards, STORE_NAMESPACE))
         injector = FaultInjector(targets, seed=args.seed, pause_s=tuple(args.pause_s))
     cfg = ClientConfig(url=url, model=MODEL, max_tokens=args.max_tokens, api_key=API_KEY)
-    result = run_chaos(cfg, texts, expected, injector, seed=args.seed)
+    result = run_chaos(cfg, texts, expected, injector, seed=args.seed, faults_during_play=args.faults_during_play)
     return {"sessions": args.sessions, "turns": args.turns, **result.summary()}
 
 

@@ -18,12 +18,15 @@ import json
 import random
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 import httpx
 
 from rxt_dist.serving.protocol import IDEMPOTENCY_HEADER, SESSION_HEADER, VERSION_HEADER
+
+Pace = Callable[[int], Awaitable[None]]
+"""Awaited with a turn's index before the turn is sent (holds a session back until then)."""
 
 
 @dataclass
@@ -199,12 +202,15 @@ async def create_session(http: httpx.AsyncClient, cfg: ClientConfig, deadline_s:
 
 
 async def play_session(http: httpx.AsyncClient, cfg: ClientConfig, texts: Sequence[str],
-                       rng: random.Random, session_id: str | None = None) -> SessionLog:
+                       rng: random.Random, session_id: str | None = None,
+                       pace: Pace | None = None) -> SessionLog:
     """Play ``texts`` in ``session_id`` (a new session when None), retrying each turn until it
-    is answered."""
+    is answered; turn ``t`` starts once ``await pace(t)`` returned."""
     log = SessionLog(session_id or await create_session(http, cfg))
     loop = asyncio.get_running_loop()
-    for text in texts:
+    for t, text in enumerate(texts):
+        if pace is not None:
+            await pace(t)
         turn = Turn(text, uuid.uuid4().hex)
         log.turns.append(turn)
         deadline = loop.time() + cfg.turn_deadline_s
@@ -234,15 +240,16 @@ def async_client(cfg: ClientConfig, connections: int = 64) -> httpx.AsyncClient:
 
 
 async def play_sessions(cfg: ClientConfig, texts: Sequence[Sequence[str]], seed: int = 0,
-                        session_ids: Sequence[str] | None = None) -> list[SessionLog]:
+                        session_ids: Sequence[str] | None = None, pace: Pace | None = None) -> list[SessionLog]:
     """Play every conversation of ``texts`` at the same time, one session each: the sessions of
-    ``session_ids`` (created beforehand, no turns yet) or new ones."""
+    ``session_ids`` (created beforehand, no turns yet) or new ones; ``pace`` as in
+    :func:`play_session`."""
     if session_ids is not None and len(session_ids) != len(texts):
         raise ValueError(f"{len(session_ids)} session ids for {len(texts)} conversations")
     sids = list(session_ids) if session_ids is not None else [None] * len(texts)
     rngs = [random.Random(f"{seed}-{i}") for i in range(len(texts))]
     async with async_client(cfg, connections=2 * len(texts) + 8) as http:
-        return list(await asyncio.gather(*(play_session(http, cfg, t, rng, sid)
+        return list(await asyncio.gather(*(play_session(http, cfg, t, rng, sid, pace)
                                            for t, rng, sid in zip(texts, rngs, sids))))
 
 

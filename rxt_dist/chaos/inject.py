@@ -138,6 +138,16 @@ class FaultInjector:
         self._thread.start()
         return self
 
+    @property
+    def injected(self) -> int:
+        """Faults injected so far."""
+        return len(self.faults)
+
+    @property
+    def injecting(self) -> bool:
+        """Whether more faults may come (started, not stopped, not failed, below max_faults)."""
+        return self._thread.is_alive()
+
     def stop(self) -> list[Fault]:
         """Stop injecting (a fault in progress is waited for until it recovered) and return
         every fault injected."""

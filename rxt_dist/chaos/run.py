@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ import torch
 
 from rxt_dist.chaos.client import (
     ClientConfig,
+    Pace,
     SessionLog,
     play_sessions,
     settled_sessions,
@@ -32,17 +34,36 @@ class ChaosResult:
                 "fault_log": [vars(f) for f in self.faults], "verdict": self.verdict.summary()}
 
 
+def fault_pace(injector: FaultInjector, faults: int, turns: int, poll_s: float = 0.05) -> Pace:
+    """Hold turn ``t`` of every session until ``ceil(t · faults / (turns − 1))`` faults were
+    injected: the last turns are sent only after the ``faults``-th kill, so that many faults fall
+    inside the play however fast the machine plays. No hold once the injector has stopped."""
+
+    async def pace(t: int) -> None:
+        need = faults if turns <= 1 else math.ceil(t * faults / (turns - 1))
+        while injector.injected < need and injector.injecting:
+            await asyncio.sleep(poll_s)
+
+    return pace
+
+
 def run_chaos(cfg: ClientConfig, texts: Sequence[Sequence[str]], expected: Sequence[Sequence[str]],
               injector: FaultInjector | None, seed: int = 0, settle_timeout_s: float = 30.0,
-              session_ids: Sequence[str] | None = None) -> ChaosResult:
+              session_ids: Sequence[str] | None = None, faults_during_play: int = 0) -> ChaosResult:
     """Play ``texts`` (one session per conversation: ``session_ids`` when given, else new ones)
     while ``injector`` kills actors; stop it when every conversation has ended, wait for the
-    last updates, judge against ``expected``."""
+    last updates, judge against ``expected``. With ``faults_during_play`` > 0 the turns are
+    paced (:func:`fault_pace`) so that at least that many faults are injected during the play."""
+    if faults_during_play < 0:
+        raise ValueError(f"faults_during_play={faults_during_play}: must be ≥ 0 (0: no pacing)")
     started = time.monotonic()
+    pace = None
     if injector is not None:
         injector.start()
+        if faults_during_play > 0:
+            pace = fault_pace(injector, faults_during_play, max(map(len, texts), default=0))
     try:
-        logs = asyncio.run(play_sessions(cfg, texts, seed, session_ids))
+        logs = asyncio.run(play_sessions(cfg, texts, seed, session_ids, pace))
     finally:
         faults = injector.stop() if injector is not None else []
     play_s = time.monotonic() - started
