@@ -30,7 +30,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_serving, next to this file
 
 from rxt_dist.eval import simcheck
-from rxt_dist.eval.calibrate import fit_fixed_shares, fit_timing_cv, fit_to_calibration
+from rxt_dist.eval.calibrate import fit_fixed_shares, fit_timing_cv, fit_to_calibration, fit_wake_weight
 from rxt_dist.eval.capacity import STORE_CALLS, CostProfile, ServingPath, Workload
 from rxt_dist.eval.report import load_average, machine_info, write_json_atomic
 from rxt_dist.eval.simcheck import check_table, compare
@@ -466,16 +466,31 @@ def fit_spread(profile: CostProfile) -> CostProfile:
 
 
 def fit_sharing(profile: CostProfile) -> CostProfile:
-    """The profile with each process's ``fixed_share`` fitted by simulating calibration level B
-    (:func:`~rxt_dist.eval.calibrate.fit_fixed_shares`); as it was for a profile measured
-    before level B recorded its answers."""
+    """The profile with each process's ``fixed_share`` and the CPU's ``wake_weight`` fitted by
+    simulating calibration level B (:func:`~rxt_dist.eval.calibrate.fit_fixed_shares`, its CPU
+    per turn; :func:`~rxt_dist.eval.calibrate.fit_wake_weight`, its update lag; the shares
+    again after the weight); as it was for a profile measured before level B recorded its
+    answers (and the weight as it was without level B's update lag)."""
     many = profile.extra.get("calibration", {}).get("many") or {}
     if not many.get("tokens") or not many.get("per_turn"):
         return profile
     w = Workload(sessions=many["sessions"], think_time_s=many["think_time_s"], query_tokens=profile.query_tokens,
                  answer_tokens=profile.answer_tokens, turns=many["turns"])
-    shares = fit_fixed_shares(profile, w, many["tokens"], many["per_turn"], profile.extra.get("slowdown", 1.0))
-    return dataclasses.replace(profile, path=dataclasses.replace(profile.path, fixed_share=shares))
+    slowdown = profile.extra.get("slowdown", 1.0)
+
+    def with_shares(p: CostProfile) -> CostProfile:
+        shares = fit_fixed_shares(p, w, many["tokens"], many["per_turn"], slowdown)
+        return dataclasses.replace(p, path=dataclasses.replace(p.path, fixed_share=shares))
+
+    profile = with_shares(profile)
+    if not many.get("update_lag_p50_s"):
+        return profile
+    weight, lags = fit_wake_weight(profile, w, many["tokens"], many["update_lag_p50_s"])
+    log.info("wake weight %g: level B's update lag %.1f ms measured, simulated %s", weight,
+             many["update_lag_p50_s"] * 1e3, ", ".join(f"{k:g}: {v * 1e3:.1f}" for k, v in lags.items()))
+    extra = {**profile.extra, "wake_weight_lags_s": {f"{k:g}": v for k, v in lags.items()}}
+    profile = dataclasses.replace(profile, path=dataclasses.replace(profile.path, wake_weight=weight), extra=extra)
+    return with_shares(profile)
 
 
 def refit(profile: CostProfile) -> CostProfile:

@@ -101,6 +101,29 @@ def fit_fixed_shares(p: CostProfile, many: Workload, answer_tokens: Sequence[int
     return shares
 
 
+WAKE_WEIGHTS = (1.0, 2.0, 4.0, 8.0, 16.0, 64.0, 1000.0)
+"""The weights :func:`fit_wake_weight` tries (1: equal sharing; 1000: the short pieces all but
+always first)."""
+
+
+def fit_wake_weight(p: CostProfile, many: Workload, answer_tokens: Sequence[int], lag_s: float,
+                    rounds: int = 6) -> tuple[float, dict[float, float]]:
+    """``ServingPath.wake_weight`` chosen so that simulating calibration level B (``many``,
+    with ``answer_tokens`` its answers' lengths) gives back its measured update lag p50
+    ``lag_s``, and the simulated lag of each weight tried. The lag is what the weight moves
+    most: under load the update's own pieces (the MemoryUpdater's calls, the store's) wait for
+    a core behind the decoding thread with equal sharing, ahead of it with a large weight. The
+    simulated lag is not monotone in the weight at this level's size (its seeded jitter moves
+    it by ±10%), so every weight of ``WAKE_WEIGHTS`` is tried and the closest (in ratio) kept."""
+    lags = {}
+    for weight in WAKE_WEIGHTS:
+        path = dataclasses.replace(p.path, wake_weight=weight)
+        out = simulate(dataclasses.replace(p, path=path), many, answer_tokens=answer_tokens, rounds=rounds, seed=0)
+        lags[weight] = out["update_lag_p50_s"]
+    best = min(lags, key=lambda weight: abs(np.log(lags[weight] / lag_s)))
+    return best, lags
+
+
 def spread(values: Sequence[float]) -> float:
     """How far the slow end of ``values`` lies above their middle: p90 / p50 − 1."""
     if len(values) == 0:

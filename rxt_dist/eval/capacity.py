@@ -158,6 +158,13 @@ class ServingPath:
     one-at-a-time figure, ``turns`` counting the turns with a job in the process. Fitted by
     simulating a second calibration level with many sessions until it gives back that level's
     CPU per turn (``rxt_dist.eval.calibrate.fit_fixed_shares``); 1 (no sharing) when missing."""
+    wake_weight: float = 1.0
+    """How the CPU favours the serving processes' short pieces of work (a thread that wakes for
+    a message and sleeps again) over the model's long ones (decoding, consolidating: a thread
+    that computes without sleeping) when more threads want a core than there are: their
+    weight in the sharing, the model's being 1. Linux's scheduler runs a thread that has slept
+    ahead of those that have not; 1 shares equally. Fitted by simulating the busy calibration
+    level until it gives back its measured update lag (``fit_wake_weight``)."""
     max_batch_size: int = 32
     """Sequences one Generator replica decodes together (``max_batch_size``)."""
     update_batch_size: int = 16
@@ -184,6 +191,8 @@ class ServingPath:
             raise ValueError(f"in_share={self.in_share} + out_share={self.out_share}: must be ≤ 1")
         if self.cores <= 0:
             raise ValueError(f"cores={self.cores}: must be > 0")
+        if self.wake_weight < 1:
+            raise ValueError(f"wake_weight={self.wake_weight}: must be ≥ 1 (1: equal sharing)")
 
     def serial(self, role: str) -> float:
         return self.serial_share.get(role, 1.0)

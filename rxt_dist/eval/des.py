@@ -15,13 +15,14 @@ from collections.abc import Callable
 class Sim:
     """The event queue, the clock, and the machine's CPU shared by every process."""
 
-    def __init__(self, seed: int, cv: float, speed: Callable[[int], float] = lambda busy: 1.0) -> None:
+    def __init__(self, seed: int, cv: float, speed: Callable[[int], float] = lambda busy: 1.0,
+                 wake_weight: float = 1.0) -> None:
         self.now = 0.0
         self._heap: list = []
         self._seq = itertools.count()
         self.rng = random.Random(seed)
         self.sigma = math.sqrt(math.log(1 + cv * cv)) if cv > 0 else 0.0
-        self.cpu = CPU(self, speed)
+        self.cpu = CPU(self, speed, wake_weight)
 
     def at(self, t: float, fn: Callable[[], None]) -> None:
         heapq.heappush(self._heap, (t, next(self._seq), fn))
@@ -42,11 +43,16 @@ class Sim:
 
 
 class CPU:
-    """Processor sharing: every busy process advances at ``speed(busy)`` × its lone speed."""
+    """Processor sharing: the busy processes together advance at ``busy × speed(busy)`` lone
+    speeds, split in proportion to each job's weight, no job faster than alone. With every
+    weight equal (``wake_weight`` 1) each advances at ``speed(busy)``. ``hog`` jobs (a thread
+    that computes without sleeping: decoding, consolidation) weigh 1; the others — short pieces
+    of work of a thread that sleeps between them — weigh ``wake_weight``."""
 
-    def __init__(self, sim: Sim, speed: Callable[[int], float]) -> None:
-        self.sim, self.speed = sim, speed
-        self.jobs: dict[int, list] = {}  # id → [remaining seconds of lone work, callback]
+    def __init__(self, sim: Sim, speed: Callable[[int], float], wake_weight: float = 1.0) -> None:
+        self.sim, self.speed, self.wake_weight = sim, speed, wake_weight
+        self.jobs: dict[int, list] = {}  # id → [remaining seconds of lone work, callback, weight]
+        self._rates: dict[int, float] = {}
         self._ids = itertools.count()
         self._last = 0.0
         self._version = 0
@@ -67,27 +73,48 @@ class CPU:
 
         self.sim.after(seconds, thaw)
 
-    def run(self, seconds: float, then: Callable[[], None]) -> None:
+    def run(self, seconds: float, then: Callable[[], None], hog: bool = False) -> None:
         if seconds <= 0:
             self.sim.after(0.0, then)
             return
         self._advance()
-        self.jobs[next(self._ids)] = [seconds, then]
+        self.jobs[next(self._ids)] = [seconds, then, 1.0 if hog else self.wake_weight]
         self._schedule()
 
     def _advance(self) -> None:
         if self.jobs and not self.frozen:
-            done = (self.sim.now - self._last) * self.speed(len(self.jobs))
-            for job in self.jobs.values():
-                job[0] -= done
+            dt = self.sim.now - self._last
+            for k, job in self.jobs.items():
+                job[0] -= dt * self._rates.get(k, 0.0)
         self._last = self.sim.now
+
+    def _share(self) -> dict[int, float]:
+        """Each job's speed: ``busy × speed(busy)`` split by weight, capped at 1 (water-filling)."""
+        n = len(self.jobs)
+        each = self.speed(n)
+        if each >= 1.0 or all(job[2] == self.wake_weight for job in self.jobs.values()) or self.wake_weight == 1.0:
+            return dict.fromkeys(self.jobs, each)
+        rates: dict[int, float] = {}
+        left, free = n * each, dict(self.jobs)
+        while free:
+            per_weight = left / sum(job[2] for job in free.values())
+            capped = [k for k, job in free.items() if job[2] * per_weight >= 1.0]
+            if not capped:
+                rates.update({k: job[2] * per_weight for k, job in free.items()})
+                break
+            for k in capped:
+                rates[k] = 1.0
+                left -= 1.0
+                del free[k]
+        return rates
 
     def _schedule(self) -> None:
         self._version += 1
         if self.jobs and not self.frozen:
-            left = min(job[0] for job in self.jobs.values())
+            self._rates = self._share()
+            left = min(max(0.0, job[0]) / self._rates[k] for k, job in self.jobs.items())
             version = self._version
-            self.sim.after(max(0.0, left) / self.speed(len(self.jobs)), lambda: self._finish(version))
+            self.sim.after(left, lambda: self._finish(version))
 
     def _finish(self, version: int) -> None:
         if version != self._version:

@@ -96,7 +96,7 @@ class DecodeLoop:
         self.iterations += 1
         self.row_s += seconds * (len(stepping) + len(admit))
         # the step's tokens are handed over on the replica's event loop, behind what waits there
-        self.sim.cpu.run(seconds, lambda: self.io.do(0.0, lambda: self._emit(stepping, admit)))
+        self.sim.cpu.run(seconds, lambda: self.io.do(0.0, lambda: self._emit(stepping, admit)), hog=True)
 
     def _emit(self, stepping: list[_Seq], admit: list[_Seq]) -> None:
         self.rows = [s for s in stepping + admit if s.tokens_left > 1]
@@ -187,7 +187,7 @@ class Updater:
                 lap("read")
                 seconds = self.sim.jitter(self.p.consolidate(len(batch)))
                 self.model_s += seconds
-                self.sim.cpu.run(seconds, lambda: loop_then(commit))
+                self.sim.cpu.run(seconds, lambda: loop_then(commit), hog=True)
 
         def commit() -> None:
             lap("consolidate")
@@ -450,7 +450,7 @@ class Graph:
         self.settle_poll_s = settle_poll_s
         """With a poll interval, a session ends once its last update is seen committed, as the
         serving benchmark's client does (it polls the session at once, then every interval)."""
-        self.sim = Sim(seed, p.timing_cv, p.path.speed)
+        self.sim = Sim(seed, p.timing_cv, p.path.speed, p.path.wake_weight)
         self.answer_choices = list(answer_tokens) if answer_tokens else [w.answer_tokens]
         self.stops_early = stops_early
         self.answer_plan = answer_plan

@@ -346,6 +346,52 @@ def test_a_process_runs_its_serial_share_one_job_after_another_and_shares_the_cp
     assert ends == pytest.approx([0.020, 0.020])  # two busy jobs on one core: each at half speed
 
 
+def test_the_cpu_favours_short_pieces_over_the_models_work_by_their_weight():
+    """With ``wake_weight`` W a piece of a serving process shares a core W : 1 with a hog (the
+    decoding thread), never faster than alone; equal weights share equally; two cores give each
+    of two jobs one."""
+    from rxt_dist.eval.des import Sim
+
+    def ends(weight: float, cores: float, hogs: int, pieces: int) -> tuple[list[float], list[float]]:
+        sim = Sim(seed=0, cv=0.0, speed=ServingPath(cores=cores, other_load=0.0).speed, wake_weight=weight)
+        hog_ends: list[float] = []
+        piece_ends: list[float] = []
+        for _ in range(hogs):
+            sim.cpu.run(0.010, lambda: hog_ends.append(sim.now), hog=True)
+        for _ in range(pieces):
+            sim.cpu.run(0.010, lambda: piece_ends.append(sim.now))
+        sim.run()
+        return hog_ends, piece_ends
+
+    hog, piece = ends(3.0, cores=1, hogs=1, pieces=1)
+    assert piece == pytest.approx([0.010 / 0.75]) and hog == pytest.approx([0.020])  # 3 : 1, then alone
+    hog, piece = ends(1.0, cores=1, hogs=1, pieces=1)
+    assert piece == pytest.approx([0.020]) and hog == pytest.approx([0.020])
+    hog, piece = ends(1000.0, cores=2, hogs=1, pieces=1)
+    assert piece == pytest.approx([0.010]) and hog == pytest.approx([0.010])  # a core each: no one waits
+    hog, piece = ends(1000.0, cores=2, hogs=2, pieces=2)
+    assert piece == pytest.approx([0.010, 0.010], rel=1e-2) and hog == pytest.approx([0.020, 0.020], rel=1e-2)
+
+
+def test_the_fitted_wake_weight_gives_back_the_busy_levels_update_lag():
+    """``fit_wake_weight`` finds the weight with which the busy calibration level simulates to
+    its measured update lag: the lag a profile simulated with weight 16 came back at is fitted
+    to 16, and that lag is longer than equal sharing's (the update's pieces go ahead of the
+    decoding thread)."""
+    from rxt_dist.eval.calibrate import fit_wake_weight
+
+    base = measured_like()
+    many = Workload(sessions=12, think_time_s=0.0, answer_tokens=6, turns=4)
+    answers = [4, 6, 8]
+    favoured = dataclasses.replace(base, path=dataclasses.replace(base.path, wake_weight=16.0))
+    measured = simulate(favoured, many, answer_tokens=answers, rounds=2)["update_lag_p50_s"]
+    weight, lags = fit_wake_weight(base, many, answers, measured, rounds=2)
+    assert weight == 16.0, lags
+    assert lags[1.0] < measured, lags
+    with pytest.raises(ValueError, match="wake_weight"):
+        ServingPath(wake_weight=0.5)
+
+
 def test_jobs_of_one_turn_share_no_wake_up_and_jobs_of_two_turns_do():
     """``fixed_share`` is a sharing between turns: a stream's chunks (jobs of one turn in the
     process at once) each cost their whole work; a second turn's job shares the wake-up."""
