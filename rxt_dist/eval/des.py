@@ -92,7 +92,7 @@ class CPU:
         """Each job's speed: ``busy × speed(busy)`` split by weight, capped at 1 (water-filling)."""
         n = len(self.jobs)
         each = self.speed(n)
-        if each >= 1.0 or all(job[2] == self.wake_weight for job in self.jobs.values()) or self.wake_weight == 1.0:
+        if each >= 1.0 or self.wake_weight == 1.0:  # nobody waits, or equal weights
             return dict.fromkeys(self.jobs, each)
         rates: dict[int, float] = {}
         left, free = n * each, dict(self.jobs)
