@@ -4,6 +4,7 @@
     python jobs/capacity.py check --model-dir runs/tiny/models/smat          # profile + benchmark + simulation
     python jobs/capacity.py compare      # simulate again from the stored profile and benchmark
     python jobs/capacity.py simulate --profile docs/bench/capacity-profile-cpu.json --sessions 1 8 32
+    python jobs/capacity.py wake-weight --profiles docs/bench/study/capacity-profile-*.json
     python jobs/capacity.py plan --profile configs/capacity/l4-nano.json --daily-users 100000
     python jobs/capacity.py bf16-recall --rxt runs/tiny/models/smat --data runs/data --max-conversations 300
 
@@ -30,13 +31,34 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_serving, next to this file
 
 from rxt_dist.eval import simcheck
-from rxt_dist.eval.calibrate import fit_fixed_shares, fit_timing_cv, fit_to_calibration, fit_wake_weight
+from rxt_dist.eval.calibrate import (MACHINE_WAKE_WEIGHT, fit_fixed_shares, fit_timing_cv, fit_to_calibration,
+                                     fit_wake_weight, pooled_wake_weight)
 from rxt_dist.eval.capacity import STORE_CALLS, CostProfile, ServingPath, Workload
 from rxt_dist.eval.report import load_average, machine_info, write_json_atomic
 from rxt_dist.eval.simcheck import check_table, compare
 from rxt_dist.eval.simulate import Replicas, simulate
 
 log = logging.getLogger("capacity")
+
+
+def wake_weight_arg(text: str) -> float | None:
+    """``--wake-weight``: ``fit`` (None: fitted to this run's busy calibration level) or a
+    number ≥ 1."""
+    if text == "fit":
+        return None
+    try:
+        weight = float(text)
+    except ValueError:
+        weight = math.nan
+    if not weight >= 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give 'fit' or a number ≥ 1 (1: equal sharing)")
+    return weight
+
+
+WAKE_WEIGHT_HELP = (f"the CPU weight of the serving processes' pieces against the model's work: a number ≥ 1, "
+                    f"or 'fit' to fit it to this run's busy calibration level (noisy); default "
+                    f"{MACHINE_WAKE_WEIGHT:g}, this project's benchmark machine's, pooled over many runs "
+                    f"(the wake-weight command fits another machine's)")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -51,6 +73,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         s.add_argument("--query-words", type=int, default=24)
         s.add_argument("--max-tokens", type=int, default=32)
         s.add_argument("--out", default="docs/bench/capacity-profile-cpu.json")
+        s.add_argument("--wake-weight", type=wake_weight_arg, default=MACHINE_WAKE_WEIGHT, help=WAKE_WEIGHT_HELP)
     check = sub.choices["check"]
     check.add_argument("--sessions", type=int, nargs="+", default=[1, 8, 32])
     check.add_argument("--turns", type=int, default=8)
@@ -65,6 +88,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     cmp_.add_argument("--check-out", default="docs/bench/capacity-check.json")
     cmp_.add_argument("--refit", action="store_true",
                       help="fit the serving path to the profile's calibration again (after changing the simulation)")
+    cmp_.add_argument("--wake-weight", type=wake_weight_arg, default=MACHINE_WAKE_WEIGHT,
+                      help=f"with --refit: {WAKE_WEIGHT_HELP}")
+    ww = sub.add_parser("wake-weight", help="the wake weight that fits many stored profiles' busy calibration level")
+    ww.add_argument("--profiles", nargs="+", required=True,
+                    help="profile JSON files written by profile or check on the machine to fit")
     sim = sub.add_parser("simulate")
     sim.add_argument("--profile", required=True)
     sim.add_argument("--sessions", type=int, nargs="+", default=[1, 8, 32])
@@ -331,7 +359,7 @@ def build_profile(args: argparse.Namespace, url: str) -> tuple[CostProfile, dict
                                  level["answer"]["p50_s"], level["update_lag"]["p50_s"], tokens,
                                  short_calibration(calibration, cpu["short"]) if short else None)
     profile.extra["path_before_fit"] = dataclasses.asdict(first.path)
-    return fit_sharing(fit_spread(profile)), level
+    return fit_sharing(fit_spread(profile), args.wake_weight), level
 
 
 def run_profile_and_check(args: argparse.Namespace, check: bool) -> None:
@@ -465,12 +493,14 @@ def fit_spread(profile: CostProfile) -> CostProfile:
     return dataclasses.replace(profile, timing_cv=cv, extra=extra)
 
 
-def fit_sharing(profile: CostProfile) -> CostProfile:
-    """The profile with each process's ``fixed_share`` and the CPU's ``wake_weight`` fitted by
-    simulating calibration level B (:func:`~rxt_dist.eval.calibrate.fit_fixed_shares`, its CPU
-    per turn; :func:`~rxt_dist.eval.calibrate.fit_wake_weight`, its update lag; the shares
-    again after the weight); as it was for a profile measured before level B recorded its
-    answers (and the weight as it was without level B's update lag)."""
+def fit_sharing(profile: CostProfile, wake_weight: float | None) -> CostProfile:
+    """The profile with each process's ``fixed_share`` fitted by simulating calibration level B
+    (:func:`~rxt_dist.eval.calibrate.fit_fixed_shares`, its CPU per turn) with the CPU's
+    ``wake_weight`` set to ``wake_weight`` (None: fitted to level B's update lag,
+    :func:`~rxt_dist.eval.calibrate.fit_wake_weight`; the shares fitted before and again after
+    it). Level B's lag simulated with each weight is kept in ``extra["wake_weight_lags_s"]``
+    (what the ``wake-weight`` command pools over runs). As it was for a profile measured before
+    level B recorded its answers (and the weight as it was without level B's update lag)."""
     many = profile.extra.get("calibration", {}).get("many") or {}
     if not many.get("tokens") or not many.get("per_turn"):
         return profile
@@ -485,22 +515,26 @@ def fit_sharing(profile: CostProfile) -> CostProfile:
     profile = with_shares(profile)
     if not many.get("update_lag_p50_s"):
         return profile
-    weight, lags = fit_wake_weight(profile, w, many["tokens"], many["update_lag_p50_s"])
-    log.info("wake weight %g: level B's update lag %.1f ms measured, simulated %s", weight,
+    fitted, lags = fit_wake_weight(profile, w, many["tokens"], many["update_lag_p50_s"])
+    weight = fitted if wake_weight is None else wake_weight
+    log.info("wake weight %g (%s): level B's update lag %.1f ms measured, simulated %s", weight,
+             "fitted to it" if wake_weight is None else f"given; {fitted:g} fits this run alone",
              many["update_lag_p50_s"] * 1e3, ", ".join(f"{k:g}: {v * 1e3:.1f}" for k, v in lags.items()))
-    extra = {**profile.extra, "wake_weight_lags_s": {f"{k:g}": v for k, v in lags.items()}}
+    extra = {**profile.extra, "wake_weight_lags_s": {f"{k:g}": v for k, v in lags.items()},
+             "wake_weight_source": "fitted to this run's level B" if wake_weight is None else "given"}
     profile = dataclasses.replace(profile, path=dataclasses.replace(profile.path, wake_weight=weight), extra=extra)
     return with_shares(profile)
 
 
-def refit(profile: CostProfile) -> CostProfile:
+def refit(profile: CostProfile, wake_weight: float | None) -> CostProfile:
     """The profile's serving-path shares and latencies fitted again to its stored calibration
     figures with the current simulation (after a change to the simulation, without measuring)."""
     c = profile.extra["calibration"]
     w = level_a_workload(profile)
     ttft = c.get("ttft_excluding_wait_p50_s", c["ttft_p50_s"])  # the same with think time: nothing waits
     return fit_sharing(fit_spread(fit_to_calibration(profile, w, ttft, c["answer_p50_s"], c["update_lag_p50_s"],
-                                                     c["answer_tokens"], short_calibration(w, c.get("short")))))
+                                                     c["answer_tokens"], short_calibration(w, c.get("short")))),
+                       wake_weight)
 
 
 def run_compare(args: argparse.Namespace) -> None:
@@ -509,12 +543,39 @@ def run_compare(args: argparse.Namespace) -> None:
     if args.refit:
         with open(args.profile, encoding="utf-8") as f:
             measured_by = json.load(f).get("command")
-        profile = refit(profile)
+        profile = refit(profile, args.wake_weight)
         write_json_atomic(args.profile, {"command": measured_by, **profile.to_dict()})
     with open(args.benchmark, encoding="utf-8") as f:
         report = json.load(f)
     args.out, args.bench_out = args.profile, args.benchmark
     write_check(profile, report, args, shlex.join(["python", "jobs/capacity.py", *sys.argv[1:]]))
+
+
+def run_wake_weight(args: argparse.Namespace) -> None:
+    """Pool the busy calibration level of stored profiles: print each weight's error over them
+    and the weight that fits them best (``--wake-weight`` for this machine's checks)."""
+    runs, skipped = [], []
+    for i, name in enumerate(args.profiles, 1):
+        profile = CostProfile.from_file(name)
+        many = profile.extra.get("calibration", {}).get("many") or {}
+        if not many.get("update_lag_p50_s") or not many.get("tokens"):
+            skipped.append(Path(name).name)
+            continue
+        if "wake_weight_lags_s" not in profile.extra:  # measured before the weight existed: refit here
+            log.info("[%d/%d] %s: simulating its level B with each weight", i, len(args.profiles), name)
+            profile = refit(profile, None)
+        runs.append((many["update_lag_p50_s"], {float(k): v for k, v in profile.extra["wake_weight_lags_s"].items()}))
+    if skipped:
+        print(f"skipped {len(skipped)} profile(s) whose busy calibration level recorded no update lag "
+              f"or answers (measured before it did): {', '.join(skipped)}")
+    if not runs:
+        raise SystemExit("none of the profiles recorded a busy calibration level: nothing to pool")
+    best, errors = pooled_wake_weight(runs)
+    print(f"{'weight':>7} {'rms log(simulated / measured)':>30} {'mean':>7}")
+    for weight, error in errors.items():
+        bias = sum(math.log(lags[weight] / measured) for measured, lags in runs) / len(runs)
+        print(f"{weight:>7g} {error:>30.3f} {bias:>+7.3f}" + ("   <- best" if weight == best else ""))
+    print(f"wake weight pooled over {len(runs)} calibration(s): {best:g} (--wake-weight {best:g})")
 
 
 # -- simulate, plan ------------------------------------------------------------------------------
@@ -626,6 +687,8 @@ def main(argv: list[str] | None = None) -> None:
         run_simulate(args)
     elif args.command == "plan":
         run_plan(args)
+    elif args.command == "wake-weight":
+        run_wake_weight(args)
     else:
         run_bf16_recall(args)
 

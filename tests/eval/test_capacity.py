@@ -392,6 +392,53 @@ def test_the_fitted_wake_weight_gives_back_the_busy_levels_update_lag():
         ServingPath(wake_weight=0.5)
 
 
+def test_the_pooled_wake_weight_fits_many_runs_where_each_run_alone_follows_its_noise():
+    """``pooled_wake_weight`` keeps the weight whose simulated lags are nearest the measured
+    ones over all runs (root mean square of the log ratio), where a run read low or high alone
+    picks a weight at the end of the grid; bad input is refused by name."""
+    from rxt_dist.eval.calibrate import pooled_wake_weight
+
+    simulated = {1.0: 0.060, 4.0: 0.090, 16.0: 0.100}  # the lag each weight simulates
+    runs = [(measured, simulated) for measured in (0.062, 0.093, 0.088, 0.104, 0.091)]
+    best, errors = pooled_wake_weight(runs)
+    assert best == 4.0, errors
+    assert list(errors) == [1.0, 4.0, 16.0]
+    assert errors[4.0] == pytest.approx(math.sqrt(sum(math.log(0.090 / m) ** 2 for m, _ in runs) / len(runs)))
+    alone = [pooled_wake_weight([run])[0] for run in runs]
+    assert alone == [1.0, 4.0, 4.0, 16.0, 4.0]
+    assert pooled_wake_weight([runs[0]])[1][1.0] == pytest.approx(abs(math.log(0.060 / 0.062)))
+    with pytest.raises(ValueError, match="no calibration runs"):
+        pooled_wake_weight([])
+    with pytest.raises(ValueError, match="share no weight"):
+        pooled_wake_weight([(0.09, {1.0: 0.06}), (0.09, {4.0: 0.09})])
+    with pytest.raises(ValueError, match="must be > 0"):
+        pooled_wake_weight([(0.0, simulated)])
+
+
+def test_the_wake_weight_command_pools_stored_profiles_and_names_what_it_skipped(tmp_path, capsys):
+    """``jobs/capacity.py wake-weight`` reads each profile's busy-level lags per weight, pools
+    them and prints the weight; a profile without a busy level is skipped by name; a weight
+    below 1 given to ``check`` is refused before anything runs."""
+    from jobs.capacity import main
+
+    from rxt_dist.eval.report import write_json_atomic
+
+    names = []
+    for i, measured in enumerate((0.062, 0.093, 0.088, 0.104)):
+        extra = {"calibration": {"many": {"update_lag_p50_s": measured, "tokens": [8, 8]}},
+                 "wake_weight_lags_s": {"1": 0.060, "4": 0.090, "16": 0.100}}
+        names.append(str(tmp_path / f"p{i}.json"))
+        write_json_atomic(names[-1], dataclasses.replace(profile(), extra=extra).to_dict())
+    write_json_atomic(tmp_path / "old.json", profile().to_dict())
+    main(["wake-weight", "--profiles", *names, str(tmp_path / "old.json")])
+    out = capsys.readouterr().out
+    assert "skipped 1 profile(s)" in out and "old.json" in out
+    assert "pooled over 4 calibration(s): 4 (--wake-weight 4)" in out
+    with pytest.raises(SystemExit):
+        main(["check", "--wake-weight", "0.5"])
+    assert "--wake-weight: '0.5': give 'fit' or a number ≥ 1" in capsys.readouterr().err
+
+
 def test_jobs_of_one_turn_share_no_wake_up_and_jobs_of_two_turns_do():
     """``fixed_share`` is a sharing between turns: a stream's chunks (jobs of one turn in the
     process at once) each cost their whole work; a second turn's job shares the wake-up."""
