@@ -55,6 +55,10 @@ def wake_weight_arg(text: str) -> float | None:
     return weight
 
 
+SPEED_PROBE_HELP = ("scale the profile by the speed probe's reading during each level against its reading during "
+                    "the calibration (off by default: over 26 stored checks it lost 10 figures of 312, and its "
+                    "calibration reading was 40-57%% high in three runs whose calibration ran at normal speed)")
+
 WAKE_WEIGHT_HELP = (f"the CPU weight of the serving processes' pieces against the model's work: a number ≥ 1, "
                     f"or 'fit' to fit it to this run's busy calibration level (noisy); default "
                     f"{MACHINE_WAKE_WEIGHT:g}, this project's benchmark machine's, pooled over many runs "
@@ -82,6 +86,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                        help="more rounds for a level with fewer turns than this (a p99 of 16 turns is their maximum)")
     check.add_argument("--bench-out", default="docs/bench/capacity-serving.json")
     check.add_argument("--check-out", default="docs/bench/capacity-check.json")
+    check.add_argument("--speed-probe", action="store_true", help=SPEED_PROBE_HELP)
     cmp_ = sub.add_parser("compare")
     cmp_.add_argument("--profile", default="docs/bench/capacity-profile-cpu.json")
     cmp_.add_argument("--benchmark", default="docs/bench/capacity-serving.json")
@@ -90,6 +95,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       help="fit the serving path to the profile's calibration again (after changing the simulation)")
     cmp_.add_argument("--wake-weight", type=wake_weight_arg, default=MACHINE_WAKE_WEIGHT,
                       help=f"with --refit: {WAKE_WEIGHT_HELP}")
+    cmp_.add_argument("--speed-probe", action="store_true", help=SPEED_PROBE_HELP)
     ww = sub.add_parser("wake-weight", help="the wake weight that fits many stored profiles' busy calibration level")
     ww.add_argument("--profiles", nargs="+", required=True,
                     help="profile JSON files written by profile or check on the machine to fit")
@@ -436,7 +442,8 @@ def write_check(profile: CostProfile, report: dict, args: argparse.Namespace, co
     server = report.get("server", {})
     rows = compare(profile, report["levels"], server.get("stream_interval_s", 0.0),
                    server.get("stream_chunks_per_s", 0.0),  # absent from reports before the budget: none
-                   report.get("config", {}).get("poll_interval_s", 0.0))  # each round's last commit, polled
+                   report.get("config", {}).get("poll_interval_s", 0.0),  # each round's last commit, polled
+                   speed_probe=args.speed_probe)
     write_json_atomic(args.check_out, {"command": command, "tolerance": simcheck.TOLERANCE, "profile": args.out,
                                        "benchmark": args.bench_out, "machine": machine_info(), "levels": rows,
                                        "all_within_tolerance": all(r["within_tolerance"] for r in rows)})
@@ -445,7 +452,8 @@ def write_check(profile: CostProfile, report: dict, args: argparse.Namespace, co
         env = r["environment"]
         batch = r["measured"].get("update_batch_mean")
         probe, probed = env.get("speed_probe_s"), env.get("profiled_speed_probe_s")
-        speed = f", speed probe {probe * 1e3:.2f} ms (profile {probed * 1e3:.2f})" if probe and probed else ""
+        speed = (f", speed probe {probe * 1e3:.2f} ms (profile {probed * 1e3:.2f}; "
+                 f"{'applied' if env.get('speed_probe_applied') else 'not applied'})" if probe and probed else "")
         print(f"S={r['sessions']}: slowdown {env['slowdown']:.2f} (profile {env['profiled_at']:.2f}){speed}, "
               f"stalls {env['stall_rate_per_s']:.2f}/s, {env['stalled_share']:.1%} of the time; "
               f"update batch mean sim {r['simulated']['update_batch_mean']:.1f} / measured "

@@ -42,9 +42,11 @@ def measured_figures(level: dict) -> dict[str, float | None]:
 
 
 def compare(profile: CostProfile, levels: list[dict], stream_interval_s: float | None = None,
-            stream_chunks_per_s: float | None = None, settle_poll_s: float = 0.0) -> list[dict[str, Any]]:
+            stream_chunks_per_s: float | None = None, settle_poll_s: float = 0.0,
+            speed_probe: bool = False) -> list[dict[str, Any]]:
     """Per level: the simulation with the profile moved to the load measured right before the
-    level and the machine's speed measured during it (``CostProfile.in_environment``),
+    level (``CostProfile.in_environment``; with ``speed_probe`` also scaled by the ratio of the
+    speed probe's reading during the level to its reading during the calibration),
     streaming as the measured application did (``stream_interval_s``,
     ``stream_chunks_per_s``; None: the profile's), its rounds ending as
     the benchmark's do (``settle_poll_s``, :func:`simulate_level`), against what the benchmark
@@ -57,8 +59,8 @@ def compare(profile: CostProfile, levels: list[dict], stream_interval_s: float |
         profile = dataclasses.replace(profile, path=dataclasses.replace(profile.path, **streaming))
     for level in levels:
         env = level.get("environment")
-        here = profile if env is None else profile.in_environment(env["slowdown"], env["stalls"],
-                                                                  env.get("speed_probe_s"))
+        here = profile if env is None else profile.in_environment(
+            env["slowdown"], env["stalls"], env.get("speed_probe_s") if speed_probe else None)
         sim, real = simulate_level(here, level, settle_poll_s=settle_poll_s), measured_figures(level)
         errors = {key: (sim[key] / real[key] - 1) if real[key] else None for key, _ in CHECKED}
         rows.append({"sessions": level["sessions"], "measured": real,
@@ -69,6 +71,7 @@ def compare(profile: CostProfile, levels: list[dict], stream_interval_s: float |
                      "within_tolerance": all(e is not None and abs(e) <= TOLERANCE for e in errors.values()),
                      "load_average": [level["load_average_before"], level["load_average_after"]],
                      "environment": {"slowdown": env["slowdown"] if env else None, "profiled_at": base,
+                                     "speed_probe_applied": speed_probe,
                                      "speed_probe_s": env.get("speed_probe_s") if env else None,
                                      "profiled_speed_probe_s": profile.extra.get("environment", {}).get(
                                          "speed_probe_s"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import time
 
@@ -533,6 +534,24 @@ def test_a_slower_machine_read_by_the_speed_probe_scales_every_work_time():
     assert unprobed.in_environment(1.0, speed_probe_s=0.003).decode_step(1) == pytest.approx(p.decode_step(1))
     w = Workload(sessions=4, answer_tokens=6, turns=3)
     assert simulate(slower, w)["ttft_p50_s"] > simulate(p, w)["ttft_p50_s"]
+
+
+def test_the_check_applies_the_speed_probe_only_when_asked():
+    """``simcheck.compare`` leaves the probe's reading out unless ``speed_probe`` is set (its
+    calibration reading misread the machine in stored runs): a stored check whose level probed
+    faster than its calibration simulates faster with the correction and says which it did."""
+    from pathlib import Path
+
+    from rxt_dist.eval.simcheck import compare
+
+    study = Path(__file__).resolve().parents[2] / "docs" / "bench" / "study"
+    p = CostProfile.from_file(study / "capacity-profile-pw1.json")
+    level = json.loads((study / "capacity-serving-pw1.json").read_text())["levels"][0]
+    assert level["environment"]["speed_probe_s"] < 0.8 * p.extra["environment"]["speed_probe_s"]
+    off, on = (compare(p, [level], speed_probe=probe)[0] for probe in (False, True))
+    assert not off["environment"]["speed_probe_applied"] and on["environment"]["speed_probe_applied"]
+    assert on["simulated"]["ttft_p50_s"] < 0.9 * off["simulated"]["ttft_p50_s"]
+    assert off["measured"] == on["measured"]
 
 
 def test_the_speed_probe_times_its_pieces_while_the_block_runs_and_then_stops():
