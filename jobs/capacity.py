@@ -35,7 +35,7 @@ from rxt_dist.eval.calibrate import (MACHINE_WAKE_WEIGHT, fit_fixed_shares, fit_
                                      fit_wake_weight, pooled_wake_weight)
 from rxt_dist.eval.capacity import STORE_CALLS, CostProfile, ServingPath, Workload
 from rxt_dist.eval.report import load_average, machine_info, write_json_atomic
-from rxt_dist.eval.simcheck import check_table, compare
+from rxt_dist.eval.simcheck import SPEED_READINGS, check_table, compare
 from rxt_dist.eval.simulate import Replicas, simulate
 
 log = logging.getLogger("capacity")
@@ -55,9 +55,11 @@ def wake_weight_arg(text: str) -> float | None:
     return weight
 
 
-SPEED_PROBE_HELP = ("scale the profile by the speed probe's reading during each level against its reading during "
-                    "the calibration (off by default: over 26 stored checks it lost 10 figures of 312, and its "
-                    "calibration reading was 40-57%% high in three runs whose calibration ran at normal speed)")
+SPEED_FROM_HELP = ("scale the profile by a reading of the machine's speed at each level against the same reading at "
+                   "the calibration: 'probe', the speed probe's (a Python process timing a fixed piece of work); "
+                   "'store', the store's CPU per cycle of claim, record, read, commit. Off by default: the probe's "
+                   "correction lost 10 figures of 312 over 26 stored checks, its calibration reading 40-57%% high "
+                   "in three runs whose calibration ran at normal speed")
 
 WAKE_WEIGHT_HELP = (f"the CPU weight of the serving processes' pieces against the model's work: a number ≥ 1, "
                     f"or 'fit' to fit it to this run's busy calibration level (noisy); default "
@@ -86,7 +88,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                        help="more rounds for a level with fewer turns than this (a p99 of 16 turns is their maximum)")
     check.add_argument("--bench-out", default="docs/bench/capacity-serving.json")
     check.add_argument("--check-out", default="docs/bench/capacity-check.json")
-    check.add_argument("--speed-probe", action="store_true", help=SPEED_PROBE_HELP)
+    check.add_argument("--speed-from", choices=sorted(SPEED_READINGS), help=SPEED_FROM_HELP)
     cmp_ = sub.add_parser("compare")
     cmp_.add_argument("--profile", default="docs/bench/capacity-profile-cpu.json")
     cmp_.add_argument("--benchmark", default="docs/bench/capacity-serving.json")
@@ -95,7 +97,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       help="fit the serving path to the profile's calibration again (after changing the simulation)")
     cmp_.add_argument("--wake-weight", type=wake_weight_arg, default=MACHINE_WAKE_WEIGHT,
                       help=f"with --refit: {WAKE_WEIGHT_HELP}")
-    cmp_.add_argument("--speed-probe", action="store_true", help=SPEED_PROBE_HELP)
+    cmp_.add_argument("--speed-from", choices=sorted(SPEED_READINGS), help=SPEED_FROM_HELP)
     ww = sub.add_parser("wake-weight", help="the wake weight that fits many stored profiles' busy calibration level")
     ww.add_argument("--profiles", nargs="+", required=True,
                     help="profile JSON files written by profile or check on the machine to fit")
@@ -200,11 +202,12 @@ def calibrate(url: str, args: argparse.Namespace, idle_s: float = 4.0) -> tuple[
         counters0 = updater.stats.remote().result()
         many, many_per_turn, many_shares = _cpu_per_turn(pids, url, config(16, MANY_TURNS, MANY_THINK_S, 0), rate)
         counters1 = updater.stats.remote().result()
-    store_calls = store_call_costs(url, pids)
+    store_calls, store_cycle = store_call_costs(url, pids)
     in_flight = many["requests"] / many["wall_s"] * many["answer"]["p50_s"]
     fixed = {role: _fixed_share(per_turn[role], many_per_turn[role], in_flight) for role in per_turn}
     turns = level["requests"] + 2
     return level, {"per_turn": per_turn, "idle_rate": rate, "speed_probe_s": probe.median_s,
+                   "store_cycle_cpu_s": store_cycle,
                    "serial_share": shares, "fixed_share": fixed, "store_calls": store_calls,
                    "updater_read_share": read_share(held0, held1),
                    "many": {"sessions": 16, "turns": MANY_TURNS, "think_time_s": MANY_THINK_S,
@@ -226,12 +229,14 @@ SHORT_MAX_TOKENS = 2
 separates each process's work per streamed chunk from its work per turn."""
 
 
-def store_call_costs(url: str, pids: dict[str, list[int]], cycles: int = 200) -> dict[str, float]:
+def store_call_costs(url: str, pids: dict[str, list[int]], cycles: int = 200) -> tuple[dict[str, float], float]:
     """The store shard's CPU seconds per call of each kind a turn makes, measured on a session of
     its own: ``cycles`` times claim (``begin_turn``), record (``finish_turn``, moving the
     session's transcript index entry as a turn does), read
     (``update_input``) and commit (``commit_update``), each call alone, the shard process's CPU
-    read around it (clock-tick resolution: averaged over many calls)."""
+    read around it (clock-tick resolution: averaged over many calls); and the shard's CPU
+    seconds per cycle read around the whole loop (a reading of the machine's speed: the same
+    work each time, ~1% resolution)."""
     import httpx
     import ray
 
@@ -258,6 +263,7 @@ def store_call_costs(url: str, pids: dict[str, list[int]], cycles: int = 200) ->
         spent[kind] += process_cpu(store)["store"] - before
         return out
 
+    start = process_cpu(store)["store"]
     for _ in range(cycles):
         lease = f"capacity-{time.monotonic_ns()}"
         claim = timed("claim", shard.begin_turn.remote(sid, lease, 5.0))
@@ -266,8 +272,9 @@ def store_call_costs(url: str, pids: dict[str, list[int]], cycles: int = 200) ->
         timed("record", shard.finish_turn.remote(sid, lease, version, [5] * 24, [6] * 6, None, "stop", transcript))
         data = timed("read", shard.update_input.remote(sid, version))
         timed("commit", shard.commit_update.remote(sid, version, data["stm"]))
+    per_cycle = (process_cpu(store)["store"] - start) / cycles
     httpx.delete(f"{url}/v1/sessions/{sid}", timeout=30.0)
-    return {kind: v / cycles for kind, v in spent.items()}
+    return {kind: v / cycles for kind, v in spent.items()}, per_cycle
 
 
 def read_share(before: dict, after: dict) -> float:
@@ -348,7 +355,8 @@ def build_profile(args: argparse.Namespace, url: str) -> tuple[CostProfile, dict
                # the reference load: the one measured right after the model timings, which make up
                # most of the profile's times (a burst before the calibration must not set it)
                "environment": {"slowdown": env_after["slowdown"], "before": env_before, "after": env_after,
-                               "speed_probe_s": cpu["speed_probe_s"]},
+                               "speed_probe_s": cpu["speed_probe_s"],
+                               "store_cycle_cpu_s": cpu["store_cycle_cpu_s"]},
                "model_cpu_s": costs["cpu_s"], "calibration": {
                    "sessions": 1, "turns": turns, "think_time_s": args.calibration_think_s,
                    "cpu_s_per_turn": cpu_per_turn, "cpu_idle_rate": cpu["idle_rate"],
@@ -408,6 +416,7 @@ def play_levels(url: str, server: dict, args: argparse.Namespace, command: str) 
     report = None
     for i, sessions in enumerate(args.sessions):
         env = measure_environment()
+        _, store_cycle = store_call_costs(url, pids)  # the machine's speed on the store's work, as at calibration
         cpu0, client0 = process_cpu(pids), time.process_time()
         batches0, steps0 = updater.stats.remote().result(), generator.stats.remote().result()["steps"]
         cfg = ServingConfig(url=url, sessions=(sessions,), turns=args.turns, rounds=level_rounds(args, sessions),
@@ -419,7 +428,7 @@ def play_levels(url: str, server: dict, args: argparse.Namespace, command: str) 
         level = one["levels"][0]
         level["update_batches"] = update_batches(batches0, batches1)
         level["decode_steps"] = steps1 - steps0  # one Generator replica (the check's app runs one)
-        level["environment"] = {**env, "speed_probe_s": probe.median_s}
+        level["environment"] = {**env, "speed_probe_s": probe.median_s, "store_cycle_cpu_s": store_cycle}
         turns = max(1, level["requests"] + cfg.warmup_turns)  # the warm-up's CPU is in the window too
         level["cpu_s_per_turn"] = {role: (cpu1[role] - cpu0[role]) / turns for role in cpu1}
         level["cpu_s_per_turn"]["client"] = (client1 - client0) / turns
@@ -443,7 +452,7 @@ def write_check(profile: CostProfile, report: dict, args: argparse.Namespace, co
     rows = compare(profile, report["levels"], server.get("stream_interval_s", 0.0),
                    server.get("stream_chunks_per_s", 0.0),  # absent from reports before the budget: none
                    report.get("config", {}).get("poll_interval_s", 0.0),  # each round's last commit, polled
-                   speed_probe=args.speed_probe)
+                   speed_from=args.speed_from)
     write_json_atomic(args.check_out, {"command": command, "tolerance": simcheck.TOLERANCE, "profile": args.out,
                                        "benchmark": args.bench_out, "machine": machine_info(), "levels": rows,
                                        "all_within_tolerance": all(r["within_tolerance"] for r in rows)})
@@ -452,8 +461,10 @@ def write_check(profile: CostProfile, report: dict, args: argparse.Namespace, co
         env = r["environment"]
         batch = r["measured"].get("update_batch_mean")
         probe, probed = env.get("speed_probe_s"), env.get("profiled_speed_probe_s")
-        speed = (f", speed probe {probe * 1e3:.2f} ms (profile {probed * 1e3:.2f}; "
-                 f"{'applied' if env.get('speed_probe_applied') else 'not applied'})" if probe and probed else "")
+        speed = f", speed probe {probe * 1e3:.2f} ms (profile {probed * 1e3:.2f})" if probe and probed else ""
+        cycle, cycled = env.get("store_cycle_cpu_s"), env.get("profiled_store_cycle_cpu_s")
+        speed += f", store cycle {cycle * 1e3:.2f} ms (profile {cycled * 1e3:.2f})" if cycle and cycled else ""
+        speed += f", scaled by the {env['speed_from']} reading" if env.get("speed_from") else ", no speed scaling"
         print(f"S={r['sessions']}: slowdown {env['slowdown']:.2f} (profile {env['profiled_at']:.2f}){speed}, "
               f"stalls {env['stall_rate_per_s']:.2f}/s, {env['stalled_share']:.1%} of the time; "
               f"update batch mean sim {r['simulated']['update_batch_mean']:.1f} / measured "
@@ -536,8 +547,17 @@ def fit_sharing(profile: CostProfile, wake_weight: float | None) -> CostProfile:
 
 def refit(profile: CostProfile, wake_weight: float | None) -> CostProfile:
     """The profile's serving-path shares and latencies fitted again to its stored calibration
-    figures with the current simulation (after a change to the simulation, without measuring)."""
+    figures with the current simulation (after a change to the simulation, without measuring),
+    from where the profile command started: the path as measured (``extra.path_before_fit``)
+    and the model's own jitter (``extra.model_timing_cv``), so that a refit with the code and
+    weight of the profile gives back its fit. A profile stored before it kept the measured path
+    is refitted from its fitted one."""
     c = profile.extra["calibration"]
+    measured = profile.extra.get("path_before_fit")
+    if measured:
+        known = {f.name for f in dataclasses.fields(ServingPath)}
+        profile = dataclasses.replace(profile, path=ServingPath(**{k: v for k, v in measured.items() if k in known}),
+                                      timing_cv=profile.extra.get("model_timing_cv", profile.timing_cv))
     w = level_a_workload(profile)
     ttft = c.get("ttft_excluding_wait_p50_s", c["ttft_p50_s"])  # the same with think time: nothing waits
     return fit_sharing(fit_spread(fit_to_calibration(profile, w, ttft, c["answer_p50_s"], c["update_lag_p50_s"],

@@ -41,16 +41,25 @@ def measured_figures(level: dict) -> dict[str, float | None]:
             "decode_steps": level.get("decode_steps"), "cpu_s_per_turn": level.get("cpu_s_per_turn")}
 
 
+SPEED_READINGS = {"probe": "speed_probe_s", "store": "store_cycle_cpu_s"}
+"""``compare``'s ``speed_from``: the key of each reading in a level's and the profile's
+``environment``."""
+
+
 def compare(profile: CostProfile, levels: list[dict], stream_interval_s: float | None = None,
             stream_chunks_per_s: float | None = None, settle_poll_s: float = 0.0,
-            speed_probe: bool = False) -> list[dict[str, Any]]:
+            speed_from: str | None = None) -> list[dict[str, Any]]:
     """Per level: the simulation with the profile moved to the load measured right before the
-    level (``CostProfile.in_environment``; with ``speed_probe`` also scaled by the ratio of the
-    speed probe's reading during the level to its reading during the calibration),
+    level (``CostProfile.in_environment``; with ``speed_from`` also scaled by the ratio of a
+    reading of the machine's speed at the level to the same reading at the calibration:
+    ``"probe"``, the speed probe's during each; ``"store"``, the store's CPU per call cycle
+    right before each — :data:`SPEED_READINGS`),
     streaming as the measured application did (``stream_interval_s``,
     ``stream_chunks_per_s``; None: the profile's), its rounds ending as
     the benchmark's do (``settle_poll_s``, :func:`simulate_level`), against what the benchmark
     measured."""
+    if speed_from is not None and speed_from not in SPEED_READINGS:
+        raise ValueError(f"speed_from={speed_from!r}: one of {sorted(SPEED_READINGS)}, or None")
     rows = []
     base = profile.extra.get("environment", {}).get("slowdown", 1.0)
     streaming = {k: v for k, v in (("stream_interval_s", stream_interval_s),
@@ -59,8 +68,9 @@ def compare(profile: CostProfile, levels: list[dict], stream_interval_s: float |
         profile = dataclasses.replace(profile, path=dataclasses.replace(profile.path, **streaming))
     for level in levels:
         env = level.get("environment")
+        key = SPEED_READINGS.get(speed_from)
         here = profile if env is None else profile.in_environment(
-            env["slowdown"], env["stalls"], env.get("speed_probe_s") if speed_probe else None)
+            env["slowdown"], env["stalls"], env.get(key) if key else None, key or "speed_probe_s")
         sim, real = simulate_level(here, level, settle_poll_s=settle_poll_s), measured_figures(level)
         errors = {key: (sim[key] / real[key] - 1) if real[key] else None for key, _ in CHECKED}
         rows.append({"sessions": level["sessions"], "measured": real,
@@ -71,7 +81,10 @@ def compare(profile: CostProfile, levels: list[dict], stream_interval_s: float |
                      "within_tolerance": all(e is not None and abs(e) <= TOLERANCE for e in errors.values()),
                      "load_average": [level["load_average_before"], level["load_average_after"]],
                      "environment": {"slowdown": env["slowdown"] if env else None, "profiled_at": base,
-                                     "speed_probe_applied": speed_probe,
+                                     "speed_from": speed_from,
+                                     "store_cycle_cpu_s": env.get("store_cycle_cpu_s") if env else None,
+                                     "profiled_store_cycle_cpu_s": profile.extra.get("environment", {}).get(
+                                         "store_cycle_cpu_s"),
                                      "speed_probe_s": env.get("speed_probe_s") if env else None,
                                      "profiled_speed_probe_s": profile.extra.get("environment", {}).get(
                                          "speed_probe_s"),

@@ -524,6 +524,9 @@ def test_a_slower_machine_read_by_the_speed_probe_scales_every_work_time():
     spin loop's; without a probe reading on either side nothing moves."""
     p = dataclasses.replace(measured_like(), extra={"environment": {"slowdown": 1.0, "speed_probe_s": 0.002}})
     slower = p.in_environment(1.0, speed_probe_s=0.003)
+    other = dataclasses.replace(p, extra={"environment": {"slowdown": 1.0, "store_cycle_cpu_s": 0.004}})
+    assert other.in_environment(1.0, speed_probe_s=0.006, speed_key="store_cycle_cpu_s").decode_step(1) == \
+        pytest.approx(1.5 * p.decode_step(1))
     assert slower.decode_step(1) == pytest.approx(1.5 * p.decode_step(1))
     assert slower.consolidate(4) == pytest.approx(1.5 * p.consolidate(4))
     assert slower.path.ingress_s == pytest.approx(1.5 * p.path.ingress_s)
@@ -536,10 +539,11 @@ def test_a_slower_machine_read_by_the_speed_probe_scales_every_work_time():
     assert simulate(slower, w)["ttft_p50_s"] > simulate(p, w)["ttft_p50_s"]
 
 
-def test_the_check_applies_the_speed_probe_only_when_asked():
-    """``simcheck.compare`` leaves the probe's reading out unless ``speed_probe`` is set (its
-    calibration reading misread the machine in stored runs): a stored check whose level probed
-    faster than its calibration simulates faster with the correction and says which it did."""
+def test_the_check_scales_by_a_speed_reading_only_when_asked():
+    """``simcheck.compare`` leaves the machine's speed readings out unless ``speed_from`` names
+    one (the probe's calibration reading misread the machine in stored runs): a stored check
+    whose level probed faster than its calibration simulates faster with the probe's
+    correction, and says which reading it used; an unknown reading is refused by name."""
     from pathlib import Path
 
     from rxt_dist.eval.simcheck import compare
@@ -548,10 +552,14 @@ def test_the_check_applies_the_speed_probe_only_when_asked():
     p = CostProfile.from_file(study / "capacity-profile-pw1.json")
     level = json.loads((study / "capacity-serving-pw1.json").read_text())["levels"][0]
     assert level["environment"]["speed_probe_s"] < 0.8 * p.extra["environment"]["speed_probe_s"]
-    off, on = (compare(p, [level], speed_probe=probe)[0] for probe in (False, True))
-    assert not off["environment"]["speed_probe_applied"] and on["environment"]["speed_probe_applied"]
+    off, on = (compare(p, [level], speed_from=reading)[0] for reading in (None, "probe"))
+    assert off["environment"]["speed_from"] is None and on["environment"]["speed_from"] == "probe"
     assert on["simulated"]["ttft_p50_s"] < 0.9 * off["simulated"]["ttft_p50_s"]
     assert off["measured"] == on["measured"]
+    # a run stored before the store's cycle was read: nothing to scale by, the same simulation
+    assert compare(p, [level], speed_from="store")[0]["simulated"] == off["simulated"]
+    with pytest.raises(ValueError, match="speed_from='moon'"):
+        compare(p, [level], speed_from="moon")
 
 
 def test_the_speed_probe_times_its_pieces_while_the_block_runs_and_then_stops():
