@@ -367,11 +367,10 @@ def build_profile(args: argparse.Namespace, url: str) -> tuple[CostProfile, dict
                    "ttft_s": [float(x) for per_turn in level["samples"]["ttft_s"] for x in per_turn if x is not None],
                    "ttft_excluding_wait_p50_s": level["ttft"]["excluding_wait"]["p50_s"],
                    "update_lag_p50_s": level["update_lag"]["p50_s"]}})
-    calibration = Workload(sessions=1, think_time_s=args.calibration_think_s, query_tokens=query_tokens,
-                           answer_tokens=round(answer_mean), turns=args.calibration_turns)
+    calibration = level_a_workload(first)
     profile = fit_to_calibration(first, calibration, level["ttft"]["excluding_wait"]["p50_s"],
                                  level["answer"]["p50_s"], level["update_lag"]["p50_s"], tokens,
-                                 short_calibration(calibration, cpu["short"]) if short else None)
+                                 short_calibration(calibration, short))
     profile.extra["path_before_fit"] = dataclasses.asdict(first.path)
     return fit_sharing(fit_spread(profile), args.wake_weight), level
 
@@ -485,8 +484,11 @@ def write_check(profile: CostProfile, report: dict, args: argparse.Namespace, co
 
 def short_calibration(long: Workload, short: dict | None) -> tuple[Workload, float, list[int]] | None:
     """The short-answer calibration level as :func:`fit_to_calibration` takes it (None for a
-    profile measured before it existed)."""
+    profile measured before it existed, or whose capped answers came in too nearly as many
+    chunks as the long ones to tell per-chunk from per-turn work)."""
     if not short or "tokens" not in short:
+        return None
+    if short.get("long_chunks") is not None and short["long_chunks"] - short["chunks"] < 1:
         return None
     w = dataclasses.replace(long, answer_tokens=max(1, round(short["answer_tokens"])))
     return w, short["answer_p50_s"], short["tokens"]

@@ -588,3 +588,18 @@ def test_the_update_lag_ends_at_the_commit_stamp_and_the_next_turn_waits_for_the
     assert after["update_lag_p50_s"] == pytest.approx(before["update_lag_p50_s"] - 0.002, rel=1e-9)
     assert after["ttft_p99_s"] == pytest.approx(before["ttft_p99_s"], rel=1e-9)  # waits for the whole commit
     assert after["waited_share"] == pytest.approx(4 / 5)
+
+
+def test_the_short_calibration_level_is_left_out_where_it_cannot_tell_chunks_from_turns():
+    """The profile command and ``compare --refit`` fit the same: the capped-answer level
+    enters the fit only when its answers came in at least one chunk fewer than the long ones
+    (and only when it was recorded)."""
+    from jobs.capacity import short_calibration
+
+    long = Workload(sessions=1, think_time_s=0.3, answer_tokens=30, turns=30)
+    short = {"tokens": [2, 2, 1], "answer_tokens": 1.7, "answer_p50_s": 0.02, "chunks": 2.0, "long_chunks": 20.0}
+    w, answer_s, tokens = short_calibration(long, short)
+    assert (w.answer_tokens, w.turns, answer_s, tokens) == (2, 30, 0.02, [2, 2, 1])
+    assert short_calibration(long, {**short, "long_chunks": 2.5}) is None
+    assert short_calibration(long, None) is None
+    assert short_calibration(long, {k: v for k, v in short.items() if k != "long_chunks"}) is not None
