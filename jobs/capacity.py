@@ -409,6 +409,14 @@ def play_levels(url: str, server: dict, args: argparse.Namespace, command: str) 
     )
     from rxt_dist.eval.serving import ServingConfig, judge_targets, run_serving
 
+    import httpx
+
+    from rxt_dist.serving.protocol import SESSION_HEADER
+
+    # a session opened and closed, not a turn: the store's shard has a process to read from now
+    opened = httpx.post(f"{url}/v1/sessions", timeout=30.0)
+    opened.raise_for_status()
+    httpx.delete(f"{url}/v1/sessions/{opened.headers[SESSION_HEADER]}", timeout=30.0)
     pids = serving_processes(ray._private.worker._global_node.all_processes["raylet"][0].process.pid)
     updater = serve.get_deployment_handle("MemoryUpdater", APP_NAME)
     generator = serve.get_deployment_handle("Generator", APP_NAME)
