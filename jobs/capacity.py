@@ -396,7 +396,9 @@ def run_profile_and_check(args: argparse.Namespace, check: bool) -> None:
 
 def play_levels(url: str, server: dict, args: argparse.Namespace, command: str) -> dict[str, Any]:
     """The serving benchmark one level at a time, each right after a measurement of the
-    machine's other load (``environment`` in the level's report)."""
+    machine's other load and a reading of the store's CPU per call cycle (``environment`` in
+    the level's report)."""
+    import httpx
     import ray
     from bench_serving import APP_NAME, replica_counts
     from ray import serve
@@ -408,9 +410,6 @@ def play_levels(url: str, server: dict, args: argparse.Namespace, command: str) 
         serving_processes,
     )
     from rxt_dist.eval.serving import ServingConfig, judge_targets, run_serving
-
-    import httpx
-
     from rxt_dist.serving.protocol import SESSION_HEADER
 
     # a session opened and closed, not a turn: the store's shard has a process to read from now
