@@ -60,6 +60,7 @@ def compare(profile: CostProfile, levels: list[dict], stream_interval_s: float |
     measured."""
     if speed_from is not None and speed_from not in SPEED_READINGS:
         raise ValueError(f"speed_from={speed_from!r}: one of {sorted(SPEED_READINGS)}, or None")
+    reading = SPEED_READINGS.get(speed_from)
     rows = []
     base = profile.extra.get("environment", {}).get("slowdown", 1.0)
     streaming = {k: v for k, v in (("stream_interval_s", stream_interval_s),
@@ -68,9 +69,8 @@ def compare(profile: CostProfile, levels: list[dict], stream_interval_s: float |
         profile = dataclasses.replace(profile, path=dataclasses.replace(profile.path, **streaming))
     for level in levels:
         env = level.get("environment")
-        key = SPEED_READINGS.get(speed_from)
         here = profile if env is None else profile.in_environment(
-            env["slowdown"], env["stalls"], env.get(key) if key else None, key or "speed_probe_s")
+            env["slowdown"], env["stalls"], env.get(reading) if reading else None, reading or "speed_probe_s")
         sim, real = simulate_level(here, level, settle_poll_s=settle_poll_s), measured_figures(level)
         errors = {key: (sim[key] / real[key] - 1) if real[key] else None for key, _ in CHECKED}
         rows.append({"sessions": level["sessions"], "measured": real,

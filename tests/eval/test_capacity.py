@@ -523,9 +523,9 @@ def test_a_slower_machine_read_by_the_speed_probe_scales_every_work_time():
     the CPU time it took at profiling scales every work time by 1.5, the other load stays the
     spin loop's; without a probe reading on either side nothing moves."""
     p = dataclasses.replace(measured_like(), extra={"environment": {"slowdown": 1.0, "speed_probe_s": 0.002}})
-    slower = p.in_environment(1.0, speed_probe_s=0.003)
+    slower = p.in_environment(1.0, speed_reading=0.003)
     other = dataclasses.replace(p, extra={"environment": {"slowdown": 1.0, "store_cycle_cpu_s": 0.004}})
-    assert other.in_environment(1.0, speed_probe_s=0.006, speed_key="store_cycle_cpu_s").decode_step(1) == \
+    assert other.in_environment(1.0, speed_reading=0.006, speed_key="store_cycle_cpu_s").decode_step(1) == \
         pytest.approx(1.5 * p.decode_step(1))
     assert slower.decode_step(1) == pytest.approx(1.5 * p.decode_step(1))
     assert slower.consolidate(4) == pytest.approx(1.5 * p.consolidate(4))
@@ -534,7 +534,7 @@ def test_a_slower_machine_read_by_the_speed_probe_scales_every_work_time():
     assert slower.path.other_load == 0.0
     assert p.in_environment(1.0).decode_step(1) == pytest.approx(p.decode_step(1))
     unprobed = dataclasses.replace(p, extra={"environment": {"slowdown": 1.0}})
-    assert unprobed.in_environment(1.0, speed_probe_s=0.003).decode_step(1) == pytest.approx(p.decode_step(1))
+    assert unprobed.in_environment(1.0, speed_reading=0.003).decode_step(1) == pytest.approx(p.decode_step(1))
     w = Workload(sessions=4, answer_tokens=6, turns=3)
     assert simulate(slower, w)["ttft_p50_s"] > simulate(p, w)["ttft_p50_s"]
 
