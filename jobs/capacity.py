@@ -57,9 +57,10 @@ def wake_weight_arg(text: str) -> float | None:
 
 SPEED_FROM_HELP = ("scale the profile by a reading of the machine's speed at each level against the same reading at "
                    "the calibration: 'probe', the speed probe's (a Python process timing a fixed piece of work); "
-                   "'store', the store's CPU per cycle of claim, record, read, commit. Off by default: the probe's "
-                   "correction lost 10 figures of 312 over 26 stored checks, its calibration reading 40-57%% high "
-                   "in three runs whose calibration ran at normal speed")
+                   "'store', the store's CPU per cycle of claim, record, read, commit; 'replay', the serving "
+                   "processes' CPU per turn in a replay of calibration level A right before the level. Off by "
+                   "default: the probe's correction lost 10 figures of 312 over 26 stored checks, its calibration "
+                   "reading 40-57%% high in three runs whose calibration ran at normal speed")
 
 WAKE_WEIGHT_HELP = (f"the CPU weight of the serving processes' pieces against the model's work: a number ≥ 1, "
                     f"or 'fit' to fit it to this run's busy calibration level (noisy); default "
@@ -162,6 +163,29 @@ def _cpu_per_turn(pids, url: str, cfg, rate: dict[str, float]) -> tuple[dict, di
     return level, per_turn, shares
 
 
+def idle_rates(pids: dict[str, list[int]], idle_s: float = 4.0) -> dict[str, float]:
+    """Each role's CPU seconds per second while no request runs (Ray's background work: health
+    checks, metrics, long polls), this process's as ``client``."""
+    from rxt_dist.eval.profile import process_cpu
+
+    idle0, client_idle0, t0 = process_cpu(pids), time.process_time(), time.perf_counter()
+    time.sleep(idle_s)
+    idle1, client_idle1, t1 = process_cpu(pids), time.process_time(), time.perf_counter()
+    rate = {role: (idle1[role] - idle0[role]) / (t1 - t0) for role in idle1}
+    rate["client"] = (client_idle1 - client_idle0) / (t1 - t0)
+    return rate
+
+
+def replay_config(url: str, args: argparse.Namespace, warmup: int = 0, max_tokens: int | None = None):
+    """Calibration level A (one session, think time, seeded queries): the calibration plays it,
+    and the check replays it right before each level to read the serving path's speed."""
+    from rxt_dist.eval.serving import ServingConfig
+
+    return ServingConfig(url=url, sessions=(1,), turns=args.calibration_turns, think_time_s=args.calibration_think_s,
+                         query_words=args.query_words, max_tokens=max_tokens or args.max_tokens,
+                         warmup_turns=warmup, seed=7)
+
+
 def calibrate(url: str, args: argparse.Namespace, idle_s: float = 4.0) -> tuple[dict, dict[str, Any], int]:
     """Play the calibration workloads and measure the serving processes' CPU per turn: level A,
     one session with think time (no queueing: the latencies the profile is fitted to), and
@@ -175,7 +199,7 @@ def calibrate(url: str, args: argparse.Namespace, idle_s: float = 4.0) -> tuple[
     from bench_serving import APP_NAME
     from ray import serve
 
-    from rxt_dist.eval.profile import SpeedProbe, process_cpu, serving_processes
+    from rxt_dist.eval.profile import SpeedProbe, serving_processes
     from rxt_dist.eval.serving import ServingConfig, run_serving
 
     def config(sessions: int, turns: int, think: float, warmup: int, max_tokens: int = args.max_tokens) -> ServingConfig:
@@ -185,19 +209,14 @@ def calibrate(url: str, args: argparse.Namespace, idle_s: float = 4.0) -> tuple[
     run_serving(config(1, 2, 0.0, 0))  # every process exists now
     raylet = ray._private.worker._global_node.all_processes["raylet"][0].process.pid
     pids = serving_processes(raylet)
-    idle0, client_idle0, t0 = process_cpu(pids), time.process_time(), time.perf_counter()
-    time.sleep(idle_s)
-    idle1, client_idle1, t1 = process_cpu(pids), time.process_time(), time.perf_counter()
-    rate = {role: (idle1[role] - idle0[role]) / (t1 - t0) for role in idle1}
-    rate["client"] = (client_idle1 - client_idle0) / (t1 - t0)
+    rate = idle_rates(pids, idle_s)
     updater = serve.get_deployment_handle("MemoryUpdater", APP_NAME)
     held0 = updater.stats.remote().result().get("stm", {})
     with SpeedProbe() as probe:  # the machine's speed while the path's costs are measured
-        level, per_turn, shares = _cpu_per_turn(
-            pids, url, config(1, args.calibration_turns, args.calibration_think_s, 2), rate)
+        level, per_turn, shares = _cpu_per_turn(pids, url, replay_config(url, args, warmup=2), rate)
         held1 = updater.stats.remote().result().get("stm", {})
-        short, short_per_turn, _ = _cpu_per_turn(
-            pids, url, config(1, args.calibration_turns, args.calibration_think_s, 0, SHORT_MAX_TOKENS), rate)
+        short, short_per_turn, _ = _cpu_per_turn(pids, url, replay_config(url, args, max_tokens=SHORT_MAX_TOKENS),
+                                                 rate)
         short_tokens = [int(x) for per_turn in short["samples"]["completion_tokens"] for x in per_turn]
         counters0 = updater.stats.remote().result()
         many, many_per_turn, many_shares = _cpu_per_turn(pids, url, config(16, MANY_TURNS, MANY_THINK_S, 0), rate)
@@ -396,8 +415,9 @@ def run_profile_and_check(args: argparse.Namespace, check: bool) -> None:
 
 def play_levels(url: str, server: dict, args: argparse.Namespace, command: str) -> dict[str, Any]:
     """The serving benchmark one level at a time, each right after a measurement of the
-    machine's other load and a reading of the store's CPU per call cycle (``environment`` in
-    the level's report)."""
+    machine's other load, a reading of the store's CPU per call cycle and a replay of
+    calibration level A (``environment`` in the level's report; the first replay warms the
+    application up)."""
     import httpx
     import ray
     from bench_serving import APP_NAME, replica_counts
@@ -423,10 +443,18 @@ def play_levels(url: str, server: dict, args: argparse.Namespace, command: str) 
     for i, sessions in enumerate(args.sessions):
         env = measure_environment()
         _, store_cycle = store_call_costs(url, pids)  # the machine's speed on the store's work, as at calibration
+        # the serving path's speed: calibration level A replayed, its CPU per turn against the calibration's
+        # (the background rate read right before it: a level's aftermath keeps Ray's processes busier)
+        rate = idle_rates(pids)
+        replayed, replay_cpu, _ = _cpu_per_turn(pids, url, replay_config(url, args, warmup=2 if i == 0 else 0), rate)
+        replay = {"cpu_s_per_turn": replay_cpu, "chunks_per_turn": replayed["tokens"]["chunks_per_turn_mean"],
+                  "turns": replayed["requests"], "ttft_p50_s": replayed["ttft"]["p50_s"], "idle_rate": rate}
+        log.info("S=%d: the calibration replayed: serving CPU %.1f ms per turn (%.2f chunks per answer)", sessions,
+                 simcheck.replay_cpu_s(replay_cpu) * 1e3, replay["chunks_per_turn"])
         cpu0, client0 = process_cpu(pids), time.process_time()
         batches0, steps0 = updater.stats.remote().result(), generator.stats.remote().result()["steps"]
         cfg = ServingConfig(url=url, sessions=(sessions,), turns=args.turns, rounds=level_rounds(args, sessions),
-                            query_words=args.query_words, max_tokens=args.max_tokens, warmup_turns=2 if i == 0 else 0)
+                            query_words=args.query_words, max_tokens=args.max_tokens)
         with SpeedProbe() as probe:
             one = run_serving(cfg, progress=True, command=command, server=server, describe_server=replica_counts)
         cpu1, client1 = process_cpu(pids), time.process_time()
@@ -434,7 +462,8 @@ def play_levels(url: str, server: dict, args: argparse.Namespace, command: str) 
         level = one["levels"][0]
         level["update_batches"] = update_batches(batches0, batches1)
         level["decode_steps"] = steps1 - steps0  # one Generator replica (the check's app runs one)
-        level["environment"] = {**env, "speed_probe_s": probe.median_s, "store_cycle_cpu_s": store_cycle}
+        level["environment"] = {**env, "speed_probe_s": probe.median_s, "store_cycle_cpu_s": store_cycle,
+                                "replay": replay}
         turns = max(1, level["requests"] + cfg.warmup_turns)  # the warm-up's CPU is in the window too
         level["cpu_s_per_turn"] = {role: (cpu1[role] - cpu0[role]) / turns for role in cpu1}
         level["cpu_s_per_turn"]["client"] = (client1 - client0) / turns
@@ -470,7 +499,12 @@ def write_check(profile: CostProfile, report: dict, args: argparse.Namespace, co
         speed = f", speed probe {probe * 1e3:.2f} ms (profile {probed * 1e3:.2f})" if probe and probed else ""
         cycle, cycled = env.get("store_cycle_cpu_s"), env.get("profiled_store_cycle_cpu_s")
         speed += f", store cycle {cycle * 1e3:.2f} ms (profile {cycled * 1e3:.2f})" if cycle and cycled else ""
-        speed += f", scaled by the {env['speed_from']} reading" if env.get("speed_from") else ", no speed scaling"
+        replayed, calibrated = env.get("replay_cpu_s"), env.get("profiled_replay_cpu_s")
+        speed += (f", replay's serving CPU {replayed * 1e3:.1f} ms per turn (calibration {calibrated * 1e3:.1f})"
+                  if replayed and calibrated else "")
+        speed += (f", scaled by the {env['speed_from']} reading (×{env['speed_ratio']:.2f})" if env.get("speed_ratio")
+                  else f", the {env['speed_from']} reading missing: no speed scaling" if env.get("speed_from")
+                  else ", no speed scaling")
         print(f"S={r['sessions']}: slowdown {env['slowdown']:.2f} (profile {env['profiled_at']:.2f}){speed}, "
               f"stalls {env['stall_rate_per_s']:.2f}/s, {env['stalled_share']:.1%} of the time; "
               f"update batch mean sim {r['simulated']['update_batch_mean']:.1f} / measured "

@@ -281,20 +281,19 @@ class CostProfile:
             setattr(self, name, monotone(table))
 
     def in_environment(self, slowdown: float, stalls: dict[str, Any] | None = None,
-                       speed_reading: float | None = None, speed_key: str = "speed_probe_s") -> CostProfile:
+                       speed_ratio: float | None = None) -> CostProfile:
         """This profile on the same machine under another load: every time that is work (model
         operations, the serving path's work and its fixed latencies) scaled from the slowdown
         the profile was measured at to ``slowdown``, the other load and the stalls as measured
         now (both slowdowns by :func:`rxt_dist.eval.profile.measure_environment`); with
-        ``speed_reading`` (a reading of the machine's speed now: seconds a fixed piece of work
-        took, :class:`~rxt_dist.eval.profile.SpeedProbe`'s by default) and the profile's own
-        reading of the same kind (``extra.environment[speed_key]``), scaled by their ratio too:
-        the work per CPU second the machine lost or gained since the profile was measured."""
-        measured_at = self.extra.get("environment", {})
-        base = measured_at.get("slowdown", 1.0)
+        ``speed_ratio`` (a reading of the machine's speed now over the same reading when the
+        profile was measured: the CPU time the same work takes now, relative;
+        :func:`rxt_dist.eval.simcheck.speed_ratio`), scaled by it too — the work per CPU second
+        the machine lost or gained since."""
+        base = self.extra.get("environment", {}).get("slowdown", 1.0)
         f = slowdown / base
-        if speed_reading and measured_at.get(speed_key):
-            f *= speed_reading / measured_at[speed_key]
+        if speed_ratio:
+            f *= speed_ratio
 
         def scaled(table: dict[int, float]) -> dict[int, float]:
             return {k: v * f for k, v in table.items()}

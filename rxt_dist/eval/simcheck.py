@@ -41,9 +41,42 @@ def measured_figures(level: dict) -> dict[str, float | None]:
             "decode_steps": level.get("decode_steps"), "cpu_s_per_turn": level.get("cpu_s_per_turn")}
 
 
-SPEED_READINGS = {"probe": "speed_probe_s", "store": "store_cycle_cpu_s"}
-"""``compare``'s ``speed_from``: the key of each reading in a level's and the profile's
-``environment``."""
+SPEED_READINGS = {"probe": "speed_probe_s", "store": "store_cycle_cpu_s", "replay": "replay"}
+"""``compare``'s ``speed_from``: the key of each reading in a level's ``environment`` (and, for
+the probe and the store, in the profile's)."""
+SERVING_ROLES = ("proxy", "ingress", "generator", "updater", "store")
+"""The serving graph's processes whose CPU per turn the replay reading sums (not the client's)."""
+
+
+def replay_cpu_s(cpu_s_per_turn: dict[str, float]) -> float:
+    """The serving processes' CPU seconds per turn, summed over :data:`SERVING_ROLES`."""
+    return sum(cpu_s_per_turn.get(role, 0.0) for role in SERVING_ROLES)
+
+
+def speed_ratio(profile: CostProfile, env: dict[str, Any] | None, speed_from: str | None) -> float | None:
+    """How much longer the same work takes at a level than when ``profile`` was measured, by
+    the reading ``speed_from`` names (None: not read, or not recorded on both sides):
+    ``"probe"`` and ``"store"``, the level's reading over the profile's; ``"replay"``, the
+    serving processes' CPU per turn in a replay of calibration level A right before the level
+    (``env["replay"]``) over the calibration's own, the calibration's moved to the replay's
+    chunks per turn by the profile's per-chunk work (the replay's application may slice its
+    stream; the Generator's part stays per token)."""
+    if speed_from is None or not env:
+        return None
+    if speed_from == "replay":
+        replay, calibration = env.get("replay"), profile.extra.get("calibration", {})
+        if not replay or "cpu_s_per_turn" not in calibration:
+            return None
+        roles = [r for r in SERVING_ROLES if r in replay["cpu_s_per_turn"]]  # a role absent then is absent from both
+        then = replay_cpu_s({r: calibration["cpu_s_per_turn"].get(r, 0.0) for r in roles})
+        chunks_then = calibration.get("short", {}).get("long_chunks")
+        if chunks_then is not None:
+            then -= sum(profile.path.chunk(r) for r in ("ingress", "proxy")) * (chunks_then - replay["chunks_per_turn"])
+        now = replay_cpu_s(replay["cpu_s_per_turn"])
+        return now / then if then > 0 and now > 0 else None
+    key = SPEED_READINGS[speed_from]
+    now, then = env.get(key), profile.extra.get("environment", {}).get(key)
+    return now / then if now and then else None
 
 
 def compare(profile: CostProfile, levels: list[dict], stream_interval_s: float | None = None,
@@ -53,14 +86,14 @@ def compare(profile: CostProfile, levels: list[dict], stream_interval_s: float |
     level (``CostProfile.in_environment``; with ``speed_from`` also scaled by the ratio of a
     reading of the machine's speed at the level to the same reading at the calibration:
     ``"probe"``, the speed probe's during each; ``"store"``, the store's CPU per call cycle
-    right before each — :data:`SPEED_READINGS`),
+    right before each; ``"replay"``, the serving path's CPU per turn in a replay of the
+    calibration right before each — :func:`speed_ratio`),
     streaming as the measured application did (``stream_interval_s``,
     ``stream_chunks_per_s``; None: the profile's), its rounds ending as
     the benchmark's do (``settle_poll_s``, :func:`simulate_level`), against what the benchmark
     measured."""
     if speed_from is not None and speed_from not in SPEED_READINGS:
         raise ValueError(f"speed_from={speed_from!r}: one of {sorted(SPEED_READINGS)}, or None")
-    reading = SPEED_READINGS.get(speed_from)
     rows = []
     base = profile.extra.get("environment", {}).get("slowdown", 1.0)
     streaming = {k: v for k, v in (("stream_interval_s", stream_interval_s),
@@ -69,8 +102,8 @@ def compare(profile: CostProfile, levels: list[dict], stream_interval_s: float |
         profile = dataclasses.replace(profile, path=dataclasses.replace(profile.path, **streaming))
     for level in levels:
         env = level.get("environment")
-        here = profile if env is None else profile.in_environment(
-            env["slowdown"], env["stalls"], env.get(reading) if reading else None, reading or "speed_probe_s")
+        ratio = speed_ratio(profile, env, speed_from)
+        here = profile if env is None else profile.in_environment(env["slowdown"], env["stalls"], ratio)
         sim, real = simulate_level(here, level, settle_poll_s=settle_poll_s), measured_figures(level)
         errors = {key: (sim[key] / real[key] - 1) if real[key] else None for key, _ in CHECKED}
         rows.append({"sessions": level["sessions"], "measured": real,
@@ -81,7 +114,11 @@ def compare(profile: CostProfile, levels: list[dict], stream_interval_s: float |
                      "within_tolerance": all(e is not None and abs(e) <= TOLERANCE for e in errors.values()),
                      "load_average": [level["load_average_before"], level["load_average_after"]],
                      "environment": {"slowdown": env["slowdown"] if env else None, "profiled_at": base,
-                                     "speed_from": speed_from,
+                                     "speed_from": speed_from, "speed_ratio": ratio,
+                                     "replay_cpu_s": replay_cpu_s(env["replay"]["cpu_s_per_turn"])
+                                     if env and env.get("replay") else None,
+                                     "profiled_replay_cpu_s": replay_cpu_s(profile.extra.get("calibration", {}).get(
+                                         "cpu_s_per_turn", {})),
                                      "store_cycle_cpu_s": env.get("store_cycle_cpu_s") if env else None,
                                      "profiled_store_cycle_cpu_s": profile.extra.get("environment", {}).get(
                                          "store_cycle_cpu_s"),

@@ -518,25 +518,57 @@ def test_every_serving_process_has_a_role():
         assert any(needle in f"ray::{cls}.method" for needle in PROCESS_ROLES), cls
 
 
-def test_a_slower_machine_read_by_the_speed_probe_scales_every_work_time():
+def test_a_slower_machine_read_by_a_speed_reading_scales_every_work_time():
     """The check moves the profile to each level's measured speed: a probe piece that took 1.5×
     the CPU time it took at profiling scales every work time by 1.5, the other load stays the
-    spin loop's; without a probe reading on either side nothing moves."""
-    p = dataclasses.replace(measured_like(), extra={"environment": {"slowdown": 1.0, "speed_probe_s": 0.002}})
-    slower = p.in_environment(1.0, speed_reading=0.003)
-    other = dataclasses.replace(p, extra={"environment": {"slowdown": 1.0, "store_cycle_cpu_s": 0.004}})
-    assert other.in_environment(1.0, speed_reading=0.006, speed_key="store_cycle_cpu_s").decode_step(1) == \
-        pytest.approx(1.5 * p.decode_step(1))
+    spin loop's; without a reading on either side nothing moves."""
+    from rxt_dist.eval.simcheck import speed_ratio
+
+    p = dataclasses.replace(measured_like(), extra={"environment": {"slowdown": 1.0, "speed_probe_s": 0.002,
+                                                                    "store_cycle_cpu_s": 0.004}})
+    p = dataclasses.replace(p, path=dataclasses.replace(p.path, chunk_s={"proxy": 0.001}))
+    assert speed_ratio(p, {"speed_probe_s": 0.003}, "probe") == pytest.approx(1.5)
+    assert speed_ratio(p, {"store_cycle_cpu_s": 0.006}, "store") == pytest.approx(1.5)
+    assert speed_ratio(p, {"speed_probe_s": 0.003}, None) is None
+    assert speed_ratio(p, {}, "probe") is None
+    unprobed = dataclasses.replace(p, extra={"environment": {"slowdown": 1.0}})
+    assert speed_ratio(unprobed, {"speed_probe_s": 0.003}, "probe") is None
+    slower = p.in_environment(1.0, speed_ratio=1.5)
     assert slower.decode_step(1) == pytest.approx(1.5 * p.decode_step(1))
     assert slower.consolidate(4) == pytest.approx(1.5 * p.consolidate(4))
     assert slower.path.ingress_s == pytest.approx(1.5 * p.path.ingress_s)
     assert slower.path.chunk("proxy") == pytest.approx(1.5 * p.path.chunk("proxy"))
     assert slower.path.other_load == 0.0
     assert p.in_environment(1.0).decode_step(1) == pytest.approx(p.decode_step(1))
-    unprobed = dataclasses.replace(p, extra={"environment": {"slowdown": 1.0}})
-    assert unprobed.in_environment(1.0, speed_reading=0.003).decode_step(1) == pytest.approx(p.decode_step(1))
     w = Workload(sessions=4, answer_tokens=6, turns=3)
     assert simulate(slower, w)["ttft_p50_s"] > simulate(p, w)["ttft_p50_s"]
+
+
+def test_the_replay_reading_is_the_serving_cpu_per_turn_against_the_calibrations_at_the_replays_chunks():
+    """``speed_from="replay"``: the serving processes' CPU per turn in the replay of calibration
+    level A over the calibration's (the client's left out), the calibration's first moved to
+    the replay's chunks per answer by the profile's per-chunk work of the Ingress and the proxy
+    (a time-sliced stream sends fewer chunks than the calibration's one per token)."""
+    from rxt_dist.eval.simcheck import speed_ratio
+
+    cal = {"proxy": 0.002, "ingress": 0.010, "generator": 0.012, "updater": 0.008, "store": 0.006, "client": 0.5}
+    chunks = {"ingress": 0.0010, "proxy": 0.0005, "generator": 0.0020, "client": 0.0004}
+    p = dataclasses.replace(measured_like(), path=dataclasses.replace(measured_like().path, chunk_s=chunks),
+                            extra={"calibration": {"cpu_s_per_turn": cal, "short": {"long_chunks": 5.0}}})
+    per_chunk = 0.0015
+    then = 0.038 - per_chunk * (5.0 - 2.0)
+    replay = {"cpu_s_per_turn": {r: 1.2 * v for r, v in cal.items()}, "chunks_per_turn": 2.0}
+    assert speed_ratio(p, {"replay": replay}, "replay") == pytest.approx(1.2 * 0.038 / then)
+    # the same chunks: the plain ratio; no per-chunk work fitted: the plain ratio too
+    same = {**replay, "chunks_per_turn": 5.0}
+    assert speed_ratio(p, {"replay": same}, "replay") == pytest.approx(1.2)
+    flat = dataclasses.replace(p, path=dataclasses.replace(p.path, chunk_s={}))
+    assert speed_ratio(flat, {"replay": replay}, "replay") == pytest.approx(1.2)
+    # a role the replay did not read (a store with no process yet) is left out on both sides
+    no_store = {**same, "cpu_s_per_turn": {r: v for r, v in same["cpu_s_per_turn"].items() if r != "store"}}
+    assert speed_ratio(p, {"replay": no_store}, "replay") == pytest.approx(1.2)
+    # a level recorded before the replay existed: no reading
+    assert speed_ratio(p, {"speed_probe_s": 0.001}, "replay") is None
 
 
 def test_the_check_scales_by_a_speed_reading_only_when_asked():

@@ -7,7 +7,7 @@ import json
 from collections.abc import Callable, Iterator
 
 from rxt_dist.eval.capacity import CostProfile
-from rxt_dist.eval.simcheck import simulate_level
+from rxt_dist.eval.simcheck import simulate_level, speed_ratio
 
 
 def simulated_levels(argv: list[str], reset: Callable[[], None] = lambda: None) -> Iterator[tuple[dict, dict]]:
@@ -21,6 +21,6 @@ def simulated_levels(argv: list[str], reset: Callable[[], None] = lambda: None) 
         stream_chunks_per_s=srv.get("stream_chunks_per_s", 0.0)))
     for lv in bench["levels"]:
         env = lv.get("environment")
-        here = prof.in_environment(env["slowdown"], env["stalls"], env.get("speed_probe_s")) if env else prof
+        here = prof.in_environment(env["slowdown"], env["stalls"], speed_ratio(prof, env, "probe")) if env else prof
         reset()
         yield lv, simulate_level(here, lv, settle_poll_s=bench.get("config", {}).get("poll_interval_s", 0.0))
