@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
+import threading
 import time
 
 import pytest
@@ -605,6 +607,25 @@ def test_the_speed_probe_times_its_pieces_while_the_block_runs_and_then_stops():
     assert all(0 < piece < 1.0 for piece in probe.pieces)
     assert min(probe.pieces) <= probe.median_s <= max(probe.pieces)
     assert probe._proc.poll() is not None  # the probe process has ended
+
+
+@pytest.mark.skipif(not os.path.exists(f"/proc/{os.getpid()}/task/{threading.get_native_id()}/schedstat"),
+                    reason="the scheduler's per-thread account (Linux /proc) is not available")
+def test_thread_cpu_reads_the_schedulers_nanoseconds_not_clock_ticks():
+    """A few milliseconds of one thread's work show up in ``thread_cpu`` as what the thread's
+    own CPU clock says (clock ticks would read 0 or 10 ms), under its (pid, thread id)."""
+    from rxt_dist.eval.profile import process_cpu, thread_cpu
+
+    key, pids = (os.getpid(), threading.get_native_id()), {"here": [os.getpid()]}
+    deltas = []
+    for _ in range(5):
+        before, clock0 = thread_cpu(pids)["here"][key], time.thread_time()
+        end = clock0 + 0.003
+        while time.thread_time() < end:
+            pass
+        deltas.append((thread_cpu(pids)["here"][key] - before, time.thread_time() - clock0))
+    assert all(abs(read - clock) < 0.001 for read, clock in deltas), deltas
+    assert process_cpu(pids)["here"] >= thread_cpu(pids)["here"][key]
 
 
 def test_the_update_lag_ends_at_the_commit_stamp_and_the_next_turn_waits_for_the_write():
