@@ -55,6 +55,17 @@ def wake_weight_arg(text: str) -> float | None:
     return weight
 
 
+def turns_arg(text: str) -> int:
+    """``--warm-up-turns``: a whole number ≥ 0."""
+    try:
+        turns = int(text)
+    except ValueError:
+        turns = -1
+    if turns < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number of turns ≥ 0 (0: no warm-up)")
+    return turns
+
+
 SPEED_FROM_HELP = ("scale the profile by a reading of the machine's speed at each level against the same reading at "
                    "the calibration: 'probe', the speed probe's (a Python process timing a fixed piece of work); "
                    "'store', the store's CPU per cycle of claim, record, read, commit; 'replay', the serving "
@@ -83,7 +94,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         s.add_argument("--config", default="serve/config.yaml")
         s.add_argument("--calibration-turns", type=int, default=32)
         s.add_argument("--calibration-think-s", type=float, default=0.3)
-        s.add_argument("--warm-up-turns", type=int, default=WARM_UP_TURNS,
+        s.add_argument("--warm-up-turns", type=turns_arg, default=WARM_UP_TURNS,
                        help="turns of 8 sessions played before anything is measured in each freshly started "
                             "application (0: none)")
         s.add_argument("--query-words", type=int, default=24)
@@ -402,6 +413,7 @@ def build_profile(args: argparse.Namespace, url: str) -> tuple[CostProfile, dict
                                "store_cycle_cpu_s": cpu["store_cycle_cpu_s"]},
                "model_cpu_s": costs["cpu_s"], "calibration": {
                    "sessions": 1, "turns": turns, "think_time_s": args.calibration_think_s,
+                   "warm_up_turns": args.warm_up_turns,
                    "cpu_s_per_turn": cpu_per_turn, "cpu_idle_rate": cpu["idle_rate"],
                    "serial_share": cpu["serial_share"], "fixed_share": cpu["fixed_share"], "many": cpu["many"],
                    "store_call_cpu_s": cpu["store_calls"],
@@ -440,8 +452,8 @@ def run_profile_and_check(args: argparse.Namespace, check: bool) -> None:
 def play_levels(url: str, server: dict, args: argparse.Namespace, command: str) -> dict[str, Any]:
     """The serving benchmark one level at a time, each right after a measurement of the
     machine's other load, a reading of the store's CPU per call cycle and a replay of
-    calibration level A (``environment`` in the level's report; the first replay warms the
-    application up)."""
+    calibration level A (``environment`` in the level's report), the application warmed up
+    first (:func:`warm_up`)."""
     import httpx
     import ray
     from bench_serving import APP_NAME, replica_counts
@@ -497,6 +509,7 @@ def play_levels(url: str, server: dict, args: argparse.Namespace, command: str) 
         else:
             report["levels"] += one["levels"]
     report["config"]["sessions"] = list(args.sessions)
+    report["config"]["warm_up_turns"] = args.warm_up_turns
     report["targets"] = judge_targets(report["levels"])
     return report
 

@@ -440,6 +440,10 @@ def test_the_wake_weight_command_pools_stored_profiles_and_names_what_it_skipped
     with pytest.raises(SystemExit):
         main(["check", "--wake-weight", "0.5"])
     assert "--wake-weight: '0.5': give 'fit' or a number ≥ 1" in capsys.readouterr().err
+    for bad in ("-8", "many"):
+        with pytest.raises(SystemExit):
+            main(["profile", "--warm-up-turns", bad])
+        assert f"--warm-up-turns: '{bad}': give a whole number of turns ≥ 0" in capsys.readouterr().err
 
 
 def test_jobs_of_one_turn_share_no_wake_up_and_jobs_of_two_turns_do():
