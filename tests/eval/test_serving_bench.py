@@ -3,6 +3,7 @@ demo model. The updater is slowed by ``UPDATE_DELAY_S`` so that a turn sent righ
 previous answer always has to wait for its update: that makes the waited share and the lag
 predictable enough to assert. No test asserts a benchmark figure beyond that."""
 
+import asyncio
 import json
 import os
 import time
@@ -14,7 +15,7 @@ from ray import serve
 
 from jobs.bench_serving import main as bench_main
 from jobs.bench_serving import pinned, pinned_cpus, read_serve_config
-from rxt_dist.eval.serving import ServingConfig, is_loopback_url
+from rxt_dist.eval.serving import ServingClient, ServingConfig, is_loopback_url
 from rxt_dist.ports import free_port
 from rxt_dist.serving.demo import write_demo_model_dir
 from serve.app import build_app
@@ -99,7 +100,10 @@ def test_responses_report_the_wait_for_the_update_and_its_commit_time(app):
 
 def test_the_benchmark_runs_against_the_app_and_reports_every_field(app, tmp_path):
     url, store = app
-    sessions_before = sorted(p.name for p in store.iterdir())
+    def sessions_in(store):  # the session records ("_transcripts", the index, appears with the first session)
+        return sorted(p.name for p in store.iterdir() if not p.name.startswith("_"))
+
+    sessions_before = sessions_in(store)
     out, plot = tmp_path / "serving.json", tmp_path / "serving.png"
     sessions, rounds, turns, max_tokens = 2, 2, 3, 8
     played = sessions * rounds  # conversations, each of `turns` turns
@@ -137,7 +141,34 @@ def test_the_benchmark_runs_against_the_app_and_reports_every_field(app, tmp_pat
     assert target["update_lag_below_median_answer_met"] == (level["update_lag"]["p50_s"] < level["answer"]["p50_s"])
     assert report["targets"]["met"] is None  # the issue's level (S=8) was not run
     assert len(level["load_average_before"]) == 3
-    assert sorted(p.name for p in store.iterdir()) == sessions_before  # it deleted its sessions
+    assert sessions_in(store) == sessions_before  # it deleted its sessions
+
+
+def test_the_client_reports_failed_turns_and_calls_by_what_the_server_said(app):
+    url, _ = app
+
+    async def play():
+        async with ServingClient(ServingConfig(url=url, model=MODEL), connections=2) as client:
+            sid = await client.create_session()
+            ok = await client.turn(sid, 1, "my name is ada")
+            unknown = await client.turn("no-such-session", 1, "hello")
+            with pytest.raises(RuntimeError, match=r"GET /v1/sessions/no-such-session answered 404: .*does not exist"):
+                await client.session("no-such-session")
+            await client.delete_session(sid)
+            await client.delete_session(sid)  # already gone: not an error
+            return ok, unknown
+
+    ok, unknown = asyncio.run(play())
+    assert ok.ok and ok.error is None and ok.version == 0 and ok.completion_tokens >= 1 and ok.chunks >= 1
+    assert 0 < ok.ttft_s <= ok.answer_s
+    assert (unknown.ok, unknown.error) == (False, "404 session_not_found")
+
+    async def refused():  # nothing listens on this port
+        async with ServingClient(ServingConfig(url=f"http://127.0.0.1:{free_port()}", model=MODEL), 1) as client:
+            return await client.turn("sid", 1, "hello")
+
+    lost = asyncio.run(refused())
+    assert not lost.ok and lost.error.startswith("Client") and lost.ttft_s is None
 
 
 def test_bad_options_are_refused_with_the_field_and_value():
