@@ -76,6 +76,7 @@ from rxt_dist.serving.updates import recorded_turn
 from serve.args import AppArgs
 from serve.logs import route_library_logs
 from serve.metrics import IngressMetrics
+from serve.ray_env import with_serve_transport
 from serve.store import StoreShards
 
 logger = logging.getLogger("ray.serve")
@@ -138,8 +139,8 @@ class Ingress:
         self.api_keys = args.resolved_api_keys()
         self.policy = ClaimPolicy(args.update_wait_timeout_s, args.update_stale_s)
         self.stores = StoreShards(args.store_config(), args.store_shards)
-        self.generator = generator
-        self.updater = updater
+        self.generator = with_serve_transport(generator)
+        self.updater = with_serve_transport(updater)
         self._updates: dict[tuple[str, int], asyncio.Task] = {}
         self._tasks: set[asyncio.Task] = set()
         self.metrics = IngressMetrics()

@@ -16,8 +16,14 @@ third less CPU per turn and about 1.5× the turns per second at 32 sessions. Any
 variables already set (e.g. ``RAY_SERVE_ENABLE_HA_PROXY=0``) is left as it is.
 """
 
+from __future__ import annotations
+
 import os
 from collections.abc import MutableMapping
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # Serve reads the variables when imported: this module must not import it
+    from ray.serve.handle import DeploymentHandle
 
 HIGH_THROUGHPUT = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
                    "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1"}
@@ -40,3 +46,20 @@ def use_high_throughput_serve(drain_s: float | None = None,
         if drain_s < 0:
             raise ValueError(f"drain_s={drain_s}: must be ≥ 0 seconds")
         environ.setdefault(DRAIN_VARIABLE, f"{drain_s:g}")
+
+
+def with_serve_transport(handle: DeploymentHandle) -> DeploymentHandle:
+    """``handle`` sending its calls as Serve in this process sends them by default: over gRPC in
+    the high-throughput mode, as Ray actor calls otherwise.
+
+    A handle keeps the transport of the process that made it, and the handles a deployment's
+    constructor receives are made where the application is built: a driver that imported Serve
+    before the mode's variables were in its environment (a benchmark, a test, a notebook) hands
+    every replica handles that make Ray actor calls although the cluster runs gRPC — a fifth fewer
+    tokens/s at 32 sessions (docs/BENCHMARKS.md). Called in a replica's constructor, it gives the
+    transport of the cluster the replica runs in."""
+    try:
+        from ray.serve._private.constants import RAY_SERVE_USE_GRPC_BY_DEFAULT
+    except ImportError:  # a Ray without the setting: keep what the handle says
+        return handle
+    return handle.options(_by_reference=not RAY_SERVE_USE_GRPC_BY_DEFAULT)

@@ -29,6 +29,7 @@ from rxt_dist.serving.updates import UpdateBatcher, apply_updates
 from serve.args import AppArgs
 from serve.logs import route_library_logs
 from serve.metrics import UpdaterMetrics
+from serve.ray_env import with_serve_transport
 from serve.routing import SESSION_AFFINITY
 from serve.store import StoreShards
 
@@ -51,7 +52,7 @@ class MemoryUpdater:
         self.delay_s = args.update_delay_s
         self.seed = args.initial_stm_seed
         self.batcher = UpdateBatcher(self.apply, args.update_batch_size, args.update_batch_wait_s)
-        self.generator = generator if args.stm_cache_sessions else None
+        self.generator = with_serve_transport(generator) if generator and args.stm_cache_sessions else None
         self.known: StmCache[bytes] = StmCache(args.stm_cache_sessions)
         """The STMs this replica computed: the next update of their session starts from them."""
         self._sends: set[asyncio.Task] = set()

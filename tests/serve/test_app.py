@@ -26,7 +26,7 @@ from rxt_dist.serving.client import main as chat_main
 from rxt_dist.serving.sessions import StoreConfig, is_session_id
 from serve.app import build_app
 from serve.args import DEPLOYMENT_NAMES, AppArgs
-from serve.ray_env import use_high_throughput_serve
+from serve.ray_env import use_high_throughput_serve, with_serve_transport
 from serve.store import StoreShards, stop_session_stores
 
 pytestmark = pytest.mark.timeout(300)
@@ -615,6 +615,37 @@ def test_the_http_port_is_served_by_haproxy_in_serves_high_throughput_mode(main)
     owners = {c.pid for c in psutil.net_connections("tcp")
               if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port}
     assert owners and {psutil.Process(pid).name() for pid in owners} == {"haproxy"}
+
+
+@serve.deployment(**FAST)
+class Echo:
+    def __call__(self, text: str) -> str:
+        return text
+
+
+@serve.deployment(**FAST)
+class Caller:
+    """Holds a handle made in this driver, as the Ingress and the MemoryUpdater hold theirs."""
+
+    def __init__(self, echo) -> None:
+        self.made_here = echo.handle_options._by_reference
+        self.echo = with_serve_transport(echo)
+
+    async def __call__(self, text: str) -> dict:
+        return {"made_here_by_reference": self.made_here,
+                "by_reference": self.echo.handle_options._by_reference, "echo": await self.echo.remote(text)}
+
+
+def test_replicas_call_each_other_over_grpc_whatever_the_driver_imported_first(cluster):
+    """This module imports Serve before the high-throughput variables are set, so the handles it
+    builds into an application would make Ray actor calls; a replica's handles go over gRPC,
+    the transport of the cluster it runs in."""
+    handle = serve.run(Caller.bind(Echo.bind()), name="transport", route_prefix=None)
+    try:
+        seen = handle.remote("over grpc").result(timeout_s=60)
+    finally:
+        serve.delete("transport")
+    assert seen == {"made_here_by_reference": True, "by_reference": False, "echo": "over grpc"}
 
 
 def test_operators_metrics_are_on_the_prometheus_endpoint(main, slow):
