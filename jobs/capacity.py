@@ -147,21 +147,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 # -- profile -------------------------------------------------------------------------------------
 
-def model_costs(model_dir: str, query_tokens: int, answer_tokens: int) -> tuple[dict, dict, dict, dict]:
+def model_costs(model_dir: str, query_tokens: int, answer_tokens: int,
+                compile_decode: bool = False) -> tuple[dict, dict, dict, dict]:
     """(model profile, STM bytes, storage tiers, model description) measured in this process
-    with one torch thread (a replica of 0.5 CPU runs one)."""
+    with one torch thread (a replica of 0.5 CPU runs one); decoding compiled where the app's
+    Generator compiles it (``compile_decode``)."""
     import torch
 
     from rxt_dist.eval.profile import profile_model, profile_storage, stm_bytes
+    from rxt_dist.inference import compiled_or_eager
     from rxt_dist.model import count_parameters, load_model_dir
 
     torch.set_num_threads(1)
     model = load_model_dir(model_dir).eval()
-    costs = profile_model(model, query_tokens=query_tokens, answer_tokens=max(1, answer_tokens))
+    compiled = compiled_or_eager(model) if compile_decode else None
+    costs = profile_model(model, query_tokens=query_tokens, answer_tokens=max(1, answer_tokens), compiled=compiled)
     sizes = stm_bytes(model)
     cfg = model.cfg
     described = {"model_dir": model_dir, "dim": cfg.dim, "layers": cfg.num_layers, "stm_shape": list(cfg.stm_shape),
-                 "parameters": count_parameters(model)}
+                 "parameters": count_parameters(model), "decode": "eager" if compiled is None else "compiled"}
     return costs, sizes, profile_storage(sizes), described
 
 
@@ -368,6 +372,8 @@ def _fixed_share(alone: float, together: float, in_flight: float) -> float:
 
 
 def build_profile(args: argparse.Namespace, url: str) -> tuple[CostProfile, dict]:
+    from bench_serving import read_serve_config
+
     from rxt_dist.eval.calibrate import fit_serving_path
     from rxt_dist.eval.profile import measure_environment, slowdown
 
@@ -378,7 +384,8 @@ def build_profile(args: argparse.Namespace, url: str) -> tuple[CostProfile, dict
     tokens = [int(x) for per_turn in level["samples"]["completion_tokens"] for x in per_turn]
     answer_mean = sum(tokens) / len(tokens)
     query_tokens = round(level["tokens"]["prompt_per_turn_mean"]) - 3  # [BOS][Q] … [A]
-    costs, sizes, storage, described = model_costs(args.model_dir, query_tokens, round(answer_mean))
+    compile_decode = bool(read_serve_config(args.config)[0].get("compile_decode", False))
+    costs, sizes, storage, described = model_costs(args.model_dir, query_tokens, round(answer_mean), compile_decode)
     env_after = measure_environment()
     stalls = {"rate_per_s": (env_before["stalls"]["rate_per_s"] + env_after["stalls"]["rate_per_s"]) / 2,
               "durations_s": env_before["stalls"]["durations_s"] + env_after["stalls"]["durations_s"]}

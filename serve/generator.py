@@ -14,7 +14,7 @@ from dataclasses import asdict
 import torch
 from ray import serve
 
-from rxt_dist.inference import CompiledDecoder, SamplingParams
+from rxt_dist.inference import SamplingParams, compiled_or_eager
 from rxt_dist.model import load_model_dir, stm_from_bytes
 from rxt_dist.serving.decode_loop import DecodeLoop
 from rxt_dist.serving.locality import StmCache
@@ -41,9 +41,9 @@ class Generator:
         compiled = None
         if args.compile_decode:
             started = time.perf_counter()
-            compiled = CompiledDecoder(self.model)
-            compiled.warm_up((1, 2))
-            logger.info("Generator: compiled the decoding step in %.1fs", time.perf_counter() - started)
+            compiled = compiled_or_eager(self.model)
+            if compiled is not None:
+                logger.info("Generator: compiled the decoding step in %.1fs", time.perf_counter() - started)
         self.loop = DecodeLoop(self.model, args.max_batch_size, compiled, args.stream_interval_s,
                                args.stream_chunks_per_s)
         self.stms: StmCache[torch.Tensor] = StmCache(args.stm_cache_sessions)

@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from rxt_dist.inference import DecodeBatch, SamplingParams, consolidate
+from rxt_dist.inference import CompiledDecoder, DecodeBatch, SamplingParams, consolidate
 from rxt_dist.model import RxTModel, stm_to_bytes
 from rxt_dist.tokens import NUM_SPECIAL, prompt_ids
 
@@ -71,14 +71,17 @@ def _queries(model: RxTModel, batch: int, tokens: int, seed: int) -> list[list[i
 @torch.no_grad()
 def profile_model(model: RxTModel, query_tokens: int = 48, answer_tokens: int = 32,
                   batches: Sequence[int] = BATCHES, lengths: Sequence[int] = (16, 64, 256),
-                  repeats: int = 3, min_time_s: float = 0.2, seed: int = 0) -> dict[str, Any]:
+                  repeats: int = 3, min_time_s: float = 0.2, seed: int = 0,
+                  compiled: CompiledDecoder | None = None) -> dict[str, Any]:
     """Wall and CPU seconds of the served model's three operations (module docstring).
 
     ``decode_step_s[B]`` is one step of B sequences whose cache holds the prompt and half an
     answer; ``prefill_s[B]`` admits B queries of ``query_tokens``; ``prefill_length_s[T]``
     admits one query of T tokens; ``consolidate_s[B]`` consolidates B interactions of
     ``query_tokens + answer_tokens`` tokens; ``timing_cv`` is the median coefficient of
-    variation of the repeated wall times (how much one call's time varies on this machine)."""
+    variation of the repeated wall times (how much one call's time varies on this machine).
+    With ``compiled``, decoding steps go through it, as a Generator with ``compile_decode`` runs
+    them."""
     model.eval()
     out: dict[str, Any] = {"decode_step_s": {}, "prefill_s": {}, "prefill_length_s": {}, "consolidate_s": {},
                            "cpu_s": {"decode_step": {}, "prefill": {}, "consolidate": {}}}
@@ -89,7 +92,7 @@ def profile_model(model: RxTModel, query_tokens: int = 48, answer_tokens: int = 
         stm = model.initial_stm(b, torch.Generator().manual_seed(seed))  # (L, B, S, D)
 
         def admit(b: int = b, prompts: list = prompts, stm: torch.Tensor = stm) -> DecodeBatch:
-            batch = DecodeBatch(model, eos_id=NO_STOP)
+            batch = DecodeBatch(model, eos_id=NO_STOP, compiled=compiled)
             batch.admit(list(range(b)), prompts, [sampling] * b, stm=stm)
             return batch
 

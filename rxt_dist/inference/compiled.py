@@ -20,6 +20,7 @@ equal the eager path's (tests).
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 
@@ -29,6 +30,8 @@ from torch import Tensor
 from rxt_dist.model.kv_cache import KVCache
 from rxt_dist.model.layers import Attention, MoE, SwiGLU
 from rxt_dist.model.rxt import MemoryKV, RxTModel
+
+logger = logging.getLogger(__name__)
 
 StepFn = Callable[[Tensor, Tensor, list[Tensor], list[Tensor], MemoryKV, Tensor | None, list], Tensor]
 
@@ -258,3 +261,18 @@ class CompiledDecoder:
             cache = model.new_cache(batch)
             ids = torch.zeros(batch, 1, dtype=torch.long, device=model.embed.weight.device)
             self.step(ids, cache, model.project_memory(stm), None)
+
+
+def compiled_or_eager(model: RxTModel, batches: tuple[int, ...] = (1, 2)) -> CompiledDecoder | None:
+    """The compiled step of ``model``, compiled now for ``batches``; ``None`` — decode eagerly —
+    with a WARNING naming the reason where it cannot be had here: a model it does not cover, or
+    a machine where inductor cannot compile (it needs a C++ compiler on CPU). Answers are the
+    same either way; only the speed differs."""
+    try:
+        compiled = CompiledDecoder(model)
+        compiled.warm_up(batches)
+    except Exception as exc:  # noqa: BLE001 - inductor's failures have many types; each means "eager"
+        logger.warning("compiled decoding unavailable, decoding eagerly: %s: %s", type(exc).__name__,
+                       str(exc).strip().splitlines()[0] if str(exc).strip() else "")
+        return None
+    return compiled

@@ -142,3 +142,16 @@ def test_compiled_decoding_refuses_a_stateless_model():
 
     with pytest.raises(TypeError, match="RxT models"):
         CompiledDecoder(StatelessLM(from_name("baseline-debug")))
+
+
+def test_where_the_step_cannot_be_compiled_the_server_decodes_eagerly_and_says_why(caplog):
+    """``compiled_or_eager`` (the Generator's ``compile_decode``): a model the compiled step
+    does not cover gives ``None`` — decode eagerly — and a WARNING naming the reason, not a
+    replica that fails to start."""
+    from rxt_dist.inference import compiled_or_eager
+
+    cfg = dataclasses.replace(from_name("debug"), decoder_ffn=FFNConfig(kind="moe", hidden_dim=48, num_experts=4,
+                                                                       top_k=2, bias=True))
+    with caplog.at_level("WARNING", logger="rxt_dist.inference.compiled"):
+        assert compiled_or_eager(RxTModel(cfg).eval()) is None
+    assert "decoding eagerly" in caplog.text and "biases" in caplog.text
