@@ -272,7 +272,7 @@ def compiled_or_eager(model: RxTModel, batches: tuple[int, ...] = (1, 2)) -> Com
         compiled = CompiledDecoder(model)
         compiled.warm_up(batches)
     except Exception as exc:  # noqa: BLE001 - inductor's failures have many types; each means "eager"
-        logger.warning("compiled decoding unavailable, decoding eagerly: %s: %s", type(exc).__name__,
-                       str(exc).strip().splitlines()[0] if str(exc).strip() else "")
+        first_line = (str(exc).strip().splitlines() or [""])[0]  # inductor's messages run to pages
+        logger.warning("compiled decoding unavailable, decoding eagerly: %s: %s", type(exc).__name__, first_line)
         return None
     return compiled
