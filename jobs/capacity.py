@@ -371,9 +371,9 @@ def _fixed_share(alone: float, together: float, in_flight: float) -> float:
     return min(1.0, max(0.0, (together / alone - 1 / in_flight) / (1 - 1 / in_flight)))
 
 
-def build_profile(args: argparse.Namespace, url: str) -> tuple[CostProfile, dict]:
-    from bench_serving import read_serve_config
-
+def build_profile(args: argparse.Namespace, url: str, compile_decode: bool) -> tuple[CostProfile, dict]:
+    """The cost profile of the app at ``url``, its model timed decoding as the app's Generator
+    does (compiled with ``compile_decode``)."""
     from rxt_dist.eval.calibrate import fit_serving_path
     from rxt_dist.eval.profile import measure_environment, slowdown
 
@@ -384,7 +384,6 @@ def build_profile(args: argparse.Namespace, url: str) -> tuple[CostProfile, dict
     tokens = [int(x) for per_turn in level["samples"]["completion_tokens"] for x in per_turn]
     answer_mean = sum(tokens) / len(tokens)
     query_tokens = round(level["tokens"]["prompt_per_turn_mean"]) - 3  # [BOS][Q] … [A]
-    compile_decode = bool(read_serve_config(args.config)[0].get("compile_decode", False))
     costs, sizes, storage, described = model_costs(args.model_dir, query_tokens, round(answer_mean), compile_decode)
     env_after = measure_environment()
     stalls = {"rate_per_s": (env_before["stalls"]["rate_per_s"] + env_after["stalls"]["rate_per_s"]) / 2,
@@ -444,8 +443,8 @@ def run_profile_and_check(args: argparse.Namespace, check: bool) -> None:
     # calibrated with one chunk per token, so that answer lengths tell per-chunk from per-turn work
     # one replica of each deployment, as the check simulates: autoscaling must not add one mid-level
     with local_app(args.config, args.model_dir, {"stream_interval_s": 0.0, "stream_chunks_per_s": 0.0},
-                   replicas=1) as (url, _):
-        profile, _ = build_profile(args, url)
+                   replicas=1) as (url, server):
+        profile, _ = build_profile(args, url, bool(server["app_args"].get("compile_decode", False)))
     write_json_atomic(args.out, {"command": command, **profile.to_dict()})
     log.info("wrote %s", args.out)
     if not check:
