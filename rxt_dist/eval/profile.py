@@ -27,7 +27,6 @@ import os
 import statistics
 import tempfile
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -240,44 +239,33 @@ def stm_bytes(model: RxTModel) -> dict[str, int]:
             (("float32", torch.float32), ("bfloat16", torch.bfloat16))}
 
 
-def _fs_roundtrip(fs, root: str, data: bytes, repeats: int) -> dict[str, float]:
-    """Median write (temporary name + rename, as the store writes) and read of ``data``."""
-    fs.makedirs(root, exist_ok=True)
+def _fs_roundtrip(root: str, data: bytes, repeats: int) -> dict[str, float]:
+    """Median write and read of ``data`` through the session store's own file operations
+    (a temporary name, then the rename)."""
+    from rxt_dist.serving.session_files import SessionFiles
+
+    ops = SessionFiles(root).ops
     path = f"{root}/stm.safetensors"
-
-    def write() -> None:
-        tmp = f"{root}/.tmp-{uuid.uuid4().hex[:12]}"
-        with fs.open(tmp, "wb") as f:
-            f.write(data)
-        fs.mv(tmp, path)
-
-    def read() -> None:
-        with fs.open(path, "rb") as f:
-            f.read()
-
-    write_s = _timed(write, repeats, 0.1)[0]
-    read_s = _timed(read, repeats, 0.1)[0]
+    write_s = _timed(lambda: ops.write_atomic(path, data), repeats, 0.1)[0]
+    read_s = _timed(lambda: ops.read(path), repeats, 0.1)[0]
     return {"write_s": write_s, "read_s": read_s, "bytes": len(data)}
 
 
 def profile_storage(sizes: dict[str, int], repeats: int = 20, disk_dir: str | None = None) -> dict[str, Any]:
     """Write/read seconds of one STM of each size on the tiers available on this machine:
     ``memory`` (a copy into the store actor's dict — the in-memory cache), ``local_disk``
-    (fsspec's local filesystem, page cache, no fsync — what the store does) and
+    (the store's writes to a local directory, page cache, no fsync — what the store does) and
     ``local_disk_fsync`` (the same with fsync: a write that survives a power cut).
     Object storage (S3/GCS) is not reachable here; its figures are assumptions
     (``rxt_dist.eval.capacity.ASSUMED_OBJECT_STORE``)."""
-    import fsspec
-
     out: dict[str, Any] = {}
-    local = fsspec.filesystem("file")
     with tempfile.TemporaryDirectory(prefix="rxt-capacity-", dir=disk_dir) as root:
         for name, size in sizes.items():
             data = os.urandom(size)
             cache: dict[str, bytes] = {}
             mem_w = _timed(lambda c=cache, d=data: c.__setitem__("s", bytes(bytearray(d))), repeats, 0.05)[0]
             mem_r = _timed(lambda c=cache: bytes(bytearray(c["s"])), repeats, 0.05)[0]
-            disk = _fs_roundtrip(local, f"{root}/{name}", data, repeats)
+            disk = _fs_roundtrip(f"{root}/{name}", data, repeats)
             sync_path = f"{root}/{name}/sync.bin"
             sync_w = _timed(lambda d=data, f=sync_path: _write_fsync(f, d), max(5, repeats // 4), 0.05)[0]
             out[name] = {"bytes": size,

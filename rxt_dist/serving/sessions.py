@@ -16,9 +16,8 @@ shard). A session's record moves through these states::
   pending turn on top of version ``v``; a duplicate (a retried call after an updater replica
   died) finds the version already moved and changes nothing.
 
-Storage layout under the store URL (any fsspec URL): ``<id>/meta.json`` (the commit point,
-rewritten atomically) and ``<id>/stm-<version>.safetensors`` (written before the meta that
-names it). Only the current version's STM is kept.
+Storage (any fsspec URL): :mod:`rxt_dist.serving.session_files` holds the layout and the
+file operations.
 """
 
 from __future__ import annotations
@@ -29,21 +28,17 @@ import logging
 import re
 import secrets
 import time
-import uuid
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field, fields, replace
 
-import fsspec
-
 from rxt_dist.serving.protocol import StoreStatus, log_id, status, stm_digest, transcript_shard
+from rxt_dist.serving.session_files import SessionFiles
 
 logger = logging.getLogger(__name__)
 
 SESSION_PREFIX = "sess_"
 SESSION_ID_BYTES = 16  # 128 random bits
 _SESSION_RE = re.compile(rf"^{SESSION_PREFIX}[0-9a-f]{{{2 * SESSION_ID_BYTES}}}$")
-META_FILE = "meta.json"
-TRANSCRIPTS_DIR = "_transcripts"  # transcript hash → session id, one small file each
 _WAIT_GRACE_S = 5.0  # how long a claim outlives a wait for a pending update
 
 
@@ -228,6 +223,36 @@ def _status(status: StoreStatus, **fields) -> dict:
     return {"status": status, **fields}
 
 
+@dataclass
+class _IndexMove:
+    """Where a recorded turn moves its session's transcript index entry, on this shard: the
+    entry at ``after`` written (``link``) and the one at ``before`` removed if it still names
+    the session (``unlink``; ``known_before``: what the in-memory index says it names)."""
+
+    sid: str
+    before: str | None
+    after: str | None
+    link: bool
+    unlink: bool
+    known_before: str | None
+
+    def apply(self, files: SessionFiles) -> dict:
+        """(Blocking.) Make the moves; best effort, as the index is: a missing entry only makes
+        a stateless client's next request migrate its history. Which of the two were made."""
+        done = {"linked": False, "unlinked": self.before is None}
+        try:
+            if self.link:
+                files.write_link(self.after, self.sid)
+                done["linked"] = True
+            if self.unlink:
+                if (self.known_before or files.read_link(self.before)) == self.sid:
+                    files.remove_link(self.before)
+                done["unlinked"] = True
+        except Exception as exc:  # the turn is recorded whatever happens to its index entry
+            logger.warning("session %s: moving its transcript index entry failed: %r", log_id(self.sid), exc)
+        return done
+
+
 class SessionStore:
     """One shard of the session store: versioned STMs with compare-and-set updates.
 
@@ -241,9 +266,7 @@ class SessionStore:
     def __init__(self, config: StoreConfig, shard: int = 0, num_shards: int = 1) -> None:
         self.config = config
         self.shard, self.num_shards = shard, num_shards
-        self.fs, root = fsspec.core.url_to_fs(config.url)
-        self.root = root.rstrip("/")
-        self.fs.makedirs(self.root, exist_ok=True)
+        self.files = SessionFiles(config.url)
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._stored: int | None = None  # sessions of this shard in storage, counted on first use
         self._sweeper: asyncio.Task | None = None
@@ -256,56 +279,24 @@ class SessionStore:
 
     # ---- paths and persistence -------------------------------------------------------------
 
-    def _dir(self, sid: str) -> str:
-        return f"{self.root}/{sid}"
-
-    def _stm_path(self, sid: str, version: int) -> str:
-        return f"{self._dir(sid)}/stm-{version:08d}.safetensors"
-
-    def _write_atomic(self, path: str, data: bytes) -> None:
-        tmp = f"{path.rpartition('/')[0]}/.tmp-{uuid.uuid4().hex[:12]}"
-        try:
-            with self.fs.open(tmp, "wb") as f:
-                f.write(data)
-            self.fs.mv(tmp, path)
-        except BaseException:
-            if self.fs.exists(tmp):
-                self.fs.rm(tmp)
-            raise
-
     def _persist(self, meta: SessionMeta, stm: bytes | None, drop_version: int | None = None) -> None:
         """Write the STM (if new) then the meta that names it; drop the superseded STM last."""
-        self.fs.makedirs(self._dir(meta.id), exist_ok=True)
-        if stm is not None:
-            self._write_atomic(self._stm_path(meta.id, meta.version), stm)
-        self._write_atomic(f"{self._dir(meta.id)}/{META_FILE}", meta.to_json().encode())
-        if drop_version is not None and self.fs.exists(self._stm_path(meta.id, drop_version)):
-            self.fs.rm(self._stm_path(meta.id, drop_version))
+        self.files.write_session(meta.id, meta.version, meta.to_json(), stm, drop_version)
 
     def _read_meta(self, sid: str) -> SessionMeta | None:
-        meta_path = f"{self._dir(sid)}/{META_FILE}"
-        if not self.fs.exists(meta_path):
+        text = self.files.read_meta(sid)
+        if text is None:
             return None
-        with self.fs.open(meta_path, "rb") as f:
-            try:
-                return SessionMeta.from_json(f.read().decode())
-            except (ValueError, TypeError, KeyError) as exc:
-                raise ValueError(f"{meta_path}: not a session record: {exc}") from exc
+        try:
+            return SessionMeta.from_json(text)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise ValueError(f"{self.files.meta_path(sid)}: not a session record: {exc}") from exc
 
     def _load(self, sid: str) -> tuple[SessionMeta, bytes] | None:
         meta = self._read_meta(sid)
         if meta is None:
             return None
-        stm_path = self._stm_path(sid, meta.version)
-        if not self.fs.exists(stm_path):
-            raise ValueError(f"{self._dir(sid)}/{META_FILE} names memory version {meta.version} "
-                             f"but {stm_path} is missing")
-        with self.fs.open(stm_path, "rb") as f:
-            return meta, f.read()
-
-    def _remove(self, sid: str) -> None:
-        if self.fs.exists(self._dir(sid)):
-            self.fs.rm(self._dir(sid), recursive=True)
+        return meta, self.files.read_stm(sid, meta.version)
 
     # ---- the in-memory cache, expiry and the cap ---------------------------------------------
 
@@ -362,7 +353,7 @@ class SessionStore:
             if self._entries.get(sid) is entry:
                 self._entries.pop(sid)
         try:
-            await asyncio.to_thread(self._remove, sid)
+            await asyncio.to_thread(self.files.remove_session, sid)
         finally:
             self._removing.discard(sid)
             if entry is not None:
@@ -377,8 +368,7 @@ class SessionStore:
 
     def _own_ids(self) -> list[str]:
         """Ids of the sessions of this shard in storage."""
-        names = [p.rstrip("/").rpartition("/")[2] for p in self.fs.ls(self.root, detail=False)]
-        return [n for n in names if is_session_id(n) and shard_of(n, self.num_shards) == self.shard]
+        return [n for n in self.files.names() if is_session_id(n) and shard_of(n, self.num_shards) == self.shard]
 
     async def sweep(self) -> int:
         """Delete the expired sessions of this shard from storage (and memory), load those
@@ -615,14 +605,18 @@ class SessionStore:
                                                                   finish_reason)
             new = replace(meta, pending=PendingUpdate(version, list(query_ids), list(answer_ids), now, lease),
                           turns=meta.turns + 1, updated=now, last_turn=last, transcript=transcript)
-            await asyncio.to_thread(self._persist, new, None)
+            move = self._index_move(sid, meta.transcript, transcript)
+            indexed = await asyncio.to_thread(self._record_turn, new, move)  # one trip off the loop
             entry.meta = new
             entry.settled.clear()
             entry.claim = None
-        indexed = {"linked": False, "unlinked": meta.transcript is None}
-        if transcript is not None:
-            indexed = await self._move_index(sid, meta.transcript, transcript)
+        self._moved_index(move, indexed)
         return _status(StoreStatus.OK, base_version=version, indexed=indexed)
+
+    def _record_turn(self, meta: SessionMeta, move: _IndexMove) -> dict:
+        """(Blocking.) Persist the recorded turn, then make the index moves of ``move``."""
+        self._persist(meta, None)
+        return move.apply(self.files)
 
     async def update_input(self, sid: str, base_version: int) -> dict:
         """What an updater needs to apply the pending update of ``base_version``: the STM and
@@ -721,35 +715,29 @@ class SessionStore:
 
     # ---- the transcript index ---------------------------------------------------------------
 
-    def _link_path(self, transcript: str) -> str:
-        return f"{self.root}/{TRANSCRIPTS_DIR}/{transcript}"
-
     async def link(self, transcript: str, sid: str) -> dict:
         """Index ``sid`` under ``transcript`` (this shard owns that hash)."""
         if not is_session_id(sid) or not _is_digest(transcript):
             return _status(StoreStatus.INVALID_ID)
         self._remember_link(transcript, sid)
-        await asyncio.to_thread(self._write_link, transcript, sid)
+        await asyncio.to_thread(self.files.write_link, transcript, sid)
         return _status(StoreStatus.OK)
 
     def _owns_transcript(self, transcript: str) -> bool:
         return transcript_shard(transcript, self.num_shards) == self.shard
 
-    async def _move_index(self, sid: str, before: str | None, after: str) -> dict:
-        """Index ``sid`` under ``after`` and drop ``before`` where this shard owns those
-        entries (best effort, as the index is: a missing entry only makes a stateless client's
-        next request migrate its history). Which of the two moves were made here."""
-        done = {"linked": False, "unlinked": before is None}
-        try:
-            if self._owns_transcript(after):
-                await self.link(after, sid)
-                done["linked"] = True
-            if before is not None and self._owns_transcript(before):
-                await self.unlink(before, sid)
-                done["unlinked"] = True
-        except Exception as exc:  # the turn is recorded whatever happens to its index entry
-            logger.warning("session %s: moving its transcript index entry failed: %r", log_id(sid), exc)
-        return done
+    def _index_move(self, sid: str, before: str | None, after: str | None) -> _IndexMove:
+        """The moves of ``sid``'s index entry from ``before`` to ``after`` that this shard owns."""
+        link = after is not None and self._owns_transcript(after)
+        unlink = before is not None and after is not None and self._owns_transcript(before)
+        return _IndexMove(sid, before, after, link, unlink, self._links.get(before) if unlink else None)
+
+    def _moved_index(self, move: _IndexMove, done: dict) -> None:
+        """Bring the in-memory index entries in line with the moves made in storage."""
+        if done["linked"]:
+            self._remember_link(move.after, move.sid)
+        if move.unlink and done["unlinked"] and self._links.get(move.before) == move.sid:
+            self._links.pop(move.before)
 
     def _remember_link(self, transcript: str, sid: str) -> None:
         self._links[transcript] = sid
@@ -757,37 +745,24 @@ class SessionStore:
         while len(self._links) > 4 * self.config.cache_sessions:
             self._links.popitem(last=False)
 
-    def _write_link(self, transcript: str, sid: str) -> None:
-        self.fs.makedirs(f"{self.root}/{TRANSCRIPTS_DIR}", exist_ok=True)
-        self._write_atomic(self._link_path(transcript), sid.encode())
-
     async def lookup(self, transcript: str) -> dict:
         """The session indexed under ``transcript`` (``not_found`` when none is)."""
         if not _is_digest(transcript):
             return _status(StoreStatus.NOT_FOUND)
         sid = self._links.get(transcript)
         if sid is None:
-            sid = await asyncio.to_thread(self._read_link, transcript)
-            if sid is None:
+            sid = await asyncio.to_thread(self.files.read_link, transcript)
+            if sid is None or not is_session_id(sid):
                 return _status(StoreStatus.NOT_FOUND)
             self._remember_link(transcript, sid)
         return _status(StoreStatus.OK, session_id=sid)
-
-    def _read_link(self, transcript: str) -> str | None:
-        path = self._link_path(transcript)
-        if not self.fs.exists(path):
-            return None
-        with self.fs.open(path, "rb") as f:
-            sid = f.read().decode(errors="replace")
-        return sid if is_session_id(sid) else None
 
     async def unlink(self, transcript: str, sid: str) -> dict:
         """Drop the index entry ``transcript`` → ``sid`` (only if it still names ``sid``)."""
         found = await self.lookup(transcript)
         if status(found) == StoreStatus.OK and found["session_id"] == sid:
             self._links.pop(transcript, None)
-            await asyncio.to_thread(lambda: self.fs.exists(self._link_path(transcript))
-                                    and self.fs.rm(self._link_path(transcript)))
+            await asyncio.to_thread(self.files.remove_link, transcript)
         return _status(StoreStatus.OK)
 
     # ---- operations --------------------------------------------------------------------------

@@ -184,8 +184,8 @@ def test_an_update_committed_while_its_session_is_being_deleted_is_refused_and_w
     async def scenario():
         store = store_at(tmp_path)
         sid = await session_with_pending_update(store)
-        remove = store._remove
-        store._remove = lambda s: (time.sleep(0.3), remove(s))  # a slow storage backend
+        remove = store.files.remove_session
+        store.files.remove_session = lambda s: (time.sleep(0.3), remove(s))  # a slow storage backend
         deleting = asyncio.create_task(store.delete(sid))
         await asyncio.sleep(0.05)  # the delete holds the session and is removing its files
         assert (await store.commit_update(sid, 0, b"stm1"))["status"] == "not_found"
@@ -208,8 +208,8 @@ def test_a_turn_arriving_while_its_expired_session_is_removed_finds_it_gone(tmp_
         if not cached:
             store = store_at(tmp_path, session_ttl_s=0.2, sweep_interval_s=3600)
         await asyncio.sleep(0.3)
-        remove = store._remove
-        store._remove = lambda s: (time.sleep(0.3), remove(s))  # a slow storage backend
+        remove = store.files.remove_session
+        store.files.remove_session = lambda s: (time.sleep(0.3), remove(s))  # a slow storage backend
         sweeping = asyncio.create_task(store.sweep())
         await asyncio.sleep(0.05)  # the sweeper is removing the session's files
         assert (await store.begin_turn(sid, "late", 1.0))["status"] == "not_found"
