@@ -61,11 +61,10 @@ class Generator:
         ``handle.options(stream=True)``."""
         if self._sampler is None:
             self._sampler = asyncio.get_running_loop().create_task(
-                sample_forever(lambda: self.metrics.batch.set(len(self.loop.batch))))
+                sample_forever(lambda: self.metrics.sample(len(self.loop.batch))))
         memory = await self._memory(session, version, digest)  # (L, S, D)
         async for item in self.loop.stream(query_ids, memory, SamplingParams(**sampling)):
-            if item[0]:  # Ray's counters refuse an increment of 0 (the last item may carry none)
-                self.metrics.tokens.inc(len(item[0]))
+            self.metrics.generated(len(item[0]))
             yield item
 
     async def _memory(self, session: str, version: int, digest: str) -> torch.Tensor:

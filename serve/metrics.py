@@ -36,9 +36,24 @@ class IngressMetrics:
 
 
 class GeneratorMetrics:
+    """Tokens are counted here per streamed chunk and handed to Ray's counter when sampled
+    (every 2 s): an increment of a Serve counter costs tens of microseconds, 2% of a
+    Generator's CPU when made per chunk at 32 sessions (docs/BENCHMARKS.md)."""
+
     def __init__(self) -> None:
-        self.tokens = Counter("rxt_generated_tokens", "Answer tokens generated (rate() is tokens/s)")
+        self.tokens = Counter("rxt_generated_tokens", "Answer tokens generated (rate() is tokens/s; "
+                              "counted every 2 s)")
         self.batch = Gauge("rxt_decode_batch_size", "Sequences in the decoding batch (sampled every 2 s)")
+        self._unreported = 0
+
+    def generated(self, tokens: int) -> None:
+        self._unreported += tokens
+
+    def sample(self, batch_size: int) -> None:
+        self.batch.set(batch_size)
+        if self._unreported:  # Ray's counters refuse an increment of 0
+            self.tokens.inc(self._unreported)
+            self._unreported = 0
 
 
 class UpdaterMetrics:
