@@ -27,13 +27,63 @@ from rxt_dist.tokens import prompt_ids
 logger = logging.getLogger(__name__)
 
 
+class _Inbox:
+    """The events decoded for one answer, waiting for its stream to send them.
+
+    The stream sleeps until the next chunk is due and is woken early only by what cannot
+    wait: the first event after it has sent everything, or the answer's end (or failure).
+    Tokens decoded meanwhile pile up here without waking it — at 32 open answers one wake-up
+    per token cost the replica's event loop more than the chunks it sends.
+    """
+
+    def __init__(self) -> None:
+        self.events: list[TokenEvent | BaseException] = []
+        self._waiter: asyncio.Future | None = None
+        self._wake_on_any = False
+
+    def put(self, event: TokenEvent | BaseException) -> None:
+        self.events.append(event)
+        if self._waiter is not None and not self._waiter.done() and (self._wake_on_any or _ends(event)):
+            self._waiter.set_result(None)
+
+    def take(self) -> list[TokenEvent | BaseException]:
+        events, self.events = self.events, []
+        return events
+
+    async def wait(self, timeout_s: float | None) -> None:
+        """Until an event arrives (``timeout_s`` None) or, with a timeout, until the answer
+        ends or ``timeout_s`` passes."""
+        if self.events and (timeout_s is None or any(_ends(e) for e in self.events)):
+            return
+        if timeout_s is not None and timeout_s <= 0:
+            return
+        loop = asyncio.get_running_loop()
+        self._waiter, self._wake_on_any = loop.create_future(), timeout_s is None
+        timer = None if timeout_s is None else loop.call_later(timeout_s, _resolve, self._waiter)
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+            if timer is not None:
+                timer.cancel()
+
+
+def _ends(event: TokenEvent | BaseException) -> bool:
+    return isinstance(event, BaseException) or event.finished
+
+
+def _resolve(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
 @dataclass
 class _Request:
     key: int
     prompt: list[int]
     stm: Tensor  # (L, S, D)
     params: SamplingParams
-    queue: asyncio.Queue
+    inbox: _Inbox
 
 
 @dataclass
@@ -65,7 +115,7 @@ class DecodeLoop:
         self.stream_chunks_per_s = stream_chunks_per_s
         self.batch = DecodeBatch(model, compiled=compiled)
         self.waiting: deque[_Request] = deque()
-        self.queues: dict[int, asyncio.Queue] = {}
+        self.inboxes: dict[int, _Inbox] = {}
         self.cancelled: set[int] = set()
         self.stats = LoopStats()
         self._keys = itertools.count()
@@ -83,7 +133,7 @@ class DecodeLoop:
         a second (every chunk costs the serving path the same whatever tokens it carries)."""
         if not self.stream_chunks_per_s:
             return self.stream_interval_s
-        return max(self.stream_interval_s, len(self.queues) / self.stream_chunks_per_s)
+        return max(self.stream_interval_s, len(self.inboxes) / self.stream_chunks_per_s)
 
     def _ensure_running(self) -> None:
         if self._task is None:
@@ -102,41 +152,29 @@ class DecodeLoop:
         """
         self._ensure_running()
         key = next(self._keys)
-        queue: asyncio.Queue = asyncio.Queue()
-        self.queues[key] = queue
-        self.waiting.append(_Request(key, prompt_ids(query_ids), stm, params, queue))
+        inbox = self.inboxes[key] = _Inbox()
+        self.waiting.append(_Request(key, prompt_ids(query_ids), stm, params, inbox))
         self._wake.set()
         finished, tokens, reason = False, [], None
         clock = asyncio.get_running_loop().time
         sent_at: float | None = None  # the first item goes out at once
         try:
             while not finished:
-                interval = self.interval_s()
-                wait = None if sent_at is None or not tokens else sent_at + interval - clock()
-                if wait is not None and wait <= 0:
-                    events = []
-                elif wait is None:
-                    events = [await queue.get()]
-                else:
-                    try:
-                        events = [await asyncio.wait_for(queue.get(), wait)]
-                    except TimeoutError:
-                        events = []
-                while not queue.empty():
-                    events.append(queue.get_nowait())
-                for ev in events:
+                for ev in inbox.take():
                     if isinstance(ev, BaseException):
                         raise ev
                     if ev.token is not None:
                         tokens.append(ev.token)
                     if ev.finished:
                         finished, reason = True, ev.finish_reason
-                due = sent_at is None or finished or clock() >= sent_at + interval
+                due = sent_at is None or finished or clock() >= sent_at + self.interval_s()
                 if due and (tokens or finished):
                     yield tokens, reason
                     tokens, sent_at = [], clock()
+                if not finished:  # nothing to send yet: the next token; tokens held: their chunk's time
+                    await inbox.wait(None if not tokens else sent_at + self.interval_s() - clock())
         finally:
-            self.queues.pop(key, None)
+            self.inboxes.pop(key, None)
             if not finished:
                 self.cancelled.add(key)
                 self._wake.set()
@@ -157,9 +195,9 @@ class DecodeLoop:
                 self._fail_all(admit, exc)
                 continue
             for ev in events:
-                queue = self.queues.get(ev.key)
-                if queue is not None:
-                    queue.put_nowait(ev)
+                inbox = self.inboxes.get(ev.key)
+                if inbox is not None:
+                    inbox.put(ev)
 
     def _take_waiting(self, cancel: set[int]) -> list[_Request]:
         """Drop every waiting request whose client went away (not only those that would be
@@ -194,6 +232,6 @@ class DecodeLoop:
         keys = [row.key for row in self.batch.rows] + [r.key for r in admit]
         self.batch = DecodeBatch(self.model, compiled=self.compiled)
         for key in keys:
-            queue = self.queues.get(key)
-            if queue is not None:
-                queue.put_nowait(RuntimeError(f"decoding failed: {exc}"))
+            inbox = self.inboxes.get(key)
+            if inbox is not None:
+                inbox.put(RuntimeError(f"decoding failed: {exc}"))

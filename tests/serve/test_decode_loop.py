@@ -1,4 +1,5 @@
 import asyncio
+import time
 
 import pytest
 import torch
@@ -144,6 +145,26 @@ def test_stream_interval_groups_later_tokens_but_sends_the_first_at_once(referen
     assert len(tokens) > 10 and len(items) <= len(tokens) // 3
 
 
+def test_the_end_of_an_answer_is_never_held_for_its_chunk_time(reference):
+    """With a chunk time far longer than the answer, the stream sends the first token at once
+    and every later token in one last chunk as soon as decoding ends — not a chunk time later."""
+    model = reference.model
+    stm = memories(model, 1)
+    params = SamplingParams(max_new_tokens=30)
+
+    async def scenario():
+        loop = DecodeLoop(model, max_batch_size=8, stream_interval_s=60.0)
+        started = time.perf_counter()
+        items = [item async for item in loop.stream(QUERIES[0], stm[:, 0], params)]
+        return items, time.perf_counter() - started
+
+    items, seconds = asyncio.run(scenario())
+    tokens = [t for new, _ in items for t in new]
+    assert tokens == alone(model, QUERIES[0], stm[:, 0], params)
+    assert len(items) == 2 and len(items[0][0]) == 1 and items[-1][1] in ("stop", "length")
+    assert seconds < 30
+
+
 def test_a_chunk_budget_stretches_the_interval_of_many_streams_and_changes_no_token(reference):
     """``stream_chunks_per_s``: a replica's open answers share that many chunks a second. Four
     answers at 8 chunks a second send one chunk per 0.5 s each — after the first token, which
@@ -190,3 +211,26 @@ def test_the_loop_decodes_through_the_compiled_step_as_eagerly(reference):
 
     for i, (tokens, _) in enumerate(asyncio.run(scenario())):
         assert tokens == alone(model, QUERIES[i], stm[:, i])
+
+
+def test_a_failed_step_fails_the_answers_in_it_with_the_error_and_the_loop_goes_on(reference):
+    """A decoding step that raises ends every answer it held with ``decoding failed: …`` at
+    once, even one waiting for its chunk time, and the next request is answered as alone."""
+    model = reference.model
+    stm = memories(model, 2)
+
+    async def scenario():
+        loop = DecodeLoop(model, max_batch_size=8, stream_interval_s=60.0)
+        stream = loop.stream(QUERIES[0], stm[:, 0], SamplingParams(max_new_tokens=30))
+        first = await anext(stream)  # the first token; the rest wait for the chunk time
+        loop.batch.step = lambda: (_ for _ in ()).throw(RuntimeError("out of memory"))
+        started = time.perf_counter()
+        with pytest.raises(RuntimeError, match="decoding failed: out of memory"):
+            await anext(stream)
+        failed_after = time.perf_counter() - started
+        assert loop.healthy and len(loop.batch) == 0  # the failed batch was replaced
+        return first, failed_after, await collect(loop, QUERIES[1], stm[:, 1])
+
+    first, failed_after, (tokens, _) = asyncio.run(scenario())
+    assert len(first[0]) == 1 and failed_after < 30
+    assert tokens == alone(model, QUERIES[1], stm[:, 1])
