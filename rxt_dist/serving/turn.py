@@ -252,10 +252,12 @@ async def stream_events(turn: Turn, codec: TextCodec, model_id: str, query_len: 
                 logger.warning("session %s: answer failed: %r", log_id(turn.sid), exc)
             yield error_event(err)
             return
-        yield chunk_event(cid, model_id, {}, turn.finish_reason)
+        # The finish chunk, the usage and [DONE] in one write: each event the server sends
+        # costs it (and the proxy, and the client) a send of its own.
+        end = chunk_event(cid, model_id, {}, turn.finish_reason)
         if include_usage:
-            yield chunk_event(cid, model_id, {}, usage_=usage(query_len + 3, len(turn.answer)))
-        yield DONE_EVENT
+            end += chunk_event(cid, model_id, {}, usage_=usage(query_len + 3, len(turn.answer)))
+        yield end + DONE_EVENT
         outcome = Outcome.ANSWERED  # the update starts off the response path, in close()
     finally:
         turn.close(outcome)
