@@ -20,7 +20,7 @@ from rxt_dist.serving.decode_loop import DecodeLoop
 from rxt_dist.serving.locality import StmCache
 from rxt_dist.serving.protocol import StoreStatus, log_id, status
 from serve.args import AppArgs
-from serve.logs import route_library_logs
+from serve.logs import INTERNAL_LOGGING, route_library_logs
 from serve.metrics import GeneratorMetrics, sample_forever
 from serve.routing import SESSION_AFFINITY
 from serve.store import StoreShards
@@ -29,7 +29,8 @@ logger = logging.getLogger("ray.serve")
 
 
 @serve.deployment(max_ongoing_requests=64, ray_actor_options={"num_cpus": 0.5},
-                  health_check_period_s=5, request_router_config=SESSION_AFFINITY)
+                  health_check_period_s=5, request_router_config=SESSION_AFFINITY,
+                  logging_config=INTERNAL_LOGGING)
 class Generator:
     """Loads the model once and decodes every request it holds in one continuous batch
     (:class:`~rxt_dist.serving.decode_loop.DecodeLoop`): a request arriving while others

@@ -27,7 +27,7 @@ from rxt_dist.serving.locality import StmCache
 from rxt_dist.serving.protocol import StoreStatus, log_id, status, stm_digest
 from rxt_dist.serving.updates import UpdateBatcher, apply_updates
 from serve.args import AppArgs
-from serve.logs import route_library_logs
+from serve.logs import INTERNAL_LOGGING, route_library_logs
 from serve.metrics import UpdaterMetrics
 from serve.ray_env import with_serve_transport
 from serve.routing import SESSION_AFFINITY
@@ -40,7 +40,8 @@ SEND_AHEAD_TIMEOUT_S = 10.0
 
 
 @serve.deployment(max_ongoing_requests=128, ray_actor_options={"num_cpus": 0.5},
-                  health_check_period_s=5, request_router_config=SESSION_AFFINITY)
+                  health_check_period_s=5, request_router_config=SESSION_AFFINITY,
+                  logging_config=INTERNAL_LOGGING)
 class MemoryUpdater:
     """Applies ``STM_t = consolidate(STM_{t-1}, query, answer)`` for many sessions at once."""
 
