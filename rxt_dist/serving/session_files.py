@@ -139,7 +139,7 @@ class SessionFiles:
     def read_meta(self, sid: str) -> str | None:
         """The session's ``meta.json`` text (None when there is no such session)."""
         data = self.ops.read(self.meta_path(sid))
-        return None if data is None else data.decode()
+        return None if data is None else data.decode(errors="replace")  # not UTF-8: not a record, said by the parser
 
     def read_stm(self, sid: str, version: int) -> bytes:
         data = self.ops.read(self.stm_path(sid, version))

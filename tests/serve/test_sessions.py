@@ -471,3 +471,14 @@ def test_updates_pending_too_long_are_listed_for_a_new_dispatch(tmp_path):
         await fresh.sweep()
         assert sorted(await fresh.stale_pending(0.0)) == sorted([(old, 0), (new, 0)])
     run(scenario())
+
+
+@pytest.mark.parametrize("garbage", [b"\xff\xfe not utf-8", b'{"id": "x"}'], ids=["bytes", "json"])
+def test_a_damaged_session_record_is_refused_naming_its_file(tmp_path, garbage):
+    async def scenario():
+        sid = new_session_id()
+        await store_at(tmp_path).create(sid, b"s", SHAPE)
+        (tmp_path / sid / "meta.json").write_bytes(garbage)
+        with pytest.raises(ValueError, match=rf"{sid}/meta.json: not a session record"):
+            await store_at(tmp_path).info(sid)  # a fresh shard reads it from storage
+    run(scenario())
