@@ -50,6 +50,7 @@ class MemoryUpdater:
         self.model = load_model_dir(args.model_dir, args.device).eval()
         self.stm_shape = self.model.cfg.stm_shape
         self.stores = StoreShards(args.store_config(), args.store_shards)
+        self._shard_calls = {shard: _caller(shard) for shard in self.stores.handles}
         self.delay_s = args.update_delay_s
         self.seed = args.initial_stm_seed
         self.batcher = UpdateBatcher(self.apply, args.update_batch_size, args.update_batch_wait_s)
@@ -124,8 +125,9 @@ class MemoryUpdater:
             logger.debug("session %s: STM version %d not sent ahead: %r", log_id(sid), version, exc)
 
     def _store_call(self, sid: str):
-        shard = self.stores.for_session(sid)
-        return lambda method, *args: getattr(shard, method).remote(*args)
+        """The caller of the shard that owns ``sid``: one per shard, so ``apply_updates`` sends
+        a batch's commits to each shard together."""
+        return self._shard_calls[self.stores.for_session(sid)]
 
     async def new_session_stm(self, system_ids: list[int] | None,
                               history: list[tuple[list[int], list[int]]]) -> bytes:
@@ -149,3 +151,8 @@ class MemoryUpdater:
         STM here (``hits``) or read it from the store (``misses``)."""
         return {**self.counters, "sending": len(self._sends),
                 "stm": {**asdict(self.known.stats), "sessions": len(self.known)}}
+
+
+def _caller(shard):
+    """``call(method, *args)``: a call to ``shard``, the actor's method by its name."""
+    return lambda method, *args: getattr(shard, method).remote(*args)

@@ -23,8 +23,9 @@ What it plays, per session (closed loop, as the serving benchmark drives the app
    least-loaded MemoryUpdater: the
    call's receipt on its event loop, then a batch starts when ``update_batch_size`` items wait
    or ``update_batch_wait_s`` after its first; it reads every item's input at once (gathered
-   store calls), consolidates the batch, commits every item at once; the commit releases the
-   session's next turn. Each of the three calls carries a third of the update's work outside
+   store calls), consolidates the batch, commits its items in one call per store shard (the
+   shard's side of a call once, then each item's write); each write releases its session's
+   next turn. Each of the three calls carries a third of the update's work outside
    the model (``updater_item_s``) through the replica's process (``Server``: its event-loop
    share one call after another, the rest alongside), as ``apply_updates`` gathers them.
    The store stamps a commit before it writes the new version (``CostProfile.persist_s``);
@@ -192,8 +193,11 @@ class Updater:
         def commit() -> None:
             lap("consolidate")
             pending["commits"] = len(batch)
+            shards: dict[Server, list[_Turn]] = {}
             for turn in batch:
-                self._call(turn, "commit", lambda t=turn: committed(t), stamped=turn.stamped)
+                shards.setdefault(self.store_of(turn.session.index), []).append(turn)
+            for turns in shards.values():
+                self._commit(turns, committed)
 
         def committed(turn: _Turn) -> None:
             self.ongoing -= 1
@@ -216,23 +220,27 @@ class Updater:
 
         loop_then(read)
 
-    def _call(self, turn: _Turn, call: str, then: Callable[[], None],
-              stamped: Callable[[], None] | None = None) -> None:
+    def _call(self, turn: _Turn, call: str, then: Callable[[], None]) -> None:
         """A store call gathered with the batch's others: the replica's side of it on its event
-        loop (shared with the calls in flight, ``Server``), then the shard's. A commit
-        (``stamped`` given) is stamped before the shard writes the new version
-        (``CostProfile.persist_s``): the stamp is the commit time the benchmark's update lag
-        ends at; the write's end releases the session's next turn."""
+        loop (shared with the calls in flight, ``Server``), then the shard's."""
         store = self.store_of(turn.session.index)
-        seconds = self.p.path.store_call(call)
-        persist = 0.0 if stamped is None else min(seconds, self.p.persist_s())
+        self.loop.do(self.in_batch_s, lambda: store.do(self.p.path.store_call(call), then, turn), turn)
 
-        def stamp() -> None:
-            stamped()
-            store.do(persist, then, turn)
+    def _commit(self, turns: list[_Turn], then: Callable[[_Turn], None]) -> None:
+        """The batch's commits to one shard, one call (``commit_updates``): the replica's side
+        of it and the shard's once, then each commit, stamped before the shard writes its new
+        version (``CostProfile.persist_s``) — the stamp is the commit time the benchmark's
+        update lag ends at; the write's end releases the session's next turn."""
+        store = self.store_of(turns[0].session.index)
+        seconds = self.p.path.store_call("commit")
+        persist = min(seconds, self.p.persist_s())
 
-        self.loop.do(self.in_batch_s, lambda: store.do(seconds - persist, then if stamped is None else stamp, turn),
-                     turn)
+        def write(k: int) -> None:
+            if k < len(turns):
+                turns[k].stamped()
+                store.do(persist, lambda: (then(turns[k]), write(k + 1)), turns[k])
+
+        self.loop.do(self.in_batch_s, lambda: store.do(seconds - persist, lambda: write(0), turns[0]), turns[0])
 
 
 @dataclass

@@ -661,6 +661,14 @@ class SessionStore:
             entry.settled.set()
         return _status(StoreStatus.APPLIED, version=new.version)
 
+    async def commit_updates(self, commits: list[tuple[str, int, bytes, str | None]]) -> list[dict]:
+        """:meth:`commit_update` of each ``(sid, base_version, stm, lease)`` in one call — a
+        MemoryUpdater's batch commits its sessions of this shard together, one Ray call instead
+        of one per session. One answer per commit, in order, each on its own: a commit whose
+        write failed answers ``unavailable`` with the error, the others apply."""
+        outcomes = await asyncio.gather(*(self.commit_update(*commit) for commit in commits), return_exceptions=True)
+        return [_status(StoreStatus.UNAVAILABLE, error=repr(o)) if isinstance(o, Exception) else o for o in outcomes]
+
     async def fail_update(self, sid: str, base_version: int, error: str) -> dict:
         """Record that the pending update of ``base_version`` can never apply: waiting and
         later turns are refused with ``update_failed`` and ``error`` until it is dropped."""

@@ -24,8 +24,9 @@ from rxt_dist.serving.protocol import StoreStatus, log_id, status
 
 logger = logging.getLogger(__name__)
 
-StoreOf = Callable[[str], Callable[..., Awaitable[dict]]]
-"""``store_of(sid)(method, *args)``: one call to the shard that owns ``sid``."""
+StoreOf = Callable[[str], Callable[..., Awaitable[Any]]]
+"""``store_of(sid)(method, *args)``: one call to the shard that owns ``sid``. Sessions of one
+shard get equal callables: a batch's commits go to each shard in one ``commit_updates`` call."""
 KnownStm = Callable[[str, int, str], bytes | None]
 """``known(sid, version, digest)``: the bytes of that STM if the caller holds them, else None."""
 
@@ -107,12 +108,10 @@ async def apply_updates(model: RxTModel, items: list[tuple], store_of: StoreOf,
     if before_commit is not None:
         for i in commits:
             before_commit(items[i][0], items[i][1] + 1, new_stms[i])
-    outcomes = await asyncio.gather(*(store_of(items[i][0])("commit_update", items[i][0], items[i][1], new_stms[i],
-                                                            None if given[i] is None else given[i]["lease"])
-                                      for i in commits), return_exceptions=True)
+    outcomes = await _commit(store_of, [(items[i][0], items[i][1], new_stms[i],
+                                         None if given[i] is None else given[i]["lease"]) for i in commits])
     for i, outcome in zip(commits, outcomes):
-        results[i] = ({"status": StoreStatus.UNAVAILABLE, "error": repr(outcome)}
-                      if isinstance(outcome, Exception) else outcome)
+        results[i] = outcome
     _lap(timings, "commit_s", clock)
     await asyncio.gather(*(store_of(items[i][0])("fail_update", items[i][0], items[i][1], results[i]["error"])
                            for i in broken), return_exceptions=True)
@@ -120,6 +119,23 @@ async def apply_updates(model: RxTModel, items: list[tuple], store_of: StoreOf,
         logger.warning("session %s: the update of version %d cannot apply: %s", log_id(items[i][0]), items[i][1],
                        results[i]["error"])
     return results
+
+
+async def _commit(store_of: StoreOf, commits: list[tuple]) -> list[dict]:
+    """The store's answer to each ``(sid, base_version, stm, lease)`` commit, sent as one
+    ``commit_updates`` call per shard, the shards' calls gathered; every commit of a call
+    that failed answers ``unavailable``."""
+    shards: dict[Callable, list[int]] = {}
+    for k, commit in enumerate(commits):
+        shards.setdefault(store_of(commit[0]), []).append(k)
+    answers = await asyncio.gather(*(call("commit_updates", [commits[k] for k in ks]) for call, ks in shards.items()),
+                                   return_exceptions=True)
+    outcomes: list[dict] = [{} for _ in commits]
+    for ks, answer in zip(shards.values(), answers):
+        for j, k in enumerate(ks):
+            outcomes[k] = ({"status": StoreStatus.UNAVAILABLE, "error": repr(answer)}
+                           if isinstance(answer, Exception) else answer[j])
+    return outcomes
 
 
 def recorded_turn(query_ids: list[int], answer_ids: list[int], lease: str, stm_digest: str) -> dict:

@@ -332,6 +332,32 @@ def test_a_failed_write_leaves_the_session_as_it_was(tmp_path):
     run(scenario())
 
 
+def test_commits_sent_together_answer_each_on_its_own(tmp_path):
+    """A MemoryUpdater's batch commits a shard's sessions in one call: each commit is the
+    compare-and-set it is alone, and one whose write fails leaves the others applied."""
+    async def scenario():
+        store = store_at(tmp_path)
+        applies, retried, lost, broken = [await session_with_pending_update(store) for _ in range(4)]
+        await store.commit_update(retried, 0, b"first")
+        gone = new_session_id()
+        saved = tmp_path / "saved"
+        (tmp_path / broken).rename(saved)
+        (tmp_path / broken).write_text("not a directory")  # its writes fail
+        answers = await store.commit_updates([(applies, 0, b"new", "a"), (retried, 0, b"again", None),
+                                              (lost, 0, b"x", "another lease"), (broken, 0, b"y", None),
+                                              (gone, 0, b"z", None)])
+        (tmp_path / broken).unlink()
+        saved.rename(tmp_path / broken)
+        infos = [(await store.info(sid))["session"] for sid in (applies, retried, lost, broken)]
+        return answers, infos, (await store.read_stm(applies, 1))["stm"]
+
+    answers, infos, stm = run(scenario())
+    assert [a["status"] for a in answers] == ["applied", "already_applied", "conflict", "unavailable", "not_found"]
+    assert "OSError" in answers[3]["error"] or "Error" in answers[3]["error"]
+    assert [i["memory_version"] for i in infos] == [1, 1, 0, 0] and stm == b"new"
+    assert [i["pending_update"] for i in infos] == [False, False, True, True]  # the failed write changed nothing
+
+
 def test_a_session_answers_only_the_key_that_created_it(tmp_path):
     async def scenario():
         store = store_at(tmp_path)

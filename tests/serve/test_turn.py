@@ -221,6 +221,33 @@ def test_an_update_sent_with_its_turn_and_a_kept_stm_reads_nothing_and_commits_t
     assert [i["memory_version"] for i in infos] == [1, 1, 0, 1]
 
 
+def test_a_batch_commits_each_shard_in_one_call(reference, tmp_path):
+    """The commits of a batch go to each shard in one call, and each item keeps its own answer."""
+    async def scenario():
+        shards = [Server(reference, tmp_path / "a"), Server(reference, tmp_path / "b")]
+        owner, calls = {}, []
+        for k, server in enumerate(shards):
+            def call(method, *args, server=server, k=k):
+                calls.append((k, method))
+                return server.call(method, *args)
+            for _ in range(2 + k):
+                sid = await server.new_session(reference.new_stm()[:, 0])
+                await server.store.begin_turn(sid, "l", 0.0)
+                await server.store.finish_turn(sid, "l", 0, [30, 31], [40, 41])
+                owner[sid] = call
+        sids = list(owner)
+        results = await apply_updates(reference.model, [(sid, 0) for sid in sids], owner.__getitem__)
+        versions = [(await s.store.info(sid))["session"]["memory_version"] for s in shards for sid in sids
+                    if sid in s.store._entries]
+        return results, calls, versions
+
+    results, calls, versions = asyncio.run(scenario())
+    assert [r["status"] for r in results] == ["applied"] * 5 and versions == [1] * 5
+    commits = [c for c in calls if c[1].startswith("commit")]
+    assert sorted(commits) == [(0, "commit_updates"), (1, "commit_updates")]
+    assert calls.count((0, "update_input")) == 2 and calls.count((1, "update_input")) == 3
+
+
 def test_a_body_is_refused_as_soon_as_it_passes_the_limit():
     pulled = 0
 
