@@ -58,6 +58,7 @@ from rxt_dist.serving.protocol import (
     transcript_start,
     transcript_step,
 )
+from rxt_dist.serving.event_stream import EventStream
 from rxt_dist.serving.sessions import is_session_id, new_session_id
 from rxt_dist.serving.text import TextCodec
 from rxt_dist.serving.turn import (
@@ -244,8 +245,7 @@ class Ingress:
                    transcript_after=transcript_after, on_recorded=relink)
         if turn.stream:
             events = stream_events(run, self.codec, self.model_id, query_len, turn.include_usage, _to_api_error)
-            return StreamingResponse(events, media_type="text/event-stream",
-                                     headers={**headers, "cache-control": "no-cache"})
+            return EventStream(events, headers={**headers, "cache-control": "no-cache"})
         body = await complete(run, self.codec, self.model_id, query_len, _to_api_error)
         # The update is dispatched once the response has been sent (Starlette background).
         return JSONResponse(body, headers=headers, background=BackgroundTask(self._after_response, run))

@@ -30,6 +30,7 @@ from enum import Enum
 from typing import Any
 
 from rxt_dist.serving.api import ApiError, chunk_event, completion_body, completion_id, error_event, usage
+from rxt_dist.serving.event_stream import LastEvents
 from rxt_dist.serving.protocol import DONE_EVENT, SESSION_HEADER, StoreStatus, log_id, status
 from rxt_dist.serving.text import TextCodec
 
@@ -231,34 +232,38 @@ def internal_error(exc: Exception) -> ApiError:
 async def stream_events(turn: Turn, codec: TextCodec, model_id: str, query_len: int, include_usage: bool,
                         to_api_error: ErrorMapper = internal_error) -> AsyncIterator[str]:
     """The server-sent events of a streamed answer; the update is dispatched once ``[DONE]``
-    has been sent. A failure after the stream started ends it with an error event."""
+    has been sent. A failure after the stream started ends it with an error event.
+
+    Each piece yielded is one write (the server, the proxy and the client each handle it): the
+    role event goes with the first text, and the finish chunk, the usage and ``[DONE]`` are one
+    :class:`~rxt_dist.serving.event_stream.LastEvents`, sent with the end of the body."""
     cid, detok = completion_id(), codec.detokenizer()
+    head = chunk_event(cid, model_id, {"role": "assistant", "content": ""})  # not yet sent
     outcome = Outcome.DISCONNECTED  # unless the stream reaches an end the server chose
     try:
-        yield chunk_event(cid, model_id, {"role": "assistant", "content": ""})
         try:
             async for new_tokens in turn.tokens():
                 text = "".join(detok.push(t) for t in new_tokens)
                 if text:
-                    yield chunk_event(cid, model_id, {"content": text})
+                    yield head + chunk_event(cid, model_id, {"content": text})
+                    head = ""
             tail = detok.flush()
             if tail:
-                yield chunk_event(cid, model_id, {"content": tail})
+                yield head + chunk_event(cid, model_id, {"content": tail})
+                head = ""
             await turn.record()
         except Exception as exc:  # not a disconnect (that is a CancelledError / GeneratorExit)
             outcome = Outcome.FAILED
             err = exc if isinstance(exc, ApiError) else to_api_error(exc)
             if not isinstance(exc, ApiError):
                 logger.warning("session %s: answer failed: %r", log_id(turn.sid), exc)
-            yield error_event(err)
+            yield head + error_event(err)
             return
-        # The finish chunk, the usage and [DONE] in one write: each event the server sends
-        # costs it (and the proxy, and the client) a send of its own.
-        end = chunk_event(cid, model_id, {}, turn.finish_reason)
+        end = head + chunk_event(cid, model_id, {}, turn.finish_reason)
         if include_usage:
             end += chunk_event(cid, model_id, {}, usage_=usage(query_len + 3, len(turn.answer)))
-        yield end + DONE_EVENT
-        outcome = Outcome.ANSWERED  # the update starts off the response path, in close()
+        outcome = Outcome.ANSWERED  # recorded: the update starts off the response path, in close()
+        yield LastEvents(end + DONE_EVENT)
     finally:
         turn.close(outcome)
 

@@ -11,6 +11,7 @@ from rxt_dist.inference import SamplingParams
 from rxt_dist.model import stm_from_bytes, stm_to_bytes
 from rxt_dist.serving.api import ApiError, read_limited
 from rxt_dist.serving.decode_loop import DecodeLoop
+from rxt_dist.serving.event_stream import LastEvents
 from rxt_dist.serving.sessions import SessionStore, StoreConfig, new_session_id
 from rxt_dist.serving.turn import ClaimPolicy, Outcome, Turn, claim_session, complete, stream_events
 from rxt_dist.serving.protocol import stm_digest
@@ -139,7 +140,7 @@ def test_a_long_answer_keeps_its_session_past_the_turn_lease(reference, tmp_path
         seen, intruders, started = [], [], time.monotonic()
         async for event in events:
             seen.append(event)
-            await asyncio.sleep(0.5)  # a slow reader
+            await asyncio.sleep(0.8)  # a slow reader
             intruders.append((await server.store.begin_turn(sid, "intruder", 0.0))["status"])
         elapsed = time.monotonic() - started
         await server.settle()
@@ -147,6 +148,9 @@ def test_a_long_answer_keeps_its_session_past_the_turn_lease(reference, tmp_path
 
     seen, intruders, elapsed, info = asyncio.run(scenario())
     assert seen[-1].endswith("data: [DONE]\n\n") and '"finish_reason": "length"' in seen[-1] and elapsed > 1.5
+    # one write each: the role event with the first text, the end of the answer with the end of the body
+    assert '"role": "assistant"' in seen[0] and seen[0].count("data: ") == 2 and '"content": ""' not in seen[1]
+    assert isinstance(seen[-1], LastEvents) and not any(isinstance(e, LastEvents) for e in seen[:-1])
     # claimed while it streams; once recorded (before the finish chunk and [DONE], sent as one
     # write) its update is pending
     assert intruders == ["busy"] * (len(seen) - 1) + ["pending"]
