@@ -43,6 +43,7 @@ from rxt_dist.serving.api import (
     read_limited,
     system_text,
 )
+from rxt_dist.serving.event_stream import EventStream
 from rxt_dist.serving.protocol import (
     COMMITTED_HEADER,
     IDEMPOTENCY_HEADER,
@@ -58,7 +59,6 @@ from rxt_dist.serving.protocol import (
     transcript_start,
     transcript_step,
 )
-from rxt_dist.serving.event_stream import EventStream
 from rxt_dist.serving.sessions import is_session_id, new_session_id
 from rxt_dist.serving.text import TextCodec
 from rxt_dist.serving.turn import (

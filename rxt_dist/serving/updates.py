@@ -81,7 +81,7 @@ async def apply_updates(model: RxTModel, items: list[tuple], store_of: StoreOf,
     todo, memories, broken = [], [], []
     for i, r in enumerate(inputs):
         if isinstance(r, Exception):
-            results[i] = {"status": StoreStatus.UNAVAILABLE, "error": repr(r)}
+            results[i] = _unavailable(r)
         elif status(r) != StoreStatus.OK:
             results[i] = {"status": r["status"], "version": r.get("version")}
         else:
@@ -128,14 +128,27 @@ async def _commit(store_of: StoreOf, commits: list[tuple]) -> list[dict]:
     shards: dict[Callable, list[int]] = {}
     for k, commit in enumerate(commits):
         shards.setdefault(store_of(commit[0]), []).append(k)
-    answers = await asyncio.gather(*(call("commit_updates", [commits[k] for k in ks]) for call, ks in shards.items()),
+    answers = await asyncio.gather(*(_commit_shard(call, [commits[k] for k in ks]) for call, ks in shards.items()),
                                    return_exceptions=True)
     outcomes: list[dict] = [{} for _ in commits]
     for ks, answer in zip(shards.values(), answers):
         for j, k in enumerate(ks):
-            outcomes[k] = ({"status": StoreStatus.UNAVAILABLE, "error": repr(answer)}
-                           if isinstance(answer, Exception) else answer[j])
+            outcomes[k] = _unavailable(answer) if isinstance(answer, Exception) else answer[j]
     return outcomes
+
+
+async def _commit_shard(call: Callable[..., Awaitable[Any]], commits: list[tuple]) -> list[dict]:
+    try:
+        return await call("commit_updates", commits)
+    except AttributeError:
+        # A shard started by an older version, without ``commit_updates``: the shards are
+        # detached actors and outlive a redeploy (``serve/store.py``). One call per commit.
+        answers = await asyncio.gather(*(call("commit_update", *commit) for commit in commits), return_exceptions=True)
+        return [_unavailable(a) if isinstance(a, Exception) else a for a in answers]
+
+
+def _unavailable(exc: Exception) -> dict:
+    return {"status": StoreStatus.UNAVAILABLE, "error": repr(exc)}
 
 
 def recorded_turn(query_ids: list[int], answer_ids: list[int], lease: str, stm_digest: str) -> dict:

@@ -252,6 +252,32 @@ def test_a_batch_commits_each_shard_in_one_call(reference, tmp_path):
     assert calls.count((0, "update_input")) == 2 and calls.count((1, "update_input")) == 3
 
 
+def test_a_store_shard_of_an_older_version_gets_its_commits_one_by_one(reference, tmp_path):
+    """Store shards are detached actors that outlive a redeploy: one started by a version
+    without ``commit_updates`` still gets every commit of a batch, one call each."""
+    async def scenario():
+        server, calls = Server(reference, tmp_path), []
+
+        def older_shard(method, *args):
+            calls.append(method)
+            if method == "commit_updates":
+                raise AttributeError(f"'ActorHandle' object has no attribute '{method}'")
+            return server.call(method, *args)
+
+        sids = []
+        for _ in range(3):
+            sid = await server.new_session(reference.new_stm()[:, 0])
+            await server.store.begin_turn(sid, "l", 0.0)
+            await server.store.finish_turn(sid, "l", 0, [30, 31], [40, 41])
+            sids.append(sid)
+        results = await apply_updates(reference.model, [(sid, 0) for sid in sids], lambda sid: older_shard)
+        return results, calls, [(await server.store.info(sid))["session"]["memory_version"] for sid in sids]
+
+    results, calls, versions = asyncio.run(scenario())
+    assert [r["status"] for r in results] == ["applied"] * 3 and versions == [1, 1, 1]
+    assert calls.count("commit_updates") == 1 and calls.count("commit_update") == 3
+
+
 def test_a_body_is_refused_as_soon_as_it_passes_the_limit():
     pulled = 0
 
