@@ -138,9 +138,10 @@ def test_a_long_answer_keeps_its_session_past_the_turn_lease(reference, tmp_path
         turn = await server.start_turn(sid, "tell me a story", max_tokens=8, lease_s=1.0)
         events = stream_events(turn, server.codec, "m", 4, False)
         seen, intruders, started = [], [], time.monotonic()
+        await asyncio.sleep(0.6)  # a slow reader: late to start (the answer is produced meanwhile) …
         async for event in events:
             seen.append(event)
-            await asyncio.sleep(0.8)  # a slow reader
+            await asyncio.sleep(0.5)  # … and slow to read each event (a whole answer is two: text, end)
             intruders.append((await server.store.begin_turn(sid, "intruder", 0.0))["status"])
         elapsed = time.monotonic() - started
         await server.settle()
