@@ -1,4 +1,5 @@
-"""The decode benchmark: time per generated token and tokens/s at several batch sizes.
+"""The decode benchmark: time per generated token and tokens/s at several batch sizes, and
+the prefill before them (a turn's time to first token in-process).
 
 For each RxT preset (fresh weights, seeded) this times decoding steps of a
 :class:`~rxt_dist.inference.DecodeBatch` — the code path of ``respond``, the serving loop and
@@ -74,14 +75,17 @@ def _prompts(batch: int, length: int, vocab: int, seed: int) -> list[list[int]]:
 
 @torch.no_grad()
 def time_steps(model: RxTModel, batch: int, cfg: DecodeConfig, compiled: CompiledDecoder | None,
-               warm_steps: int = 3) -> tuple[float, list[list[int]]]:
-    """Seconds for ``cfg.tokens`` decoding steps of ``batch`` rows (after the prefill and
+               warm_steps: int = 3) -> tuple[float, float, list[list[int]]]:
+    """Seconds of the prefill (the prompts' pass and the first token: a turn's time to first
+    token, in-process), seconds for ``cfg.tokens`` decoding steps of ``batch`` rows (after
     ``warm_steps`` untimed steps), and the greedy answers."""
     stm = model.initial_stm(batch, torch.Generator().manual_seed(cfg.seed))
     prompts = _prompts(batch, cfg.prompt_tokens, model.cfg.vocab_size, cfg.seed)
     params = [SamplingParams(max_new_tokens=cfg.tokens + warm_steps + 1)] * batch
     decode = DecodeBatch(model, eos_id=NO_STOP, compiled=compiled)
+    start = time.perf_counter()
     answers = [[e.token] for e in decode.admit(list(range(batch)), prompts, params, stm=stm)]
+    prefill_s = time.perf_counter() - start
     for _ in range(warm_steps):
         for e in decode.step():
             answers[e.key].append(e.token)
@@ -89,17 +93,17 @@ def time_steps(model: RxTModel, batch: int, cfg: DecodeConfig, compiled: Compile
     for _ in range(cfg.tokens):
         for e in decode.step():
             answers[e.key].append(e.token)
-    return time.perf_counter() - start, answers
+    return prefill_s, time.perf_counter() - start, answers
 
 
-def time_peer(peer, cfg: DecodeConfig) -> float:
-    """Seconds per generated token of the Hugging Face peer at batch 1 (greedy ``generate``
-    of ``cfg.tokens`` tokens, time to first token excluded)."""
+def time_peer(peer, cfg: DecodeConfig) -> tuple[float, float]:
+    """The Hugging Face peer at batch 1 (greedy ``generate`` of ``cfg.tokens`` tokens): seconds
+    to its first token, and per generated token after it."""
     from rxt_dist.eval.hf_peer import timed_generate
 
     prompt = _prompts(1, cfg.prompt_tokens, peer.config.vocab_size, cfg.seed)[0]
     run = timed_generate(peer, prompt, cfg.tokens + 1)
-    return (run.turn_s - run.prompt_s) / cfg.tokens
+    return run.prompt_s, (run.turn_s - run.prompt_s) / cfg.tokens
 
 
 def _median(xs: list[float]) -> float:
@@ -125,16 +129,21 @@ def bench_preset(preset: str, cfg: DecodeConfig, say: Callable[[str], None] = pr
             compile_s[batch] = time.perf_counter() - start
             say(f"  {preset}: compiled for batch {batch} in {compile_s[batch]:.1f}s")
     times: dict[str, dict[int, list[float]]] = {m: {b: [] for b in cfg.batches} for m in cfg.modes}
+    prefills: dict[str, dict[int, list[float]]] = {m: {b: [] for b in cfg.batches} for m in cfg.modes}
     answers: dict[str, dict[int, list[list[int]]]] = {m: {} for m in cfg.modes}
     peer_times: list[float] = []
+    peer_prefills: list[float] = []
     for r in range(cfg.repeats):
         for batch in cfg.batches:
             for mode in cfg.modes:
-                seconds, ans = time_steps(model, batch, cfg, decoders[mode])
+                prefill, seconds, ans = time_steps(model, batch, cfg, decoders[mode])
                 times[mode][batch].append(seconds)
+                prefills[mode][batch].append(prefill)
                 answers[mode].setdefault(batch, ans)
         if peer is not None:
-            peer_times.append(time_peer(peer, cfg))
+            first, per_token = time_peer(peer, cfg)
+            peer_prefills.append(first)
+            peer_times.append(per_token)
         say(f"  {preset}: round {r + 1}/{cfg.repeats} done")
     out: dict[str, Any] = {"params": sum(p.numel() for p in model.parameters())}
     for mode in cfg.modes:
@@ -142,6 +151,7 @@ def bench_preset(preset: str, cfg: DecodeConfig, say: Callable[[str], None] = pr
         out[mode] = {
             "ms_per_step": {f"batch{b}": 1000 * med[b] / cfg.tokens for b in cfg.batches},
             "tokens_per_s": {f"batch{b}": b * cfg.tokens / med[b] for b in cfg.batches},
+            "prefill_ms": {f"batch{b}": 1000 * _median(prefills[mode][b]) for b in cfg.batches},
         }
         if 1 in cfg.batches:
             out[mode]["ms_per_token"] = {"batch1": 1000 * med[1] / cfg.tokens}
@@ -155,6 +165,7 @@ def bench_preset(preset: str, cfg: DecodeConfig, say: Callable[[str], None] = pr
         c = peer.config
         peer_doc = {
             "ms_per_token": {"batch1": 1000 * _median(peer_times)},
+            "prefill_ms": {"batch1": 1000 * _median(peer_prefills)},
             "model": {"class": type(peer).__name__, "vocab": c.vocab_size, "dim": c.hidden_size,
                       "layers": c.num_hidden_layers, "heads": c.num_attention_heads,
                       "kv_heads": c.num_key_value_heads, "ffn": c.intermediate_size,

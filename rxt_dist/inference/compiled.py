@@ -28,12 +28,13 @@ import torch
 from torch import Tensor
 
 from rxt_dist.model.kv_cache import KVCache
-from rxt_dist.model.layers import Attention, MoE, SwiGLU
+from rxt_dist.model.layers import CAUSAL, Attention, MoE, SwiGLU
 from rxt_dist.model.rxt import MemoryKV, RxTModel
 
 logger = logging.getLogger(__name__)
 
 StepFn = Callable[[Tensor, Tensor, list[Tensor], list[Tensor], MemoryKV, Tensor | None, list], Tensor]
+PrefillFn = Callable[[Tensor, Tensor, Tensor, list[Tensor], list[Tensor], Tensor | None, list], tuple[Tensor, MemoryKV]]
 
 
 def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
@@ -196,6 +197,53 @@ def decode_step(
     return model.lm_logits(x)[:, -1]  # (B, V)
 
 
+def prefill_step(
+    model: RxTModel, ids: Tensor, lengths: Tensor, stm: Tensor, keys: list[Tensor], values: list[Tensor],
+    memory_mask: Tensor | None, experts: list[tuple[Tensor, Tensor] | None],
+) -> tuple[Tensor, MemoryKV]:
+    """The prefill of a turn, written to compile: right-padded prompts ``ids`` (B, T) with
+    ``lengths`` (B,) real tokens, answered from ``stm`` (L, B, S, D), written into the empty
+    caches ``keys``/``values`` per layer (B, Nkv, C ≥ T, H) at positions 0…T−1.
+
+    Returns the next-token logits after each prompt's last real token (B, V) and the STM's
+    projected memory keys/values (contiguous, as the decoding steps read them). A plain causal
+    mask serves right-padded rows: a real token never sees a later position, so the padding is
+    invisible to it (the padded positions' own outputs are never read, and their cache entries
+    lie past each row's length, where every later step masks them)."""
+    B, T = ids.shape
+    memory = [tuple(t.contiguous() for t in block.project_memory(stm[i])) for i, block in enumerate(model.decoder)]
+    positions = torch.arange(T, device=ids.device)[None].expand(B, T)  # (B, T)
+    slot_mask = memory_mask[:, None, None, :] if memory_mask is not None else None  # (B, 1, 1, S)
+    x = model.embed(ids)  # (B, T, D)
+    for i, block in enumerate(model.decoder):
+        attn = block.attn
+        h = block.attn_norm(x)
+        q = attn.project_q(h, positions)  # (B, N, T, H)
+        k, v = attn.project_kv(h, positions)  # (B, Nkv, T, H)
+        keys[i][:, :, :T] = k
+        values[i][:, :, :T] = v
+        x = x + attn.attend(q, k, v, CAUSAL)
+        mem = block.mem_attn
+        mq = mem.project_q(block.mem_norm(x), positions)
+        x = x + mem.attend(mq, memory[i][0], memory[i][1], slot_mask)
+        ffn = block.ffn
+        h = block.ffn_norm(x)
+        x = x + (ffn(h) if isinstance(ffn, SwiGLU) else _moe_rows(ffn, *experts[i], h))
+    last = x[torch.arange(B, device=ids.device), lengths - 1]  # (B, D)
+    return model.lm_logits(last), memory
+
+
+def _moe_rows(moe: MoE, gate_up: Tensor, down: Tensor, x: Tensor) -> Tensor:
+    """The MoE FFN of x (B, T, D) for many tokens at once: every token through its chosen
+    experts (:func:`routed_experts`), the router's weights as :meth:`MoE.forward` computes them."""
+    B, T, D = x.shape
+    flat = x.reshape(B * T, D)
+    probs = moe.router(flat).float().softmax(dim=-1)  # (BT, E)
+    weights, chosen = probs.topk(moe.top_k, dim=-1)  # (BT, k)
+    weights = (weights / weights.sum(dim=-1, keepdim=True)).to(x.dtype)
+    return routed_experts(flat, chosen, weights, gate_up, down).view(B, T, D)
+
+
 def _mark_batch_dynamic(ids: Tensor, cache: KVCache, memory: MemoryKV, slot_mask: Tensor | None) -> None:
     """Mark the batch (and the cache capacity) dimension of every input dynamic before a call:
     traced first at some batch size, the step would otherwise be specialised to it and compiled
@@ -231,6 +279,44 @@ class CompiledDecoder:
                 model, ids, lengths, keys, values, memory, mask, experts),
             dynamic=True,
         )
+        self._prefill_fn: PrefillFn = torch.compile(
+            lambda ids, lengths, stm, keys, values, mask, experts: prefill_step(
+                model, ids, lengths, stm, keys, values, mask, experts),
+            dynamic=True,
+        )
+
+    def _stacked_experts(self) -> list[tuple[Tensor, Tensor] | None]:
+        experts = []
+        for stacked in self._experts:
+            if stacked is not None:
+                stacked.refresh()
+            experts.append(None if stacked is None else (stacked.gate_up, stacked.down))
+        return experts
+
+    @torch.no_grad()
+    def prefill(self, ids: Tensor, lengths: Tensor, stm: Tensor, memory_mask: Tensor | None,
+                cache: KVCache) -> tuple[Tensor, MemoryKV]:
+        """Prefill prompts ``ids`` (B, T) of ``lengths`` (B,) from ``stm`` (L, B, S, D) into
+        the empty ``cache`` (advanced by ``lengths``); ``memory_mask`` (B, S) or None. Returns
+        the logits of each prompt's next token (B, V) and the projected memory, as
+        :func:`prefill_step`."""
+        if cache.max_length():
+            raise ValueError("the compiled prefill starts a turn: it needs an empty cache")
+        B, T = ids.shape
+        cache.reserve(T)
+        mark = torch._dynamo.mark_dynamic
+        mark(ids, 1)  # prompt lengths vary: one graph for all of them
+        for t in (*cache.keys, *cache.values):
+            mark(t, 2)
+        if B > 1:  # as :meth:`step`: every batch above 1 shares one graph
+            for t in (ids, lengths, *cache.keys, *cache.values) + ((memory_mask,) if memory_mask is not None else ()):
+                mark(t, 0)
+            mark(stm, 1)
+        with self._lock:
+            logits, memory = self._prefill_fn(ids, lengths, stm, cache.keys, cache.values, memory_mask,
+                                               self._stacked_experts())
+        cache.advance(lengths)
+        return logits, memory
 
     @torch.no_grad()
     def step(self, ids: Tensor, cache: KVCache, memory: MemoryKV, memory_mask: Tensor | None) -> Tensor:
@@ -243,24 +329,23 @@ class CompiledDecoder:
         if ids.shape[0] > 1:  # every batch above 1 shares one graph, whatever size came first
             _mark_batch_dynamic(ids, cache, memory, slot_mask)
         with self._lock:  # one compilation at a time
-            experts = []
-            for stacked in self._experts:
-                if stacked is not None:
-                    stacked.refresh()
-                experts.append(None if stacked is None else (stacked.gate_up, stacked.down))
-            logits = self._fn(ids, cache.lengths, cache.keys, cache.values, memory, slot_mask, experts)
+            logits = self._fn(ids, cache.lengths, cache.keys, cache.values, memory, slot_mask,
+                              self._stacked_experts())
         cache.advance(1)
         return logits
 
     @torch.no_grad()
     def warm_up(self, batches: tuple[int, ...] = (1, 2)) -> None:
-        """Compile for these batch sizes now (on throwaway rows)."""
+        """Compile the prefill and the step for these batch sizes now (on throwaway rows)."""
         model = self.model
+        device = model.embed.weight.device
         for batch in batches:
             stm = model.initial_stm(batch)
             cache = model.new_cache(batch)
-            ids = torch.zeros(batch, 1, dtype=torch.long, device=model.embed.weight.device)
-            self.step(ids, cache, model.project_memory(stm), None)
+            ids = torch.zeros(batch, 5, dtype=torch.long, device=device)
+            lengths = torch.tensor([5 - row % 2 for row in range(batch)], device=device)
+            _, memory = self.prefill(ids, lengths, stm, None, cache)
+            self.step(ids[:, :1], cache, memory, None)
 
 
 def compiled_or_eager(model: RxTModel, batches: tuple[int, ...] = (1, 2)) -> CompiledDecoder | None:

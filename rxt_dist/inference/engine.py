@@ -75,7 +75,8 @@ class DecodeBatch:
     last_tokens: Tensor | None = None
     kept_caches: dict[Hashable, KVCache] = field(default_factory=dict)
     compiled: CompiledDecoder | None = None
-    """Decode steps through this compiled step (RxT only; the prefill stays eager)."""
+    """The prefill of new sequences and the decode steps through this compiled model (RxT
+    only; a prefill that continues a given cache stays eager)."""
 
     @property
     def is_rxt(self) -> bool:
@@ -107,15 +108,19 @@ class DecodeBatch:
         device = self.model.embed.weight.device
         ids, lengths = pad_batch(prompts, device)
         new_cache = cache if cache is not None else self.model.new_cache(len(prompts))
-        if self.is_rxt:
-            if stm is None:
-                raise ValueError("an RxT model answers from an STM: pass stm=(L, B, S, D)")
-            memory = self.model.project_memory(stm.to(device))
-            logits, _ = self.model.decode(ids, lengths, memory, memory_mask, new_cache)
+        if self.is_rxt and stm is None:
+            raise ValueError("an RxT model answers from an STM: pass stm=(L, B, S, D)")
+        if self.is_rxt and self.compiled is not None and cache is None:
+            last, memory = self.compiled.prefill(ids, lengths, stm.to(device), memory_mask, new_cache)
         else:
-            memory = None
-            logits, _ = self.model.decode(ids, lengths, new_cache)
-        last = logits[torch.arange(len(prompts), device=device), lengths - 1]  # (B, V)
+            if self.is_rxt:
+                memory = self.model.project_memory(stm.to(device))
+                hidden, _ = self.model.decode_hidden(ids, lengths, memory, memory_mask, new_cache)
+            else:
+                memory = None
+                hidden, _ = self.model.hidden(ids, lengths, new_cache)
+            # the head only where a token is sampled: the prompt's other positions need no logits
+            last = self.model.lm_logits(hidden[torch.arange(len(prompts), device=device), lengths - 1])  # (B, V)
         rows = [_Row(k, p, p.generator(), keep_cache=keep_cache) for k, p in zip(keys, params)]
         tokens = sample_next(last, [r.params for r in rows], [r.generator for r in rows])
         self._merge(rows, new_cache, memory, memory_mask, tokens)

@@ -24,6 +24,7 @@ def test_a_small_run_writes_every_key_the_benchmark_reports(tmp_path):
     # tokens/s at batch b is b tokens per step: the two figures describe the same steps
     assert abs(eager["tokens_per_s"]["batch2"] * eager["ms_per_step"]["batch2"] / 1000 - 2) < 1e-6
     assert doc["ratios"]["debug"]["eager_batch2_over_batch1_tokens_per_s"] > 0
+    assert set(eager["prefill_ms"]) == {"batch1", "batch2"} and min(eager["prefill_ms"].values()) > 0
     assert doc["machine"]["logical_cpus"] >= 1 and "command" in doc
 
 

@@ -1,4 +1,4 @@
-"""The compiled decoding step (torch.compile, inductor) answers exactly as the eager path.
+"""The compiled prefill and decoding step (torch.compile, inductor) answer exactly as the eager path.
 
 Compiling takes tens of seconds on a CPU, so each model is compiled once per module (batch 1
 and batch > 1 compile apart)."""
@@ -9,11 +9,12 @@ import pytest
 import torch
 
 from rxt_dist.inference import CompiledDecoder, DecodeBatch, SamplingParams, generate
+from rxt_dist.inference.engine import pad_batch
 from rxt_dist.model import RxTModel, from_name
 from rxt_dist.model.config import FFNConfig
 from rxt_dist.tokens import prompt_ids
 from tests.model.conftest import admitted_midway, debug_rxt
-from tests.tolerances import KERNEL
+from tests.tolerances import CHANGED, KERNEL
 
 QUERIES = [[10, 11, 12], [20, 21, 22, 23, 24, 25, 26], [30], [40, 41]]
 GREEDY = SamplingParams(max_new_tokens=12)
@@ -68,6 +69,39 @@ def test_compiled_step_logits_match_eager_and_write_the_same_cache(dense):
         for row, n in enumerate(c0.host_lengths):
             torch.testing.assert_close(c1.keys[layer][row, :, :n], c0.keys[layer][row, :, :n], **KERNEL)
             torch.testing.assert_close(c1.values[layer][row, :, :n], c0.values[layer][row, :, :n], **KERNEL)
+
+
+def test_compiled_prefill_matches_eager_logits_memory_and_cache(dense):
+    """A turn's prefill through the compiled model: the next-token logits, the projected memory
+    and every real cached position as the eager pass gives them — rows of unequal length (right
+    padding under a plain causal mask), some slots hidden, and one row alone."""
+    model, compiled = dense
+    stm = stms(model, 3)
+    prompts = [prompt_ids(q) for q in QUERIES[:3]]
+    hidden_slots = torch.ones(3, stm.shape[2], dtype=torch.bool)
+    hidden_slots[1, ::2] = False
+    for rows, mask in ((slice(0, 3), hidden_slots), (slice(1, 2), None)):
+        ids, lengths = pad_batch(prompts[rows])
+        B = ids.shape[0]
+        eager_cache, fast_cache = model.new_cache(B), model.new_cache(B)
+        with torch.no_grad():
+            eager_memory = model.project_memory(stm[:, rows])
+            out, _ = model.decode_hidden(ids, lengths, eager_memory, mask, eager_cache)
+            eager_logits = model.lm_logits(out[torch.arange(B), lengths - 1])
+        logits, memory = compiled.prefill(ids, lengths, stm[:, rows], mask, fast_cache)
+        torch.testing.assert_close(logits, eager_logits, **KERNEL)
+        assert (logits - model.lm_logits(out[:, 0])).abs().max() > CHANGED  # the last real token's, not the first's
+        for (k, v), (k0, v0) in zip(memory, eager_memory):
+            assert k.is_contiguous() and v.is_contiguous()
+            torch.testing.assert_close(k, k0, **KERNEL)
+            torch.testing.assert_close(v, v0, **KERNEL)
+        assert fast_cache.host_lengths == eager_cache.host_lengths == lengths.tolist()
+        for layer in range(len(eager_cache.keys)):
+            for row, n in enumerate(lengths.tolist()):
+                torch.testing.assert_close(fast_cache.keys[layer][row, :, :n], eager_cache.keys[layer][row, :, :n], **KERNEL)
+                torch.testing.assert_close(fast_cache.values[layer][row, :, :n], eager_cache.values[layer][row, :, :n], **KERNEL)
+    with pytest.raises(ValueError, match="empty cache"):  # a prefill starts a turn; continuing one is eager's
+        compiled.prefill(ids, lengths, stm[:, rows], None, fast_cache)
 
 
 def test_compiled_continuous_batching_admits_between_steps(dense):
