@@ -148,24 +148,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # -- profile -------------------------------------------------------------------------------------
 
 def model_costs(model_dir: str, query_tokens: int, answer_tokens: int,
-                compile_decode: bool = False) -> tuple[dict, dict, dict, dict]:
+                compile_decode: bool = False, compile_update: bool = False) -> tuple[dict, dict, dict, dict]:
     """(model profile, STM bytes, storage tiers, model description) measured in this process
-    with one torch thread (a replica of 0.5 CPU runs one); decoding compiled where the app's
-    Generator compiles it (``compile_decode``)."""
+    with one torch thread (a replica of 0.5 CPU runs one); the prefill and decoding compiled
+    where the app's Generator compiles them (``compile_decode``), the memory update where its
+    MemoryUpdater does (``compile_update``)."""
     import torch
 
     from rxt_dist.eval.profile import profile_model, profile_storage, stm_bytes
-    from rxt_dist.inference import compiled_or_eager
+    from rxt_dist.inference import CompiledMemoryUpdate, compiled_or_eager
     from rxt_dist.model import count_parameters, load_model_dir
 
     torch.set_num_threads(1)
     model = load_model_dir(model_dir).eval()
     compiled = compiled_or_eager(model) if compile_decode else None
-    costs = profile_model(model, query_tokens=query_tokens, answer_tokens=max(1, answer_tokens), compiled=compiled)
+    compiled_update = compiled_or_eager(model, kind=CompiledMemoryUpdate) if compile_update else None
+    costs = profile_model(model, query_tokens=query_tokens, answer_tokens=max(1, answer_tokens), compiled=compiled,
+                          compiled_update=compiled_update)
     sizes = stm_bytes(model)
     cfg = model.cfg
     described = {"model_dir": model_dir, "dim": cfg.dim, "layers": cfg.num_layers, "stm_shape": list(cfg.stm_shape),
-                 "parameters": count_parameters(model), "decode": "eager" if compiled is None else "compiled"}
+                 "parameters": count_parameters(model), "decode": "eager" if compiled is None else "compiled",
+                 "update": "eager" if compiled_update is None else "compiled"}
     return costs, sizes, profile_storage(sizes), described
 
 
@@ -371,9 +375,9 @@ def _fixed_share(alone: float, together: float, in_flight: float) -> float:
     return min(1.0, max(0.0, (together / alone - 1 / in_flight) / (1 - 1 / in_flight)))
 
 
-def build_profile(args: argparse.Namespace, url: str, compile_decode: bool) -> tuple[CostProfile, dict]:
-    """The cost profile of the app at ``url``, its model timed decoding as the app's Generator
-    does (compiled with ``compile_decode``)."""
+def build_profile(args: argparse.Namespace, url: str, app_args: dict | None = None) -> tuple[CostProfile, dict]:
+    """The cost profile of the app at ``url``, its model timed as the app's replicas run it
+    (compiled where ``app_args`` set ``compile_decode`` / ``compile_update``)."""
     from rxt_dist.eval.calibrate import fit_serving_path
     from rxt_dist.eval.profile import measure_environment, slowdown
 
@@ -384,7 +388,10 @@ def build_profile(args: argparse.Namespace, url: str, compile_decode: bool) -> t
     tokens = [int(x) for per_turn in level["samples"]["completion_tokens"] for x in per_turn]
     answer_mean = sum(tokens) / len(tokens)
     query_tokens = round(level["tokens"]["prompt_per_turn_mean"]) - 3  # [BOS][Q] … [A]
-    costs, sizes, storage, described = model_costs(args.model_dir, query_tokens, round(answer_mean), compile_decode)
+    app_args = app_args or {}
+    costs, sizes, storage, described = model_costs(args.model_dir, query_tokens, round(answer_mean),
+                                                   bool(app_args.get("compile_decode", False)),
+                                                   bool(app_args.get("compile_update", False)))
     env_after = measure_environment()
     stalls = {"rate_per_s": (env_before["stalls"]["rate_per_s"] + env_after["stalls"]["rate_per_s"]) / 2,
               "durations_s": env_before["stalls"]["durations_s"] + env_after["stalls"]["durations_s"]}
@@ -444,7 +451,7 @@ def run_profile_and_check(args: argparse.Namespace, check: bool) -> None:
     # one replica of each deployment, as the check simulates: autoscaling must not add one mid-level
     with local_app(args.config, args.model_dir, {"stream_interval_s": 0.0, "stream_chunks_per_s": 0.0},
                    replicas=1) as (url, server):
-        profile, _ = build_profile(args, url, bool(server["app_args"].get("compile_decode", False)))
+        profile, _ = build_profile(args, url, server["app_args"])
     write_json_atomic(args.out, {"command": command, **profile.to_dict()})
     log.info("wrote %s", args.out)
     if not check:

@@ -55,8 +55,12 @@ class AppArgs(BaseModel):
     max_batch_size: int = 32
     """Sequences one Generator replica decodes together."""
     compile_decode: bool = False
-    """Decode through the compiled step (``torch.compile``; the eager step is the fallback):
-    faster per token, but each Generator replica spends tens of seconds compiling at start."""
+    """Prefill and decode through the compiled model (``torch.compile``; the eager passes are
+    the fallback): faster per token, but each Generator replica spends tens of seconds
+    compiling at start."""
+    compile_update: bool = False
+    """Consolidate through the compiled memory update (``torch.compile``; the eager update is
+    the fallback): each MemoryUpdater replica compiles for tens of seconds at start."""
     stream_interval_s: float = 0.05
     """The Generator sends an answer's tokens to the Ingress at most this often (the tokens
     decoded meanwhile go together in one message, and one server-sent event); the first token

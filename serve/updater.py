@@ -21,7 +21,7 @@ import torch
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from rxt_dist.inference import consolidate, system_prompt_stm
+from rxt_dist.inference import CompiledMemoryUpdate, compiled_or_eager, consolidate, system_prompt_stm
 from rxt_dist.model import load_model_dir, stm_to_bytes
 from rxt_dist.serving.locality import StmCache
 from rxt_dist.serving.protocol import StoreStatus, log_id, status, stm_digest
@@ -48,6 +48,12 @@ class MemoryUpdater:
     def __init__(self, args: AppArgs, generator: DeploymentHandle | None = None) -> None:
         route_library_logs()
         self.model = load_model_dir(args.model_dir, args.device).eval()
+        self.compiled = None
+        if args.compile_update:
+            started = time.perf_counter()
+            self.compiled = compiled_or_eager(self.model, kind=CompiledMemoryUpdate)
+            if self.compiled is not None:
+                logger.info("MemoryUpdater: compiled the memory update in %.1fs", time.perf_counter() - started)
         self.stm_shape = self.model.cfg.stm_shape
         self.stores = StoreShards(args.store_config(), args.store_shards)
         self._shard_calls = {shard: _caller(shard) for shard in self.stores.handles}
@@ -79,7 +85,7 @@ class MemoryUpdater:
         """One batch: consolidated in one forward pass, each item committed on its own."""
         started = time.perf_counter()
         results = await apply_updates(self.model, items, self._store_call, self.delay_s, self._before_commit,
-                                      timings=self.counters, known=self._known)
+                                      timings=self.counters, known=self._known, compiled=self.compiled)
         self.counters["batch_s"] += time.perf_counter() - started
         applied = sum(status(r) == StoreStatus.APPLIED for r in results)
         self.metrics.batch.observe(len(items))

@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from rxt_dist.inference import CompiledDecoder, DecodeBatch, SamplingParams, consolidate
+from rxt_dist.inference import CompiledDecoder, CompiledMemoryUpdate, DecodeBatch, SamplingParams, consolidate
 from rxt_dist.model import RxTModel, stm_to_bytes
 from rxt_dist.tokens import NUM_SPECIAL, prompt_ids
 
@@ -71,7 +71,8 @@ def _queries(model: RxTModel, batch: int, tokens: int, seed: int) -> list[list[i
 def profile_model(model: RxTModel, query_tokens: int = 48, answer_tokens: int = 32,
                   batches: Sequence[int] = BATCHES, lengths: Sequence[int] = (16, 64, 256),
                   repeats: int = 3, min_time_s: float = 0.2, seed: int = 0,
-                  compiled: CompiledDecoder | None = None) -> dict[str, Any]:
+                  compiled: CompiledDecoder | None = None,
+                  compiled_update: CompiledMemoryUpdate | None = None) -> dict[str, Any]:
     """Wall and CPU seconds of the served model's three operations (module docstring).
 
     ``decode_step_s[B]`` is one step of B sequences whose cache holds the prompt and half an
@@ -79,8 +80,9 @@ def profile_model(model: RxTModel, query_tokens: int = 48, answer_tokens: int = 
     admits one query of T tokens; ``consolidate_s[B]`` consolidates B interactions of
     ``query_tokens + answer_tokens`` tokens; ``timing_cv`` is the median coefficient of
     variation of the repeated wall times (how much one call's time varies on this machine).
-    With ``compiled``, decoding steps go through it, as a Generator with ``compile_decode`` runs
-    them."""
+    With ``compiled``, prefills and decoding steps go through it, as a Generator with
+    ``compile_decode`` runs them; with ``compiled_update``, consolidations, as a MemoryUpdater
+    with ``compile_update`` runs them."""
     model.eval()
     out: dict[str, Any] = {"decode_step_s": {}, "prefill_s": {}, "prefill_length_s": {}, "consolidate_s": {},
                            "cpu_s": {"decode_step": {}, "prefill": {}, "consolidate": {}}}
@@ -104,14 +106,14 @@ def profile_model(model: RxTModel, query_tokens: int = 48, answer_tokens: int = 
         out["decode_step_s"][b], out["cpu_s"]["decode_step"][b] = wall, cpu
         queries = [q[: query_tokens] for q in _queries(model, b, query_tokens, seed + 1000 + b)]
         answers = [q[: answer_tokens] for q in _queries(model, b, answer_tokens, seed + 2000 + b)]
-        wall, cpu = _timed(lambda s=stm, q=queries, a=answers: consolidate(model, s, q, a), repeats, min_time_s,
-                           spread)
+        wall, cpu = _timed(lambda s=stm, q=queries, a=answers: consolidate(model, s, q, a, compiled_update),
+                           repeats, min_time_s, spread)
         out["consolidate_s"][b], out["cpu_s"]["consolidate"][b] = wall, cpu
     stm1 = model.initial_stm(1, torch.Generator().manual_seed(seed))
     for t in lengths:
         prompt = [prompt_ids(_queries(model, 1, t, seed + 3000 + t)[0])]
         out["prefill_length_s"][t] = _timed(
-            lambda p=prompt: DecodeBatch(model, eos_id=NO_STOP).admit([0], p, [sampling], stm=stm1),
+            lambda p=prompt: DecodeBatch(model, eos_id=NO_STOP, compiled=compiled).admit([0], p, [sampling], stm=stm1),
             repeats, min_time_s)[0]
     out["timing_cv"] = statistics.median(spread) if spread else 0.0
     return out

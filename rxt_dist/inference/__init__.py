@@ -1,6 +1,6 @@
 """Ray-free inference: batched ``respond``/``consolidate`` with KV cache and STM pre-cache."""
 
-from rxt_dist.inference.compiled import CompiledDecoder, compiled_or_eager
+from rxt_dist.inference.compiled import CompiledDecoder, CompiledMemoryUpdate, compiled_or_eager
 from rxt_dist.inference.engine import (
     DecodeBatch,
     TokenEvent,
@@ -15,6 +15,6 @@ from rxt_dist.inference.engine import (
 from rxt_dist.inference.sampling import SamplingParams, filter_logits, sample_next
 
 __all__ = [
-    "CompiledDecoder", "DecodeBatch", "compiled_or_eager", "TokenEvent", "collect", "consolidate", "generate",
+    "CompiledDecoder", "CompiledMemoryUpdate", "DecodeBatch", "compiled_or_eager", "TokenEvent", "collect", "consolidate", "generate",
     "pad_batch", "respond", "respond_stateless", "system_prompt_stm", "SamplingParams", "filter_logits", "sample_next",
 ]

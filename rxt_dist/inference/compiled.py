@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from rxt_dist.model.kv_cache import KVCache
-from rxt_dist.model.layers import CAUSAL, Attention, MoE, SwiGLU
+from rxt_dist.model.layers import CAUSAL, Attention, MoE, SwiGLU, key_mask, run_stack
 from rxt_dist.model.rxt import MemoryKV, RxTModel
 
 logger = logging.getLogger(__name__)
@@ -262,11 +262,14 @@ def _mark_batch_dynamic(ids: Tensor, cache: KVCache, memory: MemoryKV, slot_mask
 
 
 class CompiledDecoder:
-    """The compiled :func:`decode_step` of one model, and the way a :class:`KVCache` feeds it.
+    """The compiled :func:`prefill_step` and :func:`decode_step` of one model, and the way a
+    :class:`KVCache` feeds them.
 
     Compiles on the first step of each new kind of shape (batch 1; any larger batch), which
     takes tens of seconds on a CPU; :meth:`warm_up` does that before the first request.
     """
+
+    noun, verb = "decoding", "decoding"
 
     def __init__(self, model: RxTModel) -> None:
         if not isinstance(model, RxTModel):
@@ -304,13 +307,18 @@ class CompiledDecoder:
             raise ValueError("the compiled prefill starts a turn: it needs an empty cache")
         B, T = ids.shape
         cache.reserve(T)
+        # an STM with autograd history (a learned initial STM) or other strides (a slice of a
+        # batch's) would make a graph of its own
+        stm = stm.detach().contiguous()
         mark = torch._dynamo.mark_dynamic
         mark(ids, 1)  # prompt lengths vary: one graph for all of them
-        for t in (*cache.keys, *cache.values):
-            mark(t, 2)
-        if B > 1:  # as :meth:`step`: every batch above 1 shares one graph
+        if B > 1:  # as :meth:`step`: every batch above 1 shares one graph. The cache is marked
+            # only here, as the step marks it: a mark left on a batch-1 cache would make the
+            # step's batch-1 graph compile again for it
             for t in (ids, lengths, *cache.keys, *cache.values) + ((memory_mask,) if memory_mask is not None else ()):
                 mark(t, 0)
+            for t in (*cache.keys, *cache.values):
+                mark(t, 2)
             mark(stm, 1)
         with self._lock:
             logits, memory = self._prefill_fn(ids, lengths, stm, cache.keys, cache.values, memory_mask,
@@ -341,23 +349,82 @@ class CompiledDecoder:
         device = model.embed.weight.device
         for batch in batches:
             stm = model.initial_stm(batch)
-            cache = model.new_cache(batch)
             ids = torch.zeros(batch, 5, dtype=torch.long, device=device)
             lengths = torch.tensor([5 - row % 2 for row in range(batch)], device=device)
-            _, memory = self.prefill(ids, lengths, stm, None, cache)
-            self.step(ids[:, :1], cache, memory, None)
+            self.prefill(ids, lengths, stm, None, model.new_cache(batch))
+            step_ids = torch.zeros(batch, 1, dtype=torch.long, device=device)  # strides as a batch's tokens
+            self.step(step_ids, model.new_cache(batch), model.project_memory(stm), None)
 
 
-def compiled_or_eager(model: RxTModel, batches: tuple[int, ...] = (1, 2)) -> CompiledDecoder | None:
-    """The compiled step of ``model``, compiled now for ``batches``; ``None`` — decode eagerly —
-    with a WARNING naming the reason where it cannot be had here: a model it does not cover, or
-    a machine where inductor cannot compile (it needs a C++ compiler on CPU). Answers are the
-    same either way; only the speed differs."""
+class CompiledMemoryUpdate:
+    """The compiled :func:`consolidate_step` of one model: a batch of interactions merged into
+    their STMs as :meth:`RxTModel.consolidate` does, fused by inductor. The batch and the
+    interaction length are dynamic dimensions (batch 1 compiles apart); :meth:`warm_up`
+    compiles before the first update."""
+
+    noun, verb = "memory update", "consolidating"
+
+    def __init__(self, model: RxTModel) -> None:
+        if not isinstance(model, RxTModel):
+            raise TypeError(f"the compiled memory update is implemented for RxT models, not {type(model).__name__}")
+        self.model = model
+        self._lock = threading.Lock()
+        self._fn: Callable[[Tensor, Tensor, Tensor], Tensor] = torch.compile(
+            lambda stm, ids, lengths: consolidate_step(model, stm, ids, lengths), dynamic=True)
+
+    @torch.no_grad()
+    def __call__(self, stm: Tensor, ids: Tensor, lengths: Tensor) -> Tensor:
+        """STM (L, B, S, D) and right-padded interactions ``ids`` (B, T) of ``lengths`` (B,)
+        → the new STM (L, B, S, D)."""
+        stm = stm.detach().contiguous()  # as in :meth:`CompiledDecoder.prefill`
+        mark = torch._dynamo.mark_dynamic
+        mark(ids, 1)
+        if ids.shape[0] > 1:
+            mark(ids, 0)
+            mark(lengths, 0)
+            mark(stm, 1)
+        with self._lock:
+            return self._fn(stm, ids, lengths)
+
+    @torch.no_grad()
+    def warm_up(self, batches: tuple[int, ...] = (1, 2)) -> None:
+        """Compile for these batch sizes now (on throwaway interactions)."""
+        device = self.model.embed.weight.device
+        for batch in batches:
+            ids = torch.zeros(batch, 6, dtype=torch.long, device=device)
+            lengths = torch.tensor([6 - row % 2 for row in range(batch)], device=device)
+            self(self.model.initial_stm(batch), ids, lengths)
+
+
+def consolidate_step(model: RxTModel, stm: Tensor, ids: Tensor, lengths: Tensor) -> Tensor:
+    """:meth:`RxTModel.consolidate` written to compile: the Memory Encoder over right-padded
+    interactions ``ids`` (B, T) with ``lengths`` (B,) real tokens, then memory attention from
+    ``stm`` (L, B, S, D). Every key past a row's length is hidden by one key mask (the eager
+    pass picks its mask by a host-side check of the lengths, which would split the graph);
+    the padded positions' own outputs differ from the eager pass's but are never read — memory
+    attention masks them too."""
+    B, T = ids.shape
+    positions = torch.arange(T, device=ids.device)[None].expand(B, T)  # (B, T)
+    _, _, hidden = run_stack(model.encoder, model.embed(ids), positions, key_mask(lengths, T), collect=True)
+    return model.update_memory(stm, torch.stack(hidden), lengths)
+
+
+Compiled = CompiledDecoder | CompiledMemoryUpdate
+
+
+def compiled_or_eager(model: RxTModel, batches: tuple[int, ...] = (1, 2),
+                      kind: type[Compiled] = CompiledDecoder) -> Compiled | None:
+    """``kind`` (the compiled prefill and decoding step, or the compiled memory update) of
+    ``model``, compiled now for ``batches``; ``None`` — run it eagerly — with a WARNING naming
+    the reason where it cannot be had here: a model it does not cover, or a machine where
+    inductor cannot compile (it needs a C++ compiler on CPU). Answers are the same either way;
+    only the speed differs."""
     try:
-        compiled = CompiledDecoder(model)
+        compiled = kind(model)
         compiled.warm_up(batches)
     except Exception as exc:  # noqa: BLE001 - inductor's failures have many types; each means "eager"
         first_line = (str(exc).strip().splitlines() or [""])[0]  # inductor's messages run to pages
-        logger.warning("compiled decoding unavailable, decoding eagerly: %s: %s", type(exc).__name__, first_line)
+        logger.warning("compiled %s unavailable, %s eagerly: %s: %s", kind.noun, kind.verb, type(exc).__name__,
+                       first_line)
         return None
     return compiled

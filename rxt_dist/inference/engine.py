@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from rxt_dist.inference.compiled import CompiledDecoder
+from rxt_dist.inference.compiled import CompiledDecoder, CompiledMemoryUpdate
 from rxt_dist.inference.sampling import SamplingParams, sample_next
 from rxt_dist.model.io import Model
 from rxt_dist.model.kv_cache import KVCache
@@ -110,6 +110,8 @@ class DecodeBatch:
         new_cache = cache if cache is not None else self.model.new_cache(len(prompts))
         if self.is_rxt and stm is None:
             raise ValueError("an RxT model answers from an STM: pass stm=(L, B, S, D)")
+        if self.is_rxt and stm.shape[1] != len(prompts):
+            raise ValueError(f"stm holds {stm.shape[1]} conversations but {len(prompts)} prompts were given")
         if self.is_rxt and self.compiled is not None and cache is None:
             last, memory = self.compiled.prefill(ids, lengths, stm.to(device), memory_mask, new_cache)
         else:
@@ -293,13 +295,17 @@ def consolidate(
     stm: Tensor,
     query_ids: Sequence[Sequence[int]],
     answer_ids: Sequence[Sequence[int]],
+    compiled: CompiledMemoryUpdate | None = None,
 ) -> Tensor:
-    """Merge each conversation's interaction into its STM: (L, B, S, D) → (L, B, S, D)."""
+    """Merge each conversation's interaction into its STM: (L, B, S, D) → (L, B, S, D); with
+    ``compiled``, through that compiled memory update (the same STM, to rounding)."""
     if not (stm.shape[1] == len(query_ids) == len(answer_ids)):
         raise ValueError(f"stm holds {stm.shape[1]} conversations, got {len(query_ids)} queries "
                          f"and {len(answer_ids)} answers")
     device = model.embed.weight.device
     ids, lengths = pad_batch([interaction_ids(q, a) for q, a in zip(query_ids, answer_ids)], device)
+    if compiled is not None:
+        return compiled(stm.to(device), ids, lengths)
     return model.consolidate(stm.to(device), ids, lengths)
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from rxt_dist.inference import consolidate
+from rxt_dist.inference import CompiledMemoryUpdate, consolidate
 from rxt_dist.model import RxTModel, split_stm, stack_stm, stm_from_bytes, stm_to_bytes
 from rxt_dist.serving.protocol import StoreStatus, log_id, status
 
@@ -31,25 +31,26 @@ KnownStm = Callable[[str, int, str], bytes | None]
 """``known(sid, version, digest)``: the bytes of that STM if the caller holds them, else None."""
 
 
-def _consolidate(model: RxTModel, memories: list[torch.Tensor], inputs: list[dict]) -> list[bytes]:
+def _consolidate(model: RxTModel, memories: list[torch.Tensor], inputs: list[dict],
+                 compiled: CompiledMemoryUpdate | None = None) -> list[bytes]:
     stm = stack_stm(memories)  # (L, B, S, D)
-    new = consolidate(model, stm, [r["query_ids"] for r in inputs], [r["answer_ids"] for r in inputs])
+    new = consolidate(model, stm, [r["query_ids"] for r in inputs], [r["answer_ids"] for r in inputs], compiled)
     return [stm_to_bytes(s) for s in split_stm(new.cpu())]
 
 
-def consolidate_each(model: RxTModel, memories: list[torch.Tensor], inputs: list[dict]
-                     ) -> list[bytes | Exception]:
-    """The new STM bytes of every item, batched; when the batch fails, item by item so only
-    the items at fault carry their exception."""
+def consolidate_each(model: RxTModel, memories: list[torch.Tensor], inputs: list[dict],
+                     compiled: CompiledMemoryUpdate | None = None) -> list[bytes | Exception]:
+    """The new STM bytes of every item, batched (through ``compiled`` where given); when the
+    batch fails, item by item so only the items at fault carry their exception."""
     try:
-        return _consolidate(model, memories, inputs)
+        return _consolidate(model, memories, inputs, compiled)
     except Exception:
         if len(inputs) == 1:
             raise
     results: list[bytes | Exception] = []
     for memory, item in zip(memories, inputs):
         try:
-            results.extend(_consolidate(model, [memory], [item]))
+            results.extend(_consolidate(model, [memory], [item], compiled))
         except Exception as exc:
             results.append(exc)
     return results
@@ -57,7 +58,8 @@ def consolidate_each(model: RxTModel, memories: list[torch.Tensor], inputs: list
 
 async def apply_updates(model: RxTModel, items: list[tuple], store_of: StoreOf,
                         delay_s: float = 0.0, before_commit: Callable[[str, int, bytes], None] | None = None,
-                        timings: dict[str, float] | None = None, known: KnownStm | None = None) -> list[dict]:
+                        timings: dict[str, float] | None = None, known: KnownStm | None = None,
+                        compiled: CompiledMemoryUpdate | None = None) -> list[dict]:
     """Apply the pending update of each ``(session, base_version)``; one result per item:
     the store's answer to the commit (``applied``, ``already_applied``, …), ``failed`` (with
     ``error``) when the update can never apply, or ``unavailable`` when a store call failed
@@ -66,7 +68,7 @@ async def apply_updates(model: RxTModel, items: list[tuple], store_of: StoreOf,
     just before its commit is sent (the commit may still lose to another computation of the
     same version). ``timings``, if given, accumulates the seconds (wall) of the batch's three
     phases: ``read_s`` (the gathered input reads), ``consolidate_s``, ``commit_s`` (the gathered
-    commits).
+    commits). ``compiled``: consolidate through this compiled memory update.
 
     An item may carry a third element, the turn as its dispatcher recorded it (:func:`recorded_turn`:
     its tokens, the lease it was recorded under, the digest of the STM it was answered from).
@@ -94,7 +96,7 @@ async def apply_updates(model: RxTModel, items: list[tuple], store_of: StoreOf,
     clock = _lap(timings, "read_s", clock)
     new_stms: dict[int, bytes] = {}
     if todo:
-        stms = await asyncio.to_thread(consolidate_each, model, memories, [inputs[i] for i in todo])
+        stms = await asyncio.to_thread(consolidate_each, model, memories, [inputs[i] for i in todo], compiled)
         for i, stm in zip(todo, stms):
             if isinstance(stm, Exception):
                 results[i] = {"status": StoreStatus.FAILED, "error": f"{type(stm).__name__}: {stm}"}

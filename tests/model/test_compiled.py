@@ -1,4 +1,5 @@
-"""The compiled prefill and decoding step (torch.compile, inductor) answer exactly as the eager path.
+"""The compiled prefill, decoding step and memory update (torch.compile, inductor) give what the
+eager path gives.
 
 Compiling takes tens of seconds on a CPU, so each model is compiled once per module (batch 1
 and batch > 1 compile apart)."""
@@ -8,7 +9,7 @@ import dataclasses
 import pytest
 import torch
 
-from rxt_dist.inference import CompiledDecoder, DecodeBatch, SamplingParams, generate
+from rxt_dist.inference import CompiledDecoder, CompiledMemoryUpdate, DecodeBatch, SamplingParams, consolidate, generate
 from rxt_dist.inference.engine import pad_batch
 from rxt_dist.model import RxTModel, from_name
 from rxt_dist.model.config import FFNConfig
@@ -104,6 +105,23 @@ def test_compiled_prefill_matches_eager_logits_memory_and_cache(dense):
         compiled.prefill(ids, lengths, stm[:, rows], None, fast_cache)
 
 
+def test_after_its_warm_up_a_compiled_decoder_never_compiles_during_a_turn():
+    """A replica compiles at start (``warm_up``) and not while it answers: a query alone, a
+    batch of unequal prompts whose rows finish at different steps (the batch shrinks to one),
+    a row joining a running batch — none compiles a graph again (a compile at request time
+    stalls every answer of the replica for seconds)."""
+    model = debug_rxt()
+    compiled = CompiledDecoder(model)
+    compiled.warm_up()
+    stm = stms(model, 3)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        generate(model, QUERIES[:1], stm[:, :1], GREEDY, compiled=compiled)
+        lengths = [SamplingParams(max_new_tokens=n) for n in (12, 3, 7)]  # rows leave at different steps
+        answers = generate(model, QUERIES[:3], stm, lengths, compiled=compiled)
+        admitted_midway(model, stm[:, :2], QUERIES, GREEDY, compiled=compiled, steps=30)
+    assert [len(a) for a in answers] == [12, 3, 7]
+
+
 def test_compiled_continuous_batching_admits_between_steps(dense):
     model, compiled = dense
     stm = stms(model, 2)
@@ -171,6 +189,24 @@ def test_compiled_mixture_of_experts_follows_new_expert_weights(moe):
     assert torch.allclose(down, saved)
 
 
+def test_compiled_memory_update_gives_the_eager_stm_batched_and_alone():
+    """The MemoryUpdater's compiled consolidation: interactions of unequal length (a padded
+    batch) and one alone give the STM the eager update gives, and that STM moved; after its
+    warm-up neither compiles again."""
+    model = debug_rxt()
+    compiled = CompiledMemoryUpdate(model)
+    compiled.warm_up()
+    stm = stms(model, 3)
+    answers = [[50, 51], [52, 53, 54, 55, 56], [57]]
+    eager = consolidate(model, stm, QUERIES[:3], answers)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        batched = consolidate(model, stm, QUERIES[:3], answers, compiled=compiled)
+        alone = consolidate(model, stm[:, 1:2], QUERIES[1:2], answers[1:2], compiled=compiled)
+    torch.testing.assert_close(batched, eager, **KERNEL)
+    torch.testing.assert_close(alone, eager[:, 1:2], **KERNEL)
+    assert (eager - stm).abs().max() > CHANGED
+
+
 def test_compiled_decoding_refuses_a_stateless_model():
     from rxt_dist.model import StatelessLM
 
@@ -179,13 +215,18 @@ def test_compiled_decoding_refuses_a_stateless_model():
 
 
 def test_where_the_step_cannot_be_compiled_the_server_decodes_eagerly_and_says_why(caplog):
-    """``compiled_or_eager`` (the Generator's ``compile_decode``): a model the compiled step
-    does not cover gives ``None`` — decode eagerly — and a WARNING naming the reason, not a
-    replica that fails to start."""
+    """``compiled_or_eager`` (the Generator's ``compile_decode``, the MemoryUpdater's
+    ``compile_update``): a model the compiled step does not cover gives ``None`` — run eagerly —
+    and a WARNING naming the reason, not a replica that fails to start."""
     from rxt_dist.inference import compiled_or_eager
+    from rxt_dist.model import StatelessLM
 
     cfg = dataclasses.replace(from_name("debug"), decoder_ffn=FFNConfig(kind="moe", hidden_dim=48, num_experts=4,
                                                                        top_k=2, bias=True))
     with caplog.at_level("WARNING", logger="rxt_dist.inference.compiled"):
         assert compiled_or_eager(RxTModel(cfg).eval()) is None
     assert "decoding eagerly" in caplog.text and "biases" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="rxt_dist.inference.compiled"):  # the MemoryUpdater's compile_update
+        assert compiled_or_eager(StatelessLM(from_name("baseline-debug")), kind=CompiledMemoryUpdate) is None
+    assert "compiled memory update unavailable, consolidating eagerly" in caplog.text and "RxT models" in caplog.text
