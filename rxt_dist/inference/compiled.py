@@ -306,7 +306,9 @@ class CompiledDecoder:
         if cache.max_length():
             raise ValueError("the compiled prefill starts a turn: it needs an empty cache")
         B, T = ids.shape
-        cache.reserve(T)
+        # room for the next token too: the step needs it, and a capacity never equal to the
+        # prompt's length keeps one graph (the graph is traced with the two unequal)
+        cache.reserve(T + 1)
         # an STM with autograd history (a learned initial STM) or other strides (a slice of a
         # batch's) would make a graph of its own
         stm = stm.detach().contiguous()

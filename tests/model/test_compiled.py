@@ -114,11 +114,22 @@ def test_after_its_warm_up_a_compiled_decoder_never_compiles_during_a_turn():
     compiled = CompiledDecoder(model)
     compiled.warm_up()
     stm = stms(model, 3)
+    two = [SamplingParams(max_new_tokens=2)]  # the prefill's token and one step
     with torch._dynamo.config.patch(error_on_recompile=True):
         generate(model, QUERIES[:1], stm[:, :1], GREEDY, compiled=compiled)
         lengths = [SamplingParams(max_new_tokens=n) for n in (12, 3, 7)]  # rows leave at different steps
         answers = generate(model, QUERIES[:3], stm, lengths, compiled=compiled)
         admitted_midway(model, stm[:, :2], QUERIES, GREEDY, compiled=compiled, steps=30)
+        for n in range(1, 70):  # every prompt length around the cache's first capacity (64)
+            query = list(range(10, 10 + n))
+            generate(model, [query], stm[:, :1], two, compiled=compiled)
+            generate(model, [query, query[:1 + n // 2]], stm[:, :2], two * 2, compiled=compiled)
+        for rows in (1, 2):  # answers that outgrow the cache's capacity while decoding
+            long = DecodeBatch(model, eos_id=-1, compiled=compiled)
+            long.admit(list(range(rows)), [prompt_ids(list(range(10, 60)))] * rows,
+                       [SamplingParams(max_new_tokens=20)] * rows, stm=stm[:, :rows])
+            while len(long):
+                long.step()
     assert [len(a) for a in answers] == [12, 3, 7]
 
 
@@ -202,6 +213,10 @@ def test_compiled_memory_update_gives_the_eager_stm_batched_and_alone():
     with torch._dynamo.config.patch(error_on_recompile=True):
         batched = consolidate(model, stm, QUERIES[:3], answers, compiled=compiled)
         alone = consolidate(model, stm[:, 1:2], QUERIES[1:2], answers[1:2], compiled=compiled)
+        for n in range(1, 70):  # interactions of every length around the slot count and beyond
+            query = list(range(10, 10 + n))
+            consolidate(model, stm[:, :1], [query], [[60]], compiled=compiled)
+            consolidate(model, stm[:, :2], [query, query[:1 + n // 2]], [[60], [61, 62]], compiled=compiled)
     torch.testing.assert_close(batched, eager, **KERNEL)
     torch.testing.assert_close(alone, eager[:, 1:2], **KERNEL)
     assert (eager - stm).abs().max() > CHANGED
