@@ -354,10 +354,27 @@ def update_batches(before: dict, after: dict) -> dict[str, Any]:
     ``read_mean_s``, …)."""
     batches, applied = after["batches"] - before["batches"], after["applied"] - before["applied"]
     out = {"batches": batches, "applied": applied, "mean": applied / batches if batches else None}
-    for key in ("batch_s", "read_s", "consolidate_s", "commit_s"):  # absent before 2026-12-02
+    for key in ("batch_s", "read_s", "consolidate_s", "commit_s",  # absent before 2026-12-02
+                "consolidate_run_s", "consolidate_cpu_s"):  # absent before 2026-12-05
         if key in after and batches:
             out[f"{key[:-2]}_mean_s"] = (after[key] - before.get(key, 0.0)) / batches
+    timed = after.get("timed", 0) - before.get("timed", 0)
+    if timed:  # per update, not per batch (absent before 2026-12-05)
+        out["transit_per_update_s"] = (after["transit_s"] - before["transit_s"]) / timed
+        out["queued_per_update_s"] = (after["queued_s"] - before["queued_s"]) / timed
     return out
+
+
+def decode_loop_counters(before: dict, after: dict) -> dict[str, float]:
+    """The Generator's decoding loop between two reads of its counters (``stats()``): its
+    iterations, their mean batch, and an iteration's mean seconds as the event loop awaits it
+    (``iteration_mean_s``), on the worker thread (``tick_mean_s``) and of that thread's CPU
+    (``tick_cpu_mean_s``); empty for a replica from before it counted them."""
+    n = after.get("iterations", 0) - before.get("iterations", 0)
+    if not n:
+        return {}
+    return {"iterations": n, "rows_mean": (after["rows"] - before["rows"]) / n,
+            **{f"{key[:-2]}_mean_s": (after[key] - before[key]) / n for key in ("iteration_s", "tick_s", "tick_cpu_s")}}
 
 
 MANY_TURNS = 6
@@ -502,16 +519,17 @@ def play_levels(url: str, server: dict, args: argparse.Namespace, command: str) 
         log.info("S=%d: the calibration replayed: serving CPU %.1f ms per turn (%.2f chunks per answer)", sessions,
                  simcheck.replay_cpu_s(replay_cpu) * 1e3, replay["chunks_per_turn"])
         cpu0, client0 = process_cpu(pids), time.process_time()
-        batches0, steps0 = updater.stats.remote().result(), generator.stats.remote().result()["steps"]
+        batches0, loop0 = updater.stats.remote().result(), generator.stats.remote().result()
         cfg = ServingConfig(url=url, sessions=(sessions,), turns=args.turns, rounds=level_rounds(args, sessions),
                             query_words=args.query_words, max_tokens=args.max_tokens)
         with SpeedProbe() as probe:
             one = run_serving(cfg, progress=True, command=command, server=server, describe_server=replica_counts)
         cpu1, client1 = process_cpu(pids), time.process_time()
-        batches1, steps1 = updater.stats.remote().result(), generator.stats.remote().result()["steps"]
+        batches1, loop1 = updater.stats.remote().result(), generator.stats.remote().result()
         level = one["levels"][0]
         level["update_batches"] = update_batches(batches0, batches1)
-        level["decode_steps"] = steps1 - steps0  # one Generator replica (the check's app runs one)
+        level["decode_steps"] = loop1["steps"] - loop0["steps"]  # one Generator replica (the check's app runs one)
+        level["decode_loop"] = decode_loop_counters(loop0, loop1)
         level["environment"] = {**env, "speed_probe_s": probe.median_s, "store_cycle_cpu_s": store_cycle,
                                 "replay": replay}
         turns = max(1, level["requests"] + cfg.warmup_turns)  # the warm-up's CPU is in the window too
@@ -562,10 +580,22 @@ def write_check(profile: CostProfile, report: dict, args: argparse.Namespace, co
               + (f"{batch:.1f}" if batch else "—")
               + f"; decode steps sim {r['simulated']['decode_iterations']} / measured {r['measured'].get('decode_steps') or '—'}")
         phases = [f"{phase} {r['simulated'][key] * 1e3:.1f}/{r['measured'][key] * 1e3:.1f}"
-                  for phase in ("batch", "read", "consolidate", "commit")
+                  for phase in ("batch", "read", "consolidate", "consolidate_run", "commit")
                   if (key := f"update_{phase}_s") in r["measured"] and key in r["simulated"]]
         if phases:
-            print(f"      update batch ms sim/measured: {', '.join(phases)}")
+            print(f"      update batch ms sim/measured: {', '.join(phases)}"
+                  + (f" (the consolidation's thread CPU {r['measured']['update_consolidate_cpu_s'] * 1e3:.1f})"
+                     if "update_consolidate_cpu_s" in r["measured"] else ""))
+        if "update_transit_s" in r["measured"]:
+            m, sim = r["measured"], r["simulated"]
+            print(f"      per update ms sim/measured: from the Ingress to the MemoryUpdater {sim['update_transit_s'] * 1e3:.1f}/"
+                  f"{m['update_transit_s'] * 1e3:.1f}, then to its batch's start {sim['update_queued_s'] * 1e3:.1f}/"
+                  f"{m['update_queued_s'] * 1e3:.1f}")
+        if "decode_tick_s" in r["measured"]:
+            m, sim = r["measured"], r["simulated"]
+            print(f"      decode iteration sim/measured: rows {sim['decode_rows_mean']:.1f}/{m['decode_rows_mean']:.1f}, "
+                  f"model work {sim['decode_tick_s'] * 1e3:.2f}/{m['decode_tick_s'] * 1e3:.2f} ms "
+                  f"(thread CPU {m['decode_tick_cpu_s'] * 1e3:.2f}, awaited {m['decode_iteration_s'] * 1e3:.2f})")
         cpu = r["measured"].get("cpu_s_per_turn")
         if cpu:
             sim_cpu = r["simulated"]["cpu_s_per_turn"]

@@ -480,7 +480,8 @@ class Ingress:
         backoff = 0.1
         while True:
             try:
-                result = await self.updater.update.remote(session=sid, base_version=base_version, turn=turn)
+                sent = None if turn is None else {**turn, "sent_at": time.time()}  # the updater times the call's transit
+                result = await self.updater.update.remote(session=sid, base_version=base_version, turn=sent)
                 retry = status(result) == StoreStatus.UNAVAILABLE
                 failure = result.get("error", "") if retry else None
             except Exception as exc:  # the replica died, was restarted, or is unreachable

@@ -65,9 +65,13 @@ class MemoryUpdater:
         """The STMs this replica computed: the next update of their session starts from them."""
         self._sends: set[asyncio.Task] = set()
         self.counters = {"batches": 0, "applied": 0, "max_batch": 0, "batch_s": 0.0,
-                         "read_s": 0.0, "consolidate_s": 0.0, "commit_s": 0.0}
+                         "read_s": 0.0, "consolidate_s": 0.0, "commit_s": 0.0,
+                         "consolidate_run_s": 0.0, "consolidate_cpu_s": 0.0,
+                         "timed": 0, "transit_s": 0.0, "queued_s": 0.0}
         """Batches, updates applied, the largest batch, and the seconds (wall) spent in batches
-        and in each of their phases (``apply_updates``)."""
+        and in each of their phases (``apply_updates``); of the updates whose dispatcher stamped
+        the call (``timed``), the seconds from its dispatch to its receipt here (``transit_s``)
+        and from its receipt to its batch's start (``queued_s``)."""
         self.metrics = UpdaterMetrics()
         if self.delay_s:
             logger.warning("MemoryUpdater: update_delay_s=%.2f — every update is slowed on purpose "
@@ -79,11 +83,19 @@ class MemoryUpdater:
         Returns the store's answer: ``applied`` (new version), ``already_applied``, ``not_found``, …
         Called with ``session`` as a keyword, a session's updates go to one replica
         (``serve/routing.py``), the one that holds the STM its last update computed."""
+        if turn is not None:
+            received = time.time()
+            if "sent_at" in turn:
+                self.counters["transit_s"] += received - turn["sent_at"]
+                self.counters["timed"] += 1
+            turn = {**turn, "received_at": received}
         return await self.batcher.submit((session, base_version, turn))
 
     async def apply(self, items: list[tuple[str, int, dict | None]]) -> list[dict]:
         """One batch: consolidated in one forward pass, each item committed on its own."""
-        started = time.perf_counter()
+        started, now = time.perf_counter(), time.time()
+        self.counters["queued_s"] += sum(now - item[2]["received_at"] for item in items
+                                         if item[2] is not None and "sent_at" in item[2])
         results = await apply_updates(self.model, items, self._store_call, self.delay_s, self._before_commit,
                                       timings=self.counters, known=self._known, compiled=self.compiled)
         self.counters["batch_s"] += time.perf_counter() - started

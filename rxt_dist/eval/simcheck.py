@@ -38,7 +38,11 @@ def measured_figures(level: dict) -> dict[str, float | None]:
             "update_batch_mean": (level.get("update_batches") or {}).get("mean"),
             **{f"update_{k[:-len('_mean_s')]}_s": v for k, v in (level.get("update_batches") or {}).items()
                if k.endswith("_mean_s")},
-            "decode_steps": level.get("decode_steps"), "cpu_s_per_turn": level.get("cpu_s_per_turn")}
+            **{f"update_{k[:-len('_per_update_s')]}_s": v for k, v in (level.get("update_batches") or {}).items()
+               if k.endswith("_per_update_s")},
+            "decode_steps": level.get("decode_steps"), "cpu_s_per_turn": level.get("cpu_s_per_turn"),
+            **{f"decode_{k.removesuffix('_mean_s')}_s" if k.endswith("_mean_s") else f"decode_{k}": v
+               for k, v in (level.get("decode_loop") or {}).items() if k != "iterations"}}
 
 
 SPEED_READINGS = {"probe": "speed_probe_s", "store": "store_cycle_cpu_s", "replay": "replay"}
@@ -108,7 +112,7 @@ def compare(profile: CostProfile, levels: list[dict], stream_interval_s: float |
         errors = {key: (sim[key] / real[key] - 1) if real[key] else None for key, _ in CHECKED}
         rows.append({"sessions": level["sessions"], "measured": real,
                      "simulated": {**{k: sim[k] for k in (*real, "busy") if k in sim},
-                                   **{k: v for k, v in sim["busy"].items() if k.startswith("update_")},
+                                   **{k: v for k, v in sim["busy"].items() if k.startswith(("update_", "decode_"))},
                                    "decode_iterations": sim["busy"]["decode_iterations"]},
                      "relative_error": errors,
                      "within_tolerance": all(e is not None and abs(e) <= TOLERANCE for e in errors.values()),

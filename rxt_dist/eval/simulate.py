@@ -75,6 +75,10 @@ class DecodeLoop:
         """Rows × seconds decoded: over wall time, the mean batch."""
         self.max_rows = 0
         self.iterations = 0
+        self.rows_summed = 0
+        """Sequences stepped or admitted, summed over iterations."""
+        self.tick_s = 0.0
+        """Wall seconds of the iterations' model work (on the shared CPU: its wait for a core included)."""
 
     def submit(self, seq: _Seq) -> None:
         self.waiting.append(seq)
@@ -95,9 +99,16 @@ class DecodeLoop:
                                   + (len(stepping) + len(admit)) * self.p.path.generator_chunk_s)
         self.busy_s += seconds
         self.iterations += 1
+        self.rows_summed += len(stepping) + len(admit)
         self.row_s += seconds * (len(stepping) + len(admit))
         # the step's tokens are handed over on the replica's event loop, behind what waits there
-        self.sim.cpu.run(seconds, lambda: self.io.do(0.0, lambda: self._emit(stepping, admit)), hog=True)
+        started = self.sim.now
+
+        def computed() -> None:
+            self.tick_s += self.sim.now - started
+            self.io.do(0.0, lambda: self._emit(stepping, admit))
+
+        self.sim.cpu.run(seconds, computed, hog=True)
 
     def _emit(self, stepping: list[_Seq], admit: list[_Seq]) -> None:
         self.rows = [s for s in stepping + admit if s.tokens_left > 1]
@@ -125,6 +136,8 @@ class Updater:
         self.busy_s = 0.0
         self.model_s = 0.0
         """Seconds of consolidation (the model's work, beside the process's own in ``loop``)."""
+        self.model_wall_s = 0.0
+        """Wall seconds of it (on the shared CPU: its wait for a core included)."""
         self.phase_s = {"read": 0.0, "consolidate": 0.0, "commit": 0.0}
         """Seconds in each phase of a batch, as ``apply_updates`` times them."""
         self._started = 0.0
@@ -133,6 +146,11 @@ class Updater:
         self.receipt_s = call_s if in_batch else p.path.updater_item_s
         self.in_batch_s = call_s if in_batch else 0.0
         """Each of the batch's calls (the read, the commit)."""
+        self.transit_s = 0.0
+        """Seconds from the Ingress's handing over of each update to its receipt here."""
+        self.queued_s = 0.0
+        """Seconds from each update's receipt to its batch's start."""
+        self.received = 0
         self.held: set[int] = set()
         """Sessions whose STM this replica computed: their next update reads nothing (when the
         application's updaters keep STMs, ``ServingPath.updater_keeps_stms``)."""
@@ -144,6 +162,9 @@ class Updater:
         self.loop.do(self.receipt_s, lambda: self._enqueue(turn), turn)
 
     def _enqueue(self, turn: _Turn) -> None:
+        self.received += 1
+        self.transit_s += self.sim.now - turn.handed_over_at
+        turn.received_at = self.sim.now
         self.queue.append(turn)
         self._maybe_start()
 
@@ -165,6 +186,7 @@ class Updater:
         self.busy = True
         self._started = self.sim.now
         batch = [self.queue.popleft() for _ in range(min(len(self.queue), self.p.path.update_batch_size))]
+        self.queued_s += sum(self.sim.now - turn.received_at for turn in batch)
         self.batches.append(len(batch))
         reads = [t for t in batch if t.session.index not in self.held]
         pending = {"reads": len(reads)}
@@ -188,7 +210,13 @@ class Updater:
                 lap("read")
                 seconds = self.sim.jitter(self.p.consolidate(len(batch)))
                 self.model_s += seconds
-                self.sim.cpu.run(seconds, lambda: loop_then(commit), hog=True)
+                started = self.sim.now
+
+                def consolidated() -> None:
+                    self.model_wall_s += self.sim.now - started
+                    loop_then(commit)
+
+                self.sim.cpu.run(seconds, consolidated, hog=True)
 
         def commit() -> None:
             lap("consolidate")
@@ -273,6 +301,10 @@ class _Turn:
         self.sent = graph.sim.now
         self.ended = math.nan
         self.commit_at = math.nan
+        self.handed_over_at = math.nan
+        """When the Ingress handed the update over (the MemoryUpdater's call leaves)."""
+        self.received_at = math.nan
+        """When the MemoryUpdater took the update call in."""
         self.steps_seen = 0
         self.unsent = 0
         """Tokens decoded and not yet sent by the Generator's stream."""
@@ -406,6 +438,7 @@ class _Turn:
         ingress, out = self.inward[-1], self.inward[-2::-1]
 
         def handed_over() -> None:
+            self.handed_over_at = self.g.sim.now
             self.g.sim.after(path.update_latency_s, lambda: self.g.updater_for().submit(self))
             self._chain(out, path.out_share, self._ended)
 
@@ -564,6 +597,7 @@ def summarise(records: Sequence[TurnRecord], wall_s: float, graph: Graph | None 
             "update_batch_mean": float(np.mean([b for u in graph.updaters for b in u.batches] or [0])),
             **_batch_phases(graph.updaters),
             "decode_iterations": sum(g.iterations for g in graph.generators),
+            **_decode_ticks(graph.generators),
         }
         out["cpu_s_per_turn"] = _cpu_per_turn(graph)
     return out
@@ -588,7 +622,25 @@ def _batch_phases(updaters: Sequence[Updater]) -> dict[str, float]:
     out = {f"update_{phase}_s": sum(u.phase_s[phase] for u in updaters) / batches
            for phase in ("read", "consolidate", "commit")}
     out["update_batch_s"] = sum(u.busy_s for u in updaters) / batches
+    out["update_consolidate_run_s"] = sum(u.model_wall_s for u in updaters) / batches
+    out["update_consolidate_alone_s"] = sum(u.model_s for u in updaters) / batches
+    received = sum(u.received for u in updaters)
+    if received:
+        out["update_transit_s"] = sum(u.transit_s for u in updaters) / received
+        out["update_queued_s"] = sum(u.queued_s for u in updaters) / received
     return out
+
+
+def _decode_ticks(generators: Sequence[DecodeLoop]) -> dict[str, float]:
+    """A decoding iteration's mean batch and the mean wall seconds of its model work, as the
+    Generator's counters give them (``decode_rows_mean``, ``decode_tick_s``), and what that work
+    takes alone (``decode_tick_alone_s``: their ratio is the slowdown the shared CPU gave it)."""
+    n = sum(g.iterations for g in generators)
+    if not n:
+        return {}
+    return {"decode_rows_mean": sum(g.rows_summed for g in generators) / n,
+            "decode_tick_s": sum(g.tick_s for g in generators) / n,
+            "decode_tick_alone_s": sum(g.busy_s for g in generators) / n}
 
 
 def simulate(p: CostProfile, w: Workload, replicas: Replicas | None = None, seed: int = 0,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import time
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -95,6 +96,14 @@ class LoopStats:
     cancelled: int = 0
     max_rows: int = 0
     """Most sequences decoded in one step."""
+    iterations: int = 0
+    rows: int = 0
+    """Sequences stepped or admitted, summed over iterations (÷ ``iterations``: the mean batch)."""
+    iteration_s: float = 0.0
+    """Wall seconds of the iterations as the event loop awaits them (the hop to the worker thread included)."""
+    tick_s: float = 0.0
+    tick_cpu_s: float = 0.0
+    """Wall and CPU seconds of the iterations on the worker thread (against wall: the wait for a core)."""
 
 
 class DecodeLoop:
@@ -187,6 +196,7 @@ class DecodeLoop:
                 continue
             cancel, self.cancelled = self.cancelled, set()
             admit = self._take_waiting(cancel)
+            started = time.perf_counter()
             try:
                 events = await asyncio.to_thread(self._tick, admit, cancel)
             except Exception as exc:  # one bad step must not end the replica's decoding
@@ -194,6 +204,7 @@ class DecodeLoop:
                                  len(self.batch) + len(admit))
                 self._fail_all(admit, exc)
                 continue
+            self.stats.iteration_s += time.perf_counter() - started
             for ev in events:
                 inbox = self.inboxes.get(ev.key)
                 if inbox is not None:
@@ -213,11 +224,21 @@ class DecodeLoop:
 
     def _tick(self, admit: list[_Request], cancel: set[int]) -> list[TokenEvent]:
         """One loop iteration (worker thread): drop, step, admit."""
+        wall, cpu = time.perf_counter(), time.thread_time()
+        try:
+            return self._drop_step_admit(admit, cancel)
+        finally:
+            self.stats.iterations += 1
+            self.stats.tick_s += time.perf_counter() - wall
+            self.stats.tick_cpu_s += time.thread_time() - cpu
+
+    def _drop_step_admit(self, admit: list[_Request], cancel: set[int]) -> list[TokenEvent]:
         live = {row.key for row in self.batch.rows}
         if cancel & live:
             self.batch.remove(cancel & live)
             self.stats.cancelled += len(cancel & live)
         self.stats.max_rows = max(self.stats.max_rows, len(self.batch) + len(admit))
+        self.stats.rows += len(self.batch) + len(admit)
         events = self.batch.step() if len(self.batch) else []
         if len(events):
             self.stats.steps += 1
