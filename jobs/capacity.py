@@ -32,7 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_serving, next 
 
 from rxt_dist.eval import simcheck
 from rxt_dist.eval.calibrate import (MACHINE_WAKE_WEIGHT, fit_fixed_shares, fit_timing_cv, fit_to_calibration,
-                                     fit_wake_weight, pooled_wake_weight)
+                                     fit_update_transit, fit_wake_weight, fit_wake_weight_to_decoding,
+                                     pooled_wake_weight)
 from rxt_dist.eval.capacity import STORE_CALLS, CostProfile, ServingPath, Workload
 from rxt_dist.eval.report import load_average, machine_info, write_json_atomic
 from rxt_dist.eval.simcheck import SPEED_READINGS, check_table, compare
@@ -41,9 +42,16 @@ from rxt_dist.eval.simulate import Replicas, simulate
 log = logging.getLogger("capacity")
 
 
-def wake_weight_arg(text: str) -> float | None:
-    """``--wake-weight``: ``fit`` (None: fitted to this run's busy calibration level) or a
-    number ≥ 1."""
+AUTO = "auto"
+"""``--wake-weight``'s default: fitted to the busy calibration level's decoding slowdown when the
+profile recorded it, else :data:`MACHINE_WAKE_WEIGHT`."""
+
+
+def wake_weight_arg(text: str) -> float | str | None:
+    """``--wake-weight``: ``auto`` (:data:`AUTO`), ``fit`` (None: fitted to this run's busy
+    calibration level) or a number ≥ 1."""
+    if text == AUTO:
+        return AUTO
     if text == "fit":
         return None
     try:
@@ -74,7 +82,9 @@ SPEED_FROM_HELP = ("scale the profile by a reading of the machine's speed at eac
                    "reading 40-57%% high in three runs whose calibration ran at normal speed")
 
 WAKE_WEIGHT_HELP = (f"the CPU weight of the serving processes' pieces against the model's work: a number ≥ 1, "
-                    f"or 'fit' to fit it to this run's busy calibration level (noisy); default "
+                    f"'fit' to fit it to this run's busy calibration level (its decoding thread's slowdown where "
+                    f"recorded, else its update lag, which is noisy), or 'auto' (default): fitted where the "
+                    f"decoding slowdown was recorded (profiles since 2026-12-05, afternoon), else "
                     f"{MACHINE_WAKE_WEIGHT:g}, this project's benchmark machine's, pooled over many runs "
                     f"(the wake-weight command fits another machine's)")
 
@@ -100,7 +110,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         s.add_argument("--query-words", type=int, default=24)
         s.add_argument("--max-tokens", type=int, default=32)
         s.add_argument("--out", default="docs/bench/capacity-profile-cpu.json")
-        s.add_argument("--wake-weight", type=wake_weight_arg, default=MACHINE_WAKE_WEIGHT, help=WAKE_WEIGHT_HELP)
+        s.add_argument("--wake-weight", type=wake_weight_arg, default=AUTO, help=WAKE_WEIGHT_HELP)
     check = sub.choices["check"]
     check.add_argument("--sessions", type=int, nargs="+", default=[1, 8, 32])
     check.add_argument("--turns", type=int, default=8)
@@ -116,7 +126,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     cmp_.add_argument("--check-out", default="docs/bench/capacity-check.json")
     cmp_.add_argument("--refit", action="store_true",
                       help="fit the serving path to the profile's calibration again (after changing the simulation)")
-    cmp_.add_argument("--wake-weight", type=wake_weight_arg, default=MACHINE_WAKE_WEIGHT,
+    cmp_.add_argument("--wake-weight", type=wake_weight_arg, default=AUTO,
                       help=f"with --refit: {WAKE_WEIGHT_HELP}")
     cmp_.add_argument("--speed-from", choices=sorted(SPEED_READINGS), help=SPEED_FROM_HELP)
     ww = sub.add_parser("wake-weight", help="the wake weight that fits many stored profiles' busy calibration level")
@@ -254,6 +264,7 @@ def calibrate(url: str, args: argparse.Namespace, idle_s: float = 4.0) -> tuple[
     pids = serving_processes(raylet)
     rate = idle_rates(pids, idle_s)
     updater = serve.get_deployment_handle("MemoryUpdater", APP_NAME)
+    generator = serve.get_deployment_handle("Generator", APP_NAME)
     held0 = updater.stats.remote().result().get("stm", {})
     with SpeedProbe() as probe:  # the machine's speed while the path's costs are measured
         level, per_turn, shares = _cpu_per_turn(pids, url, replay_config(url, args, warmup=2), rate)
@@ -261,9 +272,9 @@ def calibrate(url: str, args: argparse.Namespace, idle_s: float = 4.0) -> tuple[
         short, short_per_turn, _ = _cpu_per_turn(pids, url, replay_config(url, args, max_tokens=SHORT_MAX_TOKENS),
                                                  rate)
         short_tokens = [int(x) for per_turn in short["samples"]["completion_tokens"] for x in per_turn]
-        counters0 = updater.stats.remote().result()
+        counters0, loop0 = updater.stats.remote().result(), generator.stats.remote().result()
         many, many_per_turn, many_shares = _cpu_per_turn(pids, url, config(16, MANY_TURNS, MANY_THINK_S, 0), rate)
-        counters1 = updater.stats.remote().result()
+        counters1, loop1 = updater.stats.remote().result(), generator.stats.remote().result()
     store_calls, store_cycle = store_call_costs(url, pids)
     in_flight = many["requests"] / many["wall_s"] * many["answer"]["p50_s"]
     fixed = {role: _fixed_share(per_turn[role], many_per_turn[role], in_flight) for role in per_turn}
@@ -276,6 +287,8 @@ def calibrate(url: str, args: argparse.Namespace, idle_s: float = 4.0) -> tuple[
                             "per_turn": many_per_turn, "serial_share": many_shares, "turns_in_flight": in_flight,
                             "update_lag_p50_s": many["update_lag"]["p50_s"],
                             "update_batch_mean": update_batches(counters0, counters1)["mean"],
+                            "update_batches": update_batches(counters0, counters1),
+                            "decode_loop": decode_loop_counters(loop0, loop1),
                             "tokens": [int(x) for per_turn in many["samples"]["completion_tokens"] for x in per_turn]},
                    "short": {"max_tokens": SHORT_MAX_TOKENS, "cpu_per_turn": short_per_turn,
                              "answer_tokens": sum(short_tokens) / len(short_tokens), "tokens": short_tokens,
@@ -636,12 +649,15 @@ def fit_spread(profile: CostProfile) -> CostProfile:
     return dataclasses.replace(profile, timing_cv=cv, extra=extra)
 
 
-def fit_sharing(profile: CostProfile, wake_weight: float | None) -> CostProfile:
+def fit_sharing(profile: CostProfile, wake_weight: float | str | None) -> CostProfile:
     """The profile with each process's ``fixed_share`` fitted by simulating calibration level B
     (:func:`~rxt_dist.eval.calibrate.fit_fixed_shares`, its CPU per turn) with the CPU's
-    ``wake_weight`` set to ``wake_weight`` (None: fitted to level B's update lag,
-    :func:`~rxt_dist.eval.calibrate.fit_wake_weight`; the shares fitted before and again after
-    it). Level B's lag simulated with each weight is kept in ``extra["wake_weight_lags_s"]``
+    ``wake_weight`` set to ``wake_weight`` (None: fitted to level B's decoding slowdown where
+    recorded, :func:`~rxt_dist.eval.calibrate.fit_wake_weight_to_decoding`, else to its update lag,
+    :func:`~rxt_dist.eval.calibrate.fit_wake_weight`; :data:`AUTO`: fitted where the slowdown was
+    recorded, else :data:`MACHINE_WAKE_WEIGHT`; the shares fitted before and again after it), and
+    then the update call's transit per turn in flight to level B's measured transit where
+    recorded (:func:`~rxt_dist.eval.calibrate.fit_update_transit`). Level B's lag simulated with each weight is kept in ``extra["wake_weight_lags_s"]``
     (what the ``wake-weight`` command pools over runs). As it was for a profile measured before
     level B recorded its answers (and the weight as it was without level B's update lag)."""
     many = profile.extra.get("calibration", {}).get("many") or {}
@@ -658,18 +674,34 @@ def fit_sharing(profile: CostProfile, wake_weight: float | None) -> CostProfile:
     profile = with_shares(profile)
     if not many.get("update_lag_p50_s"):
         return profile
+    loop = many.get("decode_loop") or {}
+    decoding = loop["tick_mean_s"] / loop["tick_cpu_mean_s"] if loop.get("tick_cpu_mean_s") else None
+    if wake_weight == AUTO:
+        wake_weight = None if decoding else MACHINE_WAKE_WEIGHT
     fitted, lags = fit_wake_weight(profile, w, many["tokens"], many["update_lag_p50_s"])
+    extra = {**profile.extra, "wake_weight_lags_s": {f"{k:g}": v for k, v in lags.items()}}
+    if decoding:
+        fitted, slowdowns = fit_wake_weight_to_decoding(profile, w, many["tokens"], decoding)
+        log.info("level B's decoding thread waited for a core: slowdown %.2f measured, simulated %s", decoding,
+                 ", ".join(f"{k:g}: {v:.2f}" for k, v in slowdowns.items()))
+        extra["wake_weight_decode_slowdowns"] = {f"{k:g}": v for k, v in slowdowns.items()}
     weight = fitted if wake_weight is None else wake_weight
+    source = f"level B's {'decoding slowdown' if decoding else 'update lag'}"
     log.info("wake weight %g (%s): level B's update lag %.1f ms measured, simulated %s", weight,
-             "fitted to it" if wake_weight is None else f"given; {fitted:g} fits this run alone",
+             f"fitted to {source}" if wake_weight is None else f"given; {fitted:g} fits this run alone",
              many["update_lag_p50_s"] * 1e3, ", ".join(f"{k:g}: {v * 1e3:.1f}" for k, v in lags.items()))
-    extra = {**profile.extra, "wake_weight_lags_s": {f"{k:g}": v for k, v in lags.items()},
-             "wake_weight_source": "fitted to this run's level B" if wake_weight is None else "given"}
+    extra["wake_weight_source"] = f"fitted to this run's {source}" if wake_weight is None else "given"
     profile = dataclasses.replace(profile, path=dataclasses.replace(profile.path, wake_weight=weight), extra=extra)
-    return with_shares(profile)
+    profile = with_shares(profile)
+    transit = (many.get("update_batches") or {}).get("transit_per_update_s")
+    if not transit:
+        return profile
+    per_turn = fit_update_transit(profile, w, many["tokens"], transit)
+    log.info("the update call's transit: %.1f ms at level B, %.2f ms per turn in flight", transit * 1e3, per_turn * 1e3)
+    return dataclasses.replace(profile, path=dataclasses.replace(profile.path, update_transit_per_turn_s=per_turn))
 
 
-def refit(profile: CostProfile, wake_weight: float | None) -> CostProfile:
+def refit(profile: CostProfile, wake_weight: float | str | None) -> CostProfile:
     """The profile's serving-path shares and latencies fitted again to its stored calibration
     figures with the current simulation (after a change to the simulation, without measuring),
     from where the profile command started: the path as measured (``extra.path_before_fit``)

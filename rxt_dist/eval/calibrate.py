@@ -132,6 +132,41 @@ def fit_wake_weight(p: CostProfile, many: Workload, answer_tokens: Sequence[int]
     return best, lags
 
 
+def fit_wake_weight_to_decoding(p: CostProfile, many: Workload, answer_tokens: Sequence[int], slowdown: float,
+                                rounds: int = 6) -> tuple[float, dict[float, float]]:
+    """``ServingPath.wake_weight`` chosen so that simulating calibration level B gives its
+    decoding thread the slowdown measured there (``slowdown``: an iteration's wall seconds on
+    the Generator's worker thread over that thread's CPU seconds — how long the model's work
+    waited for a core), and the simulated slowdown of each weight of ``WAKE_WEIGHTS`` (the
+    closest in ratio is kept). The weight decides how the shared cores split between the
+    threads that compute without sleeping and the pieces of those that wake for a message:
+    read off the decoding thread, it is measured where it acts, not through the update lag,
+    which the update call's transit moves as much."""
+    if slowdown <= 0:
+        raise ValueError(f"a measured slowdown of {slowdown}: must be > 0")
+    simulated = {}
+    for weight in WAKE_WEIGHTS:
+        path = dataclasses.replace(p.path, wake_weight=weight)
+        busy = simulate(dataclasses.replace(p, path=path), many, answer_tokens=answer_tokens, rounds=rounds,
+                        seed=0)["busy"]
+        simulated[weight] = busy["decode_tick_s"] / busy["decode_tick_alone_s"]
+    best = min(simulated, key=lambda w: abs(np.log(simulated[w] / slowdown)))
+    return best, simulated
+
+
+def fit_update_transit(p: CostProfile, many: Workload, answer_tokens: Sequence[int], transit_s: float,
+                       rounds: int = 6) -> float:
+    """``ServingPath.update_transit_per_turn_s`` chosen so that simulating calibration level B
+    gives back the update call's mean transit measured there (``transit_s``: from the Ingress's
+    dispatch to the MemoryUpdater's receipt)."""
+    def simulated(per_turn: float) -> float:
+        path = dataclasses.replace(p.path, update_transit_per_turn_s=per_turn)
+        return simulate(dataclasses.replace(p, path=path), many, answer_tokens=answer_tokens, rounds=rounds,
+                        seed=0)["busy"]["update_transit_s"]
+
+    return _bisect(simulated, transit_s, 0.0, 0.02, steps=12)
+
+
 def pooled_wake_weight(runs: Sequence[tuple[float, Mapping[float, float]]]) -> tuple[float, dict[float, float]]:
     """The one ``wake_weight`` that fits the busy calibration level of many runs best, and each
     weight's error: ``runs`` holds, per calibration, its measured update lag p50 and the lag

@@ -139,6 +139,13 @@ class ServingPath:
     calibration's answer time at two answer lengths)."""
     update_latency_s: float = 0.0
     """Fixed latency from the end of an answer to the MemoryUpdater receiving its update."""
+    update_transit_per_turn_s: float = 0.0
+    """The update call's further way to the MemoryUpdater for each turn in flight when it leaves:
+    between two steps of the call (the Ingress's routing and sending, the MemoryUpdater's taking
+    it in) each event loop passes every other turn's waiting callbacks — measured from the
+    dispatcher's stamp to the updater's receipt, 2 ms at 1 session and 37 ms at 32 on this
+    machine. Fitted to the busy calibration level's transit (``fit_update_transit``); 0 in a
+    profile from before it was measured."""
     cores: float = 1.0
     """CPU cores the machine has, shared by the serving processes with each other and with the
     machine's other load."""

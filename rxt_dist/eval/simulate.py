@@ -439,7 +439,8 @@ class _Turn:
 
         def handed_over() -> None:
             self.handed_over_at = self.g.sim.now
-            self.g.sim.after(path.update_latency_s, lambda: self.g.updater_for().submit(self))
+            transit = path.update_latency_s + path.update_transit_per_turn_s * (self.g.in_flight - 1)
+            self.g.sim.after(transit, lambda: self.g.updater_for().submit(self))
             self._chain(out, path.out_share, self._ended)
 
         self.g.sim.after(path.stream_latency_s, lambda: self._chain([ingress], path.out_share, handed_over))
@@ -503,6 +504,8 @@ class Graph:
         self.generators = [DecodeLoop(self.sim, p, w.query_tokens) for _ in range(replicas.generators)]
         self.updaters = [Updater(self.sim, p, self.store_of) for _ in range(replicas.updaters)]
         self.records: list[TurnRecord] = []
+        self.in_flight = 0
+        """Turns between their request and the end of their answer at the client."""
         self.sessions = [_Session(i, w.turns) for i in range(w.sessions)]
         self.active = w.sessions
         self.last_end = 0.0
@@ -533,9 +536,11 @@ class Graph:
             tokens = planned[index - 1][s.index]
         else:
             tokens = self.sim.rng.choice(self.answer_choices)
+        self.in_flight += 1
         _Turn(self, s, index, max(1, int(tokens)))
 
     def turn_ended(self, turn: _Turn) -> None:
+        self.in_flight -= 1
         self.records.append(turn.record)
         self.last_end = max(self.last_end, self.sim.now)
         if turn.session.turns_left > 0:
