@@ -267,7 +267,9 @@ def calibrate(url: str, args: argparse.Namespace, idle_s: float = 4.0) -> tuple[
     generator = serve.get_deployment_handle("Generator", APP_NAME)
     held0 = updater.stats.remote().result().get("stm", {})
     with SpeedProbe() as probe:  # the machine's speed while the path's costs are measured
+        loop0 = generator.stats.remote().result()
         level, per_turn, shares = _cpu_per_turn(pids, url, replay_config(url, args, warmup=2), rate)
+        decoding = decode_loop_counters(loop0, generator.stats.remote().result())
         held1 = updater.stats.remote().result().get("stm", {})
         short, short_per_turn, _ = _cpu_per_turn(pids, url, replay_config(url, args, max_tokens=SHORT_MAX_TOKENS),
                                                  rate)
@@ -279,7 +281,7 @@ def calibrate(url: str, args: argparse.Namespace, idle_s: float = 4.0) -> tuple[
     in_flight = many["requests"] / many["wall_s"] * many["answer"]["p50_s"]
     fixed = {role: _fixed_share(per_turn[role], many_per_turn[role], in_flight) for role in per_turn}
     turns = level["requests"] + 2
-    return level, {"per_turn": per_turn, "idle_rate": rate, "speed_probe_s": probe.median_s,
+    return level, {"per_turn": per_turn, "idle_rate": rate, "speed_probe_s": probe.median_s, "decode_loop": decoding,
                    "store_cycle_cpu_s": store_cycle,
                    "serial_share": shares, "fixed_share": fixed, "store_calls": store_calls,
                    "updater_read_share": read_share(held0, held1),
@@ -387,6 +389,7 @@ def decode_loop_counters(before: dict, after: dict) -> dict[str, float]:
     if not n:
         return {}
     return {"iterations": n, "rows_mean": (after["rows"] - before["rows"]) / n,
+            "steps": after["steps"] - before["steps"], "admitted": after["admitted"] - before["admitted"],
             **{f"{key[:-2]}_mean_s": (after[key] - before[key]) / n for key in ("iteration_s", "tick_s", "tick_cpu_s")}}
 
 
@@ -435,7 +438,7 @@ def build_profile(args: argparse.Namespace, url: str, app_args: dict | None = No
         short = None
     path = fit_serving_path(costs, cpu_per_turn, level, answer_mean + 1, k, machine_info()["logical_cpus"],
                             short=short, many=cpu["many"], store_calls=cpu["store_calls"],
-                            read_share=cpu["updater_read_share"])
+                            read_share=cpu["updater_read_share"], decode_loop=cpu["decode_loop"])
     path["serial_share"] = cpu["serial_share"]
     path["fixed_share"] = cpu["fixed_share"]
     spin = env_after["slowdown"]  # the load as every later check measures it, right after the model timings
@@ -459,7 +462,7 @@ def build_profile(args: argparse.Namespace, url: str, app_args: dict | None = No
                    "warm_up_turns": args.warm_up_turns,
                    "cpu_s_per_turn": cpu_per_turn, "cpu_idle_rate": cpu["idle_rate"],
                    "serial_share": cpu["serial_share"], "fixed_share": cpu["fixed_share"], "many": cpu["many"],
-                   "store_call_cpu_s": cpu["store_calls"],
+                   "store_call_cpu_s": cpu["store_calls"], "decode_loop": cpu["decode_loop"],
                    "short": cpu["short"], "answer_tokens": tokens,
                    "ttft_p50_s": level["ttft"]["p50_s"], "answer_p50_s": level["answer"]["p50_s"],
                    "ttft_s": [float(x) for per_turn in level["samples"]["ttft_s"] for x in per_turn if x is not None],

@@ -260,7 +260,8 @@ def store_call_weights(store_calls: dict[str, float] | None) -> dict[str, float]
 def fit_serving_path(model_profile: dict[str, Any], cpu_per_turn: dict[str, float], level: dict[str, Any],
                      answer_steps: float, k: float, cores: int, batch_wait_s: float = 0.005,
                      short: dict[str, Any] | None = None, many: dict[str, Any] | None = None,
-                     store_calls: dict[str, float] | None = None, read_share: float = 1.0) -> dict[str, Any]:
+                     store_calls: dict[str, float] | None = None, read_share: float = 1.0,
+                     decode_loop: dict[str, Any] | None = None) -> dict[str, Any]:
     """The serving path's costs (``ServingPath`` fields) from a calibration level played at
     S = 1 with think time (no queueing, no wait for updates):
 
@@ -282,14 +283,24 @@ def fit_serving_path(model_profile: dict[str, Any], cpu_per_turn: dict[str, floa
     * with ``many`` (a level with many sessions: its ``per_turn`` CPU and its measured
       ``update_batch_mean``) the MemoryUpdater's work outside the model is split into a part per
       update and a part per batch (:func:`split_per_batch`);
+    * with ``decode_loop`` (the Generator's loop counters over the calibration level: its
+      iterations, their thread CPU, decoding steps and admitted requests) the decoding thread's
+      work per iteration beyond the model operations' CPU (the loop's own Python: rows joining
+      and leaving, token events) is ``generator_tick_s`` (× ``k``), taken out of the Generator's
+      work outside the model, one iteration per answer step of each level;
     * the machine's other load is what makes one busy thread get 1/k of a core (k − 1 busy
       threads per core)."""
     from rxt_dist.eval.capacity import ServingPath
 
     cpu = model_profile["cpu_s"]
+    tick = 0.0
+    if decode_loop and decode_loop.get("tick_cpu_mean_s"):
+        n = decode_loop["iterations"]
+        model_cpu = decode_loop["admitted"] * cpu["prefill"][1] + decode_loop["steps"] * cpu["decode_step"][1]
+        tick = max(0.0, decode_loop["tick_cpu_mean_s"] - model_cpu / n)
 
     def outside_model(cpu_s: dict[str, float], steps: float) -> dict[str, float]:
-        generator = cpu_s.get("generator", 0.0) - cpu["prefill"][1] - steps * cpu["decode_step"][1]
+        generator = cpu_s.get("generator", 0.0) - cpu["prefill"][1] - steps * (cpu["decode_step"][1] + tick)
         return {**cpu_s, "generator": max(0.0, generator)}
 
     cpu_per_turn, chunk_s = outside_model(cpu_per_turn, answer_steps), {}
@@ -306,6 +317,7 @@ def fit_serving_path(model_profile: dict[str, Any], cpu_per_turn: dict[str, floa
             store_call_weight=store_call_weights(store_calls)).store_calls_per_turn(read_share),
         "updater_read_share": read_share,
         "generator_io_s": cpu_per_turn.get("generator", 0.0) * k,
+        "generator_tick_s": tick * k,
         "updater_item_s": max(0.0, cpu_per_turn.get("updater", 0.0) - cpu["consolidate"][1]) * k,
         "updater_batch_s": 0.0,
         "cores": float(cores),
@@ -326,10 +338,12 @@ def fit_serving_path(model_profile: dict[str, Any], cpu_per_turn: dict[str, floa
     def store_call(call: str) -> float:  # ServingPath.store_call on the fields fitted so far
         return path["store_op_s"] * path["store_call_weight"].get(call, 1.0)
 
-    to_first = max(0.0, ttft - store_call("claim") - model_profile["prefill_s"][1] - sum(chunk_s.values()))
+    to_first = max(0.0, ttft - store_call("claim") - model_profile["prefill_s"][1] - path["generator_tick_s"]
+                   - sum(chunk_s.values()))
     path["in_share"] = min(1.0, to_first / (front + path["generator_io_s"])) if front else 0.0
     path["request_latency_s"] = max(0.0, to_first - path["in_share"] * (front + path["generator_io_s"]))
-    to_end = max(0.0, (answer - ttft) - answer_steps * model_profile["decode_step_s"][1] - store_call("record"))
+    to_end = max(0.0, (answer - ttft) - answer_steps * (model_profile["decode_step_s"][1] + path["generator_tick_s"])
+                 - store_call("record"))
     path["out_share"] = min(1.0 - path["in_share"], to_end / front) if front else 0.0
     path["stream_latency_s"] = max(0.0, to_end - path["out_share"] * front)
     explained_lag = (batch_wait_s + read_share * store_call("read") + store_call("commit")

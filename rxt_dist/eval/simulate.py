@@ -96,7 +96,8 @@ class DecodeLoop:
         stepping = list(self.rows)
         self.max_rows = max(self.max_rows, len(stepping) + len(admit))
         seconds = self.sim.jitter(self.p.decode_step(len(stepping)) + self.p.prefill(len(admit), self.query_tokens)
-                                  + (len(stepping) + len(admit)) * self.p.path.generator_chunk_s)
+                                  + (len(stepping) + len(admit)) * self.p.path.generator_chunk_s
+                                  + self.p.path.generator_tick_s)
         self.busy_s += seconds
         self.iterations += 1
         self.rows_summed += len(stepping) + len(admit)

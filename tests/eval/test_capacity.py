@@ -395,6 +395,51 @@ def test_the_fitted_wake_weight_gives_back_the_busy_levels_update_lag():
         ServingPath(wake_weight=0.5)
 
 
+def test_the_update_calls_transit_grows_with_the_turns_in_flight_and_is_fitted_back():
+    """``update_transit_per_turn_s`` delays each update call by that much per other turn in
+    flight when it leaves: nothing for a lone session, about (S − 1) × it for S sessions that
+    never think; the update lag grows with it; ``fit_update_transit`` gives back the value a
+    level's transit was simulated with."""
+    from rxt_dist.eval.calibrate import fit_update_transit
+
+    base = measured_like()
+
+    def with_transit(per_turn: float) -> CostProfile:
+        return dataclasses.replace(base, path=dataclasses.replace(base.path, update_transit_per_turn_s=per_turn))
+
+    alone = Workload(sessions=1, think_time_s=0.0, answer_tokens=6, turns=6)
+    assert (simulate(with_transit(0.002), alone)["busy"]["update_transit_s"]
+            == pytest.approx(simulate(base, alone)["busy"]["update_transit_s"]))
+    many = Workload(sessions=8, think_time_s=0.0, answer_tokens=6, turns=6)
+    plain, slow = simulate(base, many), simulate(with_transit(0.002), many)
+    added = slow["busy"]["update_transit_s"] - plain["busy"]["update_transit_s"]
+    assert 0.002 * 3 < added <= 0.002 * 7 + 1e-9, added  # turns in flight at the hand-over: at most the 7 others
+    assert slow["update_lag_p50_s"] > plain["update_lag_p50_s"]
+    fitted = fit_update_transit(base, many, [6], slow["busy"]["update_transit_s"], rounds=1)
+    assert fitted == pytest.approx(0.002, rel=0.1)
+
+
+def test_the_wake_weight_fitted_to_the_decoding_slowdown_gives_it_back():
+    """``fit_wake_weight_to_decoding`` picks the weight whose simulated busy level slows the
+    decoding thread (its iterations' wall over their work alone) as much as measured: a larger
+    weight gives the serving processes' pieces more of the cores and the decoding thread less."""
+    from rxt_dist.eval.calibrate import fit_wake_weight_to_decoding
+
+    base = measured_like()
+    many = Workload(sessions=12, think_time_s=0.0, answer_tokens=6, turns=4)
+
+    def slowdown(weight: float) -> float:
+        p = dataclasses.replace(base, path=dataclasses.replace(base.path, wake_weight=weight))
+        busy = simulate(p, many, answer_tokens=[4, 6, 8], rounds=2)["busy"]
+        return busy["decode_tick_s"] / busy["decode_tick_alone_s"]
+
+    assert 1.0 < slowdown(1.0) < slowdown(16.0)
+    weight, simulated = fit_wake_weight_to_decoding(base, many, [4, 6, 8], slowdown(16.0), rounds=2)
+    assert weight == 16.0, simulated
+    with pytest.raises(ValueError, match="slowdown"):
+        fit_wake_weight_to_decoding(base, many, [4, 6, 8], 0.0, rounds=2)
+
+
 def test_the_pooled_wake_weight_fits_many_runs_where_each_run_alone_follows_its_noise():
     """``pooled_wake_weight`` keeps the weight whose simulated lags are nearest the measured
     ones over all runs (root mean square of the log ratio), where a run read low or high alone
