@@ -271,8 +271,10 @@ def calibrate(url: str, args: argparse.Namespace, idle_s: float = 4.0) -> tuple[
         level, per_turn, shares = _cpu_per_turn(pids, url, replay_config(url, args, warmup=2), rate)
         decoding = decode_loop_counters(loop0, generator.stats.remote().result())
         held1 = updater.stats.remote().result().get("stm", {})
+        loop1 = generator.stats.remote().result()
         short, short_per_turn, _ = _cpu_per_turn(pids, url, replay_config(url, args, max_tokens=SHORT_MAX_TOKENS),
                                                  rate)
+        short_decoding = decode_loop_counters(loop1, generator.stats.remote().result())
         short_tokens = [int(x) for per_turn in short["samples"]["completion_tokens"] for x in per_turn]
         counters0, loop0 = updater.stats.remote().result(), generator.stats.remote().result()
         many, many_per_turn, many_shares = _cpu_per_turn(pids, url, config(16, MANY_TURNS, MANY_THINK_S, 0), rate)
@@ -292,7 +294,7 @@ def calibrate(url: str, args: argparse.Namespace, idle_s: float = 4.0) -> tuple[
                             "update_batches": update_batches(counters0, counters1),
                             "decode_loop": decode_loop_counters(loop0, loop1),
                             "tokens": [int(x) for per_turn in many["samples"]["completion_tokens"] for x in per_turn]},
-                   "short": {"max_tokens": SHORT_MAX_TOKENS, "cpu_per_turn": short_per_turn,
+                   "short": {"max_tokens": SHORT_MAX_TOKENS, "cpu_per_turn": short_per_turn, "decode_loop": short_decoding,
                              "answer_tokens": sum(short_tokens) / len(short_tokens), "tokens": short_tokens,
                              "chunks": short["tokens"]["chunks_per_turn_mean"],
                              "long_chunks": level["tokens"]["chunks_per_turn_mean"],

@@ -257,6 +257,35 @@ def store_call_weights(store_calls: dict[str, float] | None) -> dict[str, float]
     return {call: max(0.0, store_calls[call]) / mean for call in STORE_CALLS}
 
 
+def decoding_thread_work(model_cpu: dict[str, Any], long: dict[str, Any] | None,
+                         short: dict[str, Any] | None) -> tuple[float, float]:
+    """The decoding thread's CPU seconds beyond the model operations, per loop iteration and per
+    admitted request, from the Generator loop's counters over two calibration levels of one
+    session (``long`` and ``short`` answers: many iterations per admission, and few). Each
+    level's excess — the thread's CPU less its prefills and steps at the model's one-row CPU
+    figures — is ``iterations × tick + admitted × admit``; two levels give both. With one
+    level, or where the split comes out negative, all of it counts per iteration. (0, 0)
+    without counters."""
+    def excess(loop: dict[str, Any]) -> float:
+        model = loop["admitted"] * model_cpu["prefill"][1] + loop["steps"] * model_cpu["decode_step"][1]
+        return loop["iterations"] * loop["tick_cpu_mean_s"] - model
+
+    if not long or not long.get("tick_cpu_mean_s"):
+        return 0.0, 0.0
+    per_iteration = max(0.0, excess(long) / long["iterations"])
+    if not short or not short.get("tick_cpu_mean_s"):
+        return per_iteration, 0.0
+    a = np.array([[long["iterations"], long["admitted"]], [short["iterations"], short["admitted"]]], dtype=float)
+    b = np.array([excess(long), excess(short)])
+    try:
+        tick, admit = np.linalg.solve(a, b)
+    except np.linalg.LinAlgError:
+        return per_iteration, 0.0
+    if tick < 0 or admit < 0:
+        return per_iteration, 0.0
+    return float(tick), float(admit)
+
+
 def fit_serving_path(model_profile: dict[str, Any], cpu_per_turn: dict[str, float], level: dict[str, Any],
                      answer_steps: float, k: float, cores: int, batch_wait_s: float = 0.005,
                      short: dict[str, Any] | None = None, many: dict[str, Any] | None = None,
@@ -285,22 +314,19 @@ def fit_serving_path(model_profile: dict[str, Any], cpu_per_turn: dict[str, floa
       update and a part per batch (:func:`split_per_batch`);
     * with ``decode_loop`` (the Generator's loop counters over the calibration level: its
       iterations, their thread CPU, decoding steps and admitted requests) the decoding thread's
-      work per iteration beyond the model operations' CPU (the loop's own Python: rows joining
-      and leaving, token events) is ``generator_tick_s`` (× ``k``), taken out of the Generator's
-      work outside the model, one iteration per answer step of each level;
+      work beyond the model operations' CPU (the loop's own Python) is split into a part per
+      iteration (``generator_tick_s``) and a part per admitted request (``generator_admit_s``)
+      with ``short``'s counters (:func:`decoding_thread_work`), both × ``k`` and taken out of the
+      Generator's work outside the model (one iteration per answer step, one admission per turn);
     * the machine's other load is what makes one busy thread get 1/k of a core (k − 1 busy
       threads per core)."""
     from rxt_dist.eval.capacity import ServingPath
 
     cpu = model_profile["cpu_s"]
-    tick = 0.0
-    if decode_loop and decode_loop.get("tick_cpu_mean_s"):
-        n = decode_loop["iterations"]
-        model_cpu = decode_loop["admitted"] * cpu["prefill"][1] + decode_loop["steps"] * cpu["decode_step"][1]
-        tick = max(0.0, decode_loop["tick_cpu_mean_s"] - model_cpu / n)
+    tick, admit = decoding_thread_work(cpu, decode_loop, (short or {}).get("decode_loop"))
 
     def outside_model(cpu_s: dict[str, float], steps: float) -> dict[str, float]:
-        generator = cpu_s.get("generator", 0.0) - cpu["prefill"][1] - steps * (cpu["decode_step"][1] + tick)
+        generator = cpu_s.get("generator", 0.0) - cpu["prefill"][1] - admit - steps * (cpu["decode_step"][1] + tick)
         return {**cpu_s, "generator": max(0.0, generator)}
 
     cpu_per_turn, chunk_s = outside_model(cpu_per_turn, answer_steps), {}
@@ -318,6 +344,7 @@ def fit_serving_path(model_profile: dict[str, Any], cpu_per_turn: dict[str, floa
         "updater_read_share": read_share,
         "generator_io_s": cpu_per_turn.get("generator", 0.0) * k,
         "generator_tick_s": tick * k,
+        "generator_admit_s": admit * k,
         "updater_item_s": max(0.0, cpu_per_turn.get("updater", 0.0) - cpu["consolidate"][1]) * k,
         "updater_batch_s": 0.0,
         "cores": float(cores),
@@ -339,6 +366,7 @@ def fit_serving_path(model_profile: dict[str, Any], cpu_per_turn: dict[str, floa
         return path["store_op_s"] * path["store_call_weight"].get(call, 1.0)
 
     to_first = max(0.0, ttft - store_call("claim") - model_profile["prefill_s"][1] - path["generator_tick_s"]
+                   - path["generator_admit_s"]
                    - sum(chunk_s.values()))
     path["in_share"] = min(1.0, to_first / (front + path["generator_io_s"])) if front else 0.0
     path["request_latency_s"] = max(0.0, to_first - path["in_share"] * (front + path["generator_io_s"]))

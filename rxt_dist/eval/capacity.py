@@ -88,6 +88,10 @@ class ServingPath:
     iteration in calibration level A less the model operations' CPU; 0.5 ms at one row on this
     machine, a third of the iteration. 0 in a profile from before it was measured (it then
     counted in ``generator_io_s``)."""
+    generator_admit_s: float = 0.0
+    """The decoding thread's own work per admitted request beyond the prefill (its STM stacked,
+    its row joined to the running batch): with ``generator_tick_s``, split from the thread's CPU
+    in calibration levels A and C (long and short answers); 0 where not measured."""
     updater_item_s: float = 0.0
     """The MemoryUpdater's work outside the model per update (Ray calls, STM bytes)."""
     generator_chunk_s: float = 0.0
@@ -312,8 +316,8 @@ class CostProfile:
             return {k: v * f for k, v in table.items()}
 
         work = {name: getattr(self.path, name) * f for name in (
-            "client_s", "proxy_s", "ingress_s", "store_op_s", "generator_io_s", "generator_tick_s", "updater_item_s",
-            "updater_batch_s",
+            "client_s", "proxy_s", "ingress_s", "store_op_s", "generator_io_s", "generator_tick_s", "generator_admit_s",
+            "updater_item_s", "updater_batch_s",
             "request_latency_s", "stream_latency_s", "chunk_latency_s", "update_latency_s")}
         path = dataclasses.replace(self.path, **work, chunk_s={r: v * f for r, v in self.path.chunk_s.items()},
                                    other_load=max(0.0, slowdown - 1))
@@ -403,7 +407,8 @@ def path_cpu_per_turn(p: CostProfile, answer_tokens: float, read_share: float = 
     per_chunk = sum(path.chunk(role) for role in STREAM_ROLES if role != "client")
     updater = path.updater_item_s * (2.0 + read_share) / path.updater_calls_per_update()
     return (path.proxy_s + path.ingress_s + path.store_calls_per_turn(read_share) * path.store_op_s
-            + path.generator_io_s + (answer_tokens + 1) * path.generator_tick_s + updater + answer_tokens * per_chunk)
+            + path.generator_io_s + (answer_tokens + 1) * path.generator_tick_s + path.generator_admit_s + updater
+            + answer_tokens * per_chunk)
 
 
 def bounds(p: CostProfile, w: Workload) -> dict[str, float]:
@@ -414,7 +419,7 @@ def bounds(p: CostProfile, w: Workload) -> dict[str, float]:
     front = path.client_s + path.proxy_s + path.ingress_s
     first_token = sum(path.chunk(role) for role in STREAM_ROLES)
     ttft = (path.in_share * (front + path.generator_io_s) + path.request_latency_s + path.store_call("claim")
-            + p.prefill(1, w.query_tokens) + path.generator_tick_s + first_token)
+            + p.prefill(1, w.query_tokens) + path.generator_tick_s + path.generator_admit_s + first_token)
     answer = (ttft + w.answer_tokens * (p.decode_step(1) + path.generator_tick_s) + path.store_call("record")
               + path.out_share * front)
     cycle = w.think_time_s + answer

@@ -8,7 +8,8 @@ What it plays, per session (closed loop, as the serving benchmark drives the app
    update to commit** (the ordering guarantee);
 3. the Generator replica with the fewest ongoing requests takes it through its Ray side, then
    its decode loop admits it: each loop iteration is one step of the running sequences plus
-   the prefill of the admitted ones (``DecodeLoop._tick``); every iteration gives each sequence
+   the prefill of the admitted ones and the loop's own work (``generator_tick_s`` and
+   ``generator_admit_s`` per admitted one; ``DecodeLoop._tick``); every iteration gives each sequence
    a token, handed over on the replica's event loop (behind what waits there) before the next;
 4. the Generator sends the first token at once and later ones at most every
    ``stream_interval_s``, the tokens decoded meanwhile in one chunk (0: one chunk per token),
@@ -19,8 +20,8 @@ What it plays, per session (closed loop, as the serving benchmark drives the app
 5. after the last step (an end-of-answer step for answers that stop by themselves) the end
    follows the last chunk; the Ingress records the turn (store call) and sends the end out
    (``out_share``): the answer time; the next turn starts after the think time;
-6. once the Ingress has sent the end on (to the proxy), after a fixed latency, the
-   least-loaded MemoryUpdater: the
+6. once the Ingress has sent the end on (to the proxy), after a fixed latency and
+   ``update_transit_per_turn_s`` for every other turn in flight, the least-loaded MemoryUpdater: the
    call's receipt on its event loop, then a batch starts when ``update_batch_size`` items wait
    or ``update_batch_wait_s`` after its first; it reads every item's input at once (gathered
    store calls), consolidates the batch, commits its items in one call per store shard (the
@@ -97,7 +98,7 @@ class DecodeLoop:
         self.max_rows = max(self.max_rows, len(stepping) + len(admit))
         seconds = self.sim.jitter(self.p.decode_step(len(stepping)) + self.p.prefill(len(admit), self.query_tokens)
                                   + (len(stepping) + len(admit)) * self.p.path.generator_chunk_s
-                                  + self.p.path.generator_tick_s)
+                                  + self.p.path.generator_tick_s + len(admit) * self.p.path.generator_admit_s)
         self.busy_s += seconds
         self.iterations += 1
         self.rows_summed += len(stepping) + len(admit)

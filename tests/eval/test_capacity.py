@@ -440,6 +440,30 @@ def test_the_wake_weight_fitted_to_the_decoding_slowdown_gives_it_back():
         fit_wake_weight_to_decoding(base, many, [4, 6, 8], 0.0, rounds=2)
 
 
+def test_the_decoding_threads_own_work_splits_into_per_iteration_and_per_admission():
+    """``decoding_thread_work`` reads the loop's counters of a long-answer and a short-answer
+    level: what the thread spent beyond its prefills and steps is iterations × tick + admitted ×
+    admit; two levels give both back; one level (or a split that comes out negative) puts it all
+    per iteration; no counters, nothing."""
+    from rxt_dist.eval.calibrate import decoding_thread_work
+
+    cpu = {"prefill": {1: 0.0013}, "decode_step": {1: 0.0005}}
+    tick, admit = 0.0003, 0.0012
+
+    def level(turns: int, steps_per_turn: int) -> dict:
+        iterations, steps = turns * (steps_per_turn + 1), turns * steps_per_turn
+        used = turns * (0.0013 + admit) + steps * 0.0005 + iterations * tick
+        return {"iterations": iterations, "steps": steps, "admitted": turns, "tick_cpu_mean_s": used / iterations}
+
+    long, short = level(34, 25), level(34, 2)
+    assert decoding_thread_work(cpu, long, short) == pytest.approx((tick, admit))
+    alone = decoding_thread_work(cpu, long, None)
+    assert alone[1] == 0 and alone[0] == pytest.approx(tick + admit / 26)
+    assert decoding_thread_work(cpu, None, short) == (0.0, 0.0)
+    cheap_short = {**short, "tick_cpu_mean_s": 0.0001}  # less than its own model work: no split
+    assert decoding_thread_work(cpu, long, cheap_short) == alone
+
+
 def test_the_pooled_wake_weight_fits_many_runs_where_each_run_alone_follows_its_noise():
     """``pooled_wake_weight`` keeps the weight whose simulated lags are nearest the measured
     ones over all runs (root mean square of the log ratio), where a run read low or high alone

@@ -464,7 +464,13 @@ def test_updates_of_different_conversations_are_batched(slow, reference):
             assert slow.answer(A[1], sid)[0] == reference.conversation([text, A[1]], MAX_TOKENS)[1]
         if updater.stats.remote().result()["max_batch"] >= 2:
             break
-    assert updater.stats.remote().result()["max_batch"] >= 2
+    stats = updater.stats.remote().result()
+    assert stats["max_batch"] >= 2
+    # what the capacity check reads of each update: its call's transit from the Ingress (stamped
+    # there), its wait for a batch, the consolidation's own time on its thread
+    assert stats["timed"] >= 2 and stats["transit_s"] > 0 and stats["queued_s"] > 0
+    assert 0 < stats["consolidate_cpu_s"] <= stats["consolidate_run_s"] * 1.05 + 1e-3
+    assert stats["consolidate_run_s"] <= stats["consolidate_s"]
 
 
 def _replica_actors(app: str, deployment: str) -> list[str]:

@@ -46,6 +46,12 @@ def test_concurrent_requests_decode_together_and_match_each_alone(reference):
         assert reason in ("stop", "length")
     assert loop.stats.max_rows == len(QUERIES)  # all four were in one batch
     assert len({tuple(t) for t, _ in results}) == len(QUERIES)
+    # the counters the capacity check reads: every step and every admission is an iteration's,
+    # whose rows add up; the worker thread's CPU within its wall, that within what the loop awaited
+    stats = loop.stats
+    assert stats.steps <= stats.iterations <= stats.steps + stats.admitted
+    assert stats.rows >= sum(len(t) for t, _ in results) - len(QUERIES)
+    assert 0 < stats.tick_cpu_s <= stats.tick_s * 1.05 + 1e-3 and stats.tick_s <= stats.iteration_s
 
 
 def test_a_request_joining_a_running_batch_is_unaffected(reference):
