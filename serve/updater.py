@@ -85,7 +85,7 @@ class MemoryUpdater:
         (``serve/routing.py``), the one that holds the STM its last update computed."""
         if turn is not None:
             received = time.time()
-            if "sent_at" in turn:
+            if isinstance(turn.get("sent_at"), float):
                 self.counters["transit_s"] += received - turn["sent_at"]
                 self.counters["timed"] += 1
             turn = {**turn, "received_at": received}
@@ -95,7 +95,7 @@ class MemoryUpdater:
         """One batch: consolidated in one forward pass, each item committed on its own."""
         started, now = time.perf_counter(), time.time()
         self.counters["queued_s"] += sum(now - item[2]["received_at"] for item in items
-                                         if item[2] is not None and "sent_at" in item[2])
+                                         if item[2] is not None and isinstance(item[2].get("sent_at"), float))
         results = await apply_updates(self.model, items, self._store_call, self.delay_s, self._before_commit,
                                       timings=self.counters, known=self._known, compiled=self.compiled)
         self.counters["batch_s"] += time.perf_counter() - started

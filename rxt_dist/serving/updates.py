@@ -68,7 +68,8 @@ async def apply_updates(model: RxTModel, items: list[tuple], store_of: StoreOf,
     just before its commit is sent (the commit may still lose to another computation of the
     same version). ``timings``, if given, accumulates the seconds (wall) of the batch's three
     phases: ``read_s`` (the gathered input reads), ``consolidate_s``, ``commit_s`` (the gathered
-    commits), and of the consolidation on its thread (``consolidate_run_s``, ``consolidate_cpu_s``). ``compiled``: consolidate through this compiled memory update.
+    commits), and of the consolidation on its thread (``consolidate_run_s``, ``consolidate_cpu_s``).
+    ``compiled``: consolidate through this compiled memory update.
 
     An item may carry a third element, the turn as its dispatcher recorded it (:func:`recorded_turn`:
     its tokens, the lease it was recorded under, the digest of the STM it was answered from).
