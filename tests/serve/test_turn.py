@@ -179,8 +179,12 @@ def test_one_bad_update_does_not_fail_its_batch_and_can_be_dropped(reference, tm
         return results, refused.value, dropped, again, (await server.store.info(good))["session"], timings
 
     results, refused, dropped, again, good_info, timings = asyncio.run(scenario())
-    # the batch's phases timed, the slowed commit (delay_s) in its own
-    assert set(timings) == {"read_s", "consolidate_s", "commit_s"} and min(timings.values()) >= 0
+    # the batch's phases timed, the slowed commit (delay_s) in its own; the consolidation's own
+    # wall and thread CPU on its worker thread within its phase
+    assert set(timings) == {"read_s", "consolidate_s", "commit_s", "consolidate_run_s", "consolidate_cpu_s"}
+    assert min(timings.values()) >= 0
+    assert timings["consolidate_cpu_s"] <= timings["consolidate_run_s"] * 1.05 + 1e-3
+    assert timings["consolidate_run_s"] <= timings["consolidate_s"]
     assert timings["commit_s"] >= 0.05
     assert results[0]["status"] == "applied" and good_info["memory_version"] == 1
     assert results[1]["status"] == "failed" and "IndexError" in results[1]["error"]
