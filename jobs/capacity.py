@@ -267,14 +267,13 @@ def calibrate(url: str, args: argparse.Namespace, idle_s: float = 4.0) -> tuple[
     generator = serve.get_deployment_handle("Generator", APP_NAME)
     held0 = updater.stats.remote().result().get("stm", {})
     with SpeedProbe() as probe:  # the machine's speed while the path's costs are measured
-        loop0 = generator.stats.remote().result()
+        loops = [generator.stats.remote().result()]  # the decoding loop's counters around levels A and C
         level, per_turn, shares = _cpu_per_turn(pids, url, replay_config(url, args, warmup=2), rate)
-        decoding = decode_loop_counters(loop0, generator.stats.remote().result())
+        loops.append(generator.stats.remote().result())
         held1 = updater.stats.remote().result().get("stm", {})
-        loop1 = generator.stats.remote().result()
         short, short_per_turn, _ = _cpu_per_turn(pids, url, replay_config(url, args, max_tokens=SHORT_MAX_TOKENS),
                                                  rate)
-        short_decoding = decode_loop_counters(loop1, generator.stats.remote().result())
+        loops.append(generator.stats.remote().result())
         short_tokens = [int(x) for per_turn in short["samples"]["completion_tokens"] for x in per_turn]
         counters0, loop0 = updater.stats.remote().result(), generator.stats.remote().result()
         many, many_per_turn, many_shares = _cpu_per_turn(pids, url, config(16, MANY_TURNS, MANY_THINK_S, 0), rate)
@@ -283,7 +282,8 @@ def calibrate(url: str, args: argparse.Namespace, idle_s: float = 4.0) -> tuple[
     in_flight = many["requests"] / many["wall_s"] * many["answer"]["p50_s"]
     fixed = {role: _fixed_share(per_turn[role], many_per_turn[role], in_flight) for role in per_turn}
     turns = level["requests"] + 2
-    return level, {"per_turn": per_turn, "idle_rate": rate, "speed_probe_s": probe.median_s, "decode_loop": decoding,
+    return level, {"per_turn": per_turn, "idle_rate": rate, "speed_probe_s": probe.median_s,
+                   "decode_loop": decode_loop_counters(loops[0], loops[1]),
                    "store_cycle_cpu_s": store_cycle,
                    "serial_share": shares, "fixed_share": fixed, "store_calls": store_calls,
                    "updater_read_share": read_share(held0, held1),
@@ -294,7 +294,8 @@ def calibrate(url: str, args: argparse.Namespace, idle_s: float = 4.0) -> tuple[
                             "update_batches": update_batches(counters0, counters1),
                             "decode_loop": decode_loop_counters(loop0, loop1),
                             "tokens": [int(x) for per_turn in many["samples"]["completion_tokens"] for x in per_turn]},
-                   "short": {"max_tokens": SHORT_MAX_TOKENS, "cpu_per_turn": short_per_turn, "decode_loop": short_decoding,
+                   "short": {"max_tokens": SHORT_MAX_TOKENS, "cpu_per_turn": short_per_turn,
+                             "decode_loop": decode_loop_counters(loops[1], loops[2]),
                              "answer_tokens": sum(short_tokens) / len(short_tokens), "tokens": short_tokens,
                              "chunks": short["tokens"]["chunks_per_turn_mean"],
                              "long_chunks": level["tokens"]["chunks_per_turn_mean"],
