@@ -34,7 +34,7 @@ from rxt_dist.eval import simcheck
 from rxt_dist.eval.calibrate import (MACHINE_WAKE_WEIGHT, fit_fixed_shares, fit_timing_cv, fit_to_calibration,
                                      fit_update_transit, fit_wake_weight, fit_wake_weight_to_decoding,
                                      pooled_wake_weight)
-from rxt_dist.eval.capacity import STORE_CALLS, CostProfile, ServingPath, Workload
+from rxt_dist.eval.capacity import STORE_CALLS, CostProfile, ServingPath, Workload, speed_trace
 from rxt_dist.eval.report import load_average, machine_info, write_json_atomic
 from rxt_dist.eval.simcheck import SPEED_READINGS, check_table, compare
 from rxt_dist.eval.simulate import Replicas, simulate
@@ -95,6 +95,11 @@ WARM_UP_TURNS = 128
 figures of 60 within (the S = 1 update lag +8% against +25% on average)."""
 
 
+STEADY_HELP = ("simulate a steady machine: no speed trace (by default the simulation runs at the speed the "
+               "speed probe read from moment to moment, the calibration's when fitting, each level's own when "
+               "checking it)")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
@@ -111,6 +116,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         s.add_argument("--max-tokens", type=int, default=32)
         s.add_argument("--out", default="docs/bench/capacity-profile-cpu.json")
         s.add_argument("--wake-weight", type=wake_weight_arg, default=AUTO, help=WAKE_WEIGHT_HELP)
+        s.add_argument("--steady", action="store_true", help=STEADY_HELP)
     check = sub.choices["check"]
     check.add_argument("--sessions", type=int, nargs="+", default=[1, 8, 32])
     check.add_argument("--turns", type=int, default=8)
@@ -129,6 +135,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     cmp_.add_argument("--wake-weight", type=wake_weight_arg, default=AUTO,
                       help=f"with --refit: {WAKE_WEIGHT_HELP}")
     cmp_.add_argument("--speed-from", choices=sorted(SPEED_READINGS), help=SPEED_FROM_HELP)
+    cmp_.add_argument("--steady", action="store_true", help=STEADY_HELP + " (with --refit: fitted so too)")
     ww = sub.add_parser("wake-weight", help="the wake weight that fits many stored profiles' busy calibration level")
     ww.add_argument("--profiles", nargs="+", required=True,
                     help="profile JSON files written by profile or check on the machine to fit")
@@ -283,6 +290,7 @@ def calibrate(url: str, args: argparse.Namespace, idle_s: float = 4.0) -> tuple[
     fixed = {role: _fixed_share(per_turn[role], many_per_turn[role], in_flight) for role in per_turn}
     turns = level["requests"] + 2
     return level, {"per_turn": per_turn, "idle_rate": rate, "speed_probe_s": probe.median_s,
+                   "speed_probe_pieces_s": probe.rounded_pieces(),
                    "decode_loop": decode_loop_counters(loops[0], loops[1]),
                    "store_cycle_cpu_s": store_cycle,
                    "serial_share": shares, "fixed_share": fixed, "store_calls": store_calls,
@@ -453,12 +461,13 @@ def build_profile(args: argparse.Namespace, url: str, app_args: dict | None = No
         decode_step_s=costs["decode_step_s"], prefill_s=costs["prefill_s"],
         prefill_length_s=costs["prefill_length_s"], consolidate_s=costs["consolidate_s"],
         stm_bytes=sizes, storage=storage, path=ServingPath(**path), timing_cv=costs["timing_cv"],
-        stalls=stalls,
+        stalls=stalls, speed_trace=[] if args.steady else speed_trace(cpu["speed_probe_pieces_s"]),
         extra={"load_average_before": load_before, "load_average_after": load_average(), "slowdown": k,
                # the reference load: the one measured right after the model timings, which make up
                # most of the profile's times (a burst before the calibration must not set it)
                "environment": {"slowdown": env_after["slowdown"], "before": env_before, "after": env_after,
                                "speed_probe_s": cpu["speed_probe_s"],
+                               "speed_probe_pieces_s": cpu["speed_probe_pieces_s"],
                                "store_cycle_cpu_s": cpu["store_cycle_cpu_s"]},
                "model_cpu_s": costs["cpu_s"], "calibration": {
                    "sessions": 1, "turns": turns, "think_time_s": args.calibration_think_s,
@@ -549,8 +558,8 @@ def play_levels(url: str, server: dict, args: argparse.Namespace, command: str) 
         level["update_batches"] = update_batches(batches0, batches1)
         level["decode_steps"] = loop1["steps"] - loop0["steps"]  # one Generator replica (the check's app runs one)
         level["decode_loop"] = decode_loop_counters(loop0, loop1)
-        level["environment"] = {**env, "speed_probe_s": probe.median_s, "store_cycle_cpu_s": store_cycle,
-                                "replay": replay}
+        level["environment"] = {**env, "speed_probe_s": probe.median_s, "speed_probe_pieces_s": probe.rounded_pieces(),
+                                "store_cycle_cpu_s": store_cycle, "replay": replay}
         turns = max(1, level["requests"] + cfg.warmup_turns)  # the warm-up's CPU is in the window too
         level["cpu_s_per_turn"] = {role: (cpu1[role] - cpu0[role]) / turns for role in cpu1}
         level["cpu_s_per_turn"]["client"] = (client1 - client0) / turns
@@ -575,7 +584,7 @@ def write_check(profile: CostProfile, report: dict, args: argparse.Namespace, co
     rows = compare(profile, report["levels"], server.get("stream_interval_s", 0.0),
                    server.get("stream_chunks_per_s", 0.0),  # absent from reports before the budget: none
                    report.get("config", {}).get("poll_interval_s", 0.0),  # each round's last commit, polled
-                   speed_from=args.speed_from)
+                   speed_from=args.speed_from, traced=not args.steady)
     write_json_atomic(args.check_out, {"command": command, "tolerance": simcheck.TOLERANCE, "profile": args.out,
                                        "benchmark": args.bench_out, "machine": machine_info(), "levels": rows,
                                        "all_within_tolerance": all(r["within_tolerance"] for r in rows)})
@@ -707,14 +716,17 @@ def fit_sharing(profile: CostProfile, wake_weight: float | str | None) -> CostPr
     return dataclasses.replace(profile, path=dataclasses.replace(profile.path, update_transit_per_turn_s=per_turn))
 
 
-def refit(profile: CostProfile, wake_weight: float | str | None) -> CostProfile:
+def refit(profile: CostProfile, wake_weight: float | str | None, steady: bool = False) -> CostProfile:
     """The profile's serving-path shares and latencies fitted again to its stored calibration
     figures with the current simulation (after a change to the simulation, without measuring),
     from where the profile command started: the path as measured (``extra.path_before_fit``)
     and the model's own jitter (``extra.model_timing_cv``), so that a refit with the code and
     weight of the profile gives back its fit. A profile stored before it kept the measured path
-    is refitted from its fitted one."""
+    is refitted from its fitted one. The speed trace is the calibration's speed probe's where it
+    recorded its pieces (none with ``steady``)."""
     c = profile.extra["calibration"]
+    pieces = profile.extra.get("environment", {}).get("speed_probe_pieces_s") or []
+    profile = dataclasses.replace(profile, speed_trace=[] if steady else speed_trace(pieces))
     measured = profile.extra.get("path_before_fit")
     if measured:
         known = {f.name for f in dataclasses.fields(ServingPath)}
@@ -733,7 +745,7 @@ def run_compare(args: argparse.Namespace) -> None:
     if args.refit:
         with open(args.profile, encoding="utf-8") as f:
             measured_by = json.load(f).get("command")
-        profile = refit(profile, args.wake_weight)
+        profile = refit(profile, args.wake_weight, steady=args.steady)
         write_json_atomic(args.profile, {"command": measured_by, **profile.to_dict()})
     with open(args.benchmark, encoding="utf-8") as f:
         report = json.load(f)

@@ -18,6 +18,8 @@ import bisect
 import dataclasses
 import json
 import math
+import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -284,6 +286,11 @@ class CostProfile:
     stalls: dict[str, Any] = field(default_factory=lambda: {"rate_per_s": 0.0, "durations_s": []})
     """Moments the whole machine stopped for us (a probe thread's 5 ms sleep overslept by more
     than ``STALL_THRESHOLD_S``): how often per second, and how long each one was."""
+    speed_trace: list[float] = field(default_factory=list)
+    """The machine's speed over time relative to its average, one value per
+    ``SPEED_TRACE_PERIOD_S`` (:func:`speed_trace`, from the speed probe's pieces while the
+    calibration played): the simulated CPU runs at that speed, the trace replayed from a seeded
+    point and cycled. Empty: a steady machine."""
     assumed: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
     """Provenance: load average, slowdown, the calibration run's figures."""
@@ -298,7 +305,7 @@ class CostProfile:
             setattr(self, name, monotone(table))
 
     def in_environment(self, slowdown: float, stalls: dict[str, Any] | None = None,
-                       speed_ratio: float | None = None) -> CostProfile:
+                       speed_ratio: float | None = None, trace: list[float] | None = None) -> CostProfile:
         """This profile on the same machine under another load: every time that is work (model
         operations, the serving path's work and its fixed latencies) scaled from the slowdown
         the profile was measured at to ``slowdown``, the other load and the stalls as measured
@@ -306,7 +313,8 @@ class CostProfile:
         ``speed_ratio`` (a reading of the machine's speed now over the same reading when the
         profile was measured: the CPU time the same work takes now, relative;
         :func:`rxt_dist.eval.simcheck.speed_ratio`), scaled by it too — the work per CPU second
-        the machine lost or gained since."""
+        the machine lost or gained since; with ``trace`` (:func:`speed_trace` of the speed probe
+        read meanwhile), the machine's speed from moment to moment as it was then."""
         base = self.extra.get("environment", {}).get("slowdown", 1.0)
         f = slowdown / base
         if speed_ratio:
@@ -325,6 +333,7 @@ class CostProfile:
             self, decode_step_s=scaled(self.decode_step_s), prefill_s=scaled(self.prefill_s),
             prefill_length_s=scaled(self.prefill_length_s), consolidate_s=scaled(self.consolidate_s), path=path,
             stalls=stalls if stalls is not None else self.stalls,
+            speed_trace=list(trace) if trace is not None else self.speed_trace,
             extra={**self.extra, "environment": {"slowdown": slowdown}, "profiled_at_slowdown": base})
 
     def decode_step(self, batch: float) -> float:
@@ -366,6 +375,30 @@ class CostProfile:
             return cls.from_dict(json.loads(Path(path).read_text()))
         except (TypeError, KeyError) as exc:
             raise ValueError(f"{path}: not a cost profile ({exc})") from None
+
+
+SPEED_TRACE_PERIOD_S = 0.1
+"""Seconds per value of a :attr:`CostProfile.speed_trace` (the speed probe's period)."""
+
+
+def speed_trace(pieces: Sequence[float]) -> list[float]:
+    """The machine's speed at each of the speed probe's pieces relative to its typical speed
+    over all of them: their geometric mean piece time ÷ each piece's (0.8 where the same work
+    took 25% longer), so that slow and fast stretches balance (the mean log speed is 0) and the
+    simulation runs at the profile's speed in the middle.
+    The probe times a fixed piece of work in CPU seconds every ``SPEED_TRACE_PERIOD_S``; on this
+    VM its pieces vary by ±25% from one to the next even with nothing else running, and
+    neighbouring pieces go together (slow and fast stretches of a fraction of a second to
+    seconds that every process on the machine shares), which a jitter drawn for each job
+    alone cannot give. Empty for fewer than ``MIN_TRACE_PIECES`` pieces (too short to say)."""
+    values = [float(x) for x in pieces if x and x > 0]
+    if len(values) < MIN_TRACE_PIECES:
+        return []
+    typical = statistics.geometric_mean(values)
+    return [round(typical / x, 4) for x in values]
+
+
+MIN_TRACE_PIECES = 20
 
 
 @dataclass

@@ -51,6 +51,9 @@ class CPU:
 
     def __init__(self, sim: Sim, speed: Callable[[int], float], wake_weight: float = 1.0) -> None:
         self.sim, self.speed, self.wake_weight = sim, speed, wake_weight
+        self.machine = 1.0
+        """The whole machine's speed now relative to its usual (:meth:`set_machine_speed`):
+        every job advances at its share × this."""
         self.jobs: dict[int, list] = {}  # id → [remaining seconds of lone work, callback, weight]
         self._rates: dict[int, float] = {}
         self._ids = itertools.count()
@@ -72,6 +75,15 @@ class CPU:
             self._schedule()
 
         self.sim.after(seconds, thaw)
+
+    def set_machine_speed(self, speed: float) -> None:
+        """From now on the machine gets ``speed`` × its usual work done per second (a slow or
+        fast stretch every process shares)."""
+        if speed <= 0:
+            raise ValueError(f"machine speed {speed}: must be > 0")
+        self._advance()
+        self.machine = speed
+        self._schedule()
 
     def run(self, seconds: float, then: Callable[[], None], hog: bool = False) -> None:
         if seconds <= 0:
@@ -111,7 +123,7 @@ class CPU:
     def _schedule(self) -> None:
         self._version += 1
         if self.jobs and not self.frozen:
-            self._rates = self._share()
+            self._rates = {k: rate * self.machine for k, rate in self._share().items()}
             left = min(max(0.0, job[0]) / self._rates[k] for k, job in self.jobs.items())
             version = self._version
             self.sim.after(left, lambda: self._finish(version))

@@ -190,7 +190,8 @@ class SpeedProbe:
     sees time taken away from a process; this sees the machine getting less done per CPU
     second (other tenants in shared caches or on a sibling thread), which moves the serving
     processes' CPU per turn by ±20% from minute to minute on a VM. ``median_s``: the piece's
-    median CPU time over the ``with`` block (None until it ends, or if no piece ran).
+    median CPU time over the ``with`` block (None until it ends, or if no piece ran); ``pieces``
+    each piece's, in order.
     At the default period it takes ~3% of one core."""
 
     def __init__(self, period_s: float = 0.1) -> None:
@@ -229,6 +230,11 @@ class SpeedProbe:
             self._proc.wait()
         self._reader.join(timeout=5)
         self.median_s = statistics.median(self.pieces) if self.pieces else None
+
+    def rounded_pieces(self) -> list[float]:
+        """Every piece's CPU seconds in the order they ran (µs resolution, for a report):
+        the machine's speed over time (:func:`rxt_dist.eval.capacity.speed_trace`)."""
+        return [round(x, 6) for x in self.pieces]
 
 
 # -- session storage tiers --------------------------------------------------------------------

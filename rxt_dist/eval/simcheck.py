@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from rxt_dist.eval.capacity import CostProfile, Workload
+from rxt_dist.eval.capacity import CostProfile, Workload, speed_trace
 from rxt_dist.eval.simulate import Replicas, simulate
 
 TOLERANCE = 0.25
@@ -85,7 +85,7 @@ def speed_ratio(profile: CostProfile, env: dict[str, Any] | None, speed_from: st
 
 def compare(profile: CostProfile, levels: list[dict], stream_interval_s: float | None = None,
             stream_chunks_per_s: float | None = None, settle_poll_s: float = 0.0,
-            speed_from: str | None = None) -> list[dict[str, Any]]:
+            speed_from: str | None = None, traced: bool = True) -> list[dict[str, Any]]:
     """Per level: the simulation with the profile moved to the load measured right before the
     level (``CostProfile.in_environment``; with ``speed_from`` also scaled by the ratio of a
     reading of the machine's speed at the level to the same reading at the calibration:
@@ -94,8 +94,10 @@ def compare(profile: CostProfile, levels: list[dict], stream_interval_s: float |
     calibration right before each — :func:`speed_ratio`),
     streaming as the measured application did (``stream_interval_s``,
     ``stream_chunks_per_s``; None: the profile's), its rounds ending as
-    the benchmark's do (``settle_poll_s``, :func:`simulate_level`), against what the benchmark
-    measured."""
+    the benchmark's do (``settle_poll_s``, :func:`simulate_level`), the machine's speed from
+    moment to moment as the speed probe read it during the level (``traced``; the profile's
+    own trace for a level without one; none at all without ``traced``), against what the
+    benchmark measured."""
     if speed_from is not None and speed_from not in SPEED_READINGS:
         raise ValueError(f"speed_from={speed_from!r}: one of {sorted(SPEED_READINGS)}, or None")
     rows = []
@@ -107,7 +109,10 @@ def compare(profile: CostProfile, levels: list[dict], stream_interval_s: float |
     for level in levels:
         env = level.get("environment")
         ratio = speed_ratio(profile, env, speed_from)
-        here = profile if env is None else profile.in_environment(env["slowdown"], env["stalls"], ratio)
+        trace = speed_trace((env or {}).get("speed_probe_pieces_s") or []) if traced else []
+        here = profile if env is None else profile.in_environment(env["slowdown"], env["stalls"], ratio, trace or None)
+        if not traced:
+            here = dataclasses.replace(here, speed_trace=[])
         sim, real = simulate_level(here, level, settle_poll_s=settle_poll_s), measured_figures(level)
         errors = {key: (sim[key] / real[key] - 1) if real[key] else None for key, _ in CHECKED}
         rows.append({"sessions": level["sessions"], "measured": real,
@@ -119,6 +124,7 @@ def compare(profile: CostProfile, levels: list[dict], stream_interval_s: float |
                      "load_average": [level["load_average_before"], level["load_average_after"]],
                      "environment": {"slowdown": env["slowdown"] if env else None, "profiled_at": base,
                                      "speed_from": speed_from, "speed_ratio": ratio,
+                                     "speed_trace_values": len(here.speed_trace),
                                      "replay_cpu_s": replay_cpu_s(env["replay"]["cpu_s_per_turn"])
                                      if env and env.get("replay") else None,
                                      "profiled_replay_cpu_s": replay_cpu_s(profile.extra.get("calibration", {}).get(

@@ -35,7 +35,9 @@ What it plays, per session (closed loop, as the serving benchmark drives the app
 
 Each process is a :class:`~rxt_dist.eval.des.Server` on one shared CPU (:mod:`rxt_dist.eval.des`).
 Every service time is multiplied by a log-normal jitter with the profile's ``timing_cv``
-(seeded). Plain Python with a heap; about a million events per ten seconds.
+(seeded), and with a ``speed_trace`` the whole CPU runs at the machine's measured speed of the
+moment (the trace replayed from a seeded point): slow stretches that every process shares.
+Plain Python with a heap; about a million events per ten seconds.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ from typing import Any
 
 import numpy as np
 
-from rxt_dist.eval.capacity import STREAM_ROLES, CostProfile, Workload
+from rxt_dist.eval.capacity import SPEED_TRACE_PERIOD_S, STREAM_ROLES, CostProfile, Workload
 from rxt_dist.eval.des import Server, Sim
 
 
@@ -514,6 +516,8 @@ class Graph:
         self._stall_rate = p.stalls.get("rate_per_s", 0.0) if p.stalls.get("durations_s") else 0.0
         if self._stall_rate > 0:
             self._next_stall()
+        if p.speed_trace:
+            self._speed_at(self.sim.rng.randrange(len(p.speed_trace)))
         for s in self.sessions:
             self.sim.at(ramp_s * s.index / w.sessions, lambda s=s: self._start_turn(s))
 
@@ -569,6 +573,14 @@ class Graph:
                 self._next_stall()
 
         self.sim.after(self.sim.rng.expovariate(self._stall_rate), stall)
+
+    def _speed_at(self, i: int) -> None:
+        """The machine's speed from the profile's trace, one value per period from its ``i``-th
+        on (cycled), while any session plays."""
+        trace = self.p.speed_trace
+        self.sim.cpu.set_machine_speed(trace[i % len(trace)])
+        if self.active > 0:
+            self.sim.after(SPEED_TRACE_PERIOD_S, lambda: self._speed_at(i + 1))
 
     def run(self) -> dict[str, Any]:
         self.sim.run()

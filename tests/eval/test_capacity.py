@@ -736,3 +736,63 @@ def test_the_short_calibration_level_is_left_out_where_it_cannot_tell_chunks_fro
     assert short_calibration(long, {**short, "long_chunks": 2.5}) is None
     assert short_calibration(long, None) is None
     assert short_calibration(long, {k: v for k, v in short.items() if k != "long_chunks"}) is not None
+
+
+def test_the_speed_trace_is_the_probes_pieces_against_their_typical_time():
+    """A piece that took twice the typical time is the machine at half speed; slow and fast
+    stretches balance in log terms; too few pieces say nothing."""
+    from rxt_dist.eval.capacity import MIN_TRACE_PIECES, speed_trace
+
+    pieces = [0.002] * 20 + [0.004, 0.001]  # geometric mean 0.002
+    trace = speed_trace(pieces)
+    assert trace[:20] == [1.0] * 20 and trace[20] == 0.5 and trace[21] == 2.0
+    assert math.isclose(sum(math.log(x) for x in trace), 0.0, abs_tol=1e-3)
+    assert speed_trace([0.002] * (MIN_TRACE_PIECES - 1)) == []
+    assert speed_trace([0.0, None] * 20) == []  # nothing measured
+
+
+def test_the_machines_speed_slows_every_job_alike_from_the_moment_it_changes():
+    from rxt_dist.eval.des import Sim
+
+    sim = Sim(seed=0, cv=0.0)
+    done: dict[str, float] = {}
+    sim.cpu.run(0.010, lambda: done.__setitem__("a", sim.now))
+    sim.after(0.004, lambda: sim.cpu.set_machine_speed(0.5))  # 4 ms at full speed, then half
+    sim.run()
+    assert done["a"] == pytest.approx(0.004 + 0.006 / 0.5)
+    with pytest.raises(ValueError, match="machine speed 0"):
+        sim.cpu.set_machine_speed(0)
+
+
+def test_a_traced_machine_widens_the_tail_and_a_steady_trace_changes_nothing():
+    """Slow stretches every process shares stretch the turns that fall in them together: the
+    simulated TTFT tail grows with a trace that alternates slow and fast, and a trace of ones
+    simulates what no trace does (the same seed)."""
+    w = Workload(sessions=4, think_time_s=0.05, answer_tokens=6, turns=10)
+    steady = simulate(profile(), w, seed=3)
+    ones = simulate(dataclasses.replace(profile(), speed_trace=[1.0] * 30), w, seed=3)
+    assert {k: ones[k] for k in ("ttft_p50_s", "ttft_p99_s", "tokens_per_s")} == pytest.approx(
+        {k: steady[k] for k in ("ttft_p50_s", "ttft_p99_s", "tokens_per_s")})
+    wavy = simulate(dataclasses.replace(profile(), speed_trace=([0.5] * 5 + [2.0] * 5) * 3), w, seed=3)
+    assert wavy["ttft_p99_s"] > 1.2 * steady["ttft_p99_s"]
+
+
+def test_the_check_simulates_each_level_at_its_own_traced_speed_unless_told_steady():
+    """A level that recorded the speed probe's pieces is simulated on that trace (the check says
+    how many values it had); ``traced=False`` simulates the steady machine whatever was read."""
+    from pathlib import Path
+
+    from rxt_dist.eval.simcheck import compare
+
+    study = Path(__file__).resolve().parents[2] / "docs" / "bench" / "study"
+    p = CostProfile.from_file(study / "capacity-profile-pw1.json")
+    level = json.loads((study / "capacity-serving-pw1.json").read_text())["levels"][0]
+    assert "speed_probe_pieces_s" not in level["environment"]  # stored before the pieces were
+    before = compare(p, [level])[0]
+    assert before["environment"]["speed_trace_values"] == 0
+    traced = json.loads(json.dumps(level))
+    traced["environment"]["speed_probe_pieces_s"] = [0.002, 0.002, 0.008, 0.008, 0.0005] * 10
+    on, off = compare(p, [traced])[0], compare(p, [traced], traced=False)[0]
+    assert on["environment"]["speed_trace_values"] == 50 and off["environment"]["speed_trace_values"] == 0
+    assert off["simulated"] == before["simulated"]
+    assert on["simulated"]["ttft_p99_s"] != off["simulated"]["ttft_p99_s"]
