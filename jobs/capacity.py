@@ -95,9 +95,9 @@ WARM_UP_TURNS = 128
 figures of 60 within (the S = 1 update lag +8% against +25% on average)."""
 
 
-STEADY_HELP = ("simulate a steady machine: no speed trace (by default the simulation runs at the speed the "
-               "speed probe read from moment to moment, the calibration's when fitting, each level's own when "
-               "checking it)")
+SPEED_TRACE_HELP = ("simulate the machine at the speed the speed probe read from moment to moment: the "
+                    "calibration's trace when fitting, each level's own when checking it (by default a steady "
+                    "machine: over four checks it gained nothing measurable, docs/BENCHMARKS.md)")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -116,7 +116,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         s.add_argument("--max-tokens", type=int, default=32)
         s.add_argument("--out", default="docs/bench/capacity-profile-cpu.json")
         s.add_argument("--wake-weight", type=wake_weight_arg, default=AUTO, help=WAKE_WEIGHT_HELP)
-        s.add_argument("--steady", action="store_true", help=STEADY_HELP)
+        s.add_argument("--speed-trace", action="store_true", help=SPEED_TRACE_HELP)
     check = sub.choices["check"]
     check.add_argument("--sessions", type=int, nargs="+", default=[1, 8, 32])
     check.add_argument("--turns", type=int, default=8)
@@ -135,7 +135,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     cmp_.add_argument("--wake-weight", type=wake_weight_arg, default=AUTO,
                       help=f"with --refit: {WAKE_WEIGHT_HELP}")
     cmp_.add_argument("--speed-from", choices=sorted(SPEED_READINGS), help=SPEED_FROM_HELP)
-    cmp_.add_argument("--steady", action="store_true", help=STEADY_HELP + " (with --refit: fitted so too)")
+    cmp_.add_argument("--speed-trace", action="store_true", help=SPEED_TRACE_HELP + " (with --refit: fitted so too)")
     ww = sub.add_parser("wake-weight", help="the wake weight that fits many stored profiles' busy calibration level")
     ww.add_argument("--profiles", nargs="+", required=True,
                     help="profile JSON files written by profile or check on the machine to fit")
@@ -461,7 +461,7 @@ def build_profile(args: argparse.Namespace, url: str, app_args: dict | None = No
         decode_step_s=costs["decode_step_s"], prefill_s=costs["prefill_s"],
         prefill_length_s=costs["prefill_length_s"], consolidate_s=costs["consolidate_s"],
         stm_bytes=sizes, storage=storage, path=ServingPath(**path), timing_cv=costs["timing_cv"],
-        stalls=stalls, speed_trace=[] if args.steady else speed_trace(cpu["speed_probe_pieces_s"]),
+        stalls=stalls, speed_trace=speed_trace(cpu["speed_probe_pieces_s"]) if args.speed_trace else [],
         extra={"load_average_before": load_before, "load_average_after": load_average(), "slowdown": k,
                # the reference load: the one measured right after the model timings, which make up
                # most of the profile's times (a burst before the calibration must not set it)
@@ -584,7 +584,7 @@ def write_check(profile: CostProfile, report: dict, args: argparse.Namespace, co
     rows = compare(profile, report["levels"], server.get("stream_interval_s", 0.0),
                    server.get("stream_chunks_per_s", 0.0),  # absent from reports before the budget: none
                    report.get("config", {}).get("poll_interval_s", 0.0),  # each round's last commit, polled
-                   speed_from=args.speed_from, traced=not args.steady)
+                   speed_from=args.speed_from, traced=args.speed_trace)
     write_json_atomic(args.check_out, {"command": command, "tolerance": simcheck.TOLERANCE, "profile": args.out,
                                        "benchmark": args.bench_out, "machine": machine_info(), "levels": rows,
                                        "all_within_tolerance": all(r["within_tolerance"] for r in rows)})
@@ -716,17 +716,17 @@ def fit_sharing(profile: CostProfile, wake_weight: float | str | None) -> CostPr
     return dataclasses.replace(profile, path=dataclasses.replace(profile.path, update_transit_per_turn_s=per_turn))
 
 
-def refit(profile: CostProfile, wake_weight: float | str | None, steady: bool = False) -> CostProfile:
+def refit(profile: CostProfile, wake_weight: float | str | None, traced: bool = False) -> CostProfile:
     """The profile's serving-path shares and latencies fitted again to its stored calibration
     figures with the current simulation (after a change to the simulation, without measuring),
     from where the profile command started: the path as measured (``extra.path_before_fit``)
     and the model's own jitter (``extra.model_timing_cv``), so that a refit with the code and
     weight of the profile gives back its fit. A profile stored before it kept the measured path
-    is refitted from its fitted one. The speed trace is the calibration's speed probe's where it
-    recorded its pieces (none with ``steady``)."""
+    is refitted from its fitted one. With ``traced``, on the speed trace of the calibration's
+    speed probe where it recorded its pieces; else on a steady machine."""
     c = profile.extra["calibration"]
     pieces = profile.extra.get("environment", {}).get("speed_probe_pieces_s") or []
-    profile = dataclasses.replace(profile, speed_trace=[] if steady else speed_trace(pieces))
+    profile = dataclasses.replace(profile, speed_trace=speed_trace(pieces) if traced else [])
     measured = profile.extra.get("path_before_fit")
     if measured:
         known = {f.name for f in dataclasses.fields(ServingPath)}
@@ -745,7 +745,7 @@ def run_compare(args: argparse.Namespace) -> None:
     if args.refit:
         with open(args.profile, encoding="utf-8") as f:
             measured_by = json.load(f).get("command")
-        profile = refit(profile, args.wake_weight, steady=args.steady)
+        profile = refit(profile, args.wake_weight, traced=args.speed_trace)
         write_json_atomic(args.profile, {"command": measured_by, **profile.to_dict()})
     with open(args.benchmark, encoding="utf-8") as f:
         report = json.load(f)

@@ -85,7 +85,7 @@ def speed_ratio(profile: CostProfile, env: dict[str, Any] | None, speed_from: st
 
 def compare(profile: CostProfile, levels: list[dict], stream_interval_s: float | None = None,
             stream_chunks_per_s: float | None = None, settle_poll_s: float = 0.0,
-            speed_from: str | None = None, traced: bool = True) -> list[dict[str, Any]]:
+            speed_from: str | None = None, traced: bool = False) -> list[dict[str, Any]]:
     """Per level: the simulation with the profile moved to the load measured right before the
     level (``CostProfile.in_environment``; with ``speed_from`` also scaled by the ratio of a
     reading of the machine's speed at the level to the same reading at the calibration:
@@ -94,10 +94,10 @@ def compare(profile: CostProfile, levels: list[dict], stream_interval_s: float |
     calibration right before each — :func:`speed_ratio`),
     streaming as the measured application did (``stream_interval_s``,
     ``stream_chunks_per_s``; None: the profile's), its rounds ending as
-    the benchmark's do (``settle_poll_s``, :func:`simulate_level`), the machine's speed from
-    moment to moment as the speed probe read it during the level (``traced``; the profile's
-    own trace for a level without one; none at all without ``traced``), against what the
-    benchmark measured."""
+    the benchmark's do (``settle_poll_s``, :func:`simulate_level`), with ``traced`` the
+    machine's speed from moment to moment as the speed probe read it during the level (the
+    profile's own trace for a level without one; without ``traced`` a steady machine, whatever
+    the profile holds), against what the benchmark measured."""
     if speed_from is not None and speed_from not in SPEED_READINGS:
         raise ValueError(f"speed_from={speed_from!r}: one of {sorted(SPEED_READINGS)}, or None")
     rows = []

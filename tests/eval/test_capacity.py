@@ -777,9 +777,9 @@ def test_a_traced_machine_widens_the_tail_and_a_steady_trace_changes_nothing():
     assert wavy["ttft_p99_s"] > 1.2 * steady["ttft_p99_s"]
 
 
-def test_the_check_simulates_each_level_at_its_own_traced_speed_unless_told_steady():
-    """A level that recorded the speed probe's pieces is simulated on that trace (the check says
-    how many values it had); ``traced=False`` simulates the steady machine whatever was read."""
+def test_the_check_simulates_a_level_at_its_own_traced_speed_only_when_asked():
+    """With ``traced`` a level that recorded the speed probe's pieces is simulated on that trace
+    (the check says how many values it had); by default the steady machine, whatever was read."""
     from pathlib import Path
 
     from rxt_dist.eval.simcheck import compare
@@ -792,7 +792,7 @@ def test_the_check_simulates_each_level_at_its_own_traced_speed_unless_told_stea
     assert before["environment"]["speed_trace_values"] == 0
     traced = json.loads(json.dumps(level))
     traced["environment"]["speed_probe_pieces_s"] = [0.002, 0.002, 0.008, 0.008, 0.0005] * 10
-    on, off = compare(p, [traced])[0], compare(p, [traced], traced=False)[0]
+    on, off = compare(p, [traced], traced=True)[0], compare(p, [traced])[0]
     assert on["environment"]["speed_trace_values"] == 50 and off["environment"]["speed_trace_values"] == 0
     assert off["simulated"] == before["simulated"]
     assert on["simulated"]["ttft_p99_s"] != off["simulated"]["ttft_p99_s"]
