@@ -118,7 +118,8 @@ class ServingPath:
     when that is longer (0: no budget)."""
     updater_batch_s: float = 0.0
     """The MemoryUpdater's work outside the model per *batch* (gathering its calls, handing the
-    batch to the consolidating thread), half before its reads and half before its commits.
+    batch to the consolidating thread, answering its calls), half before its commits and half
+    after them (none before its reads: the application's read phase is short).
     When set, ``updater_item_s`` is each update's own work, all of it on receipt of the call,
     and the updater's work is not also shared through ``fixed_share``. Fitted from the CPU per
     update at two batch sizes (calibration levels A and B, with the updater's batch counters)."""

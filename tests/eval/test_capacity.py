@@ -240,11 +240,14 @@ def test_a_time_sliced_stream_sends_fewer_chunks_and_the_first_at_once():
 
 
 def test_an_update_batch_pays_its_own_work_once():
-    """``updater_batch_s`` is paid once per batch (half before the reads, half before the
-    commits), ``updater_item_s`` once per update on receipt; two batch sizes tell them apart."""
+    """``updater_batch_s`` is paid once per batch — half before the commits (in the update lag),
+    half after them (the batch lasts it all, the lag does not) — ``updater_item_s`` once per
+    update on receipt; two batch sizes tell them apart."""
     path = ServingPath(update_batch_wait_s=0.0, cores=1e9, updater_item_s=0.002, updater_batch_s=0.006)
     r = simulate(profile(path), Workload(sessions=1, think_time_s=0.5, answer_tokens=4, turns=3), stops_early=False)
-    assert r["update_lag_p50_s"] == pytest.approx(0.002 + 0.006 + CONSOLIDATE, rel=1e-9)
+    assert r["update_lag_p50_s"] == pytest.approx(0.002 + 0.003 + CONSOLIDATE, rel=1e-9)
+    assert r["busy"]["update_batch_s"] == pytest.approx(0.006 + CONSOLIDATE, rel=1e-9)
+    assert r["busy"]["update_read_s"] == pytest.approx(0.0, abs=1e-12)  # none of it before the reads
     item, batch = split_per_batch(0.008, 0.002 + 0.006 / 4, 4)
     assert (item, batch) == (pytest.approx(0.002), pytest.approx(0.006))
     assert split_per_batch(0.008, 0.0079, 1.05) == (0.008, 0.0)  # batches of one: all per update
