@@ -380,6 +380,8 @@ class CostProfile:
 
 SPEED_TRACE_PERIOD_S = 0.1
 """Seconds per value of a :attr:`CostProfile.speed_trace` (the speed probe's period)."""
+MIN_TRACE_PIECES = 20
+"""Fewer probe pieces than this make no trace (too short to say)."""
 
 
 def speed_trace(pieces: Sequence[float]) -> list[float]:
@@ -397,9 +399,6 @@ def speed_trace(pieces: Sequence[float]) -> list[float]:
         return []
     typical = statistics.geometric_mean(values)
     return [round(typical / x, 4) for x in values]
-
-
-MIN_TRACE_PIECES = 20
 
 
 @dataclass
