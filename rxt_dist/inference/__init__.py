@@ -12,9 +12,9 @@ from rxt_dist.inference.engine import (
     respond_stateless,
     system_prompt_stm,
 )
-from rxt_dist.inference.sampling import SamplingParams, filter_logits, sample_next
+from rxt_dist.inference.sampling import SamplingParams, filter_logits, greedy_tokens, sample_next
 
 __all__ = [
     "CompiledDecoder", "CompiledMemoryUpdate", "DecodeBatch", "compiled_or_eager", "TokenEvent", "collect", "consolidate", "generate",
-    "pad_batch", "respond", "respond_stateless", "system_prompt_stm", "SamplingParams", "filter_logits", "sample_next",
+    "pad_batch", "respond", "respond_stateless", "system_prompt_stm", "SamplingParams", "filter_logits", "greedy_tokens", "sample_next",
 ]

@@ -147,12 +147,14 @@ def _attend_one(attn: Attention, q: Tensor, k: Tensor, v: Tensor, mask: Tensor |
     """Attention of one query per row, q (B, N, 1, H), over k/v (B, Nkv, K, H) with ``mask``
     (B, 1, 1, K) or None, written as plain products over the query heads grouped by their
     key/value head (as SDPA's GQA does); inductor turns these one-query products into a couple of
-    fused reductions instead of calling an attention kernel built for long query blocks.
-    Returns (B, 1, D)."""
+    fused reductions instead of calling an attention kernel built for long query blocks. The
+    query is scaled before its product: scaled after it, an unmasked attention (the memory's)
+    matched inductor's attention pattern and went to the flash kernel, slower for one query
+    (docs/BENCHMARKS.md). Returns (B, 1, D)."""
     B, N, _, H = q.shape
     group = N // attn.n_kv
-    qg = q.view(B, attn.n_kv, group, H)  # head n = kv·group + j, as SDPA's enable_gqa
-    scores = torch.matmul(qg, k.transpose(-1, -2)) * H ** -0.5  # (B, Nkv, group, K)
+    qg = q.view(B, attn.n_kv, group, H) * H ** -0.5  # head n = kv·group + j, as SDPA's enable_gqa
+    scores = torch.matmul(qg, k.transpose(-1, -2))  # (B, Nkv, group, K)
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))  # mask (B, 1, 1, K)
     weights = scores.float().softmax(dim=-1).to(q.dtype)

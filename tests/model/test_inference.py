@@ -6,6 +6,7 @@ from rxt_dist.inference import (
     consolidate,
     filter_logits,
     generate,
+    greedy_tokens,
     respond,
     respond_stateless,
     system_prompt_stm,
@@ -124,6 +125,18 @@ def test_top_k_and_top_p_filtering():
     assert torch.isfinite(p).tolist() == [True, True, False, False]
     p_small = filter_logits(logits, SamplingParams(temperature=1.0, top_p=0.1))
     assert torch.isfinite(p_small).tolist() == [True, False, False, False]
+
+
+@pytest.mark.parametrize("batch, vocab", [(1, 4096), (32, 4096), (8, 8192), (16, 4100)])
+def test_greedy_tokens_are_argmax_ties_and_nans_included(batch, vocab):
+    gen = torch.Generator().manual_seed(batch)
+    logits = torch.randn(batch, vocab, generator=gen)
+    logits[0, [70, 3000]] = 50.0  # a tie in two blocks: the first wins
+    logits[-1, [1, 2]] = logits[-1].max() + 1  # a tie inside one block
+    logits[batch // 2, [900, 64, 4000]] = float("nan")  # argmax takes NaN as the maximum
+    assert torch.equal(greedy_tokens(logits), logits.argmax(dim=-1))
+    transposed = logits.T.contiguous().T  # the same values in another layout
+    assert torch.equal(greedy_tokens(transposed), logits.argmax(dim=-1))
 
 
 @pytest.mark.parametrize("kwargs, field", [
