@@ -27,9 +27,10 @@ What it plays, per session (closed loop, as the serving benchmark drives the app
    store calls), consolidates the batch, commits its items in one call per store shard (the
    shard's side of a call once, then each item's write); each write releases its session's
    next turn. The batch's own work (``updater_batch_s``) runs half before the commits and half
-   after them, before the next batch. Each of the three calls carries a third of the update's work outside
-   the model (``updater_item_s``) through the replica's process (``Server``: its event-loop
-   share one call after another, the rest alongside), as ``apply_updates`` gathers them.
+   after them, before the next batch. Each of the three calls carries a third of the update's
+   work outside the model (``updater_item_s``) through the replica's process (``Server``: its
+   event-loop share one call after another, the rest alongside), as ``apply_updates`` gathers
+   them.
    The store stamps a commit before it writes the new version (``CostProfile.persist_s``);
    the write's end releases the session's next turn. The update lag is stamp − end of answer,
    as the benchmark measures it (the version's ``memory_committed_at``).
