@@ -9,13 +9,15 @@ The compiled step is the same computation written for a compiler: it reads the w
 preallocated cache (capacity C, masked past each row's length) so no shape depends on the
 lengths, computes the rotary tables once, and lets inductor fuse the norms, rotations, masks and
 residuals into a few kernels. The batch and the capacity are dynamic dimensions, so one
-compilation serves every batch size above 1 (batch 1 gets its own). A mixture-of-experts FFN
-is compiled too, from a stacked copy of its expert weights: one row indexes its chosen experts'
-weights; a batch runs each expert on the rows that chose it only, through one opaque operator
+compilation serves every batch size above 1 (batch 1 gets its own). The step multiplies by a
+copy of the decoder's weights laid out for its products (:class:`StepWeights`: transposed, the
+query, key and value projections side by side). A mixture-of-experts FFN is compiled too, from
+a stacked copy of its expert weights: one row indexes its chosen experts' weights; a batch runs
+each expert on the rows that chose it only, through one opaque operator
 (:func:`routed_experts`) that inductor calls as it is (:func:`_moe_step`).
 
-Same weights and the same operations (the MoE's sums grouped differently): greedy answers
-equal the eager path's (tests).
+Same weights and the same operations (the products' and the MoE's sums grouped differently):
+greedy answers equal the eager path's (tests).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from rxt_dist.model.rxt import MemoryKV, RxTModel
 
 logger = logging.getLogger(__name__)
 
-StepFn = Callable[[Tensor, Tensor, list[Tensor], list[Tensor], MemoryKV, Tensor | None, list], Tensor]
+StepFn = Callable[[Tensor, Tensor, list[Tensor], list[Tensor], MemoryKV, Tensor | None, list, Tensor], Tensor]
 PrefillFn = Callable[[Tensor, Tensor, Tensor, list[Tensor], list[Tensor], Tensor | None, list], tuple[Tensor, MemoryKV]]
 
 
@@ -43,38 +45,76 @@ def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).to(x.dtype)
 
 
-class StackedExperts:
-    """The SwiGLU experts of one :class:`MoE`, their weights stacked so a compiled step can
-    index them by the router's choices: ``gate_up`` (E, 2F, D) (each expert's gate and up
-    projections stacked) and ``down`` (E, F, D) (transposed: the layouts that measured fastest
-    for one row and for grouped rows alike, docs/BENCHMARKS.md). A copy made once, renewed
-    when any expert weight changes (checked on every step from the tensors' version counters)."""
+class StepWeights:
+    """The weights the compiled decoding step multiplies by, copied once in the layouts its
+    products read fastest, and passed to the step as inputs: per layer a dict of
 
-    def __init__(self, moe: MoE) -> None:
-        if moe.experts[0].gate.bias is not None:
-            raise ValueError("compiled decoding of a mixture of experts with biases (decoder_ffn.bias: true) "
-                             "is not implemented; decode it eagerly (compile off)")
-        self.moe = moe
-        self._versions: tuple[int, ...] = ()
+    - ``qkv`` (D, (N + 2·Nkv)·H): the self-attention's query, key and value projections side by
+      side (one product instead of three), ``o`` (N·H, D), ``mq`` (D, N·H) and ``mo`` the memory
+      cross-attention's query and output projections — every linear map transposed to
+      (in, out) and contiguous: on this CPU a product by an (out, in) weight's transposed view
+      (what ``nn.Linear`` hands inductor) took up to 1.4× the time of the same product by an
+      (in, out) copy (docs/BENCHMARKS.md);
+    - a dense FFN's ``gate_up`` (D, 2F) and ``down`` (F, D); a mixture of experts' ``router``
+      (D, E), ``gate_up`` (E, 2F, D) (each expert's gate and up stacked) and ``down`` (E, F, D)
+      (transposed: the layouts that measured fastest for one row and for grouped rows alike);
+
+    and ``head`` (D, V). Biases stay the modules' own tensors. A copy made once, renewed when
+    any weight changes (checked on every step from the tensors' identities and version
+    counters)."""
+
+    def __init__(self, model: RxTModel) -> None:
+        for block in model.decoder:
+            ffn = block.ffn
+            if isinstance(ffn, MoE) and ffn.experts[0].gate.bias is not None:
+                raise ValueError("compiled decoding of a mixture of experts with biases (decoder_ffn.bias: true) "
+                                 "is not implemented; decode it eagerly (compile off)")
+        self.model = model
+        self._linears = [m for m in model.decoder.modules() if isinstance(m, torch.nn.Linear)] + [model.lm_head]
+        self._versions: tuple[tuple[int, int], ...] = ()
+        self.layers: list[dict[str, Tensor]] = []
+        self.head = torch.empty(0)
         self.refresh()
 
-    def _weights(self) -> list[Tensor]:
-        return [w.weight for e in self.moe.experts for w in (e.gate, e.up, e.down)]
-
     def refresh(self) -> None:
-        versions = tuple(w._version for w in self._weights())
+        versions = tuple((id(m.weight), m.weight._version) for m in self._linears)
         if versions != self._versions:
             with torch.no_grad():
-                experts = self.moe.experts
-                self.gate_up = torch.stack([torch.cat([e.gate.weight, e.up.weight]) for e in experts])
-                self.down = torch.stack([e.down.weight.T for e in experts]).contiguous()  # (E, F, D)
+                self.layers = [_layer_weights(block) for block in self.model.decoder]
+                self.head = _t(self.model.lm_head)
             self._versions = versions
+
+
+def _t(*layers: torch.nn.Linear) -> Tensor:
+    """The weights of ``layers`` (out_i, in) side by side as one contiguous (in, Σ out_i)."""
+    return torch.cat([layer.weight for layer in layers]).T.contiguous()
+
+
+def _layer_weights(block) -> dict[str, Tensor]:
+    attn, mem, ffn = block.attn, block.mem_attn, block.ffn
+    weights = {"qkv": _t(attn.q_proj, attn.k_proj, attn.v_proj), "o": _t(attn.o_proj),
+               "mq": _t(mem.q_proj), "mo": _t(mem.o_proj)}
+    if isinstance(ffn, MoE):
+        experts = ffn.experts
+        weights["router"] = _t(ffn.router)
+        weights["gate_up"] = torch.stack([torch.cat([e.gate.weight, e.up.weight]) for e in experts])
+        weights["down"] = torch.stack([e.down.weight.T for e in experts]).contiguous()  # (E, F, D)
+    else:
+        weights["gate_up"] = _t(ffn.gate, ffn.up)
+        weights["down"] = _t(ffn.down)
+    return weights
+
+
+def _affine(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``x @ weight (+ bias)``: a linear map by an (in, out) weight copy (:class:`StepWeights`)."""
+    y = x @ weight
+    return y if bias is None else y + bias
 
 
 @torch.library.custom_op("rxt_dist::routed_experts", mutates_args=())
 def routed_experts(flat: Tensor, chosen: Tensor, weights: Tensor, gate_up: Tensor, down: Tensor) -> Tensor:
     """The top-k SwiGLU experts of rows ``flat`` (B, D): row b goes through experts
-    ``chosen[b]`` (k,) with ``weights[b]`` (k,); stacked weights as :class:`StackedExperts`
+    ``chosen[b]`` (k,) with ``weights[b]`` (k,); stacked weights as :class:`StepWeights`
     holds them. Returns (B, D), each row's contributions added in expert order as
     :meth:`MoE._routed` does.
 
@@ -124,7 +164,7 @@ def _(flat: Tensor, chosen: Tensor, weights: Tensor, gate_up: Tensor, down: Tens
     return torch.empty_like(flat)
 
 
-def _moe_step(moe: MoE, gate_up: Tensor, down: Tensor, x: Tensor) -> Tensor:
+def _moe_step(moe: MoE, weights: dict[str, Tensor], x: Tensor) -> Tensor:
     """The MoE FFN of x (B, 1, D) inside the compiled step, with the router's top-k weights as
     :meth:`MoE.forward` computes them. One row reads only its chosen experts (indexed weights,
     fused by inductor: at batch 1 a step is bound by the weights it reads); a larger batch runs
@@ -132,20 +172,21 @@ def _moe_step(moe: MoE, gate_up: Tensor, down: Tensor, x: Tensor) -> Tensor:
     supported here (the presets have none)."""
     B, _, D = x.shape
     flat = x[:, 0]  # (B, D)
-    probs = moe.router(flat).float().softmax(dim=-1)  # (B, E)
-    weights, chosen = probs.topk(moe.top_k, dim=-1)  # (B, k)
-    weights = (weights / weights.sum(dim=-1, keepdim=True)).to(x.dtype)
+    gate_up, down = weights["gate_up"], weights["down"]
+    probs = _affine(flat, weights["router"]).float().softmax(dim=-1)  # (B, E)
+    top, chosen = probs.topk(moe.top_k, dim=-1)  # (B, k)
+    top = (top / top.sum(dim=-1, keepdim=True)).to(x.dtype)
     if B == 1:
         pick = chosen[0]  # (k,)
         h = _swiglu(torch.einsum("kfd,d->kf", gate_up[pick], flat[0]))  # (k, F)
         y = torch.einsum("kf,kfd->kd", h, down[pick])  # (k, D)
-        return (y * weights[0, :, None]).sum(0).view(1, 1, D)
-    return routed_experts(flat, chosen, weights, gate_up, down).view(B, 1, D)
+        return (y * top[0, :, None]).sum(0).view(1, 1, D)
+    return routed_experts(flat, chosen, top, gate_up, down).view(B, 1, D)
 
 
-def _attend_one(attn: Attention, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+def _attend_one(attn: Attention, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, out_weight: Tensor) -> Tensor:
     """Attention of one query per row, q (B, N, 1, H), over k/v (B, Nkv, K, H) with ``mask``
-    (B, 1, 1, K) or None, written as plain products over the query heads grouped by their
+    (B, 1, 1, K) or None, projected out by ``out_weight`` (N·H, D) (and ``attn``'s bias), written as plain products over the query heads grouped by their
     key/value head (as SDPA's GQA does); inductor turns these one-query products into a couple of
     fused reductions instead of calling an attention kernel built for long query blocks. The
     query is scaled before its product: scaled after it, an unmasked attention (the memory's)
@@ -159,17 +200,17 @@ def _attend_one(attn: Attention, q: Tensor, k: Tensor, v: Tensor, mask: Tensor |
         scores = scores.masked_fill(~mask, float("-inf"))  # mask (B, 1, 1, K)
     weights = scores.float().softmax(dim=-1).to(q.dtype)
     out = torch.matmul(weights, v)  # (B, Nkv, group, H)
-    return attn.o_proj(out.reshape(B, 1, N * H))
+    return _affine(out.reshape(B, 1, N * H), out_weight, attn.o_proj.bias)
 
 
 def decode_step(
     model: RxTModel, ids: Tensor, lengths: Tensor, keys: list[Tensor], values: list[Tensor],
-    memory: MemoryKV, memory_mask: Tensor | None, experts: list[tuple[Tensor, Tensor] | None],
+    memory: MemoryKV, memory_mask: Tensor | None, weights: list[dict[str, Tensor]], head: Tensor,
 ) -> Tensor:
     """One decoding step, written to compile: ``ids`` (B, 1) at positions ``lengths`` (B,) (the
     cached positions per row), the caches ``keys``/``values`` per layer (B, Nkv, C, H) written
     in place at ``lengths``, ``memory`` the projected STM, ``memory_mask`` (B, 1, 1, S) or None,
-    ``experts`` per layer the stacked (gate_up, down) weights of a MoE FFN (None: dense).
+    ``weights`` per layer and ``head`` the weight copies of :class:`StepWeights`.
     Returns the next-token logits (B, V)."""
     B, C = ids.shape[0], keys[0].shape[2]
     at = lengths[:, None, None, None].float()  # (B, 1, 1, 1)
@@ -180,28 +221,37 @@ def decode_step(
     for i, block in enumerate(model.decoder):
         attn = block.attn
         h = block.attn_norm(x)
+        w = weights[i]
         cos, sin = tables(attn)  # (B, 1, 1, H/2) each
-        q = _rotate(attn._heads(attn.q_proj(h), attn.n_q), cos, sin)  # (B, N, 1, H)
-        k = _rotate(attn._heads(attn.k_proj(h), attn.n_kv), cos, sin)  # (B, Nkv, 1, H)
-        v = attn._heads(attn.v_proj(h), attn.n_kv)
+        q, k, v = _affine(h, w["qkv"]).split([attn.n_q * attn.head_dim] + [attn.n_kv * attn.head_dim] * 2, dim=-1)
+        q = _rotate(attn._heads(q, attn.n_q), cos, sin)  # (B, N, 1, H)
+        k = _rotate(attn._heads(k, attn.n_kv), cos, sin)  # (B, Nkv, 1, H)
+        v = attn._heads(v, attn.n_kv)
         # index_put_ (not scatter_): inductor writes it in place; a scatter_ on a graph input
         # became a copy of the whole cache, written and copied back, per layer and step
         where = (rows, torch.arange(attn.n_kv, device=ids.device)[None], lengths[:, None])  # (B, Nkv) each
         keys[i].index_put_(where, k[:, :, 0])
         values[i].index_put_(where, v[:, :, 0])
-        x = x + _attend_one(attn, q, keys[i], values[i], visible)
+        x = x + _attend_one(attn, q, keys[i], values[i], visible, w["o"])
         mem = block.mem_attn
-        mq = _rotate(mem._heads(mem.q_proj(block.mem_norm(x)), mem.n_q), *tables(mem))
-        x = x + _attend_one(mem, mq, memory[i][0], memory[i][1], memory_mask)
+        mq = _rotate(mem._heads(_affine(block.mem_norm(x), w["mq"]), mem.n_q), *tables(mem))
+        x = x + _attend_one(mem, mq, memory[i][0], memory[i][1], memory_mask, w["mo"])
         ffn = block.ffn
         h = block.ffn_norm(x)
-        x = x + (ffn(h) if isinstance(ffn, SwiGLU) else _moe_step(ffn, *experts[i], h))
-    return model.lm_logits(x)[:, -1]  # (B, V)
+        x = x + (_dense_ffn(ffn, w, h) if isinstance(ffn, SwiGLU) else _moe_step(ffn, w, h))
+    return _affine(model.decoder_norm(x), head, model.lm_head.bias)[:, -1]  # (B, V)
+
+
+def _dense_ffn(ffn: SwiGLU, weights: dict[str, Tensor], x: Tensor) -> Tensor:
+    """:class:`SwiGLU` of x by the weight copies of :class:`StepWeights` (gate and up in one
+    product)."""
+    bias = None if ffn.gate.bias is None else torch.cat([ffn.gate.bias, ffn.up.bias])
+    return _affine(_swiglu(_affine(x, weights["gate_up"], bias)), weights["down"], ffn.down.bias)
 
 
 def prefill_step(
     model: RxTModel, ids: Tensor, lengths: Tensor, stm: Tensor, keys: list[Tensor], values: list[Tensor],
-    memory_mask: Tensor | None, experts: list[tuple[Tensor, Tensor] | None],
+    memory_mask: Tensor | None, weights: list[dict[str, Tensor]],
 ) -> tuple[Tensor, MemoryKV]:
     """The prefill of a turn, written to compile: right-padded prompts ``ids`` (B, T) with
     ``lengths`` (B,) real tokens, answered from ``stm`` (L, B, S, D), written into the empty
@@ -230,7 +280,7 @@ def prefill_step(
         x = x + mem.attend(mq, memory[i][0], memory[i][1], slot_mask)
         ffn = block.ffn
         h = block.ffn_norm(x)
-        x = x + (ffn(h) if isinstance(ffn, SwiGLU) else _moe_rows(ffn, *experts[i], h))
+        x = x + (ffn(h) if isinstance(ffn, SwiGLU) else _moe_rows(ffn, weights[i]["gate_up"], weights[i]["down"], h))
     last = x[torch.arange(B, device=ids.device), lengths - 1]  # (B, D)
     return model.lm_logits(last), memory
 
@@ -278,25 +328,21 @@ class CompiledDecoder:
             raise TypeError(f"compiled decoding is implemented for RxT models, not {type(model).__name__}")
         self.model = model
         self._lock = threading.Lock()
-        self._experts = [StackedExperts(b.ffn) if isinstance(b.ffn, MoE) else None for b in model.decoder]
+        self._weights = StepWeights(model)
         self._fn: StepFn = torch.compile(
-            lambda ids, lengths, keys, values, memory, mask, experts: decode_step(
-                model, ids, lengths, keys, values, memory, mask, experts),
+            lambda ids, lengths, keys, values, memory, mask, weights, head: decode_step(
+                model, ids, lengths, keys, values, memory, mask, weights, head),
             dynamic=True,
         )
         self._prefill_fn: PrefillFn = torch.compile(
-            lambda ids, lengths, stm, keys, values, mask, experts: prefill_step(
-                model, ids, lengths, stm, keys, values, mask, experts),
+            lambda ids, lengths, stm, keys, values, mask, weights: prefill_step(
+                model, ids, lengths, stm, keys, values, mask, weights),
             dynamic=True,
         )
 
-    def _stacked_experts(self) -> list[tuple[Tensor, Tensor] | None]:
-        experts = []
-        for stacked in self._experts:
-            if stacked is not None:
-                stacked.refresh()
-            experts.append(None if stacked is None else (stacked.gate_up, stacked.down))
-        return experts
+    def _step_weights(self) -> StepWeights:
+        self._weights.refresh()
+        return self._weights
 
     @torch.no_grad()
     def prefill(self, ids: Tensor, lengths: Tensor, stm: Tensor, memory_mask: Tensor | None,
@@ -326,7 +372,7 @@ class CompiledDecoder:
             mark(stm, 1)
         with self._lock:
             logits, memory = self._prefill_fn(ids, lengths, stm, cache.keys, cache.values, memory_mask,
-                                               self._stacked_experts())
+                                               self._step_weights().layers)
         cache.advance(lengths)
         return logits, memory
 
@@ -341,8 +387,9 @@ class CompiledDecoder:
         if ids.shape[0] > 1:  # every batch above 1 shares one graph, whatever size came first
             _mark_batch_dynamic(ids, cache, memory, slot_mask)
         with self._lock:  # one compilation at a time
+            weights = self._step_weights()
             logits = self._fn(ids, cache.lengths, cache.keys, cache.values, memory, slot_mask,
-                              self._stacked_experts())
+                              weights.layers, weights.head)
         cache.advance(1)
         return logits
 

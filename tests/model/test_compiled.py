@@ -166,7 +166,7 @@ def test_routed_experts_give_the_eager_mixture_of_experts_output(moe, grouped, m
         monkeypatch.setattr(compiled_module, "_grouped_swiglu", compiled_module._looped_swiglu)
     model, compiled = moe
     ffn = model.decoder[0].ffn
-    stacked = compiled._experts[0]
+    stacked = compiled._step_weights().layers[0]
     for rows in (1, 9):  # one row leaves two of the four experts without rows
         x = torch.randn(rows, 1, model.cfg.dim, generator=torch.Generator().manual_seed(rows))
         with torch.no_grad():
@@ -174,30 +174,41 @@ def test_routed_experts_give_the_eager_mixture_of_experts_output(moe, grouped, m
             probs = ffn.router(x[:, 0]).softmax(dim=-1)
             weights, chosen = probs.topk(ffn.top_k, dim=-1)
             weights = weights / weights.sum(dim=-1, keepdim=True)
-            got = compiled_module.routed_experts(x[:, 0], chosen, weights, stacked.gate_up, stacked.down)
+            got = compiled_module.routed_experts(x[:, 0], chosen, weights, stacked["gate_up"], stacked["down"])
         torch.testing.assert_close(got, eager[:, 0], **KERNEL)
     assert eager.abs().max() > 1e-2  # the outputs compared are not zeros
 
 
-def test_compiled_mixture_of_experts_follows_new_expert_weights(moe):
-    """The stacked copy of the expert weights is renewed when a weight changes in place."""
+WEIGHTS_CHANGED = {
+    "an expert's down projection": lambda model: [e.down.weight for e in model.decoder[0].ffn.experts],
+    "the router": lambda model: [model.decoder[0].ffn.router.weight],
+    "a value projection": lambda model: [model.decoder[1].attn.v_proj.weight],
+    "the memory query projection": lambda model: [model.decoder[0].mem_attn.q_proj.weight],
+    "the head": lambda model: [model.lm_head.weight],
+}
+
+
+@pytest.mark.parametrize("changed", WEIGHTS_CHANGED)
+def test_compiled_decoding_follows_weights_changed_in_place(moe, changed):
+    """The step's copies of the weights (transposed, stacked) are renewed when a weight changes
+    in place: its answers stay the eager answers of the model as it now is."""
     model, compiled = moe
     stm = stms(model, 1)
     before = generate(model, QUERIES[:1], stm, GREEDY, compiled=compiled)
-    down = model.decoder[0].ffn.experts[0].down.weight
-    saved = down.detach().clone()
+    weights = WEIGHTS_CHANGED[changed](model)
+    saved = [w.detach().clone() for w in weights]
     try:
         with torch.no_grad():
-            for expert in model.decoder[0].ffn.experts:
-                expert.down.weight.mul_(-3.0)
+            for w in weights:
+                w.mul_(-3.0)
         eager = generate(model, QUERIES[:1], stm, GREEDY)
         assert eager != before  # the change matters to the answer
         assert generate(model, QUERIES[:1], stm, GREEDY, compiled=compiled) == eager
     finally:
         with torch.no_grad():
-            for expert in model.decoder[0].ffn.experts:
-                expert.down.weight.div_(-3.0)
-    assert torch.allclose(down, saved)
+            for w, old in zip(weights, saved):
+                w.copy_(old)
+    assert generate(model, QUERIES[:1], stm, GREEDY, compiled=compiled) == before
 
 
 def test_compiled_memory_update_gives_the_eager_stm_batched_and_alone():
