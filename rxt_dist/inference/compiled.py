@@ -22,7 +22,9 @@ greedy answers equal the eager path's (tests).
 
 from __future__ import annotations
 
+import functools
 import logging
+import platform
 import threading
 from collections.abc import Callable
 
@@ -30,7 +32,7 @@ import torch
 from torch import Tensor
 
 from rxt_dist.model.kv_cache import KVCache
-from rxt_dist.model.layers import CAUSAL, Attention, MoE, SwiGLU, key_mask, run_stack
+from rxt_dist.model.layers import CAUSAL, Attention, Block, MoE, SwiGLU, key_mask, run_stack
 from rxt_dist.model.rxt import MemoryKV, RxTModel
 
 logger = logging.getLogger(__name__)
@@ -90,7 +92,8 @@ def _t(*layers: torch.nn.Linear) -> Tensor:
     return torch.cat([layer.weight for layer in layers]).T.contiguous()
 
 
-def _layer_weights(block) -> dict[str, Tensor]:
+def _layer_weights(block: Block) -> dict[str, Tensor]:
+    """One decoder layer's entry of :attr:`StepWeights.layers`."""
     attn, mem, ffn = block.attn, block.mem_attn, block.ffn
     weights = {"qkv": _t(attn.q_proj, attn.k_proj, attn.v_proj), "o": _t(attn.o_proj),
                "mq": _t(mem.q_proj), "mo": _t(mem.o_proj)}
@@ -313,6 +316,31 @@ def _mark_batch_dynamic(ids: Tensor, cache: KVCache, memory: MemoryKV, slot_mask
         mark(slot_mask, 0)
 
 
+@functools.cache
+def warn_if_scalar_kernels() -> bool:
+    """Log a WARNING, once per process, where inductor would compile this x86 or ARM CPU's
+    kernels without vector instructions, and return whether it would.
+
+    Inductor vectorises its C++ kernels only after a test library built for the CPU's vector
+    instructions loads in a child Python, which inherits this process's ``sys.path``; where that
+    child fails (a file named like a standard module beside the script, a broken compiler) every
+    kernel silently comes out scalar, the compiled steps several times slower
+    (docs/BENCHMARKS.md, "Decoding")."""
+    if platform.machine().lower() not in ("x86_64", "amd64", "aarch64", "arm64"):
+        return False
+    try:
+        from torch._inductor.cpu_vec_isa import pick_vec_isa
+        scalar = not pick_vec_isa()
+    except Exception:  # noqa: BLE001 - a private API that may move; the check is advice only
+        return False
+    if scalar:
+        logger.warning("inductor found no usable vector instructions on this %s CPU: the compiled steps will run "
+                       "scalar C++ kernels, several times slower. Its check loads a test library in a child Python "
+                       "that inherits sys.path: look for a file named like a standard module (re.py, ctypes.py, ...) "
+                       "in a folder on sys.path, or a C++ compiler that fails", platform.machine())
+    return scalar
+
+
 class CompiledDecoder:
     """The compiled :func:`prefill_step` and :func:`decode_step` of one model, and the way a
     :class:`KVCache` feeds them.
@@ -398,6 +426,8 @@ class CompiledDecoder:
         """Compile the prefill and the step for these batch sizes now (on throwaway rows)."""
         model = self.model
         device = model.embed.weight.device
+        if device.type == "cpu":
+            warn_if_scalar_kernels()
         for batch in batches:
             stm = model.initial_stm(batch)
             ids = torch.zeros(batch, 5, dtype=torch.long, device=device)
@@ -441,6 +471,8 @@ class CompiledMemoryUpdate:
     def warm_up(self, batches: tuple[int, ...] = (1, 2)) -> None:
         """Compile for these batch sizes now (on throwaway interactions)."""
         device = self.model.embed.weight.device
+        if device.type == "cpu":
+            warn_if_scalar_kernels()
         for batch in batches:
             ids = torch.zeros(batch, 6, dtype=torch.long, device=device)
             lengths = torch.tensor([6 - row % 2 for row in range(batch)], device=device)

@@ -5,6 +5,9 @@ Compiling takes tens of seconds on a CPU, so each model is compiled once per mod
 and batch > 1 compile apart)."""
 
 import dataclasses
+import platform
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -256,3 +259,32 @@ def test_where_the_step_cannot_be_compiled_the_server_decodes_eagerly_and_says_w
     with caplog.at_level("WARNING", logger="rxt_dist.inference.compiled"):  # the MemoryUpdater's compile_update
         assert compiled_or_eager(StatelessLM(from_name("baseline-debug")), kind=CompiledMemoryUpdate) is None
     assert "compiled memory update unavailable, consolidating eagerly" in caplog.text and "RxT models" in caplog.text
+
+
+SCALAR_CHECK = """
+import logging, sys
+import ctypes  # the real module, before the folder that shadows it joins sys.path
+from rxt_dist.inference.compiled import warn_if_scalar_kernels
+logging.basicConfig()
+if len(sys.argv) > 1:
+    sys.path.insert(0, sys.argv[1])
+print("scalar:", warn_if_scalar_kernels())
+"""
+
+
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="checked on x86 CPUs")
+def test_where_inductor_would_compile_scalar_kernels_the_log_says_so(tmp_path):
+    """Inductor's check of the CPU's vector instructions loads a test library in a child Python
+    that inherits sys.path: a folder on it holding a module named like a standard one breaks
+    the child, every kernel would come out scalar, and the compiled steps warn."""
+    shadow = tmp_path / "scripts"
+    shadow.mkdir()
+    (shadow / "ctypes.py").write_text("raise ImportError('a script named like a standard module')\n")
+    run = lambda *args: subprocess.run([sys.executable, "-c", SCALAR_CHECK, *args], capture_output=True,
+                                       text=True, timeout=300)
+    plain = run()
+    assert "scalar: False" in plain.stdout, plain.stderr
+    assert "vector instructions" not in plain.stderr
+    shadowed = run(str(shadow))
+    assert "scalar: True" in shadowed.stdout, shadowed.stderr
+    assert "no usable vector instructions" in shadowed.stderr
