@@ -55,8 +55,8 @@ class StepWeights:
       side (one product instead of three), ``o`` (N·H, D), ``mq`` (D, N·H) and ``mo`` the memory
       cross-attention's query and output projections — every linear map transposed to
       (in, out) and contiguous: on this CPU a product by an (out, in) weight's transposed view
-      (what ``nn.Linear`` hands inductor) took up to 1.4× the time of the same product by an
-      (in, out) copy (docs/BENCHMARKS.md);
+      (what ``nn.Linear`` hands inductor) took 1.4–2.2× the time of the same product by an
+      (in, out) copy at 8 and 32 rows (docs/BENCHMARKS.md);
     - a dense FFN's ``gate_up`` (D, 2F) and ``down`` (F, D); a mixture of experts' ``router``
       (D, E), ``gate_up`` (E, 2F, D) (each expert's gate and up stacked) and ``down`` (E, F, D)
       (transposed: the layouts that measured fastest for one row and for grouped rows alike);
