@@ -192,13 +192,15 @@ def _moe_step(moe: MoE, weights: dict[str, Tensor], x: Tensor) -> Tensor:
     return routed_experts(flat, chosen, top, gate_up, down).view(B, 1, D)
 
 
-def _attend_one(attn: Attention, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, out_weight: Tensor) -> Tensor:
+def _attend_one(attn: Attention, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None,
+                out_weight: Tensor) -> Tensor:
     """Attention of one query per row, q (B, N, 1, H), over k/v (B, Nkv, K, H) with ``mask``
-    (B, 1, 1, K) or None, projected out by ``out_weight`` (N·H, D) (and ``attn``'s bias), written as plain products over the query heads grouped by their
-    key/value head (as SDPA's GQA does); inductor turns these one-query products into a couple of
-    fused reductions instead of calling an attention kernel built for long query blocks. The
-    query is scaled before its product: scaled after it, an unmasked attention (the memory's)
-    matched inductor's attention pattern and went to the flash kernel, slower for one query
+    (B, 1, 1, K) or None, projected out by ``out_weight`` (N·H, D) and ``attn``'s output bias.
+    Written as plain products over the query heads grouped by their key/value head (as SDPA's
+    GQA does); inductor turns these one-query products into a couple of fused reductions
+    instead of calling an attention kernel built for long query blocks. The query is scaled
+    before its product: scaled after it, an unmasked attention (the memory's) matched
+    inductor's attention pattern and went to the flash kernel, slower for one query
     (docs/BENCHMARKS.md). Returns (B, 1, D)."""
     B, N, _, H = q.shape
     group = N // attn.n_kv
