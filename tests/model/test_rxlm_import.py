@@ -3,8 +3,10 @@
 The parity tests install rxlm (with ``--no-deps``: its model code needs only torch,
 ``transformers<5`` and ``huggingface_hub<0.34``) into an isolated virtual environment, cached
 under ~/.cache/rxt_dist-test-rxlm (or $RXT_RXLM_VENV_CACHE) keyed by the versions, so that none of
-its pins touch this project's environment. Its torch is installed with ``$TORCH_SPEC`` as the
-Makefile does (default: the version running here), so it is the same build. rxlm_reference.py
+its pins touch this project's environment. Its torch is the one running here: a ``.pth`` file
+puts this environment's site-packages after its own, so rxlm's pins win and torch (not
+installed there) is this very build — installing a second copy took half of the module's
+minute. rxlm_reference.py
 then builds tiny random models there, saves them with ``save_pretrained`` and writes reference
 outputs; this process imports the directories and compares. Skipped only when pip cannot reach
 the package registry.
@@ -12,6 +14,7 @@ the package registry.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -42,15 +45,16 @@ RXLM_DEPS = ("transformers<5", "huggingface_hub<0.34")
 
 
 # -- the isolated rxlm environment ------------------------------------------------------------
-def _torch_spec() -> list[str]:
-    spec = os.environ.get("TORCH_SPEC") or f"torch=={torch.__version__.split('+')[0]}"
-    return spec.split()
+TORCH_SITE = Path(torch.__file__).resolve().parent.parent
+"""The site-packages this torch was imported from, which the rxlm environment reads after its own."""
 
 
 def _venv_dir() -> Path:
+    """The cached environment of this rxlm version for this torch: keyed by the path of the
+    site-packages it reads torch from (its ``.pth`` names it), since checkouts come and go."""
     root = Path(os.environ.get("RXT_RXLM_VENV_CACHE", Path.home() / ".cache" / "rxt_dist-test-rxlm"))
-    torch_tag = "-".join(_torch_spec()).replace("/", "_").replace(":", "_").replace("=", "")
-    return root / f"rxlm{RXLM_VERSION}-{torch_tag}-py{sys.version_info.major}{sys.version_info.minor}"
+    site = hashlib.sha1(str(TORCH_SITE).encode()).hexdigest()[:10]
+    return root / f"rxlm{RXLM_VERSION}-py{sys.version_info.major}{sys.version_info.minor}-torch-{site}"
 
 
 def _pip(python: Path, *args: str) -> subprocess.CompletedProcess:
@@ -73,13 +77,17 @@ def _build_venv(target: Path) -> Path:
     tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
     subprocess.run([sys.executable, "-m", "venv", "--clear", str(tmp)], check=True, capture_output=True)
     python = tmp / "bin" / "python"
-    for args in (_torch_spec(), ["--no-deps", f"rxlm=={RXLM_VERSION}"], list(RXLM_DEPS)):
+    for args in (["--no-deps", f"rxlm=={RXLM_VERSION}"], list(RXLM_DEPS)):
         done = _pip(python, *args)
         if done.returncode != 0:
             reason = _registry_unreachable()
             if reason:
                 pytest.skip(reason)
             pytest.fail(f"pip install {' '.join(args)} failed in {tmp}:\n{done.stderr[-3000:]}")
+    # written after the installs, so pip installs every dependency of rxlm's pins in here
+    purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                             check=True, capture_output=True, text=True).stdout.strip()
+    Path(purelib, "rxt_dist_torch.pth").write_text(f"{TORCH_SITE}\n")
     (tmp / ".complete").touch()
     if not (target / ".complete").exists():
         if target.exists():
