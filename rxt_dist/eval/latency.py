@@ -9,6 +9,11 @@ here, so a random model that would stop early still does the configured work. Sy
     :class:`RxTModel` answering from its STM through the inference core's
     :class:`DecodeBatch` (the path ``respond`` takes), then ``consolidate`` of the
     interaction into the next STM, timed separately (it is off the response path).
+``rxt_compiled``
+    The same through the compiled prefill, decoding step and memory update
+    (:class:`CompiledDecoder`, :class:`CompiledMemoryUpdate`): what the server runs with
+    ``compile_decode`` on, as the shipped serving config has it. Compiled before the first
+    turn (batch 1); the other systems have no compiled path here.
 ``stateless_full``
     :class:`StatelessLM` re-reading the whole history (``history_ids``) every turn, with a
     KV cache only within the turn.
@@ -96,7 +101,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-SYSTEMS: tuple[str, ...] = ("rxt", "stateless_full", "stateless_prefix", "hf_llama")
+SYSTEMS: tuple[str, ...] = ("rxt", "rxt_compiled", "stateless_full", "stateless_prefix", "hf_llama")
 
 
 @dataclass
@@ -158,7 +163,7 @@ class LatencyConfig:
             _check_preset("rxt_preset", self.rxt_preset, RxTConfig)
         if self.baseline_preset is None:
             self.baseline_preset = f"baseline-{self.rxt_preset}"
-        if any(s != "rxt" for s in self.systems):
+        if any(not s.startswith("rxt") for s in self.systems):
             _check_preset("baseline_preset", self.baseline_preset, StatelessConfig)
 
     @property
@@ -215,9 +220,11 @@ def build_systems(cfg: LatencyConfig) -> tuple[list, dict[str, Any]]:
     """The systems to run, in :data:`SYSTEMS` order, and a description of their models."""
     systems, models = [], {}
     vocab = None
-    if "rxt" in cfg.systems:
+    if any(s.startswith("rxt") for s in cfg.systems):
         rxt, source = build_rxt(cfg)
-        systems.append(RxTSystem(rxt, cfg.answer_tokens, cfg.seed))
+        for name in ("rxt", "rxt_compiled"):
+            if name in cfg.systems:
+                systems.append(RxTSystem(rxt, cfg.answer_tokens, cfg.seed, compiled=name == "rxt_compiled"))
         models["rxt"] = describe_model(rxt, source)
         vocab = rxt.cfg.vocab_size
     if any(s.startswith("stateless") for s in cfg.systems):
@@ -249,7 +256,7 @@ def token_formulas(cfg: LatencyConfig) -> dict[str, Any]:
     rxt_turn = prompt + (a - 1) + inter
     full = sum(t * inter + prompt + (a - 1) for t in range(n))
     return {"interaction_tokens": inter, "prompt_tokens": prompt,
-            "rxt": n * rxt_turn, "stateless_full": full, "hf_llama": full,
+            "rxt": n * rxt_turn, "rxt_compiled": n * rxt_turn, "stateless_full": full, "hf_llama": full,
             # After the first turn the cache lacks only the last answer token and [EOS].
             "stateless_prefix": n * inter - 2}
 

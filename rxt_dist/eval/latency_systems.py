@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from rxt_dist.inference import DecodeBatch, SamplingParams, consolidate
+from rxt_dist.inference import CompiledDecoder, CompiledMemoryUpdate, DecodeBatch, SamplingParams, consolidate
 from rxt_dist.model import KVCache, RxTModel, StatelessLM
 from rxt_dist.tokens import NUM_SPECIAL, interaction_ids, prompt_ids
 
@@ -71,10 +71,12 @@ def timed_decode(
     answer_tokens: int,
     stm: torch.Tensor | None = None,
     cache: KVCache | None = None,
+    compiled: CompiledDecoder | None = None,
 ) -> DecodeTiming:
     """Greedy-decode exactly ``answer_tokens`` tokens after ``prompt`` (continuing ``cache``
-    when given), timing the first token and the whole answer; returns the sequence's cache."""
-    batch = DecodeBatch(model, eos_id=NO_STOP)
+    when given; through ``compiled`` when given), timing the first token and the whole answer;
+    returns the sequence's cache."""
+    batch = DecodeBatch(model, eos_id=NO_STOP, compiled=compiled)
     params = [SamplingParams(max_new_tokens=answer_tokens)]
     start = time.perf_counter()
     events = batch.admit([0], [list(prompt)], params, stm=stm, cache=cache, keep_cache=True)
@@ -95,12 +97,18 @@ def _copy(cache: KVCache | None) -> KVCache | None:
 
 
 class RxTSystem:
-    """RxT: respond from the STM, then consolidate (timed separately)."""
+    """RxT: respond from the STM, then consolidate (timed separately). With ``compiled``, both
+    run as the server runs them with ``compile_decode`` on: the compiled prefill and decoding
+    step, the compiled memory update (compiled here for batch 1 before any turn is timed)."""
 
-    name = "rxt"
-
-    def __init__(self, model: RxTModel, answer_tokens: int, seed: int) -> None:
+    def __init__(self, model: RxTModel, answer_tokens: int, seed: int, compiled: bool = False) -> None:
         self.model, self.answer_tokens, self.seed = model, answer_tokens, seed
+        self.name = "rxt_compiled" if compiled else "rxt"
+        self.decoder = self.updater = None
+        if compiled:
+            self.decoder, self.updater = CompiledDecoder(model), CompiledMemoryUpdate(model)
+            self.decoder.warm_up((1,))
+            self.updater.warm_up((1,))
         cfg = model.cfg
         att = cfg.memory_cross_attention
         itemsize = model.embed.weight.element_size()
@@ -114,9 +122,9 @@ class RxTSystem:
     @torch.no_grad()
     def turn(self, stm: torch.Tensor, query: list[int]) -> TurnRun:
         prompt = prompt_ids(query)
-        d = timed_decode(self.model, prompt, self.answer_tokens, stm=stm)
+        d = timed_decode(self.model, prompt, self.answer_tokens, stm=stm, compiled=self.decoder)
         start = time.perf_counter()
-        new_stm = consolidate(self.model, stm, [query], [d.answer])  # (L, 1, S, D)
+        new_stm = consolidate(self.model, stm, [query], [d.answer], compiled=self.updater)  # (L, 1, S, D)
         consolidate_s = time.perf_counter() - start
         encoder_tokens = len(interaction_ids(query, d.answer))
         return TurnRun(

@@ -10,6 +10,7 @@ from rxt_dist.eval.report import write_bytes_atomic
 
 _STYLE = {
     "rxt": ("RxT respond", "tab:blue"),
+    "rxt_compiled": ("RxT respond, compiled", "tab:green"),
     "stateless_full": ("stateless, full re-read", "tab:red"),
     "stateless_prefix": ("stateless, prefix cache", "tab:orange"),
     "hf_llama": ("HF Llama generate", "tab:purple"),
