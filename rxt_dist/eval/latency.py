@@ -222,9 +222,10 @@ def build_systems(cfg: LatencyConfig) -> tuple[list, dict[str, Any]]:
     vocab = None
     if any(s.startswith("rxt") for s in cfg.systems):
         rxt, source = build_rxt(cfg)
-        for name in ("rxt", "rxt_compiled"):
-            if name in cfg.systems:
-                systems.append(RxTSystem(rxt, cfg.answer_tokens, cfg.seed, compiled=name == "rxt_compiled"))
+        if "rxt" in cfg.systems:
+            systems.append(RxTSystem(rxt, cfg.answer_tokens, cfg.seed))
+        if "rxt_compiled" in cfg.systems:
+            systems.append(RxTSystem.compiled(rxt, cfg.answer_tokens, cfg.seed))
         models["rxt"] = describe_model(rxt, source)
         vocab = rxt.cfg.vocab_size
     if any(s.startswith("stateless") for s in cfg.systems):

@@ -97,24 +97,30 @@ def _copy(cache: KVCache | None) -> KVCache | None:
 
 
 class RxTSystem:
-    """RxT: respond from the STM, then consolidate (timed separately). With ``compiled``, both
-    run as the server runs them with ``compile_decode`` on: the compiled prefill and decoding
-    step, the compiled memory update (compiled here for batch 1 before any turn is timed)."""
+    """RxT: respond from the STM, then consolidate (timed separately). With a compiled
+    ``decoder`` and ``updater`` of ``model``, both run as the server runs them with
+    ``compile_decode`` on (:meth:`compiled` builds the pair)."""
 
-    def __init__(self, model: RxTModel, answer_tokens: int, seed: int, compiled: bool = False) -> None:
+    def __init__(self, model: RxTModel, answer_tokens: int, seed: int, decoder: CompiledDecoder | None = None,
+                 updater: CompiledMemoryUpdate | None = None) -> None:
         self.model, self.answer_tokens, self.seed = model, answer_tokens, seed
-        self.name = "rxt_compiled" if compiled else "rxt"
-        self.decoder = self.updater = None
-        if compiled:
-            self.decoder, self.updater = CompiledDecoder(model), CompiledMemoryUpdate(model)
-            self.decoder.warm_up((1,))
-            self.updater.warm_up((1,))
+        self.decoder, self.updater = decoder, updater
+        self.name = "rxt_compiled" if decoder is not None or updater is not None else "rxt"
         cfg = model.cfg
         att = cfg.memory_cross_attention
         itemsize = model.embed.weight.element_size()
         L, S, D = cfg.stm_shape
         self.stm_bytes = L * S * D * itemsize
         self.memory_kv_bytes = 2 * L * att.kv_heads * S * att.head_dim(D) * itemsize  # keys+values
+
+    @classmethod
+    def compiled(cls, model: RxTModel, answer_tokens: int, seed: int) -> RxTSystem:
+        """The system through the compiled prefill, decoding step and memory update, compiled
+        now for batch 1 (before any turn is timed)."""
+        decoder, updater = CompiledDecoder(model), CompiledMemoryUpdate(model)
+        decoder.warm_up((1,))
+        updater.warm_up((1,))
+        return cls(model, answer_tokens, seed, decoder, updater)
 
     def fresh(self) -> torch.Tensor:
         return self.model.initial_stm(1, torch.Generator().manual_seed(self.seed))  # (L, 1, S, D)

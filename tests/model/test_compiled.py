@@ -12,6 +12,7 @@ import sys
 import pytest
 import torch
 
+from rxt_dist.eval.latency_systems import RxTSystem
 from rxt_dist.inference import CompiledDecoder, CompiledMemoryUpdate, DecodeBatch, SamplingParams, consolidate, generate
 from rxt_dist.inference.engine import pad_batch
 from rxt_dist.model import RxTModel, from_name
@@ -214,13 +215,19 @@ def test_compiled_decoding_follows_weights_changed_in_place(moe, changed):
     assert generate(model, QUERIES[:1], stm, GREEDY, compiled=compiled) == before
 
 
-def test_compiled_memory_update_gives_the_eager_stm_batched_and_alone():
+@pytest.fixture(scope="module")
+def memory_update(dense):
+    model, _ = dense
+    compiled = CompiledMemoryUpdate(model)
+    compiled.warm_up()
+    return compiled
+
+
+def test_compiled_memory_update_gives_the_eager_stm_batched_and_alone(dense, memory_update):
     """The MemoryUpdater's compiled consolidation: interactions of unequal length (a padded
     batch) and one alone give the STM the eager update gives, and that STM moved; after its
     warm-up neither compiles again."""
-    model = debug_rxt()
-    compiled = CompiledMemoryUpdate(model)
-    compiled.warm_up()
+    model, compiled = dense[0], memory_update
     stm = stms(model, 3)
     answers = [[50, 51], [52, 53, 54, 55, 56], [57]]
     eager = consolidate(model, stm, QUERIES[:3], answers)
@@ -234,6 +241,28 @@ def test_compiled_memory_update_gives_the_eager_stm_batched_and_alone():
     torch.testing.assert_close(batched, eager, **KERNEL)
     torch.testing.assert_close(alone, eager[:, 1:2], **KERNEL)
     assert (eager - stm).abs().max() > CHANGED
+
+
+def test_the_latency_benchmarks_compiled_rxt_answers_and_remembers_as_the_eager_one(dense, memory_update):
+    """``rxt_compiled`` of jobs/bench_latency.py: the turns it times run through the compiled
+    step and memory update and give the eager system's answers and STMs."""
+    model, decoder = dense
+    eager = RxTSystem(model, 6, seed=0)
+    compiled = RxTSystem(model, 6, seed=0, decoder=decoder, updater=memory_update)
+    assert (eager.name, compiled.name) == ("rxt", "rxt_compiled")
+    e_stm = c_stm = stms(model, 1)
+    answers = []
+    for query in QUERIES:
+        e, c = eager.turn(e_stm, query), compiled.turn(c_stm, query)
+        assert c.answer == e.answer
+        # The same maths through other kernels, each turn's roundings carried into the next on
+        # an STM of order 25 (1.2e-4 after four turns, measured); a wrong STM (another row's, an
+        # update skipped) is off by more than CHANGED.
+        torch.testing.assert_close(c.state, e.state, rtol=10 * KERNEL["rtol"], atol=10 * KERNEL["atol"])
+        answers.append(e.answer)
+        e_stm, c_stm = e.state, c.state
+    assert len({tuple(a) for a in answers}) > 1  # answers vary, so equality means something
+    assert (e_stm - stms(model, 1)).abs().max() > CHANGED  # and the memory moved
 
 
 def test_compiled_decoding_refuses_a_stateless_model():
