@@ -11,6 +11,7 @@ import sys
 
 import pytest
 import torch
+from torch import Tensor
 
 from rxt_dist.eval.latency_systems import RxTSystem
 from rxt_dist.inference import CompiledDecoder, CompiledMemoryUpdate, DecodeBatch, SamplingParams, consolidate, generate
@@ -113,12 +114,17 @@ def test_after_its_warm_up_a_compiled_decoder_never_compiles_during_a_turn():
     """A replica compiles at start (``warm_up``) and not while it answers: a query alone, a
     batch of unequal prompts whose rows finish at different steps (the batch shrinks to one),
     a row joining a running batch — none compiles a graph again (a compile at request time
-    stalls every answer of the replica for seconds)."""
+    stalls every answer of the replica for seconds) — nor does a model with a weight as wide as
+    the warm-up's cache (the FFN's 64 columns: sizes that once shared one symbol in the graph)."""
     model = debug_rxt()
+    assert model.cfg.decoder_ffn.hidden_dim == model.new_cache(1).capacity
     compiled = CompiledDecoder(model)
-    compiled.warm_up()
     stm = stms(model, 3)
     two = [SamplingParams(max_new_tokens=2)]  # the prefill's token and one step
+    compiled.warm_up((1,))  # the default warm-up, (1, 2), in two parts: batch 1 first
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        outgrow_the_cache(model, compiled, stm[:, :1])
+    compiled.warm_up((2,))
     with torch._dynamo.config.patch(error_on_recompile=True):
         generate(model, QUERIES[:1], stm[:, :1], GREEDY, compiled=compiled)
         lengths = [SamplingParams(max_new_tokens=n) for n in (12, 3, 7)]  # rows leave at different steps
@@ -128,13 +134,20 @@ def test_after_its_warm_up_a_compiled_decoder_never_compiles_during_a_turn():
             query = list(range(10, 10 + n))
             generate(model, [query], stm[:, :1], two, compiled=compiled)
             generate(model, [query, query[:1 + n // 2]], stm[:, :2], two * 2, compiled=compiled)
-        for rows in (1, 2):  # answers that outgrow the cache's capacity while decoding
-            long = DecodeBatch(model, eos_id=-1, compiled=compiled)
-            long.admit(list(range(rows)), [prompt_ids(list(range(10, 60)))] * rows,
-                       [SamplingParams(max_new_tokens=20)] * rows, stm=stm[:, :rows])
-            while len(long):
-                long.step()
+        for rows in (1, 2):
+            outgrow_the_cache(model, compiled, stm[:, :rows])
     assert [len(a) for a in answers] == [12, 3, 7]
+
+
+def outgrow_the_cache(model: RxTModel, compiled: CompiledDecoder, stm: Tensor) -> None:
+    """Answer a 50-token query with 20 tokens (no end token) for each conversation of ``stm``:
+    the cache outgrows its first capacity (64) while decoding."""
+    rows = stm.shape[1]
+    long = DecodeBatch(model, eos_id=-1, compiled=compiled)
+    long.admit(list(range(rows)), [prompt_ids(list(range(10, 60)))] * rows,
+               [SamplingParams(max_new_tokens=20)] * rows, stm=stm)
+    while len(long):
+        long.step()
 
 
 def test_compiled_continuous_batching_admits_between_steps(dense):
