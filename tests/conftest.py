@@ -29,6 +29,29 @@ def pytest_sessionfinish(session, exitstatus):
         async_compile.shutdown_compile_workers()
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module's tests, restored afterwards for the other modules."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def compiled_debug():
+    """A ``debug`` model (:func:`tests.model.conftest.debug_rxt`) and its compiled decoder, shared
+    by every test that decodes compiled: a cold compile of its graphs takes about a minute here,
+    a second decoder of the same model would trace them all again."""
+    from rxt_dist.inference import CompiledDecoder
+    from tests.model.conftest import debug_rxt
+
+    model = debug_rxt()
+    return model, CompiledDecoder(model)
+
+
 _SESSION = pytest.StashKey[pytest.Session]()
 
 

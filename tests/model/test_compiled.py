@@ -22,6 +22,10 @@ from rxt_dist.tokens import prompt_ids
 from tests.model.conftest import admitted_midway, debug_rxt
 from tests.tolerances import CHANGED, KERNEL
 
+# one thread, as the serving tests run: the thread count is part of what a compiled graph
+# checks on every call, and the serving loop's test reuses this module's graphs
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 QUERIES = [[10, 11, 12], [20, 21, 22, 23, 24, 25, 26], [30], [40, 41]]
 GREEDY = SamplingParams(max_new_tokens=12)
 
@@ -31,9 +35,8 @@ def stms(model, B, seed=1):
 
 
 @pytest.fixture(scope="module")
-def dense():
-    model = debug_rxt()
-    return model, CompiledDecoder(model)
+def dense(compiled_debug):
+    return compiled_debug
 
 
 @pytest.fixture(scope="module")

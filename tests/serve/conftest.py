@@ -26,13 +26,9 @@ CORPUS = [
 
 
 @pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
+def serve_on_one_torch_thread(one_torch_thread):
     """The reference model is tiny: on a busy 2-core machine two OpenMP threads per op only
-    wait for each other (10× slower); restored afterwards for the other test packages."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    wait for each other (10× slower)."""
 
 
 @pytest.fixture(scope="session")

@@ -203,16 +203,15 @@ def test_a_negative_stream_interval_is_refused(reference):
         DecodeLoop(reference.model, stream_interval_s=-1)
 
 
-def test_the_loop_decodes_through_the_compiled_step_as_eagerly(reference):
+def test_the_loop_decodes_through_the_compiled_step_as_eagerly(compiled_debug):
     """``compile_decode``: the serving loop runs the compiled step in its worker thread and
-    every concurrent answer equals the eager one alone."""
-    from rxt_dist.inference import CompiledDecoder
-
-    model = reference.model
+    every concurrent answer equals the eager one alone (the suite's shared compiled ``debug``
+    model: the same configuration as the served one, compiled once)."""
+    model, compiled = compiled_debug
     stm = memories(model, len(QUERIES))
 
     async def scenario():
-        loop = DecodeLoop(model, max_batch_size=8, compiled=CompiledDecoder(model))
+        loop = DecodeLoop(model, max_batch_size=8, compiled=compiled)
         return await asyncio.gather(*(collect(loop, q, stm[:, i]) for i, q in enumerate(QUERIES)))
 
     for i, (tokens, _) in enumerate(asyncio.run(scenario())):
