@@ -73,7 +73,8 @@ class StepWeights:
                 raise ValueError("compiled decoding of a mixture of experts with biases (decoder_ffn.bias: true) "
                                  "is not implemented; decode it eagerly (compile off)")
         self.model = model
-        self._linears = [m for m in model.decoder.modules() if isinstance(m, torch.nn.Linear)] + [model.lm_head]
+        linears = [m for m in model.decoder.modules() if isinstance(m, torch.nn.Linear)] + [model.lm_head]
+        self._parameters = [m._parameters for m in linears]
         self._weights: list[Tensor] = []
         self._versions: list[int] = []
         self.layers: list[dict[str, Tensor]] = []
@@ -81,15 +82,19 @@ class StepWeights:
         self.refresh()
 
     def refresh(self) -> None:
-        # on every step, so kept cheap: ``_parameters`` rather than ``.weight`` (whose
-        # nn.Module.__getattr__ made the check of `nano`'s 199 weights take ~0.5 ms)
-        weights = [m._parameters["weight"] for m in self._linears]
-        versions = [w._version for w in weights]
+        # on every step, so kept cheap: the modules' ``_parameters`` dicts rather than
+        # ``.weight`` (whose nn.Module.__getattr__ made the check of `nano`'s 199 weights take
+        # ~0.5 ms), read by C-level maps (44 -> 14 µs)
+        weights = list(map(_WEIGHT, self._parameters))
+        versions = list(map(_VERSION, weights))
         if versions != self._versions or any(map(operator.is_not, weights, self._weights)):
             with torch.no_grad():
                 self.layers = [_layer_weights(block) for block in self.model.decoder]
                 self.head = _t(self.model.lm_head)
             self._weights, self._versions = weights, versions
+
+
+_WEIGHT, _VERSION = operator.itemgetter("weight"), operator.attrgetter("_version")
 
 
 def _t(*layers: torch.nn.Linear) -> Tensor:
@@ -307,9 +312,13 @@ def _moe_rows(moe: MoE, gate_up: Tensor, down: Tensor, x: Tensor) -> Tensor:
 
 
 def _mark_capacity_dynamic(cache: KVCache) -> None:
-    """Mark the cache's capacity dynamic before a call: one graph for every capacity."""
+    """Mark the cache's capacity dynamic before a call: one graph for every capacity. A mark
+    stays on its tensor, so only tensors new since the last step are marked (32 µs a step for
+    `nano`'s 12 otherwise; the check reads where torch keeps the marks, and marks again
+    should that place move)."""
     for t in (*cache.keys, *cache.values):
-        torch._dynamo.mark_dynamic(t, 2)
+        if 2 not in getattr(t, "_dynamo_dynamic_indices", ()):
+            torch._dynamo.mark_dynamic(t, 2)
 
 
 def _mark_batch_dynamic(ids: Tensor, cache: KVCache, memory: MemoryKV, slot_mask: Tensor | None) -> None:
@@ -353,6 +362,23 @@ def warn_if_scalar_kernels() -> bool:
     return scalar
 
 
+def _compile(model: RxTModel, fn: Callable) -> Callable:
+    """``fn`` through ``torch.compile`` (inductor) as the compiled steps need it.
+
+    Sizes are constants but for the dimensions the calls mark dynamic (batch, capacity, prompt
+    or interaction length). With ``dynamic=True`` every size was a symbol — the weights' too —
+    and dynamo's duck sizing gave equal sizes one symbol: a model whose FFN width equalled the
+    warm-up cache's capacity compiled again on its first longer answer. Constants also trace
+    faster (cold compiles −20%) and made `nano`'s batch-1 step 11–15% faster.
+
+    On a CPU the graph's wrapper — the code that calls its ~100 kernels and products in turn —
+    is C++ rather than Python (``cpp_wrapper``): 14–20% off a turn of `nano` and `debug` at
+    batch 1, the compile no longer (docs/BENCHMARKS.md, "Decoding"). On a GPU the default
+    wrapper stays (not measured there)."""
+    cpu = model.embed.weight.device.type == "cpu"
+    return torch.compile(fn, dynamic=None, options={"cpp_wrapper": True} if cpu else None)
+
+
 class CompiledDecoder:
     """The compiled :func:`prefill_step` and :func:`decode_step` of one model, and the way a
     :class:`KVCache` feeds them.
@@ -369,21 +395,10 @@ class CompiledDecoder:
         self.model = model
         self._lock = threading.Lock()
         self._weights = StepWeights(model)
-        # Sizes are constants but for the dimensions the calls mark dynamic (batch, capacity,
-        # prompt length). With ``dynamic=True`` every size was a symbol — the weights' too — and
-        # dynamo's duck sizing gave equal sizes one symbol: a model whose FFN width equalled
-        # the warm-up cache's capacity compiled again on its first longer answer. Constants
-        # also trace faster (cold compiles −20%) and made batch-1 steps 11–15% faster (`nano`).
-        self._fn: StepFn = torch.compile(
-            lambda ids, lengths, keys, values, memory, mask, weights, head: decode_step(
-                model, ids, lengths, keys, values, memory, mask, weights, head),
-            dynamic=None,
-        )
-        self._prefill_fn: PrefillFn = torch.compile(
-            lambda ids, lengths, stm, keys, values, mask, weights: prefill_step(
-                model, ids, lengths, stm, keys, values, mask, weights),
-            dynamic=None,
-        )
+        self._fn: StepFn = _compile(model, lambda ids, lengths, keys, values, memory, mask, weights, head: decode_step(
+            model, ids, lengths, keys, values, memory, mask, weights, head))
+        self._prefill_fn: PrefillFn = _compile(model, lambda ids, lengths, stm, keys, values, mask, weights: prefill_step(
+            model, ids, lengths, stm, keys, values, mask, weights))
 
     def _step_weights(self) -> StepWeights:
         self._weights.refresh()
@@ -467,8 +482,8 @@ class CompiledMemoryUpdate:
             raise TypeError(f"the compiled memory update is implemented for RxT models, not {type(model).__name__}")
         self.model = model
         self._lock = threading.Lock()
-        self._fn: Callable[[Tensor, Tensor, Tensor], Tensor] = torch.compile(
-            lambda stm, ids, lengths: consolidate_step(model, stm, ids, lengths), dynamic=None)
+        self._fn: Callable[[Tensor, Tensor, Tensor], Tensor] = _compile(
+            model, lambda stm, ids, lengths: consolidate_step(model, stm, ids, lengths))
 
     @torch.no_grad()
     def __call__(self, stm: Tensor, ids: Tensor, lengths: Tensor) -> Tensor:
