@@ -201,20 +201,21 @@ def _attend_one(attn: Attention, q: Tensor, k: Tensor, v: Tensor, mask: Tensor |
                 out_weight: Tensor) -> Tensor:
     """Attention of one query per row, q (B, N, 1, H), over k/v (B, Nkv, K, H) with ``mask``
     (B, 1, 1, K) or None, projected out by ``out_weight`` (N·H, D) and ``attn``'s output bias.
-    Written as plain products over the query heads grouped by their key/value head (as SDPA's
-    GQA does); inductor turns these one-query products into a couple of fused reductions
-    instead of calling an attention kernel built for long query blocks. The query is scaled
-    before its product: scaled after it, an unmasked attention (the memory's) matched
-    inductor's attention pattern and went to the flash kernel, slower for one query
-    (docs/BENCHMARKS.md). Returns (B, 1, D)."""
+    Written as elementwise products summed, over the query heads grouped by their key/value
+    head (as SDPA's GQA does): inductor fuses them into a few reductions instead of calling an
+    attention kernel built for long query blocks, or a batched matrix product per head group
+    (with ``bmm``s a step of batch 32 took 5–7% longer, batch 1 no less; docs/BENCHMARKS.md).
+    The query is scaled before its product: scaled after it, an unmasked attention (the
+    memory's) once matched inductor's attention pattern and went to the flash kernel, slower
+    for one query. Returns (B, 1, D)."""
     B, N, _, H = q.shape
     group = N // attn.n_kv
     qg = q.view(B, attn.n_kv, group, H) * H ** -0.5  # head n = kv·group + j, as SDPA's enable_gqa
-    scores = torch.matmul(qg, k.transpose(-1, -2))  # (B, Nkv, group, K)
+    scores = (qg[:, :, :, None, :] * k[:, :, None]).sum(-1)  # (B, Nkv, group, K)
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))  # mask (B, 1, 1, K)
     weights = scores.float().softmax(dim=-1).to(q.dtype)
-    out = torch.matmul(weights, v)  # (B, Nkv, group, H)
+    out = (weights[..., None] * v[:, :, None]).sum(-2)  # (B, Nkv, group, H)
     return _affine(out.reshape(B, 1, N * H), out_weight, attn.o_proj.bias)
 
 
