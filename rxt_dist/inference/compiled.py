@@ -374,8 +374,8 @@ def _compile(model: RxTModel, fn: Callable) -> Callable:
 
     On a CPU the graph's wrapper — the code that calls its ~100 kernels and products in turn —
     is C++ rather than Python (``cpp_wrapper``): 14–20% off a turn of `nano` and `debug` at
-    batch 1, the compile no longer (docs/BENCHMARKS.md, "Decoding"). On a GPU the default
-    wrapper stays (not measured there)."""
+    batch 1, a cold compile about as long (`debug` −14%, `nano` +9%; docs/BENCHMARKS.md,
+    "Decoding"). On a GPU the default wrapper stays (not measured there)."""
     cpu = model.embed.weight.device.type == "cpu"
     return torch.compile(fn, dynamic=None, options={"cpp_wrapper": True} if cpu else None)
 
