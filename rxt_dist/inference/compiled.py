@@ -396,10 +396,12 @@ class CompiledDecoder:
         self.model = model
         self._lock = threading.Lock()
         self._weights = StepWeights(model)
-        self._fn: StepFn = _compile(model, lambda ids, lengths, keys, values, memory, mask, weights, head: decode_step(
-            model, ids, lengths, keys, values, memory, mask, weights, head))
-        self._prefill_fn: PrefillFn = _compile(model, lambda ids, lengths, stm, keys, values, mask, weights: prefill_step(
-            model, ids, lengths, stm, keys, values, mask, weights))
+        self._fn: StepFn = _compile(
+            model, lambda ids, lengths, keys, values, memory, mask, weights, head: decode_step(
+                model, ids, lengths, keys, values, memory, mask, weights, head))
+        self._prefill_fn: PrefillFn = _compile(
+            model, lambda ids, lengths, stm, keys, values, mask, weights: prefill_step(
+                model, ids, lengths, stm, keys, values, mask, weights))
 
     def _step_weights(self) -> StepWeights:
         self._weights.refresh()

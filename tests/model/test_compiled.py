@@ -35,11 +35,6 @@ def stms(model, B, seed=1):
 
 
 @pytest.fixture(scope="module")
-def dense(compiled_debug):
-    return compiled_debug
-
-
-@pytest.fixture(scope="module")
 def moe():
     torch.manual_seed(0)
     cfg = from_name("debug")
@@ -49,8 +44,8 @@ def moe():
     return model, CompiledDecoder(model)
 
 
-def test_compiled_greedy_answers_equal_eager_alone_and_batched(dense):
-    model, compiled = dense
+def test_compiled_greedy_answers_equal_eager_alone_and_batched(compiled_debug):
+    model, compiled = compiled_debug
     stm = stms(model, len(QUERIES))
     eager = generate(model, QUERIES, stm, GREEDY)
     assert generate(model, QUERIES, stm, GREEDY, compiled=compiled) == eager
@@ -58,8 +53,8 @@ def test_compiled_greedy_answers_equal_eager_alone_and_batched(dense):
     assert len({tuple(a) for a in eager}) == len(QUERIES)  # answers differ: the check means something
 
 
-def test_compiled_step_logits_match_eager_and_write_the_same_cache(dense):
-    model, compiled = dense
+def test_compiled_step_logits_match_eager_and_write_the_same_cache(compiled_debug):
+    model, compiled = compiled_debug
     stm = stms(model, 2)
     prompts = [prompt_ids(QUERIES[0]), prompt_ids(QUERIES[1])]  # unequal lengths: a masked cache
     batches = [DecodeBatch(model), DecodeBatch(model, compiled=compiled)]
@@ -80,11 +75,11 @@ def test_compiled_step_logits_match_eager_and_write_the_same_cache(dense):
             torch.testing.assert_close(c1.values[layer][row, :, :n], c0.values[layer][row, :, :n], **KERNEL)
 
 
-def test_compiled_prefill_matches_eager_logits_memory_and_cache(dense):
+def test_compiled_prefill_matches_eager_logits_memory_and_cache(compiled_debug):
     """A turn's prefill through the compiled model: the next-token logits, the projected memory
     and every real cached position as the eager pass gives them — rows of unequal length (right
     padding under a plain causal mask), some slots hidden, and one row alone."""
-    model, compiled = dense
+    model, compiled = compiled_debug
     stm = stms(model, 3)
     prompts = [prompt_ids(q) for q in QUERIES[:3]]
     hidden_slots = torch.ones(3, stm.shape[2], dtype=torch.bool)
@@ -153,8 +148,8 @@ def outgrow_the_cache(model: RxTModel, compiled: CompiledDecoder, stm: Tensor) -
         long.step()
 
 
-def test_compiled_continuous_batching_admits_between_steps(dense):
-    model, compiled = dense
+def test_compiled_continuous_batching_admits_between_steps(compiled_debug):
+    model, compiled = compiled_debug
     stm = stms(model, 2)
     got = admitted_midway(model, stm, QUERIES, GREEDY, compiled=compiled, steps=30)
     assert got[0] == generate(model, [QUERIES[0]], stm[:, :1], GREEDY)[0]
@@ -232,18 +227,18 @@ def test_compiled_decoding_follows_weights_changed_in_place(moe, changed):
 
 
 @pytest.fixture(scope="module")
-def memory_update(dense):
-    model, _ = dense
+def memory_update(compiled_debug):
+    model, _ = compiled_debug
     compiled = CompiledMemoryUpdate(model)
     compiled.warm_up()
     return compiled
 
 
-def test_compiled_memory_update_gives_the_eager_stm_batched_and_alone(dense, memory_update):
+def test_compiled_memory_update_gives_the_eager_stm_batched_and_alone(compiled_debug, memory_update):
     """The MemoryUpdater's compiled consolidation: interactions of unequal length (a padded
     batch) and one alone give the STM the eager update gives, and that STM moved; after its
     warm-up neither compiles again."""
-    model, compiled = dense[0], memory_update
+    model, compiled = compiled_debug[0], memory_update
     stm = stms(model, 3)
     answers = [[50, 51], [52, 53, 54, 55, 56], [57]]
     eager = consolidate(model, stm, QUERIES[:3], answers)
@@ -259,10 +254,10 @@ def test_compiled_memory_update_gives_the_eager_stm_batched_and_alone(dense, mem
     assert (eager - stm).abs().max() > CHANGED
 
 
-def test_the_latency_benchmarks_compiled_rxt_answers_and_remembers_as_the_eager_one(dense, memory_update):
+def test_the_latency_benchmarks_compiled_rxt_answers_and_remembers_as_the_eager_one(compiled_debug, memory_update):
     """``rxt_compiled`` of jobs/bench_latency.py: the turns it times run through the compiled
     step and memory update and give the eager system's answers and STMs."""
-    model, decoder = dense
+    model, decoder = compiled_debug
     eager = RxTSystem(model, 6, seed=0)
     compiled = RxTSystem(model, 6, seed=0, decoder=decoder, updater=memory_update)
     assert (eager.name, compiled.name) == ("rxt", "rxt_compiled")

@@ -3,13 +3,12 @@
 The parity tests install rxlm (with ``--no-deps``: its model code needs only torch,
 ``transformers<5`` and ``huggingface_hub<0.34``) into an isolated virtual environment, cached
 under ~/.cache/rxt_dist-test-rxlm (or $RXT_RXLM_VENV_CACHE) keyed by rxlm's and Python's versions
-and the place of this torch, so that none of its pins touch this project's environment. Its torch is the one running here: a ``.pth`` file
-puts this environment's site-packages after its own, so rxlm's pins win and torch (not
-installed there) is this very build — installing a second copy took half of the module's
-minute. rxlm_reference.py
-then builds tiny random models there, saves them with ``save_pretrained`` and writes reference
-outputs; this process imports the directories and compares. Skipped only when pip cannot reach
-the package registry.
+and the place of this torch, so that none of its pins touch this project's environment. Its torch
+is the one running here: a ``.pth`` file puts this environment's site-packages after its own,
+so rxlm's pins win and torch (not installed there) is this very build — installing a second copy
+took half of the module's minute. rxlm_reference.py then builds tiny random models there, saves
+them with ``save_pretrained`` and writes reference outputs; this process imports the directories
+and compares. Skipped only when pip cannot reach the package registry.
 """
 
 from __future__ import annotations
