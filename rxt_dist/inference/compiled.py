@@ -23,10 +23,12 @@ greedy answers equal the eager path's (tests).
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import operator
 import platform
 import threading
+import types
 from collections.abc import Callable
 
 import torch
@@ -38,8 +40,9 @@ from rxt_dist.model.rxt import MemoryKV, RxTModel
 
 logger = logging.getLogger(__name__)
 
-StepFn = Callable[[Tensor, Tensor, list[Tensor], list[Tensor], MemoryKV, Tensor | None, list, Tensor], Tensor]
-PrefillFn = Callable[[Tensor, Tensor, Tensor, list[Tensor], list[Tensor], Tensor | None, list], tuple[Tensor, MemoryKV]]
+StepFn = Callable[[Tensor, Tensor, list[Tensor], list[Tensor], MemoryKV, Tensor | None, list[Tensor]], Tensor]
+PrefillFn = Callable[[Tensor, Tensor, Tensor, list[Tensor], list[Tensor], Tensor | None, list[Tensor]],
+                     tuple[Tensor, MemoryKV]]
 
 
 def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
@@ -50,7 +53,8 @@ def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 class StepWeights:
     """The weights the compiled decoding step multiplies by, copied once in the layouts its
-    products read fastest, and passed to the step as inputs: per layer a dict of
+    products read fastest and packed into one flat tensor per dtype (:attr:`packs`), which the
+    step takes as its inputs and slices into views (:func:`unpack`). Per layer:
 
     - ``qkv`` (D, (N + 2·Nkv)·H): the self-attention's query, key and value projections side by
       side (one product instead of three), ``o`` (N·H, D), ``mq`` (D, N·H) and ``mo`` the memory
@@ -61,10 +65,14 @@ class StepWeights:
     - a dense FFN's ``gate_up`` (D, 2F) and ``down`` (F, D); a mixture of experts' ``router``
       (D, E), ``gate_up`` (E, 2F, D) (each expert's gate and up stacked) and ``down`` (E, F, D)
       (transposed: the layouts that measured fastest for one row and for grouped rows alike);
+    - the three norms' weights and the two rotary embeddings' frequencies, as the modules hold
+      them;
 
-    and ``head`` (D, V). Biases stay the modules' own tensors. A copy made once, renewed when
-    any weight changes (checked on every step from the tensors' identities and version
-    counters)."""
+    and ``head`` (D, V) and the final norm's ``norm``. Biases and the embedding stay the
+    modules' own tensors. One flat tensor rather than ~75: every tensor a compiled call takes
+    costs it about a microsecond of guards and argument handling (docs/BENCHMARKS.md). A copy
+    made once, renewed when any weight changes (checked on every step from the tensors'
+    identities and version counters)."""
 
     def __init__(self, model: RxTModel) -> None:
         for block in model.decoder:
@@ -73,12 +81,13 @@ class StepWeights:
                 raise ValueError("compiled decoding of a mixture of experts with biases (decoder_ffn.bias: true) "
                                  "is not implemented; decode it eagerly (compile off)")
         self.model = model
-        linears = [m for m in model.decoder.modules() if isinstance(m, torch.nn.Linear)] + [model.lm_head]
-        self._parameters = [m._parameters for m in linears]
+        modules = [m for m in model.decoder.modules() if isinstance(m, (torch.nn.Linear, torch.nn.RMSNorm))]
+        self._parameters = [m._parameters for m in modules + [model.lm_head, model.decoder_norm]
+                            if m._parameters.get("weight") is not None]
         self._weights: list[Tensor] = []
         self._versions: list[int] = []
-        self.layers: list[dict[str, Tensor]] = []
-        self.head = torch.empty(0)
+        self.packs: list[Tensor] = []
+        self.layout: Layout = {}
         self.refresh()
 
     def refresh(self) -> None:
@@ -89,12 +98,64 @@ class StepWeights:
         versions = list(map(_VERSION, weights))
         if versions != self._versions or any(map(operator.is_not, weights, self._weights)):
             with torch.no_grad():
-                self.layers = [_layer_weights(block) for block in self.model.decoder]
-                self.head = _t(self.model.lm_head)
+                pieces = {f"{i}.{name}": t for i, block in enumerate(self.model.decoder)
+                          for name, t in _layer_weights(block).items()}
+                pieces["head"] = _t(self.model.lm_head)
+                if isinstance(self.model.decoder_norm, torch.nn.RMSNorm):
+                    pieces["norm"] = self.model.decoder_norm.weight
+                self.packs, layout = _pack(pieces)
+            if layout != self.layout:  # the same object while equal: the compiled steps guard on it
+                self.layout = layout
             self._weights, self._versions = weights, versions
 
+    @property
+    def layers(self) -> list[dict[str, Tensor | None]]:
+        """Each layer's pieces, as views of :attr:`packs`."""
+        return unpack(self.packs, self.layout, len(self.model.decoder))[0]
 
+
+Layout = dict[str, tuple[int, int, tuple[int, ...]]]
 _WEIGHT, _VERSION = operator.itemgetter("weight"), operator.attrgetter("_version")
+_ALIGN = 64  # bytes: every piece starts where a fresh allocation would
+
+
+def _pack(pieces: dict[str, Tensor | None]) -> tuple[list[Tensor], Layout]:
+    """``pieces`` copied into one flat tensor per dtype; the layout maps each name to (which
+    flat tensor, offset, shape). None pieces are left out (:func:`unpack` gives None)."""
+    dtypes = list(dict.fromkeys(t.dtype for t in pieces.values() if t is not None))
+    layout, ends = {}, [0] * len(dtypes)
+    for name, t in pieces.items():
+        if t is not None:
+            j = dtypes.index(t.dtype)
+            align = _ALIGN // t.element_size()
+            start = -(-ends[j] // align) * align
+            layout[name] = (j, start, tuple(t.shape))
+            ends[j] = start + t.numel()
+    device = next(t.device for t in pieces.values() if t is not None)
+    packs = [torch.empty(n, dtype=dtype, device=device) for n, dtype in zip(ends, dtypes)]
+    for name, (j, start, shape) in layout.items():
+        packs[j][start:start + pieces[name].numel()].view(shape).copy_(pieces[name])
+    return packs, layout
+
+
+def unpack(packs: list[Tensor], layout: Layout, num_layers: int) -> tuple[list[dict[str, Tensor | None]], dict]:
+    """The views of :class:`StepWeights` in ``packs``: a dict per layer and one of the rest
+    (``head``, ``norm``); a name the model has no tensor for maps to None."""
+    view = lambda j, start, shape: packs[j][start:start + _numel(shape)].view(shape)  # noqa: E731
+    views = {name: view(*where) for name, where in layout.items()}
+    layers = [{name: views.get(f"{i}.{name}") for name in _LAYER_NAMES} for i in range(num_layers)]
+    return layers, {"head": views["head"], "norm": views.get("norm")}
+
+
+_LAYER_NAMES = ("qkv", "o", "mq", "mo", "router", "gate_up", "down", "attn_norm", "mem_norm", "ffn_norm",
+                "rope", "mem_rope")
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for size in shape:
+        n *= size
+    return n
 
 
 def _t(*layers: torch.nn.Linear) -> Tensor:
@@ -102,11 +163,13 @@ def _t(*layers: torch.nn.Linear) -> Tensor:
     return torch.cat([layer.weight for layer in layers]).T.contiguous()
 
 
-def _layer_weights(block: Block) -> dict[str, Tensor]:
-    """One decoder layer's entry of :attr:`StepWeights.layers`."""
+def _layer_weights(block: Block) -> dict[str, Tensor | None]:
+    """One decoder layer's pieces of :class:`StepWeights`."""
     attn, mem, ffn = block.attn, block.mem_attn, block.ffn
     weights = {"qkv": _t(attn.q_proj, attn.k_proj, attn.v_proj), "o": _t(attn.o_proj),
-               "mq": _t(mem.q_proj), "mo": _t(mem.o_proj)}
+               "mq": _t(mem.q_proj), "mo": _t(mem.o_proj),
+               "attn_norm": block.attn_norm.weight, "mem_norm": block.mem_norm.weight,
+               "ffn_norm": block.ffn_norm.weight, "rope": attn.rope.inv_freq, "mem_rope": mem.rope.inv_freq}
     if isinstance(ffn, MoE):
         experts = ffn.experts
         weights["router"] = _t(ffn.router)
@@ -116,6 +179,13 @@ def _layer_weights(block: Block) -> dict[str, Tensor]:
         weights["gate_up"] = _t(ffn.gate, ffn.up)
         weights["down"] = _t(ffn.down)
     return weights
+
+
+def _norm(module: torch.nn.Module, weight: Tensor | None, x: Tensor) -> Tensor:
+    """``module`` (an ``nn.RMSNorm``, or an identity) of x, by its weight as packed."""
+    if not isinstance(module, torch.nn.RMSNorm):
+        return module(x)
+    return torch.nn.functional.rms_norm(x, module.normalized_shape, weight, module.eps)
 
 
 def _affine(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
@@ -220,25 +290,26 @@ def _attend_one(attn: Attention, q: Tensor, k: Tensor, v: Tensor, mask: Tensor |
 
 
 def decode_step(
-    model: RxTModel, ids: Tensor, lengths: Tensor, keys: list[Tensor], values: list[Tensor],
-    memory: MemoryKV, memory_mask: Tensor | None, weights: list[dict[str, Tensor]], head: Tensor,
+    model: RxTModel, layout: Layout, ids: Tensor, lengths: Tensor, keys: list[Tensor], values: list[Tensor],
+    memory: MemoryKV, memory_mask: Tensor | None, packs: list[Tensor],
 ) -> Tensor:
     """One decoding step, written to compile: ``ids`` (B, 1) at positions ``lengths`` (B,) (the
     cached positions per row), the caches ``keys``/``values`` per layer (B, Nkv, C, H) written
     in place at ``lengths``, ``memory`` the projected STM, ``memory_mask`` (B, 1, 1, S) or None,
-    ``weights`` per layer and ``head`` the weight copies of :class:`StepWeights`.
+    ``packs`` and ``layout`` the weight copies of :class:`StepWeights`.
     Returns the next-token logits (B, V)."""
     B, C = ids.shape[0], keys[0].shape[2]
+    weights, rest = unpack(packs, layout, len(model.decoder))
     at = lengths[:, None, None, None].float()  # (B, 1, 1, 1)
-    tables = lambda attn: ((at * attn.rope.inv_freq).cos(), (at * attn.rope.inv_freq).sin())
+    tables = lambda inv_freq: ((at * inv_freq).cos(), (at * inv_freq).sin())  # noqa: E731
     visible = (torch.arange(C, device=ids.device)[None] <= lengths[:, None])[:, None, None]  # (B, 1, 1, C)
     rows = torch.arange(B, device=ids.device)[:, None]  # (B, 1)
     x = model.embed(ids)  # (B, 1, D)
     for i, block in enumerate(model.decoder):
         attn = block.attn
-        h = block.attn_norm(x)
         w = weights[i]
-        cos, sin = tables(attn)  # (B, 1, 1, H/2) each
+        h = _norm(block.attn_norm, w["attn_norm"], x)
+        cos, sin = tables(w["rope"])  # (B, 1, 1, H/2) each
         q, k, v = _affine(h, w["qkv"]).split([attn.n_q * attn.head_dim] + [attn.n_kv * attn.head_dim] * 2, dim=-1)
         q = _rotate(attn._heads(q, attn.n_q), cos, sin)  # (B, N, 1, H)
         k = _rotate(attn._heads(k, attn.n_kv), cos, sin)  # (B, Nkv, 1, H)
@@ -250,12 +321,13 @@ def decode_step(
         values[i].index_put_(where, v[:, :, 0])
         x = x + _attend_one(attn, q, keys[i], values[i], visible, w["o"])
         mem = block.mem_attn
-        mq = _rotate(mem._heads(_affine(block.mem_norm(x), w["mq"]), mem.n_q), *tables(mem))
+        mq = _rotate(mem._heads(_affine(_norm(block.mem_norm, w["mem_norm"], x), w["mq"]), mem.n_q),
+                     *tables(w["mem_rope"]))
         x = x + _attend_one(mem, mq, memory[i][0], memory[i][1], memory_mask, w["mo"])
         ffn = block.ffn
-        h = block.ffn_norm(x)
+        h = _norm(block.ffn_norm, w["ffn_norm"], x)
         x = x + (_dense_ffn(ffn, w, h) if isinstance(ffn, SwiGLU) else _moe_step(ffn, w, h))
-    return _affine(model.decoder_norm(x), head, model.lm_head.bias)[:, -1]  # (B, V)
+    return _affine(_norm(model.decoder_norm, rest["norm"], x), rest["head"], model.lm_head.bias)[:, -1]  # (B, V)
 
 
 def _dense_ffn(ffn: SwiGLU, weights: dict[str, Tensor], x: Tensor) -> Tensor:
@@ -266,8 +338,8 @@ def _dense_ffn(ffn: SwiGLU, weights: dict[str, Tensor], x: Tensor) -> Tensor:
 
 
 def prefill_step(
-    model: RxTModel, ids: Tensor, lengths: Tensor, stm: Tensor, keys: list[Tensor], values: list[Tensor],
-    memory_mask: Tensor | None, weights: list[dict[str, Tensor]],
+    model: RxTModel, layout: Layout, ids: Tensor, lengths: Tensor, stm: Tensor, keys: list[Tensor],
+    values: list[Tensor], memory_mask: Tensor | None, packs: list[Tensor],
 ) -> tuple[Tensor, MemoryKV]:
     """The prefill of a turn, written to compile: right-padded prompts ``ids`` (B, T) with
     ``lengths`` (B,) real tokens, answered from ``stm`` (L, B, S, D), written into the empty
@@ -279,6 +351,7 @@ def prefill_step(
     invisible to it (the padded positions' own outputs are never read, and their cache entries
     lie past each row's length, where every later step masks them)."""
     B, T = ids.shape
+    weights, _ = unpack(packs, layout, len(model.decoder))
     memory = [tuple(t.contiguous() for t in block.project_memory(stm[i])) for i, block in enumerate(model.decoder)]
     positions = torch.arange(T, device=ids.device)[None].expand(B, T)  # (B, T)
     slot_mask = memory_mask[:, None, None, :] if memory_mask is not None else None  # (B, 1, 1, S)
@@ -363,6 +436,20 @@ def warn_if_scalar_kernels() -> bool:
     return scalar
 
 
+def _own_code(fn: Callable) -> Callable:
+    """``fn`` on a copy of its code object with a name of its own. Dynamo keeps compiled graphs
+    and their guards per code object, and what it has learnt about sizes per code *name* (file,
+    line, name): with the lambdas shared, `tiny` compiled after `nano` in one process had every
+    size that differs between them made dynamic — 44 more arguments to its step and 0.59 ms
+    where it takes 0.44 alone (docs/BENCHMARKS.md)."""
+    code = fn.__code__
+    code = code.replace(co_name=f"{code.co_name}_{next(_COMPILED)}")
+    return types.FunctionType(code, fn.__globals__, code.co_name, fn.__defaults__, fn.__closure__)
+
+
+_COMPILED = itertools.count()
+
+
 def _compile(model: RxTModel, fn: Callable) -> Callable:
     """``fn`` through ``torch.compile`` (inductor) as the compiled steps need it.
 
@@ -377,7 +464,7 @@ def _compile(model: RxTModel, fn: Callable) -> Callable:
     batch 1, a cold compile about as long (`debug` −14%, `nano` +9%; docs/BENCHMARKS.md,
     "Decoding"). On a GPU the default wrapper stays (not measured there)."""
     cpu = model.embed.weight.device.type == "cpu"
-    return torch.compile(fn, dynamic=None, options={"cpp_wrapper": True} if cpu else None)
+    return torch.compile(_own_code(fn), dynamic=None, options={"cpp_wrapper": True} if cpu else None)
 
 
 class CompiledDecoder:
@@ -386,6 +473,19 @@ class CompiledDecoder:
 
     Compiles on the first step of each new kind of shape (batch 1; any larger batch), which
     takes tens of seconds on a CPU; :meth:`warm_up` does that before the first request.
+
+    A decoding step checks only its tensors' guards once its kind of call has been seen:
+    dynamo's guards on everything else the step reads — the model's modules and constants, the
+    weights' layout, some 1,500 checks for `nano` — cost ≈ 0.2 ms a batch-1 step there (10%),
+    most of it cache misses after the step has streamed its weights (docs/BENCHMARKS.md). The
+    first call of each kind (batch 1 or more, with or without a memory mask, this weight
+    layout, this many torch threads) runs every guard, compiling if needed; later calls of that
+    kind run under ``skip_guard_eval_unsafe``, where dynamo still checks every input tensor's
+    dtype, shape and strides and the guards that have told its graphs apart, and compiles when
+    none matches. The step's graphs live on code objects of this decoder's own (:func:`_own_code`),
+    so no other model's graph can be taken for its. What is left unchecked is state the step
+    does not change between calls of one kind; the grad mode is off in every call, and an
+    autocast region entered after the warm-up would decode in the model's dtype as before.
     """
 
     noun, verb = "decoding", "decoding"
@@ -395,13 +495,16 @@ class CompiledDecoder:
             raise TypeError(f"compiled decoding is implemented for RxT models, not {type(model).__name__}")
         self.model = model
         self._lock = threading.Lock()
-        self._weights = StepWeights(model)
-        self._fn: StepFn = _compile(
-            model, lambda ids, lengths, keys, values, memory, mask, weights, head: decode_step(
-                model, ids, lengths, keys, values, memory, mask, weights, head))
+        self._weights = weights = StepWeights(model)
+        step = lambda ids, lengths, keys, values, memory, mask, packs: decode_step(  # noqa: E731
+            model, weights.layout, ids, lengths, keys, values, memory, mask, packs)
+        # batch 1 and larger batches compile apart (batch 1 is specialised), each on a code
+        # object of its own, so a step's graph is chosen by which function is called
+        self._steps: dict[bool, StepFn] = {batched: _compile(model, step) for batched in (False, True)}
+        self._checked: set[tuple] = set()
         self._prefill_fn: PrefillFn = _compile(
-            model, lambda ids, lengths, stm, keys, values, mask, weights: prefill_step(
-                model, ids, lengths, stm, keys, values, mask, weights))
+            model, lambda ids, lengths, stm, keys, values, mask, packs: prefill_step(
+                model, weights.layout, ids, lengths, stm, keys, values, mask, packs))
 
     def _step_weights(self) -> StepWeights:
         self._weights.refresh()
@@ -434,7 +537,7 @@ class CompiledDecoder:
             mark(stm, 1)
         with self._lock:
             logits, memory = self._prefill_fn(ids, lengths, stm, cache.keys, cache.values, memory_mask,
-                                               self._step_weights().layers)
+                                               self._step_weights().packs)
         cache.advance(lengths)
         return logits, memory
 
@@ -447,12 +550,19 @@ class CompiledDecoder:
         # already (DecodeBatch), the projection of a lone STM is a transposed view.
         memory = [(k.contiguous(), v.contiguous()) for k, v in memory]
         _mark_capacity_dynamic(cache)
-        if ids.shape[0] > 1:  # every batch above 1 shares one graph, whatever size came first
+        batched = ids.shape[0] > 1
+        if batched:  # every batch above 1 shares one graph, whatever size came first
             _mark_batch_dynamic(ids, cache, memory, slot_mask)
         with self._lock:  # one compilation at a time
-            weights = self._step_weights()
-            logits = self._fn(ids, cache.lengths, cache.keys, cache.values, memory, slot_mask,
-                              weights.layers, weights.head)
+            packs = self._step_weights().packs
+            kind = (batched, slot_mask is None, id(self._weights.layout), torch.get_num_threads())
+            args = (ids, cache.lengths, cache.keys, cache.values, memory, slot_mask, packs)
+            if kind in self._checked:
+                with torch.compiler.set_stance(skip_guard_eval_unsafe=True):
+                    logits = self._steps[batched](*args)
+            else:
+                logits = self._steps[batched](*args)
+                self._checked = {k for k in self._checked if k[2:] == kind[2:]} | {kind}
         cache.advance(1)
         return logits
 

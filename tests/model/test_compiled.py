@@ -75,6 +75,31 @@ def test_compiled_step_logits_match_eager_and_write_the_same_cache(compiled_debu
             torch.testing.assert_close(c1.values[layer][row, :, :n], c0.values[layer][row, :, :n], **KERNEL)
 
 
+def test_compiled_steps_of_each_kind_in_turn_match_eager(compiled_debug):
+    """Steps of batch 1 and batch 2, with and without hidden memory slots, in turn and twice
+    over: each kind's first call runs all of dynamo's guards and later ones only the tensors'
+    (CompiledDecoder); every step's logits are the eager step's, the hidden slots' too."""
+    model, compiled = compiled_debug
+    stm = stms(model, 2)
+    hidden = torch.ones(2, stm.shape[2], dtype=torch.bool)
+    hidden[:, ::2] = False
+    prompts = [prompt_ids(QUERIES[0]), prompt_ids(QUERIES[1])]
+    kinds = [(slice(0, 2), None), (slice(1, 2), hidden[1:2]), (slice(0, 2), hidden), (slice(0, 1), None)]
+    for rows, mask in kinds * 2:
+        ids, lengths = pad_batch(prompts[rows])
+        step_ids = torch.full((ids.shape[0], 1), 7)
+        with torch.no_grad():
+            memory = model.project_memory(stm[:, rows])
+            caches = [model.new_cache(ids.shape[0]) for _ in range(3)]
+            for cache in caches:
+                model.decode_hidden(ids, lengths, memory, mask, cache)
+            eager = model.decode(step_ids, None, memory, mask, caches[0])[0][:, -1]
+            unmasked = model.decode(step_ids, None, memory, None, caches[1])[0][:, -1]
+        torch.testing.assert_close(compiled.step(step_ids, caches[2], memory, mask), eager, **KERNEL)
+        if mask is not None:
+            assert (eager - unmasked).abs().max() > CHANGED  # the hidden slots change the answer
+
+
 def test_compiled_prefill_matches_eager_logits_memory_and_cache(compiled_debug):
     """A turn's prefill through the compiled model: the next-token logits, the projected memory
     and every real cached position as the eager pass gives them — rows of unequal length (right
@@ -200,6 +225,7 @@ WEIGHTS_CHANGED = {
     "a value projection": lambda model: [model.decoder[1].attn.v_proj.weight],
     "the memory query projection": lambda model: [model.decoder[0].mem_attn.q_proj.weight],
     "the head": lambda model: [model.lm_head.weight],
+    "a norm": lambda model: [model.decoder[1].ffn_norm.weight],
 }
 
 
