@@ -71,8 +71,12 @@ class StepWeights:
     and ``head`` (D, V) and the final norm's ``norm``. Biases and the embedding stay the
     modules' own tensors. One flat tensor rather than ~75: every tensor a compiled call takes
     costs it about a microsecond of guards and argument handling (docs/BENCHMARKS.md). A copy
-    made once, renewed when any weight changes (checked on every step from the tensors'
-    identities and version counters)."""
+    made once, renewed when any weight has changed (by the tensors' identities and version
+    counters) at each :meth:`CompiledDecoder.prefill` — every admission of a
+    :class:`~rxt_dist.inference.DecodeBatch` — not on every step: the check reads some 200
+    tensors' counters, ≈ 0.12 ms of a `nano` batch-1 step of ≈ 1.7 (7%) when each step has just
+    streamed the weights through the caches (docs/BENCHMARKS.md). Weights changed in place while
+    a batch decodes reach its steps at its next admission."""
 
     def __init__(self, model: RxTModel) -> None:
         for block in model.decoder:
@@ -91,9 +95,9 @@ class StepWeights:
         self.refresh()
 
     def refresh(self) -> None:
-        # on every step, so kept cheap: the modules' ``_parameters`` dicts rather than
-        # ``.weight`` (whose nn.Module.__getattr__ made the check of `nano`'s 199 weights take
-        # ~0.5 ms), read by C-level maps; 39 µs for `nano`, most of it reading the versions
+        # kept cheap: the modules' ``_parameters`` dicts rather than ``.weight`` (whose
+        # nn.Module.__getattr__ made the check of `nano`'s 199 weights take ~0.5 ms), read by
+        # C-level maps; 39 µs for `nano` in a loop, most of it reading the versions
         weights = list(map(_WEIGHT, self._parameters))
         versions = list(map(_VERSION, weights))
         if versions != self._versions or any(map(operator.is_not, weights, self._weights)):
@@ -506,9 +510,12 @@ class CompiledDecoder:
             model, lambda ids, lengths, stm, keys, values, mask, packs: prefill_step(
                 model, weights.layout, ids, lengths, stm, keys, values, mask, packs))
 
-    def _step_weights(self) -> StepWeights:
-        self._weights.refresh()
-        return self._weights
+    def refresh_weights(self) -> None:
+        """Renew the step's weight copies if any weight has changed (:class:`StepWeights`);
+        :meth:`prefill` does it, and a :class:`~rxt_dist.inference.DecodeBatch` whenever it
+        admits rows without it."""
+        with self._lock:
+            self._weights.refresh()
 
     @torch.no_grad()
     def prefill(self, ids: Tensor, lengths: Tensor, stm: Tensor, memory_mask: Tensor | None,
@@ -536,14 +543,16 @@ class CompiledDecoder:
                 mark(t, 0)
             mark(stm, 1)
         with self._lock:
+            self._weights.refresh()
             logits, memory = self._prefill_fn(ids, lengths, stm, cache.keys, cache.values, memory_mask,
-                                               self._step_weights().packs)
+                                               self._weights.packs)
         cache.advance(lengths)
         return logits, memory
 
     @torch.no_grad()
     def step(self, ids: Tensor, cache: KVCache, memory: MemoryKV, memory_mask: Tensor | None) -> Tensor:
-        """Decode ``ids`` (B, 1) after ``cache`` (advanced by one); returns logits (B, V)."""
+        """Decode ``ids`` (B, 1) after ``cache`` (advanced by one); returns logits (B, V). The
+        weights are as the last :meth:`prefill` or :meth:`refresh_weights` found them."""
         cache.reserve(cache.max_length() + 1)
         slot_mask = memory_mask[:, None, None, :] if memory_mask is not None else None  # (B, 1, 1, S)
         # One memory layout, so strides never make a new graph: a batch's memory is contiguous
@@ -554,9 +563,8 @@ class CompiledDecoder:
         if batched:  # every batch above 1 shares one graph, whatever size came first
             _mark_batch_dynamic(ids, cache, memory, slot_mask)
         with self._lock:  # one compilation at a time
-            packs = self._step_weights().packs
             kind = (batched, slot_mask is None, id(self._weights.layout), torch.get_num_threads())
-            args = (ids, cache.lengths, cache.keys, cache.values, memory, slot_mask, packs)
+            args = (ids, cache.lengths, cache.keys, cache.values, memory, slot_mask, self._weights.packs)
             if kind in self._checked:
                 with torch.compiler.set_stance(skip_guard_eval_unsafe=True):
                     logits = self._steps[batched](*args)

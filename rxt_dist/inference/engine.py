@@ -76,7 +76,9 @@ class DecodeBatch:
     kept_caches: dict[Hashable, KVCache] = field(default_factory=dict)
     compiled: CompiledDecoder | None = None
     """The prefill of new sequences and the decode steps through this compiled model (RxT
-    only; a prefill that continues a given cache stays eager)."""
+    only; a prefill that continues a given cache stays eager). Its weight copies are renewed
+    at each admission, so weights changed in place while the batch decodes reach its steps at
+    its next admission (:class:`~rxt_dist.inference.compiled.StepWeights`)."""
 
     @property
     def is_rxt(self) -> bool:
@@ -115,6 +117,8 @@ class DecodeBatch:
         if self.is_rxt and self.compiled is not None and cache is None:
             last, memory = self.compiled.prefill(ids, lengths, stm.to(device), memory_mask, new_cache)
         else:
+            if self.compiled is not None:  # the steps' weight copies, as the compiled prefill renews them
+                self.compiled.refresh_weights()
             if self.is_rxt:
                 memory = self.model.project_memory(stm.to(device))
                 hidden, _ = self.model.decode_hidden(ids, lengths, memory, memory_mask, new_cache)

@@ -206,7 +206,7 @@ def test_routed_experts_give_the_eager_mixture_of_experts_output(moe, grouped, m
         monkeypatch.setattr(compiled_module, "_grouped_swiglu", compiled_module._looped_swiglu)
     model, compiled = moe
     ffn = model.decoder[0].ffn
-    stacked = compiled._step_weights().layers[0]
+    stacked = compiled._weights.layers[0]
     for rows in (1, 9):  # one row leaves two of the four experts without rows
         x = torch.randn(rows, 1, model.cfg.dim, generator=torch.Generator().manual_seed(rows))
         with torch.no_grad():
