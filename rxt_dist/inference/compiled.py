@@ -444,8 +444,8 @@ def _own_code(fn: Callable) -> Callable:
     """``fn`` on a copy of its code object with a name of its own. Dynamo keeps compiled graphs
     and their guards per code object, and what it has learnt about sizes per code *name* (file,
     line, name): with the lambdas shared, `tiny` compiled after `nano` in one process had every
-    size that differs between them made dynamic — 44 more arguments to its step and 0.59 ms
-    where it takes 0.44 alone (docs/BENCHMARKS.md)."""
+    size that differs between them made dynamic — 44 more arguments to its batch-1 step, which
+    took 0.75 ms where alone it takes 0.43 (docs/BENCHMARKS.md)."""
     code = fn.__code__
     code = code.replace(co_name=f"{code.co_name}_{next(_COMPILED)}")
     return types.FunctionType(code, fn.__globals__, code.co_name, fn.__defaults__, fn.__closure__)
@@ -480,16 +480,16 @@ class CompiledDecoder:
 
     A decoding step checks only its tensors' guards once its kind of call has been seen:
     dynamo's guards on everything else the step reads — the model's modules and constants, the
-    weights' layout, some 1,500 checks for `nano` — cost ≈ 0.2 ms a batch-1 step there (10%),
-    most of it cache misses after the step has streamed its weights (docs/BENCHMARKS.md). The
+    weights' layout, some 1,500 checks for `nano` — cost ≈ 0.16 ms of a batch-1 step there
+    (8%), most of it cache misses after the step has streamed its weights (docs/BENCHMARKS.md). The
     first call of each kind (batch 1 or more, with or without a memory mask, this weight
     layout, this many torch threads) runs every guard, compiling if needed; later calls of that
     kind run under ``skip_guard_eval_unsafe``, where dynamo still checks every input tensor's
     dtype, shape and strides and the guards that have told its graphs apart, and compiles when
     none matches. The step's graphs live on code objects of this decoder's own (:func:`_own_code`),
-    so no other model's graph can be taken for its. What is left unchecked is state the step
-    does not change between calls of one kind; the grad mode is off in every call, and an
-    autocast region entered after the warm-up would decode in the model's dtype as before.
+    so no other model's graph can be taken for its. Not checked again: process-wide state the
+    call does not set itself (the grad mode it does: off) — an autocast region entered after a
+    kind's first call, say, would leave the step decoding as it was compiled.
     """
 
     noun, verb = "decoding", "decoding"
