@@ -63,8 +63,10 @@ class StepWeights:
       (what ``nn.Linear`` hands inductor) took 1.4–2.2× the time of the same product by an
       (in, out) copy at 8 and 32 rows (docs/BENCHMARKS.md);
     - a dense FFN's ``gate_up`` (D, 2F) and ``down`` (F, D); a mixture of experts' ``router``
-      (D, E), ``gate_up`` (E, 2F, D) (each expert's gate and up stacked) and ``down`` (E, F, D)
-      (transposed: the layouts that measured fastest for one row and for grouped rows alike);
+      (D, E), ``gate_up`` (E, 2F, D) (each expert's gate and up stacked) and ``down`` (E, D, F),
+      the modules' own layouts stacked: one row's products then sum along contiguous memory
+      (`nano` batch 1 −5% against ``down`` as (E, F, D); a batch's grouped products read
+      them transposed, as fast; docs/BENCHMARKS.md);
     - the three norms' weights and the two rotary embeddings' frequencies, as the modules hold
       them;
 
@@ -178,7 +180,7 @@ def _layer_weights(block: Block) -> dict[str, Tensor | None]:
         experts = ffn.experts
         weights["router"] = _t(ffn.router)
         weights["gate_up"] = torch.stack([torch.cat([e.gate.weight, e.up.weight]) for e in experts])
-        weights["down"] = torch.stack([e.down.weight.T for e in experts]).contiguous()  # (E, F, D)
+        weights["down"] = torch.stack([e.down.weight for e in experts])  # (E, D, F)
     else:
         weights["gate_up"] = _t(ffn.gate, ffn.up)
         weights["down"] = _t(ffn.down)
@@ -231,7 +233,7 @@ def _grouped_swiglu(xs: Tensor, counts: Tensor, gate_up: Tensor, down: Tensor) -
     matrix product per weight."""
     ends = counts.cumsum(0).to(torch.int32)
     product = lambda a, w: torch.nn.functional.grouped_mm(a, w, offs=ends)
-    return product(_swiglu(product(xs, gate_up.transpose(1, 2))), down)
+    return product(_swiglu(product(xs, gate_up.transpose(1, 2))), down.transpose(1, 2))
 
 
 def _looped_swiglu(xs: Tensor, counts: Tensor, gate_up: Tensor, down: Tensor) -> Tensor:
@@ -241,7 +243,7 @@ def _looped_swiglu(xs: Tensor, counts: Tensor, gate_up: Tensor, down: Tensor) ->
     start = 0
     for e, n in enumerate(counts.tolist()):
         if n:
-            y[start:start + n] = _swiglu(xs[start:start + n] @ gate_up[e].T) @ down[e]
+            y[start:start + n] = _swiglu(xs[start:start + n] @ gate_up[e].T) @ down[e].T
         start += n
     return y
 
@@ -266,7 +268,7 @@ def _moe_step(moe: MoE, weights: dict[str, Tensor], x: Tensor) -> Tensor:
     if B == 1:
         pick = chosen[0]  # (k,)
         h = _swiglu(torch.einsum("kfd,d->kf", gate_up[pick], flat[0]))  # (k, F)
-        y = torch.einsum("kf,kfd->kd", h, down[pick])  # (k, D)
+        y = torch.einsum("kf,kdf->kd", h, down[pick])  # (k, D)
         return (y * top[0, :, None]).sum(0).view(1, 1, D)
     return routed_experts(flat, chosen, top, gate_up, down).view(B, 1, D)
 
