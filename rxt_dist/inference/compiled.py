@@ -572,6 +572,8 @@ class CompiledDecoder:
                     logits = self._steps[batched](*args)
             else:
                 logits = self._steps[batched](*args)
+                # kinds checked under another weight layout or thread count are checked again:
+                # the guards they would skip are the ones that tell those graphs apart
                 self._checked = {k for k in self._checked if k[2:] == kind[2:]} | {kind}
         cache.advance(1)
         return logits
