@@ -25,6 +25,7 @@ from __future__ import annotations
 import functools
 import itertools
 import logging
+import math
 import operator
 import platform
 import threading
@@ -104,30 +105,31 @@ class StepWeights:
         versions = list(map(_VERSION, weights))
         if versions != self._versions or any(map(operator.is_not, weights, self._weights)):
             with torch.no_grad():
-                pieces = {f"{i}.{name}": t for i, block in enumerate(self.model.decoder)
+                pieces = {(i, name): t for i, block in enumerate(self.model.decoder)
                           for name, t in _layer_weights(block).items()}
-                pieces["head"] = _t(self.model.lm_head)
+                pieces[None, "head"] = _t(self.model.lm_head)
                 if isinstance(self.model.decoder_norm, torch.nn.RMSNorm):
-                    pieces["norm"] = self.model.decoder_norm.weight
+                    pieces[None, "norm"] = self.model.decoder_norm.weight
                 self.packs, layout = _pack(pieces)
             if layout != self.layout:  # the same object while equal: the compiled steps guard on it
                 self.layout = layout
             self._weights, self._versions = weights, versions
 
     @property
-    def layers(self) -> list[dict[str, Tensor | None]]:
+    def layers(self) -> dict[int, dict[str, Tensor]]:
         """Each layer's pieces, as views of :attr:`packs`."""
-        return unpack(self.packs, self.layout, len(self.model.decoder))[0]
+        return unpack(self.packs, self.layout)[0]
 
 
-Layout = dict[str, tuple[int, int, tuple[int, ...]]]
+Piece = tuple[int | None, str]  # (the layer, or None for the head and the final norm; its name)
+Layout = dict[Piece, tuple[int, int, tuple[int, ...]]]
 _WEIGHT, _VERSION = operator.itemgetter("weight"), operator.attrgetter("_version")
 _ALIGN = 64  # bytes: every piece starts where a fresh allocation would
 
 
-def _pack(pieces: dict[str, Tensor | None]) -> tuple[list[Tensor], Layout]:
-    """``pieces`` copied into one flat tensor per dtype; the layout maps each name to (which
-    flat tensor, offset, shape). None pieces are left out (:func:`unpack` gives None)."""
+def _pack(pieces: dict[Piece, Tensor | None]) -> tuple[list[Tensor], Layout]:
+    """``pieces`` copied into one flat tensor per dtype; the layout maps each piece to (which
+    flat tensor, offset, shape). None pieces are left out."""
     dtypes = list(dict.fromkeys(t.dtype for t in pieces.values() if t is not None))
     layout, ends = {}, [0] * len(dtypes)
     for name, t in pieces.items():
@@ -144,24 +146,14 @@ def _pack(pieces: dict[str, Tensor | None]) -> tuple[list[Tensor], Layout]:
     return packs, layout
 
 
-def unpack(packs: list[Tensor], layout: Layout, num_layers: int) -> tuple[list[dict[str, Tensor | None]], dict]:
+def unpack(packs: list[Tensor], layout: Layout) -> tuple[dict[int, dict[str, Tensor]], dict[str, Tensor]]:
     """The views of :class:`StepWeights` in ``packs``: a dict per layer and one of the rest
-    (``head``, ``norm``); a name the model has no tensor for maps to None."""
-    view = lambda j, start, shape: packs[j][start:start + _numel(shape)].view(shape)  # noqa: E731
-    views = {name: view(*where) for name, where in layout.items()}
-    layers = [{name: views.get(f"{i}.{name}") for name in _LAYER_NAMES} for i in range(num_layers)]
-    return layers, {"head": views["head"], "norm": views.get("norm")}
-
-
-_LAYER_NAMES = ("qkv", "o", "mq", "mo", "router", "gate_up", "down", "attn_norm", "mem_norm", "ffn_norm",
-                "rope", "mem_rope")
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for size in shape:
-        n *= size
-    return n
+    (``head``, ``norm``); a piece the model has no tensor for is absent."""
+    layers, rest = {}, {}
+    for (layer, name), (j, start, shape) in layout.items():
+        piece = packs[j][start:start + math.prod(shape)].view(shape)
+        (rest if layer is None else layers.setdefault(layer, {}))[name] = piece
+    return layers, rest
 
 
 def _t(*layers: torch.nn.Linear) -> Tensor:
@@ -305,7 +297,7 @@ def decode_step(
     ``packs`` and ``layout`` the weight copies of :class:`StepWeights`.
     Returns the next-token logits (B, V)."""
     B, C = ids.shape[0], keys[0].shape[2]
-    weights, rest = unpack(packs, layout, len(model.decoder))
+    weights, rest = unpack(packs, layout)
     at = lengths[:, None, None, None].float()  # (B, 1, 1, 1)
     tables = lambda inv_freq: ((at * inv_freq).cos(), (at * inv_freq).sin())  # noqa: E731
     visible = (torch.arange(C, device=ids.device)[None] <= lengths[:, None])[:, None, None]  # (B, 1, 1, C)
@@ -314,7 +306,7 @@ def decode_step(
     for i, block in enumerate(model.decoder):
         attn = block.attn
         w = weights[i]
-        h = _norm(block.attn_norm, w["attn_norm"], x)
+        h = _norm(block.attn_norm, w.get("attn_norm"), x)
         cos, sin = tables(w["rope"])  # (B, 1, 1, H/2) each
         q, k, v = _affine(h, w["qkv"]).split([attn.n_q * attn.head_dim] + [attn.n_kv * attn.head_dim] * 2, dim=-1)
         q = _rotate(attn._heads(q, attn.n_q), cos, sin)  # (B, N, 1, H)
@@ -327,13 +319,13 @@ def decode_step(
         values[i].index_put_(where, v[:, :, 0])
         x = x + _attend_one(attn, q, keys[i], values[i], visible, w["o"])
         mem = block.mem_attn
-        mq = _rotate(mem._heads(_affine(_norm(block.mem_norm, w["mem_norm"], x), w["mq"]), mem.n_q),
+        mq = _rotate(mem._heads(_affine(_norm(block.mem_norm, w.get("mem_norm"), x), w["mq"]), mem.n_q),
                      *tables(w["mem_rope"]))
         x = x + _attend_one(mem, mq, memory[i][0], memory[i][1], memory_mask, w["mo"])
         ffn = block.ffn
-        h = _norm(block.ffn_norm, w["ffn_norm"], x)
+        h = _norm(block.ffn_norm, w.get("ffn_norm"), x)
         x = x + (_dense_ffn(ffn, w, h) if isinstance(ffn, SwiGLU) else _moe_step(ffn, w, h))
-    return _affine(_norm(model.decoder_norm, rest["norm"], x), rest["head"], model.lm_head.bias)[:, -1]  # (B, V)
+    return _affine(_norm(model.decoder_norm, rest.get("norm"), x), rest["head"], model.lm_head.bias)[:, -1]  # (B, V)
 
 
 def _dense_ffn(ffn: SwiGLU, weights: dict[str, Tensor], x: Tensor) -> Tensor:
@@ -357,7 +349,7 @@ def prefill_step(
     invisible to it (the padded positions' own outputs are never read, and their cache entries
     lie past each row's length, where every later step masks them)."""
     B, T = ids.shape
-    weights, _ = unpack(packs, layout, len(model.decoder))
+    weights, _ = unpack(packs, layout)
     memory = [tuple(t.contiguous() for t in block.project_memory(stm[i])) for i, block in enumerate(model.decoder)]
     positions = torch.arange(T, device=ids.device)[None].expand(B, T)  # (B, T)
     slot_mask = memory_mask[:, None, None, :] if memory_mask is not None else None  # (B, 1, 1, S)
