@@ -64,8 +64,9 @@ def test_compiled_step_logits_match_eager_and_write_the_same_cache(compiled_debu
         for _ in range(5):
             ids = batches[0].last_tokens[:, None]
             eager = model.decode(ids, None, batches[0].memory, None, batches[0].cache)[0][:, -1]
-            fast = compiled.step(ids, batches[1].cache, batches[1].memory, None)
+            fast, greedy = compiled.step(ids, batches[1].cache, batches[1].memory, None)
             torch.testing.assert_close(fast, eager, **KERNEL)
+            assert torch.equal(greedy, fast.argmax(-1))
             batches[0].last_tokens = batches[1].last_tokens = eager.argmax(-1)
     c0, c1 = batches[0].cache, batches[1].cache
     assert c0.host_lengths == c1.host_lengths
@@ -95,7 +96,7 @@ def test_compiled_steps_of_each_kind_in_turn_match_eager(compiled_debug):
                 model.decode_hidden(ids, lengths, memory, mask, cache)
             eager = model.decode(step_ids, None, memory, mask, caches[0])[0][:, -1]
             unmasked = model.decode(step_ids, None, memory, None, caches[1])[0][:, -1]
-        torch.testing.assert_close(compiled.step(step_ids, caches[2], memory, mask), eager, **KERNEL)
+        torch.testing.assert_close(compiled.step(step_ids, caches[2], memory, mask)[0], eager, **KERNEL)
         if mask is not None:
             assert (eager - unmasked).abs().max() > CHANGED  # the hidden slots change the answer
 
