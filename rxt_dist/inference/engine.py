@@ -156,16 +156,14 @@ class DecodeBatch:
         if not self.rows:
             return []
         ids = self.last_tokens[:, None]  # (B, 1)
-        params = [r.params for r in self.rows]
+        greedy = None
         if self.compiled is not None:
             logits, greedy = self.compiled.step(ids, self.cache, self.memory, self.memory_mask)  # (B, V), (B,)
-            if all(p.greedy for p in params):
-                return self._advance(greedy, first_row=0)
         elif self.is_rxt:
             logits = self.model.decode(ids, None, self.memory, self.memory_mask, self.cache)[0][:, -1]
         else:
             logits = self.model.decode(ids, None, self.cache)[0][:, -1]
-        tokens = sample_next(logits, params, [r.generator for r in self.rows])
+        tokens = sample_next(logits, [r.params for r in self.rows], [r.generator for r in self.rows], greedy)
         return self._advance(tokens, first_row=0)
 
     def _advance(self, tokens: Tensor, first_row: int) -> list[TokenEvent]:

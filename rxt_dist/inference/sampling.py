@@ -94,11 +94,13 @@ def greedy_tokens(logits: Tensor) -> Tensor:
 
 
 def sample_next(
-    logits: Tensor, params: list[SamplingParams], generators: list[torch.Generator | None]
+    logits: Tensor, params: list[SamplingParams], generators: list[torch.Generator | None],
+    greedy: Tensor | None = None,
 ) -> Tensor:
-    """Choose one token per row from ``logits`` (B, V). Returns (B,) token ids."""
+    """Choose one token per row from ``logits`` (B, V). Returns (B,) token ids. ``greedy``:
+    the rows' ``argmax`` where the caller has it already (the compiled step computes it)."""
     if all(p.greedy for p in params):
-        return greedy_tokens(logits)  # (B,): one call for the whole batch
+        return greedy if greedy is not None else greedy_tokens(logits)  # (B,): one call for the whole batch
     tokens = []
     for row, p, gen in zip(logits, params, generators):
         if p.greedy:
