@@ -610,7 +610,9 @@ def write_check(profile: CostProfile, report: dict, args: argparse.Namespace, co
               f"stalls {env['stall_rate_per_s']:.2f}/s, {env['stalled_share']:.1%} of the time; "
               f"update batch mean sim {r['simulated']['update_batch_mean']:.1f} / measured "
               + (f"{batch:.1f}" if batch else "—")
-              + f"; decode steps sim {r['simulated']['decode_iterations']} / measured {r['measured'].get('decode_steps') or '—'}")
+              # loop iterations on both sides: the app's ``steps`` leave out those that only admitted
+              + f"; decode loop iterations sim {r['simulated']['decode_iterations']} / measured "
+              + f"{r['measured'].get('decode_iterations') or '—'}")
         phases = [f"{phase} {r['simulated'][key] * 1e3:.1f}/{r['measured'][key] * 1e3:.1f}"
                   for phase in ("batch", "read", "consolidate", "consolidate_run", "commit")
                   if (key := f"update_{phase}_s") in r["measured"] and key in r["simulated"]]
