@@ -105,8 +105,9 @@ class ServingPath:
     streamed chunk — the Generator hands one item of tokens to Ray's stream, the Ingress makes
     it a server-sent event, the proxy forwards it, the client parses it — beside the per-turn
     work above. With ``stream_interval_s`` 0 each token is one chunk (measured: the answers'
-    chunks equal their tokens at every load); with time slicing the Generator's part stays per
-    token (its stream wakes for every decoded token) and the others' is per chunk. Fitted from
+    chunks equal their tokens at every load); with time slicing every role's part is per chunk
+    (the Generator's stream sleeps until its chunk is due, the tokens decoded meanwhile waiting
+    without waking it: ``rxt_dist.serving.decode_loop._Inbox``, since 2026-12-05). Fitted from
     two calibration levels whose answers differ in length; empty: all of a turn's work counts
     per turn, whatever its length."""
     stream_interval_s: float = 0.0

@@ -65,7 +65,7 @@ def speed_ratio(profile: CostProfile, env: dict[str, Any] | None, speed_from: st
     serving processes' CPU per turn in a replay of calibration level A right before the level
     (``env["replay"]``) over the calibration's own, the calibration's moved to the replay's
     chunks per turn by the profile's per-chunk work (the replay's application may slice its
-    stream; the Generator's part stays per token)."""
+    stream)."""
     if speed_from is None or not env:
         return None
     if speed_from == "replay":
@@ -76,7 +76,8 @@ def speed_ratio(profile: CostProfile, env: dict[str, Any] | None, speed_from: st
         then = replay_cpu_s({r: calibration["cpu_s_per_turn"].get(r, 0.0) for r in roles})
         chunks_then = calibration.get("short", {}).get("long_chunks")
         if chunks_then is not None:
-            then -= sum(profile.path.chunk(r) for r in ("ingress", "proxy")) * (chunks_then - replay["chunks_per_turn"])
+            then -= sum(profile.path.chunk(r) for r in ("generator", "ingress", "proxy")) * (
+                chunks_then - replay["chunks_per_turn"])
         now = replay_cpu_s(replay["cpu_s_per_turn"])
         return now / then if then > 0 and now > 0 else None
     key = SPEED_READINGS[speed_from]

@@ -386,9 +386,10 @@ class _Turn:
         ones at most every ``stream_interval_s`` (stretched to share ``stream_chunks_per_s``
         among the replica's open answers), the tokens decoded meanwhile in one chunk, and
         whatever is left when decoding ends. Each chunk goes through the Generator's event loop
-        (its ``chunk_s`` once per token in the chunk: the stream wakes for every decoded token,
-        merged or not; and ``in_share / 2`` of the per-turn work with the first) to the
-        Ingress's queue for this answer; the end follows the last one."""
+        (its ``chunk_s`` once per chunk: the stream sleeps until its chunk is due, the tokens
+        decoded meanwhile waiting without waking it, ``_Inbox``; and ``in_share / 2`` of the
+        per-turn work with the first) to the Ingress's queue for this answer; the end follows
+        the last one."""
         path = self.g.p.path
         now = self.g.sim.now
         interval = path.stream_interval(self.generator.ongoing)
@@ -401,9 +402,8 @@ class _Turn:
         if self.unsent:
             self.chunks_sent += 1
             chunk, share = self.chunks_sent, (path.in_share / 2 if self.chunks_sent == 1 else 0.0)
-            tokens, self.unsent, self.sent_at = self.unsent, 0, now
-            self.generator.io.do(path.generator_io_s * share + self.chunk_s[0] * tokens, lambda: self._arrive(chunk),
-                                 self)
+            self.unsent, self.sent_at = 0, now
+            self.generator.io.do(path.generator_io_s * share + self.chunk_s[0], lambda: self._arrive(chunk), self)
         if self.decoded and not self.end_sent:
             self.end_sent = True
             self.generator.io.do(0.0, lambda: self._arrive(0), self)
