@@ -41,9 +41,8 @@ def measured_figures(level: dict) -> dict[str, float | None]:
             **{f"update_{k[:-len('_per_update_s')]}_s": v for k, v in (level.get("update_batches") or {}).items()
                if k.endswith("_per_update_s")},
             "decode_steps": level.get("decode_steps"), "cpu_s_per_turn": level.get("cpu_s_per_turn"),
-            "decode_iterations": (level.get("decode_loop") or {}).get("iterations"),
             **{f"decode_{k.removesuffix('_mean_s')}_s" if k.endswith("_mean_s") else f"decode_{k}": v
-               for k, v in (level.get("decode_loop") or {}).items() if k != "iterations"}}
+               for k, v in (level.get("decode_loop") or {}).items()}}
 
 
 SPEED_READINGS = {"probe": "speed_probe_s", "store": "store_cycle_cpu_s", "replay": "replay"}
