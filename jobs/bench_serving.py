@@ -133,11 +133,11 @@ def store_counters() -> dict[str, int]:
     the shards (cumulative)."""
     import ray
 
-    from serve.store import STORE_NAMESPACE
+    from rxt_dist.serving.protocol import STORE_NAMESPACE, store_actor_shard
 
     shards = [ray.get_actor(a["name"], namespace=STORE_NAMESPACE)
               for a in ray.util.list_named_actors(all_namespaces=True)
-              if a["namespace"] == STORE_NAMESPACE and a["name"].startswith("rxt-session-store-")]
+              if a["namespace"] == STORE_NAMESPACE and store_actor_shard(a["name"]) is not None]
     stats = ray.get([shard.stats.remote() for shard in shards], timeout=30)
     return {name: sum(s[name] for s in stats) for name in STORE_COUNTERS}
 

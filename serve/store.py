@@ -9,25 +9,15 @@ sessions from storage on first use. :func:`stop_session_stores` ends them.
 """
 
 import asyncio
-import hashlib
 import logging
 
 import ray
 
-from rxt_dist.serving.protocol import transcript_shard
+from rxt_dist.serving.protocol import STORE_NAMESPACE, store_actor_name, transcript_shard
 from rxt_dist.serving.sessions import SessionStore, StoreConfig, shard_of
 from serve.metrics import StoreMetrics, sample_forever
 
 logger = logging.getLogger("ray.serve")
-
-STORE_NAMESPACE = "rxt_dist"
-
-
-def store_actor_name(url: str, shard: int, num_shards: int) -> str:
-    """The cluster-wide name of one shard actor (same URL and layout → same actor)."""
-    digest = hashlib.sha256(url.encode()).hexdigest()[:16]
-    return f"rxt-session-store-{digest}-{shard}-of-{num_shards}"
-
 
 class StoreShard(SessionStore):
     """A :class:`SessionStore` as a Ray actor that also exports its gauges and counters."""

@@ -78,8 +78,9 @@ def simulate_share(p: CostProfile, w: Workload, generators: int, sim_turns: int 
 def plan(p: CostProfile, w: Workload, slo_ttft_p99_s: float, max_busy: float = 0.7, dtype: str = "float32",
          sim_turns: int = 2, max_generators: int = 1 << 20) -> dict[str, Any]:
     """Fewest Generator replicas whose simulated share meets TTFT p99 ≤ ``slo_ttft_p99_s``
-    with the continuous batch at most ``max_busy`` full on average (room for bursts); MemoryUpdater replicas from the share's
-    updater busy time; CPU cores for the serving path; storage and object-store traffic."""
+    with the continuous batch at most ``max_busy`` full on average (room for bursts); MemoryUpdater
+    replicas from the share's updater busy time; CPU cores for the serving path; storage and
+    object-store traffic."""
     b = bounds(p, w)
     if b["ttft_unloaded_s"] > slo_ttft_p99_s:
         return {"feasible": False, "bounds": b,
@@ -188,3 +189,30 @@ def stateless_kv(preset: str, turn: int, tokens_per_turn: int, bytes_per_value: 
     tokens = turn * tokens_per_turn
     return {"kv_bytes_per_token": per_token, "history_tokens": tokens, "kv_bytes": tokens * per_token,
             "reprefill_tokens": tokens}
+
+
+ASSUMED_OBJECT_STORE = {
+    "source": "ASSUMED (not reachable from this machine): typical same-region S3/GCS latencies for objects "
+              "under 2 MB; replace with a measurement (`profile_storage` with an s3:// directory)",
+    "object_store": {"write_s": 0.030, "read_s": 0.015},
+}
+
+
+def plan_table(plans: list[dict]) -> str:
+    """Markdown: one row per profile × daily users."""
+    lines = [("| profile | daily users | concurrent sessions | Generator / MemoryUpdater replicas | path CPU cores "
+              "| TTFT p50 / p99 | update lag p50 | tokens/s | turns/s | STMs of the sessions in use (fp32) "
+              "| store writes/s | object store per turn |"),
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in plans:
+        if not r.get("feasible"):
+            lines.append(f"| {r['profile']} | {r['daily_users']:,} | — | infeasible: {r.get('reason')} |")
+            continue
+        t = r["traffic"]
+        lines.append(
+            f"| {r['profile']} | {r['daily_users']:,} | {r['sessions']:,} | {r['generators']} / {r['updaters']} "
+            f"| {r['path_cpu_cores']} | {r['ttft_p50_s'] * 1e3:.0f} / {r['ttft_p99_s'] * 1e3:.0f} ms "
+            f"| {r['update_lag_p50_s'] * 1e3:.0f} ms | {r['tokens_per_s']:,.0f} | {r['turns_per_s']:,.1f} "
+            f"| {t['stored_bytes'] / 1e9:,.2f} GB | {t['write_ops_per_s']:,.0f} "
+            f"| {t['ray_object_store_bytes_per_turn'] / 1e6:.2f} MB |")
+    return "\n".join(lines)

@@ -153,3 +153,55 @@ def check_table(rows: list[dict]) -> str:
         lines.append(f"{r['sessions']:>3} " + " ".join(f"{c:>27}" for c in cells)
                      + f"  {'yes' if r['within_tolerance'] else 'NO'}")
     return "\n".join(lines)
+
+
+def check_details(rows: list[dict]) -> str:
+    """Under the check's table, per level: the readings of the machine's speed, the update
+    batch's phases, an update's way to its batch, the decoding loop's iterations and each
+    process's CPU per turn, simulated against measured."""
+    lines: list[str] = []
+    for r in rows:
+        m, sim = r["measured"], r["simulated"]
+        batch = m.get("update_batch_mean")
+        # loop iterations on both sides: the app's ``steps`` leave out those that only admitted
+        lines.append(f"S={r['sessions']}: {_speed_readings(r['environment'])}; update batch mean sim "
+                     f"{sim['update_batch_mean']:.1f} / measured {f'{batch:.1f}' if batch else '—'}; decode loop "
+                     f"iterations sim {sim['decode_iterations']} / measured {m.get('decode_iterations') or '—'}")
+        phases = [f"{phase} {sim[key] * 1e3:.1f}/{m[key] * 1e3:.1f}"
+                  for phase in ("batch", "read", "consolidate", "consolidate_run", "commit")
+                  if (key := f"update_{phase}_s") in m and key in sim]
+        if phases:
+            thread = (f" (the consolidation's thread CPU {m['update_consolidate_cpu_s'] * 1e3:.1f})"
+                      if "update_consolidate_cpu_s" in m else "")
+            lines.append(f"      update batch ms sim/measured: {', '.join(phases)}{thread}")
+        if "update_transit_s" in m:
+            lines.append(f"      per update ms sim/measured: from the Ingress to the MemoryUpdater "
+                         f"{sim['update_transit_s'] * 1e3:.1f}/{m['update_transit_s'] * 1e3:.1f}, then to its "
+                         f"batch's start {sim['update_queued_s'] * 1e3:.1f}/{m['update_queued_s'] * 1e3:.1f}")
+        if "decode_tick_s" in m:
+            lines.append(f"      decode iteration sim/measured: rows {sim['decode_rows_mean']:.1f}/"
+                         f"{m['decode_rows_mean']:.1f}, model work {sim['decode_tick_s'] * 1e3:.2f}/"
+                         f"{m['decode_tick_s'] * 1e3:.2f} ms (thread CPU {m['decode_tick_cpu_s'] * 1e3:.2f}, "
+                         f"awaited {m['decode_iteration_s'] * 1e3:.2f})")
+        cpu = m.get("cpu_s_per_turn")
+        if cpu:
+            lines.append("      CPU ms per turn sim/measured: " + ", ".join(
+                f"{role} {sim['cpu_s_per_turn'][role] * 1e3:.1f}/{cpu[role] * 1e3:.1f}"
+                for role in sim["cpu_s_per_turn"] if role in cpu))
+    return "\n".join(lines)
+
+
+def _speed_readings(env: dict[str, Any]) -> str:
+    """A level's readings of the machine's speed against the profile's, and the scaling applied."""
+    out = f"slowdown {env['slowdown']:.2f} (profile {env['profiled_at']:.2f})"
+    probe, probed = env.get("speed_probe_s"), env.get("profiled_speed_probe_s")
+    out += f", speed probe {probe * 1e3:.2f} ms (profile {probed * 1e3:.2f})" if probe and probed else ""
+    cycle, cycled = env.get("store_cycle_cpu_s"), env.get("profiled_store_cycle_cpu_s")
+    out += f", store cycle {cycle * 1e3:.2f} ms (profile {cycled * 1e3:.2f})" if cycle and cycled else ""
+    replayed, calibrated = env.get("replay_cpu_s"), env.get("profiled_replay_cpu_s")
+    out += (f", replay's serving CPU {replayed * 1e3:.1f} ms per turn (calibration {calibrated * 1e3:.1f})"
+            if replayed and calibrated else "")
+    out += (f", scaled by the {env['speed_from']} reading (×{env['speed_ratio']:.2f})" if env.get("speed_ratio")
+            else f", the {env['speed_from']} reading missing: no speed scaling" if env.get("speed_from")
+            else ", no speed scaling")
+    return out + f", stalls {env['stall_rate_per_s']:.2f}/s, {env['stalled_share']:.1%} of the time"

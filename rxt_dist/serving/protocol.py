@@ -122,3 +122,24 @@ def transcript_shard(transcript: str, num_shards: int) -> int:
 def stm_digest(stm: bytes) -> str:
     """A short digest of an STM's bytes: tells two computations of one memory version apart."""
     return hashlib.blake2b(stm, digest_size=12).hexdigest()
+
+
+# ---- the session store's actors -------------------------------------------------------------
+
+STORE_NAMESPACE = "rxt_dist"
+"""The Ray namespace of the session store's shard actors."""
+STORE_ACTOR_PREFIX = "rxt-session-store-"
+
+
+def store_actor_name(url: str, shard: int, num_shards: int) -> str:
+    """The cluster-wide name of one shard actor (same URL and layout → same actor)."""
+    digest = hashlib.sha256(url.encode()).hexdigest()[:16]
+    return f"{STORE_ACTOR_PREFIX}{digest}-{shard}-of-{num_shards}"
+
+
+def store_actor_shard(name: str) -> int | None:
+    """The shard index in a shard actor's name (:func:`store_actor_name`); None for another actor."""
+    if not name.startswith(STORE_ACTOR_PREFIX):
+        return None
+    _, shard, of, num_shards = name.rsplit("-", 3)
+    return int(shard) if of == "of" and shard.isdigit() and num_shards.isdigit() else None

@@ -730,7 +730,7 @@ def test_the_short_calibration_level_is_left_out_where_it_cannot_tell_chunks_fro
     """The profile command and ``compare --refit`` fit the same: the capped-answer level
     enters the fit only when its answers came in at least one chunk fewer than the long ones
     (and only when it was recorded)."""
-    from jobs.capacity import short_calibration
+    from rxt_dist.eval.profile_fit import short_calibration
 
     long = Workload(sessions=1, think_time_s=0.3, answer_tokens=30, turns=30)
     short = {"tokens": [2, 2, 1], "answer_tokens": 1.7, "answer_p50_s": 0.02, "chunks": 2.0, "long_chunks": 20.0}

@@ -4,7 +4,14 @@ import time
 
 import pytest
 
-from rxt_dist.serving.protocol import stm_digest, transcript_shard, transcript_start, transcript_step
+from rxt_dist.serving.protocol import (
+    store_actor_name,
+    store_actor_shard,
+    stm_digest,
+    transcript_shard,
+    transcript_start,
+    transcript_step,
+)
 from rxt_dist.serving.sessions import (
     SessionStore,
     StoreConfig,
@@ -42,6 +49,16 @@ def test_session_ids_are_random_128_bit_and_shard_evenly():
     for s in ids:
         counts[shard_of(s, 4)] += 1
     assert min(counts) > 400
+
+
+def test_a_store_actors_name_tells_its_shard_and_no_other_actor_passes_for_one():
+    names = [store_actor_name("file:///tmp/s", shard, 4) for shard in range(4)]
+    assert [store_actor_shard(n) for n in names] == [0, 1, 2, 3]
+    assert len(set(names)) == 4 and store_actor_name("file:///tmp/other", 0, 4) != names[0]
+    assert store_actor_name("file:///tmp/s", 0, 2) != names[0]  # another layout, another actor
+    for other in ("SERVE_CONTROLLER_ACTOR", "rxt-session-store-", "rxt-session-store-abc-1-to-2",
+                  "rxt-session-store-abc-x-of-2"):
+        assert store_actor_shard(other) is None
 
 
 def test_turn_cycle_versions_and_compare_and_set(tmp_path):

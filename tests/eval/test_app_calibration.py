@@ -1,0 +1,90 @@
+"""The capacity check's readings of a running application: its counters between two reads, the
+configs it validates before starting Ray, and the report it prints (the live measurement itself
+runs in ``jobs/capacity.py check``, minutes long: docs/BENCHMARKS.md)."""
+
+import pytest
+
+from rxt_dist.eval.app_calibration import CalibrationConfig, CheckLevels
+from rxt_dist.eval.app_readings import decode_loop_counters, fixed_share, read_share, update_batches
+from rxt_dist.eval.simcheck import check_details
+
+
+def test_the_updaters_counters_give_its_batches_and_their_phases_between_two_reads():
+    before = {"batches": 10, "applied": 20, "batch_s": 1.0, "read_s": 0.1, "timed": 20, "transit_s": 0.2,
+              "queued_s": 0.4}
+    after = {"batches": 14, "applied": 32, "batch_s": 1.2, "read_s": 0.14, "timed": 32, "transit_s": 0.44,
+             "queued_s": 0.52}
+    out = update_batches(before, after)
+    assert out["batches"] == 4 and out["applied"] == 12 and out["mean"] == 3
+    assert out["batch_mean_s"] == pytest.approx(0.05) and out["read_mean_s"] == pytest.approx(0.01)
+    assert "commit_mean_s" not in out  # a counter the replica did not keep is not made up
+    assert out["transit_per_update_s"] == pytest.approx(0.02) and out["queued_per_update_s"] == pytest.approx(0.01)
+    assert update_batches(before, before)["mean"] is None
+
+
+def test_the_decoding_loops_counters_give_an_iterations_mean_batch_and_times():
+    before = {"iterations": 100, "rows": 150, "steps": 90, "admitted": 40, "iteration_s": 1.0, "tick_s": 0.5,
+              "tick_cpu_s": 0.4}
+    after = {"iterations": 110, "rows": 190, "steps": 99, "admitted": 44, "iteration_s": 1.1, "tick_s": 0.56,
+             "tick_cpu_s": 0.45}
+    out = decode_loop_counters(before, after)
+    assert out["iterations"] == 10 and out["rows_mean"] == 4 and out["steps"] == 9 and out["admitted"] == 4
+    assert out["tick_mean_s"] == pytest.approx(0.006) and out["tick_cpu_mean_s"] == pytest.approx(0.005)
+    assert decode_loop_counters({}, {}) == {}  # a replica from before it counted
+
+
+def test_the_read_share_counts_the_updates_whose_stm_came_from_the_store():
+    assert read_share({"hits": 5, "misses": 5, "sessions": 3}, {"hits": 11, "misses": 7, "sessions": 3}) == 0.25
+    assert read_share({}, {"hits": 0, "misses": 0, "sessions": 0}) == 1.0  # nothing counted: every update reads
+    assert read_share({}, {"hits": 4, "misses": 0}) == 1.0  # an updater that keeps no STMs
+
+
+@pytest.mark.parametrize("share", [0.0, 0.3, 1.0])
+def test_the_fixed_share_gives_back_the_share_that_made_the_busy_levels_cpu(share):
+    alone, in_flight = 0.010, 4.0
+    together = alone * (share + (1 - share) / in_flight)
+    assert fixed_share(alone, together, in_flight) == pytest.approx(share)
+    assert fixed_share(alone, together, 1.0) == 1.0  # one turn at a time shares nothing
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"turns": 2}, "calibration turns=2"),
+    ({"think_time_s": -1.0}, "think_time_s=-1.0"),
+    ({"warm_up_turns": -8}, "warm_up_turns=-8"),
+    ({"max_tokens": 0}, "max_tokens=0"),
+    ({"wake_weight": 0.5}, "wake_weight=0.5"),
+])
+def test_a_bad_calibration_setting_is_named(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        CalibrationConfig(**kwargs)
+
+
+def test_the_checks_levels_are_validated_and_get_enough_rounds_for_a_tail():
+    with pytest.raises(ValueError, match=r"sessions=\[1, 0\]"):
+        CheckLevels(sessions=(1, 0))
+    with pytest.raises(ValueError, match="rounds=0"):
+        CheckLevels(rounds=0)
+    levels = CheckLevels(sessions=[1, 8, 32], turns=8, rounds=2, min_level_turns=256)
+    assert [levels.rounds_for(s) for s in levels.sessions] == [32, 4, 2]
+
+
+def test_a_bad_setting_stops_the_check_before_ray_starts(capsys):
+    from jobs.capacity import main
+
+    with pytest.raises(SystemExit, match="capacity.py check: calibration turns=1"):
+        main(["check", "--calibration-turns", "1"])
+
+
+def test_the_checks_details_name_each_levels_parts_simulated_against_measured():
+    env = {"slowdown": 1.0, "profiled_at": 1.0, "stall_rate_per_s": 0.0, "stalled_share": 0.0,
+           "replay_cpu_s": 0.0363, "profiled_replay_cpu_s": 0.0481}
+    sim = {"update_batch_mean": 2.3, "decode_iterations": 718, "update_batch_s": 0.0259,
+           "cpu_s_per_turn": {"generator": 0.0078, "store": 0.0057}}
+    measured = {"update_batch_mean": 2.1, "decode_iterations": 670, "update_batch_s": 0.0185,
+                "cpu_s_per_turn": {"generator": 0.0064, "store": 0.0048}}
+    text = check_details([{"sessions": 8, "environment": env, "simulated": sim, "measured": measured}])
+    assert text.splitlines()[0].startswith("S=8: slowdown 1.00 (profile 1.00), replay's serving CPU 36.3 ms per turn "
+                                           "(calibration 48.1), no speed scaling, stalls 0.00/s")
+    assert "update batch mean sim 2.3 / measured 2.1; decode loop iterations sim 718 / measured 670" in text
+    assert "update batch ms sim/measured: batch 25.9/18.5" in text
+    assert "CPU ms per turn sim/measured: generator 7.8/6.4, store 5.7/4.8" in text
