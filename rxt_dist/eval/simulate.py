@@ -39,7 +39,8 @@ Each process is a :class:`~rxt_dist.eval.des.Server` on one shared CPU (:mod:`rx
 Every service time is multiplied by a log-normal jitter with the profile's ``timing_cv``
 (seeded), and with a ``speed_trace`` the whole CPU runs at the machine's measured speed of the
 moment (the trace replayed from a seeded point): slow stretches that every process shares.
-Plain Python with a heap; about a million events per ten seconds.
+Plain Python with a heap; about a million events per ten seconds. The two model deployments'
+replicas are in :mod:`rxt_dist.eval.sim_replicas`.
 """
 
 from __future__ import annotations
@@ -52,236 +53,14 @@ from typing import Any
 
 import numpy as np
 
-from rxt_dist.eval.capacity import SPEED_TRACE_PERIOD_S, STREAM_ROLES, CostProfile, Workload
+from rxt_dist.eval.capacity import (
+    SPEED_TRACE_PERIOD_S,
+    STREAM_ROLES,
+    CostProfile,
+    Workload,
+)
 from rxt_dist.eval.des import Server, Sim
-
-
-
-@dataclass
-class _Seq:
-    turn: _Turn
-    tokens_left: int
-    first: bool = True
-
-
-class DecodeLoop:
-    """A Generator replica's continuous batch (``rxt_dist.serving.decode_loop``)."""
-
-    def __init__(self, sim: Sim, p: CostProfile, query_tokens: int) -> None:
-        self.sim, self.p, self.query_tokens = sim, p, query_tokens
-        self.io = Server(sim, p.path.serial("generator"), p.path.fixed("generator"))
-        """The replica's event loop (Ray calls, streaming), beside the decoding thread."""
-        self.waiting: deque[_Seq] = deque()
-        self.rows: list[_Seq] = []
-        self.running = False
-        self.ongoing = 0
-        self.busy_s = 0.0
-        self.row_s = 0.0
-        """Rows × seconds decoded: over wall time, the mean batch."""
-        self.max_rows = 0
-        self.iterations = 0
-        self.rows_summed = 0
-        """Sequences stepped or admitted, summed over iterations."""
-        self.tick_s = 0.0
-        """Wall seconds of the iterations' model work (on the shared CPU: its wait for a core included)."""
-
-    def submit(self, seq: _Seq) -> None:
-        self.waiting.append(seq)
-        if not self.running:
-            self._iterate()
-
-    def _iterate(self) -> None:
-        if not self.waiting and not self.rows:
-            self.running = False
-            return
-        self.running = True
-        admit = []
-        while self.waiting and len(self.rows) + len(admit) < self.p.path.max_batch_size:
-            admit.append(self.waiting.popleft())
-        stepping = list(self.rows)
-        self.max_rows = max(self.max_rows, len(stepping) + len(admit))
-        seconds = self.sim.jitter(self.p.decode_step(len(stepping)) + self.p.prefill(len(admit), self.query_tokens)
-                                  + (len(stepping) + len(admit)) * self.p.path.generator_chunk_s
-                                  + self.p.path.generator_tick_s + len(admit) * self.p.path.generator_admit_s)
-        self.busy_s += seconds
-        self.iterations += 1
-        self.rows_summed += len(stepping) + len(admit)
-        self.row_s += seconds * (len(stepping) + len(admit))
-        # the step's tokens are handed over on the replica's event loop, behind what waits there
-        started = self.sim.now
-
-        def computed() -> None:
-            self.tick_s += self.sim.now - started
-            self.io.do(0.0, lambda: self._emit(stepping, admit))
-
-        self.sim.cpu.run(seconds, computed, hog=True)
-
-    def _emit(self, stepping: list[_Seq], admit: list[_Seq]) -> None:
-        self.rows = [s for s in stepping + admit if s.tokens_left > 1]
-        for seq in stepping + admit:
-            seq.tokens_left -= 1
-            seq.turn.token(first=seq.first, last=seq.tokens_left == 0)
-            seq.first = False
-            if seq.tokens_left == 0:
-                self.ongoing -= 1
-        self._iterate()
-
-
-class Updater:
-    """A MemoryUpdater replica: ``UpdateBatcher`` batches, one at a time."""
-
-    def __init__(self, sim: Sim, p: CostProfile, store_of: Callable[[int], Server]) -> None:
-        self.sim, self.p, self.store_of = sim, p, store_of
-        self.queue: deque[_Turn] = deque()
-        per_batch = p.path.updater_batch_s > 0
-        self.loop = Server(sim, p.path.serial("updater"), 1.0 if per_batch else p.path.fixed("updater"))
-        self.busy = False
-        self.timer_armed = False
-        self.ongoing = 0
-        self.batches: list[int] = []
-        self.busy_s = 0.0
-        self.model_s = 0.0
-        """Seconds of consolidation (the model's work, beside the process's own in ``loop``)."""
-        self.model_wall_s = 0.0
-        """Wall seconds of it (on the shared CPU: its wait for a core included)."""
-        self.phase_s = {"read": 0.0, "consolidate": 0.0, "commit": 0.0}
-        """Seconds in each phase of a batch, as ``apply_updates`` times them."""
-        self._started = 0.0
-        call_s = p.path.updater_item_s / p.path.updater_calls_per_update()  # one Ray call's share of it
-        in_batch = p.path.updater_in_batch and not per_batch
-        self.receipt_s = call_s if in_batch else p.path.updater_item_s
-        self.in_batch_s = call_s if in_batch else 0.0
-        """Each of the batch's calls (the read, the commit)."""
-        self.transit_s = 0.0
-        """Seconds from the Ingress's handing over of each update to its receipt here."""
-        self.queued_s = 0.0
-        """Seconds from each update's receipt to its batch's start."""
-        self.received = 0
-        self.held: set[int] = set()
-        """Sessions whose STM this replica computed: their next update reads nothing (when the
-        application's updaters keep STMs, ``ServingPath.updater_keeps_stms``)."""
-
-    def submit(self, turn: _Turn) -> None:
-        """The update call's share of the update's own work (Ray, the replica's event loop) is
-        done on receipt, alongside a running batch; then the item waits for a batch."""
-        self.ongoing += 1
-        self.loop.do(self.receipt_s, lambda: self._enqueue(turn), turn)
-
-    def _enqueue(self, turn: _Turn) -> None:
-        self.received += 1
-        self.transit_s += self.sim.now - turn.handed_over_at
-        turn.received_at = self.sim.now
-        self.queue.append(turn)
-        self._maybe_start()
-
-    def _maybe_start(self) -> None:
-        if self.busy or not self.queue:
-            return
-        if len(self.queue) >= self.p.path.update_batch_size:
-            self._start()
-        elif not self.timer_armed:
-            self.timer_armed = True
-            self.sim.after(self.p.path.update_batch_wait_s, self._timer)
-
-    def _timer(self) -> None:
-        self.timer_armed = False
-        if not self.busy and self.queue:
-            self._start()
-
-    def _start(self) -> None:
-        self.busy = True
-        self._started = self.sim.now
-        batch = [self.queue.popleft() for _ in range(min(len(self.queue), self.p.path.update_batch_size))]
-        self.queued_s += sum(self.sim.now - turn.received_at for turn in batch)
-        self.batches.append(len(batch))
-        reads = [t for t in batch if t.session.index not in self.held]
-        pending = {"reads": len(reads)}
-
-        # The batch's own work on the replica's process: half between its consolidation and its
-        # commits, half after its commits (the replies to the update calls) — none before its
-        # reads, where the application's read phase measures 0.5–3 ms against the 2–8 this
-        # half made when it ran there.
-        half_batch_s = self.p.path.updater_batch_s / 2
-
-        def loop_then(then: Callable[[], None]) -> None:
-            """Half the batch's own work on the replica's process, then ``then``."""
-            if half_batch_s > 0:
-                self.loop.do(half_batch_s, then)
-            else:
-                then()
-
-        def lap(phase: str) -> None:
-            self.phase_s[phase] += self.sim.now - pending.get("since", self._started)
-            pending["since"] = self.sim.now
-
-        def read_done() -> None:
-            pending["reads"] -= 1
-            if pending["reads"] == 0:
-                lap("read")
-                seconds = self.sim.jitter(self.p.consolidate(len(batch)))
-                self.model_s += seconds
-                started = self.sim.now
-
-                def consolidated() -> None:
-                    self.model_wall_s += self.sim.now - started
-                    loop_then(commit)
-
-                self.sim.cpu.run(seconds, consolidated, hog=True)
-
-        def commit() -> None:
-            lap("consolidate")
-            pending["commits"] = len(batch)
-            shards: dict[Server, list[_Turn]] = {}
-            for turn in batch:
-                shards.setdefault(self.store_of(turn.session.index), []).append(turn)
-            for turns in shards.values():
-                self._commit(turns, committed)
-
-        def finished() -> None:
-            self.busy = False
-            self.busy_s += self.sim.now - self._started
-            self._maybe_start()
-
-        def committed(turn: _Turn) -> None:
-            self.ongoing -= 1
-            if self.p.path.updater_keeps_stms:
-                self.held.add(turn.session.index)
-            turn.committed()
-            pending["commits"] -= 1
-            if pending["commits"] == 0:
-                lap("commit")
-                loop_then(finished)  # the next batch waits for it; the stamps are already made
-
-        def read() -> None:
-            if not reads:
-                pending["reads"] = 1
-                read_done()
-            for turn in reads:
-                self._call(turn, "read", read_done)
-
-        read()
-
-    def _call(self, turn: _Turn, call: str, then: Callable[[], None]) -> None:
-        """A store call gathered with the batch's others: the replica's side of it on its event
-        loop (shared with the calls in flight, ``Server``), then the shard's."""
-        store = self.store_of(turn.session.index)
-        self.loop.do(self.in_batch_s, lambda: store.do(self.p.path.store_call(call), then, turn), turn)
-
-    def _commit(self, turns: list[_Turn], then: Callable[[_Turn], None]) -> None:
-        """The batch's commits to one shard, one call (``commit_updates``): the replica's side
-        of it and the shard's once, then each commit, stamped before the shard writes its new
-        version (``CostProfile.persist_s``) — the stamp is the commit time the benchmark's
-        update lag ends at; the write's end releases the session's next turn."""
-        store = self.store_of(turns[0].session.index)
-        seconds = self.p.path.store_call("commit")
-        persist = min(seconds, self.p.persist_s())
-
-        def write(k: int) -> None:
-            if k < len(turns):
-                turns[k].stamped()
-                store.do(persist, lambda: (then(turns[k]), write(k + 1)), turns[k])
-
-        self.loop.do(self.in_batch_s, lambda: store.do(seconds - persist, lambda: write(0), turns[0]), turns[0])
+from rxt_dist.eval.sim_replicas import DecodeLoop, Seq, Updater
 
 
 @dataclass
@@ -305,7 +84,7 @@ class TurnRecord:
     tokens: int = 0
 
 
-class _Turn:
+class Turn:
     """One turn's path through the graph (module docstring, steps 1–6)."""
 
     def __init__(self, graph: Graph, session: _Session, index: int, answer_tokens: int) -> None:
@@ -367,7 +146,7 @@ class _Turn:
         path = self.g.p.path
         steps = self.answer_tokens + (1 if self.g.stops_early else 0)
         self.generator.io.do(path.generator_io_s * path.in_share / 2,
-                             lambda: self.generator.submit(_Seq(self, steps)), self)
+                             lambda: self.generator.submit(Seq(self, steps)), self)
 
     def token(self, first: bool, last: bool) -> None:
         """A decoding step of this turn ended: its token (the end-of-answer step has none) waits
@@ -552,9 +331,9 @@ class Graph:
         else:
             tokens = self.sim.rng.choice(self.answer_choices)
         self.in_flight += 1
-        _Turn(self, s, index, max(1, int(tokens)))
+        Turn(self, s, index, max(1, int(tokens)))
 
-    def turn_ended(self, turn: _Turn) -> None:
+    def turn_ended(self, turn: Turn) -> None:
         self.in_flight -= 1
         self.records.append(turn.record)
         self.last_end = max(self.last_end, self.sim.now)
