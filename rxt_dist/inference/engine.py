@@ -78,7 +78,7 @@ class DecodeBatch:
     """The prefill of new sequences and the decode steps through this compiled model (RxT
     only; a prefill that continues a given cache stays eager). Its weight copies are renewed
     at each admission, so weights changed in place while the batch decodes reach its steps at
-    its next admission (:class:`~rxt_dist.inference.compiled.StepWeights`)."""
+    its next admission (:class:`~rxt_dist.inference.step_weights.StepWeights`)."""
 
     @property
     def is_rxt(self) -> bool:

@@ -199,12 +199,12 @@ def test_routed_experts_give_the_eager_mixture_of_experts_output(moe, grouped, m
     """The operator behind a compiled batch's MoE, in both its forms (a grouped product where
     torch has one for the device, else a product per expert), equals the eager routing, also
     when some expert is chosen by no row."""
-    from rxt_dist.inference import compiled as compiled_module
+    from rxt_dist.inference import experts as experts_module
 
     if grouped and not hasattr(torch.nn.functional, "grouped_mm"):
         pytest.skip("this torch has no grouped matrix product")
     if not grouped:
-        monkeypatch.setattr(compiled_module, "_grouped_swiglu", compiled_module._looped_swiglu)
+        monkeypatch.setattr(experts_module, "_grouped_swiglu", experts_module._looped_swiglu)
     model, compiled = moe
     ffn = model.decoder[0].ffn
     stacked = compiled._weights.layers[0]
@@ -215,7 +215,7 @@ def test_routed_experts_give_the_eager_mixture_of_experts_output(moe, grouped, m
             probs = ffn.router(x[:, 0]).softmax(dim=-1)
             weights, chosen = probs.topk(ffn.top_k, dim=-1)
             weights = weights / weights.sum(dim=-1, keepdim=True)
-            got = compiled_module.routed_experts(x[:, 0], chosen, weights, stacked["gate_up"], stacked["down"])
+            got = experts_module.routed_experts(x[:, 0], chosen, weights, stacked["gate_up"], stacked["down"])
         torch.testing.assert_close(got, eager[:, 0], **KERNEL)
     assert eager.abs().max() > 1e-2  # the outputs compared are not zeros
 
