@@ -1,0 +1,109 @@
+"""The check's speed readings and its comparison with measured levels, rxt_dist/eval/simcheck.py (no Ray)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from rxt_dist.eval.capacity import CostProfile, Workload
+from rxt_dist.eval.simulate import simulate
+from tests.eval.capacity_profiles import measured_like
+
+
+def test_a_slower_machine_read_by_a_speed_reading_scales_every_work_time():
+    """The check moves the profile to each level's measured speed: a probe piece that took 1.5×
+    the CPU time it took at profiling scales every work time by 1.5, the other load stays the
+    spin loop's; without a reading on either side nothing moves."""
+    from rxt_dist.eval.simcheck import speed_ratio
+
+    p = dataclasses.replace(measured_like(), extra={"environment": {"slowdown": 1.0, "speed_probe_s": 0.002,
+                                                                    "store_cycle_cpu_s": 0.004}})
+    p = dataclasses.replace(p, path=dataclasses.replace(p.path, chunk_s={"proxy": 0.001}))
+    assert speed_ratio(p, {"speed_probe_s": 0.003}, "probe") == pytest.approx(1.5)
+    assert speed_ratio(p, {"store_cycle_cpu_s": 0.006}, "store") == pytest.approx(1.5)
+    assert speed_ratio(p, {"speed_probe_s": 0.003}, None) is None
+    assert speed_ratio(p, {}, "probe") is None
+    unprobed = dataclasses.replace(p, extra={"environment": {"slowdown": 1.0}})
+    assert speed_ratio(unprobed, {"speed_probe_s": 0.003}, "probe") is None
+    slower = p.in_environment(1.0, speed_ratio=1.5)
+    assert slower.decode_step(1) == pytest.approx(1.5 * p.decode_step(1))
+    assert slower.consolidate(4) == pytest.approx(1.5 * p.consolidate(4))
+    assert slower.path.ingress_s == pytest.approx(1.5 * p.path.ingress_s)
+    assert slower.path.chunk("proxy") == pytest.approx(1.5 * p.path.chunk("proxy"))
+    assert slower.path.other_load == 0.0
+    assert p.in_environment(1.0).decode_step(1) == pytest.approx(p.decode_step(1))
+    w = Workload(sessions=4, answer_tokens=6, turns=3)
+    assert simulate(slower, w)["ttft_p50_s"] > simulate(p, w)["ttft_p50_s"]
+
+
+def test_the_replay_reading_is_the_serving_cpu_per_turn_against_the_calibrations_at_the_replays_chunks():
+    """``speed_from="replay"``: the serving processes' CPU per turn in the replay of calibration
+    level A over the calibration's (the client's left out), the calibration's first moved to
+    the replay's chunks per answer by the profile's per-chunk work of the Generator, the Ingress
+    and the proxy (a time-sliced stream sends fewer chunks than the calibration's one per token)."""
+    from rxt_dist.eval.simcheck import speed_ratio
+
+    cal = {"proxy": 0.002, "ingress": 0.010, "generator": 0.012, "updater": 0.008, "store": 0.006, "client": 0.5}
+    chunks = {"ingress": 0.0010, "proxy": 0.0005, "generator": 0.0020, "client": 0.0004}
+    p = dataclasses.replace(measured_like(), path=dataclasses.replace(measured_like().path, chunk_s=chunks),
+                            extra={"calibration": {"cpu_s_per_turn": cal, "short": {"long_chunks": 5.0}}})
+    per_chunk = 0.0035  # the client's left out here too
+    then = 0.038 - per_chunk * (5.0 - 2.0)
+    replay = {"cpu_s_per_turn": {r: 1.2 * v for r, v in cal.items()}, "chunks_per_turn": 2.0}
+    assert speed_ratio(p, {"replay": replay}, "replay") == pytest.approx(1.2 * 0.038 / then)
+    # the same chunks: the plain ratio; no per-chunk work fitted: the plain ratio too
+    same = {**replay, "chunks_per_turn": 5.0}
+    assert speed_ratio(p, {"replay": same}, "replay") == pytest.approx(1.2)
+    flat = dataclasses.replace(p, path=dataclasses.replace(p.path, chunk_s={}))
+    assert speed_ratio(flat, {"replay": replay}, "replay") == pytest.approx(1.2)
+    # a role the replay did not read (a store with no process yet) is left out on both sides
+    no_store = {**same, "cpu_s_per_turn": {r: v for r, v in same["cpu_s_per_turn"].items() if r != "store"}}
+    assert speed_ratio(p, {"replay": no_store}, "replay") == pytest.approx(1.2)
+    # a level recorded before the replay existed: no reading
+    assert speed_ratio(p, {"speed_probe_s": 0.001}, "replay") is None
+
+
+def test_the_check_scales_by_a_speed_reading_only_when_asked():
+    """``simcheck.compare`` leaves the machine's speed readings out unless ``speed_from`` names
+    one (the probe's calibration reading misread the machine in stored runs): a stored check
+    whose level probed faster than its calibration simulates faster with the probe's
+    correction, and says which reading it used; an unknown reading is refused by name."""
+    from pathlib import Path
+
+    from rxt_dist.eval.simcheck import compare
+
+    study = Path(__file__).resolve().parents[2] / "docs" / "bench" / "study"
+    p = CostProfile.from_file(study / "capacity-profile-pw1.json")
+    level = json.loads((study / "capacity-serving-pw1.json").read_text())["levels"][0]
+    assert level["environment"]["speed_probe_s"] < 0.8 * p.extra["environment"]["speed_probe_s"]
+    off, on = (compare(p, [level], speed_from=reading)[0] for reading in (None, "probe"))
+    assert off["environment"]["speed_from"] is None and on["environment"]["speed_from"] == "probe"
+    assert on["simulated"]["ttft_p50_s"] < 0.9 * off["simulated"]["ttft_p50_s"]
+    assert off["measured"] == on["measured"]
+    # a run stored before the store's cycle was read: nothing to scale by, the same simulation
+    assert compare(p, [level], speed_from="store")[0]["simulated"] == off["simulated"]
+    with pytest.raises(ValueError, match="speed_from='moon'"):
+        compare(p, [level], speed_from="moon")
+
+
+def test_the_check_simulates_a_level_at_its_own_traced_speed_only_when_asked():
+    """With ``traced`` a level that recorded the speed probe's pieces is simulated on that trace
+    (the check says how many values it had); by default the steady machine, whatever was read."""
+    from pathlib import Path
+
+    from rxt_dist.eval.simcheck import compare
+
+    study = Path(__file__).resolve().parents[2] / "docs" / "bench" / "study"
+    p = CostProfile.from_file(study / "capacity-profile-pw1.json")
+    level = json.loads((study / "capacity-serving-pw1.json").read_text())["levels"][0]
+    assert "speed_probe_pieces_s" not in level["environment"]  # stored before the pieces were
+    before = compare(p, [level])[0]
+    assert before["environment"]["speed_trace_values"] == 0
+    traced = json.loads(json.dumps(level))
+    traced["environment"]["speed_probe_pieces_s"] = [0.002, 0.002, 0.008, 0.008, 0.0005] * 10
+    on, off = compare(p, [traced], traced=True)[0], compare(p, [traced])[0]
+    assert on["environment"]["speed_trace_values"] == 50 and off["environment"]["speed_trace_values"] == 0
+    assert off["simulated"] == before["simulated"]
+    assert on["simulated"]["ttft_p99_s"] != off["simulated"]["ttft_p99_s"]
