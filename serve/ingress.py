@@ -36,8 +36,8 @@ from rxt_dist.serving.api import (
     CreateSessionRequest,
     encode_message,
     error_body,
-    parse_body,
     history_transcript,
+    parse_body,
     parse_chat_request,
     prepare_turn,
     read_limited,
@@ -59,7 +59,7 @@ from rxt_dist.serving.protocol import (
     transcript_start,
     transcript_step,
 )
-from rxt_dist.serving.sessions import is_session_id, new_session_id
+from rxt_dist.serving.session_records import is_session_id, new_session_id
 from rxt_dist.serving.text import TextCodec
 from rxt_dist.serving.turn import (
     ClaimPolicy,

@@ -14,7 +14,8 @@ import logging
 import ray
 
 from rxt_dist.serving.protocol import STORE_NAMESPACE, store_actor_name, transcript_shard
-from rxt_dist.serving.sessions import SessionStore, StoreConfig, shard_of
+from rxt_dist.serving.session_records import shard_of
+from rxt_dist.serving.sessions import SessionStore, StoreConfig
 from serve.metrics import StoreMetrics, sample_forever
 
 logger = logging.getLogger("ray.serve")

@@ -64,7 +64,7 @@ def store_call_costs(url: str, pids: dict[str, list[int]], cycles: int = 200) ->
         transcript_start,
         transcript_step,
     )
-    from rxt_dist.serving.sessions import shard_of
+    from rxt_dist.serving.session_records import shard_of
 
     r = httpx.post(f"{url}/v1/sessions", timeout=30.0)
     r.raise_for_status()

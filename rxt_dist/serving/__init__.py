@@ -14,8 +14,8 @@ from typing import Any
 _WHERE = {
     "ApiError": "api", "ChatCompletionRequest": "api", "ChatTurn": "api", "RequestLimits": "api",
     "error_body": "api", "parse_chat_request": "api", "prepare_turn": "api",
-    "SessionMeta": "sessions", "SessionStore": "sessions", "StoreConfig": "sessions",
-    "is_session_id": "sessions", "new_session_id": "sessions", "shard_of": "sessions",
+    "SessionMeta": "session_records", "SessionStore": "sessions", "StoreConfig": "sessions",
+    "is_session_id": "session_records", "new_session_id": "session_records", "shard_of": "session_records",
     "Detokenizer": "text", "TextCodec": "text",
 }
 

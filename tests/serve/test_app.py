@@ -23,7 +23,8 @@ from ray.serve import RunTarget
 
 from rxt_dist.ports import free_port
 from rxt_dist.serving.client import main as chat_main
-from rxt_dist.serving.sessions import StoreConfig, is_session_id
+from rxt_dist.serving.session_records import is_session_id
+from rxt_dist.serving.sessions import StoreConfig
 from serve.app import build_app
 from serve.args import DEPLOYMENT_NAMES, AppArgs
 from serve.ray_env import use_high_throughput_serve, with_serve_transport

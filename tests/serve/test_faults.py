@@ -30,9 +30,9 @@ from rxt_dist.chaos.client import ClientConfig, conversations
 from rxt_dist.chaos.fuzz import FuzzConfig, run_fuzz
 from rxt_dist.chaos.inject import FaultInjector, replica_target, store_target
 from rxt_dist.chaos.run import run_chaos
-from rxt_dist.serving.protocol import IDEMPOTENCY_HEADER, REPLAYED_HEADER, SESSION_HEADER
 from rxt_dist.ports import free_port
-from rxt_dist.serving.sessions import shard_of
+from rxt_dist.serving.protocol import IDEMPOTENCY_HEADER, REPLAYED_HEADER, SESSION_HEADER
+from rxt_dist.serving.session_records import shard_of
 from serve.app import build_app
 from serve.args import DEPLOYMENT_NAMES, AppArgs
 from serve.ray_env import use_high_throughput_serve

@@ -5,7 +5,7 @@ from collections import Counter
 import pytest
 
 from rxt_dist.serving.locality import StmCache, rank_by_affinity
-from rxt_dist.serving.sessions import new_session_id
+from rxt_dist.serving.session_records import new_session_id
 
 REPLICAS = ["r-a1", "r-b2", "r-c3", "r-d4"]
 SESSIONS = [new_session_id() for _ in range(2000)]

@@ -5,7 +5,7 @@ import pytest
 from fsspec.implementations.local import LocalFileSystem
 
 from rxt_dist.serving.session_files import SessionFiles, _FsspecFiles
-from rxt_dist.serving.sessions import new_session_id
+from rxt_dist.serving.session_records import new_session_id
 
 
 def files_at(root, backend: str) -> SessionFiles:

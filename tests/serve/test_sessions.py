@@ -5,20 +5,15 @@ import time
 import pytest
 
 from rxt_dist.serving.protocol import (
+    stm_digest,
     store_actor_name,
     store_actor_shard,
-    stm_digest,
     transcript_shard,
     transcript_start,
     transcript_step,
 )
-from rxt_dist.serving.sessions import (
-    SessionStore,
-    StoreConfig,
-    is_session_id,
-    new_session_id,
-    shard_of,
-)
+from rxt_dist.serving.session_records import is_session_id, new_session_id, shard_of
+from rxt_dist.serving.sessions import SessionStore, StoreConfig
 
 SHAPE = [2, 4, 8]
 

@@ -12,9 +12,10 @@ from rxt_dist.model import stm_from_bytes, stm_to_bytes
 from rxt_dist.serving.api import ApiError, read_limited
 from rxt_dist.serving.decode_loop import DecodeLoop
 from rxt_dist.serving.event_stream import LastEvents
-from rxt_dist.serving.sessions import SessionStore, StoreConfig, new_session_id
-from rxt_dist.serving.turn import ClaimPolicy, Outcome, Turn, claim_session, complete, stream_events
 from rxt_dist.serving.protocol import stm_digest
+from rxt_dist.serving.session_records import new_session_id
+from rxt_dist.serving.sessions import SessionStore, StoreConfig
+from rxt_dist.serving.turn import ClaimPolicy, Outcome, Turn, claim_session, complete, stream_events
 from rxt_dist.serving.updates import _consolidate, apply_updates, recorded_turn
 from tests.tolerances import KERNEL
 

@@ -26,7 +26,8 @@ from rxt_dist.chaos.inject import FaultInjector, Target, running_replicas
 from rxt_dist.chaos.run import run_chaos
 from rxt_dist.ports import free_port
 from rxt_dist.serving.protocol import SESSION_HEADER
-from rxt_dist.serving.sessions import SessionStore, shard_of
+from rxt_dist.serving.session_records import shard_of
+from rxt_dist.serving.sessions import SessionStore
 from serve.app import build_app
 from serve.args import DEPLOYMENT_NAMES, AppArgs
 from serve.ray_env import use_high_throughput_serve

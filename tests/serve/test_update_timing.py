@@ -7,7 +7,8 @@ import asyncio
 import json
 import time
 
-from rxt_dist.serving.sessions import SessionMeta, SessionStore, StoreConfig, new_session_id
+from rxt_dist.serving.session_records import SessionMeta, new_session_id
+from rxt_dist.serving.sessions import SessionStore, StoreConfig
 
 SHAPE = [2, 4, 8]
 

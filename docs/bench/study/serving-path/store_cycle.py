@@ -15,7 +15,8 @@ import tempfile
 import time
 
 from rxt_dist.serving import sessions
-from rxt_dist.serving.sessions import SessionStore, StoreConfig, new_session_id
+from rxt_dist.serving.session_records import new_session_id
+from rxt_dist.serving.sessions import SessionStore, StoreConfig
 
 SESSIONS, TURNS = 32, 46
 STM_BYTES = 24_696  # the random debug model's STM as the serving benchmark stores it
