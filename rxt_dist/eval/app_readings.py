@@ -69,8 +69,8 @@ def store_call_costs(url: str, pids: dict[str, list[int]], cycles: int = 200) ->
     r = httpx.post(f"{url}/v1/sessions", timeout=30.0)
     r.raise_for_status()
     sid = r.headers[SESSION_HEADER]
-    shards = {store_actor_shard(a["name"]): a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
-              if a["namespace"] == STORE_NAMESPACE and store_actor_shard(a["name"]) is not None}
+    names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["namespace"] == STORE_NAMESPACE]
+    shards = {shard: name for name in names if (shard := store_actor_shard(name)) is not None}
     shard = ray.get_actor(shards[shard_of(sid, len(shards))], namespace=STORE_NAMESPACE)
     store = {"store": pids["store"]}
     spent = dict.fromkeys(STORE_CALLS, 0.0)
