@@ -448,6 +448,8 @@ class Ingress:
         key = (sid, base_version)
         if key in self._updates:
             return  # this replica is already driving it
+        if turn is not None:  # the updater times the hand-over to the call's task (the capacity check reads it)
+            turn = {**turn, "dispatched_at": time.time()}
         self._updates[key] = self._spawn(self._drive_update(sid, base_version, turn))
         self._updates[key].add_done_callback(lambda _: self._updates.pop(key, None))
 
@@ -480,7 +482,10 @@ class Ingress:
         backoff = 0.1
         while True:
             try:
-                sent = None if turn is None else {**turn, "sent_at": time.time()}  # the updater times the call's transit
+                # the updater times the call's transit (and, on its first try, the hand-over before it)
+                sent = None if turn is None else {**turn, "sent_at": time.time()}
+                if turn is not None:  # a retry's wait is not the hand-over's
+                    turn.pop("dispatched_at", None)
                 result = await self.updater.update.remote(session=sid, base_version=base_version, turn=sent)
                 retry = status(result) == StoreStatus.UNAVAILABLE
                 failure = result.get("error", "") if retry else None

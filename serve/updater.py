@@ -67,11 +67,13 @@ class MemoryUpdater:
         self.counters = {"batches": 0, "applied": 0, "max_batch": 0, "batch_s": 0.0,
                          "read_s": 0.0, "consolidate_s": 0.0, "commit_s": 0.0,
                          "consolidate_run_s": 0.0, "consolidate_cpu_s": 0.0,
-                         "timed": 0, "transit_s": 0.0, "queued_s": 0.0}
+                         "timed": 0, "transit_s": 0.0, "queued_s": 0.0, "handed": 0, "handover_s": 0.0}
         """Batches, updates applied, the largest batch, and the seconds (wall) spent in batches
         and in each of their phases (``apply_updates``); of the updates whose dispatcher stamped
         the call (``timed``), the seconds from its dispatch to its receipt here (``transit_s``)
-        and from its receipt to its batch's start (``queued_s``)."""
+        and from its receipt to its batch's start (``queued_s``); of the first calls of updates
+        whose answer had just ended (``handed``), the seconds from the end of the answer to the
+        call's start on the Ingress (``handover_s``: the wait of the call's task there)."""
         self.metrics = UpdaterMetrics()
         if self.delay_s:
             logger.warning("MemoryUpdater: update_delay_s=%.2f — every update is slowed on purpose "
@@ -88,6 +90,9 @@ class MemoryUpdater:
             if isinstance(turn.get("sent_at"), float):
                 self.counters["transit_s"] += received - turn["sent_at"]
                 self.counters["timed"] += 1
+                if isinstance(turn.get("dispatched_at"), float):
+                    self.counters["handover_s"] += turn["sent_at"] - turn["dispatched_at"]
+                    self.counters["handed"] += 1
             turn = {**turn, "received_at": received}
         return await self.batcher.submit((session, base_version, turn))
 

@@ -119,6 +119,9 @@ def update_batches(before: dict, after: dict) -> dict[str, Any]:
     if timed:  # per update, not per batch (absent before 2026-12-05)
         out["transit_per_update_s"] = (after["transit_s"] - before["transit_s"]) / timed
         out["queued_per_update_s"] = (after["queued_s"] - before["queued_s"]) / timed
+    handed = after.get("handed", 0) - before.get("handed", 0)
+    if handed:  # absent before 2026-12-06
+        out["handover_per_update_s"] = (after["handover_s"] - before["handover_s"]) / handed
     return out
 
 

@@ -175,7 +175,10 @@ def check_details(rows: list[dict]) -> str:
                       if "update_consolidate_cpu_s" in m else "")
             lines.append(f"      update batch ms sim/measured: {', '.join(phases)}{thread}")
         if "update_transit_s" in m:
-            lines.append(f"      per update ms sim/measured: from the Ingress to the MemoryUpdater "
+            # the simulation starts the call as the end of the answer leaves the Ingress
+            handover = ("from the answer's end to the call's start on the Ingress "
+                        f"—/{m['update_handover_s'] * 1e3:.1f}, " if "update_handover_s" in m else "")
+            lines.append(f"      per update ms sim/measured: {handover}from the Ingress to the MemoryUpdater "
                          f"{sim['update_transit_s'] * 1e3:.1f}/{m['update_transit_s'] * 1e3:.1f}, then to its "
                          f"batch's start {sim['update_queued_s'] * 1e3:.1f}/{m['update_queued_s'] * 1e3:.1f}")
         if "decode_tick_s" in m:

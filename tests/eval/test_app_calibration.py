@@ -11,14 +11,17 @@ from rxt_dist.eval.simcheck import check_details
 
 def test_the_updaters_counters_give_its_batches_and_their_phases_between_two_reads():
     before = {"batches": 10, "applied": 20, "batch_s": 1.0, "read_s": 0.1, "timed": 20, "transit_s": 0.2,
-              "queued_s": 0.4}
+              "queued_s": 0.4, "handed": 18, "handover_s": 0.05}
     after = {"batches": 14, "applied": 32, "batch_s": 1.2, "read_s": 0.14, "timed": 32, "transit_s": 0.44,
-             "queued_s": 0.52}
+             "queued_s": 0.52, "handed": 28, "handover_s": 0.07}
     out = update_batches(before, after)
     assert out["batches"] == 4 and out["applied"] == 12 and out["mean"] == 3
     assert out["batch_mean_s"] == pytest.approx(0.05) and out["read_mean_s"] == pytest.approx(0.01)
     assert "commit_mean_s" not in out  # a counter the replica did not keep is not made up
     assert out["transit_per_update_s"] == pytest.approx(0.02) and out["queued_per_update_s"] == pytest.approx(0.01)
+    assert out["handover_per_update_s"] == pytest.approx(0.002)  # per update handed over after its answer
+    older = [{k: v for k, v in counters.items() if k not in ("handed", "handover_s")} for counters in (before, after)]
+    assert "handover_per_update_s" not in update_batches(*older)  # a replica from before it counted them
     assert update_batches(before, before)["mean"] is None
 
 
@@ -88,3 +91,9 @@ def test_the_checks_details_name_each_levels_parts_simulated_against_measured():
     assert "update batch mean sim 2.3 / measured 2.1; decode loop iterations sim 718 / measured 670" in text
     assert "update batch ms sim/measured: batch 25.9/18.5" in text
     assert "CPU ms per turn sim/measured: generator 7.8/6.4, store 5.7/4.8" in text
+    assert "per update" not in text  # a level whose updater timed no call
+    parts = {"update_transit_s": 0.0147, "update_queued_s": 0.0108}
+    row = {"sessions": 8, "environment": env, "simulated": {**sim, **parts},
+           "measured": {**measured, "update_transit_s": 0.0104, "update_queued_s": 0.0104, "update_handover_s": 0.0013}}
+    assert ("per update ms sim/measured: from the answer's end to the call's start on the Ingress —/1.3, from the "
+            "Ingress to the MemoryUpdater 14.7/10.4, then to its batch's start 10.8/10.4") in check_details([row])

@@ -467,9 +467,11 @@ def test_updates_of_different_conversations_are_batched(slow, reference):
             break
     stats = updater.stats.remote().result()
     assert stats["max_batch"] >= 2
-    # what the capacity check reads of each update: its call's transit from the Ingress (stamped
-    # there), its wait for a batch, the consolidation's own time on its thread
+    # what the capacity check reads of each update: its call's wait on the Ingress after the answer
+    # ended and its transit from there (both stamped there), its wait for a batch, the
+    # consolidation's own time on its thread
     assert stats["timed"] >= 2 and stats["transit_s"] > 0 and stats["queued_s"] > 0
+    assert 2 <= stats["handed"] <= stats["timed"] and stats["handover_s"] >= 0
     assert 0 < stats["consolidate_cpu_s"] <= stats["consolidate_run_s"] * 1.05 + 1e-3
     assert stats["consolidate_run_s"] <= stats["consolidate_s"]
 
