@@ -134,21 +134,18 @@ class Updater:
         self._maybe_start()
 
     def _maybe_start(self) -> None:
-        """A batch starts when ``update_batch_size`` items wait, or ``update_batch_wait_s`` after
-        its oldest item's receipt (at once if that has passed behind the batch before), as
-        ``UpdateBatcher`` starts them."""
         if self.busy or not self.queue:
             return
-        due = self.queue[0].received_at + self.p.path.update_batch_wait_s - self.sim.now
-        if len(self.queue) >= self.p.path.update_batch_size or due <= 1e-9:  # 1e-9: a timer due now, rounded
+        if len(self.queue) >= self.p.path.update_batch_size:
             self._start()
         elif not self.timer_armed:
             self.timer_armed = True
-            self.sim.after(due, self._timer)
+            self.sim.after(self.p.path.update_batch_wait_s, self._timer)
 
     def _timer(self) -> None:
         self.timer_armed = False
-        self._maybe_start()
+        if not self.busy and self.queue:
+            self._start()
 
     def _start(self) -> None:
         self.busy = True

@@ -198,8 +198,7 @@ def _lap(timings: dict[str, float] | None, phase: str, since: float) -> float:
 class UpdateBatcher:
     """Runs ``apply(items)`` on batches of submitted items, one batch at a time: items submitted
     while a batch runs wait and go together in the next one (up to ``max_size``); a batch starts
-    ``wait_s`` after the arrival of its oldest item, to let a few more arrive — at once when that
-    item has waited so long already (behind the batch before). Each caller gets its item's result.
+    ``wait_s`` after its first item, to let a few more arrive. Each caller gets its item's result.
 
     Ray Serve's ``@serve.batch`` (2.60) forms a batch from what arrives within its wait and then
     queues that batch behind the running one, so updates arriving during a batch went one per
@@ -211,33 +210,28 @@ class UpdateBatcher:
         if max_size < 1:
             raise ValueError(f"max_size={max_size}: must be ≥ 1")
         self.apply, self.max_size, self.wait_s = apply, max_size, wait_s
-        self._pending: list[tuple[Any, asyncio.Future, float]] = []
-        """(item, its caller's future, its arrival on the event loop's clock)."""
+        self._pending: list[tuple[Any, asyncio.Future]] = []
         self._work = asyncio.Event()
         self._loop_task: asyncio.Task | None = None
 
     async def submit(self, item: Any) -> Any:
         """``item``'s result, once a batch holding it has run."""
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
-        self._pending.append((item, future, loop.time()))
+        future = asyncio.get_running_loop().create_future()
+        self._pending.append((item, future))
         self._work.set()
         if self._loop_task is None or self._loop_task.done():
-            self._loop_task = loop.create_task(self._run())
+            self._loop_task = asyncio.get_running_loop().create_task(self._run())
         return await future
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             await self._work.wait()
             if self.wait_s > 0 and len(self._pending) < self.max_size:
-                wait = self._pending[0][2] + self.wait_s - loop.time()
-                if wait > 0:
-                    await asyncio.sleep(wait)
+                await asyncio.sleep(self.wait_s)
             batch, self._pending = self._pending[:self.max_size], self._pending[self.max_size:]
             if not self._pending:
                 self._work.clear()
-            batch = [(item, f) for item, f, _ in batch if not f.done()]  # callers that went away
+            batch = [(item, f) for item, f in batch if not f.done()]  # callers that went away
             if not batch:
                 continue
             try:

@@ -27,32 +27,6 @@ def test_items_arriving_during_a_batch_go_together_in_the_next_and_each_gets_its
     assert batches == [[1], [2, 3, 4], [5]]  # at most max_size, in arrival order, one batch at a time
 
 
-def test_a_batch_waits_for_more_items_only_until_its_oldest_has_waited_wait_s():
-    wait_s = 0.2
-    starts: list[float] = []
-    ends: list[float] = []
-
-    async def apply(items):
-        starts.append(asyncio.get_running_loop().time())
-        await asyncio.sleep(0.4)  # the next items arrive early in this batch and wait behind it
-        ends.append(asyncio.get_running_loop().time())
-        return items
-
-    async def main():
-        batcher = UpdateBatcher(apply, max_size=8, wait_s=wait_s)
-        submitted = asyncio.get_running_loop().time()
-        first = asyncio.create_task(batcher.submit(1))
-        while not starts:
-            await asyncio.sleep(0.01)
-        later = asyncio.gather(batcher.submit(2), batcher.submit(3))
-        return submitted, await first, await later
-
-    submitted, first, later = asyncio.run(main())
-    assert first == 1 and later == [2, 3]
-    assert starts[0] - submitted >= wait_s * 0.99  # a lone item waits for company
-    assert starts[1] - ends[0] < wait_s / 2  # items that waited behind a batch go at once
-
-
 def test_a_failed_batch_fails_its_callers_and_the_next_batch_still_runs():
     async def apply(items):
         await asyncio.sleep(0.05)
