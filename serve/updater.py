@@ -170,9 +170,10 @@ class MemoryUpdater:
         return stm_to_bytes(stm[:, 0].cpu())
 
     async def stats(self) -> dict:
-        """Batch counters, STMs being sent ahead, and ``stm``: how often an update found its
-        STM here (``hits``) or read it from the store (``misses``)."""
-        return {**self.counters, "sending": len(self._sends),
+        """Batch counters (the batcher's ``gaps`` and ``gap_s`` too), STMs being sent ahead, and
+        ``stm``: how often an update found its STM here (``hits``) or read it from the store
+        (``misses``)."""
+        return {**self.counters, **self.batcher.stats, "sending": len(self._sends),
                 "stm": {**asdict(self.known.stats), "sessions": len(self.known)}}
 
 

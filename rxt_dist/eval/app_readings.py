@@ -107,8 +107,9 @@ def read_share(before: dict, after: dict) -> float:
 
 def update_batches(before: dict, after: dict) -> dict[str, Any]:
     """The MemoryUpdater's batches and updates between two reads of its counters, the mean
-    batch (None without a batch), and a batch's mean duration and phases (``batch_mean_s``,
-    ``read_mean_s``, …)."""
+    batch (None without a batch), a batch's mean duration and phases (``batch_mean_s``,
+    ``read_mean_s``, …), and of the batches whose items waited behind the batch before, the
+    mean time from that batch's end to their start (``gap_mean_s``)."""
     batches, applied = after["batches"] - before["batches"], after["applied"] - before["applied"]
     out = {"batches": batches, "applied": applied, "mean": applied / batches if batches else None}
     for key in ("batch_s", "read_s", "consolidate_s", "commit_s",  # absent before 2026-12-02
@@ -119,6 +120,9 @@ def update_batches(before: dict, after: dict) -> dict[str, Any]:
     if timed:  # per update, not per batch (absent before 2026-12-05)
         out["transit_per_update_s"] = (after["transit_s"] - before["transit_s"]) / timed
         out["queued_per_update_s"] = (after["queued_s"] - before["queued_s"]) / timed
+    gaps = after.get("gaps", 0) - before.get("gaps", 0)
+    if gaps:  # absent before 2026-12-06 (night)
+        out["gap_mean_s"] = (after["gap_s"] - before["gap_s"]) / gaps
     handed = after.get("handed", 0) - before.get("handed", 0)
     if handed:  # absent before 2026-12-06
         out["handover_per_update_s"] = (after["handover_s"] - before["handover_s"]) / handed

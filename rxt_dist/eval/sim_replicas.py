@@ -116,6 +116,11 @@ class Updater:
         self.queued_s = 0.0
         """Seconds from each update's receipt to its batch's start."""
         self.received = 0
+        self.gaps = 0
+        self.gap_s = 0.0
+        """Of the batches whose items already waited when the batch before had its commits
+        answered, the seconds from then to their start (``UpdateBatcher.stats``)."""
+        self._carried_since: float | None = None
         self.held: set[int] = set()
         """Sessions whose STM this replica computed: their next update reads nothing (when the
         application's updaters keep STMs, ``ServingPath.updater_keeps_stms``)."""
@@ -150,6 +155,9 @@ class Updater:
     def _start(self) -> None:
         self.busy = True
         self._started = self.sim.now
+        if self._carried_since is not None:
+            self.gaps += 1
+            self.gap_s += self.sim.now - self._carried_since
         batch = [self.queue.popleft() for _ in range(min(len(self.queue), self.p.path.update_batch_size))]
         self.queued_s += sum(self.sim.now - turn.received_at for turn in batch)
         self.batches.append(len(batch))
@@ -209,6 +217,7 @@ class Updater:
             pending["commits"] -= 1
             if pending["commits"] == 0:
                 lap("commit")
+                self._carried_since = self.sim.now if self.queue else None
                 loop_then(finished)  # the next batch waits for it; the stamps are already made
 
         def read() -> None:

@@ -173,7 +173,10 @@ def check_details(rows: list[dict]) -> str:
         if phases:
             thread = (f" (the consolidation's thread CPU {m['update_consolidate_cpu_s'] * 1e3:.1f})"
                       if "update_consolidate_cpu_s" in m else "")
-            lines.append(f"      update batch ms sim/measured: {', '.join(phases)}{thread}")
+            gap = (f"; after a batch that left items waiting, to the next's start "
+                   f"{sim['update_gap_s'] * 1e3:.1f}/{m['update_gap_s'] * 1e3:.1f}"
+                   if "update_gap_s" in m and "update_gap_s" in sim else "")
+            lines.append(f"      update batch ms sim/measured: {', '.join(phases)}{thread}{gap}")
         if "update_transit_s" in m:
             # the simulation starts the call as the end of the answer leaves the Ingress
             handover = ("from the answer's end to the call's start on the Ingress "

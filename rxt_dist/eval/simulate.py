@@ -435,6 +435,9 @@ def _batch_phases(updaters: Sequence[Updater]) -> dict[str, float]:
     if received:
         out["update_transit_s"] = sum(u.transit_s for u in updaters) / received
         out["update_queued_s"] = sum(u.queued_s for u in updaters) / received
+    gaps = sum(u.gaps for u in updaters)
+    if gaps:
+        out["update_gap_s"] = sum(u.gap_s for u in updaters) / gaps
     return out
 
 

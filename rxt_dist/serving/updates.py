@@ -213,6 +213,10 @@ class UpdateBatcher:
         self._pending: list[tuple[Any, asyncio.Future]] = []
         self._work = asyncio.Event()
         self._loop_task: asyncio.Task | None = None
+        self.stats = {"gaps": 0, "gap_s": 0.0}
+        """Of the batches whose items were already waiting when the batch before ended
+        (``gaps``), the seconds from that end to their start (``gap_s``: the wait for company,
+        the event loop's delay in waking the batcher)."""
 
     async def submit(self, item: Any) -> Any:
         """``item``'s result, once a batch holding it has run."""
@@ -224,6 +228,8 @@ class UpdateBatcher:
         return await future
 
     async def _run(self) -> None:
+        clock = asyncio.get_running_loop().time
+        carried_since: float | None = None  # the end of a batch that left items waiting
         while True:
             await self._work.wait()
             if self.wait_s > 0 and len(self._pending) < self.max_size:
@@ -234,13 +240,20 @@ class UpdateBatcher:
             batch = [(item, f) for item, f in batch if not f.done()]  # callers that went away
             if not batch:
                 continue
-            try:
-                results = await self.apply([item for item, _ in batch])
-            except Exception as exc:  # noqa: BLE001 - handed to every caller of the batch
-                for _, f in batch:
-                    if not f.done():
-                        f.set_exception(exc)
-                continue
-            for (_, f), result in zip(batch, results):
+            if carried_since is not None:
+                self.stats["gaps"] += 1
+                self.stats["gap_s"] += clock() - carried_since
+            await self._apply(batch)
+            carried_since = clock() if self._pending else None
+
+    async def _apply(self, batch: list[tuple[Any, asyncio.Future]]) -> None:
+        try:
+            results = await self.apply([item for item, _ in batch])
+        except Exception as exc:  # noqa: BLE001 - handed to every caller of the batch
+            for _, f in batch:
                 if not f.done():
-                    f.set_result(result)
+                    f.set_exception(exc)
+            return
+        for (_, f), result in zip(batch, results):
+            if not f.done():
+                f.set_result(result)

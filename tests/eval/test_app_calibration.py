@@ -23,6 +23,9 @@ def test_the_updaters_counters_give_its_batches_and_their_phases_between_two_rea
     older = [{k: v for k, v in counters.items() if k not in ("handed", "handover_s")} for counters in (before, after)]
     assert "handover_per_update_s" not in update_batches(*older)  # a replica from before it counted them
     assert update_batches(before, before)["mean"] is None
+    gapped = update_batches({**before, "gaps": 3, "gap_s": 0.02}, {**after, "gaps": 7, "gap_s": 0.044})
+    assert gapped["gap_mean_s"] == pytest.approx(0.006)  # per batch that started after items waited behind one
+    assert "gap_mean_s" not in out  # a replica from before it counted them
 
 
 def test_the_decoding_loops_counters_give_an_iterations_mean_batch_and_times():
@@ -90,6 +93,11 @@ def test_the_checks_details_name_each_levels_parts_simulated_against_measured():
                                            "(calibration 48.1), no speed scaling, stalls 0.00/s")
     assert "update batch mean sim 2.3 / measured 2.1; decode loop iterations sim 718 / measured 670" in text
     assert "update batch ms sim/measured: batch 25.9/18.5" in text
+    assert "to the next's start" not in text  # no gap read
+    gapped = {"sessions": 8, "environment": env, "simulated": {**sim, "update_gap_s": 0.0091},
+              "measured": {**measured, "update_gap_s": 0.0072}}
+    assert ("batch 25.9/18.5; after a batch that left items waiting, to the next's start 9.1/7.2"
+            in check_details([gapped]))
     assert "CPU ms per turn sim/measured: generator 7.8/6.4, store 5.7/4.8" in text
     assert "per update" not in text  # a level whose updater timed no call
     parts = {"update_transit_s": 0.0147, "update_queued_s": 0.0108}

@@ -172,6 +172,19 @@ def test_an_update_batch_pays_its_own_work_once():
     assert split_per_batch(0.008, 0.0079, 1.05) == (0.008, 0.0)  # batches of one: all per update
 
 
+def test_a_batch_that_leaves_updates_waiting_is_followed_by_its_own_work_and_the_wait_for_company():
+    """After a batch whose commits are answered with updates waiting, the next starts after the
+    half of the batch's own work that follows its commits and ``update_batch_wait_s``, as
+    ``UpdateBatcher`` waits (its ``gap_s``)."""
+    def gap(sessions: int) -> float:  # one turn each, their updates arrive together: a batch of 4, then the rest
+        path = ServingPath(update_batch_wait_s=0.005, update_batch_size=4, cores=1e9, updater_batch_s=0.006)
+        w = Workload(sessions=sessions, think_time_s=0.0, answer_tokens=4, turns=1)
+        return simulate(profile(path), w, stops_early=False)["busy"]["update_gap_s"]
+
+    assert gap(6) == pytest.approx(0.003 + 0.005, rel=1e-9)
+    assert gap(8) == pytest.approx(0.003, rel=1e-9)  # a full batch waiting does not wait for company
+
+
 def test_the_update_calls_transit_grows_with_the_turns_in_flight_and_is_fitted_back():
     """``update_transit_per_turn_s`` delays each update call by that much per other turn in
     flight when it leaves: nothing for a lone session, about (S − 1) × it for S sessions that

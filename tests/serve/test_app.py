@@ -472,6 +472,7 @@ def test_updates_of_different_conversations_are_batched(slow, reference):
     # consolidation's own time on its thread
     assert stats["timed"] >= 2 and stats["transit_s"] > 0 and stats["queued_s"] > 0
     assert 2 <= stats["handed"] <= stats["timed"] and stats["handover_s"] >= 0
+    assert stats["gaps"] < stats["batches"] and stats["gap_s"] >= 0  # the batcher's wait after a batch
     assert 0 < stats["consolidate_cpu_s"] <= stats["consolidate_run_s"] * 1.05 + 1e-3
     assert stats["consolidate_run_s"] <= stats["consolidate_s"]
 

@@ -27,6 +27,28 @@ def test_items_arriving_during_a_batch_go_together_in_the_next_and_each_gets_its
     assert batches == [[1], [2, 3, 4], [5]]  # at most max_size, in arrival order, one batch at a time
 
 
+def test_the_batcher_times_the_wait_of_items_that_queued_behind_a_batch_from_its_end_to_their_start():
+    wait_s = 0.05
+
+    async def apply(items):
+        await asyncio.sleep(0.3)
+        return items
+
+    async def main():
+        batcher = UpdateBatcher(apply, max_size=8, wait_s=wait_s)
+        first = asyncio.create_task(batcher.submit(1))
+        await asyncio.sleep(wait_s + 0.02)  # the first batch is running
+        await asyncio.gather(first, batcher.submit(2), batcher.submit(3))
+        alone = dict(batcher.stats)
+        await batcher.submit(4)  # after a batch that left nothing waiting: no gap
+        return alone, batcher.stats
+
+    alone, stats = asyncio.run(main())
+    # from the first batch's end (not its start, 0.3 s before): the wait for company, little more
+    assert alone["gaps"] == 1 and wait_s * 0.99 <= alone["gap_s"] < wait_s + 0.2
+    assert stats == alone
+
+
 def test_a_failed_batch_fails_its_callers_and_the_next_batch_still_runs():
     async def apply(items):
         await asyncio.sleep(0.05)
