@@ -120,10 +120,11 @@ class ServingPath:
     updater_batch_s: float = 0.0
     """The MemoryUpdater's work outside the model per *batch* (gathering its calls, handing the
     batch to the consolidating thread, answering its calls), half before its commits and half
-    after them (none before its reads: the application's read phase is short).
-    When set, ``updater_item_s`` is each update's own work, all of it on receipt of the call,
-    and the updater's work is not also shared through ``fixed_share``. Fitted from the CPU per
-    update at two batch sizes (calibration levels A and B, with the updater's batch counters)."""
+    after them, on the replica's event loop while the batcher waits for the next batch (none
+    before its reads: the application's read phase is short). When set, ``updater_item_s`` is
+    each update's own work and the updater's work is not also shared through ``fixed_share``.
+    Fitted from the CPU per update at two batch sizes (calibration levels A and B, with the
+    updater's batch counters)."""
     updater_read_share: float = 1.0
     """The share of updates for which the MemoryUpdater read the session's STM and turn from the
     store (``update_input``) in the calibration the path was fitted on; the others it held (it

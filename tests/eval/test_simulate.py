@@ -159,30 +159,34 @@ def test_a_time_sliced_stream_sends_fewer_chunks_and_the_first_at_once():
 
 
 def test_an_update_batch_pays_its_own_work_once():
-    """``updater_batch_s`` is paid once per batch — half before the commits (in the update lag),
-    half after them (the batch lasts it all, the lag does not) — ``updater_item_s`` once per
-    update on receipt; two batch sizes tell them apart."""
+    """``updater_batch_s`` is paid once per batch — half before the commits (in the update lag
+    and the batch), half after them (the replies, while the batcher waits for the next: in
+    neither) — ``updater_item_s`` once per update, a third on each of its calls (the receipt,
+    the read and the commit inside the batch); two batch sizes tell them apart."""
     path = ServingPath(update_batch_wait_s=0.0, cores=1e9, updater_item_s=0.002, updater_batch_s=0.006)
     r = simulate(profile(path), Workload(sessions=1, think_time_s=0.5, answer_tokens=4, turns=3), stops_early=False)
     assert r["update_lag_p50_s"] == pytest.approx(0.002 + 0.003 + CONSOLIDATE, rel=1e-9)
-    assert r["busy"]["update_batch_s"] == pytest.approx(0.006 + CONSOLIDATE, rel=1e-9)
-    assert r["busy"]["update_read_s"] == pytest.approx(0.0, abs=1e-12)  # none of it before the reads
+    assert r["busy"]["update_batch_s"] == pytest.approx(2 * 0.002 / 3 + 0.003 + CONSOLIDATE, rel=1e-9)
+    assert r["busy"]["update_read_s"] == pytest.approx(0.002 / 3, rel=1e-9)  # the read call's share only
     item, batch = split_per_batch(0.008, 0.002 + 0.006 / 4, 4)
     assert (item, batch) == (pytest.approx(0.002), pytest.approx(0.006))
     assert split_per_batch(0.008, 0.0079, 1.05) == (0.008, 0.0)  # batches of one: all per update
 
 
-def test_a_batch_that_leaves_updates_waiting_is_followed_by_its_own_work_and_the_wait_for_company():
-    """After a batch whose commits are answered with updates waiting, the next starts after the
-    half of the batch's own work that follows its commits and ``update_batch_wait_s``, as
-    ``UpdateBatcher`` waits (its ``gap_s``)."""
-    def gap(sessions: int) -> float:  # one turn each, their updates arrive together: a batch of 4, then the rest
-        path = ServingPath(update_batch_wait_s=0.005, update_batch_size=4, cores=1e9, updater_batch_s=0.006)
+def test_after_a_batch_the_next_waits_for_company_while_the_replies_go_out():
+    """After a batch whose commits are answered with updates waiting, ``UpdateBatcher`` waits
+    ``update_batch_wait_s`` for company while the replica's event loop sends the batch's replies
+    (the half of its own work after its commits); the next batch starts when both are done (its
+    ``gap_s``), at once when a full batch waits."""
+    def gap(sessions: int, batch_s: float) -> float:  # one turn each: a batch of 4, then the rest
+        path = ServingPath(update_batch_wait_s=0.005, update_batch_size=4, cores=1e9, updater_batch_s=batch_s,
+                           serial_share={"updater": 1.0})
         w = Workload(sessions=sessions, think_time_s=0.0, answer_tokens=4, turns=1)
         return simulate(profile(path), w, stops_early=False)["busy"]["update_gap_s"]
 
-    assert gap(6) == pytest.approx(0.003 + 0.005, rel=1e-9)
-    assert gap(8) == pytest.approx(0.003, rel=1e-9)  # a full batch waiting does not wait for company
+    assert gap(6, 0.006) == pytest.approx(0.005, rel=1e-9)  # the replies (3 ms) within the wait
+    assert gap(6, 0.016) == pytest.approx(0.008, rel=1e-9)  # the wait's end queues behind the replies
+    assert gap(8, 0.006) == pytest.approx(0.0, abs=1e-12)  # a full batch waiting does not wait
 
 
 def test_the_update_calls_transit_grows_with_the_turns_in_flight_and_is_fitted_back():
