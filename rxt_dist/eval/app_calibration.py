@@ -243,7 +243,7 @@ def build_profile(cal: CalibrationConfig, url: str, app_name: str,
     """The cost profile of the Serve application ``app_name`` at ``url`` and its calibration
     level A's report, its model timed as the app's replicas run it (compiled where ``app_args``
     set ``compile_decode`` / ``compile_update``)."""
-    from rxt_dist.eval.calibrate import fit_serving_path, fit_to_calibration
+    from rxt_dist.eval.calibrate import fit_serving_path, fit_to_calibration, with_consolidating_thread
     from rxt_dist.eval.profile import measure_environment, slowdown
 
     load_before = load_average()
@@ -302,10 +302,12 @@ def build_profile(cal: CalibrationConfig, url: str, app_name: str,
                    "ttft_excluding_wait_p50_s": level["ttft"]["excluding_wait"]["p50_s"],
                    "update_lag_p50_s": level["update_lag"]["p50_s"]}})
     calibration = level_a_workload(first)
+    measured = first.path
+    first = dataclasses.replace(first, path=with_consolidating_thread(first.path, costs["cpu_s"], cpu["many"]))
     profile = fit_to_calibration(first, calibration, level["ttft"]["excluding_wait"]["p50_s"],
                                  level["answer"]["p50_s"], level["update_lag"]["p50_s"], tokens,
                                  short_calibration(calibration, short))
-    profile.extra["path_before_fit"] = dataclasses.asdict(first.path)
+    profile.extra["path_before_fit"] = dataclasses.asdict(measured)
     return fit_sharing(fit_spread(profile), cal.wake_weight), level
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from rxt_dist.eval.capacity import STREAM_ROLES, CostProfile, Workload, _interp
+from rxt_dist.eval.capacity import STREAM_ROLES, CostProfile, ServingPath, Workload, _interp
 from rxt_dist.eval.simulate import simulate
 
 
@@ -241,6 +241,28 @@ def split_per_batch(alone: float, batched: float, batch_mean: float) -> tuple[fl
         return alone, 0.0
     batch = min(alone, max(0.0, (alone - batched) / (1 - 1 / batch_mean)))
     return alone - batch, batch
+
+
+def with_consolidating_thread(path: ServingPath, model_cpu_s: Mapping[str, Mapping[str, float]],
+                              many: Mapping[str, Any] | None) -> ServingPath:
+    """``path`` with the consolidating thread's own work moved from the MemoryUpdater's work
+    outside the model (``updater_item_s``, ``updater_batch_s``, split again) into the
+    consolidation (``consolidate_thread_factor``): the thread's CPU per batch that calibration
+    level B measured (``update_batches.consolidate_cpu_mean_s``) over the profile's consolidation
+    CPU of its mean batch, at least 1. As it is without that reading or without batches."""
+    batches = (many or {}).get("update_batches") or {}
+    b, thread_s = batches.get("mean"), batches.get("consolidate_cpu_mean_s")
+    cpu = {int(key): v for key, v in model_cpu_s.get("consolidate", {}).items()}
+    if not b or b < 1.2 or not thread_s or not cpu:
+        return path
+    factor = max(1.0, thread_s / _interp(cpu, b))
+    k = 1 + path.other_load
+    item, batch = path.updater_item_s / k, path.updater_batch_s / k
+    alone = max(0.0, item + batch - (factor - 1) * _interp(cpu, 1))
+    batched = max(0.0, item + batch / b - (factor - 1) * _interp(cpu, b) / b)
+    item, batch = split_per_batch(alone, batched, b)
+    return dataclasses.replace(path, updater_item_s=item * k, updater_batch_s=batch * k,
+                               consolidate_thread_factor=factor)
 
 
 def store_call_weights(store_calls: dict[str, float] | None) -> dict[str, float]:

@@ -131,6 +131,12 @@ class ServingPath:
     computed that STM, and the Ingress sent the turn with the update). 1: the application's
     updaters keep no STMs and read on every update, and so does the simulation; below 1 a
     simulated updater replica reads only for the sessions it does not hold."""
+    consolidate_thread_factor: float = 1.0
+    """The MemoryUpdater's consolidating thread's CPU per batch over the profile's consolidation
+    of that batch: the thread also turns each STM from and to bytes and stacks and splits the
+    batch, on the batch's path. Measured at calibration level B (``consolidate_cpu_mean_s``)
+    and taken out of ``updater_item_s`` / ``updater_batch_s``
+    (:func:`~rxt_dist.eval.calibrate.with_consolidating_thread`); 1: the profile's alone."""
     updater_in_batch: bool = True
     """Whether two thirds of each update's ``updater_item_s`` (its STM read and its commit) are
     done inside its batch, as ``rxt_dist.serving.updates.apply_updates`` does — gathered with

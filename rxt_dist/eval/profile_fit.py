@@ -17,6 +17,7 @@ from rxt_dist.eval.calibrate import (
     fit_update_transit,
     fit_wake_weight,
     fit_wake_weight_to_decoding,
+    with_consolidating_thread,
 )
 from rxt_dist.eval.capacity import CostProfile, ServingPath, Workload, speed_trace
 
@@ -126,8 +127,10 @@ def refit(profile: CostProfile, wake_weight: float | str | None, traced: bool = 
     measured = profile.extra.get("path_before_fit")
     if measured:
         known = {f.name for f in dataclasses.fields(ServingPath)}
-        profile = dataclasses.replace(profile, path=ServingPath(**{k: v for k, v in measured.items() if k in known}),
-                                      timing_cv=profile.extra.get("model_timing_cv", profile.timing_cv))
+        path = ServingPath(**{k: v for k, v in measured.items() if k in known})
+        path = with_consolidating_thread(path, profile.extra.get("model_cpu_s", {}), c.get("many"))
+        timing_cv = profile.extra.get("model_timing_cv", profile.timing_cv)
+        profile = dataclasses.replace(profile, path=path, timing_cv=timing_cv)
     w = level_a_workload(profile)
     ttft = c.get("ttft_excluding_wait_p50_s", c["ttft_p50_s"])  # the same with think time: nothing waits
     return fit_sharing(fit_spread(fit_to_calibration(profile, w, ttft, c["answer_p50_s"], c["update_lag_p50_s"],

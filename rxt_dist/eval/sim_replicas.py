@@ -188,7 +188,7 @@ class Updater:
             pending["reads"] -= 1
             if pending["reads"] == 0:
                 lap("read")
-                seconds = self.sim.jitter(self.p.consolidate(len(batch)))
+                seconds = self.sim.jitter(self.p.consolidate(len(batch)) * self.p.path.consolidate_thread_factor)
                 self.model_s += seconds
                 started = self.sim.now
 

@@ -13,6 +13,7 @@ from rxt_dist.eval.calibrate import (
     fit_timing_cv,
     fit_to_calibration,
     split_per_chunk,
+    with_consolidating_thread,
 )
 from rxt_dist.eval.capacity import ServingPath, Workload
 from rxt_dist.eval.simulate import Replicas, simulate
@@ -247,3 +248,24 @@ def test_the_short_calibration_level_is_left_out_where_it_cannot_tell_chunks_fro
     assert short_calibration(long, {**short, "long_chunks": 2.5}) is None
     assert short_calibration(long, None) is None
     assert short_calibration(long, {k: v for k, v in short.items() if k != "long_chunks"}) is not None
+
+
+def test_the_consolidating_threads_own_work_moves_from_the_updaters_loop_into_the_consolidation():
+    """Level B's consolidating thread spent 1.5× the profile's consolidation: that CPU leaves the
+    updater's work outside the model (per update and per batch, as level A and B had it) and
+    joins the consolidation, the CPU per update at both levels unchanged."""
+    cpu = {"consolidate": {"1": 0.002, "2": 0.003, "4": 0.005}}
+    many = {"update_batches": {"mean": 2.0, "consolidate_cpu_mean_s": 0.0045}}
+    path = ServingPath(updater_item_s=0.004, updater_batch_s=0.002, other_load=1.0)  # × k = 2
+    moved = with_consolidating_thread(path, cpu, many)
+    assert moved.consolidate_thread_factor == pytest.approx(1.5)
+
+    def per_update(p: ServingPath, b: float, model: float) -> float:  # one core's seconds, as fitted
+        return (p.updater_item_s + p.updater_batch_s / b) / 2 + p.consolidate_thread_factor * model / b
+
+    assert per_update(moved, 1, 0.002) == pytest.approx(per_update(path, 1, 0.002))  # level A
+    assert per_update(moved, 2, 0.003) == pytest.approx(per_update(path, 2, 0.003))  # level B
+    assert moved.updater_item_s < path.updater_item_s
+    assert with_consolidating_thread(path, cpu, {}) == path  # no reading: as it was
+    cheaper = {"update_batches": {"mean": 2.0, "consolidate_cpu_mean_s": 0.0025}}
+    assert with_consolidating_thread(path, cpu, cheaper).consolidate_thread_factor == 1.0  # never below the profile

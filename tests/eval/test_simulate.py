@@ -189,6 +189,15 @@ def test_after_a_batch_the_next_waits_for_company_while_the_replies_go_out():
     assert gap(8, 0.006) == pytest.approx(0.0, abs=1e-12)  # a full batch waiting does not wait
 
 
+def test_the_consolidating_threads_own_work_lengthens_the_consolidation():
+    def lag(factor: float) -> float:
+        path = ServingPath(update_batch_wait_s=0.0, cores=1e9, consolidate_thread_factor=factor)
+        w = Workload(sessions=1, think_time_s=0.5, answer_tokens=4, turns=3)
+        return simulate(profile(path), w, stops_early=False)["update_lag_p50_s"]
+
+    assert lag(1.5) - lag(1.0) == pytest.approx(0.5 * CONSOLIDATE, rel=1e-9)
+
+
 def test_the_update_calls_transit_grows_with_the_turns_in_flight_and_is_fitted_back():
     """``update_transit_per_turn_s`` delays each update call by that much per other turn in
     flight when it leaves: nothing for a lone session, about (S − 1) × it for S sessions that
