@@ -126,7 +126,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     cmp_.add_argument("--benchmark", default="docs/bench/capacity-serving.json")
     cmp_.add_argument("--check-out", default="docs/bench/capacity-check.json")
     cmp_.add_argument("--refit", action="store_true",
-                      help="fit the serving path to the profile's calibration again (after changing the simulation)")
+                      help="fit the serving path to the profile's calibration again (after changing the simulation); "
+                           "the refitted profile replaces the file --profile names (compare a copy to keep it)")
     cmp_.add_argument("--wake-weight", type=wake_weight_arg, default=AUTO,
                       help=f"with --refit: {WAKE_WEIGHT_HELP}")
     cmp_.add_argument("--speed-from", choices=sorted(SPEED_READINGS), help=SPEED_FROM_HELP)
