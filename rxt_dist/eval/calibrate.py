@@ -26,6 +26,17 @@ def _bisect(f: Callable[[float], float], target: float, lo: float, hi: float, st
     return (lo + hi) / 2
 
 
+def replayed(w: Workload, answer_tokens: Sequence[int] | None, rounds: int = 1) -> dict[str, Any]:
+    """:func:`simulate`'s answer lengths for a calibration level of one session: the measured
+    ones in their order (an ``answer_plan``, the same in every round) when there is one per timed
+    turn, else drawn from them. Drawn, a level whose answers fall in two groups (the earlier demo
+    model's level A: 15 of 1–4 tokens, 17 of 32) gets another mix with every change to the random
+    stream, and its median answer — a fitting target — jumps between the groups."""
+    if answer_tokens and w.sessions == 1 and len(answer_tokens) == w.turns:
+        return {"answer_tokens": answer_tokens, "answer_plan": [[int(t)] * rounds for t in answer_tokens]}
+    return {"answer_tokens": answer_tokens}
+
+
 def fit_to_calibration(p: CostProfile, w: Workload, ttft_s: float, answer_s: float, lag_s: float,
                        answer_tokens: Sequence[int] | None = None,
                        short: tuple[Workload, float, Sequence[int]] | None = None) -> CostProfile:
@@ -41,12 +52,12 @@ def fit_to_calibration(p: CostProfile, w: Workload, ttft_s: float, answer_s: flo
                                update_latency_s=0.0)
 
     def run(**changes) -> dict[str, Any]:
-        return simulate(dataclasses.replace(p, path=dataclasses.replace(path, **changes)), w,
-                        answer_tokens=answer_tokens, seed=0)
+        return simulate(dataclasses.replace(p, path=dataclasses.replace(path, **changes)), w, seed=0,
+                        **replayed(w, answer_tokens))
 
     def run_short(**changes) -> dict[str, Any]:
-        return simulate(dataclasses.replace(p, path=dataclasses.replace(path, **changes)), short[0],
-                        answer_tokens=short[2], seed=0)
+        return simulate(dataclasses.replace(p, path=dataclasses.replace(path, **changes)), short[0], seed=0,
+                        **replayed(short[0], short[2]))
 
     for _ in range(4):  # the shares and latencies interact a little (their work overlaps): refit each in turn
         path = dataclasses.replace(path, request_latency_s=0.0, stream_latency_s=0.0)
@@ -206,7 +217,8 @@ def fit_timing_cv(p: CostProfile, w: Workload, answer_tokens: Sequence[int], ttf
     target = spread(ttft_samples)
 
     def simulated(cv: float) -> float:
-        out = simulate(dataclasses.replace(p, timing_cv=cv), w, answer_tokens=answer_tokens, rounds=rounds, seed=0)
+        out = simulate(dataclasses.replace(p, timing_cv=cv), w, rounds=rounds, seed=0,
+                       **replayed(w, answer_tokens, rounds))
         return out["ttft_p90_s"] / out["ttft_p50_s"] - 1
 
     return _bisect(simulated, target, 0.0, 2.0, steps=12)

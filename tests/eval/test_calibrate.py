@@ -12,6 +12,7 @@ from rxt_dist.eval.calibrate import (
     fit_serving_path,
     fit_timing_cv,
     fit_to_calibration,
+    replayed,
     split_per_chunk,
     with_consolidating_thread,
 )
@@ -37,6 +38,25 @@ def test_fitted_path_reproduces_its_calibration_run():
     assert r["ttft_p50_s"] == pytest.approx(0.040, rel=0.02)
     assert r["answer_p50_s"] == pytest.approx(0.060, rel=0.02)
     assert r["update_lag_p50_s"] == pytest.approx(0.030, rel=0.02)
+
+
+def test_a_calibration_level_is_replayed_with_its_answer_lengths_in_order():
+    """A one-session calibration level is simulated with its measured answer lengths, one per
+    timed turn in their order, whatever the random stream: a level whose answers fall in two
+    groups (as the earlier demo model answered level A: 15 short, 17 long) keeps its median in
+    the long group with every seed and jitter — drawn at random, the mix and so the median moved
+    with any change to the stream."""
+    tokens = [2] * 15 + [24] * 17
+    w = Workload(sessions=1, think_time_s=0.3, answer_tokens=8, turns=32)
+    assert replayed(w, tokens)["answer_plan"] == [[t] for t in tokens]
+    assert replayed(w, tokens, rounds=3)["answer_plan"][0] == [2, 2, 2]
+    assert "answer_plan" not in replayed(w, tokens[:10])  # not one per timed turn: drawn from them
+    assert "answer_plan" not in replayed(dataclasses.replace(w, sessions=2, turns=16), tokens)
+    long_only = simulate(profile(cv=0.1), dataclasses.replace(w, turns=17), answer_tokens=[24], seed=0)
+    short_only = simulate(profile(cv=0.1), dataclasses.replace(w, turns=15), answer_tokens=[2], seed=0)
+    for seed in range(4):
+        median = simulate(profile(cv=0.1), w, seed=seed, **replayed(w, tokens))["answer_p50_s"]
+        assert median > (long_only["answer_p50_s"] + short_only["answer_p50_s"]) / 2, seed
 
 
 def test_two_answer_lengths_tell_per_chunk_from_per_turn_work():
