@@ -90,6 +90,14 @@ class FuzzResult:
     """Requests the HTTP server refused before the app saw them (a control character in a
     header: uvicorn's plain-text 400 "Invalid HTTP request received.")."""
     transport_errors: Counter = field(default_factory=Counter)
+    dropped: list[str] = field(default_factory=list)
+    """Requests whose connection closed without an answer twice: sent, then sent again."""
+    resent: int = 0
+    """Requests sent a second time after their connection closed without an answer: a proxy
+    that reloads (Serve's HAProxy does when an Ingress replica is replaced) closes its idle
+    keep-alive connections, and one the client reuses at that moment ends with no response
+    at all. An HTTP client resends such a request; bad input that makes the server drop the
+    connection drops the second one too and is counted in ``transport_errors``."""
     oversized_cut: int = 0
     """Oversized bodies whose connection the server closed while they were still being sent:
     it answers 413 from the declared length without reading the body, and the client may see
@@ -112,13 +120,14 @@ class FuzzResult:
                             "accepted_2xx": len(self.accepted), "not_openai_error_shape": len(self.bad_shape),
                             "refused_by_http_layer": self.http_layer,
                             "transport_errors": dict(self.transport_errors),
+                            "resent_after_a_closed_connection": self.resent,
                             "oversized_cut_while_sending": self.oversized_cut,
                             "sessions_changed": len(self.sessions_changed), "healthy_after": self.healthy_after,
                             "answers_a_turn_after": self.answers_after,
                             "cases": self.cases()[:20]}}
 
     def cases(self) -> list[str]:
-        return self.server_errors + self.accepted + self.bad_shape + self.sessions_changed
+        return self.server_errors + self.accepted + self.bad_shape + self.dropped + self.sessions_changed
 
 
 class RequestFactory:
@@ -292,14 +301,20 @@ def _is_error_shape(body: bytes) -> bool:
 
 async def _send(http: httpx.AsyncClient, req: BadRequest, result: FuzzResult) -> None:
     result.by_kind[req.kind.split(":")[0]] += 1
-    try:
-        r = await http.request(req.method, req.path, headers=req.headers, content=req.content)
-    except httpx.TransportError as exc:
-        if req.kind == "oversized":
-            result.oversized_cut += 1
-        else:
+    for attempt in range(2):
+        try:
+            r = await http.request(req.method, req.path, headers=req.headers, content=req.content)
+            break
+        except httpx.TransportError as exc:
+            if req.kind == "oversized":
+                result.oversized_cut += 1
+                return
+            if attempt == 0:
+                result.resent += 1
+                continue
             result.transport_errors[type(exc).__name__] += 1
-        return
+            result.dropped.append(f"{type(exc).__name__} {exc!s:.80} (twice) ← {req.describe()}")
+            return
     result.by_status[r.status_code] += 1
     if r.status_code >= 500:
         result.server_errors.append(f"{r.status_code} {r.text[:200]!r} ← {req.describe()}")
