@@ -61,6 +61,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="play each level this many times with fresh sessions and pool the statistics")
     p.add_argument("--query-words", type=int, default=24)
     p.add_argument("--max-tokens", type=int, default=32)
+    p.add_argument("--ignore-eos", action=argparse.BooleanOptionalAction, default=True,
+                   help="answers of exactly --max-tokens past the model's end-of-answer token (the server's "
+                        "ignore_eos), so that tokens/s measure the same work whatever the model answers "
+                        "(default; --no-ignore-eos: the model's own lengths)")
     p.add_argument("--think-time-s", type=float, default=0.0,
                    help="pause between an answer's end and the session's next turn (default: none)")
     p.add_argument("--ramp-s", type=float, default=0.0,
@@ -83,7 +87,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def config(args: argparse.Namespace, url: str) -> ServingConfig:
     return ServingConfig(url=url, sessions=tuple(args.sessions), turns=args.turns, rounds=args.rounds,
-                         query_words=args.query_words, max_tokens=args.max_tokens,
+                         query_words=args.query_words, max_tokens=args.max_tokens, ignore_eos=args.ignore_eos,
                          think_time_s=args.think_time_s, ramp_s=args.ramp_s, warmup_turns=args.warmup_turns,
                          max_level_s=args.max_level_s, request_timeout_s=args.request_timeout_s,
                          model=args.model, api_key=args.api_key, seed=args.seed)

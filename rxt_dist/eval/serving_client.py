@@ -47,6 +47,9 @@ class ServingConfig:
     """Words per query (random ordinary words; the report has the resulting token count)."""
     max_tokens: int = 32
     """``max_tokens`` of every request (greedy decoding: ``temperature=0``)."""
+    ignore_eos: bool = False
+    """Ask for answers of exactly ``max_tokens`` (the server's ``ignore_eos``), whatever the
+    model would answer: tokens per second then measure the same work for every model."""
     think_time_s: float = 0.0
     """Pause between the end of an answer and the session's next turn (0: right away)."""
     ramp_s: float = 0.0
@@ -181,6 +184,8 @@ class ServingClient:
         body = {"model": await self.model_id(), "messages": [{"role": "user", "content": text}],
                 "stream": True, "stream_options": {"include_usage": True},
                 "max_tokens": self.cfg.max_tokens, "temperature": 0}
+        if self.cfg.ignore_eos:
+            body["ignore_eos"] = True
         started = time.perf_counter()
         try:
             async with self.http.post(self.base + "/v1/chat/completions", json=body,

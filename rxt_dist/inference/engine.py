@@ -128,6 +128,7 @@ class DecodeBatch:
             # the head only where a token is sampled: the prompt's other positions need no logits
             last = self.model.lm_logits(hidden[torch.arange(len(prompts), device=device), lengths - 1])  # (B, V)
         rows = [_Row(k, p, p.generator(), keep_cache=keep_cache) for k, p in zip(keys, params)]
+        last, _ = self._without_eos(last, None, rows)
         tokens = sample_next(last, [r.params for r in rows], [r.generator for r in rows])
         self._merge(rows, new_cache, memory, memory_mask, tokens)
         return self._advance(tokens, first_row=len(self.rows) - len(rows))
@@ -163,8 +164,25 @@ class DecodeBatch:
             logits = self.model.decode(ids, None, self.memory, self.memory_mask, self.cache)[0][:, -1]
         else:
             logits = self.model.decode(ids, None, self.cache)[0][:, -1]
+        logits, greedy = self._without_eos(logits, greedy, self.rows)
         tokens = sample_next(logits, [r.params for r in self.rows], [r.generator for r in self.rows], greedy)
         return self._advance(tokens, first_row=0)
+
+    def _without_eos(self, logits: Tensor, greedy: Tensor | None, rows: Sequence[_Row]
+                     ) -> tuple[Tensor, Tensor | None]:
+        """``logits`` (B, V) with the end-of-answer token ruled out for the rows that ignore it
+        (``SamplingParams.ignore_eos``), and ``greedy`` (the compiled step's argmax) taken again
+        for those rows; as given when no row ignores it."""
+        ignoring = [i for i, r in enumerate(rows) if r.params.ignore_eos]
+        if not ignoring:
+            return logits, greedy
+        at = torch.tensor(ignoring, device=logits.device)
+        logits = logits.clone()
+        logits[at, self.eos_id] = float("-inf")
+        if greedy is not None:
+            greedy = greedy.clone()
+            greedy[at] = logits[at].argmax(dim=-1)
+        return logits, greedy
 
     def _advance(self, tokens: Tensor, first_row: int) -> list[TokenEvent]:
         """Turn sampled tokens of rows ``first_row:`` into events and retire finished rows."""

@@ -28,6 +28,10 @@ class SamplingParams:
     """Keep the smallest set of tokens whose probability reaches p (1: all)."""
     seed: int | None = None
     """Seed of this answer's random stream (None: nondeterministic)."""
+    ignore_eos: bool = False
+    """Never choose the end-of-answer token: the answer runs to ``max_new_tokens`` (what a
+    throughput benchmark asks for, so that every answer has the length it sets; vLLM's
+    ``ignore_eos``)."""
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:

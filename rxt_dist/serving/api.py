@@ -106,6 +106,9 @@ class ChatCompletionRequest(_Strict):
     seed: int | None = None
     n: int | None = None
     stop: str | list[str] | None = None
+    ignore_eos: bool = False
+    """Not OpenAI's: the answer runs to ``max_tokens`` past the model's end-of-answer token
+    (vLLM's extension of the same name; benchmarks ask for it)."""
 
 
 class CreateSessionRequest(_Strict):
@@ -191,7 +194,8 @@ def sampling_params(req: ChatCompletionRequest, limits: RequestLimits) -> Sampli
         raise _bad(f"top_p={top_p}: must be in (0, 1]", "top_p")
     if req.seed is not None and not 0 <= req.seed <= MAX_SEED:
         raise _bad(f"seed={req.seed}: must be between 0 and 2**63-1", "seed")
-    return SamplingParams(max_new_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=req.seed)
+    return SamplingParams(max_new_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=req.seed,
+                          ignore_eos=req.ignore_eos)
 
 
 def encode_message(codec: TextCodec, text: str, param: str, limits: RequestLimits) -> list[int]:

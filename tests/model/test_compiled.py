@@ -182,6 +182,42 @@ def test_compiled_continuous_batching_admits_between_steps(compiled_debug):
     assert got[1] == generate(model, [QUERIES[1]], stm[:, 1:], GREEDY)[0]
 
 
+def _answers(model, stm, params, eos_id, compiled=None) -> tuple[dict, dict]:
+    """Each query's greedy answer (QUERIES in one batch) with ``eos_id`` as the end-of-answer
+    token, and how each ended."""
+    batch = DecodeBatch(model, eos_id=eos_id, compiled=compiled)
+    got, ends = {i: [] for i in range(len(QUERIES))}, {}
+    events = batch.admit(list(range(len(QUERIES))), [prompt_ids(q) for q in QUERIES], params, stm=stm)
+    while events:
+        for ev in events:
+            if ev.token is not None:
+                got[ev.key].append(ev.token)
+            if ev.finished:
+                ends[ev.key] = ev.finish_reason
+        events = batch.step() if len(batch) else []
+    return got, ends
+
+
+@pytest.mark.parametrize("at", ["a step", "the prefill"])
+def test_an_answer_that_ignores_the_end_token_runs_to_its_length_and_changes_no_other(compiled_debug, at):
+    model, compiled = compiled_debug
+    stm = stms(model, len(QUERIES))
+    plain, _ = _answers(model, stm, [GREEDY] * len(QUERIES), eos_id=-1)  # no token ends an answer
+    if at == "a step":  # answer 0's first token that it has not said before, from its third on
+        row, k = 0, next(k for k in range(2, 12) if plain[0][k] not in plain[0][:k])
+    else:  # answer 1's first token: the one its prefill chooses
+        row, k = 1, 0
+    eos = plain[row][k]
+    ignoring = [dataclasses.replace(GREEDY, ignore_eos=i == row) for i in range(len(QUERIES))]
+    ended, ended_how = _answers(model, stm, [GREEDY] * len(QUERIES), eos)
+    assert ended[row] == plain[row][:k] and ended_how[row] == "stop"
+    for compiled_or_not in (None, compiled):
+        got, how = _answers(model, stm, ignoring, eos, compiled_or_not)
+        assert len(got[row]) == GREEDY.max_new_tokens and eos not in got[row] and how[row] == "length"
+        assert got[row][:k] == plain[row][:k] and got[row][k] != eos
+        assert {i: a for i, a in got.items() if i != row} == {i: a for i, a in ended.items() if i != row}
+
+
 def test_compiled_mixture_of_experts_decoder_equals_eager(moe):
     """Batch 1 indexes its chosen experts' stacked weights; a batch runs each expert on the rows
     that chose it: both answer as the eager routing does."""

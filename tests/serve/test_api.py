@@ -44,6 +44,8 @@ def refused(raw: bytes, codec=None, new_session=True) -> ApiError:
     (body(max_tokens=2.5), "max_tokens", "int_type"),
     (body(stream="yes"), "stream", "bool_type"),
     (body(temperature="hot"), "temperature", "float_type"),
+    (body(ignore_eos="yes"), "ignore_eos", "bool_type"),
+    (body(ignore_eos=1), "ignore_eos", "bool_type"),
 ])
 def test_malformed_requests_are_400_naming_the_field(raw, param, code):
     err = refused(raw)
@@ -84,6 +86,9 @@ def test_defaults_follow_openai(reference):
     assert turn.sampling.temperature == 1.0 and turn.sampling.top_p == 1.0
     assert turn.sampling.max_new_tokens == LIMITS.default_max_tokens
     assert turn.query_ids == reference.codec.encode("hello") and not turn.stream
+    assert not turn.sampling.ignore_eos
+    asked = prepare_turn(parse_chat_request(body(ignore_eos=True, max_tokens=7)), reference.codec, LIMITS, True)
+    assert asked.sampling.ignore_eos and asked.sampling.max_new_tokens == 7
 
 
 def test_new_session_history_is_split_into_system_and_turns(reference):

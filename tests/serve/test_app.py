@@ -163,6 +163,11 @@ def test_a_first_answer_is_the_models_answer(main, reference):
     assert body["choices"][0]["finish_reason"] == "length"
     assert body["usage"]["completion_tokens"] == MAX_TOKENS
     assert is_session_id(r.headers["x-session-id"]) and r.headers["x-memory-version"] == "0"
+    # vLLM's ignore_eos reaches the decoding loop (this random model never ends an answer early,
+    # so the answer is the same; tests/model/test_compiled.py has one that would)
+    fixed = main.chat(A[0], ignore_eos=True).json()
+    assert fixed["choices"][0]["message"]["content"] == body["choices"][0]["message"]["content"]
+    assert fixed["usage"]["completion_tokens"] == MAX_TOKENS
 
 
 def test_a_streamed_answer_equals_the_whole_answer(main, reference):
