@@ -46,8 +46,13 @@ class CalibrationConfig:
     """The application's model, timed in this process as its replicas run it."""
     turns: int = 32
     """Turns of calibration level A (one session, two of them a warm-up)."""
-    think_time_s: float = 0.3
-    """Level A's think time between turns (no queueing: the latencies the profile is fitted to)."""
+    think_time_s: float = 0.05
+    """Level A's think time between turns (no queueing: the latencies the profile is fitted to;
+    longer than the update lag, so no turn waits for its predecessor's update). Short, so that
+    the processes' background work (their idle rate, subtracted) is a small part of what the
+    level reads: with 0.3 s, until 2026-12-07, it was 20–28% of each serving process's CPU over
+    the level, and four checks of the demo model gave 6–11 of 12 figures within; with 0.05 s
+    6–8%, and four checks 12 of 12 (docs/BENCHMARKS.md)."""
     warm_up_turns: int = WARM_UP_TURNS
     """Turns of :data:`WARM_UP_SESSIONS` sessions played in a freshly started application before
     anything is measured (0: none)."""
