@@ -51,8 +51,8 @@ class CalibrationConfig:
     longer than the update lag, so no turn waits for its predecessor's update). Short, so that
     the processes' background work (their idle rate, subtracted) is a small part of what the
     level reads: with 0.3 s, until 2026-12-07, it was 20–28% of each serving process's CPU over
-    the level, and four checks of the demo model gave 6–11 of 12 figures within; with 0.05 s
-    6–8%, and four checks 12 of 12 (docs/BENCHMARKS.md)."""
+    the level, and six checks of the demo model gave 53 of 72 figures within; with 0.05 s
+    4–8%, and eight checks 89 of 96 (docs/BENCHMARKS.md)."""
     warm_up_turns: int = WARM_UP_TURNS
     """Turns of :data:`WARM_UP_SESSIONS` sessions played in a freshly started application before
     anything is measured (0: none)."""
