@@ -2,6 +2,8 @@
 configs it validates before starting Ray, and the report it prints (the live measurement itself
 runs in ``jobs/capacity.py check``, minutes long: docs/BENCHMARKS.md)."""
 
+import json
+
 import pytest
 
 from rxt_dist.eval.app_calibration import CalibrationConfig, CheckLevels
@@ -105,3 +107,23 @@ def test_the_checks_details_name_each_levels_parts_simulated_against_measured():
            "measured": {**measured, "update_transit_s": 0.0104, "update_queued_s": 0.0104, "update_handover_s": 0.0013}}
     assert ("per update ms sim/measured: from the answer's end to the call's start on the Ingress —/1.3, from the "
             "Ingress to the MemoryUpdater 14.7/10.4, then to its batch's start 10.8/10.4") in check_details([row])
+
+
+def test_compare_scales_each_level_by_its_replay_unless_told_not_to(tmp_path):
+    """``jobs/capacity.py compare`` (and ``check``) scale the profile by each level's replay of
+    calibration level A by default; ``--speed-from none`` simulates the profile as calibrated.
+    Run on a stored check whose calibration ran in a fast minute (am38: its replays read 1.58,
+    1.08 and 1.21× the calibration's serving CPU per turn), so the two must differ."""
+    from jobs.capacity import main
+
+    study = "docs/bench/study/capacity-{}-am38.json"
+    got = {}
+    for reading in (None, "none"):
+        out = tmp_path / f"check-{reading}.json"
+        main(["compare", "--profile", study.format("profile-cpu"), "--benchmark", study.format("serving"),
+              "--check-out", str(out), *(["--speed-from", reading] if reading else [])])
+        got[reading] = json.loads(out.read_text())["levels"]
+    for scaled, plain in zip(got[None], got["none"]):
+        assert scaled["environment"]["speed_from"] == "replay" and scaled["environment"]["speed_ratio"] > 1.05
+        assert plain["environment"]["speed_from"] is None and plain["environment"]["speed_ratio"] is None
+        assert scaled["simulated"]["ttft_p50_s"] > plain["simulated"]["ttft_p50_s"]
