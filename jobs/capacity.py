@@ -76,8 +76,8 @@ def turns_arg(text: str) -> int:
 
 SPEED_FROM_HELP = ("scale the profile by a reading of the machine's speed at each level against the same reading at "
                    "the calibration: 'replay' (default), the serving processes' CPU per turn in a replay of "
-                   "calibration level A right before the level (over the 31 stored checks of 2026-12-04..07: 343 of "
-                   "372 figures within, every figure in 18 runs, against 328 and 13 unscaled); 'probe', the speed "
+                   "calibration level A right before the level (more figures within over the stored checks than "
+                   "unscaled: docs/BENCHMARKS.md, 'Capacity model'); 'probe', the speed "
                    "probe's (a Python process timing a fixed piece of work); 'store', the store's CPU per cycle of "
                    "claim, record, read, commit; 'none': the profile as calibrated")
 SPEED_FROM_CHOICES = (*sorted(SPEED_READINGS), "none")
