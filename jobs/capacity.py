@@ -5,6 +5,7 @@
     python jobs/capacity.py compare      # simulate again from the stored profile and benchmark
     python jobs/capacity.py simulate --profile docs/bench/capacity-profile-cpu.json --sessions 1 8 32
     python jobs/capacity.py wake-weight --profiles docs/bench/study/capacity-profile-*.json
+    python jobs/capacity.py repeat --benchmarks docs/bench/study/capacity-serving-am{27..41}.json
     python jobs/capacity.py plan --profile configs/capacity/l4-nano.json --daily-users 100000
     python jobs/capacity.py bf16-recall --rxt runs/tiny/models/smat --data runs/data --max-conversations 300
 
@@ -41,7 +42,15 @@ from rxt_dist.eval.calibrate import MACHINE_WAKE_WEIGHT, pooled_wake_weight
 from rxt_dist.eval.capacity import CostProfile, Workload
 from rxt_dist.eval.profile_fit import AUTO, refit
 from rxt_dist.eval.report import load_average, machine_info, write_json_atomic
-from rxt_dist.eval.simcheck import SPEED_READINGS, TOLERANCE, check_details, check_table, compare
+from rxt_dist.eval.simcheck import (
+    SPEED_READINGS,
+    TOLERANCE,
+    check_details,
+    check_table,
+    compare,
+    repeatability,
+    repeatability_table,
+)
 from rxt_dist.eval.simulate import Replicas, simulate
 
 log = logging.getLogger("capacity")
@@ -137,6 +146,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ww = sub.add_parser("wake-weight", help="the wake weight that fits many stored profiles' busy calibration level")
     ww.add_argument("--profiles", nargs="+", required=True,
                     help="profile JSON files written by profile or check on the machine to fit")
+    rep = sub.add_parser("repeat", help="the serving benchmark against itself: how well one stored run of the "
+                                        "check's levels predicts another (the floor the check's target has)")
+    rep.add_argument("--benchmarks", nargs="+", required=True,
+                     help="serving-benchmark JSON files of the same levels (check's --bench-out), "
+                          "in the order they ran")
+    rep.add_argument("--out", default=None, help="also write the result as JSON here")
     sim = sub.add_parser("simulate")
     sim.add_argument("--profile", required=True)
     sim.add_argument("--sessions", type=int, nargs="+", default=[1, 8, 32])
@@ -319,6 +334,26 @@ def run_bf16_recall(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}")
 
 
+def run_repeat(args: argparse.Namespace) -> None:
+    reports = {}
+    for name in args.benchmarks:
+        try:
+            with open(name, encoding="utf-8") as f:
+                reports[Path(name).name] = json.load(f)
+        except (OSError, json.JSONDecodeError) as e:
+            raise SystemExit(f"capacity.py repeat: {name}: {e}") from None
+        if not isinstance(reports[Path(name).name], dict) or "levels" not in reports[Path(name).name]:
+            raise SystemExit(f"capacity.py repeat: {name}: not a serving-benchmark report (no 'levels')")
+    try:
+        result = repeatability(reports)
+    except (ValueError, KeyError, TypeError) as e:
+        raise SystemExit(f"capacity.py repeat: {e!r}" if not isinstance(e, ValueError) else f"capacity.py repeat: {e}")
+    print(repeatability_table(result))
+    if args.out:
+        write_json_atomic(args.out, {"command": shlex.join(["python", "jobs/capacity.py", *sys.argv[1:]]), **result})
+        print(f"wrote {args.out}")
+
+
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
@@ -334,6 +369,8 @@ def main(argv: list[str] | None = None) -> None:
         run_plan(args)
     elif args.command == "wake-weight":
         run_wake_weight(args)
+    elif args.command == "repeat":
+        run_repeat(args)
     else:
         run_bf16_recall(args)
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import numpy as np
+
 from rxt_dist.eval.capacity import CostProfile, Workload, speed_trace
 from rxt_dist.eval.simulate import Replicas, simulate
 
@@ -139,6 +141,62 @@ def compare(profile: CostProfile, levels: list[dict], stream_interval_s: float |
                                      "stall_rate_per_s": env["stalls"]["rate_per_s"] if env else None,
                                      "stalled_share": env["stalls"]["stalled_share"] if env else None}})
     return rows
+
+
+def repeatability(reports: dict[str, dict]) -> dict[str, Any]:
+    """The serving benchmark against itself: each stored run of the same levels (``reports``, by
+    name, in the order they ran) taken as the prediction of each other run, its checked figures
+    judged as the simulation's are (within :data:`TOLERANCE` of the other run's). What the check's
+    target asks of the simulation is at best what one run of the benchmark does for another on
+    the same machine: the floor its own spread sets. Also each figure's coefficient of variation
+    over the runs, and the same counts for consecutive runs only (minutes apart)."""
+    if len(reports) < 2:
+        raise ValueError(f"{len(reports)} benchmark run(s): need at least two to compare")
+    shapes = {name: [(lv["sessions"], lv["turns_played"], lv["rounds"]) for lv in r["levels"]]
+              for name, r in reports.items()}
+    first, shape = next(iter(shapes.items()))
+    for name, other in shapes.items():
+        if other != shape:
+            raise ValueError(f"{name}: levels (sessions, turns, rounds) {other} differ from {first}'s {shape}: "
+                             "only runs of the same levels can be compared")
+    figures = {name: [measured_figures(lv) for lv in r["levels"]] for name, r in reports.items()}
+
+    def tally(pairs: list[tuple[str, str]]) -> dict[str, Any]:
+        within = all_within = 0
+        for a, b in pairs:
+            ok = [abs(x[k] / y[k] - 1) <= TOLERANCE for x, y in zip(figures[a], figures[b]) for k, _ in CHECKED]
+            within += sum(ok)
+            all_within += all(ok)
+        return {"pairs": len(pairs), "figures_within": within, "figures": len(pairs) * len(shape) * len(CHECKED),
+                "pairs_all_within": all_within}
+
+    names = list(reports)
+    per_figure = {}
+    for i, (sessions, _, _) in enumerate(shape):
+        for key, label in CHECKED:
+            values = np.array([figures[n][i][key] for n in names])
+            per_figure[f"S={sessions} {label}"] = {"mean": float(values.mean()),
+                                                   "cv": float(values.std(ddof=1) / values.mean()),
+                                                   "min_over_mean": float(values.min() / values.mean()),
+                                                   "max_over_mean": float(values.max() / values.mean())}
+    return {"runs": names, "tolerance": TOLERANCE,
+            "every_pair": tally([(a, b) for a in names for b in names if a != b]),
+            "consecutive": tally([p for a, b in zip(names, names[1:]) for p in ((a, b), (b, a))]),
+            "per_figure": per_figure}
+
+
+def repeatability_table(result: dict[str, Any]) -> str:
+    lines = [f"{len(result['runs'])} runs; one run's figures taken as the prediction of another's:"]
+    for key, label in (("every_pair", "every ordered pair"), ("consecutive", "consecutive runs, both ways")):
+        t = result[key]
+        lines.append(f"  {label}: {t['figures_within']} of {t['figures']} figures within "
+                     f"±{result['tolerance']:.0%} ({t['figures_within'] / t['figures']:.1%}); every figure in "
+                     f"{t['pairs_all_within']} of {t['pairs']} pairs ({t['pairs_all_within'] / t['pairs']:.0%})")
+    lines.append(f"  {'figure':<22}{'mean':>10}{'cv':>8}{'min/mean':>10}{'max/mean':>10}")
+    for name, f in result["per_figure"].items():
+        lines.append(f"  {name:<22}{f['mean']:>10.4g}{f['cv']:>8.1%}"
+                     f"{f['min_over_mean']:>10.2f}{f['max_over_mean']:>10.2f}")
+    return "\n".join(lines)
 
 
 def check_table(rows: list[dict]) -> str:

@@ -107,3 +107,57 @@ def test_the_check_simulates_a_level_at_its_own_traced_speed_only_when_asked():
     assert on["environment"]["speed_trace_values"] == 50 and off["environment"]["speed_trace_values"] == 0
     assert off["simulated"] == before["simulated"]
     assert on["simulated"]["ttft_p99_s"] != off["simulated"]["ttft_p99_s"]
+
+
+def _report(scale: float = 1.0, tokens_scale: float = 1.0, sessions=(1, 8)) -> dict:
+    def level(s: int) -> dict:
+        return {"sessions": s, "turns_played": 8, "rounds": 2,
+                "ttft": {"p50_s": 0.02 * s * scale, "p99_s": 0.03 * s * scale},
+                "throughput": {"aggregate_tokens_per_s": 100.0 * s * scale * (tokens_scale if s == 8 else 1.0)},
+                "update_lag": {"p50_s": 0.01 * scale, "p99_s": 0.02 * scale},
+                "answer": {"p50_s": 0.05 * scale}, "waited": {"share": 0.9}}
+    return {"levels": [level(s) for s in sessions]}
+
+
+def test_the_benchmark_against_itself_counts_figures_as_the_check_does():
+    """``repeatability``: each run's figures judged against every other run's with the check's
+    tolerance (a run 10% off everywhere is within, one figure 50% off is out in both directions),
+    consecutive runs apart; runs of other levels, or a lone run, are refused by name."""
+    from rxt_dist.eval.simcheck import CHECKED, repeatability, repeatability_table
+
+    reports = {"a": _report(), "b": _report(1.1), "c": _report(tokens_scale=1.5)}
+    r = repeatability(reports)
+    per_pair = 2 * len(CHECKED)
+    # (a, c), (c, a), (b, c), (c, b) miss the S = 8 tokens/s; a and b agree everywhere
+    assert r["every_pair"] == {"pairs": 6, "figures": 6 * per_pair, "figures_within": 6 * per_pair - 4,
+                               "pairs_all_within": 2}
+    assert r["consecutive"] == {"pairs": 4, "figures": 4 * per_pair, "figures_within": 4 * per_pair - 2,
+                                "pairs_all_within": 2}
+    assert r["per_figure"]["S=1 TTFT p50"]["max_over_mean"] == pytest.approx(1.1 / (3.1 / 3))
+    assert r["per_figure"]["S=8 tokens/s"]["cv"] > r["per_figure"]["S=8 TTFT p50"]["cv"]
+    assert "every figure in 2 of 6 pairs" in repeatability_table(r)
+    with pytest.raises(ValueError, match="c: levels"):
+        repeatability({"a": _report(), "c": _report(sessions=(1, 32))})
+    with pytest.raises(ValueError, match="at least two"):
+        repeatability({"a": _report()})
+
+
+def test_capacity_repeat_reads_stored_runs_and_names_a_bad_file(tmp_path, capsys):
+    """``capacity.py repeat`` on two stored check runs prints and writes the same counts the
+    library gives; a file that is not a serving report stops it with the file's name."""
+    from pathlib import Path
+
+    from jobs.capacity import main
+    from rxt_dist.eval.simcheck import repeatability
+
+    files = [f"docs/bench/study/capacity-serving-am{n}.json" for n in (40, 41)]
+    out = tmp_path / "repeat.json"
+    main(["repeat", "--benchmarks", *files, "--out", str(out)])
+    written = json.loads(out.read_text())
+    expected = repeatability({Path(f).name: json.loads(Path(f).read_text()) for f in files})
+    assert written["every_pair"] == expected["every_pair"]
+    assert "2 runs" in capsys.readouterr().out
+    bad = tmp_path / "profile.json"
+    bad.write_text(json.dumps({"decode_step_s": {}}))
+    with pytest.raises(SystemExit, match="profile.json: not a serving-benchmark report"):
+        main(["repeat", "--benchmarks", files[0], str(bad)])
