@@ -43,6 +43,7 @@ from rxt_dist.eval.capacity import CostProfile, Workload
 from rxt_dist.eval.profile_fit import AUTO, refit
 from rxt_dist.eval.report import load_average, machine_info, write_json_atomic
 from rxt_dist.eval.simcheck import (
+    REPLAY_EXPONENT,
     SPEED_READINGS,
     TOLERANCE,
     check_details,
@@ -83,12 +84,26 @@ def turns_arg(text: str) -> int:
     return turns
 
 
+def exponent_arg(text: str) -> float:
+    """``--replay-exponent``: a number from 0 to 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number from 0 (unscaled) to 1 (the replay's whole ratio)")
+    return value
+
+
 SPEED_FROM_HELP = ("scale the profile by a reading of the machine's speed at each level against the same reading at "
                    "the calibration: 'replay' (default), the serving processes' CPU per turn in a replay of "
                    "calibration level A right before the level (more figures within over the stored checks than "
                    "unscaled: docs/BENCHMARKS.md, 'Capacity model'); 'probe', the speed "
                    "probe's (a Python process timing a fixed piece of work); 'store', the store's CPU per cycle of "
                    "claim, record, read, commit; 'none': the profile as calibrated")
+REPLAY_EXPONENT_HELP = (f"with --speed-from replay: scale by the replay's ratio to this power (default "
+                        f"{REPLAY_EXPONENT:g}, the share of it the check's levels follow over the stored checks: "
+                        "docs/BENCHMARKS.md; 1: the whole ratio)")
 SPEED_FROM_CHOICES = (*sorted(SPEED_READINGS), "none")
 DEFAULT_SPEED_FROM = "replay"
 
@@ -132,6 +147,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     check.add_argument("--bench-out", default="docs/bench/capacity-serving.json")
     check.add_argument("--check-out", default="docs/bench/capacity-check.json")
     check.add_argument("--speed-from", choices=SPEED_FROM_CHOICES, default=DEFAULT_SPEED_FROM, help=SPEED_FROM_HELP)
+    check.add_argument("--replay-exponent", type=exponent_arg, default=REPLAY_EXPONENT, help=REPLAY_EXPONENT_HELP)
     cmp_ = sub.add_parser("compare")
     cmp_.add_argument("--profile", default="docs/bench/capacity-profile-cpu.json")
     cmp_.add_argument("--benchmark", default="docs/bench/capacity-serving.json")
@@ -142,6 +158,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     cmp_.add_argument("--wake-weight", type=wake_weight_arg, default=AUTO,
                       help=f"with --refit: {WAKE_WEIGHT_HELP}")
     cmp_.add_argument("--speed-from", choices=SPEED_FROM_CHOICES, default=DEFAULT_SPEED_FROM, help=SPEED_FROM_HELP)
+    cmp_.add_argument("--replay-exponent", type=exponent_arg, default=REPLAY_EXPONENT, help=REPLAY_EXPONENT_HELP)
     cmp_.add_argument("--speed-trace", action="store_true", help=SPEED_TRACE_HELP + " (with --refit: fitted so too)")
     ww = sub.add_parser("wake-weight", help="the wake weight that fits many stored profiles' busy calibration level")
     ww.add_argument("--profiles", nargs="+", required=True,
@@ -213,7 +230,8 @@ def write_check(profile: CostProfile, report: dict, args: argparse.Namespace, co
     rows = compare(profile, report["levels"], server.get("stream_interval_s", 0.0),
                    server.get("stream_chunks_per_s", 0.0),  # absent from reports before the budget: none
                    report.get("config", {}).get("poll_interval_s", 0.0),  # each round's last commit, polled
-                   speed_from=None if args.speed_from == "none" else args.speed_from, traced=args.speed_trace)
+                   speed_from=None if args.speed_from == "none" else args.speed_from, traced=args.speed_trace,
+                   replay_exponent=args.replay_exponent)
     write_json_atomic(args.check_out, {"command": command, "tolerance": TOLERANCE, "profile": args.out,
                                        "benchmark": args.bench_out, "machine": machine_info(), "levels": rows,
                                        "all_within_tolerance": all(r["within_tolerance"] for r in rows)})

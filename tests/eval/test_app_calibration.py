@@ -109,9 +109,10 @@ def test_the_checks_details_name_each_levels_parts_simulated_against_measured():
             "Ingress to the MemoryUpdater 14.7/10.4, then to its batch's start 10.8/10.4") in check_details([row])
 
 
-def test_compare_scales_each_level_by_its_replay_unless_told_not_to(tmp_path):
+def test_compare_scales_each_level_by_its_replay_unless_told_not_to(tmp_path, capsys):
     """``jobs/capacity.py compare`` (and ``check``) scale the profile by each level's replay of
-    calibration level A by default; ``--speed-from none`` simulates the profile as calibrated.
+    calibration level A by default (its ratio to the power 0.7); ``--speed-from none`` simulates
+    the profile as calibrated; an exponent outside 0…1 stops the command with its name.
     Run on a stored check whose calibration ran in a fast minute (am38: its replays read 1.58,
     1.08 and 1.21× the calibration's serving CPU per turn), so the two must differ."""
     from jobs.capacity import main
@@ -124,6 +125,11 @@ def test_compare_scales_each_level_by_its_replay_unless_told_not_to(tmp_path):
               "--check-out", str(out), *(["--speed-from", reading] if reading else [])])
         got[reading] = json.loads(out.read_text())["levels"]
     for scaled, plain in zip(got[None], got["none"]):
-        assert scaled["environment"]["speed_from"] == "replay" and scaled["environment"]["speed_ratio"] > 1.05
+        env = scaled["environment"]
+        assert env["speed_from"] == "replay" and env["speed_reading"] > 1.05
+        assert env["speed_ratio"] == env["speed_reading"] ** env["replay_exponent"] and env["replay_exponent"] == 0.7
         assert plain["environment"]["speed_from"] is None and plain["environment"]["speed_ratio"] is None
         assert scaled["simulated"]["ttft_p50_s"] > plain["simulated"]["ttft_p50_s"]
+    with pytest.raises(SystemExit):
+        main(["compare", "--replay-exponent", "2"])
+    assert "--replay-exponent: '2': give a number from 0" in capsys.readouterr().err

@@ -109,6 +109,30 @@ def test_the_check_simulates_a_level_at_its_own_traced_speed_only_when_asked():
     assert on["simulated"]["ttft_p99_s"] != off["simulated"]["ttft_p99_s"]
 
 
+def test_the_replay_reading_scales_the_profile_to_its_power():
+    """``replay_exponent``: a level is simulated on the profile scaled by the replay's ratio to
+    that power — 0 is the profile as calibrated, 1 the whole ratio, in between in between; the
+    check records the reading and what it applied; an exponent outside 0…1 is refused by name.
+    On a stored check whose S = 1 replay read 1.58× its calibration (am38)."""
+    from pathlib import Path
+
+    from rxt_dist.eval.simcheck import REPLAY_EXPONENT, compare
+
+    study = Path(__file__).resolve().parents[2] / "docs" / "bench" / "study"
+    p = CostProfile.from_file(study / "capacity-profile-cpu-am38.json")
+    level = json.loads((study / "capacity-serving-am38.json").read_text())["levels"][0]
+    rows = {e: compare(p, [level], speed_from="replay", replay_exponent=e)[0] for e in (0.0, 0.5, 1.0)}
+    reading = rows[1.0]["environment"]["speed_reading"]
+    assert reading > 1.5 and rows[1.0]["environment"]["speed_ratio"] == reading
+    assert rows[0.5]["environment"]["speed_ratio"] == pytest.approx(reading ** 0.5)
+    assert rows[0.0]["simulated"] == compare(p, [level])[0]["simulated"]  # × 1.0: the profile as calibrated
+    ttft = [rows[e]["simulated"]["ttft_p50_s"] for e in (0.0, 0.5, 1.0)]
+    assert ttft[0] < ttft[1] < ttft[2]
+    assert compare(p, [level], speed_from="replay")[0]["environment"]["replay_exponent"] == REPLAY_EXPONENT
+    with pytest.raises(ValueError, match="replay_exponent=1.5"):
+        compare(p, [level], speed_from="replay", replay_exponent=1.5)
+
+
 def _report(scale: float = 1.0, tokens_scale: float = 1.0, sessions=(1, 8)) -> dict:
     def level(s: int) -> dict:
         return {"sessions": s, "turns_played": 8, "rounds": 2,
