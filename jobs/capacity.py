@@ -364,8 +364,10 @@ def run_repeat(args: argparse.Namespace) -> None:
             raise SystemExit(f"capacity.py repeat: {name}: not a serving-benchmark report (no 'levels')")
     try:
         result = repeatability(reports)
-    except (ValueError, KeyError, TypeError) as e:
-        raise SystemExit(f"capacity.py repeat: {e!r}" if not isinstance(e, ValueError) else f"capacity.py repeat: {e}")
+    except ValueError as e:
+        raise SystemExit(f"capacity.py repeat: {e}") from None
+    except (KeyError, TypeError) as e:  # a level without a figure the check compares
+        raise SystemExit(f"capacity.py repeat: a level lacks a figure the check compares ({e!r})") from None
     print(repeatability_table(result))
     if args.out:
         write_json_atomic(args.out, {"command": shlex.join(["python", "jobs/capacity.py", *sys.argv[1:]]), **result})
