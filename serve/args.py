@@ -80,8 +80,11 @@ class AppArgs(BaseModel):
     from the session store."""
     update_batch_size: int = 16
     """Memory updates one MemoryUpdater replica applies in one batch."""
-    update_batch_wait_s: float = 0.005
-    """How long the updater waits to fill a batch."""
+    update_batch_wait_s: float = 0.0
+    """How long an idle updater waits for more updates before starting a batch (updates that
+    arrive while a batch runs go in the next one whatever this is). 0 since 2026-12-07: a lone
+    session's next turn waits for its update, and the 5 ms wait had been half of that update's
+    lag (docs/BENCHMARKS.md, "The MemoryUpdater's wait for company")."""
 
     max_message_tokens: int = 512
     """Longest accepted message, in tokens."""

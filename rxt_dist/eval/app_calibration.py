@@ -276,6 +276,9 @@ def build_profile(cal: CalibrationConfig, url: str, app_name: str,
     path = fit_serving_path(costs, per_turn, level, answer_mean + 1, k, machine_info()["logical_cpus"],
                             short=short, many=cpu["many"], store_calls=cpu["store_calls"],
                             read_share=cpu["updater_read_share"], decode_loop=cpu["decode_loop"])
+    for name in ("max_batch_size", "update_batch_size", "update_batch_wait_s"):  # the batching the app ran with
+        if name in app_args:
+            path[name] = app_args[name]
     path["serial_share"] = cpu["serial_share"]
     path["fixed_share"] = cpu["fixed_share"]
     spin = env_after["slowdown"]  # the load as every later check measures it, right after the model timings

@@ -196,7 +196,9 @@ class ServingPath:
     max_batch_size: int = 32
     """Sequences one Generator replica decodes together (``max_batch_size``)."""
     update_batch_size: int = 16
-    update_batch_wait_s: float = 0.005
+    update_batch_wait_s: float = 0.0
+    """The three above as the application runs them (``serve/args.py``; a measured profile takes
+    them from the application it calibrated)."""
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):

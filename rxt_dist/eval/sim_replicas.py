@@ -141,7 +141,9 @@ class Updater:
     def _maybe_start(self) -> None:
         if self.busy or not self.queue:
             return
-        if len(self.queue) >= self.p.path.update_batch_size:
+        if len(self.queue) >= self.p.path.update_batch_size or self.p.path.update_batch_wait_s <= 0:
+            # full, or no wait for company: ``UpdateBatcher`` takes the next batch without
+            # yielding to its event loop, so it starts ahead of the replies of the batch before
             self._start()
         elif not self.timer_armed:
             self.timer_armed = True

@@ -178,8 +178,8 @@ def test_after_a_batch_the_next_waits_for_company_while_the_replies_go_out():
     ``update_batch_wait_s`` for company while the replica's event loop sends the batch's replies
     (the half of its own work after its commits); the next batch starts when both are done (its
     ``gap_s``), at once when a full batch waits."""
-    def gap(sessions: int, batch_s: float) -> float:  # one turn each: a batch of 4, then the rest
-        path = ServingPath(update_batch_wait_s=0.005, update_batch_size=4, cores=1e9, updater_batch_s=batch_s,
+    def gap(sessions: int, batch_s: float, wait_s: float = 0.005) -> float:  # one turn each: 4, then the rest
+        path = ServingPath(update_batch_wait_s=wait_s, update_batch_size=4, cores=1e9, updater_batch_s=batch_s,
                            serial_share={"updater": 1.0})
         w = Workload(sessions=sessions, think_time_s=0.0, answer_tokens=4, turns=1)
         return simulate(profile(path), w, stops_early=False)["busy"]["update_gap_s"]
@@ -187,6 +187,9 @@ def test_after_a_batch_the_next_waits_for_company_while_the_replies_go_out():
     assert gap(6, 0.006) == pytest.approx(0.005, rel=1e-9)  # the replies (3 ms) within the wait
     assert gap(6, 0.016) == pytest.approx(0.008, rel=1e-9)  # the wait's end queues behind the replies
     assert gap(8, 0.006) == pytest.approx(0.0, abs=1e-12)  # a full batch waiting does not wait
+    # no wait for company (the application's default): the batcher takes the next batch without
+    # yielding to its event loop, ahead of the replies
+    assert gap(6, 0.016, wait_s=0.0) == pytest.approx(0.0, abs=1e-12)
 
 
 def test_the_consolidating_threads_own_work_lengthens_the_consolidation():
