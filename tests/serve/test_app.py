@@ -372,8 +372,12 @@ def test_a_client_that_disconnects_mid_answer_gets_the_part_produced_consolidate
     def next_answer_after(k: int) -> str:
         return reference.turn(reference.consolidated(stm0, A[0], full_ids[:k]), A[1], MAX_TOKENS)[0]
 
-    assert any(next_answer_after(k) == answer for k in range(received, 120)), \
-        "the next answer matches no consolidation of a truncated first answer"
+    # a strict prefix (the answer was cut short) of at least what the client read; on a loaded
+    # machine the Generator may run far ahead of the Ingress noticing the disconnect
+    if not any(next_answer_after(k) == answer for k in range(received, 200)):
+        whole = next_answer_after(200) == answer
+        pytest.fail("the next answer matches no consolidation of a truncated first answer"
+                    + (" (it matches the whole answer: the disconnect came too late to cut it)" if whole else ""))
 
 
 # ---- bad input ------------------------------------------------------------------------------
