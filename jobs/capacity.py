@@ -353,15 +353,16 @@ def run_bf16_recall(args: argparse.Namespace) -> None:
 
 
 def run_repeat(args: argparse.Namespace) -> None:
-    reports = {}
+    reports = {}  # by the path as given: two runs' files may share a name in different folders
     for name in args.benchmarks:
         try:
             with open(name, encoding="utf-8") as f:
-                reports[Path(name).name] = json.load(f)
+                report = json.load(f)
         except (OSError, json.JSONDecodeError) as e:
             raise SystemExit(f"capacity.py repeat: {name}: {e}") from None
-        if not isinstance(reports[Path(name).name], dict) or "levels" not in reports[Path(name).name]:
+        if not isinstance(report, dict) or "levels" not in report:
             raise SystemExit(f"capacity.py repeat: {name}: not a serving-benchmark report (no 'levels')")
+        reports[name] = report
     try:
         result = repeatability(reports)
     except ValueError as e:
