@@ -258,6 +258,33 @@ def test_a_batch_commits_each_shard_in_one_call(reference, tmp_path):
     assert calls.count((0, "update_input")) == 2 and calls.count((1, "update_input")) == 3
 
 
+def test_a_store_shard_whose_call_fails_loses_only_its_own_commits(reference, tmp_path):
+    """A batch spans two shards and one of them cannot be called: its commits answer
+    ``unavailable`` with the error (the dispatcher retries those), the other shard's apply."""
+    async def scenario():
+        shards = [Server(reference, tmp_path / "a"), Server(reference, tmp_path / "b")]
+        owner = {}
+        for k, server in enumerate(shards):
+            def call(method, *args, server=server, k=k):
+                if k == 1 and method == "commit_updates":
+                    raise ConnectionError("shard 1 is gone")
+                return server.call(method, *args)
+            for _ in range(2):
+                sid = await server.new_session(reference.new_stm()[:, 0])
+                await server.store.begin_turn(sid, "l", 0.0)
+                await server.store.finish_turn(sid, "l", 0, [30, 31], [40, 41])
+                owner[sid] = call
+        results = await apply_updates(reference.model, [(sid, 0) for sid in owner], owner.__getitem__)
+        infos = [(await shards[k // 2].store.info(sid))["session"] for k, sid in enumerate(owner)]
+        return results, infos
+
+    results, infos = asyncio.run(scenario())
+    assert [r["status"] for r in results] == ["applied", "applied", "unavailable", "unavailable"]
+    assert all("shard 1 is gone" in r["error"] for r in results[2:])
+    assert [i["memory_version"] for i in infos] == [1, 1, 0, 0]
+    assert all(i["pending_update"] for i in infos[2:])  # still pending: a retry can apply it
+
+
 def test_a_store_shard_of_an_older_version_gets_its_commits_one_by_one(reference, tmp_path):
     """Store shards are detached actors that outlive a redeploy: one started by a version
     without ``commit_updates`` still gets every commit of a batch, one call each."""
