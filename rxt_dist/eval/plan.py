@@ -159,7 +159,7 @@ def assumed_gpu_profile(preset: str) -> CostProfile:
     path = ServingPath(client_s=0.0, proxy_s=0.00035 + 0.0064, ingress_s=0.007 + 0.0064, store_op_s=0.0012,
                        generator_io_s=0.005, updater_item_s=0.005, in_share=0.3, out_share=0.2,
                        cores=1e9, other_load=0.0, max_batch_size=128, update_batch_size=64,
-                       update_batch_wait_s=0.005, serial_share={"generator": 0.35, "updater": 0.35})
+                       update_batch_wait_s=0.0, serial_share={"generator": 0.35, "updater": 0.35})
     header = 80  # safetensors header of one tensor with the format tag
     return CostProfile(
         source=f"ASSUMED (not measured): {preset} on {GPU_NODE}; see rxt_dist.eval.plan.assumed_gpu_profile",
