@@ -4,7 +4,8 @@ A training YAML file has the sections ``run``, ``data``, ``model``, ``baseline``
 ``scaling``, ``deepspeed``, ``optimizer``, ``checkpoint``, ``failure`` and ``stages``
 (one entry per curriculum stage). Unknown fields are refused and types are strict (a string
 is no integer). Every error is one line naming the file, the section and field, the value and
-what to change, e.g. ``my.yaml: stages.smat.steps='abc': must be an integer``.
+what to change, e.g. ``my.yaml: stages.smat.steps='abc': must be an integer``
+(:mod:`rxt_dist.train.config_errors` words them).
 
 A new field is one line plus its docstring: ``name: type = default`` or, with a range,
 ``name: int = Field(0, ge=0)`` (the message "must be ≥ 0" comes from the bounds). A check
@@ -14,9 +15,7 @@ fix")``; the section's path is put in front.
 
 from __future__ import annotations
 
-import difflib
 import os
-import types
 import typing
 from typing import Any, Literal
 
@@ -31,7 +30,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic.fields import FieldInfo
+
+from rxt_dist.train.config_errors import describe, is_section, union_members
 
 STAGES = ("joint_lm", "sft", "memory_attention", "smat", "baseline")
 """Curriculum stages in order (the stateless baseline is trained last)."""
@@ -65,8 +65,8 @@ class _Section(BaseModel):
     def _from_yaml(cls, value: Any, info: ValidationInfo) -> Any:
         """YAML 1.1 reads ``1e-3`` (no dot) as a string, a JSON round trip turns tuples into
         lists, and a section holding only comments is null."""
-        kinds = _kinds(cls.model_fields[info.field_name].annotation)
-        if value is None and any(_is_section(k) for k in kinds):
+        kinds = union_members(cls.model_fields[info.field_name].annotation)
+        if value is None and any(is_section(k) for k in kinds):
             return {}
         if isinstance(value, str) and float in kinds:
             try:
@@ -391,7 +391,8 @@ class SMATStage(StageSection):
         _require(not self.recall_weight_per_fact or self.recall_loss_weight,
                  f"recall_weight_per_fact={self.recall_weight_per_fact}: weighs the value loss, which "
                  "recall_loss_weight=0 leaves out; set recall_loss_weight too")
-        shorter = "curriculum_turns" if self.curriculum_turns else "recall_pair_steps" if self.recall_pair_steps else None
+        shorter = ("curriculum_turns" if self.curriculum_turns
+                   else "recall_pair_steps" if self.recall_pair_steps else None)
         _require(self.time_budget_s is None or shorter is None,
                  f"time_budget_s={self.time_budget_s}: cannot be combined with {shorter}="
                  f"{getattr(self, shorter or 'steps')} — the budget is timed on the first steps, which {shorter} "
@@ -517,102 +518,3 @@ def apply_override(data: dict[str, Any], item: str) -> None:
         if not isinstance(node, dict):
             raise ValueError(f"override {item!r}: {part} is not a section")
     node[parts[-1]] = yaml.safe_load(raw)
-
-
-# --- turning pydantic's errors into one line each ------------------------------------------
-
-_TYPE_FIXES = {
-    "int_type": "must be an integer",
-    "float_type": "must be a number",
-    "bool_type": "must be true or false",
-    "string_type": "must be a string",
-    "dict_type": "must be a mapping",
-    "model_type": "must be a mapping of fields",
-    "tuple_type": "must be a list",
-}
-_BOUND_ERRORS = ("greater_than", "greater_than_equal", "less_than", "less_than_equal")
-
-
-def describe(exc: ValidationError, root: type[BaseModel]) -> list[str]:
-    """One line per error of ``root``'s validation: ``section.field=value: what to change``;
-    the unknown fields of one section share a line."""
-    unknown: dict[tuple, list[str]] = {}
-    lines = []
-    for err in exc.errors():
-        if err["type"] == "extra_forbidden":
-            unknown.setdefault(err["loc"][:-1], []).append(str(err["loc"][-1]))
-        else:
-            lines.append(_line(err, root))
-    return [_unknown_line(root, loc, names) for loc, names in unknown.items()] + lines
-
-
-def _line(err: dict[str, Any], root: type[BaseModel]) -> str:
-    loc = err["loc"]
-    section, info = _place(root, loc)
-    path = _path(loc)
-    if err["type"] == "value_error":
-        message = str(err["ctx"]["error"])
-        if section is not None:  # a section's own cross-field check names its fields
-            return f"{path}.{message}" if path else message
-        return f"{path}={err['input']!r}: {message}"
-    return f"{path or 'config'}={err['input']!r}: {_fix(err, info)}"
-
-
-def _fix(err: dict[str, Any], info: FieldInfo | None) -> str:
-    kind, ctx = err["type"], err.get("ctx", {})
-    if kind in _BOUND_ERRORS:
-        declared = {k: getattr(m, k) for m in (info.metadata if info else ())
-                    for k in ("gt", "ge", "lt", "le") if hasattr(m, k)}
-        return "must be " + _interval(declared or ctx)
-    if kind == "literal_error":
-        return f"must be {ctx['expected']}"
-    if kind in _TYPE_FIXES:
-        return _TYPE_FIXES[kind]
-    return err["msg"][:1].lower() + err["msg"][1:]  # pydantic's own words for the rare rest
-
-
-def _interval(bounds: dict[str, Any]) -> str:
-    """``{gt: 0, lt: 1}`` → ``in (0, 1)``; ``{ge: 1}`` → ``≥ 1``."""
-    low = ("(", bounds["gt"]) if "gt" in bounds else ("[", bounds["ge"]) if "ge" in bounds else None
-    high = (")", bounds["lt"]) if "lt" in bounds else ("]", bounds["le"]) if "le" in bounds else None
-    if low and high:
-        return f"in {low[0]}{low[1]}, {high[1]}{high[0]}"
-    if low:
-        return f"{'>' if low[0] == '(' else '≥'} {low[1]}"
-    return f"{'<' if high[0] == ')' else '≤'} {high[1]}"
-
-
-def _unknown_line(root: type[BaseModel], loc: tuple, names: list[str]) -> str:
-    section, _ = _place(root, loc)
-    known = sorted(section.model_fields) if section else []
-    close = [m for n in names for m in difflib.get_close_matches(n, known, 1)]
-    hint = f" (did you mean {', '.join(close)}?)" if close else ""
-    return f"{_path(loc) or 'config'}: unknown field(s) {sorted(names)}{hint}; known: {known}"
-
-
-def _place(root: type[BaseModel], loc: tuple) -> tuple[type[BaseModel] | None, FieldInfo | None]:
-    """The section at ``loc`` (None when ``loc`` ends on a plain field) and its last field."""
-    section: type[BaseModel] | None = root
-    info = None
-    for part in loc:
-        if section is None or part not in section.model_fields:
-            return None, info
-        info = section.model_fields[part]
-        section = next((k for k in _kinds(info.annotation) if _is_section(k)), None)
-    return section, info
-
-
-def _path(loc: tuple) -> str:
-    """``("stages", "smat", "lr")`` → ``stages.smat.lr``; list items and dict keys in brackets."""
-    return "".join(f"[{p}]" if isinstance(p, int) else p if p.startswith("[") else f".{p}"
-                   for p in loc).lstrip(".")
-
-
-def _kinds(annotation: Any) -> tuple:
-    """The members of ``X | Y``, or ``(X,)``."""
-    union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
-    return typing.get_args(annotation) if union else (annotation,)
-
-
-def _is_section(kind: Any) -> bool:
-    return isinstance(kind, type) and issubclass(kind, BaseModel)
