@@ -26,6 +26,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from rxt_dist.eval.capacity import APP_BATCHING
 from rxt_dist.eval.plots import plot_scaling
 from rxt_dist.eval.report import write_json_atomic
 from rxt_dist.eval.serving import ServingConfig, plot_serving, run_serving, summary_table
@@ -273,7 +274,7 @@ def local_app(config_path: str, model_dir: str | None, overrides: dict[str, Any]
     args = AppArgs.model_validate({**app_args, "store_url": f"{workdir}/sessions", "deployment_options": options})
     resolved, model_id = resolve_args(args)
     shown_args = {**{k: v for k, v in app_args.items() if k != "api_key"},
-                  **{k: getattr(args, k) for k in ("max_batch_size", "update_batch_size", "update_batch_wait_s")},
+                  **{k: getattr(args, k) for k in APP_BATCHING},
                   "store_url": "(a temporary directory, removed afterwards)"}
     server = {"started_by_benchmark": True, "serve_config": config_path, "deployments": options,
               "app_args": shown_args, "stream_interval_s": args.stream_interval_s,

@@ -24,7 +24,7 @@ from rxt_dist.eval.app_readings import (
     store_call_costs,
     update_batches,
 )
-from rxt_dist.eval.capacity import CostProfile, ServingPath, speed_trace
+from rxt_dist.eval.capacity import APP_BATCHING, CostProfile, ServingPath, speed_trace
 from rxt_dist.eval.profile_fit import AUTO, fit_sharing, fit_spread, level_a_workload, short_calibration
 from rxt_dist.eval.report import load_average, machine_info
 from rxt_dist.eval.serving_client import MAX_SESSIONS, MAX_TURNS
@@ -276,7 +276,7 @@ def build_profile(cal: CalibrationConfig, url: str, app_name: str,
     path = fit_serving_path(costs, per_turn, level, answer_mean + 1, k, machine_info()["logical_cpus"],
                             short=short, many=cpu["many"], store_calls=cpu["store_calls"],
                             read_share=cpu["updater_read_share"], decode_loop=cpu["decode_loop"])
-    for name in ("max_batch_size", "update_batch_size", "update_batch_wait_s"):  # the batching the app ran with
+    for name in APP_BATCHING:  # the batching the app ran with
         if name in app_args:
             path[name] = app_args[name]
     path["serial_share"] = cpu["serial_share"]

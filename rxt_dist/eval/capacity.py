@@ -66,6 +66,11 @@ def monotone(table: dict[int, float]) -> dict[int, float]:
     return dict(sorted(out.items()))
 
 
+APP_BATCHING = ("max_batch_size", "update_batch_size", "update_batch_wait_s")
+"""The application's batching settings (``serve/args.py``) that :class:`ServingPath` holds too: the
+serving benchmark lists them in its report, and a measured profile takes them from there."""
+
+
 @dataclass
 class ServingPath:
     """The serving path's own costs per turn (wall seconds), beside the model's."""
