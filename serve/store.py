@@ -9,6 +9,7 @@ sessions from storage on first use. :func:`stop_session_stores` ends them.
 """
 
 import asyncio
+import gc
 import logging
 
 import ray
@@ -27,6 +28,13 @@ class StoreShard(SessionStore):
         super().__init__(config, shard, num_shards)
         self._metrics = StoreMetrics(shard)
         self._sampler: asyncio.Task | None = None
+        # What the process holds once started (Ray, pyarrow, pandas, numpy: ~150,000 tracked
+        # objects) lives as long as it does; frozen, the cycle collector stops walking it. Each
+        # full collection had walked it all, 50–80 ms during which no claim or commit of this
+        # shard's sessions was served (docs/BENCHMARKS.md, "Garbage collection in the serving
+        # processes"). Serve does this for deployment replicas; a shard is a plain actor.
+        gc.collect()
+        gc.freeze()
 
     def _ensure_sweeper(self) -> None:
         super()._ensure_sweeper()

@@ -545,6 +545,22 @@ def test_a_running_store_shard_takes_the_settings_of_a_new_deployment(cluster, t
     assert stop_session_stores(url, 1) == 1
 
 
+def test_a_store_shard_keeps_its_start_up_heap_out_of_the_cycle_collectors_walks(cluster, tmp_path):
+    """A full collection walks every tracked object of the process; the shard's start-up objects
+    (Ray, pyarrow, …) are frozen once it is constructed, so a collection walks its sessions only."""
+    url = str(tmp_path / "frozen")
+    shard = StoreShards(StoreConfig(url=url), 1).handles[0]
+
+    def heap(store) -> tuple[int, int]:
+        import gc
+        gc.collect()
+        return gc.get_freeze_count(), len(gc.get_objects(2))
+
+    frozen, walked = ray.get(shard.__ray_call__.remote(heap))
+    assert frozen > 50_000 and walked < frozen / 5, (frozen, walked)
+    assert stop_session_stores(url, 1) == 1
+
+
 # ---- idempotent retries, tenants, bodies, logs -----------------------------------------------
 
 def test_a_retried_turn_with_the_same_idempotency_key_is_answered_once(main, reference):
