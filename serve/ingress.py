@@ -224,19 +224,19 @@ class Ingress:
         def transcript_after(answer: list[int]) -> str | None:
             return None if before is None else transcript_step(before, query_text, self.codec.decode_answer(answer))
 
-        def relink(recorded: dict) -> None:
+        def relink(recorded: dict, answer: list[int]) -> None:
             """The index follows the session to its new transcript: the store's shard of
             the session moved the entries it owns as it recorded the turn, here the rest."""
-            after = transcript_after(run.answer)
+            after = transcript_after(answer)
             done = recorded.get("indexed", {})
             if after is not None and not (done.get("linked") and done.get("unlinked")):
                 self._spawn(self._relink(sid, None if done.get("unlinked") else before,
                                          None if done.get("linked") else after))
 
-        def dispatch() -> None:  # the recorded turn travels with the update (serve/updater.py)
+        def dispatch(recorded_answer: list[int] | None) -> None:  # the recorded turn travels with the update
             recorded = None
-            if run.recorded_answer is not None and claim.get("stm_digest"):
-                recorded = recorded_turn(turn.query_ids, run.recorded_answer, claim["lease"], claim["stm_digest"])
+            if recorded_answer is not None and claim.get("stm_digest"):
+                recorded = recorded_turn(turn.query_ids, recorded_answer, claim["lease"], claim["stm_digest"])
             self._dispatch_update(sid, claim["version"], recorded)
 
         run = Turn(store=self._store_call(sid), sid=sid, claim=claim, query_ids=turn.query_ids, stream=stream,

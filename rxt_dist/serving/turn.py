@@ -127,16 +127,19 @@ class Turn:
     """One answer produced for a claimed session, and the bookkeeping after it.
 
     ``stream`` yields the answer's tokens; ``cancel_stream`` stops producing them;
-    ``dispatch`` starts the memory update of the recorded turn (off the response path);
-    ``spawn`` runs a coroutine as a task no request cancellation reaches.
+    ``dispatch(recorded_answer)`` starts the memory update of the recorded turn (off the
+    response path); ``spawn`` runs a coroutine as a task no request cancellation reaches;
+    ``on_recorded(result, answer)`` hears the store's answer to the recording. The callbacks
+    get what they need as arguments, so that closures made for one turn need not hold the turn
+    (one that did made a reference cycle, left to Python's cycle collector, on every turn).
     """
 
     def __init__(self, *, store: StoreCall, sid: str, claim: dict, query_ids: list[int], stream: TokenStream,
-                 cancel_stream: Callable[[], None], dispatch: Callable[[], None],
+                 cancel_stream: Callable[[], None], dispatch: Callable[[list[int] | None], None],
                  spawn: Callable[[Coroutine], asyncio.Task], lease_s: float,
                  idempotency_key: str | None = None,
                  transcript_after: Callable[[list[int]], str | None] | None = None,
-                 on_recorded: Callable[[dict], None] | None = None) -> None:
+                 on_recorded: Callable[[dict, list[int]], None] | None = None) -> None:
         self.store, self.sid, self.query_ids, self.stream = store, sid, query_ids, stream
         self.cancel_stream, self._dispatch, self.spawn = cancel_stream, dispatch, spawn
         self.lease, self.version = claim["lease"], claim["version"]
@@ -148,21 +151,40 @@ class Turn:
         self.finish_reason = "stop"
         self.finished = self.recorded = self.dispatched = self.closed = False
         self._moved = time.monotonic()
-        self._renewer = spawn(self._renew_every(lease_s / 3))
+        # The claim is renewed every third of a lease while the answer streams. A timer, not a
+        # task per turn: almost every answer ends long before the first renewal, and a
+        # sleeping task cancelled at the end left a cycle (task, CancelledError, traceback,
+        # frames, turn) to Python's cycle collector on every turn.
+        self._renew_period_s = lease_s / 3
+        self._renewing = True
+        self._renewal: asyncio.TimerHandle | None = None
+        self._renew_later()
 
-    async def _renew_every(self, period_s: float) -> None:
+    def _renew_later(self) -> None:
+        if self._renewing:
+            self._renewal = asyncio.get_running_loop().call_later(self._renew_period_s, self._renew_due)
+
+    def _renew_due(self) -> None:
         """Keep the claim while the answer streams (a slow client or a long answer). A turn
         whose stream has not moved for a whole lease is dead (its response was never read):
         its claim is left to expire."""
-        while True:
-            await asyncio.sleep(period_s)
-            if time.monotonic() - self._moved > 3 * period_s:
+        self._renewal = None
+        if self._renewing and time.monotonic() - self._moved <= 3 * self._renew_period_s:
+            self.spawn(self._renew())
+
+    async def _renew(self) -> None:
+        try:
+            if status(await self.store("renew", self.sid, self.lease)) != StoreStatus.OK:
                 return
-            try:
-                if status(await self.store("renew", self.sid, self.lease)) != StoreStatus.OK:
-                    return
-            except Exception as exc:  # the store is restarting: try again next period
-                logger.warning("session %s: renewing the claim failed: %r", log_id(self.sid), exc)
+        except Exception as exc:  # the store is restarting: try again next period
+            logger.warning("session %s: renewing the claim failed: %r", log_id(self.sid), exc)
+        self._renew_later()
+
+    def _stop_renewing(self) -> None:
+        self._renewing = False
+        if self._renewal is not None:
+            self._renewal.cancel()
+            self._renewal = None
 
     async def tokens(self) -> AsyncIterator[list[int]]:
         async for new_tokens, reason in self.stream:
@@ -185,21 +207,21 @@ class Turn:
             raise ApiError(409, f"session '{self.sid}': this turn's claim expired and another turn went "
                            "ahead; the turn is not kept", param=SESSION_HEADER, code="session_busy")
         self.recorded, self.recorded_answer = True, answer
-        self._renewer.cancel()
+        self._stop_renewing()
         if self.on_recorded is not None:
-            self.on_recorded(result)
+            self.on_recorded(result, answer)
 
     def dispatch(self) -> None:
         if not self.dispatched:
             self.dispatched = True
-            self._dispatch()
+            self._dispatch(self.recorded_answer)
 
     def close(self, outcome: Outcome) -> None:
         """End the turn (idempotent): see the module docstring for what each outcome does."""
         if self.closed:
             return
         self.closed = True
-        self._renewer.cancel()
+        self._stop_renewing()
         if not self.finished:
             self.cancel_stream()
         if self.recorded:

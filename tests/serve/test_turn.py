@@ -2,7 +2,9 @@
 and model in this process, wired the way the Ingress and the MemoryUpdater wire them."""
 
 import asyncio
+import gc
 import time
+import weakref
 
 import pytest
 import torch
@@ -56,7 +58,7 @@ class Server:
         stream = self.loop.stream(query, memory, SamplingParams(max_new_tokens=max_tokens))
         return Turn(store=self.call, sid=sid, claim=claim, query_ids=query, stream=stream,
                     cancel_stream=lambda: self.spawn(stream.aclose()), spawn=self.spawn, lease_s=lease_s,
-                    dispatch=lambda: self.spawn(self.apply(sid, claim["version"])))
+                    dispatch=lambda *_: self.spawn(self.apply(sid, claim["version"])))
 
     async def apply(self, sid: str, version: int) -> None:
         self.updates.extend(await apply_updates(self.model, [(sid, version)], self.store_of))
@@ -84,6 +86,28 @@ def test_a_client_that_leaves_mid_answer_gets_the_tokens_produced_consolidated(r
     expected = reference.consolidated(reference.new_stm(), "my name is ada", turn.answer)[:, 0]
     stored = stm_from_bytes(server.store._entries[sid].stm, reference.model.cfg.stm_shape)
     torch.testing.assert_close(stored, expected, **KERNEL)
+
+
+def test_an_answered_turn_is_freed_without_the_cycle_collector(reference, tmp_path):
+    """A turn's objects go as soon as it is done, by reference counting: none is left for
+    Python's cycle collector, whose collections stop the whole Ingress while they run (a claim
+    renewal task cancelled at the end of every turn had left a cycle through the turn)."""
+    async def scenario():
+        server = Server(reference, tmp_path)
+        sid = await server.new_session(reference.new_stm()[:, 0])
+        turn = await server.start_turn(sid, "hello")
+        events = await _drain(stream_events(turn, server.codec, "m", 1, False))
+        await server.settle()
+        assert events[-1].endswith("[DONE]\n\n") and server.updates[-1]["status"] == "applied"
+        return weakref.ref(turn)
+
+    gc.collect()
+    gc.disable()
+    try:
+        turn = asyncio.run(scenario())
+        assert turn() is None
+    finally:
+        gc.enable()
 
 
 async def _drain(events, stop_after=None):
