@@ -59,7 +59,7 @@ log = logging.getLogger("capacity")
 
 def wake_weight_arg(text: str) -> float | str | None:
     """``--wake-weight``: ``auto`` (:data:`AUTO`), ``fit`` (None: fitted to this run's busy
-    calibration level) or a number ≥ 1."""
+    calibration level) or a number > 0."""
     if text == AUTO:
         return AUTO
     if text == "fit":
@@ -68,8 +68,8 @@ def wake_weight_arg(text: str) -> float | str | None:
         weight = float(text)
     except ValueError:
         weight = math.nan
-    if not weight >= 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: give 'fit' or a number ≥ 1 (1: equal sharing)")
+    if not weight > 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give 'fit' or a number > 0 (1: equal sharing)")
     return weight
 
 
@@ -107,7 +107,8 @@ REPLAY_EXPONENT_HELP = (f"with --speed-from replay: scale by the replay's ratio 
 SPEED_FROM_CHOICES = (*sorted(SPEED_READINGS), "none")
 DEFAULT_SPEED_FROM = "replay"
 
-WAKE_WEIGHT_HELP = (f"the CPU weight of the serving processes' pieces against the model's work: a number ≥ 1, "
+WAKE_WEIGHT_HELP = (f"the CPU weight of the serving processes' pieces against the model's work: a number > 0 "
+                    f"(below 1 the model's threads go ahead), "
                     f"'fit' to fit it to this run's busy calibration level (its decoding thread's slowdown where "
                     f"recorded, else its update lag, which is noisy), or 'auto' (default): fitted where the "
                     f"decoding slowdown was recorded (profiles since 2026-12-05, afternoon), else "

@@ -61,7 +61,7 @@ class CalibrationConfig:
     max_tokens: int = 32
     """Answer cap, every level but the short one (``SHORT_MAX_TOKENS``)."""
     wake_weight: float | str | None = AUTO
-    """The CPU weight of the serving processes' pieces against the model's work: a number ≥ 1,
+    """The CPU weight of the serving processes' pieces against the model's work: a number > 0,
     None to fit it to this run's busy level, or :data:`~rxt_dist.eval.profile_fit.AUTO`."""
     speed_trace: bool = False
     """Keep the speed probe's trace in the profile: the simulation then follows it."""
@@ -79,8 +79,8 @@ class CalibrationConfig:
             if not isinstance(value, int) or not 1 <= value <= high:
                 raise ValueError(f"{name}={value!r}: must be an integer between 1 and {high}")
         w = self.wake_weight
-        if not (w is None or w == AUTO or (isinstance(w, (int, float)) and w >= 1)):
-            raise ValueError(f"wake_weight={w!r}: give {AUTO!r}, None (fit) or a number ≥ 1 (1: equal sharing)")
+        if not (w is None or w == AUTO or (isinstance(w, (int, float)) and w > 0)):
+            raise ValueError(f"wake_weight={w!r}: give {AUTO!r}, None (fit) or a number > 0 (1: equal sharing)")
 
 
 @dataclass(frozen=True)

@@ -196,8 +196,11 @@ class ServingPath:
     a message and sleeps again) over the model's long ones (decoding, consolidating: a thread
     that computes without sleeping) when more threads want a core than there are: their
     weight in the sharing, the model's being 1. Linux's scheduler runs a thread that has slept
-    ahead of those that have not; 1 shares equally. Fitted by simulating the busy calibration
-    level until it gives back its measured update lag (``fit_wake_weight``)."""
+    ahead of those that have not; 1 shares equally; below 1 the model's threads get more than an
+    equal share (what the decoding thread's measured slowdown asks for on this project's VMs).
+    Fitted by simulating the busy calibration level until it gives back its decoding thread's
+    slowdown (``fit_wake_weight_to_decoding``) or, where not recorded, its update lag
+    (``fit_wake_weight``)."""
     max_batch_size: int = 32
     """Sequences one Generator replica decodes together (``max_batch_size``)."""
     update_batch_size: int = 16
@@ -226,8 +229,8 @@ class ServingPath:
             raise ValueError(f"in_share={self.in_share} + out_share={self.out_share}: must be ≤ 1")
         if self.cores <= 0:
             raise ValueError(f"cores={self.cores}: must be > 0")
-        if self.wake_weight < 1:
-            raise ValueError(f"wake_weight={self.wake_weight}: must be ≥ 1 (1: equal sharing)")
+        if not self.wake_weight > 0:
+            raise ValueError(f"wake_weight={self.wake_weight}: must be > 0 (1: equal sharing)")
 
     def serial(self, role: str) -> float:
         return self.serial_share.get(role, 1.0)

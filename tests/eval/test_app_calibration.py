@@ -60,7 +60,7 @@ def test_the_fixed_share_gives_back_the_share_that_made_the_busy_levels_cpu(shar
     ({"think_time_s": -1.0}, "think_time_s=-1.0"),
     ({"warm_up_turns": -8}, "warm_up_turns=-8"),
     ({"max_tokens": 0}, "max_tokens=0"),
-    ({"wake_weight": 0.5}, "wake_weight=0.5"),
+    ({"wake_weight": 0.0}, "wake_weight=0.0"),
 ])
 def test_a_bad_calibration_setting_is_named(kwargs, message):
     with pytest.raises(ValueError, match=message):

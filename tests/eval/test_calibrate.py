@@ -116,14 +116,16 @@ def test_the_fitted_wake_weight_gives_back_the_busy_levels_update_lag():
     weight, lags = fit_wake_weight(base, many, answers, measured, rounds=2)
     assert weight == 16.0, lags
     assert lags[1.0] < measured, lags
-    with pytest.raises(ValueError, match="wake_weight"):
-        ServingPath(wake_weight=0.5)
+    with pytest.raises(ValueError, match="wake_weight=0"):
+        ServingPath(wake_weight=0.0)
 
 
 def test_the_wake_weight_fitted_to_the_decoding_slowdown_gives_it_back():
     """``fit_wake_weight_to_decoding`` picks the weight whose simulated busy level slows the
     decoding thread (its iterations' wall over their work alone) as much as measured: a larger
-    weight gives the serving processes' pieces more of the cores and the decoding thread less."""
+    weight gives the serving processes' pieces more of the cores and the decoding thread less,
+    one below 1 the decoding thread more than equal sharing does (the slowdowns measured on
+    this project's VMs sit below equal sharing's)."""
     from rxt_dist.eval.calibrate import fit_wake_weight_to_decoding
 
     base = measured_like()
@@ -134,9 +136,11 @@ def test_the_wake_weight_fitted_to_the_decoding_slowdown_gives_it_back():
         busy = simulate(p, many, answer_tokens=[4, 6, 8], rounds=2)["busy"]
         return busy["decode_tick_s"] / busy["decode_tick_alone_s"]
 
-    assert 1.0 < slowdown(1.0) < slowdown(16.0)
+    assert 1.0 < slowdown(0.25) < slowdown(1.0) < slowdown(16.0)
     weight, simulated = fit_wake_weight_to_decoding(base, many, [4, 6, 8], slowdown(16.0), rounds=2)
     assert weight == 16.0, simulated
+    weight, simulated = fit_wake_weight_to_decoding(base, many, [4, 6, 8], slowdown(0.25), rounds=2)
+    assert weight == 0.25, simulated
     with pytest.raises(ValueError, match="slowdown"):
         fit_wake_weight_to_decoding(base, many, [4, 6, 8], 0.0, rounds=2)
 
@@ -191,7 +195,7 @@ def test_the_pooled_wake_weight_fits_many_runs_where_each_run_alone_follows_its_
 def test_the_wake_weight_command_pools_stored_profiles_and_names_what_it_skipped(tmp_path, capsys):
     """``jobs/capacity.py wake-weight`` reads each profile's busy-level lags per weight, pools
     them and prints the weight; a profile without a busy level is skipped by name; a weight
-    below 1 given to ``check`` is refused before anything runs."""
+    of 0 or below given to ``check`` is refused before anything runs."""
     from jobs.capacity import main
     from rxt_dist.eval.report import write_json_atomic
 
@@ -207,8 +211,8 @@ def test_the_wake_weight_command_pools_stored_profiles_and_names_what_it_skipped
     assert "skipped 1 profile(s)" in out and "old.json" in out
     assert "pooled over 4 calibration(s): 4 (--wake-weight 4)" in out
     with pytest.raises(SystemExit):
-        main(["check", "--wake-weight", "0.5"])
-    assert "--wake-weight: '0.5': give 'fit' or a number ≥ 1" in capsys.readouterr().err
+        main(["check", "--wake-weight", "0"])
+    assert "--wake-weight: '0': give 'fit' or a number > 0" in capsys.readouterr().err
     for bad in ("-8", "many"):
         with pytest.raises(SystemExit):
             main(["profile", "--warm-up-turns", bad])
