@@ -1,6 +1,6 @@
 """The Generator's decoding thread in-process (no Ray): its CPU per loop iteration against the rows
-decoded together, R sessions in a closed loop of 32-token and of 4-token answers (the demo model, compiled as
-served, one thread), each answer followed at once by the next.
+decoded together, R sessions in a closed loop of 32-token and of 4-token answers (the demo model,
+compiled as served, one thread), each answer followed at once by the next.
 
     PYTHONPATH=<checkout> python docs/bench/study/serving-path/decode_loop_rows.py
 """
@@ -40,4 +40,6 @@ async def main() -> None:
                   f"tick cpu {1e3 * d['tick_cpu_s'] / it:6.3f} ms  tick wall {1e3 * d['tick_s'] / it:6.3f} ms  "
                   f"admitted/iter {d['admitted'] / it:.3f}", flush=True)
 
-asyncio.run(main())
+
+if __name__ == "__main__":
+    asyncio.run(main())
