@@ -133,13 +133,16 @@ def decode_loop_counters(before: dict, after: dict) -> dict[str, float]:
     """The Generator's decoding loop between two reads of its counters (``stats()``): its
     iterations, their mean batch, and an iteration's mean seconds as the event loop awaits it
     (``iteration_mean_s``), on the worker thread (``tick_mean_s``) and of that thread's CPU
-    (``tick_cpu_mean_s``); empty for a replica from before it counted them."""
+    (``tick_cpu_mean_s``), and the two hops between the event loop and the worker thread
+    (``dispatch_mean_s``, ``resume_mean_s``: where counted); empty for a replica from before it
+    counted them."""
     n = after.get("iterations", 0) - before.get("iterations", 0)
     if not n:
         return {}
     return {"iterations": n, "rows_mean": (after["rows"] - before["rows"]) / n,
             "steps": after["steps"] - before["steps"], "admitted": after["admitted"] - before["admitted"],
-            **{f"{key[:-2]}_mean_s": (after[key] - before[key]) / n for key in ("iteration_s", "tick_s", "tick_cpu_s")}}
+            **{f"{key[:-2]}_mean_s": (after[key] - before[key]) / n
+               for key in ("iteration_s", "tick_s", "tick_cpu_s", "dispatch_s", "resume_s") if key in after}}
 
 
 def fixed_share(alone: float, together: float, in_flight: float) -> float:

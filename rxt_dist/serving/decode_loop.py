@@ -104,6 +104,10 @@ class LoopStats:
     tick_s: float = 0.0
     tick_cpu_s: float = 0.0
     """Wall and CPU seconds of the iterations on the worker thread (against wall: the wait for a core)."""
+    dispatch_s: float = 0.0
+    """Wall seconds from the event loop's handing each iteration to the worker thread to its start there."""
+    resume_s: float = 0.0
+    """Wall seconds from each iteration's end on the worker thread to the event loop's taking up its tokens."""
 
 
 class DecodeLoop:
@@ -130,6 +134,7 @@ class DecodeLoop:
         self._keys = itertools.count()
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
+        self._dispatched_at = self._ticked_at = 0.0
 
     @property
     def healthy(self) -> bool:
@@ -196,9 +201,10 @@ class DecodeLoop:
                 continue
             cancel, self.cancelled = self.cancelled, set()
             admit = self._take_waiting(cancel)
-            started = time.perf_counter()
+            started = self._dispatched_at = time.perf_counter()
             try:
                 events = await asyncio.to_thread(self._tick, admit, cancel)
+                self.stats.resume_s += time.perf_counter() - self._ticked_at
             except Exception as exc:  # one bad step must not end the replica's decoding
                 logger.exception("decoding step failed; failing the %d sequences in it",
                                  len(self.batch) + len(admit))
@@ -225,11 +231,13 @@ class DecodeLoop:
     def _tick(self, admit: list[_Request], cancel: set[int]) -> list[TokenEvent]:
         """One loop iteration (worker thread): drop, step, admit."""
         wall, cpu = time.perf_counter(), time.thread_time()
+        self.stats.dispatch_s += wall - self._dispatched_at
         try:
             return self._drop_step_admit(admit, cancel)
         finally:
             self.stats.iterations += 1
-            self.stats.tick_s += time.perf_counter() - wall
+            self._ticked_at = time.perf_counter()
+            self.stats.tick_s += self._ticked_at - wall
             self.stats.tick_cpu_s += time.thread_time() - cpu
 
     def _drop_step_admit(self, admit: list[_Request], cancel: set[int]) -> list[TokenEvent]:
