@@ -73,6 +73,19 @@ def wake_weight_arg(text: str) -> float | str | None:
     return weight
 
 
+def wake_wait_arg(text: str) -> float | None:
+    """``--wake-wait``: ``fit`` (None: fitted to this run's busy calibration level) or seconds ≥ 0."""
+    if text == "fit":
+        return None
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not seconds >= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give 'fit' or seconds ≥ 0 (0: no wait for a core)")
+    return seconds
+
+
 def turns_arg(text: str) -> int:
     """``--warm-up-turns``: a whole number ≥ 0."""
     try:
@@ -116,6 +129,12 @@ WAKE_WEIGHT_HELP = (f"the CPU weight of the serving processes' pieces against th
                     f"(the wake-weight command fits another machine's)")
 
 
+WAKE_WAIT_HELP = ("the wait for a core of a thread woken while every core is taken, in seconds per thread beyond "
+                  "the cores (0: processor sharing alone), or 'fit' (default): fitted to the busy calibration "
+                  "level's hops between the Generator's event loop and its decoding thread where recorded "
+                  "(profiles since 2026-12-07), else 0")
+
+
 SPEED_TRACE_HELP = ("simulate the machine at the speed the speed probe read from moment to moment: the "
                     "calibration's trace when fitting, each level's own when checking it (by default a steady "
                     "machine: over four checks it gained nothing measurable, docs/BENCHMARKS.md)")
@@ -138,6 +157,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         s.add_argument("--max-tokens", type=int, default=cal.max_tokens)
         s.add_argument("--out", default="docs/bench/capacity-profile-cpu.json")
         s.add_argument("--wake-weight", type=wake_weight_arg, default=AUTO, help=WAKE_WEIGHT_HELP)
+        s.add_argument("--wake-wait", type=wake_wait_arg, default=None, help=WAKE_WAIT_HELP)
         s.add_argument("--speed-trace", action="store_true", help=SPEED_TRACE_HELP)
     check = sub.choices["check"]
     check.add_argument("--sessions", type=int, nargs="+", default=list(levels.sessions))
@@ -158,6 +178,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                            "the refitted profile replaces the file --profile names (compare a copy to keep it)")
     cmp_.add_argument("--wake-weight", type=wake_weight_arg, default=AUTO,
                       help=f"with --refit: {WAKE_WEIGHT_HELP}")
+    cmp_.add_argument("--wake-wait", type=wake_wait_arg, default=None, help=f"with --refit: {WAKE_WAIT_HELP}")
     cmp_.add_argument("--speed-from", choices=SPEED_FROM_CHOICES, default=DEFAULT_SPEED_FROM, help=SPEED_FROM_HELP)
     cmp_.add_argument("--replay-exponent", type=exponent_arg, default=REPLAY_EXPONENT, help=REPLAY_EXPONENT_HELP)
     cmp_.add_argument("--speed-trace", action="store_true", help=SPEED_TRACE_HELP + " (with --refit: fitted so too)")
@@ -196,7 +217,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def calibration_config(args: argparse.Namespace) -> CalibrationConfig:
     return CalibrationConfig(model_dir=args.model_dir, turns=args.calibration_turns,
                              think_time_s=args.calibration_think_s, warm_up_turns=args.warm_up_turns,
-                             query_words=args.query_words, max_tokens=args.max_tokens, wake_weight=args.wake_weight,
+                             query_words=args.query_words, max_tokens=args.max_tokens, wake_weight=args.wake_weight, wake_wait_s=args.wake_wait,
                              speed_trace=args.speed_trace)
 
 
@@ -247,7 +268,7 @@ def run_compare(args: argparse.Namespace) -> None:
     if args.refit:
         with open(args.profile, encoding="utf-8") as f:
             measured_by = json.load(f).get("command")
-        profile = refit(profile, args.wake_weight, traced=args.speed_trace)
+        profile = refit(profile, args.wake_weight, traced=args.speed_trace, wake_wait_s=args.wake_wait)
         write_json_atomic(args.profile, {"command": measured_by, **profile.to_dict()})
     with open(args.benchmark, encoding="utf-8") as f:
         report = json.load(f)

@@ -63,6 +63,9 @@ class CalibrationConfig:
     wake_weight: float | str | None = AUTO
     """The CPU weight of the serving processes' pieces against the model's work: a number > 0,
     None to fit it to this run's busy level, or :data:`~rxt_dist.eval.profile_fit.AUTO`."""
+    wake_wait_s: float | None = None
+    """A woken thread's wait for a core per thread beyond the cores (``ServingPath.wake_wait_s``),
+    seconds ≥ 0; None to fit it to this run's busy level."""
     speed_trace: bool = False
     """Keep the speed probe's trace in the profile: the simulation then follows it."""
 
@@ -81,6 +84,9 @@ class CalibrationConfig:
         w = self.wake_weight
         if not (w is None or w == AUTO or (isinstance(w, (int, float)) and w > 0)):
             raise ValueError(f"wake_weight={w!r}: give {AUTO!r}, None (fit) or a number > 0 (1: equal sharing)")
+        q = self.wake_wait_s
+        if not (q is None or (isinstance(q, (int, float)) and q >= 0)):
+            raise ValueError(f"wake_wait_s={q!r}: give None (fit) or seconds ≥ 0 (0: no wait for a core)")
 
 
 @dataclass(frozen=True)
@@ -316,7 +322,7 @@ def build_profile(cal: CalibrationConfig, url: str, app_name: str,
                                  level["answer"]["p50_s"], level["update_lag"]["p50_s"], tokens,
                                  short_calibration(calibration, short))
     profile.extra["path_before_fit"] = dataclasses.asdict(measured)
-    return fit_sharing(fit_spread(profile), cal.wake_weight), level
+    return fit_sharing(fit_spread(profile), cal.wake_weight, cal.wake_wait_s), level
 
 
 def play_levels(url: str, cal: CalibrationConfig, levels: CheckLevels, app_name: str, *, server: dict,

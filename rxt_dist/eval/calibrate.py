@@ -167,6 +167,30 @@ def fit_wake_weight_to_decoding(p: CostProfile, many: Workload, answer_tokens: S
     return best, simulated
 
 
+WAKE_WAITS_S = (0.0, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.004, 0.006)
+"""The ``ServingPath.wake_wait_s`` :func:`fit_wake_wait` tries (0: processor sharing alone)."""
+
+
+def fit_wake_wait(p: CostProfile, many: Workload, answer_tokens: Sequence[int], hops_s: float,
+                  rounds: int = 6) -> tuple[float, dict[float, float]]:
+    """``ServingPath.wake_wait_s`` chosen so that simulating calibration level B gives back the
+    Generator's two hops per decoding iteration measured there (``hops_s``: an iteration's wall
+    seconds as the event loop awaits it less its wall seconds on the worker thread — the worker
+    thread's wake for it and the event loop's wake for its tokens), and the simulated hops of
+    each wait of ``WAKE_WAITS_S`` (the closest in ratio is kept: the seeded simulation is not
+    quite monotone in the wait)."""
+    if hops_s <= 0:
+        raise ValueError(f"measured hops of {hops_s} s: must be > 0")
+    simulated = {}
+    for wait in WAKE_WAITS_S:
+        path = dataclasses.replace(p.path, wake_wait_s=wait)
+        busy = simulate(dataclasses.replace(p, path=path), many, answer_tokens=answer_tokens, rounds=rounds,
+                        seed=0)["busy"]
+        simulated[wait] = max(1e-9, busy["decode_iteration_s"] - busy["decode_tick_s"])
+    best = min(simulated, key=lambda wait: abs(np.log(simulated[wait] / hops_s)))
+    return best, simulated
+
+
 def fit_update_transit(p: CostProfile, many: Workload, answer_tokens: Sequence[int], transit_s: float,
                        rounds: int = 6) -> float:
     """``ServingPath.update_transit_per_turn_s`` chosen so that simulating calibration level B

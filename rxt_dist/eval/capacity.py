@@ -201,6 +201,15 @@ class ServingPath:
     Fitted by simulating the busy calibration level until it gives back its decoding thread's
     slowdown (``fit_wake_weight_to_decoding``) or, where not recorded, its update lag
     (``fit_wake_weight``)."""
+    wake_wait_s: float = 0.0
+    """How long a thread that wakes while every core is taken waits for one, per thread beyond
+    the cores (:meth:`wake_wait`). Processor sharing alone lets a woken piece of work start at
+    once at its share; the scheduler runs threads in slices, so a thread woken for a short piece
+    first waits for a slice: the Generator's hops between its event loop and its decoding thread
+    measured 0.2 ms with a core free and 1–2.7 ms at the busy calibration level and at
+    32 sessions, where processor sharing gives 0.02–0.3 ms. Fitted by simulating the busy
+    calibration level until it gives back those hops (``fit_wake_wait``); 0 (no wait) in a
+    profile from before they were fitted."""
     max_batch_size: int = 32
     """Sequences one Generator replica decodes together (``max_batch_size``)."""
     update_batch_size: int = 16
@@ -276,6 +285,13 @@ class ServingPath:
         if busy <= self.cores:
             return 1.0
         return (1 + self.other_load) / (busy / self.cores + self.other_load)
+
+    def wake_wait(self, busy: int) -> float:
+        """The mean wait for a core of a thread that wakes while ``busy`` pieces of work share
+        the CPU: none while a core is free (``busy`` and the other load's threads fewer than the
+        cores), else ``wake_wait_s`` × the threads beyond the cores, the woken one counted, per core."""
+        excess = busy + self.other_load * self.cores + 1 - self.cores
+        return self.wake_wait_s * excess / self.cores if excess > 0 else 0.0
 
 
 @dataclass

@@ -1,6 +1,7 @@
 """The event engine under :mod:`rxt_dist.eval.simulate`: a clock with an event heap, one
-shared CPU (processor sharing, stalls) and processes on it (``Server``: an event-loop share run
-one piece after another, the rest alongside). Ray-free, plain Python."""
+shared CPU (processor sharing, stalls, a woken thread's wait for a core) and processes on it
+(``Server``: an event-loop share run one piece after another, the rest alongside). Ray-free,
+plain Python."""
 
 from __future__ import annotations
 
@@ -16,13 +17,30 @@ class Sim:
     """The event queue, the clock, and the machine's CPU shared by every process."""
 
     def __init__(self, seed: int, cv: float, speed: Callable[[int], float] = lambda busy: 1.0,
-                 wake_weight: float = 1.0) -> None:
+                 wake_weight: float = 1.0, wake_wait: Callable[[int], float] = lambda busy: 0.0) -> None:
         self.now = 0.0
         self._heap: list = []
         self._seq = itertools.count()
         self.rng = random.Random(seed)
         self.sigma = math.sqrt(math.log(1 + cv * cv)) if cv > 0 else 0.0
         self.cpu = CPU(self, speed, wake_weight)
+        self.wake_wait = wake_wait
+        """The mean wait for a core of a thread woken while ``busy`` jobs share the CPU
+        (``ServingPath.wake_wait``)."""
+        self.wakes = 0
+        self.wake_waited_s = 0.0
+
+    def wake(self, then: Callable[[], None]) -> None:
+        """A sleeping thread woke for ``then``: it runs once the thread gets a core — at once
+        while one is free, else after an exponential wait of :attr:`wake_wait`'s mean."""
+        mean = self.wake_wait(len(self.cpu.jobs))
+        if mean <= 0:
+            then()
+            return
+        wait = self.rng.expovariate(1.0 / mean)
+        self.wakes += 1
+        self.wake_waited_s += wait
+        self.after(wait, then)
 
     def at(self, t: float, fn: Callable[[], None]) -> None:
         heapq.heappush(self._heap, (t, next(self._seq), fn))
@@ -144,6 +162,9 @@ class Server:
     one job's piece after another; the rest runs alongside on Ray's own threads, limited only
     by the CPU (the share is measured per thread, ``ServingPath.serial_share``).
 
+    A job that finds the event loop idle wakes it (``Sim.wake``: with every core taken it waits
+    for one before it starts); jobs arriving meanwhile queue behind it.
+
     A job may name the turn it works for (``owner``): the per-wake-up sharing of ``fixed``
     (``ServingPath.fixed_share``) counts the *turns* in the process at once, as its calibration
     does, so several jobs of one turn (a stream's chunks) do not share a wake-up among
@@ -155,6 +176,8 @@ class Server:
         self.fixed = fixed
         self.queue: deque = deque()
         self.running = False
+        self.waking: list | None = None
+        """Jobs that arrived while the event loop waits for a core to wake on (then: run them in order)."""
         self.busy_s = 0.0
         self._owners: dict[object, int] = {}
         """Turns with a job in this process, and how many jobs each has here."""
@@ -162,6 +185,22 @@ class Server:
     def do(self, seconds: float, then: Callable[[], None] = lambda: None, owner: object = None) -> None:
         """Run ``seconds`` of this process's work (shared with the turns already in it, see
         ``ServingPath.fixed_share``), then ``then``."""
+        if self.waking is not None:
+            self.waking.append((seconds, then, owner))
+            return
+        if not self.running and not self.queue and self.sim.wake_wait(len(self.sim.cpu.jobs)) > 0:
+            self.waking = [(seconds, then, owner)]
+
+            def woken() -> None:
+                jobs, self.waking = self.waking, None
+                for job in jobs:
+                    self._do(*job)
+
+            self.sim.wake(woken)
+            return
+        self._do(seconds, then, owner)
+
+    def _do(self, seconds: float, then: Callable[[], None], owner: object) -> None:
         owner = object() if owner is None else owner
         self._owners[owner] = self._owners.get(owner, 0) + 1
         seconds = self.sim.jitter(seconds) * (self.fixed + (1 - self.fixed) / len(self._owners))

@@ -15,6 +15,7 @@ from rxt_dist.eval.calibrate import (
     fit_timing_cv,
     fit_to_calibration,
     fit_update_transit,
+    fit_wake_wait,
     fit_wake_weight,
     fit_wake_weight_to_decoding,
     with_consolidating_thread,
@@ -60,13 +61,15 @@ def fit_spread(profile: CostProfile) -> CostProfile:
     return dataclasses.replace(profile, timing_cv=cv, extra=extra)
 
 
-def fit_sharing(profile: CostProfile, wake_weight: float | str | None) -> CostProfile:
+def fit_sharing(profile: CostProfile, wake_weight: float | str | None, wake_wait_s: float | None = None) -> CostProfile:
     """The profile with each process's ``fixed_share`` fitted by simulating calibration level B
     (:func:`~rxt_dist.eval.calibrate.fit_fixed_shares`, its CPU per turn) with the CPU's
     ``wake_weight`` set to ``wake_weight`` (None: fitted to level B's decoding slowdown where
     recorded, :func:`~rxt_dist.eval.calibrate.fit_wake_weight_to_decoding`, else to its update lag,
     :func:`~rxt_dist.eval.calibrate.fit_wake_weight`; :data:`AUTO`: fitted where the slowdown was
-    recorded, else :data:`MACHINE_WAKE_WEIGHT`; the shares fitted before and again after it), and
+    recorded, else :data:`MACHINE_WAKE_WEIGHT`; the shares fitted before and again after it), a woken
+    thread's wait for a core set to ``wake_wait_s`` (None: fitted to level B's decoding hops where
+    recorded, :func:`~rxt_dist.eval.calibrate.fit_wake_wait`, else 0), and
     then the update call's transit per turn in flight to level B's measured transit where
     recorded (:func:`~rxt_dist.eval.calibrate.fit_update_transit`). Level B's lag simulated with
     each weight is kept in ``extra["wake_weight_lags_s"]`` (what the ``wake-weight`` command
@@ -104,6 +107,17 @@ def fit_sharing(profile: CostProfile, wake_weight: float | str | None) -> CostPr
              many["update_lag_p50_s"] * 1e3, ", ".join(f"{k:g}: {v * 1e3:.1f}" for k, v in lags.items()))
     extra["wake_weight_source"] = f"fitted to this run's {source}" if wake_weight is None else "given"
     profile = dataclasses.replace(profile, path=dataclasses.replace(profile.path, wake_weight=weight), extra=extra)
+    if wake_wait_s is not None:
+        profile = dataclasses.replace(profile, path=dataclasses.replace(profile.path, wake_wait_s=wake_wait_s))
+    elif loop.get("iteration_mean_s") and loop["iteration_mean_s"] > loop["tick_mean_s"]:
+        hops = loop["iteration_mean_s"] - loop["tick_mean_s"]
+        wait, simulated = fit_wake_wait(profile, w, many["tokens"], hops)
+        log.info("a woken thread's wait for a core: %.2f ms a wake (fitted to level B's decoding hops, %.2f ms an "
+                 "iteration measured, simulated %s)", wait * 1e3, hops * 1e3,
+                 ", ".join(f"{k * 1e3:g}: {v * 1e3:.2f}" for k, v in simulated.items()))
+        profile = dataclasses.replace(profile, path=dataclasses.replace(profile.path, wake_wait_s=wait),
+                                      extra={**profile.extra, "wake_wait_hops_s": {f"{k:g}": v for k, v in
+                                                                                   simulated.items()}})
     profile = with_shares(profile)
     transit = (many.get("update_batches") or {}).get("transit_per_update_s")
     if not transit:
@@ -113,10 +127,12 @@ def fit_sharing(profile: CostProfile, wake_weight: float | str | None) -> CostPr
     return dataclasses.replace(profile, path=dataclasses.replace(profile.path, update_transit_per_turn_s=per_turn))
 
 
-def refit(profile: CostProfile, wake_weight: float | str | None, traced: bool = False) -> CostProfile:
+def refit(profile: CostProfile, wake_weight: float | str | None, traced: bool = False,
+          wake_wait_s: float | None = None) -> CostProfile:
     """The profile's serving-path shares and latencies fitted again to its stored calibration
     figures with the current simulation (after a change to the simulation, without measuring),
-    from where the profile command started: the path as measured (``extra.path_before_fit``)
+    from where the profile command started (``wake_weight`` and ``wake_wait_s`` as :func:`fit_sharing`
+    takes them): the path as measured (``extra.path_before_fit``)
     and the model's own jitter (``extra.model_timing_cv``), so that a refit with the code and
     weight of the profile gives back its fit. A profile stored before it kept the measured path
     is refitted from its fitted one. With ``traced``, on the speed trace of the calibration's
@@ -135,4 +151,4 @@ def refit(profile: CostProfile, wake_weight: float | str | None, traced: bool = 
     ttft = c.get("ttft_excluding_wait_p50_s", c["ttft_p50_s"])  # the same with think time: nothing waits
     return fit_sharing(fit_spread(fit_to_calibration(profile, w, ttft, c["answer_p50_s"], c["update_lag_p50_s"],
                                                      c["answer_tokens"], short_calibration(w, c.get("short")))),
-                       wake_weight)
+                       wake_weight, wake_wait_s)

@@ -43,6 +43,9 @@ class DecodeLoop:
         """Sequences stepped or admitted, summed over iterations."""
         self.tick_s = 0.0
         """Wall seconds of the iterations' model work (on the shared CPU: its wait for a core included)."""
+        self.iteration_s = 0.0
+        """Wall seconds of the iterations from their handing to the worker thread to the tokens' taking
+        up on the event loop: the model work and the two hops (``LoopStats.iteration_s``)."""
 
     def submit(self, seq: Seq) -> None:
         self.waiting.append(seq)
@@ -66,16 +69,23 @@ class DecodeLoop:
         self.iterations += 1
         self.rows_summed += len(stepping) + len(admit)
         self.row_s += seconds * (len(stepping) + len(admit))
-        # the step's tokens are handed over on the replica's event loop, behind what waits there
-        started = self.sim.now
+        handed = self.sim.now
 
-        def computed() -> None:
-            self.tick_s += self.sim.now - started
-            self.io.do(0.0, lambda: self._emit(stepping, admit))
+        def start() -> None:
+            # the worker thread woke for the iteration (``asyncio.to_thread``); its tokens are handed
+            # over on the replica's event loop, behind what waits there
+            started = self.sim.now
 
-        self.sim.cpu.run(seconds, computed, hog=True)
+            def computed() -> None:
+                self.tick_s += self.sim.now - started
+                self.io.do(0.0, lambda: self._emit(stepping, admit, handed))
 
-    def _emit(self, stepping: list[Seq], admit: list[Seq]) -> None:
+            self.sim.cpu.run(seconds, computed, hog=True)
+
+        self.sim.wake(start)
+
+    def _emit(self, stepping: list[Seq], admit: list[Seq], handed: float) -> None:
+        self.iteration_s += self.sim.now - handed
         self.rows = [s for s in stepping + admit if s.tokens_left > 1]
         for seq in stepping + admit:
             seq.tokens_left -= 1

@@ -259,7 +259,9 @@ def check_details(rows: list[dict]) -> str:
             lines.append(f"      decode iteration sim/measured: rows {sim['decode_rows_mean']:.1f}/"
                          f"{m['decode_rows_mean']:.1f}, model work {sim['decode_tick_s'] * 1e3:.2f}/"
                          f"{m['decode_tick_s'] * 1e3:.2f} ms (thread CPU {m['decode_tick_cpu_s'] * 1e3:.2f}, "
-                         f"awaited {m['decode_iteration_s'] * 1e3:.2f})")
+                         f"awaited {m['decode_iteration_s'] * 1e3:.2f}), hops to and from the thread "
+                         f"{(sim['decode_iteration_s'] - sim['decode_tick_s']) * 1e3:.2f}/"
+                         f"{(m['decode_iteration_s'] - m['decode_tick_s']) * 1e3:.2f} ms")
         cpu = m.get("cpu_s_per_turn")
         if cpu:
             lines.append("      CPU ms per turn sim/measured: " + ", ".join(

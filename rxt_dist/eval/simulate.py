@@ -285,7 +285,7 @@ class Graph:
         self.settle_poll_s = settle_poll_s
         """With a poll interval, a session ends once its last update is seen committed, as the
         serving benchmark's client does (it polls the session at once, then every interval)."""
-        self.sim = Sim(seed, p.timing_cv, p.path.speed, p.path.wake_weight)
+        self.sim = Sim(seed, p.timing_cv, p.path.speed, p.path.wake_weight, p.path.wake_wait)
         self.answer_choices = list(answer_tokens) if answer_tokens else [w.answer_tokens]
         self.stops_early = stops_early
         self.answer_plan = answer_plan
@@ -444,14 +444,16 @@ def _batch_phases(updaters: Sequence[Updater]) -> dict[str, float]:
 
 def _decode_ticks(generators: Sequence[DecodeLoop]) -> dict[str, float]:
     """A decoding iteration's mean batch and the mean wall seconds of its model work, as the
-    Generator's counters give them (``decode_rows_mean``, ``decode_tick_s``), and what that work
-    takes alone (``decode_tick_alone_s``: their ratio is the slowdown the shared CPU gave it)."""
+    Generator's counters give them (``decode_rows_mean``, ``decode_tick_s``), what that work
+    takes alone (``decode_tick_alone_s``: their ratio is the slowdown the shared CPU gave it), and
+    the iteration's wall seconds with the hops to and from the worker thread (``decode_iteration_s``)."""
     n = sum(g.iterations for g in generators)
     if not n:
         return {}
     return {"decode_rows_mean": sum(g.rows_summed for g in generators) / n,
             "decode_tick_s": sum(g.tick_s for g in generators) / n,
-            "decode_tick_alone_s": sum(g.busy_s for g in generators) / n}
+            "decode_tick_alone_s": sum(g.busy_s for g in generators) / n,
+            "decode_iteration_s": sum(g.iteration_s for g in generators) / n}
 
 
 def simulate(p: CostProfile, w: Workload, replicas: Replicas | None = None, seed: int = 0,

@@ -61,6 +61,7 @@ def test_the_fixed_share_gives_back_the_share_that_made_the_busy_levels_cpu(shar
     ({"warm_up_turns": -8}, "warm_up_turns=-8"),
     ({"max_tokens": 0}, "max_tokens=0"),
     ({"wake_weight": 0.0}, "wake_weight=0.0"),
+    ({"wake_wait_s": -0.001}, "wake_wait_s=-0.001"),
 ])
 def test_a_bad_calibration_setting_is_named(kwargs, message):
     with pytest.raises(ValueError, match=message):

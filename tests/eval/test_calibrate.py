@@ -145,6 +145,31 @@ def test_the_wake_weight_fitted_to_the_decoding_slowdown_gives_it_back():
         fit_wake_weight_to_decoding(base, many, [4, 6, 8], 0.0, rounds=2)
 
 
+def test_the_wake_wait_fitted_to_the_decoding_hops_gives_them_back():
+    """``fit_wake_wait`` picks the wait for a core whose simulated busy level makes the
+    Generator's hops between its event loop and its decoding thread (an iteration's wall less
+    its model work's) as long as measured: processor sharing alone makes them short, a wait
+    lengthens them, and the wait a profile simulated with is given back."""
+    from rxt_dist.eval.calibrate import WAKE_WAITS_S, fit_wake_wait
+
+    base = measured_like()
+    many = Workload(sessions=12, think_time_s=0.0, answer_tokens=6, turns=4)
+
+    def hops(wait: float) -> float:
+        p = dataclasses.replace(base, path=dataclasses.replace(base.path, wake_wait_s=wait))
+        busy = simulate(p, many, answer_tokens=[4, 6, 8], rounds=2)["busy"]
+        return busy["decode_iteration_s"] - busy["decode_tick_s"]
+
+    assert 0.002 in WAKE_WAITS_S and 0.0 in WAKE_WAITS_S
+    assert hops(0.0) < hops(0.002) / 3
+    wait, simulated = fit_wake_wait(base, many, [4, 6, 8], hops(0.002), rounds=2)
+    assert wait == 0.002, simulated
+    wait, simulated = fit_wake_wait(base, many, [4, 6, 8], hops(0.0), rounds=2)
+    assert wait == 0.0, simulated
+    with pytest.raises(ValueError, match="hops"):
+        fit_wake_wait(base, many, [4, 6, 8], 0.0, rounds=2)
+
+
 def test_the_decoding_threads_own_work_splits_into_per_iteration_and_per_admission():
     """``decoding_thread_work`` reads the loop's counters of a long-answer and a short-answer
     level: what the thread spent beyond its prefills and steps is iterations × tick + admitted ×
@@ -213,6 +238,9 @@ def test_the_wake_weight_command_pools_stored_profiles_and_names_what_it_skipped
     with pytest.raises(SystemExit):
         main(["check", "--wake-weight", "0"])
     assert "--wake-weight: '0': give 'fit' or a number > 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["compare", "--refit", "--wake-wait", "-0.001"])
+    assert "--wake-wait: '-0.001': give 'fit' or seconds ≥ 0" in capsys.readouterr().err
     for bad in ("-8", "many"):
         with pytest.raises(SystemExit):
             main(["profile", "--warm-up-turns", bad])

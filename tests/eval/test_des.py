@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from rxt_dist.eval.capacity import ServingPath
@@ -84,3 +86,42 @@ def test_the_machines_speed_slows_every_job_alike_from_the_moment_it_changes():
     assert done["a"] == pytest.approx(0.004 + 0.006 / 0.5)
     with pytest.raises(ValueError, match="machine speed 0"):
         sim.cpu.set_machine_speed(0)
+
+
+def test_a_thread_woken_while_every_core_is_taken_waits_for_one():
+    """``Sim.wake``: with a core free a woken thread starts at once; with every core taken it
+    waits (exponential, of mean ``ServingPath.wake_wait`` for the jobs running) before its work
+    shares the CPU; jobs reaching a process while it wakes queue behind the first, in order.
+    Without a wait (``wake_wait_s`` 0) nothing changes."""
+    from rxt_dist.eval.des import Server, Sim
+
+    path = ServingPath(cores=1, other_load=0.0, wake_wait_s=0.002)
+    assert path.wake_wait(0) == 0.0  # the woken thread alone: a core is free
+    assert path.wake_wait(1) == pytest.approx(0.002) and path.wake_wait(3) == pytest.approx(0.006)
+    assert ServingPath(cores=2, wake_wait_s=0.002).wake_wait(1) == 0.0
+    with pytest.raises(ValueError, match="wake_wait_s=-0.001"):
+        ServingPath(wake_wait_s=-0.001)
+
+    def served(wait_s: float, hogs: int, seed: int = 0) -> tuple[list[str], float, Sim]:
+        sim = Sim(seed=seed, cv=0.0, speed=dataclasses.replace(path, wake_wait_s=wait_s).speed,
+                  wake_wait=dataclasses.replace(path, wake_wait_s=wait_s).wake_wait)
+        for _ in range(hogs):
+            sim.cpu.run(1.0, lambda: None, hog=True)
+        order: list[str] = []
+        server = Server(sim, serial=1.0)
+        for name in ("a", "b"):
+            server.do(0.001, lambda n=name: order.append(n) or order.append(f"{n}@{sim.now:.6f}"))
+        sim.run(until=0.5)
+        return order, sim.wake_waited_s, sim
+
+    order, waited, sim = served(0.002, hogs=0)
+    assert order[::2] == ["a", "b"] and waited == 0.0 and order[1] == "a@0.001000"  # a core free: no wait
+    order, waited, sim = served(0.0, hogs=1)
+    assert waited == 0.0 and order[1] == "a@0.002000"  # processor sharing alone: a starts at once, at half speed
+    waits = []
+    for seed in range(200):
+        order, waited, sim = served(0.002, hogs=1, seed=seed)
+        assert order[::2] == ["a", "b"] and sim.wakes == 1  # one wake-up; b queued behind a
+        assert float(order[1].split("@")[1]) == pytest.approx(waited + 0.002, abs=1e-6)  # then at half speed
+        waits.append(waited)
+    assert sum(waits) / len(waits) == pytest.approx(0.002, rel=0.2)  # the mean wait: one thread beyond one core
