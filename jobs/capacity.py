@@ -217,8 +217,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def calibration_config(args: argparse.Namespace) -> CalibrationConfig:
     return CalibrationConfig(model_dir=args.model_dir, turns=args.calibration_turns,
                              think_time_s=args.calibration_think_s, warm_up_turns=args.warm_up_turns,
-                             query_words=args.query_words, max_tokens=args.max_tokens, wake_weight=args.wake_weight, wake_wait_s=args.wake_wait,
-                             speed_trace=args.speed_trace)
+                             query_words=args.query_words, max_tokens=args.max_tokens, wake_weight=args.wake_weight,
+                             wake_wait_s=args.wake_wait, speed_trace=args.speed_trace)
 
 
 def run_profile_and_check(args: argparse.Namespace, check: bool) -> None:

@@ -157,13 +157,23 @@ def fit_wake_weight_to_decoding(p: CostProfile, many: Workload, answer_tokens: S
     which the update call's transit moves as much."""
     if slowdown <= 0:
         raise ValueError(f"a measured slowdown of {slowdown}: must be > 0")
+    return _closest_on_grid(p, many, answer_tokens, rounds, "wake_weight", WAKE_WEIGHTS, slowdown,
+                            lambda busy: busy["decode_tick_s"] / busy["decode_tick_alone_s"])
+
+
+def _closest_on_grid(p: CostProfile, many: Workload, answer_tokens: Sequence[int], rounds: int, field: str,
+                     grid: Sequence[float], measured: float, read: Callable[[dict[str, Any]], float]
+                     ) -> tuple[float, dict[float, float]]:
+    """The value of ``ServingPath.<field>`` of ``grid`` whose simulation of level B gives the
+    figure ``read`` takes from its busy counters closest (in ratio) to ``measured``, and the
+    figure of each value."""
     simulated = {}
-    for weight in WAKE_WEIGHTS:
-        path = dataclasses.replace(p.path, wake_weight=weight)
+    for value in grid:
+        path = dataclasses.replace(p.path, **{field: value})
         busy = simulate(dataclasses.replace(p, path=path), many, answer_tokens=answer_tokens, rounds=rounds,
                         seed=0)["busy"]
-        simulated[weight] = busy["decode_tick_s"] / busy["decode_tick_alone_s"]
-    best = min(simulated, key=lambda w: abs(np.log(simulated[w] / slowdown)))
+        simulated[value] = read(busy)
+    best = min(simulated, key=lambda value: abs(np.log(simulated[value] / measured)))
     return best, simulated
 
 
@@ -181,14 +191,8 @@ def fit_wake_wait(p: CostProfile, many: Workload, answer_tokens: Sequence[int], 
     quite monotone in the wait)."""
     if hops_s <= 0:
         raise ValueError(f"measured hops of {hops_s} s: must be > 0")
-    simulated = {}
-    for wait in WAKE_WAITS_S:
-        path = dataclasses.replace(p.path, wake_wait_s=wait)
-        busy = simulate(dataclasses.replace(p, path=path), many, answer_tokens=answer_tokens, rounds=rounds,
-                        seed=0)["busy"]
-        simulated[wait] = max(1e-9, busy["decode_iteration_s"] - busy["decode_tick_s"])
-    best = min(simulated, key=lambda wait: abs(np.log(simulated[wait] / hops_s)))
-    return best, simulated
+    return _closest_on_grid(p, many, answer_tokens, rounds, "wake_wait_s", WAKE_WAITS_S, hops_s,
+                            lambda busy: max(1e-9, busy["decode_iteration_s"] - busy["decode_tick_s"]))
 
 
 def fit_update_transit(p: CostProfile, many: Workload, answer_tokens: Sequence[int], transit_s: float,
