@@ -188,7 +188,7 @@ class Server:
         if self.waking is not None:
             self.waking.append((seconds, then, owner))
             return
-        if not self.running and not self.queue and self.sim.wake_wait(len(self.sim.cpu.jobs)) > 0:
+        if not self.running and not self.queue:  # the event loop sleeps: this job wakes it
             self.waking = [(seconds, then, owner)]
 
             def woken() -> None:
