@@ -67,9 +67,12 @@ class MemoryUpdater:
         self.counters = {"batches": 0, "applied": 0, "max_batch": 0, "batch_s": 0.0,
                          "read_s": 0.0, "consolidate_s": 0.0, "commit_s": 0.0,
                          "consolidate_run_s": 0.0, "consolidate_cpu_s": 0.0,
+                         **{f"{phase}_{thread}_cpu_s": 0.0 for phase in ("read", "consolidate", "commit")
+                            for thread in ("loop", "proc")},
                          "timed": 0, "transit_s": 0.0, "queued_s": 0.0, "handed": 0, "handover_s": 0.0}
         """Batches, updates applied, the largest batch, and the seconds (wall) spent in batches
-        and in each of their phases (``apply_updates``); of the updates whose dispatcher stamped
+        and in each of their phases (``apply_updates``), with the CPU seconds of each phase on the
+        event loop's thread and in the whole process; of the updates whose dispatcher stamped
         the call (``timed``), the seconds from its dispatch to its receipt here (``transit_s``)
         and from its receipt to its batch's start (``queued_s``); of the first calls of updates
         whose answer had just ended (``handed``), the seconds from the end of the answer to the

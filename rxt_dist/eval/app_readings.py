@@ -113,7 +113,9 @@ def update_batches(before: dict, after: dict) -> dict[str, Any]:
     batches, applied = after["batches"] - before["batches"], after["applied"] - before["applied"]
     out = {"batches": batches, "applied": applied, "mean": applied / batches if batches else None}
     for key in ("batch_s", "read_s", "consolidate_s", "commit_s",  # absent before 2026-12-02
-                "consolidate_run_s", "consolidate_cpu_s"):  # absent before 2026-12-05
+                "consolidate_run_s", "consolidate_cpu_s",  # absent before 2026-12-05
+                *(f"{phase}_{thread}_cpu_s" for phase in ("read", "consolidate", "commit")
+                  for thread in ("loop", "proc"))):  # absent before 2026-12-07 (evening)
         if key in after and batches:
             out[f"{key[:-2]}_mean_s"] = (after[key] - before.get(key, 0.0)) / batches
     timed = after.get("timed", 0) - before.get("timed", 0)

@@ -248,6 +248,10 @@ def check_details(rows: list[dict]) -> str:
                    f"{sim['update_gap_s'] * 1e3:.1f}/{m['update_gap_s'] * 1e3:.1f}"
                    if "update_gap_s" in m and "update_gap_s" in sim else "")
             lines.append(f"      update batch ms sim/measured: {', '.join(phases)}{thread}{gap}")
+            cpu = [f"{phase} {m[f'update_{phase}_loop_cpu_s'] * 1e3:.1f}/{m[f'update_{phase}_proc_cpu_s'] * 1e3:.1f}"
+                   for phase in ("read", "consolidate", "commit") if f"update_{phase}_loop_cpu_s" in m]
+            if cpu:
+                lines.append(f"      update batch CPU ms measured, event loop/process: {', '.join(cpu)}")
         if "update_transit_s" in m:
             # the simulation starts the call as the end of the answer leaves the Ingress
             handover = ("from the answer's end to the call's start on the Ingress "

@@ -68,7 +68,10 @@ async def apply_updates(model: RxTModel, items: list[tuple], store_of: StoreOf,
     just before its commit is sent (the commit may still lose to another computation of the
     same version). ``timings``, if given, accumulates the seconds (wall) of the batch's three
     phases: ``read_s`` (the gathered input reads), ``consolidate_s``, ``commit_s`` (the gathered
-    commits), and of the consolidation on its thread (``consolidate_run_s``, ``consolidate_cpu_s``).
+    commits), and of the consolidation on its thread (``consolidate_run_s``, ``consolidate_cpu_s``);
+    and the CPU seconds of each phase on the calling thread, the event loop's (``read_loop_cpu_s``,
+    …; other coroutines' work interleaved there counts too), and in the whole process
+    (``read_proc_cpu_s``, …: every thread's, the consolidation's and Ray's own included).
     ``compiled``: consolidate through this compiled memory update.
 
     An item may carry a third element, the turn as its dispatcher recorded it (:func:`recorded_turn`:
@@ -76,7 +79,7 @@ async def apply_updates(model: RxTModel, items: list[tuple], store_of: StoreOf,
     When ``known`` holds that STM, the item is not read from the store, and its commit applies
     only while the pending update is still the one recorded under that lease."""
     stm_shape = model.cfg.stm_shape
-    clock = time.perf_counter()
+    clock = _clocks()
     given = [_known_input(item, known) for item in items]
     inputs = await asyncio.gather(*(_input(item, local, store_of) for item, local in zip(items, given)),
                                   return_exceptions=True)
@@ -94,7 +97,7 @@ async def apply_updates(model: RxTModel, items: list[tuple], store_of: StoreOf,
             except ValueError as exc:  # a session written by a model with another memory size
                 results[i] = {"status": StoreStatus.INCOMPATIBLE, "error": str(exc)}
                 broken.append(i)
-    clock = _lap(timings, "read_s", clock)
+    clock = _lap(timings, "read", clock)
     new_stms: dict[int, bytes] = {}
     if todo:
         stms = await asyncio.to_thread(_timed_consolidate, timings, model, memories, [inputs[i] for i in todo],
@@ -106,7 +109,7 @@ async def apply_updates(model: RxTModel, items: list[tuple], store_of: StoreOf,
             else:
                 new_stms[i] = stm
     commits = sorted(new_stms)
-    clock = _lap(timings, "consolidate_s", clock)
+    clock = _lap(timings, "consolidate", clock)
     if delay_s and commits:
         await asyncio.sleep(delay_s)
     if before_commit is not None:
@@ -116,7 +119,7 @@ async def apply_updates(model: RxTModel, items: list[tuple], store_of: StoreOf,
                                          None if given[i] is None else given[i]["lease"]) for i in commits])
     for i, outcome in zip(commits, outcomes):
         results[i] = outcome
-    _lap(timings, "commit_s", clock)
+    _lap(timings, "commit", clock)
     await asyncio.gather(*(store_of(items[i][0])("fail_update", items[i][0], items[i][1], results[i]["error"])
                            for i in broken), return_exceptions=True)
     for i in broken:
@@ -187,11 +190,23 @@ def _timed_consolidate(timings: dict[str, float] | None, *args) -> list[bytes | 
             timings["consolidate_cpu_s"] = timings.get("consolidate_cpu_s", 0.0) + time.thread_time() - cpu
 
 
-def _lap(timings: dict[str, float] | None, phase: str, since: float) -> float:
-    """Add the seconds since ``since`` to ``timings[phase]``; the time now."""
-    now = time.perf_counter()
+Clocks = tuple[float, float, float]
+"""Wall time, a thread's CPU time, the process's CPU time (:func:`_clocks`)."""
+
+
+def _clocks() -> Clocks:
+    """Wall time, this thread's CPU time and the process's CPU time, now."""
+    return time.perf_counter(), time.thread_time(), time.process_time()
+
+
+def _lap(timings: dict[str, float] | None, phase: str, since: Clocks) -> Clocks:
+    """Add the seconds since ``since`` (:func:`_clocks`) to ``timings``: the wall's to
+    ``{phase}_s``, the CPU of the calling thread (the event loop's) to ``{phase}_loop_cpu_s``
+    and the process's to ``{phase}_proc_cpu_s``; the clocks now."""
+    now = _clocks()
     if timings is not None:
-        timings[phase] = timings.get(phase, 0.0) + now - since
+        for suffix, start, end in zip(("_s", "_loop_cpu_s", "_proc_cpu_s"), since, now):
+            timings[phase + suffix] = timings.get(phase + suffix, 0.0) + end - start
     return now
 
 

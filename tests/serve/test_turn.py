@@ -206,9 +206,16 @@ def test_one_bad_update_does_not_fail_its_batch_and_can_be_dropped(reference, tm
     results, refused, dropped, again, good_info, timings = asyncio.run(scenario())
     # the batch's phases timed, the slowed commit (delay_s) in its own; the consolidation's own
     # wall and thread CPU on its worker thread within its phase
-    assert set(timings) == {"read_s", "consolidate_s", "commit_s", "consolidate_run_s", "consolidate_cpu_s"}
+    phases = ("read", "consolidate", "commit")
+    assert set(timings) == {"consolidate_run_s", "consolidate_cpu_s", *(f"{phase}_s" for phase in phases),
+                            *(f"{phase}_{thread}_cpu_s" for phase in phases for thread in ("loop", "proc"))}
     assert min(timings.values()) >= 0
     assert timings["consolidate_cpu_s"] <= timings["consolidate_run_s"] * 1.05 + 1e-3
+    # the consolidation ran on its own thread: the process's CPU in its phase holds it, the
+    # event loop's does not; the slowed commit's sleep costs no CPU
+    assert timings["consolidate_proc_cpu_s"] >= timings["consolidate_cpu_s"] * 0.95
+    assert timings["consolidate_loop_cpu_s"] < timings["consolidate_cpu_s"]
+    assert timings["commit_loop_cpu_s"] <= timings["commit_proc_cpu_s"] + 1e-3 < timings["commit_s"]
     assert timings["consolidate_run_s"] <= timings["consolidate_s"]
     assert timings["commit_s"] >= 0.05
     assert results[0]["status"] == "applied" and good_info["memory_version"] == 1
