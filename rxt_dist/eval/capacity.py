@@ -124,9 +124,11 @@ class ServingPath:
     when that is longer (0: no budget)."""
     updater_batch_s: float = 0.0
     """The MemoryUpdater's work outside the model per *batch* (gathering its calls, handing the
-    batch to the consolidating thread, answering its calls), half before its commits and half
-    after them, on the replica's event loop while the batcher waits for the next batch (none
-    before its reads: the application's read phase is short). When set, ``updater_item_s`` is
+    batch to the consolidating thread, sending its STMs ahead, answering its calls), half as its
+    commits start (ahead of their calls on the replica's event loop, where the application's
+    batches spend the most of their CPU outside the model) and half after them, on the event
+    loop while the batcher waits for the next batch (none before its reads: the application's
+    read phase is short). When set, ``updater_item_s`` is
     each update's own work and the updater's work is not also shared through ``fixed_share``.
     Fitted from the CPU per update at two batch sizes (calibration levels A and B, with the
     updater's batch counters)."""

@@ -70,8 +70,9 @@ def fit_sharing(profile: CostProfile, wake_weight: float | str | None, wake_wait
     recorded, else :data:`MACHINE_WAKE_WEIGHT`; the shares fitted before and again after it), a woken
     thread's wait for a core set to ``wake_wait_s`` (None: fitted to level B's decoding hops where
     recorded, :func:`~rxt_dist.eval.calibrate.fit_wake_wait`, else 0), and
-    then the update call's transit per turn in flight to level B's measured transit where
-    recorded (:func:`~rxt_dist.eval.calibrate.fit_update_transit`). Level B's lag simulated with
+    then the update call's transit per turn in flight to level B's measured handover and transit
+    (from the answer's end to the call's receipt) where recorded
+    (:func:`~rxt_dist.eval.calibrate.fit_update_transit`). Level B's lag simulated with
     each weight is kept in ``extra["wake_weight_lags_s"]`` (what the ``wake-weight`` command
     pools over runs). As it was for a profile measured before level B recorded its answers (and
     the weight as it was without level B's update lag)."""
@@ -119,11 +120,16 @@ def fit_sharing(profile: CostProfile, wake_weight: float | str | None, wake_wait
                                       extra={**profile.extra, "wake_wait_hops_s": {f"{k:g}": v for k, v in
                                                                                    simulated.items()}})
     profile = with_shares(profile)
-    transit = (many.get("update_batches") or {}).get("transit_per_update_s")
+    batches = many.get("update_batches") or {}
+    transit = batches.get("transit_per_update_s")
     if not transit:
         return profile
-    per_turn = fit_update_transit(profile, w, many["tokens"], transit)
-    log.info("the update call's transit: %.1f ms at level B, %.2f ms per turn in flight", transit * 1e3, per_turn * 1e3)
+    # The simulated transit starts where the answer's end leaves the Ingress: it holds the
+    # measured handover too, the wait of the update call's task on the Ingress before it starts.
+    handover = batches.get("handover_per_update_s", 0.0)
+    per_turn = fit_update_transit(profile, w, many["tokens"], transit + handover)
+    log.info("the update call's transit: %.1f ms at level B (%.1f of it the handover on the Ingress), %.2f ms per "
+             "turn in flight", (transit + handover) * 1e3, handover * 1e3, per_turn * 1e3)
     return dataclasses.replace(profile, path=dataclasses.replace(profile.path, update_transit_per_turn_s=per_turn))
 
 

@@ -177,20 +177,18 @@ class Updater:
         reads = [t for t in batch if t.session.index not in self.held]
         pending = {"reads": len(reads)}
 
-        # The batch's own work on the replica's process: half between its consolidation and its
-        # commits, half after its commits (the replies to the update calls) — none before its
-        # reads, where the application's read phase measures 0.5–3 ms against the 2–8 this
-        # half made when it ran there. The replies run on the event loop while the batcher
-        # waits for company: the app's wait from a batch's end to the next's start is the
-        # 5 ms wait and 0.3–0.6 ms more, where the replies before it had made it 9–11 ms.
+        # The batch's own work on the replica's process: half at the start of its commits, on
+        # the event loop ahead of the commit calls (the STMs sent ahead to the Generator, which
+        # ``apply_updates`` schedules before its commits), its Ray-side share alongside them;
+        # half after its commits (the replies to the update calls). The application's event
+        # loop and process CPU per phase (``read_loop_cpu_s``, …) put the most of the batch's
+        # work outside the model in its commit phase (2.2–4.3 ms of the process's CPU against
+        # 0.3–1.6 in the read or the consolidation's phase); none before its reads, where the
+        # application's read phase measures 0.5–3 ms against the 2–8 this half made when it ran
+        # there. The replies run on the event loop while the batcher waits for company: the
+        # app's wait from a batch's end to the next's start is the 5 ms wait and 0.3–0.6 ms
+        # more, where the replies before it had made it 9–11 ms.
         half_batch_s = self.p.path.updater_batch_s / 2
-
-        def loop_then(then: Callable[[], None]) -> None:
-            """Half the batch's own work on the replica's process, then ``then``."""
-            if half_batch_s > 0:
-                self.loop.do(half_batch_s, then)
-            else:
-                then()
 
         def lap(phase: str) -> None:
             self.phase_s[phase] += self.sim.now - pending.get("since", self._started)
@@ -206,12 +204,14 @@ class Updater:
 
                 def consolidated() -> None:
                     self.model_wall_s += self.sim.now - started
-                    loop_then(commit)
+                    commit()
 
                 self.sim.cpu.run(seconds, consolidated, hog=True)
 
         def commit() -> None:
             lap("consolidate")
+            if half_batch_s > 0:
+                self.loop.do(half_batch_s)  # the commits' event-loop pieces queue behind it
             pending["commits"] = len(batch)
             shards: dict[Server, list[Turn]] = {}
             for turn in batch:

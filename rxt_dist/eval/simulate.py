@@ -26,9 +26,10 @@ What it plays, per session (closed loop, as the serving benchmark drives the app
    or ``update_batch_wait_s`` after its first; it reads every item's input at once (gathered
    store calls), consolidates the batch, commits its items in one call per store shard (the
    shard's side of a call once, then each item's write); each write releases its session's
-   next turn. The batch's own work (``updater_batch_s``) runs half before the commits and half
-   after them (the replies), on the replica's event loop while the batcher waits for company,
-   whose wake-up queues behind it there. Each of the three calls carries a third of the update's
+   next turn. The batch's own work (``updater_batch_s``) runs half as its commits start (on the
+   replica's event loop ahead of their calls, its Ray-side share alongside them) and half after
+   them (the replies), on the event loop while the batcher waits for company, whose wake-up
+   queues behind it there. Each of the three calls carries a third of the update's
    work outside the model (``updater_item_s``) through the replica's process (``Server``: its
    event-loop share one call after another, the rest alongside), as ``apply_updates`` gathers
    them.

@@ -323,3 +323,24 @@ def test_the_consolidating_threads_own_work_moves_from_the_updaters_loop_into_th
     assert with_consolidating_thread(path, cpu, {}) == path  # no reading: as it was
     cheaper = {"update_batches": {"mean": 2.0, "consolidate_cpu_mean_s": 0.0025}}
     assert with_consolidating_thread(path, cpu, cheaper).consolidate_thread_factor == 1.0  # never below the profile
+
+
+def test_the_update_calls_transit_is_fitted_from_the_answers_end_the_handover_included():
+    """The simulated transit of an update call starts where the answer's end leaves the Ingress,
+    so ``fit_sharing`` fits it to calibration level B's measured handover (the call's wait on the
+    Ingress) and transit together: with 4 ms of handover and 16 of transit measured, simulating
+    level B with the fitted profile gives 20 ms of transit back (16 when the handover is left out)."""
+    from rxt_dist.eval.profile_fit import fit_sharing
+
+    base = measured_like()
+    many = Workload(sessions=8, think_time_s=0.05, answer_tokens=6, turns=4)
+    answers = [4, 6, 8]
+    played = simulate(base, many, answer_tokens=answers)
+    level = {"sessions": many.sessions, "think_time_s": many.think_time_s, "turns": many.turns, "tokens": answers,
+             "per_turn": played["cpu_s_per_turn"], "update_lag_p50_s": played["update_lag_p50_s"],
+             "update_batches": {"transit_per_update_s": 0.016, "handover_per_update_s": 0.004}}
+    fitted = fit_sharing(dataclasses.replace(base, extra={"calibration": {"many": level}}), wake_weight=1.0,
+                         wake_wait_s=0.0)
+    assert fitted.path.update_transit_per_turn_s > 0
+    again = simulate(fitted, many, answer_tokens=answers, rounds=6, seed=0)["busy"]["update_transit_s"]
+    assert again == pytest.approx(0.020, rel=0.08)

@@ -159,15 +159,22 @@ def test_a_time_sliced_stream_sends_fewer_chunks_and_the_first_at_once():
 
 
 def test_an_update_batch_pays_its_own_work_once():
-    """``updater_batch_s`` is paid once per batch — half before the commits (in the update lag
-    and the batch), half after them (the replies, while the batcher waits for the next: in
-    neither) — ``updater_item_s`` once per update, a third on each of its calls (the receipt,
-    the read and the commit inside the batch); two batch sizes tell them apart."""
+    """``updater_batch_s`` is paid once per batch — half as the commits start (on the event loop
+    ahead of the commit calls: in the update lag and the batch's commit phase; its share off the
+    event loop alongside the commits), half after them (the replies, while the batcher waits for
+    the next: in neither) — ``updater_item_s`` once per update, a third on each of its calls
+    (the receipt, the read and the commit inside the batch); two batch sizes tell them apart."""
     path = ServingPath(update_batch_wait_s=0.0, cores=1e9, updater_item_s=0.002, updater_batch_s=0.006)
-    r = simulate(profile(path), Workload(sessions=1, think_time_s=0.5, answer_tokens=4, turns=3), stops_early=False)
+    w = Workload(sessions=1, think_time_s=0.5, answer_tokens=4, turns=3)
+    r = simulate(profile(path), w, stops_early=False)
     assert r["update_lag_p50_s"] == pytest.approx(0.002 + 0.003 + CONSOLIDATE, rel=1e-9)
     assert r["busy"]["update_batch_s"] == pytest.approx(2 * 0.002 / 3 + 0.003 + CONSOLIDATE, rel=1e-9)
     assert r["busy"]["update_read_s"] == pytest.approx(0.002 / 3, rel=1e-9)  # the read call's share only
+    assert r["busy"]["update_consolidate_s"] == pytest.approx(CONSOLIDATE, rel=1e-9)
+    assert r["busy"]["update_commit_s"] == pytest.approx(0.002 / 3 + 0.003, rel=1e-9)
+    # half of each piece on the event loop: the commit waits for the batch work's half there only
+    halves = simulate(profile(dataclasses.replace(path, serial_share={"updater": 0.5})), w, stops_early=False)
+    assert halves["update_lag_p50_s"] == pytest.approx(0.002 + 0.0015 + CONSOLIDATE, rel=1e-9)
     item, batch = split_per_batch(0.008, 0.002 + 0.006 / 4, 4)
     assert (item, batch) == (pytest.approx(0.002), pytest.approx(0.006))
     assert split_per_batch(0.008, 0.0079, 1.05) == (0.008, 0.0)  # batches of one: all per update
