@@ -126,7 +126,7 @@ class ServingPath:
     """The MemoryUpdater's work outside the model per *batch* (gathering its calls, handing the
     batch to the consolidating thread, sending its STMs ahead, answering its calls), half as its
     commits start (ahead of their calls on the replica's event loop, where the application's
-    batches spend the most of their CPU outside the model) and half after them, on the event
+    batches spend about half of their CPU outside the model) and half after them, on the event
     loop while the batcher waits for the next batch (none before its reads: the application's
     read phase is short). When set, ``updater_item_s`` is
     each update's own work and the updater's work is not also shared through ``fixed_share``.

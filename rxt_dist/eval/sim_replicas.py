@@ -181,9 +181,9 @@ class Updater:
         # the event loop ahead of the commit calls (the STMs sent ahead to the Generator, which
         # ``apply_updates`` schedules before its commits), its Ray-side share alongside them;
         # half after its commits (the replies to the update calls). The application's event
-        # loop and process CPU per phase (``read_loop_cpu_s``, …) put the most of the batch's
-        # work outside the model in its commit phase (2.2–4.3 ms of the process's CPU against
-        # 0.3–1.6 in the read or the consolidation's phase); none before its reads, where the
+        # loop and process CPU per phase (``read_loop_cpu_s``, …) put about half of the batch's
+        # work outside the model in its commit phase (2.2–7.3 ms of the process's CPU against
+        # 0.2–2.8 beside the consolidating thread in its phase); none before its reads, where the
         # application's read phase measures 0.5–3 ms against the 2–8 this half made when it ran
         # there. The replies run on the event loop while the batcher waits for company: the
         # app's wait from a batch's end to the next's start is the 5 ms wait and 0.3–0.6 ms
