@@ -289,4 +289,6 @@ def _speed_readings(env: dict[str, Any]) -> str:
     out += (f", scaled by the {env['speed_from']} reading (×{env['speed_ratio']:.2f}{damped})" if env.get("speed_ratio")
             else f", the {env['speed_from']} reading missing: no speed scaling" if env.get("speed_from")
             else ", no speed scaling")
+    traced = env.get("speed_trace_values")
+    out += f", on a speed trace of {traced} values" if traced else ", on a steady machine"
     return out + f", stalls {env['stall_rate_per_s']:.2f}/s, {env['stalled_share']:.1%} of the time"

@@ -93,7 +93,10 @@ def test_the_checks_details_name_each_levels_parts_simulated_against_measured():
                 "cpu_s_per_turn": {"generator": 0.0064, "store": 0.0048}}
     text = check_details([{"sessions": 8, "environment": env, "simulated": sim, "measured": measured}])
     assert text.splitlines()[0].startswith("S=8: slowdown 1.00 (profile 1.00), replay's serving CPU 36.3 ms per turn "
-                                           "(calibration 48.1), no speed scaling, stalls 0.00/s")
+                                           "(calibration 48.1), no speed scaling, on a steady machine, stalls 0.00/s")
+    traced = check_details([{"sessions": 8, "environment": {**env, "speed_trace_values": 40}, "simulated": sim,
+                             "measured": measured}])
+    assert "no speed scaling, on a speed trace of 40 values, stalls" in traced
     assert "update batch mean sim 2.3 / measured 2.1; decode loop iterations sim 718 / measured 670" in text
     assert "update batch ms sim/measured: batch 25.9/18.5" in text
     assert "to the next's start" not in text  # no gap read
@@ -134,3 +137,30 @@ def test_compare_scales_each_level_by_its_replay_unless_told_not_to(tmp_path, ca
     with pytest.raises(SystemExit):
         main(["compare", "--replay-exponent", "2"])
     assert "--replay-exponent: '2': give a number from 0" in capsys.readouterr().err
+
+
+def test_compare_simulates_each_level_on_its_own_speed_trace_unless_told_a_steady_machine(tmp_path, capsys):
+    """By default ``jobs/capacity.py compare`` (and ``check``) plays each level on the trace of
+    the machine's speed the probe read while that level played (am90 recorded 97, 40 and 64
+    pieces), which widens the tail against a steady machine (``--speed-trace none``); the bare
+    flag also fits on the calibration's trace, and only with ``--refit`` (else no fit runs)."""
+    from jobs.capacity import main, parse_args
+
+    assert parse_args(["compare", "--speed-trace"]).speed_trace == "all"
+    assert parse_args(["check", "--model-dir", "m"]).speed_trace == "levels"
+    study = "docs/bench/study/capacity-{}-am90.json"
+    got = {}
+    for mode in (None, "none"):
+        out = tmp_path / f"check-{mode}.json"
+        main(["compare", "--profile", study.format("profile-cpu"), "--benchmark", study.format("serving"),
+              "--check-out", str(out), *(["--speed-trace", mode] if mode else [])])
+        got[mode] = json.loads(out.read_text())["levels"]
+    assert [lv["environment"]["speed_trace_values"] for lv in got[None]] == [97, 40, 64]
+    assert [lv["environment"]["speed_trace_values"] for lv in got["none"]] == [0, 0, 0]
+    for traced, steady in zip(got[None], got["none"]):
+        assert traced["simulated"]["ttft_p99_s"] != steady["simulated"]["ttft_p99_s"]
+        assert traced["environment"]["speed_ratio"] == steady["environment"]["speed_ratio"]  # the mean speed: the same
+    assert "on a speed trace of 97 values" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["compare", "--speed-trace", "sometimes"])
+    assert "--speed-trace: invalid choice: 'sometimes'" in capsys.readouterr().err
