@@ -363,10 +363,12 @@ def play_levels(url: str, cal: CalibrationConfig, levels: CheckLevels, app_name:
         # the serving path's speed: calibration level A replayed, its CPU per turn against the calibration's
         # (the background rate read right before it: a level's aftermath keeps Ray's processes busier)
         rate = idle_rates(pids)
-        replayed, replay_cpu, _ = cpu_per_turn(pids, replay_config(url, cal, warmup=2 if i == 0 else 0), rate)
+        with SpeedProbe() as replay_probe:  # the machine's speed during the replay, to set against the level's
+            replayed, replay_cpu, _ = cpu_per_turn(pids, replay_config(url, cal, warmup=2 if i == 0 else 0), rate)
         replay = {"cpu_s_per_turn": replay_cpu, "chunks_per_turn": replayed["tokens"]["chunks_per_turn_mean"],
                   "turns": replayed["requests"], "ttft_p50_s": replayed["ttft"]["p50_s"], "idle_rate": rate,
-                  "ttft_s": replayed["samples"]["ttft_s"]}  # each turn's, for a reading of the machine's tails
+                  "ttft_s": replayed["samples"]["ttft_s"],  # each turn's, for a reading of the machine's tails
+                  "speed_probe_s": replay_probe.median_s, "speed_probe_pieces_s": replay_probe.rounded_pieces()}
         log.info("S=%d: the calibration replayed: serving CPU %.1f ms per turn (%.2f chunks per answer)", sessions,
                  replay_cpu_s(replay_cpu) * 1e3, replay["chunks_per_turn"])
         cpu0, client0 = process_cpu(pids), time.process_time()

@@ -145,6 +145,8 @@ def compare(profile: CostProfile, levels: list[dict], stream_interval_s: float |
                                      if env and env.get("replay") else None,
                                      "profiled_replay_cpu_s": replay_cpu_s(profile.extra.get("calibration", {}).get(
                                          "cpu_s_per_turn", {})),
+                                     "replay_speed_probe_s": (env.get("replay") or {}).get("speed_probe_s")
+                                     if env else None,
                                      "store_cycle_cpu_s": env.get("store_cycle_cpu_s") if env else None,
                                      "profiled_store_cycle_cpu_s": profile.extra.get("environment", {}).get(
                                          "store_cycle_cpu_s"),
@@ -284,6 +286,8 @@ def _speed_readings(env: dict[str, Any]) -> str:
     replayed, calibrated = env.get("replay_cpu_s"), env.get("profiled_replay_cpu_s")
     out += (f", replay's serving CPU {replayed * 1e3:.1f} ms per turn (calibration {calibrated * 1e3:.1f})"
             if replayed and calibrated else "")
+    out += f", speed probe during the replay {env['replay_speed_probe_s'] * 1e3:.2f} ms" if env.get(
+        "replay_speed_probe_s") else ""
     damped = (f": ×{env['speed_reading']:.2f} read, to the power {env['replay_exponent']:g}"
               if env.get("replay_exponent") not in (None, 1) and env.get("speed_reading") else "")
     out += (f", scaled by the {env['speed_from']} reading (×{env['speed_ratio']:.2f}{damped})" if env.get("speed_ratio")

@@ -97,6 +97,9 @@ def test_the_checks_details_name_each_levels_parts_simulated_against_measured():
     traced = check_details([{"sessions": 8, "environment": {**env, "speed_trace_values": 40}, "simulated": sim,
                              "measured": measured}])
     assert "no speed scaling, on a speed trace of 40 values, stalls" in traced
+    probed = check_details([{"sessions": 8, "environment": {**env, "replay_speed_probe_s": 0.00184}, "simulated": sim,
+                             "measured": measured}])
+    assert "(calibration 48.1), speed probe during the replay 1.84 ms, no speed scaling" in probed
     assert "update batch mean sim 2.3 / measured 2.1; decode loop iterations sim 718 / measured 670" in text
     assert "update batch ms sim/measured: batch 25.9/18.5" in text
     assert "to the next's start" not in text  # no gap read
