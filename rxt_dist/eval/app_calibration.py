@@ -338,6 +338,8 @@ def play_levels(url: str, cal: CalibrationConfig, levels: CheckLevels, app_name:
 
     from rxt_dist.eval.profile import (
         SpeedProbe,
+        machine_cores,
+        machine_cpu,
         measure_environment,
         process_cpu,
         serving_processes,
@@ -371,20 +373,23 @@ def play_levels(url: str, cal: CalibrationConfig, levels: CheckLevels, app_name:
                   "speed_probe_s": replay_probe.median_s, "speed_probe_pieces_s": replay_probe.rounded_pieces()}
         log.info("S=%d: the calibration replayed: serving CPU %.1f ms per turn (%.2f chunks per answer)", sessions,
                  replay_cpu_s(replay_cpu) * 1e3, replay["chunks_per_turn"])
-        cpu0, client0 = process_cpu(pids), time.process_time()
+        cpu0, client0, machine0 = process_cpu(pids), time.process_time(), machine_cpu()
         batches0, loop0 = updater.stats.remote().result(), generator.stats.remote().result()
         cfg = ServingConfig(url=url, sessions=(sessions,), turns=levels.turns, rounds=levels.rounds_for(sessions),
                             query_words=cal.query_words, max_tokens=cal.max_tokens)
         with SpeedProbe() as probe:
             one = run_serving(cfg, progress=True, command=command, server=server, describe_server=describe_server)
-        cpu1, client1 = process_cpu(pids), time.process_time()
+        cpu1, client1, machine1 = process_cpu(pids), time.process_time(), machine_cpu()
         batches1, loop1 = updater.stats.remote().result(), generator.stats.remote().result()
         level = one["levels"][0]
         level["update_batches"] = update_batches(batches0, batches1)
         level["decode_steps"] = loop1["steps"] - loop0["steps"]  # one Generator replica (the check's app runs one)
         level["decode_loop"] = decode_loop_counters(loop0, loop1)
         level["environment"] = {**env, "speed_probe_s": probe.median_s, "speed_probe_pieces_s": probe.rounded_pieces(),
-                                "store_cycle_cpu_s": store_cycle, "replay": replay}
+                                "store_cycle_cpu_s": store_cycle, "replay": replay,
+                                # the whole machine while the level played: what else ran, what the hypervisor took
+                                "machine_cores": machine_cores(machine0, machine1, sum(cpu1[r] - cpu0[r] for r in cpu1)
+                                                              + client1 - client0)}
         turns = max(1, level["requests"] + cfg.warmup_turns)  # the warm-up's CPU is in the window too
         level["cpu_s_per_turn"] = {role: (cpu1[role] - cpu0[role]) / turns for role in cpu1}
         level["cpu_s_per_turn"]["client"] = (client1 - client0) / turns

@@ -320,6 +320,27 @@ def process_cpu(pids: dict[str, list[int]]) -> dict[str, float]:
     return {role: sum(threads.values()) for role, threads in thread_cpu(pids).items()}
 
 
+def machine_cpu() -> dict[str, float]:
+    """The whole machine's CPU seconds so far, every core summed (psutil's ``cpu_times``):
+    ``busy_s``, running anything (user, nice, system, interrupts); ``steal_s``, wanted by this
+    VM and given by the hypervisor to another guest; ``at_s``, the monotonic clock then."""
+    import psutil
+
+    t = psutil.cpu_times()
+    busy = t.user + t.nice + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
+    return {"busy_s": busy, "steal_s": getattr(t, "steal", 0.0), "at_s": time.monotonic()}
+
+
+def machine_cores(before: dict[str, float], after: dict[str, float], ours_s: float) -> dict[str, float]:
+    """Cores in use on average between two :func:`machine_cpu` readings: ``busy``, all of them;
+    ``ours``, those of ``ours_s`` CPU seconds measured on our own processes meanwhile; ``other``,
+    the rest (Ray's own daemons, the speed probe, anything else on the machine); ``steal``."""
+    wall = max(after["at_s"] - before["at_s"], 1e-9)
+    busy = (after["busy_s"] - before["busy_s"]) / wall
+    return {"wall_s": wall, "busy": busy, "ours": ours_s / wall, "other": busy - ours_s / wall,
+            "steal": (after["steal_s"] - before["steal_s"]) / wall}
+
+
 def thread_cpu(pids: dict[str, list[int]]) -> dict[str, dict[tuple[int, int], float]]:
     """CPU seconds used so far by every thread of each role's processes, by (pid, thread id):
     on Linux the scheduler's own account in nanoseconds (``/proc/<pid>/task/<tid>/schedstat``),

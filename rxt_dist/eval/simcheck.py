@@ -148,6 +148,7 @@ def compare(profile: CostProfile, levels: list[dict], stream_interval_s: float |
                                      "replay_speed_probe_s": (env.get("replay") or {}).get("speed_probe_s")
                                      if env else None,
                                      "store_cycle_cpu_s": env.get("store_cycle_cpu_s") if env else None,
+                                     "machine_cores": env.get("machine_cores") if env else None,
                                      "profiled_store_cycle_cpu_s": profile.extra.get("environment", {}).get(
                                          "store_cycle_cpu_s"),
                                      "speed_probe_s": env.get("speed_probe_s") if env else None,
@@ -295,4 +296,8 @@ def _speed_readings(env: dict[str, Any]) -> str:
             else ", no speed scaling")
     traced = env.get("speed_trace_values")
     out += f", on a speed trace of {traced} values" if traced else ", on a steady machine"
-    return out + f", stalls {env['stall_rate_per_s']:.2f}/s, {env['stalled_share']:.1%} of the time"
+    out += f", stalls {env['stall_rate_per_s']:.2f}/s, {env['stalled_share']:.1%} of the time"
+    cores = env.get("machine_cores")
+    return out + (f"; while it played the machine ran {cores['busy']:.2f} cores ({cores['ours']:.2f} the serving "
+                  f"processes' and the client's, {cores['other']:.2f} other), {cores['steal']:.2f} stolen"
+                  if cores else "")

@@ -100,6 +100,11 @@ def test_the_checks_details_name_each_levels_parts_simulated_against_measured():
     probed = check_details([{"sessions": 8, "environment": {**env, "replay_speed_probe_s": 0.00184}, "simulated": sim,
                              "measured": measured}])
     assert "(calibration 48.1), speed probe during the replay 1.84 ms, no speed scaling" in probed
+    cores = {"wall_s": 4.0, "busy": 1.83, "ours": 1.41, "other": 0.42, "steal": 0.05}
+    busy = check_details([{"sessions": 8, "environment": {**env, "machine_cores": cores}, "simulated": sim,
+                           "measured": measured}])
+    assert ("stalls 0.00/s, 0.0% of the time; while it played the machine ran 1.83 cores (1.41 the serving processes' "
+            "and the client's, 0.42 other), 0.05 stolen") in busy
     assert "update batch mean sim 2.3 / measured 2.1; decode loop iterations sim 718 / measured 670" in text
     assert "update batch ms sim/measured: batch 25.9/18.5" in text
     assert "to the next's start" not in text  # no gap read
