@@ -121,6 +121,17 @@ def test_the_checks_details_name_each_levels_parts_simulated_against_measured():
             "Ingress to the MemoryUpdater 14.7/10.4, then to its batch's start 10.8/10.4") in check_details([row])
 
 
+def _compared(tmp_path, check: str, *flags: str) -> list[dict]:
+    """The levels ``jobs/capacity.py compare`` writes for a stored check run with ``flags``."""
+    from jobs.capacity import main
+
+    study = f"docs/bench/study/capacity-{{}}-{check}.json"
+    out = tmp_path / f"check-{check}-{'-'.join(flags) or 'default'}.json"
+    main(["compare", "--profile", study.format("profile-cpu"), "--benchmark", study.format("serving"),
+          "--check-out", str(out), *flags])
+    return json.loads(out.read_text())["levels"]
+
+
 def test_compare_scales_each_level_by_its_replay_unless_told_not_to(tmp_path, capsys):
     """``jobs/capacity.py compare`` (and ``check``) scale the profile by each level's replay of
     calibration level A by default (its ratio to the power 0.7); ``--speed-from none`` simulates
@@ -129,13 +140,8 @@ def test_compare_scales_each_level_by_its_replay_unless_told_not_to(tmp_path, ca
     1.08 and 1.21× the calibration's serving CPU per turn), so the two must differ."""
     from jobs.capacity import main
 
-    study = "docs/bench/study/capacity-{}-am38.json"
-    got = {}
-    for reading in (None, "none"):
-        out = tmp_path / f"check-{reading}.json"
-        main(["compare", "--profile", study.format("profile-cpu"), "--benchmark", study.format("serving"),
-              "--check-out", str(out), *(["--speed-from", reading] if reading else [])])
-        got[reading] = json.loads(out.read_text())["levels"]
+    got = {reading: _compared(tmp_path, "am38", *(["--speed-from", reading] if reading else []))
+           for reading in (None, "none")}
     for scaled, plain in zip(got[None], got["none"]):
         env = scaled["environment"]
         assert env["speed_from"] == "replay" and env["speed_reading"] > 1.05
@@ -150,19 +156,13 @@ def test_compare_scales_each_level_by_its_replay_unless_told_not_to(tmp_path, ca
 def test_compare_simulates_each_level_on_its_own_speed_trace_unless_told_a_steady_machine(tmp_path, capsys):
     """By default ``jobs/capacity.py compare`` (and ``check``) plays each level on the trace of
     the machine's speed the probe read while that level played (am90 recorded 97, 40 and 64
-    pieces), which widens the tail against a steady machine (``--speed-trace none``); the bare
+    pieces), which moves the tail away from a steady machine's (``--speed-trace none``); the bare
     flag also fits on the calibration's trace, and only with ``--refit`` (else no fit runs)."""
     from jobs.capacity import main, parse_args
 
     assert parse_args(["compare", "--speed-trace"]).speed_trace == "all"
     assert parse_args(["check", "--model-dir", "m"]).speed_trace == "levels"
-    study = "docs/bench/study/capacity-{}-am90.json"
-    got = {}
-    for mode in (None, "none"):
-        out = tmp_path / f"check-{mode}.json"
-        main(["compare", "--profile", study.format("profile-cpu"), "--benchmark", study.format("serving"),
-              "--check-out", str(out), *(["--speed-trace", mode] if mode else [])])
-        got[mode] = json.loads(out.read_text())["levels"]
+    got = {mode: _compared(tmp_path, "am90", *(["--speed-trace", mode] if mode else [])) for mode in (None, "none")}
     assert [lv["environment"]["speed_trace_values"] for lv in got[None]] == [97, 40, 64]
     assert [lv["environment"]["speed_trace_values"] for lv in got["none"]] == [0, 0, 0]
     for traced, steady in zip(got[None], got["none"]):
