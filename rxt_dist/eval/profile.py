@@ -323,7 +323,8 @@ def process_cpu(pids: dict[str, list[int]]) -> dict[str, float]:
 def machine_cpu() -> dict[str, float]:
     """The whole machine's CPU seconds so far, every core summed (psutil's ``cpu_times``):
     ``busy_s``, running anything (user, nice, system, interrupts); ``steal_s``, wanted by this
-    VM and given by the hypervisor to another guest; ``at_s``, the monotonic clock then."""
+    VM and given by the hypervisor to another guest; ``at_s``, the monotonic clock then. The
+    machine is the one ``/proc/stat`` describes: in a container, its host."""
     import psutil
 
     t = psutil.cpu_times()
