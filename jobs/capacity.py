@@ -49,6 +49,7 @@ from rxt_dist.eval.simcheck import (
     check_details,
     check_table,
     compare,
+    misread_levels,
     repeatability,
     repeatability_table,
 )
@@ -265,6 +266,8 @@ def write_check(profile: CostProfile, report: dict, args: argparse.Namespace, co
                                        "benchmark": args.bench_out, "machine": machine_info(), "levels": rows,
                                        "all_within_tolerance": all(r["within_tolerance"] for r in rows)})
     print(check_table(rows))
+    for line in misread_levels(rows):
+        print(line)
     print(check_details(rows))
     print(f"wrote {args.check_out}")
 

@@ -229,6 +229,31 @@ def check_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+MISREAD_CPU_RATIO = 1.15
+"""A level whose serving processes used more than this times the simulated CPU per turn (or
+less than its inverse) ran at a speed its scaling did not read: over the 53 stored checks
+am49–am101 such levels missed ±25% somewhere in 14 of 24, the others in 29 of 135
+(docs/BENCHMARKS.md, "A level the scaling misread")."""
+
+
+def misread_levels(rows: list[dict]) -> list[str]:
+    """Under the check's table: each level whose measured serving CPU per turn (summed over
+    :data:`SERVING_ROLES`) is off the simulated by more than :data:`MISREAD_CPU_RATIO`, with the
+    way the machine moved, so that a reader can tell a miss of the machine's minute from one of
+    the model."""
+    out = []
+    for r in rows:
+        measured, simulated = r["measured"].get("cpu_s_per_turn"), r["simulated"].get("cpu_s_per_turn")
+        if not measured or not simulated or replay_cpu_s(simulated) <= 0:
+            continue
+        ratio = replay_cpu_s(measured) / replay_cpu_s(simulated)
+        if not 1 / MISREAD_CPU_RATIO <= ratio <= MISREAD_CPU_RATIO:
+            out.append(f"S={r['sessions']}: the serving processes used {ratio:.2f}× the simulated CPU per turn: the "
+                       f"machine ran {'slower' if ratio > 1 else 'faster'} during the level than its speed scaling "
+                       "read, and its figures measure that as much as the model")
+    return out
+
+
 def check_details(rows: list[dict]) -> str:
     """Under the check's table, per level: the readings of the machine's speed, the update
     batch's phases, an update's way to its batch, the decoding loop's iterations and each

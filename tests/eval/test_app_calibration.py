@@ -172,3 +172,25 @@ def test_compare_simulates_each_level_on_its_own_speed_trace_unless_told_a_stead
     with pytest.raises(SystemExit):
         main(["compare", "--speed-trace", "sometimes"])
     assert "--speed-trace: invalid choice: 'sometimes'" in capsys.readouterr().err
+
+
+def test_the_check_names_a_level_whose_serving_cpu_strays_from_the_simulated():
+    """A level whose serving processes used more than 1.15× (or less than 1/1.15 of) the
+    simulated CPU per turn is named under the table, slower or faster; one within, or without
+    the readings, is not."""
+    from rxt_dist.eval.simcheck import misread_levels
+
+    sim = {"cpu_s_per_turn": {"ingress": 0.010, "store": 0.008, "generator": 0.010, "updater": 0.008}}
+
+    def row(sessions: int, scale: float) -> dict:
+        return {"sessions": sessions, "simulated": sim,
+                "measured": {"cpu_s_per_turn": {**{k: v * scale for k, v in sim["cpu_s_per_turn"].items()},
+                                                "client": 0.5}}}  # the client's is not the serving path's
+
+    lines = misread_levels([row(1, 1.05), row(8, 1.23), row(32, 0.8), {"sessions": 4, "simulated": sim,
+                                                                         "measured": {}}])
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("S=8: the serving processes used 1.23× the simulated CPU per turn: the machine ran "
+                               "slower during the level")
+    assert lines[1].startswith("S=32: the serving processes used 0.80× the simulated CPU per turn: the machine ran "
+                               "faster")
