@@ -232,7 +232,7 @@ def check_table(rows: list[dict]) -> str:
 MISREAD_CPU_RATIO = 1.15
 """A level whose serving processes used more than this times the simulated CPU per turn (or
 less than its inverse) ran at a speed its scaling did not read: over the 53 stored checks
-am49–am101 such levels missed ±25% somewhere in 14 of 24, the others in 29 of 135
+am49–am101 such levels missed ±25% somewhere in 15 of 27, the others in 28 of 132
 (docs/BENCHMARKS.md, "A level the scaling misread")."""
 
 
