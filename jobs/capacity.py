@@ -249,7 +249,8 @@ def run_profile_and_check(args: argparse.Namespace, check: bool) -> None:
         return
     with local_app(args.config, args.model_dir, replicas=1) as (url, server):  # as configured, one replica each
         report = play_levels(url, cal, levels, APP_NAME, server=server, command=command,
-                             describe_server=replica_counts)
+                             describe_server=replica_counts,
+                             poll_cpu_s=profile.extra["calibration"].get("session_poll", {}).get("cpu_s"))
     write_json_atomic(args.bench_out, report)
     write_check(profile, report, args, command)
 

@@ -21,6 +21,7 @@ from rxt_dist.eval.app_readings import (
     fixed_share,
     idle_rates,
     read_share,
+    session_poll_costs,
     store_call_costs,
     update_batches,
 )
@@ -199,16 +200,19 @@ def calibrate(url: str, cal: CalibrationConfig, app_name: str,
     # read after the handles' first calls: from then on their routers work in this process in the
     # background (≈ 2–4 ms of CPU a second on the AMD VM), which the client's CPU must not count
     rate = idle_rates(pids, idle_s)
+    poll = session_poll_costs(url, pids, rate)  # the levels' polls for their last commits, taken out of their turns
     with SpeedProbe() as probe:  # the machine's speed while the path's costs are measured
         loops = [generator.stats.remote().result()]  # the decoding loop's counters around levels A and C
-        level, per_turn, shares = cpu_per_turn(pids, replay_config(url, cal, warmup=2), rate)
+        level, per_turn, shares = cpu_per_turn(pids, replay_config(url, cal, warmup=2), rate, poll["cpu_s"])
         loops.append(generator.stats.remote().result())
         held1 = updater.stats.remote().result().get("stm", {})
-        short, short_per_turn, _ = cpu_per_turn(pids, replay_config(url, cal, max_tokens=SHORT_MAX_TOKENS), rate)
+        short, short_per_turn, _ = cpu_per_turn(pids, replay_config(url, cal, max_tokens=SHORT_MAX_TOKENS), rate,
+                                                poll["cpu_s"])
         loops.append(generator.stats.remote().result())
         short_tokens = [int(x) for per_turn in short["samples"]["completion_tokens"] for x in per_turn]
         counters0, loop0 = updater.stats.remote().result(), generator.stats.remote().result()
-        many, many_per_turn, many_shares = cpu_per_turn(pids, config(16, MANY_TURNS, MANY_THINK_S, 0), rate)
+        many, many_per_turn, many_shares = cpu_per_turn(pids, config(16, MANY_TURNS, MANY_THINK_S, 0), rate,
+                                                        poll["cpu_s"])
         counters1, loop1 = updater.stats.remote().result(), generator.stats.remote().result()
     store_calls, store_cycle = store_call_costs(url, pids)
     in_flight = many["requests"] / many["wall_s"] * many["answer"]["p50_s"]
@@ -218,7 +222,7 @@ def calibrate(url: str, cal: CalibrationConfig, app_name: str,
                    "speed_probe_pieces_s": probe.rounded_pieces(),
                    "decode_loop": decode_loop_counters(loops[0], loops[1]),
                    "store_cycle_cpu_s": store_cycle,
-                   "serial_share": shares, "fixed_share": fixed, "store_calls": store_calls,
+                   "serial_share": shares, "fixed_share": fixed, "store_calls": store_calls, "session_poll": poll,
                    "updater_read_share": read_share(held0, held1),
                    "many": {"sessions": 16, "turns": MANY_TURNS, "think_time_s": MANY_THINK_S,
                             "per_turn": many_per_turn, "serial_share": many_shares, "turns_in_flight": in_flight,
@@ -281,7 +285,8 @@ def build_profile(cal: CalibrationConfig, url: str, app_name: str,
         short = None
     path = fit_serving_path(costs, per_turn, level, answer_mean + 1, k, machine_info()["logical_cpus"],
                             short=short, many=cpu["many"], store_calls=cpu["store_calls"],
-                            read_share=cpu["updater_read_share"], decode_loop=cpu["decode_loop"])
+                            read_share=cpu["updater_read_share"], decode_loop=cpu["decode_loop"],
+                            poll=cpu["session_poll"])
     for name in APP_BATCHING:  # the batching the app ran with
         if name in app_args:
             path[name] = app_args[name]
@@ -310,6 +315,7 @@ def build_profile(cal: CalibrationConfig, url: str, app_name: str,
                    "cpu_s_per_turn": per_turn, "cpu_idle_rate": cpu["idle_rate"],
                    "serial_share": cpu["serial_share"], "fixed_share": cpu["fixed_share"], "many": cpu["many"],
                    "store_call_cpu_s": cpu["store_calls"], "decode_loop": cpu["decode_loop"],
+                   "session_poll": cpu["session_poll"],
                    "short": cpu["short"], "answer_tokens": tokens,
                    "ttft_p50_s": level["ttft"]["p50_s"], "answer_p50_s": level["answer"]["p50_s"],
                    "ttft_s": [float(x) for per_turn in level["samples"]["ttft_s"] for x in per_turn if x is not None],
@@ -326,12 +332,15 @@ def build_profile(cal: CalibrationConfig, url: str, app_name: str,
 
 
 def play_levels(url: str, cal: CalibrationConfig, levels: CheckLevels, app_name: str, *, server: dict,
-                command: str, describe_server: Callable[[], dict] | None = None) -> dict[str, Any]:
+                command: str, describe_server: Callable[[], dict] | None = None,
+                poll_cpu_s: dict[str, float] | None = None) -> dict[str, Any]:
     """The serving benchmark's report of ``levels`` played one at a time on the Serve
     application ``app_name`` at ``url``, each right after a measurement of the machine's other
     load, a reading of the store's CPU per call cycle and a replay of calibration level A
     (``environment`` in the level's report), the application warmed up first (:func:`warm_up`).
-    ``server`` and ``describe_server`` go into the report as in the serving benchmark's."""
+    ``server`` and ``describe_server`` go into the report as in the serving benchmark's.
+    ``poll_cpu_s``: the profile's CPU per session poll (its calibration's ``session_poll``), taken
+    out of each replay's turns as the calibration took it out of its own (None: nothing taken)."""
     import httpx
     import ray
     from ray import serve
@@ -366,7 +375,8 @@ def play_levels(url: str, cal: CalibrationConfig, levels: CheckLevels, app_name:
         # (the background rate read right before it: a level's aftermath keeps Ray's processes busier)
         rate = idle_rates(pids)
         with SpeedProbe() as replay_probe:  # the machine's speed during the replay, to set against the level's
-            replayed, replay_cpu, _ = cpu_per_turn(pids, replay_config(url, cal, warmup=2 if i == 0 else 0), rate)
+            replayed, replay_cpu, _ = cpu_per_turn(pids, replay_config(url, cal, warmup=2 if i == 0 else 0), rate,
+                                                   poll_cpu_s)
         replay = {"cpu_s_per_turn": replay_cpu, "chunks_per_turn": replayed["tokens"]["chunks_per_turn_mean"],
                   "turns": replayed["requests"], "ttft_p50_s": replayed["ttft"]["p50_s"], "idle_rate": rate,
                   "ttft_s": replayed["samples"]["ttft_s"],  # each turn's, for a reading of the machine's tails

@@ -12,11 +12,13 @@ from typing import Any
 from rxt_dist.eval.capacity import STORE_CALLS
 
 
-def cpu_per_turn(pids: dict[str, list[int]], cfg, rate: dict[str, float]) -> tuple[dict, dict[str, float],
-                                                                                  dict[str, float]]:
+def cpu_per_turn(pids: dict[str, list[int]], cfg, rate: dict[str, float],
+                 poll_cpu_s: dict[str, float] | None = None) -> tuple[dict, dict[str, float], dict[str, float]]:
     """Play ``cfg`` (a :class:`~rxt_dist.eval.serving.ServingConfig` of one level); its level
     report, each role's CPU seconds per turn (``rate``, the idle rate, subtracted; this
-    process's as ``client``) and the share of each role's CPU its busiest thread did."""
+    process's as ``client``; with ``poll_cpu_s``, :func:`session_poll_costs`' CPU per poll, the
+    level's polls for its last commits too: the capacity model plays them apart) and the share
+    of each role's CPU its busiest thread did."""
     from rxt_dist.eval.profile import process_cpu, serial_shares, thread_cpu
     from rxt_dist.eval.serving import run_serving
 
@@ -28,7 +30,9 @@ def cpu_per_turn(pids: dict[str, list[int]], cfg, rate: dict[str, float]) -> tup
     after["client"], before["client"] = client1, client0
     level = report["levels"][0]
     turns = level["requests"] + cfg.warmup_turns
-    per_turn = {role: max(0.0, after[role] - before[role] - rate[role] * (w1 - w0)) / turns for role in after}
+    polls = report.get("session_polls", 0) if poll_cpu_s else 0  # the warm-up's too
+    per_turn = {role: max(0.0, after[role] - before[role] - rate[role] * (w1 - w0)
+                          - polls * (poll_cpu_s or {}).get(role, 0.0)) / turns for role in after}
     return level, per_turn, shares
 
 
@@ -43,6 +47,39 @@ def idle_rates(pids: dict[str, list[int]], idle_s: float = 4.0) -> dict[str, flo
     rate = {role: (idle1[role] - idle0[role]) / (t1 - t0) for role in idle1}
     rate["client"] = (client_idle1 - client_idle0) / (t1 - t0)
     return rate
+
+
+def session_poll_costs(url: str, pids: dict[str, list[int]], rate: dict[str, float],
+                       polls: int = 200) -> dict[str, Any]:
+    """What one poll of a session costs (``GET /v1/sessions/{id}``, as the serving benchmark's
+    client polls for a session's last commit: client, proxy, Ingress and the store's ``info``),
+    measured on a session of its own with the benchmark's own client: ``polls`` polls one after
+    another, each role's CPU seconds per poll (``rate``, the idle rate, subtracted; this
+    process's as ``client``; clock-tick resolution, averaged over the polls) and the polls'
+    median wall time (``wall_p50_s``)."""
+    import asyncio
+    import statistics
+
+    from rxt_dist.eval.profile import process_cpu
+    from rxt_dist.eval.serving import ServingClient, ServingConfig
+
+    async def play() -> dict[str, Any]:
+        async with ServingClient(ServingConfig(url=url), connections=1) as client:
+            sid = await client.create_session()
+            await client.session(sid)  # its connection open, as the benchmark's is
+            walls = []
+            before, client0, w0 = process_cpu(pids), time.process_time(), time.perf_counter()
+            for _ in range(polls):
+                t = time.perf_counter()
+                await client.session(sid)
+                walls.append(time.perf_counter() - t)
+            after, client1, w1 = process_cpu(pids), time.process_time(), time.perf_counter()
+            await client.delete_session(sid)
+        after["client"], before["client"] = client1, client0
+        cpu = {role: max(0.0, after[role] - before[role] - rate.get(role, 0.0) * (w1 - w0)) / polls for role in after}
+        return {"polls": polls, "cpu_s": cpu, "wall_p50_s": statistics.median(walls)}
+
+    return asyncio.run(play())
 
 
 def store_call_costs(url: str, pids: dict[str, list[int]], cycles: int = 200) -> tuple[dict[str, float], float]:

@@ -354,7 +354,7 @@ def fit_serving_path(model_profile: dict[str, Any], cpu_per_turn: dict[str, floa
                      answer_steps: float, k: float, cores: int, batch_wait_s: float = 0.005,
                      short: dict[str, Any] | None = None, many: dict[str, Any] | None = None,
                      store_calls: dict[str, float] | None = None, read_share: float = 1.0,
-                     decode_loop: dict[str, Any] | None = None) -> dict[str, Any]:
+                     decode_loop: dict[str, Any] | None = None, poll: dict[str, Any] | None = None) -> dict[str, Any]:
     """The serving path's costs (``ServingPath`` fields) from a calibration level played at
     S = 1 with think time (no queueing, no wait for updates):
 
@@ -382,9 +382,12 @@ def fit_serving_path(model_profile: dict[str, Any], cpu_per_turn: dict[str, floa
       iteration (``generator_tick_s``) and a part per admitted request (``generator_admit_s``)
       with ``short``'s counters (:func:`decoding_thread_work`), both × ``k`` and taken out of the
       Generator's work outside the model (one iteration per answer step, one admission per turn);
+    * with ``poll`` (:func:`~rxt_dist.eval.app_readings.session_poll_costs`: a session poll's CPU
+      seconds per role and its median wall time at rest) each role's work per poll is its CPU ×
+      ``k`` (``poll_s``) and what the wall time leaves after that work its fixed latency;
     * the machine's other load is what makes one busy thread get 1/k of a core (k − 1 busy
       threads per core)."""
-    from rxt_dist.eval.capacity import ServingPath
+    from rxt_dist.eval.capacity import POLL_ROLES, ServingPath
 
     cpu = model_profile["cpu_s"]
     tick, admit = decoding_thread_work(cpu, decode_loop, (short or {}).get("decode_loop"))
@@ -416,6 +419,9 @@ def fit_serving_path(model_profile: dict[str, Any], cpu_per_turn: dict[str, floa
     }
     path["chunk_s"] = chunk_s
     path["store_call_weight"] = store_call_weights(store_calls)
+    if poll is not None:
+        path["poll_s"] = {role: poll["cpu_s"].get(role, 0.0) * k for role in POLL_ROLES}
+        path["poll_latency_s"] = max(0.0, poll["wall_p50_s"] - sum(path["poll_s"].values()))
     if many is not None and many.get("update_batch_mean"):
         b = many["update_batch_mean"]
         consolidate_cpu = {int(key): v for key, v in cpu["consolidate"].items()}

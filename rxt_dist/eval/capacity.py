@@ -34,6 +34,9 @@ META_BYTES = 700
 answer); measured on the store's files, rounded up."""
 STREAM_ROLES = ("generator", "ingress", "proxy", "client")
 """The processes every streamed chunk passes, in order."""
+POLL_ROLES = ("client", "proxy", "ingress", "store")
+"""The processes a session poll passes (``GET /v1/sessions/{id}``: the store's ``info``), in
+order (``ServingPath.poll_s``)."""
 STORE_CALLS = ("claim", "record", "read", "commit")
 """The store-shard calls of a turn (``begin_turn``, ``finish_turn`` with the move of the
 transcript index entry, ``update_input``, ``commit_update``), by their names in
@@ -115,6 +118,16 @@ class ServingPath:
     without waking it: ``rxt_dist.serving.decode_loop._Inbox``, since 2026-12-05). Fitted from
     two calibration levels whose answers differ in length; empty: all of a turn's work counts
     per turn, whatever its length."""
+    poll_s: dict[str, float] = field(default_factory=dict)
+    """Per process role on a session poll's way (:data:`POLL_ROLES`): its work per poll — the
+    serving benchmark's client, once a session's last answer has ended, asks for the session
+    (``GET /v1/sessions/{id}``) until its last update has committed, every ``poll_interval_s``,
+    and a level's round ends with the last of them. Measured on polls of a session of its own
+    (``rxt_dist.eval.app_readings.session_poll_costs``) and taken out of the calibration levels'
+    per-turn work. Empty (a profile from before polls were measured): a simulated poll costs
+    nothing and sees the commit at once."""
+    poll_latency_s: float = 0.0
+    """A poll's fixed latency beyond that work (its median wall time at rest less the work)."""
     stream_interval_s: float = 0.0
     """The application's ``stream_interval_s``: after an answer's first token the Generator sends
     the tokens decoded meanwhile at most this often, in one chunk (0: one chunk per token)."""
@@ -221,7 +234,7 @@ class ServingPath:
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
-            tables = ("serial_share", "fixed_share", "chunk_s", "store_call_weight")
+            tables = ("serial_share", "fixed_share", "chunk_s", "store_call_weight", "poll_s")
             if f.name not in tables and getattr(self, f.name) < 0:
                 raise ValueError(f"{f.name}={getattr(self, f.name)}: must be ≥ 0")
         for name in ("serial_share", "fixed_share"):
@@ -234,6 +247,9 @@ class ServingPath:
         for role, seconds in self.chunk_s.items():
             if seconds < 0:
                 raise ValueError(f"chunk_s[{role!r}]={seconds}: must be ≥ 0")
+        for role, seconds in self.poll_s.items():
+            if role not in POLL_ROLES or seconds < 0:
+                raise ValueError(f"poll_s[{role!r}]={seconds}: roles are {POLL_ROLES}, seconds ≥ 0")
         if self.updater_read_share > 1:
             raise ValueError(f"updater_read_share={self.updater_read_share}: a share, at most 1")
         if self.in_share + self.out_share > 1 + 1e-9:
@@ -363,8 +379,9 @@ class CostProfile:
         work = {name: getattr(self.path, name) * f for name in (
             "client_s", "proxy_s", "ingress_s", "store_op_s", "generator_io_s", "generator_tick_s", "generator_admit_s",
             "updater_item_s", "updater_batch_s",
-            "request_latency_s", "stream_latency_s", "chunk_latency_s", "update_latency_s")}
+            "request_latency_s", "stream_latency_s", "chunk_latency_s", "update_latency_s", "poll_latency_s")}
         path = dataclasses.replace(self.path, **work, chunk_s={r: v * f for r, v in self.path.chunk_s.items()},
+                                   poll_s={r: v * f for r, v in self.path.poll_s.items()},
                                    other_load=max(0.0, slowdown - 1))
         return dataclasses.replace(
             self, decode_step_s=scaled(self.decode_step_s), prefill_s=scaled(self.prefill_s),

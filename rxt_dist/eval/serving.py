@@ -114,6 +114,7 @@ async def _run(cfg: ServingConfig, progress: bool, command: str | None, server: 
                          sessions, _ms(level["ttft"]["turn1_p50_s"]), level["turns_played"],
                          _ms(level["ttft"]["last_turn_p50_s"]), _ms(level["update_lag"]["p50_s"]),
                          level["waited"]["share"])
+        polls = client.session_polls
     return {
         "benchmark": "serving",
         "command": command,
@@ -121,6 +122,7 @@ async def _run(cfg: ServingConfig, progress: bool, command: str | None, server: 
         "machine": machine,
         "load_average_after": load_average(),
         "wall_s": time.perf_counter() - started,
+        "session_polls": polls,
         "server": {**server, "url": cfg.url, "model_id": model},
         "levels": levels,
         "targets": judge_targets(levels),

@@ -140,6 +140,9 @@ class ServingClient:
         self.headers = {"authorization": f"Bearer {cfg.api_key}"} if cfg.api_key else {}
         self.base = cfg.url.rstrip("/")
         self.http = None
+        self.session_polls = 0
+        """``GET /v1/sessions/{sid}`` calls made so far by :meth:`committed_at` (its polls for a
+        commit: work on the server the capacity model simulates, ``ServingPath.poll_s``)."""
 
     async def __aenter__(self) -> ServingClient:
         import aiohttp
@@ -205,6 +208,7 @@ class ServingClient:
         ``settle_timeout_s``, or if the session has moved past it)."""
         deadline = time.monotonic() + self.cfg.settle_timeout_s
         while True:
+            self.session_polls += 1
             info = await self.session(sid)
             if info["memory_version"] == version:
                 return info.get("memory_committed_at")

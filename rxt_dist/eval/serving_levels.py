@@ -86,6 +86,8 @@ class LevelRun:
     started_at: float | None = None
     """Wall clock (``time.time()``) when the level's first round started, and its last ended."""
     ended_at: float | None = None
+    session_polls: int = 0
+    """The client's polls of its sessions for their last commit (``ServingClient.session_polls``)."""
 
 
 async def run_round(client: ServingClient, sessions: int, round_index: int, deadline: float,
@@ -112,7 +114,7 @@ async def run_level(client: ServingClient, sessions: int, on_turn: Callable[[], 
     """``cfg.rounds`` rounds of ``sessions`` concurrent sessions, pooled into one run."""
     cfg = client.cfg
     deadline = time.monotonic() + cfg.max_level_s
-    started_at = time.time()
+    started_at, polls = time.time(), client.session_polls
     runs = []
     for round_index in range(cfg.rounds):
         if runs and time.monotonic() > deadline:
@@ -122,7 +124,7 @@ async def run_level(client: ServingClient, sessions: int, on_turn: Callable[[], 
     return LevelRun(sessions=sessions, turns=[t for run in runs for t in run.turns],
                     wall_s=sum(run.wall_s for run in runs), truncated=any(run.truncated for run in runs),
                     load_before=runs[0].load_before, load_after=runs[-1].load_after, rounds=len(runs),
-                    started_at=started_at, ended_at=time.time())
+                    started_at=started_at, ended_at=time.time(), session_polls=client.session_polls - polls)
 
 
 async def warm_up(client: ServingClient) -> None:

@@ -136,7 +136,7 @@ def summarise_level(run: LevelRun, cfg: ServingConfig) -> dict[str, Any]:
         "sessions": run.sessions, "rounds": run.rounds, "turns": n, "turns_played": played,
         "requests": sum(len(s) for s in run.turns), "requests_ok": len(done),
         "errors": dict(Counter(r.error for s in run.turns for r in s if not r.ok)),
-        "truncated": run.truncated, "wall_s": run.wall_s,
+        "truncated": run.truncated, "wall_s": run.wall_s, "session_polls": run.session_polls,
         "started_at_unix": run.started_at, "ended_at_unix": run.ended_at,
         "load_average_before": run.load_before, "load_average_after": run.load_after,
         "per_turn": {

@@ -43,6 +43,7 @@ def measured_figures(level: dict) -> dict[str, float | None]:
             **{f"update_{k[:-len('_per_update_s')]}_s": v for k, v in (level.get("update_batches") or {}).items()
                if k.endswith("_per_update_s")},
             "decode_steps": level.get("decode_steps"), "cpu_s_per_turn": level.get("cpu_s_per_turn"),
+            "session_polls": level.get("session_polls"),
             **{f"decode_{k.removesuffix('_mean_s')}_s" if k.endswith("_mean_s") else f"decode_{k}": v
                for k, v in (level.get("decode_loop") or {}).items()}}
 

@@ -37,6 +37,11 @@ What it plays, per session (closed loop, as the serving benchmark drives the app
    the write's end releases the session's next turn. The update lag is stamp − end of answer,
    as the benchmark measures it (the version's ``memory_committed_at``).
 
+7. with a poll interval (the benchmark's ``poll_interval_s``), once a session's last answer has
+   ended its client polls the session until it sees the last update committed
+   (:meth:`Graph._settle`, ``poll_s`` through client, proxy, Ingress and the store), and the
+   round ends with the last of them.
+
 Each process is a :class:`~rxt_dist.eval.des.Server` on one shared CPU (:mod:`rxt_dist.eval.des`).
 Every service time is multiplied by a log-normal jitter with the profile's ``timing_cv``
 (seeded), and with a ``speed_trace`` the whole CPU runs at the machine's measured speed of the
@@ -56,6 +61,7 @@ from typing import Any
 import numpy as np
 
 from rxt_dist.eval.capacity import (
+    POLL_ROLES,
     SPEED_TRACE_PERIOD_S,
     STREAM_ROLES,
     CostProfile,
@@ -298,6 +304,8 @@ class Graph:
         self.generators = [DecodeLoop(self.sim, p, w.query_tokens) for _ in range(replicas.generators)]
         self.updaters = [Updater(self.sim, p, self.store_of) for _ in range(replicas.updaters)]
         self.records: list[TurnRecord] = []
+        self.polls = 0
+        """The clients' session polls for their last commits (with ``settle_poll_s``)."""
         self.in_flight = 0
         """Turns between their request and the end of their answer at the client."""
         self.sessions = [_Session(i, w.turns) for i in range(w.sessions)]
@@ -347,10 +355,40 @@ class Graph:
             self.active -= 1
 
     def _settle(self, session: _Session) -> None:
-        """The client polls until the session's last update has committed; then it is done."""
-        if session.update_pending:
-            self.sim.after(self.settle_poll_s, lambda: self._settle(session))
+        """The client polls the session (``GET /v1/sessions/{id}``) until it sees its last update
+        committed, at once and then every ``settle_poll_s``; then the session is done. A poll
+        passes client, proxy and Ingress to the session's store shard and back — half of each
+        one's ``poll_s`` each way, the store's between, half of ``poll_latency_s`` each way — and
+        sees what the store holds as it answers. Without ``poll_s`` (a profile from before polls
+        were measured) a poll costs nothing and sees the commit at once."""
+        path = self.p.path
+        if not path.poll_s:
+            if session.update_pending:
+                self.sim.after(self.settle_poll_s, lambda: self._settle(session))
+            else:
+                self._settled()
             return
+        self.polls += 1
+        poll = object()  # the poll's job in each process it passes
+        client, proxy, ingress = self.front_for(session.index)
+        half = {role: path.poll_s.get(role, 0.0) / 2 for role in POLL_ROLES}
+
+        def answered(pending: bool) -> None:
+            if pending:
+                self.sim.after(self.settle_poll_s, lambda: self._settle(session))
+            else:
+                self._settled()
+
+        def at_store() -> None:
+            pending = session.update_pending
+            ingress.do(half["ingress"], lambda: proxy.do(half["proxy"], lambda: self.sim.after(
+                path.poll_latency_s / 2, lambda: client.do(half["client"], lambda: answered(pending), poll)), poll), poll)
+
+        client.do(half["client"], lambda: proxy.do(half["proxy"], lambda: ingress.do(half["ingress"], lambda: self.sim.after(
+            path.poll_latency_s / 2, lambda: self.store_of(session.index).do(2 * half["store"], at_store, poll)), poll),
+            poll), poll)
+
+    def _settled(self) -> None:
         self.active -= 1
         self.last_end = max(self.last_end, self.sim.now)
 
@@ -469,7 +507,7 @@ def simulate(p: CostProfile, w: Workload, replicas: Replicas | None = None, seed
     known (the model's greedy answers to the benchmark's seeded queries); ``settle_poll_s``: each
     session ends when its last update is seen committed, polled at that interval (the serving
     benchmark's rounds end so), else when its last answer ends."""
-    records, wall, iterations = [], 0.0, 0
+    records, wall, iterations, polls = [], 0.0, 0, 0
     for r in range(rounds):
         plan = None if answer_plan is None else [row[r * w.sessions:(r + 1) * w.sessions] for row in answer_plan]
         g = Graph(p, w, replicas or Replicas(), seed + r, answer_tokens, stops_early, ramp_s, plan, settle_poll_s)
@@ -477,6 +515,8 @@ def simulate(p: CostProfile, w: Workload, replicas: Replicas | None = None, seed
         records += g.records
         wall += out["wall_s"]
         iterations += out["busy"]["decode_iterations"]
+        polls += g.polls
     result = summarise(records, wall, g)
     result["busy"]["decode_iterations"] = iterations  # every round's (the other busy figures: the last's)
+    result["session_polls"] = polls
     return result

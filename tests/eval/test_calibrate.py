@@ -40,6 +40,26 @@ def test_fitted_path_reproduces_its_calibration_run():
     assert r["update_lag_p50_s"] == pytest.approx(0.030, rel=0.02)
 
 
+def test_a_session_polls_work_is_its_cpu_at_the_slowdown_and_its_latency_what_the_wall_time_leaves():
+    """A poll's measured CPU per role becomes its work (× the slowdown k, as every other cost);
+    its median wall time less that work is its fixed latency, never negative; without a poll
+    measured the path has none (the simulation's polls are then free)."""
+    model = {"decode_step_s": {1: 0.001}, "prefill_s": {1: 0.004}, "consolidate_s": {1: 0.002},
+             "cpu_s": {"prefill": {1: 0.004}, "decode_step": {1: 0.001}, "consolidate": {1: 0.002}}}
+    cpu = {"client": 0.002, "proxy": 0.001, "ingress": 0.007, "store": 0.005, "generator": 0.009, "updater": 0.006}
+    level = {"ttft": {"excluding_wait": {"p50_s": 0.020}}, "answer": {"p50_s": 0.030},
+             "update_lag": {"p50_s": 0.010}}
+    poll = {"polls": 200, "cpu_s": {"client": 0.0008, "proxy": 0.0003, "ingress": 0.0012, "store": 0.0004,
+                                    "generator": 0.0}, "wall_p50_s": 0.004}
+    path = ServingPath(**fit_serving_path(model, cpu, level, answer_steps=3, k=1.25, cores=2, poll=poll))
+    assert path.poll_s == pytest.approx({"client": 0.001, "proxy": 0.000375, "ingress": 0.0015, "store": 0.0005})
+    assert path.poll_latency_s == pytest.approx(0.004 - 0.003375)
+    quick = ServingPath(**fit_serving_path(model, cpu, level, answer_steps=3, k=1.25, cores=2,
+                                           poll={**poll, "wall_p50_s": 0.002}))
+    assert quick.poll_latency_s == 0.0
+    assert ServingPath(**fit_serving_path(model, cpu, level, answer_steps=3, k=1.25, cores=2)).poll_s == {}
+
+
 def test_a_calibration_level_is_replayed_with_its_answer_lengths_in_order():
     """A one-session calibration level is simulated with its measured answer lengths, one per
     timed turn in their order, whatever the random stream: a level whose answers fall in two

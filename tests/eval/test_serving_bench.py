@@ -141,7 +141,29 @@ def test_the_benchmark_runs_against_the_app_and_reports_every_field(app, tmp_pat
     assert target["update_lag_below_median_answer_met"] == (level["update_lag"]["p50_s"] < level["answer"]["p50_s"])
     assert report["targets"]["met"] is None  # the issue's level (S=8) was not run
     assert len(level["load_average_before"]) == 3
+    # Each session's last update (slowed by UPDATE_DELAY_S) was pending at the first poll: at least
+    # two polls each; the warm-up's session polled too.
+    assert level["session_polls"] >= 2 * played and report["session_polls"] > level["session_polls"]
     assert sessions_in(store) == sessions_before  # it deleted its sessions
+
+
+def test_a_session_polls_cost_is_read_on_a_session_of_its_own(app):
+    """The capacity profile's reading of a session poll (``GET /v1/sessions/{id}``): each serving
+    process's CPU per poll — the Ingress's and the client's always some — and the polls' median
+    wall time; the session it polled is gone afterwards."""
+    from rxt_dist.eval.app_readings import session_poll_costs
+    from rxt_dist.eval.profile import serving_processes
+
+    url, store = app
+    before = sorted(p.name for p in store.iterdir() if not p.name.startswith("_"))
+    pids = serving_processes(ray._private.worker._global_node.all_processes["raylet"][0].process.pid)
+    assert {"proxy", "ingress", "store"} <= set(pids)
+    costs = session_poll_costs(url, pids, dict.fromkeys([*pids, "client"], 0.0), polls=60)
+    assert costs["polls"] == 60 and 0 < costs["wall_p50_s"] < 1
+    assert set(costs["cpu_s"]) == {*pids, "client"}
+    assert costs["cpu_s"]["ingress"] > 0 and costs["cpu_s"]["client"] > 0
+    assert all(0 <= v < costs["wall_p50_s"] * 5 for v in costs["cpu_s"].values())
+    assert sorted(p.name for p in store.iterdir() if not p.name.startswith("_")) == before
 
 
 def test_the_client_reports_failed_turns_and_calls_by_what_the_server_said(app):

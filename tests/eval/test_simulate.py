@@ -245,6 +245,35 @@ def test_a_round_ends_when_its_last_update_is_seen_committed():
     assert polled["ttft_p50_s"] == plain["ttft_p50_s"]
 
 
+def test_a_poll_that_costs_its_measured_work_reaches_the_store_and_may_find_the_update_pending():
+    """Measured polls (``poll_s``) are requests: the client asks through proxy and Ingress at the
+    store, each paying its work, and the round ends when a poll's answer saying "committed" is
+    back. A quick poll reaches the store while the update is pending and polls again one interval
+    later; a slow one sees the commit the first time. Their work is the processes' too."""
+    costs = {"client": 0.001, "proxy": 0.0005, "ingress": 0.002, "store": 0.0005}
+    base = profile(ServingPath(store_op_s=0.001, update_batch_wait_s=0.0, cores=1e9))
+    w = Workload(sessions=1, think_time_s=0.0, answer_tokens=4, turns=3)
+
+    def with_polls(latency_s: float) -> CostProfile:
+        return dataclasses.replace(base, path=dataclasses.replace(base.path, poll_s=costs, poll_latency_s=latency_s))
+
+    free = simulate(base, w, settle_poll_s=0.05)  # pending at the last answer's end: one interval, then seen
+    assert 0 < free["update_lag_p50_s"] < 0.05 and free["session_polls"] == 0
+    trip = sum(costs.values())
+    quick = simulate(with_polls(0.0), w, settle_poll_s=0.05)
+    assert quick["session_polls"] == 2
+    assert quick["wall_s"] == pytest.approx(free["wall_s"] + 2 * trip)  # poll, interval, poll
+    for role in ("client", "proxy", "ingress", "store"):
+        added = quick["cpu_s_per_turn"][role] - free["cpu_s_per_turn"][role]
+        assert added == pytest.approx(2 * costs[role] / 3), role
+    slow = simulate(with_polls(0.2), w, settle_poll_s=0.05)  # reaches the store after the commit
+    assert slow["session_polls"] == 1
+    assert slow["wall_s"] == pytest.approx(free["wall_s"] - 0.05 + trip + 0.2)
+    assert slow["ttft_p50_s"] == quick["ttft_p50_s"] == free["ttft_p50_s"]
+    with pytest.raises(ValueError, match="poll_s"):
+        ServingPath(poll_s={"generator": 0.001})
+
+
 def test_the_update_lag_ends_at_the_commit_stamp_and_the_next_turn_waits_for_the_write():
     """The store stamps a commit's time before it writes the version (STM, then the meta that
     names it): the benchmark's update lag ends at the stamp, the session's next turn at the
