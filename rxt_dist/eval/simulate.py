@@ -381,12 +381,19 @@ class Graph:
 
         def at_store() -> None:
             pending = session.update_pending
-            ingress.do(half["ingress"], lambda: proxy.do(half["proxy"], lambda: self.sim.after(
-                path.poll_latency_s / 2, lambda: client.do(half["client"], lambda: answered(pending), poll)), poll), poll)
 
-        client.do(half["client"], lambda: proxy.do(half["proxy"], lambda: ingress.do(half["ingress"], lambda: self.sim.after(
-            path.poll_latency_s / 2, lambda: self.store_of(session.index).do(2 * half["store"], at_store, poll)), poll),
-            poll), poll)
+            def back() -> None:
+                client.do(half["client"], lambda: answered(pending), poll)
+
+            ingress.do(half["ingress"], lambda: proxy.do(
+                half["proxy"], lambda: self.sim.after(path.poll_latency_s / 2, back), poll), poll)
+
+        def there() -> None:
+            store = self.store_of(session.index)
+            self.sim.after(path.poll_latency_s / 2, lambda: store.do(2 * half["store"], at_store, poll))
+
+        client.do(half["client"], lambda: proxy.do(half["proxy"], lambda: ingress.do(half["ingress"], there, poll), poll),
+                  poll)
 
     def _settled(self) -> None:
         self.active -= 1
