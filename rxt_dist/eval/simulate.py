@@ -392,8 +392,10 @@ class Graph:
             store = self.store_of(session.index)
             self.sim.after(path.poll_latency_s / 2, lambda: store.do(2 * half["store"], at_store, poll))
 
-        client.do(half["client"], lambda: proxy.do(half["proxy"], lambda: ingress.do(half["ingress"], there, poll), poll),
-                  poll)
+        def to_ingress() -> None:
+            proxy.do(half["proxy"], lambda: ingress.do(half["ingress"], there, poll), poll)
+
+        client.do(half["client"], to_ingress, poll)
 
     def _settled(self) -> None:
         self.active -= 1
