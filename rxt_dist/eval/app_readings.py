@@ -30,9 +30,9 @@ def cpu_per_turn(pids: dict[str, list[int]], cfg, rate: dict[str, float],
     after["client"], before["client"] = client1, client0
     level = report["levels"][0]
     turns = level["requests"] + cfg.warmup_turns
-    polls = report.get("session_polls", 0) if poll_cpu_s else 0  # the warm-up's too
+    polls, poll_cpu_s = report.get("session_polls", 0), poll_cpu_s or {}  # the warm-up's polls too
     per_turn = {role: max(0.0, after[role] - before[role] - rate[role] * (w1 - w0)
-                          - polls * (poll_cpu_s or {}).get(role, 0.0)) / turns for role in after}
+                          - polls * poll_cpu_s.get(role, 0.0)) / turns for role in after}
     return level, per_turn, shares
 
 

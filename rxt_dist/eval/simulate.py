@@ -362,22 +362,20 @@ class Graph:
         sees what the store holds as it answers. Without ``poll_s`` (a profile from before polls
         were measured) a poll costs nothing and sees the commit at once."""
         path = self.p.path
-        if not path.poll_s:
-            if session.update_pending:
-                self.sim.after(self.settle_poll_s, lambda: self._settle(session))
-            else:
-                self._settled()
-            return
-        self.polls += 1
-        poll = object()  # the poll's job in each process it passes
-        client, proxy, ingress = self.front_for(session.index)
-        half = {role: path.poll_s.get(role, 0.0) / 2 for role in POLL_ROLES}
 
         def answered(pending: bool) -> None:
             if pending:
                 self.sim.after(self.settle_poll_s, lambda: self._settle(session))
             else:
                 self._settled()
+
+        if not path.poll_s:
+            answered(session.update_pending)
+            return
+        self.polls += 1
+        poll = object()  # the poll's job in each process it passes
+        client, proxy, ingress = self.front_for(session.index)
+        half = {role: path.poll_s.get(role, 0.0) / 2 for role in POLL_ROLES}
 
         def at_store() -> None:
             pending = session.update_pending
