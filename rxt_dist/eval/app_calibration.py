@@ -347,11 +347,13 @@ def play_levels(url: str, cal: CalibrationConfig, levels: CheckLevels, app_name:
 
     from rxt_dist.eval.profile import (
         SpeedProbe,
+        busiest_threads,
         machine_cores,
         machine_cpu,
         measure_environment,
         process_cpu,
         serving_processes,
+        thread_sched,
     )
     from rxt_dist.eval.serving import ServingConfig, judge_targets, run_serving
     from rxt_dist.eval.simcheck import replay_cpu_s
@@ -384,12 +386,14 @@ def play_levels(url: str, cal: CalibrationConfig, levels: CheckLevels, app_name:
         log.info("S=%d: the calibration replayed: serving CPU %.1f ms per turn (%.2f chunks per answer)", sessions,
                  replay_cpu_s(replay_cpu) * 1e3, replay["chunks_per_turn"])
         cpu0, client0, machine0 = process_cpu(pids), time.process_time(), machine_cpu()
+        threads0 = thread_sched(pids)
         batches0, loop0 = updater.stats.remote().result(), generator.stats.remote().result()
         cfg = ServingConfig(url=url, sessions=(sessions,), turns=levels.turns, rounds=levels.rounds_for(sessions),
                             query_words=cal.query_words, max_tokens=cal.max_tokens)
         with SpeedProbe() as probe:
             one = run_serving(cfg, progress=True, command=command, server=server, describe_server=describe_server)
         cpu1, client1, machine1 = process_cpu(pids), time.process_time(), machine_cpu()
+        threads1 = thread_sched(pids)
         batches1, loop1 = updater.stats.remote().result(), generator.stats.remote().result()
         level = one["levels"][0]
         level["update_batches"] = update_batches(batches0, batches1)
@@ -403,6 +407,9 @@ def play_levels(url: str, cal: CalibrationConfig, levels: CheckLevels, app_name:
         turns = max(1, level["requests"] + cfg.warmup_turns)  # the warm-up's CPU is in the window too
         level["cpu_s_per_turn"] = {role: (cpu1[role] - cpu0[role]) / turns for role in cpu1}
         level["cpu_s_per_turn"]["client"] = (client1 - client0) / turns
+        # each serving process's busiest thread (its event loop): per turn, its CPU and its wait for a core
+        level["event_loop_s_per_turn"] = {role: {k: v / turns for k, v in thread.items()}
+                                          for role, thread in busiest_threads(threads0, threads1).items()}
         if report is None:
             report = one
         else:

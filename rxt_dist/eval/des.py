@@ -179,6 +179,13 @@ class Server:
         self.waking: list | None = None
         """Jobs that arrived while the event loop waits for a core to wake on (then: run them in order)."""
         self.busy_s = 0.0
+        self.loop_s = 0.0
+        """Seconds its event loop had work: a piece running, queued, or waiting for a core to
+        wake on (a real thread's CPU time and run-queue wait together)."""
+        self._loop_since: float | None = None
+        self.loop_work_s = 0.0
+        """Seconds of work its event loop did (at the profile's speed: the rest of ``loop_s`` it
+        waited for a core)."""
         self._owners: dict[object, int] = {}
         """Turns with a job in this process, and how many jobs each has here."""
 
@@ -190,6 +197,8 @@ class Server:
             return
         if not self.running and not self.queue:  # the event loop sleeps: this job wakes it
             self.waking = [(seconds, then, owner)]
+            if self.serial > 0:
+                self._loop_since = self.sim.now
 
             def woken() -> None:
                 jobs, self.waking = self.waking, None
@@ -221,6 +230,7 @@ class Server:
         if self.serial <= 0:
             rest()
             return
+        self.loop_work_s += seconds * self.serial
         self.queue.append((seconds * self.serial, rest if alongside > 0 else finished))
         if not self.running:
             self._next()
@@ -228,7 +238,12 @@ class Server:
     def _next(self) -> None:
         if not self.queue:
             self.running = False
+            if self._loop_since is not None:
+                self.loop_s += self.sim.now - self._loop_since
+                self._loop_since = None
             return
+        if self._loop_since is None:
+            self._loop_since = self.sim.now
         self.running = True
         seconds, then = self.queue.popleft()
 

@@ -348,16 +348,22 @@ def thread_cpu(pids: dict[str, list[int]]) -> dict[str, dict[tuple[int, int], fl
     elsewhere the clock ticks psutil reads (10 ms steps per thread: over a few seconds of a
     process with a handful of busy threads that alone moves a role's CPU per turn by several
     percent)."""
-    out: dict[str, dict[tuple[int, int], float]] = {}
+    return {role: {key: cpu for key, (cpu, _) in threads.items()} for role, threads in thread_sched(pids).items()}
+
+
+def thread_sched(pids: dict[str, list[int]]) -> dict[str, dict[tuple[int, int], tuple[float, float]]]:
+    """Per role, every thread's CPU seconds so far and its seconds waiting for a core so far (the
+    run queue's delay; 0.0 where the scheduler's account is not readable), by (pid, thread id)."""
+    out: dict[str, dict[tuple[int, int], tuple[float, float]]] = {}
     for role, group in pids.items():
-        threads: dict[tuple[int, int], float] = {}
+        threads: dict[tuple[int, int], tuple[float, float]] = {}
         for pid in group:
-            threads.update(_threads_cpu(pid))
+            threads.update(_threads_sched(pid))
         out[role] = threads
     return out
 
 
-def _threads_cpu(pid: int) -> dict[tuple[int, int], float]:
+def _threads_sched(pid: int) -> dict[tuple[int, int], tuple[float, float]]:
     import psutil
 
     try:
@@ -369,15 +375,31 @@ def _threads_cpu(pid: int) -> dict[tuple[int, int], float]:
         for tid in tids:
             try:
                 with open(f"/proc/{pid}/task/{tid}/schedstat", encoding="ascii") as f:
-                    out[(pid, int(tid))] = int(f.read().split()[0]) / 1e9
+                    fields = f.read().split()
+                out[(pid, int(tid))] = (int(fields[0]) / 1e9, int(fields[1]) / 1e9)
             except (FileNotFoundError, ProcessLookupError):  # the thread ended meanwhile
                 continue
         if out or not os.path.exists(f"/proc/{pid}"):
             return out
     try:
-        return {(pid, t.id): t.user_time + t.system_time for t in psutil.Process(pid).threads()}
+        return {(pid, t.id): (t.user_time + t.system_time, 0.0) for t in psutil.Process(pid).threads()}
     except psutil.NoSuchProcess:
         return {}
+
+
+def busiest_threads(before: dict[str, dict], after: dict[str, dict]) -> dict[str, dict[str, float]]:
+    """Per role, its busiest thread between two :func:`thread_sched` readings (the one that did
+    the most CPU: an event loop): the seconds it ran (``cpu_s``) and the seconds it waited for
+    a core (``wait_s``) — together, how long it had work."""
+    out = {}
+    for role, threads in after.items():
+        then = before.get(role, {})
+        deltas = [(cpu - then.get(key, (0.0, 0.0))[0], wait - then.get(key, (0.0, 0.0))[1])
+                  for key, (cpu, wait) in threads.items()]
+        if deltas:
+            cpu, wait = max(deltas)
+            out[role] = {"cpu_s": cpu, "wait_s": wait}
+    return out
 
 
 def serial_shares(before: dict[str, dict], after: dict[str, dict]) -> dict[str, float]:

@@ -44,6 +44,7 @@ def measured_figures(level: dict) -> dict[str, float | None]:
                if k.endswith("_per_update_s")},
             "decode_steps": level.get("decode_steps"), "cpu_s_per_turn": level.get("cpu_s_per_turn"),
             "session_polls": level.get("session_polls"),
+            "event_loop_s_per_turn": level.get("event_loop_s_per_turn"),
             **{f"decode_{k.removesuffix('_mean_s')}_s" if k.endswith("_mean_s") else f"decode_{k}": v
                for k, v in (level.get("decode_loop") or {}).items()}}
 
@@ -300,6 +301,11 @@ def check_details(rows: list[dict]) -> str:
             lines.append("      CPU ms per turn sim/measured: " + ", ".join(
                 f"{role} {sim['cpu_s_per_turn'][role] * 1e3:.1f}/{cpu[role] * 1e3:.1f}"
                 for role in sim["cpu_s_per_turn"] if role in cpu))
+        loops, simulated_loops = m.get("event_loop_s_per_turn"), sim.get("event_loop_s_per_turn") or {}
+        if loops:
+            lines.append("      event loop ms per turn sim/measured, its work + its wait for a core: " + ", ".join(
+                f"{role} {s['cpu_s'] * 1e3:.1f}+{s['wait_s'] * 1e3:.1f}/{loops[role]['cpu_s'] * 1e3:.1f}+"
+                f"{loops[role]['wait_s'] * 1e3:.1f}" for role, s in simulated_loops.items() if role in loops))
     return "\n".join(lines)
 
 

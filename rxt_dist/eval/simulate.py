@@ -468,6 +468,14 @@ def _cpu_per_turn(graph: Graph) -> dict[str, float]:
     return {role: seconds / turns for role, seconds in work.items()}
 
 
+def _event_loop_seconds(graph: Graph) -> dict[str, tuple[float, float]]:
+    """Per front role, the seconds its event loop had work and the work it did (``Server.loop_s``,
+    ``loop_work_s``; the busiest of a role's replicas), as the check reads each real process's
+    busiest thread (its CPU time and its wait for a core)."""
+    return {role: max((s.loop_s, s.loop_work_s) for s in servers) for role, servers in
+            (("client", graph.clients), ("proxy", graph.proxies), ("ingress", graph.ingress), ("store", graph.stores))}
+
+
 def _batch_phases(updaters: Sequence[Updater]) -> dict[str, float]:
     """A batch's mean duration and phases over the updaters (``update_batch_s``, …)."""
     batches = sum(len(u.batches) for u in updaters)
@@ -515,6 +523,7 @@ def simulate(p: CostProfile, w: Workload, replicas: Replicas | None = None, seed
     session ends when its last update is seen committed, polled at that interval (the serving
     benchmark's rounds end so), else when its last answer ends."""
     records, wall, iterations, polls = [], 0.0, 0, 0
+    loops: dict[str, list[float]] = {}
     for r in range(rounds):
         plan = None if answer_plan is None else [row[r * w.sessions:(r + 1) * w.sessions] for row in answer_plan]
         g = Graph(p, w, replicas or Replicas(), seed + r, answer_tokens, stops_early, ramp_s, plan, settle_poll_s)
@@ -523,7 +532,14 @@ def simulate(p: CostProfile, w: Workload, replicas: Replicas | None = None, seed
         wall += out["wall_s"]
         iterations += out["busy"]["decode_iterations"]
         polls += g.polls
+        for role, (had_work, worked) in _event_loop_seconds(g).items():
+            total = loops.setdefault(role, [0.0, 0.0])
+            total[0] += had_work
+            total[1] += worked
     result = summarise(records, wall, g)
     result["busy"]["decode_iterations"] = iterations  # every round's (the other busy figures: the last's)
+    result["event_loop_s_per_turn"] = {role: {"cpu_s": worked / max(1, len(records)),
+                                              "wait_s": max(0.0, had_work - worked) / max(1, len(records))}
+                                       for role, (had_work, worked) in loops.items()}
     result["session_polls"] = polls
     return result

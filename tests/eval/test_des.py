@@ -125,3 +125,32 @@ def test_a_thread_woken_while_every_core_is_taken_waits_for_one():
         assert float(order[1].split("@")[1]) == pytest.approx(waited + 0.002, abs=1e-6)  # then at half speed
         waits.append(waited)
     assert sum(waits) / len(waits) == pytest.approx(0.002, rel=0.2)  # the mean wait: one thread beyond one core
+
+
+def test_a_process_counts_the_time_its_event_loop_had_work_and_the_work_it_did():
+    """``Server.loop_s`` runs from the first piece's arrival (its wake-up's wait for a core
+    included) until the queue runs dry; ``loop_work_s`` holds the serial pieces' own work, so
+    what lies between is the wait for a core — as a real thread's CPU time and run-queue
+    wait read (``profile.busiest_threads``). Work done alongside counts in neither."""
+    from rxt_dist.eval.des import Server, Sim
+
+    alone = Sim(seed=0, cv=0.0)
+    server = Server(alone, serial=0.5)
+    for _ in range(2):
+        server.do(0.010)  # 5 ms on the loop each, one after the other; 5 ms alongside each
+    alone.run()
+    assert server.loop_s == pytest.approx(0.010) and server.loop_work_s == pytest.approx(0.010)
+
+    path = ServingPath(cores=1, other_load=0.0, wake_wait_s=0.002)
+    shared = Sim(seed=3, cv=0.0, speed=path.speed, wake_wait=path.wake_wait)
+    shared.cpu.run(1.0, lambda: None, hog=True)  # a model thread takes the only core
+    server = Server(shared, serial=1.0)
+    server.do(0.010)
+    shared.run(until=0.5)
+    # woken with the core taken: it waited for it, then ran at half speed beside the model
+    assert server.loop_work_s == pytest.approx(0.010)
+    assert server.loop_s == pytest.approx(shared.wake_waited_s + 0.020) and shared.wake_waited_s > 0
+    server.do(0.002)  # a second busy spell adds its own time, not the idle gap between
+    shared.run(until=0.9)
+    assert server.loop_work_s == pytest.approx(0.012)
+    assert server.loop_s > shared.wake_waited_s + 0.020 and server.loop_s < 0.1

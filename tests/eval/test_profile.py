@@ -57,6 +57,43 @@ def test_thread_cpu_reads_the_schedulers_nanoseconds_not_clock_ticks():
     assert process_cpu(pids)["here"] >= thread_cpu(pids)["here"][key]
 
 
+@pytest.mark.skipif(not os.path.exists(f"/proc/{os.getpid()}/task/{threading.get_native_id()}/schedstat")
+                    or not hasattr(os, "sched_setaffinity"),
+                    reason="the scheduler's per-thread account (Linux /proc) is not available")
+def test_the_busiest_thread_reads_its_cpu_and_its_wait_for_a_core():
+    """A thread that spins on a core another process spins on too runs about half the time and
+    waits for the core the other half: ``busiest_threads`` picks it over this process's idle
+    threads and reads both, together all of the wall time (it always had work)."""
+    import subprocess
+    import sys
+
+    from rxt_dist.eval.profile import busiest_threads, thread_sched
+
+    core = min(os.sched_getaffinity(0))
+    rival = subprocess.Popen([sys.executable, "-c", f"import os, time\nos.sched_setaffinity(0, {{{core}}})\n"
+                              "t = time.monotonic()\nwhile time.monotonic() < t + 5: pass"])
+    result: dict = {}
+
+    def spin() -> None:
+        os.sched_setaffinity(0, {core})  # this thread only
+        time.sleep(0.3)  # the rival has started spinning
+        pids = {"here": [os.getpid()]}
+        before, t0 = thread_sched(pids), time.monotonic()
+        while time.monotonic() < t0 + 0.6:
+            pass
+        result.update(busiest_threads(before, thread_sched(pids))["here"], wall_s=time.monotonic() - t0)
+
+    try:
+        worker = threading.Thread(target=spin)
+        worker.start()
+        worker.join()
+    finally:
+        rival.kill()
+        rival.wait()
+    assert result["cpu_s"] + result["wait_s"] == pytest.approx(result["wall_s"], rel=0.1), result
+    assert 0.2 < result["cpu_s"] / result["wall_s"] < 0.8 and result["wait_s"] > 0.2 * result["wall_s"], result
+
+
 def test_the_machines_cores_hold_our_own_work_and_split_off_the_rest():
     """Half a second of this thread spinning reads as up to one core of ours, inside the
     machine's busy cores (which also hold whatever else ran), the rest counted as other."""

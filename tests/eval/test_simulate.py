@@ -26,6 +26,26 @@ def test_one_session_without_contention_ttft_is_prefill_plus_overhead():
     assert cpu["store"] == pytest.approx(4 * 0.001, rel=1e-9)
     assert cpu["generator"] == pytest.approx(PREFILL + 7 * STEP, rel=1e-9)
     assert cpu["updater"] == pytest.approx(CONSOLIDATE, rel=1e-9)
+    # the store's event loop (all of its work serial here) had work for its four calls a turn,
+    # never waiting for a core: as the check reads a real process's busiest thread
+    store = r["event_loop_s_per_turn"]["store"]
+    assert store["cpu_s"] == pytest.approx(4 * 0.001, rel=1e-9)
+    assert store["wait_s"] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_a_busy_machine_makes_the_event_loops_wait_for_a_core():
+    """The same work per turn at 1 and 32 sessions on two cores: at 32 the Ingress's event loop
+    has work all the time and waits for a core about as long as it works, at 1 a third of that."""
+    p = measured_like()
+    per_turn, shares = {}, {}
+    for sessions in (1, 32):
+        r = simulate(p, Workload(sessions=sessions, answer_tokens=6, turns=6))
+        per_turn[sessions] = loop = r["event_loop_s_per_turn"]["ingress"]
+        shares[sessions] = (loop["cpu_s"] + loop["wait_s"]) * r["turns"] / r["wall_s"]  # of the time: had work
+    assert per_turn[32]["cpu_s"] == pytest.approx(per_turn[1]["cpu_s"], rel=1e-6)  # the same work
+    assert per_turn[32]["wait_s"] > 2 * per_turn[1]["wait_s"]
+    assert per_turn[32]["wait_s"] > 0.8 * per_turn[32]["cpu_s"]
+    assert shares[1] < 0.6 and shares[32] == pytest.approx(1.0, abs=0.02)
 
 
 def test_each_store_call_costs_its_measured_weight():
