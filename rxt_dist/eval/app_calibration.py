@@ -23,6 +23,9 @@ from rxt_dist.eval.app_readings import (
     read_share,
     session_poll_costs,
     store_call_costs,
+    store_counters,
+    store_shards,
+    store_waits,
     update_batches,
 )
 from rxt_dist.eval.capacity import APP_BATCHING, CostProfile, ServingPath, speed_trace
@@ -369,6 +372,7 @@ def play_levels(url: str, cal: CalibrationConfig, levels: CheckLevels, app_name:
     updater.stats.remote().result()  # the handles' routers run from here on, as at the calibration's
     generator.stats.remote().result()  # idle readings (:func:`calibrate`): every replay subtracts them
     warm_up(url, cal)
+    shards = store_shards()
     report = None
     for i, sessions in enumerate(levels.sessions):
         env = measure_environment()
@@ -386,17 +390,18 @@ def play_levels(url: str, cal: CalibrationConfig, levels: CheckLevels, app_name:
         log.info("S=%d: the calibration replayed: serving CPU %.1f ms per turn (%.2f chunks per answer)", sessions,
                  replay_cpu_s(replay_cpu) * 1e3, replay["chunks_per_turn"])
         cpu0, client0, machine0 = process_cpu(pids), time.process_time(), machine_cpu()
-        threads0 = thread_sched(pids)
+        threads0, stored0 = thread_sched(pids), store_counters(shards)
         batches0, loop0 = updater.stats.remote().result(), generator.stats.remote().result()
         cfg = ServingConfig(url=url, sessions=(sessions,), turns=levels.turns, rounds=levels.rounds_for(sessions),
                             query_words=cal.query_words, max_tokens=cal.max_tokens)
         with SpeedProbe() as probe:
             one = run_serving(cfg, progress=True, command=command, server=server, describe_server=describe_server)
         cpu1, client1, machine1 = process_cpu(pids), time.process_time(), machine_cpu()
-        threads1 = thread_sched(pids)
+        threads1, stored1 = thread_sched(pids), store_counters(shards)
         batches1, loop1 = updater.stats.remote().result(), generator.stats.remote().result()
         level = one["levels"][0]
         level["update_batches"] = update_batches(batches0, batches1)
+        level["store_waits"] = store_waits(stored0, stored1)
         level["decode_steps"] = loop1["steps"] - loop0["steps"]  # one Generator replica (the check's app runs one)
         level["decode_loop"] = decode_loop_counters(loop0, loop1)
         level["environment"] = {**env, "speed_probe_s": probe.median_s, "speed_probe_pieces_s": probe.rounded_pieces(),

@@ -82,6 +82,43 @@ def session_poll_costs(url: str, pids: dict[str, list[int]], rate: dict[str, flo
     return asyncio.run(play())
 
 
+def store_shards() -> dict[int, Any]:
+    """The session store's shard actors, by shard number. The cluster must hold one session
+    store (the application's)."""
+    import ray
+
+    from rxt_dist.serving.protocol import STORE_NAMESPACE, store_actor_shard
+
+    names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["namespace"] == STORE_NAMESPACE]
+    return {shard: ray.get_actor(name, namespace=STORE_NAMESPACE)
+            for name in names if (shard := store_actor_shard(name)) is not None}
+
+
+STORE_WAIT_COUNTERS = ("claims_waited", "claim_pending_age_s", "commits", "commit_write_s")
+"""The store shards' counters :func:`store_waits` reads (``SessionStore.snapshot``)."""
+
+
+def store_counters(shards: dict[int, Any]) -> dict[str, float]:
+    """:data:`STORE_WAIT_COUNTERS` summed over the shards, as they stand now."""
+    import ray
+
+    snapshots = ray.get([shard.stats.remote() for shard in shards.values()])
+    return {key: sum(snap.get(key, 0) for snap in snapshots) for key in STORE_WAIT_COUNTERS}
+
+
+def store_waits(before: dict[str, float], after: dict[str, float]) -> dict[str, float | None]:
+    """Between two :func:`store_counters` readings: how long after a turn was recorded its
+    session's next turn reached the store, for those that found its update still pending
+    (``claim_pending_age_s``, mean: the way back to the client and the next request's way in),
+    and how long from an update's commit time to the release of the turn waiting on it
+    (``commit_write_s``, mean: the write), with their counts."""
+    waited, commits = after["claims_waited"] - before["claims_waited"], after["commits"] - before["commits"]
+    return {"claims_waited": waited, "commits": commits,
+            "claim_pending_age_s": (after["claim_pending_age_s"] - before["claim_pending_age_s"]) / waited
+            if waited else None,
+            "commit_write_s": (after["commit_write_s"] - before["commit_write_s"]) / commits if commits else None}
+
+
 def store_call_costs(url: str, pids: dict[str, list[int]], cycles: int = 200) -> tuple[dict[str, float], float]:
     """The store shard's CPU seconds per call of each kind a turn makes, measured on a session of
     its own: ``cycles`` times claim (``begin_turn``), record (``finish_turn``, moving the
@@ -94,21 +131,14 @@ def store_call_costs(url: str, pids: dict[str, list[int]], cycles: int = 200) ->
     import ray
 
     from rxt_dist.eval.profile import process_cpu
-    from rxt_dist.serving.protocol import (
-        SESSION_HEADER,
-        STORE_NAMESPACE,
-        store_actor_shard,
-        transcript_start,
-        transcript_step,
-    )
+    from rxt_dist.serving.protocol import SESSION_HEADER, transcript_start, transcript_step
     from rxt_dist.serving.session_records import shard_of
 
     r = httpx.post(f"{url}/v1/sessions", timeout=30.0)
     r.raise_for_status()
     sid = r.headers[SESSION_HEADER]
-    names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["namespace"] == STORE_NAMESPACE]
-    shards = {shard: name for name in names if (shard := store_actor_shard(name)) is not None}
-    shard = ray.get_actor(shards[shard_of(sid, len(shards))], namespace=STORE_NAMESPACE)
+    shards = store_shards()
+    shard = shards[shard_of(sid, len(shards))]
     store = {"store": pids["store"]}
     spent = dict.fromkeys(STORE_CALLS, 0.0)
     transcript = transcript_start(None, None)  # the new session's, as the Ingress indexes it

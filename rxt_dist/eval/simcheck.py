@@ -44,7 +44,7 @@ def measured_figures(level: dict) -> dict[str, float | None]:
                if k.endswith("_per_update_s")},
             "decode_steps": level.get("decode_steps"), "cpu_s_per_turn": level.get("cpu_s_per_turn"),
             "session_polls": level.get("session_polls"),
-            "event_loop_s_per_turn": level.get("event_loop_s_per_turn"),
+            "event_loop_s_per_turn": level.get("event_loop_s_per_turn"), "store_waits": level.get("store_waits"),
             **{f"decode_{k.removesuffix('_mean_s')}_s" if k.endswith("_mean_s") else f"decode_{k}": v
                for k, v in (level.get("decode_loop") or {}).items()}}
 
@@ -301,6 +301,12 @@ def check_details(rows: list[dict]) -> str:
             lines.append("      CPU ms per turn sim/measured: " + ", ".join(
                 f"{role} {sim['cpu_s_per_turn'][role] * 1e3:.1f}/{cpu[role] * 1e3:.1f}"
                 for role in sim["cpu_s_per_turn"] if role in cpu))
+        waits, simulated_waits = m.get("store_waits"), sim.get("store_waits") or {}
+        if waits and waits.get("claim_pending_age_s") and simulated_waits.get("claim_pending_age_s"):
+            lines.append(f"      at the store ms sim/measured: a waiting turn's arrival after the turn before was "
+                         f"recorded {simulated_waits['claim_pending_age_s'] * 1e3:.1f}/"
+                         f"{waits['claim_pending_age_s'] * 1e3:.1f}, an update's commit time to its release "
+                         f"{simulated_waits['commit_write_s'] * 1e3:.1f}/{waits['commit_write_s'] * 1e3:.1f}")
         loops, simulated_loops = m.get("event_loop_s_per_turn"), sim.get("event_loop_s_per_turn") or {}
         if loops:
             lines.append("      event loop ms per turn sim/measured, its work + its wait for a core: " + ", ".join(

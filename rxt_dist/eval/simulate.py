@@ -76,6 +76,8 @@ class _Session:
     index: int
     turns_left: int
     update_pending: bool = False
+    pending_since: float = 0.0
+    """When the store recorded the turn whose update is pending."""
     on_commit: Callable[[], None] | None = None
 
 
@@ -146,6 +148,8 @@ class Turn:
             self.g.store_of(session.index).do(self.g.p.path.store_call("claim"), self._generate, self)
 
         if session.update_pending:
+            self.g.claims_waited += 1
+            self.g.claim_pending_age_s += arrived - session.pending_since
             session.on_commit = claim
         else:
             claim()
@@ -234,6 +238,7 @@ class Turn:
         """The turn is stored as pending; the end of the answer goes out through Ingress, proxy
         and client."""
         self.session.update_pending = True
+        self.session.pending_since = self.g.sim.now
         path = self.g.p.path
         ingress, out = self.inward[-1], self.inward[-2::-1]
 
@@ -265,6 +270,8 @@ class Turn:
 
     def committed(self) -> None:
         """The new version is written and visible: the session's next turn may claim it."""
+        self.g.commits += 1
+        self.g.commit_write_s += self.g.sim.now - self.commit_at
         self.session.update_pending = False
         waiting, self.session.on_commit = self.session.on_commit, None
         if waiting is not None:
@@ -306,6 +313,11 @@ class Graph:
         self.records: list[TurnRecord] = []
         self.polls = 0
         """The clients' session polls for their last commits (with ``settle_poll_s``)."""
+        self.claims_waited, self.claim_pending_age_s = 0, 0.0
+        """Claims that found the previous turn's update pending, and the seconds since the store
+        recorded that turn, summed (as the store shard counts them, ``SessionStore.snapshot``)."""
+        self.commits, self.commit_write_s = 0, 0.0
+        """Updates committed, and the seconds from each one's commit stamp to its release, summed."""
         self.in_flight = 0
         """Turns between their request and the end of their answer at the client."""
         self.sessions = [_Session(i, w.turns) for i in range(w.sessions)]
@@ -524,6 +536,7 @@ def simulate(p: CostProfile, w: Workload, replicas: Replicas | None = None, seed
     benchmark's rounds end so), else when its last answer ends."""
     records, wall, iterations, polls = [], 0.0, 0, 0
     loops: dict[str, list[float]] = {}
+    waits = dict.fromkeys(("claims_waited", "claim_pending_age_s", "commits", "commit_write_s"), 0.0)
     for r in range(rounds):
         plan = None if answer_plan is None else [row[r * w.sessions:(r + 1) * w.sessions] for row in answer_plan]
         g = Graph(p, w, replicas or Replicas(), seed + r, answer_tokens, stops_early, ramp_s, plan, settle_poll_s)
@@ -532,6 +545,8 @@ def simulate(p: CostProfile, w: Workload, replicas: Replicas | None = None, seed
         wall += out["wall_s"]
         iterations += out["busy"]["decode_iterations"]
         polls += g.polls
+        for key in waits:
+            waits[key] += getattr(g, key)
         for role, (had_work, worked) in _event_loop_seconds(g).items():
             total = loops.setdefault(role, [0.0, 0.0])
             total[0] += had_work
@@ -542,4 +557,9 @@ def simulate(p: CostProfile, w: Workload, replicas: Replicas | None = None, seed
                                               "wait_s": max(0.0, had_work - worked) / max(1, len(records))}
                                        for role, (had_work, worked) in loops.items()}
     result["session_polls"] = polls
+    waited, commits = int(waits["claims_waited"]), int(waits["commits"])
+    result["store_waits"] = {
+        "claims_waited": waited, "commits": commits,
+        "claim_pending_age_s": waits["claim_pending_age_s"] / waited if waited else None,
+        "commit_write_s": waits["commit_write_s"] / commits if commits else None}
     return result

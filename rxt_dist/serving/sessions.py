@@ -93,6 +93,8 @@ class SessionStore(SessionCache):
         self._links: OrderedDict[str, str] = OrderedDict()  # recently used transcript index entries
         self.claims = self.stm_sent = self.stm_sent_bytes = 0  # turns claimed; STMs handed out with them or by read_stm
         self.update_reads = self.update_read_bytes = 0  # STMs (and bytes) handed out to updaters by update_input
+        self.claims_waited, self.claim_pending_age_s = 0, 0.0  # claims that found an update pending; its age then
+        self.commits, self.commit_write_s = 0, 0.0  # updates committed; seconds from their commit time to their release
 
     # ---- the API ---------------------------------------------------------------------------
 
@@ -172,6 +174,9 @@ class SessionStore(SessionCache):
         # went away must not lock the session for a whole turn lease.
         entry.claim = Claim(lease, now + wait_s + _WAIT_GRACE_S)
         was_pending = entry.meta.pending is not None
+        if was_pending:
+            self.claims_waited += 1
+            self.claim_pending_age_s += max(0.0, now - entry.meta.pending.since)
         started = time.monotonic()
         try:
             if not entry.settled.is_set():
@@ -333,6 +338,8 @@ class SessionStore(SessionCache):
             await asyncio.to_thread(self._persist, new, stm, base_version)
             entry.meta, entry.stm = new, stm
             entry.settled.set()
+            self.commits += 1
+            self.commit_write_s += max(0.0, time.time() - now)
         return _status(StoreStatus.APPLIED, version=new.version)
 
     async def commit_updates(self, commits: list[tuple[str, int, bytes, str | None]]) -> list[dict]:
@@ -470,13 +477,18 @@ class SessionStore(SessionCache):
         how many expired and were evicted so far; turns claimed, and the STMs (and bytes)
         handed out for answering them (by ``begin_turn`` or ``read_stm``; a decoder that
         holds the STM reads none), and to updaters (``update_reads``; an updater that computed
-        the STM reads none)."""
+        the STM reads none); the claims that found the previous turn's update pending
+        (``claims_waited``) and how long after that turn was recorded they came, summed
+        (``claim_pending_age_s``); the updates committed (``commits``) and the seconds from each
+        one's commit time to the waiting turn's release (its write, ``commit_write_s``), summed."""
         now = time.time()
         return {"cached": len(self._entries), "in_use": self._in_use(now), "stored": self._stored,
                 "pending": sum(e.meta.pending is not None for e in self._entries.values()),
                 "expired": self.expired, "evicted": self.evicted, "claims": self.claims,
                 "stm_sent": self.stm_sent, "stm_sent_bytes": self.stm_sent_bytes,
-                "update_reads": self.update_reads, "update_read_bytes": self.update_read_bytes}
+                "update_reads": self.update_reads, "update_read_bytes": self.update_read_bytes,
+                "claims_waited": self.claims_waited, "claim_pending_age_s": self.claim_pending_age_s,
+                "commits": self.commits, "commit_write_s": self.commit_write_s}
 
     async def stats(self) -> dict:
         return self.snapshot()

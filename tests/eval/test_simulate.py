@@ -298,7 +298,7 @@ def test_the_update_lag_ends_at_the_commit_stamp_and_the_next_turn_waits_for_the
     """The store stamps a commit's time before it writes the version (STM, then the meta that
     names it): the benchmark's update lag ends at the stamp, the session's next turn at the
     write's end."""
-    path = ServingPath(store_op_s=0.004, update_batch_wait_s=0.0, cores=1e9)
+    path = ServingPath(store_op_s=0.004, update_batch_wait_s=0.0, cores=1e9, request_latency_s=0.003)
     w = Workload(sessions=1, think_time_s=0.0, answer_tokens=4, turns=5)
     unmeasured = profile(path)
     measured = dataclasses.replace(unmeasured, storage={"float32": {"local_disk": {"write_s": 0.001}}})
@@ -307,6 +307,14 @@ def test_the_update_lag_ends_at_the_commit_stamp_and_the_next_turn_waits_for_the
     assert after["update_lag_p50_s"] == pytest.approx(before["update_lag_p50_s"] - 0.002, rel=1e-9)
     assert after["ttft_p99_s"] == pytest.approx(before["ttft_p99_s"], rel=1e-9)  # waits for the whole commit
     assert after["waited_share"] == pytest.approx(4 / 5)
+    # the store's counts, as a shard keeps them: four waiting turns, each of five commits released
+    # a write after its stamp; a waiting turn arrives as long after the turn before was recorded
+    # with the write as without it (the end's way out and the next request's way in)
+    waits, unwritten = after["store_waits"], before["store_waits"]
+    assert (waits["claims_waited"], waits["commits"]) == (4, 5)
+    assert waits["commit_write_s"] == pytest.approx(0.002, rel=1e-9) and unwritten["commit_write_s"] == 0.0
+    assert waits["claim_pending_age_s"] == pytest.approx(unwritten["claim_pending_age_s"], rel=1e-9)
+    assert waits["claim_pending_age_s"] == pytest.approx(0.003, rel=1e-9)
 
 
 def test_a_traced_machine_widens_the_tail_and_a_steady_trace_changes_nothing():

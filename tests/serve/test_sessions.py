@@ -114,12 +114,24 @@ def test_a_waiting_turn_starts_from_the_update_it_waited_for(tmp_path):
         await store.create(sid, b"stm0", SHAPE)
         await store.begin_turn(sid, "a", 1.0)
         await store.finish_turn(sid, "a", 0, [1], [2])
+        recorded = time.time()
+        await asyncio.sleep(0.05)  # the next turn comes a while after this one was recorded
         waiter = asyncio.create_task(store.begin_turn(sid, "b", 5.0))
         await asyncio.sleep(0.1)
         assert not waiter.done()
+        stamped = time.time()
         await store.commit_update(sid, 0, b"stm1")
+        released = time.time()
         claim = await asyncio.wait_for(waiter, 1.0)
         assert claim["status"] == "ok" and claim["version"] == 1 and claim["stm"] == b"stm1"
+        # the store counts the wait's two ends: the waiting turn's arrival after the turn before
+        # was recorded, and the commit's time to the release (its write)
+        counts = store.snapshot()
+        assert counts["claims_waited"] == 1 and counts["commits"] == 1
+        assert 0.05 <= counts["claim_pending_age_s"] <= 0.1 + (time.time() - recorded)
+        assert claim["committed"] >= stamped and 0 < counts["commit_write_s"] <= released - stamped
+        await store.begin_turn(sid, "b", 1.0)  # the same lease again, nothing pending: not counted
+        assert store.snapshot()["claims_waited"] == 1
     run(scenario())
 
 
