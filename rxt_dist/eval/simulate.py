@@ -553,8 +553,8 @@ def simulate(p: CostProfile, w: Workload, replicas: Replicas | None = None, seed
             total[1] += worked
     result = summarise(records, wall, g)
     result["busy"]["decode_iterations"] = iterations  # every round's (the other busy figures: the last's)
-    result["event_loop_s_per_turn"] = {role: {"cpu_s": worked / max(1, len(records)),
-                                              "wait_s": max(0.0, had_work - worked) / max(1, len(records))}
+    turns = max(1, len(records))
+    result["event_loop_s_per_turn"] = {role: {"cpu_s": worked / turns, "wait_s": max(0.0, had_work - worked) / turns}
                                        for role, (had_work, worked) in loops.items()}
     result["session_polls"] = polls
     waited, commits = int(waits["claims_waited"]), int(waits["commits"])
