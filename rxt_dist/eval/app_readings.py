@@ -94,7 +94,8 @@ def store_shards() -> dict[int, Any]:
             for name in names if (shard := store_actor_shard(name)) is not None}
 
 
-STORE_WAIT_COUNTERS = ("claims_waited", "claim_pending_age_s", "commits", "commit_write_s")
+STORE_WAIT_COUNTERS = ("claims_waited", "claim_pending_age_s", "commits", "commit_write_s", "commit_persist_s",
+                       "commit_persist_cpu_s")
 """The store shards' counters :func:`store_waits` reads (``SessionStore.snapshot``)."""
 
 
@@ -111,12 +112,14 @@ def store_waits(before: dict[str, float], after: dict[str, float]) -> dict[str, 
     session's next turn reached the store, for those that found its update still pending
     (``claim_pending_age_s``, mean: the way back to the client and the next request's way in),
     and how long from an update's commit time to the release of the turn waiting on it
-    (``commit_write_s``, mean: the write), with their counts."""
+    (``commit_write_s``, mean: the write), of that the write on its worker thread (its wall and
+    CPU seconds, ``commit_persist_s`` and ``commit_persist_cpu_s``, means), with their counts."""
     waited, commits = after["claims_waited"] - before["claims_waited"], after["commits"] - before["commits"]
+    per_commit = {key: (after[key] - before[key]) / commits if commits else None
+                  for key in ("commit_write_s", "commit_persist_s", "commit_persist_cpu_s")}
     return {"claims_waited": waited, "commits": commits,
             "claim_pending_age_s": (after["claim_pending_age_s"] - before["claim_pending_age_s"]) / waited
-            if waited else None,
-            "commit_write_s": (after["commit_write_s"] - before["commit_write_s"]) / commits if commits else None}
+            if waited else None, **per_commit}
 
 
 def store_call_costs(url: str, pids: dict[str, list[int]], cycles: int = 200) -> tuple[dict[str, float], float]:

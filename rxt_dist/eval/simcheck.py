@@ -306,7 +306,9 @@ def check_details(rows: list[dict]) -> str:
             lines.append(f"      at the store ms sim/measured: a waiting turn's arrival after the turn before was "
                          f"recorded {simulated_waits['claim_pending_age_s'] * 1e3:.1f}/"
                          f"{waits['claim_pending_age_s'] * 1e3:.1f}, an update's commit time to its release "
-                         f"{simulated_waits['commit_write_s'] * 1e3:.1f}/{waits['commit_write_s'] * 1e3:.1f}")
+                         f"{simulated_waits['commit_write_s'] * 1e3:.1f}/{waits['commit_write_s'] * 1e3:.1f}"
+                         + (f" (measured: the write on its thread {waits['commit_persist_s'] * 1e3:.1f}, its CPU "
+                            f"{waits['commit_persist_cpu_s'] * 1e3:.1f})" if waits.get("commit_persist_s") else ""))
         loops, simulated_loops = m.get("event_loop_s_per_turn"), sim.get("event_loop_s_per_turn") or {}
         if loops:
             lines.append("      event loop ms per turn sim/measured, its work + its wait for a core: " + ", ".join(

@@ -95,6 +95,7 @@ class SessionStore(SessionCache):
         self.update_reads = self.update_read_bytes = 0  # STMs (and bytes) handed out to updaters by update_input
         self.claims_waited, self.claim_pending_age_s = 0, 0.0  # claims that found an update pending; its age then
         self.commits, self.commit_write_s = 0, 0.0  # updates committed; seconds from their commit time to their release
+        self.commit_persist_s = self.commit_persist_cpu_s = 0.0  # of that, the write on its thread: wall and CPU
 
     # ---- the API ---------------------------------------------------------------------------
 
@@ -335,12 +336,20 @@ class SessionStore(SessionCache):
                 return _status(StoreStatus.CONFLICT, version=meta.version)
             now = time.time()
             new = replace(meta, updated=now, version=base_version + 1, pending=None, committed=now)
-            await asyncio.to_thread(self._persist, new, stm, base_version)
+            wall, cpu = await asyncio.to_thread(self._timed_persist, new, stm, base_version)
             entry.meta, entry.stm = new, stm
             entry.settled.set()
             self.commits += 1
             self.commit_write_s += max(0.0, time.time() - now)
+            self.commit_persist_s += wall
+            self.commit_persist_cpu_s += cpu
         return _status(StoreStatus.APPLIED, version=new.version)
+
+    def _timed_persist(self, meta: SessionMeta, stm: bytes, drop_version: int) -> tuple[float, float]:
+        """:meth:`_persist` on the calling (worker) thread; its wall and CPU seconds there."""
+        wall, cpu = time.perf_counter(), time.thread_time()
+        self._persist(meta, stm, drop_version)
+        return time.perf_counter() - wall, time.thread_time() - cpu
 
     async def commit_updates(self, commits: list[tuple[str, int, bytes, str | None]]) -> list[dict]:
         """:meth:`commit_update` of each ``(sid, base_version, stm, lease)`` in one call — a
@@ -480,7 +489,9 @@ class SessionStore(SessionCache):
         the STM reads none); the claims that found the previous turn's update pending
         (``claims_waited``) and how long after that turn was recorded they came, summed
         (``claim_pending_age_s``); the updates committed (``commits``) and the seconds from each
-        one's commit time to the waiting turn's release (its write, ``commit_write_s``), summed."""
+        one's commit time to the waiting turn's release (its write, ``commit_write_s``), summed,
+        and of that the write itself on its worker thread, its wall and CPU seconds
+        (``commit_persist_s``, ``commit_persist_cpu_s``)."""
         now = time.time()
         return {"cached": len(self._entries), "in_use": self._in_use(now), "stored": self._stored,
                 "pending": sum(e.meta.pending is not None for e in self._entries.values()),
@@ -488,7 +499,8 @@ class SessionStore(SessionCache):
                 "stm_sent": self.stm_sent, "stm_sent_bytes": self.stm_sent_bytes,
                 "update_reads": self.update_reads, "update_read_bytes": self.update_read_bytes,
                 "claims_waited": self.claims_waited, "claim_pending_age_s": self.claim_pending_age_s,
-                "commits": self.commits, "commit_write_s": self.commit_write_s}
+                "commits": self.commits, "commit_write_s": self.commit_write_s,
+                "commit_persist_s": self.commit_persist_s, "commit_persist_cpu_s": self.commit_persist_cpu_s}
 
     async def stats(self) -> dict:
         return self.snapshot()

@@ -130,6 +130,9 @@ def test_a_waiting_turn_starts_from_the_update_it_waited_for(tmp_path):
         assert counts["claims_waited"] == 1 and counts["commits"] == 1
         assert 0.05 <= counts["claim_pending_age_s"] <= 0.1 + (time.time() - recorded)
         assert claim["committed"] >= stamped and 0 < counts["commit_write_s"] <= released - stamped
+        # of that, the write on its worker thread: no more than all of it, its CPU no more than its wall
+        assert 0 < counts["commit_persist_s"] <= counts["commit_write_s"]
+        assert 0 <= counts["commit_persist_cpu_s"] <= counts["commit_persist_s"] + 1e-3
         await store.begin_turn(sid, "b", 1.0)  # the same lease again, nothing pending: not counted
         assert store.snapshot()["claims_waited"] == 1
     run(scenario())
