@@ -45,12 +45,14 @@ from rxt_dist.serving.api import (
 )
 from rxt_dist.serving.event_stream import EventStream
 from rxt_dist.serving.protocol import (
+    ARRIVED_HEADER,
     COMMITTED_HEADER,
     IDEMPOTENCY_HEADER,
     MAX_IDEMPOTENCY_KEY,
     REPLAYED_HEADER,
     SESSION_HEADER,
     VERSION_HEADER,
+    WAITED_FOR_HEADER,
     WAITED_HEADER,
     StoreStatus,
     log_id,
@@ -193,6 +195,10 @@ class Ingress:
                    WAITED_HEADER: f"{claim['waited_s'] * 1e3:.3f}"}
         if claim.get("committed") is not None:
             headers[COMMITTED_HEADER] = f"{claim['committed']:.6f}"
+        if claim.get("arrived_at") is not None:  # where a turn's time goes, on the store's clock
+            headers[ARRIVED_HEADER] = f"{claim['arrived_at']:.6f}"
+        if claim.get("waited_for_recorded_at") is not None:
+            headers[WAITED_FOR_HEADER] = f"{claim['waited_for_recorded_at']:.6f}"
         query_len = len(turn.query_ids)
         if status(claim) == StoreStatus.REPLAY:
             headers[REPLAYED_HEADER] = "true"

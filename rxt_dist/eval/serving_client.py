@@ -10,7 +10,14 @@ import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from rxt_dist.serving.protocol import COMMITTED_HEADER, SESSION_HEADER, VERSION_HEADER, WAITED_HEADER
+from rxt_dist.serving.protocol import (
+    ARRIVED_HEADER,
+    COMMITTED_HEADER,
+    SESSION_HEADER,
+    VERSION_HEADER,
+    WAITED_FOR_HEADER,
+    WAITED_HEADER,
+)
 
 MAX_SESSIONS = 256
 """Most concurrent sessions one level may open (the benchmark is bounded in count)."""
@@ -118,8 +125,20 @@ class TurnResult:
     """``x-memory-version``: the memory version the answer was generated from."""
     read_committed_at: float | None = None
     """``x-memory-committed-at``: when that version was committed (server clock)."""
+    sent_at: float | None = None
+    """Wall-clock time the request was sent (client clock)."""
     ended_at: float | None = None
     """Wall-clock time ``[DONE]`` was read (client clock)."""
+    claim_arrived_at: float | None = None
+    """``x-claim-arrived-at``: when the request's claim reached the store (server clock)."""
+    waited_for_recorded_at: float | None = None
+    """``x-waited-for-turn-recorded-at``: when the turn whose update the claim found pending was
+    recorded at the store (server clock; None: nothing was pending)."""
+    way_in_s: float | None = None
+    """Request sent → its claim at the store (the next request's way in)."""
+    way_out_s: float | None = None
+    """This turn recorded at the store → ``[DONE]`` read (the end's way out), where the next
+    turn's claim found this turn's update pending (its header names the record time)."""
     lag_s: float | None = None
     """End of this answer → commit of the version it produced. The update starts once the
     Ingress has handed ``[DONE]`` to Serve's proxy, so under load it can commit before the
@@ -189,7 +208,7 @@ class ServingClient:
                 "max_tokens": self.cfg.max_tokens, "temperature": 0}
         if self.cfg.ignore_eos:
             body["ignore_eos"] = True
-        started = time.perf_counter()
+        started, result.sent_at = time.perf_counter(), time.time()
         try:
             async with self.http.post(self.base + "/v1/chat/completions", json=body,
                                       headers={SESSION_HEADER: sid}) as r:
@@ -244,6 +263,11 @@ def _read_headers(result: TurnResult, headers) -> None:
         result.waited_ms = float(headers[WAITED_HEADER])
     if COMMITTED_HEADER in headers:
         result.read_committed_at = float(headers[COMMITTED_HEADER])
+    if ARRIVED_HEADER in headers:
+        result.claim_arrived_at = float(headers[ARRIVED_HEADER])
+        result.way_in_s = result.claim_arrived_at - result.sent_at
+    if WAITED_FOR_HEADER in headers:
+        result.waited_for_recorded_at = float(headers[WAITED_FOR_HEADER])
 
 
 async def _read_stream(result: TurnResult, lines, started: float) -> None:

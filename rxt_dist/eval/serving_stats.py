@@ -101,6 +101,18 @@ def _waited_summary(waited: list[list[float]]) -> dict[str, Any]:
             **{k: v for k, v in _dist(positive, "ms").items() if k != "count"}}
 
 
+def _between_turns(done: list[TurnResult]) -> dict[str, Any]:
+    """Where the time between two turns of a session goes, from the client's clock and the
+    store's headers (one machine, one clock): ``way_out``, a turn recorded at the store →
+    its end read by the client (the turns whose next turn waited for their update), and
+    ``way_in``, a request sent → its claim at the store."""
+    out = {}
+    for name in ("way_out", "way_in"):
+        values = [getattr(r, f"{name}_s") for r in done if getattr(r, f"{name}_s") is not None]
+        out[name] = {**_dist(values), "mean_s": float(np.mean(values)) if values else None}
+    return out
+
+
 def _token_summary(run: LevelRun, done: list[TurnResult], max_tokens: int) -> dict[str, Any]:
     total = sum(r.completion_tokens for r in done)
     per_session = [x for x in (_tokens_per_s(s) for s in run.turns) if x is not None]
@@ -154,6 +166,7 @@ def summarise_level(run: LevelRun, cfg: ServingConfig) -> dict[str, Any]:
         # Negative: the commit landed before [DONE] reached the client (slow proxy or client).
         "update_lag": {**_dist(_flat(lag)), "negative_count": sum(x < 0 for x in _flat(lag))},
         "waited": _waited_summary(waited),
+        "between_turns": _between_turns(done),
         **_token_summary(run, done, cfg.max_tokens),
         "lag_below_median_answer": lag_p50 < answer_p50 if lag_p50 is not None and answer_p50 else None,
         "samples": {"ttft_s": ttft, "answer_s": answer, "update_lag_s": lag, "waited_ms": waited,

@@ -45,6 +45,7 @@ def measured_figures(level: dict) -> dict[str, float | None]:
             "decode_steps": level.get("decode_steps"), "cpu_s_per_turn": level.get("cpu_s_per_turn"),
             "session_polls": level.get("session_polls"),
             "event_loop_s_per_turn": level.get("event_loop_s_per_turn"), "store_waits": level.get("store_waits"),
+            "between_turns": level.get("between_turns"),
             **{f"decode_{k.removesuffix('_mean_s')}_s" if k.endswith("_mean_s") else f"decode_{k}": v
                for k, v in (level.get("decode_loop") or {}).items()}}
 
@@ -309,6 +310,15 @@ def check_details(rows: list[dict]) -> str:
                          f"{simulated_waits['commit_write_s'] * 1e3:.1f}/{waits['commit_write_s'] * 1e3:.1f}"
                          + (f" (measured: the write on its thread {waits['commit_persist_s'] * 1e3:.1f}, its CPU "
                             f"{waits['commit_persist_cpu_s'] * 1e3:.1f})" if waits.get("commit_persist_s") else ""))
+        between, simulated_between = m.get("between_turns") or {}, sim.get("between_turns") or {}
+        ways = [(what, simulated_between.get(key) or {}, between.get(key) or {})
+                for what, key in (("a turn recorded to its end at the client", "way_out"),
+                                  ("a request sent to its claim at the store", "way_in"))]
+        if any(m_way.get("mean_s") is not None and s_way.get("mean_s") is not None for _, s_way, m_way in ways):
+            lines.append("      between turns ms mean (p50) sim/measured: " + ", ".join(
+                f"{what} {s_way['mean_s'] * 1e3:.1f} ({s_way['p50_s'] * 1e3:.1f})/{m_way['mean_s'] * 1e3:.1f} "
+                f"({m_way['p50_s'] * 1e3:.1f})" for what, s_way, m_way in ways
+                if m_way.get("mean_s") is not None and s_way.get("mean_s") is not None))
         loops, simulated_loops = m.get("event_loop_s_per_turn"), sim.get("event_loop_s_per_turn") or {}
         if loops:
             lines.append("      event loop ms per turn sim/measured, its work + its wait for a core: " + ", ".join(

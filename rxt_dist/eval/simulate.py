@@ -79,6 +79,9 @@ class _Session:
     pending_since: float = 0.0
     """When the store recorded the turn whose update is pending."""
     on_commit: Callable[[], None] | None = None
+    last_turn: TurnRecord | None = None
+    """The session's last turn whose end the client has read, and when it read it."""
+    last_ended: float = 0.0
 
 
 @dataclass
@@ -92,6 +95,11 @@ class TurnRecord:
     waited_s: float = 0.0
     lag_s: float = math.nan
     tokens: int = 0
+    way_in_s: float = math.nan
+    """Request sent → its claim at the store."""
+    way_out_s: float = math.nan
+    """Turn recorded at the store → its end read by the client, where the next turn's claim
+    found this turn's update pending (as the serving benchmark reads it)."""
 
 
 class Turn:
@@ -142,12 +150,15 @@ class Turn:
     def _claim(self) -> None:
         arrived = self.g.sim.now
         session = self.session
+        self.record.way_in_s = arrived - self.sent
 
         def claim() -> None:
             self.record.waited_s = self.g.sim.now - arrived
             self.g.store_of(session.index).do(self.g.p.path.store_call("claim"), self._generate, self)
 
         if session.update_pending:
+            if session.last_turn is not None:
+                session.last_turn.way_out_s = session.last_ended - session.pending_since
             self.g.claims_waited += 1
             self.g.claim_pending_age_s += arrived - session.pending_since
             session.on_commit = claim
@@ -358,6 +369,7 @@ class Graph:
     def turn_ended(self, turn: Turn) -> None:
         self.in_flight -= 1
         self.records.append(turn.record)
+        turn.session.last_turn, turn.session.last_ended = turn.record, self.sim.now
         self.last_end = max(self.last_end, self.sim.now)
         if turn.session.turns_left > 0:
             self.sim.after(self.w.think_time_s, lambda: self._start_turn(turn.session))
@@ -451,6 +463,10 @@ def summarise(records: Sequence[TurnRecord], wall_s: float, graph: Graph | None 
         "waited_share": sum(r.waited_s > 0 for r in records) / len(records) if records else None,
         "tokens_per_s": sum(r.tokens for r in records) / wall_s if wall_s else None,
         "wall_s": wall_s,
+        "between_turns": {name: {"p50_s": _pct(values, 50), "mean_s": float(np.mean(kept)) if kept else None}
+                          for name, values in (("way_out", [r.way_out_s for r in records]),
+                                               ("way_in", [r.way_in_s for r in records]))
+                          for kept in [[v for v in values if not math.isnan(v)]]},
     }
     if graph is not None and wall_s:
         out["busy"] = {

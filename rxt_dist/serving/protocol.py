@@ -64,6 +64,11 @@ SESSION_HEADER = "x-session-id"
 VERSION_HEADER = "x-memory-version"
 COMMITTED_HEADER = "x-memory-committed-at"
 WAITED_HEADER = "x-waited-for-update-ms"
+ARRIVED_HEADER = "x-claim-arrived-at"
+"""When the request's claim reached the session store (epoch seconds, the store's clock)."""
+WAITED_FOR_HEADER = "x-waited-for-turn-recorded-at"
+"""When the turn whose update the claim waited for was recorded (epoch seconds, the store's
+clock); absent when nothing was pending."""
 IDEMPOTENCY_HEADER = "idempotency-key"
 REPLAYED_HEADER = "x-idempotent-replay"
 MAX_IDEMPOTENCY_KEY = 255

@@ -151,7 +151,10 @@ class SessionStore(SessionCache):
         lease (or give it back with :meth:`release`). ``update_failed``: the pending update can
         never apply (``error`` says why; :meth:`drop_pending` recovers). ``busy``: another
         request holds the session. ``full``: the shard has no room to load it now. ``ok`` and
-        ``pending`` carry ``waited_s``, how long this call waited (0.0 when nothing was pending).
+        ``pending`` carry ``waited_s``, how long this call waited (0.0 when nothing was pending);
+        ``ok`` also carries ``arrived_at``, when this call reached the store, and
+        ``waited_for_recorded_at``, when the turn whose update it found pending was recorded
+        (None: nothing was pending) — both on this store's clock (time.time()).
         With ``expect_transcript`` (a stateless client continuing), ``diverged`` unless the
         session stands exactly at that transcript; nothing is claimed then. ``with_stm=False``
         leaves the STM bytes out of ``ok`` (the decoder reads them itself, see :meth:`read_stm`);
@@ -175,9 +178,10 @@ class SessionStore(SessionCache):
         # went away must not lock the session for a whole turn lease.
         entry.claim = Claim(lease, now + wait_s + _WAIT_GRACE_S)
         was_pending = entry.meta.pending is not None
+        recorded = entry.meta.pending.since if was_pending else None
         if was_pending:
             self.claims_waited += 1
-            self.claim_pending_age_s += max(0.0, now - entry.meta.pending.since)
+            self.claim_pending_age_s += max(0.0, now - recorded)
         started = time.monotonic()
         try:
             if not entry.settled.is_set():
@@ -208,7 +212,8 @@ class SessionStore(SessionCache):
             self._sent(entry.stm)
         return _status(StoreStatus.OK, lease=lease, version=entry.meta.version, stm_digest=entry.digest(),
                        stm=entry.stm if with_stm else None, stm_shape=entry.meta.stm_shape, turns=entry.meta.turns,
-                       committed=entry.meta.committed, waited_s=waited_s, transcript=entry.meta.transcript)
+                       committed=entry.meta.committed, waited_s=waited_s, transcript=entry.meta.transcript,
+                       arrived_at=now, waited_for_recorded_at=recorded)
 
     async def read_stm(self, sid: str, version: int) -> dict:
         """The STM of memory version ``version``: ``ok`` with ``stm`` while the session stands

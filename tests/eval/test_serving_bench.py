@@ -80,8 +80,14 @@ def test_responses_report_the_wait_for_the_update_and_its_commit_time(app):
     # The header has microseconds (rounding ≤ 0.5 µs); the session record, the full float.
     assert float(first["x-memory-committed-at"]) == pytest.approx(created.json()["memory_committed_at"], abs=1e-6)
     # Sent right away: the (slowed) update of turn 1 is pending, so this turn waits for it…
+    sent = time.time()
     second, _ = _stream(http, sid, "what is my name?")
     assert second["x-memory-version"] == "1"
+    # The store's clock splits the time between the turns: turn 1 recorded before its end was
+    # read, this claim's arrival after this request was sent (one machine, one clock)
+    recorded, arrived = float(second["x-waited-for-turn-recorded-at"]), float(second["x-claim-arrived-at"])
+    assert recorded <= ended <= sent <= arrived < sent + 30
+    assert "x-waited-for-turn-recorded-at" not in first and float(first["x-claim-arrived-at"]) < ended
     assert UPDATE_DELAY_S * 0.6 <= float(second["x-waited-for-update-ms"]) / 1e3 < 30
     # …and reads version 1, committed after turn 1's answer had ended.
     committed = float(second["x-memory-committed-at"])
@@ -131,6 +137,12 @@ def test_the_benchmark_runs_against_the_app_and_reports_every_field(app, tmp_pat
     assert level["update_lag"]["count"] == played * turns
     assert all(len(v) == played for v in level["samples"]["update_lag_s"])
     assert UPDATE_DELAY_S * 0.8 <= level["update_lag"]["min_s"] <= level["update_lag"]["p50_s"] < 30
+    # Between turns: every request's way to the store, and the way out of each turn whose next
+    # turn waited for its update (the first two of each conversation)
+    ways = level["between_turns"]
+    assert ways["way_in"]["count"] == played * turns and ways["way_out"]["count"] == played * 2
+    for way in ways.values():
+        assert 0 <= way["min_s"] <= way["p50_s"] <= way["max_s"] < 30 and way["min_s"] <= way["mean_s"] <= way["max_s"]
     tokens = [t for v in level["samples"]["completion_tokens"] for t in v]
     assert len(tokens) == played * turns and all(1 <= t <= max_tokens for t in tokens)
     assert level["tokens"]["completion_total"] == sum(tokens) and level["tokens"]["prompt_per_turn_mean"] > 3

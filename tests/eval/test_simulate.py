@@ -315,6 +315,11 @@ def test_the_update_lag_ends_at_the_commit_stamp_and_the_next_turn_waits_for_the
     assert waits["commit_write_s"] == pytest.approx(0.002, rel=1e-9) and unwritten["commit_write_s"] == 0.0
     assert waits["claim_pending_age_s"] == pytest.approx(unwritten["claim_pending_age_s"], rel=1e-9)
     assert waits["claim_pending_age_s"] == pytest.approx(0.003, rel=1e-9)
+    # as the benchmark's client splits it: the end's way out (nothing costs on it here) and the
+    # request's way in (its latency), for every turn whose next turn waited and every request
+    ways = after["between_turns"]
+    assert ways["way_out"]["mean_s"] == pytest.approx(0.0, abs=1e-12)
+    assert ways["way_in"]["p50_s"] == pytest.approx(0.003, rel=1e-9) == ways["way_in"]["mean_s"]
 
 
 def test_a_traced_machine_widens_the_tail_and_a_steady_trace_changes_nothing():

@@ -124,6 +124,8 @@ def test_a_waiting_turn_starts_from_the_update_it_waited_for(tmp_path):
         released = time.time()
         claim = await asyncio.wait_for(waiter, 1.0)
         assert claim["status"] == "ok" and claim["version"] == 1 and claim["stm"] == b"stm1"
+        # the claim says when it arrived and when the turn it waited for was recorded
+        assert claim["waited_for_recorded_at"] <= recorded and recorded + 0.05 <= claim["arrived_at"] <= stamped
         # the store counts the wait's two ends: the waiting turn's arrival after the turn before
         # was recorded, and the commit's time to the release (its write)
         counts = store.snapshot()
@@ -133,8 +135,8 @@ def test_a_waiting_turn_starts_from_the_update_it_waited_for(tmp_path):
         # of that, the write on its worker thread: no more than all of it, its CPU no more than its wall
         assert 0 < counts["commit_persist_s"] <= counts["commit_write_s"]
         assert 0 <= counts["commit_persist_cpu_s"] <= counts["commit_persist_s"] + 1e-3
-        await store.begin_turn(sid, "b", 1.0)  # the same lease again, nothing pending: not counted
-        assert store.snapshot()["claims_waited"] == 1
+        again = await store.begin_turn(sid, "b", 1.0)  # the same lease again, nothing pending: not counted
+        assert store.snapshot()["claims_waited"] == 1 and again["waited_for_recorded_at"] is None
     run(scenario())
 
 
