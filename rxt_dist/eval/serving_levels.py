@@ -59,9 +59,11 @@ async def _fill_lags(client: ServingClient, sid: str, results: list[TurnResult])
     turn's header, or for the last answered turn the session record once it commits; and the
     end's way out where the next turn waited for this one's update (its header)."""
     for prev, nxt in itertools.pairwise(results):
-        if prev.ok and nxt.version == prev.version + 1 and nxt.read_committed_at is not None:
+        if not (prev.ok and nxt.version == prev.version + 1):
+            continue
+        if nxt.read_committed_at is not None:
             prev.lag_s = nxt.read_committed_at - prev.ended_at
-        if prev.ok and nxt.version == prev.version + 1 and nxt.waited_for_recorded_at is not None:
+        if nxt.waited_for_recorded_at is not None:
             prev.way_out_s = prev.ended_at - nxt.waited_for_recorded_at
     last = results[-1] if results else None
     if last is not None and last.ok:

@@ -451,6 +451,11 @@ def _pct(values: Sequence[float], q: float) -> float | None:
     return float(np.percentile(values, q)) if values else None
 
 
+def _p50_mean(values: Sequence[float]) -> dict[str, float | None]:
+    kept = [v for v in values if not math.isnan(v)]
+    return {"p50_s": _pct(kept, 50), "mean_s": float(np.mean(kept)) if kept else None}
+
+
 def summarise(records: Sequence[TurnRecord], wall_s: float, graph: Graph | None = None) -> dict[str, Any]:
     """The serving benchmark's headline figures for simulated turns."""
     ttft = [r.ttft_s for r in records]
@@ -463,10 +468,8 @@ def summarise(records: Sequence[TurnRecord], wall_s: float, graph: Graph | None 
         "waited_share": sum(r.waited_s > 0 for r in records) / len(records) if records else None,
         "tokens_per_s": sum(r.tokens for r in records) / wall_s if wall_s else None,
         "wall_s": wall_s,
-        "between_turns": {name: {"p50_s": _pct(values, 50), "mean_s": float(np.mean(kept)) if kept else None}
-                          for name, values in (("way_out", [r.way_out_s for r in records]),
-                                               ("way_in", [r.way_in_s for r in records]))
-                          for kept in [[v for v in values if not math.isnan(v)]]},
+        "between_turns": {"way_out": _p50_mean([r.way_out_s for r in records]),
+                          "way_in": _p50_mean([r.way_in_s for r in records])},
     }
     if graph is not None and wall_s:
         out["busy"] = {
